@@ -1,0 +1,62 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "soma-node",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "SomaCore", targets: ["SomaCore"]),
+        .library(name: "SomaDevnet", targets: ["SomaDevnet"]),
+        .executable(name: "soma-node", targets: ["soma-node"]),
+        .executable(name: "soma-bench", targets: ["soma-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        .target(
+            name: "SomaCore",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "SomaDevnet",
+            dependencies: ["SomaCore"],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "soma-node",
+            dependencies: [
+                "SomaCore", "SomaDevnet",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "soma-bench",
+            dependencies: [
+                "SomaCore", "SomaDevnet",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SomaCoreTests",
+            dependencies: ["SomaCore", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SomaDevnetTests",
+            dependencies: ["SomaCore", "SomaDevnet"],
+            swiftSettings: strict
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

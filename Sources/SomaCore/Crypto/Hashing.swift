@@ -1,0 +1,102 @@
+import Crypto
+
+/// SHA-256 helpers: plain, domain-separated (`"Type::" ‖ bytes`) and the RFC 9162 leaf and
+/// node hashes.
+public enum Hashing {
+    /// SHA-256 of `bytes`.
+    public static func sha256(_ bytes: [UInt8]) -> Digest {
+        bytes.withUnsafeBytes { sha256(raw: $0) }
+    }
+
+    static func sha256(raw: UnsafeRawBufferPointer) -> Digest {
+        var hasher = SHA256()
+        hasher.update(bufferPointer: raw)
+        return digest(hasher.finalize())
+    }
+
+    /// SHA-256 of `domain ‖ bytes`, where `domain` is a type name followed by `::`.
+    public static func sha256(domain: DomainPrefix, _ bytes: [UInt8]) -> Digest {
+        bytes.withUnsafeBytes { sha256(domain: domain, raw: $0) }
+    }
+
+    static func sha256(domain: DomainPrefix, raw: UnsafeRawBufferPointer) -> Digest {
+        var hasher = SHA256()
+        domain.bytes.withUnsafeBytes { hasher.update(bufferPointer: $0) }
+        hasher.update(bufferPointer: raw)
+        return digest(hasher.finalize())
+    }
+
+    /// RFC 9162 leaf hash: `SHA256(0x00 ‖ data)`.
+    public static func leafHash(_ data: [UInt8]) -> Digest {
+        data.withUnsafeBytes { leafHash(raw: $0) }
+    }
+
+    static func leafHash(raw: UnsafeRawBufferPointer) -> Digest {
+        var hasher = SHA256()
+        withUnsafeBytes(of: UInt8(0)) { hasher.update(bufferPointer: $0) }
+        hasher.update(bufferPointer: raw)
+        return digest(hasher.finalize())
+    }
+
+    /// RFC 9162 interior node hash: `SHA256(0x01 ‖ left ‖ right)`.
+    public static func nodeHash(_ left: Digest, _ right: Digest) -> Digest {
+        // Serialise into a 65-byte stack buffer and hash it in one update.
+        return withUnsafeTemporaryAllocation(byteCount: 65, alignment: 8) { buf in
+            buf[0] = 1
+            left.store(into: buf, at: 1)
+            right.store(into: buf, at: 33)
+            var hasher = SHA256()
+            hasher.update(bufferPointer: UnsafeRawBufferPointer(buf))
+            return digest(hasher.finalize())
+        }
+    }
+
+    static func digest(_ d: SHA256.Digest) -> Digest {
+        d.withUnsafeBytes { Digest(loading: $0, at: 0) }
+    }
+}
+
+/// A digest domain: the UTF-8 bytes of `"TypeName::"`.
+public struct DomainPrefix: Sendable {
+    /// The prefix bytes.
+    public let bytes: [UInt8]
+
+    /// The domain of a type name, e.g. `DomainPrefix("CheckpointSummary")` is `"CheckpointSummary::"`.
+    public init(_ typeName: String) {
+        bytes = Array((typeName + "::").utf8)
+    }
+
+    /// `"Object::"`.
+    public static let object = DomainPrefix("Object")
+    /// `"TransactionData::"`.
+    public static let transactionData = DomainPrefix("TransactionData")
+    /// `"TransactionEffects::"`.
+    public static let transactionEffects = DomainPrefix("TransactionEffects")
+    /// `"Signatures::"`.
+    public static let signatures = DomainPrefix("Signatures")
+    /// `"CheckpointSummary::"`.
+    public static let checkpointSummary = DomainPrefix("CheckpointSummary")
+    /// `"CheckpointData::"`.
+    public static let checkpointData = DomainPrefix("CheckpointData")
+    /// `"Address::"`.
+    public static let address = DomainPrefix("Address")
+    /// `"Committee::"`.
+    public static let committee = DomainPrefix("Committee")
+    /// `"ExecutionLeaf::"`.
+    public static let executionLeaf = DomainPrefix("ExecutionLeaf")
+}
+
+/// A type whose digest is `SHA256("TypeName::" ‖ bcs(value))`.
+public protocol DomainDigestible: BCSEncodable {
+    /// The type's domain prefix.
+    static var domain: DomainPrefix { get }
+}
+
+extension DomainDigestible {
+    /// `SHA256("TypeName::" ‖ bcs(self))`.
+    public var digest: Digest {
+        var writer = BCSWriter(capacity: 512)
+        encode(to: &writer)
+        return Hashing.sha256(domain: Self.domain, writer.bytes)
+    }
+}

@@ -1,0 +1,142 @@
+/// Verification of checkpoint contents (blocks) against a verified summary (DESIGN §5.3).
+public enum BlockVerifier {
+    /// Checkpoints with more entries than this are stored and sent in parts of this many entries.
+    public static let partSize = 1024
+
+    /// The number of parts of a checkpoint with `entryCount` entries (at least 1).
+    public static func partCount(entryCount: UInt64) -> UInt64 {
+        max(1, Merkle.chunkCount(treeSize: entryCount, chunkSize: UInt64(partSize)))
+    }
+
+    /// The leaf hashes of `entries`, checking each entry on the way.
+    static func leafHashes(of data: CheckpointData, verifyUserSignatures: Bool) throws(CoreError) -> [Digest] {
+        var hashes: [Digest] = []
+        hashes.reserveCapacity(data.entries.count)
+        for (i, entry) in data.entries.enumerated() {
+            let txDigest = entry.transaction.digest
+            try checkEntry(entry, transactionDigest: txDigest, checkpoint: data.sequenceNumber, index: i)
+            if verifyUserSignatures && !(data.sequenceNumber == 0 && entry.transaction.data.kind == TransactionData.genesisKind) {
+                do {
+                    try entry.transaction.verifyUserSignatures()
+                } catch {
+                    throw CoreError(error.code, "checkpoint \(data.sequenceNumber) entry \(i): \(error.message)")
+                }
+            }
+            let leaf = ExecutionLeaf(
+                transaction: txDigest, effects: entry.effects.digest, signatures: entry.transaction.signaturesDigest)
+            hashes.append(leaf.leafHash)
+        }
+        return hashes
+    }
+
+    /// Checks one entry on its own: effects belong to the transaction, changes are sorted and
+    /// unique, versions grow, and every written output has its object (in order), nothing more.
+    public static func checkEntry(
+        _ entry: ExecutionData, transactionDigest: Digest, checkpoint: UInt64, index: Int
+    ) throws(CoreError) {
+        let effects = entry.effects
+        guard effects.transactionDigest == transactionDigest else {
+            throw CoreError(.effectsMismatch, "checkpoint \(checkpoint) entry \(index): effects are for another transaction")
+        }
+        var objectIndex = 0
+        var previousID: ObjectID? = nil
+        for change in effects.changes {
+            if let previousID, !(previousID < change.id) {
+                throw CoreError(.effectsMismatch, "checkpoint \(checkpoint) entry \(index): changes not sorted by id or repeated")
+            }
+            previousID = change.id
+            guard case .written(let out) = change.output else { continue }
+            if let input = change.input, out.version <= input.version {
+                throw CoreError(.effectsMismatch,
+                    "checkpoint \(checkpoint) entry \(index): object \(change.id.short) output version \(out.version) is not above input \(input.version)")
+            }
+            guard objectIndex < entry.outputObjects.count else {
+                throw CoreError(.outputObjectMismatch,
+                    "checkpoint \(checkpoint) entry \(index): written object \(change.id.short) has no output object")
+            }
+            let object = entry.outputObjects[objectIndex]
+            objectIndex += 1
+            guard object.id == change.id, object.version == out.version, object.previousTransaction == transactionDigest,
+                  object.digest == out.digest
+            else {
+                throw CoreError(.outputObjectMismatch,
+                    "checkpoint \(checkpoint) entry \(index): output object \(object.id.short) v\(object.version) does not match the effects")
+            }
+        }
+        guard objectIndex == entry.outputObjects.count else {
+            throw CoreError(.outputObjectMismatch,
+                "checkpoint \(checkpoint) entry \(index): \(entry.outputObjects.count - objectIndex) output objects not in the effects")
+        }
+    }
+
+    /// Verifies a whole checkpoint's contents against its verified summary.
+    /// - Parameters:
+    ///   - entryCount: the entry count from the summaries (``ChainVerifier/entryCount(of:previous:)``), if known.
+    ///   - verifyUserSignatures: also re-check every user signature.
+    /// - Throws: ``CoreError`` (`contentMismatch`, `effectsMismatch`, `outputObjectMismatch`, `invalidSignature`).
+    public static func verify(
+        _ data: CheckpointData, summary: CheckpointSummary, entryCount: UInt64? = nil, verifyUserSignatures: Bool = false
+    ) throws(CoreError) {
+        guard data.sequenceNumber == summary.sequenceNumber else {
+            throw CoreError(.contentMismatch, "block of checkpoint \(data.sequenceNumber) offered for \(summary.sequenceNumber)")
+        }
+        if let entryCount, UInt64(data.entries.count) != entryCount {
+            throw CoreError(.contentMismatch,
+                "checkpoint \(data.sequenceNumber) has \(data.entries.count) entries, the summaries say \(entryCount)")
+        }
+        let hashes = try leafHashes(of: data, verifyUserSignatures: verifyUserSignatures)
+        guard Merkle.root(leafHashes: hashes) == summary.contentDigest else {
+            throw CoreError(.contentMismatch, "checkpoint \(data.sequenceNumber): contents do not match the certified content digest")
+        }
+    }
+
+    /// Verifies one part of a checkpoint's contents with its subtree proof.
+    /// - Parameters:
+    ///   - part: the part index; the part holds entries `[part·1024, min((part+1)·1024, entryCount))`.
+    ///   - entryCount: the checkpoint's entry count from the verified summaries.
+    public static func verifyPart(
+        _ data: CheckpointData, part: UInt64, proof: [Digest], summary: CheckpointSummary, entryCount: UInt64,
+        verifyUserSignatures: Bool = false
+    ) throws(CoreError) {
+        guard data.sequenceNumber == summary.sequenceNumber else {
+            throw CoreError(.contentMismatch, "part of checkpoint \(data.sequenceNumber) offered for \(summary.sequenceNumber)")
+        }
+        let hashes = try leafHashes(of: data, verifyUserSignatures: verifyUserSignatures)
+        do {
+            try Merkle.verifySubtree(
+                chunkLeafHashes: hashes, chunk: part, chunkSize: UInt64(partSize), treeSize: entryCount, proof: proof,
+                root: summary.contentDigest)
+        } catch {
+            throw CoreError(.contentMismatch, "checkpoint \(data.sequenceNumber) part \(part): \(error.message)")
+        }
+    }
+
+    /// Splits a checkpoint's contents into parts of ``partSize`` entries, each with its proof.
+    /// A checkpoint of at most ``partSize`` entries is one part with an empty proof.
+    public static func parts(of data: CheckpointData) -> [(data: CheckpointData, proof: [Digest])] {
+        guard data.entries.count > partSize else { return [(data, [])] }
+        let hashes = data.entries.map { $0.leaf.leafHash }
+        let roots = Merkle.chunkRoots(leafHashes: hashes, chunkSize: partSize)
+        return roots.indices.map { p in
+            let lo = p * partSize
+            let part = CheckpointData(
+                sequenceNumber: data.sequenceNumber,
+                entries: Array(data.entries[lo..<min(lo + partSize, data.entries.count)]))
+            // The index is in range by construction.
+            let proof = (try? Merkle.subtreeProof(chunk: p, chunkRoots: roots)) ?? []
+            return (part, proof)
+        }
+    }
+
+    /// The content digest of a checkpoint's entries.
+    public static func contentDigest(of entries: [ExecutionData]) -> Digest {
+        Merkle.root(leafHashes: entries.map { $0.leaf.leafHash })
+    }
+}
+
+extension TransactionData {
+    /// The kind of the genesis transaction (only in checkpoint 0, unsigned).
+    public static let genesisKind: UInt8 = 0
+    /// The kind of an ordinary user transaction.
+    public static let userKind: UInt8 = 1
+}
