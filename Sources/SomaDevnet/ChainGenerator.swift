@@ -1,5 +1,26 @@
 public import SomaCore
 
+/// The deterministic keys of a devnet: validators and user accounts, from the chain's seed.
+public enum DevnetKeys {
+    /// The key of validator `index` of the chain generated from `seed`.
+    public static func validator(seed: UInt64, index: Int) -> SigningKey {
+        key(seed: seed, role: "Validator", index: index)
+    }
+
+    /// The key of user account `index` of the chain generated from `seed`.
+    public static func account(seed: UInt64, index: Int) -> SigningKey {
+        key(seed: seed, role: "Account", index: index)
+    }
+
+    static func key(seed: UInt64, role: String, index: Int) -> SigningKey {
+        var bytes = Array("DevnetKey::\(role)".utf8)
+        withUnsafeBytes(of: seed.littleEndian) { bytes += $0 }
+        withUnsafeBytes(of: UInt64(index).littleEndian) { bytes += $0 }
+        // A digest is always a valid 32-byte seed.
+        return try! SigningKey(seed: Hashing.sha256(bytes).bytes)
+    }
+}
+
 /// One generated checkpoint: its certified summary and its contents.
 public struct GeneratedCheckpoint: Hashable, Sendable {
     /// The certified summary.
@@ -28,7 +49,11 @@ public final class ChainGenerator {
     /// The seed.
     public let seed: UInt64
     /// The genesis of the chain.
-    public private(set) var genesis: Genesis!
+    public var genesis: Genesis {
+        guard let built = builtGenesis else { preconditionFailure("the genesis is built in init") }
+        return built
+    }
+    private var builtGenesis: Genesis?
     /// Every committee so far, by epoch.
     public private(set) var committees: [Committee] = []
     /// The certified end-of-epoch summaries so far.
@@ -86,7 +111,7 @@ public final class ChainGenerator {
         currentMembers = Array(0..<profile.validators)
         let committee0 = makeCommittee(epoch: 0)
         committees = [committee0]
-        genesis = makeGenesis(committee: committee0)
+        builtGenesis = makeGenesis(committee: committee0)
     }
 
     /// Whether every checkpoint of the profile has been generated.
@@ -158,11 +183,7 @@ public final class ChainGenerator {
     // MARK: Keys and committees
 
     static func key(seed: UInt64, role: String, index: Int) -> SigningKey {
-        var bytes = Array("DevnetKey::\(role)".utf8)
-        withUnsafeBytes(of: seed.littleEndian) { bytes += $0 }
-        withUnsafeBytes(of: UInt64(index).littleEndian) { bytes += $0 }
-        // A digest is always a valid 32-byte seed.
-        return try! SigningKey(seed: Hashing.sha256(bytes).bytes)
+        DevnetKeys.key(seed: seed, role: role, index: index)
     }
 
     private func validatorKey(_ index: Int) -> SigningKey {
