@@ -1,4 +1,4 @@
-import Crypto
+import COpenSSL
 
 /// SHA-256 helpers: plain, domain-separated (`"Type::" ‖ bytes`) and the RFC 9162 leaf and
 /// node hashes.
@@ -9,9 +9,9 @@ public enum Hashing {
     }
 
     static func sha256(raw: UnsafeRawBufferPointer) -> Digest {
-        var hasher = SHA256()
-        hasher.update(bufferPointer: raw)
-        return digest(hasher.finalize())
+        var hasher = SHA256Hasher()
+        hasher.update(raw)
+        return hasher.finalize()
     }
 
     /// SHA-256 of `domain ‖ bytes`, where `domain` is a type name followed by `::`.
@@ -20,10 +20,10 @@ public enum Hashing {
     }
 
     static func sha256(domain: DomainPrefix, raw: UnsafeRawBufferPointer) -> Digest {
-        var hasher = SHA256()
-        domain.bytes.withUnsafeBytes { hasher.update(bufferPointer: $0) }
-        hasher.update(bufferPointer: raw)
-        return digest(hasher.finalize())
+        var hasher = SHA256Hasher()
+        domain.bytes.withUnsafeBytes { hasher.update($0) }
+        hasher.update(raw)
+        return hasher.finalize()
     }
 
     /// RFC 9162 leaf hash: `SHA256(0x00 ‖ data)`.
@@ -32,10 +32,10 @@ public enum Hashing {
     }
 
     static func leafHash(raw: UnsafeRawBufferPointer) -> Digest {
-        var hasher = SHA256()
-        withUnsafeBytes(of: UInt8(0)) { hasher.update(bufferPointer: $0) }
-        hasher.update(bufferPointer: raw)
-        return digest(hasher.finalize())
+        var hasher = SHA256Hasher()
+        hasher.update(byte: 0)
+        hasher.update(raw)
+        return hasher.finalize()
     }
 
     /// RFC 9162 interior node hash: `SHA256(0x01 ‖ left ‖ right)`.
@@ -45,14 +45,52 @@ public enum Hashing {
             buf[0] = 1
             left.store(into: buf, at: 1)
             right.store(into: buf, at: 33)
-            var hasher = SHA256()
-            hasher.update(bufferPointer: UnsafeRawBufferPointer(buf))
-            return digest(hasher.finalize())
+            var hasher = SHA256Hasher()
+            hasher.update(UnsafeRawBufferPointer(buf))
+            return hasher.finalize()
         }
     }
 
-    static func digest(_ d: SHA256.Digest) -> Digest {
-        d.withUnsafeBytes { Digest(loading: $0, at: 0) }
+}
+
+/// Incremental SHA-256 on the stack (libcrypto's context API: SHA-NI where the CPU has it,
+/// no allocation). A value type: copying it forks the hash state.
+public struct SHA256Hasher {
+    private var context = SHA256_CTX()
+
+    /// A fresh hash state.
+    public init() {
+        SHA256_Init(&context)
+    }
+
+    /// Adds bytes.
+    public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        if let base = bytes.baseAddress { SHA256_Update(&context, base, bytes.count) }
+    }
+
+    /// Adds bytes.
+    public mutating func update(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { update($0) }
+    }
+
+    /// Adds one byte.
+    public mutating func update(byte: UInt8) {
+        var b = byte
+        SHA256_Update(&context, &b, 1)
+    }
+
+    /// Adds a 32-byte value.
+    public mutating func update(_ digest: Digest) {
+        digest.withUnsafeBytes { update($0) }
+    }
+
+    /// The digest of everything added.
+    public mutating func finalize() -> Digest {
+        var out: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        return withUnsafeMutableBytes(of: &out) { raw in
+            SHA256_Final(raw.baseAddress!.assumingMemoryBound(to: UInt8.self), &context)
+            return Digest(loading: UnsafeRawBufferPointer(raw), at: 0)
+        }
     }
 }
 
