@@ -141,3 +141,49 @@ struct GeneratorTests {
         #expect(DevnetProfile.bench.lastCheckpoint(ofEpoch: 9) == 9_999)
     }
 }
+
+@Suite("Execution rules over the live object set")
+struct ExecutionTests {
+    @Test("applying the tiny chain in order reproduces every certified state root")
+    func replay() async throws {
+        let chain = await Chain.make(.tiny)
+        var live = LiveObjectSet()
+        for cp in chain.all {
+            try live.apply(cp.data)
+            if let end = cp.certified.summary.endOfEpoch {
+                try live.verify(endOfEpoch: end, at: cp.certified.summary.sequenceNumber)
+            }
+        }
+        #expect(live.stateRoot() == chain.generator.stateRoot())
+    }
+
+    @Test("out-of-order, repeated and stale effects are rejected and leave the set unchanged")
+    func violations() async throws {
+        let chain = await Chain.make(.tiny)
+        var live = LiveObjectSet()
+        try live.apply(chain.all[0].data)
+        try live.apply(chain.all[1].data)
+        let before = live.objects
+        // Applying checkpoint 1 again: its inputs are no longer live, its creations already are.
+        expectCodes([.effectsMismatch]) { try live.apply(chain.all[1].data) }
+        // Skipping checkpoint 2 when 3 depends on it (some object of 3 was written by 2).
+        var skipped = live
+        var failedSomewhere = false
+        for k in 3..<chain.all.count where failure({ try skipped.apply(chain.all[k].data) }) != nil {
+            failedSomewhere = true
+            break
+        }
+        #expect(failedSomewhere)
+        #expect(live.objects == before)
+        // A change whose version does not grow.
+        var data = chain.all[2].data
+        let i = data.entries[0].effects.changes.firstIndex { $0.input != nil }!
+        let input = data.entries[0].effects.changes[i].input!
+        data.entries[0].effects.changes[i].output = .written(VersionDigest(version: input.version, digest: input.digest))
+        expectCodes([.effectsMismatch]) { try live.apply(data) }
+        #expect(live.objects == before)
+        // A wrong certified root.
+        let end = chain.generator.endOfEpochSummaries[0].summary.endOfEpoch!
+        expectCodes([.contentMismatch]) { try live.verify(endOfEpoch: end, at: 1) }
+    }
+}

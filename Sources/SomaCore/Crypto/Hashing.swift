@@ -32,6 +32,19 @@ public enum Hashing {
     }
 
     static func leafHash(raw: UnsafeRawBufferPointer) -> Digest {
+        // Small leaves (state-tree leaves are 72 bytes, content leaves 96) go through one
+        // update of a stack buffer: the prefix byte and the leaf together.
+        if raw.count <= 127 {
+            return withUnsafeTemporaryAllocation(byteCount: 128, alignment: 8) { buf in
+                buf[0] = 0
+                if let base = raw.baseAddress {
+                    UnsafeMutableRawBufferPointer(rebasing: buf[1..<(1 + raw.count)]).copyMemory(from: UnsafeRawBufferPointer(start: base, count: raw.count))
+                }
+                var hasher = SHA256Hasher()
+                hasher.update(UnsafeRawBufferPointer(rebasing: buf[0..<(1 + raw.count)]))
+                return hasher.finalize()
+            }
+        }
         var hasher = SHA256Hasher()
         hasher.update(byte: 0)
         hasher.update(raw)

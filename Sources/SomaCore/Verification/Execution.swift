@@ -1,0 +1,69 @@
+/// The execution-order rules (DESIGN §5.4) over an in-memory view of the live object set.
+///
+/// A store-backed executor loads the live entries a checkpoint touches into a ``LiveObjectSet``
+/// (or keeps the whole set in memory, as the devnet does), applies the checkpoint here, and
+/// writes the changes back.
+public struct LiveObjectSet: Sendable {
+    /// The newest version and digest of every live object.
+    public private(set) var objects: [ObjectID: VersionDigest]
+
+    /// A set holding `objects`.
+    public init(_ objects: [ObjectID: VersionDigest] = [:]) {
+        self.objects = objects
+    }
+
+    /// The number of live objects.
+    public var count: Int { objects.count }
+
+    /// Applies every entry of a checkpoint in order. For every change the input must equal the
+    /// live version and digest (or the object must be absent for a creation), and written
+    /// versions must exceed input versions. On error nothing of the checkpoint is applied.
+    /// - Throws: ``CoreError/Code/effectsMismatch`` naming the checkpoint, entry and object.
+    public mutating func apply(_ data: CheckpointData) throws(CoreError) {
+        var staged = objects
+        for (index, entry) in data.entries.enumerated() {
+            for change in entry.effects.changes {
+                let current = staged[change.id]
+                if let input = change.input {
+                    guard let current, current == input else {
+                        throw CoreError(.effectsMismatch,
+                            "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) input v\(input.version) is not the live version\(current.map { " v\($0.version)" } ?? " (absent)")")
+                    }
+                } else if current != nil {
+                    throw CoreError(.effectsMismatch,
+                        "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) created but already live")
+                }
+                switch change.output {
+                case .written(let out):
+                    if let input = change.input, out.version <= input.version {
+                        throw CoreError(.effectsMismatch,
+                            "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) version does not grow")
+                    }
+                    staged[change.id] = out
+                case .deleted:
+                    staged[change.id] = nil
+                }
+            }
+        }
+        objects = staged
+    }
+
+    /// The state root: the Merkle root over `bcs(ObjectRef)` of the live objects sorted by id.
+    public func stateRoot() -> Digest {
+        var stream = StreamingMerkleRoot()
+        for (id, vd) in objects.sorted(by: { $0.key < $1.key }) {
+            stream.append(leafHash: ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
+        }
+        return stream.finalize()
+    }
+
+    /// Checks the live set against a certified epoch end.
+    /// - Throws: ``CoreError/Code/contentMismatch`` if the root or the object count differ.
+    public func verify(endOfEpoch end: EndOfEpochData, at sequenceNumber: UInt64) throws(CoreError) {
+        let root = stateRoot()
+        guard root == end.stateRoot, UInt64(count) == end.liveObjectCount else {
+            throw CoreError(.contentMismatch,
+                "checkpoint \(sequenceNumber): state root \(root.short) over \(count) objects, certified \(end.stateRoot.short) over \(end.liveObjectCount)")
+        }
+    }
+}
