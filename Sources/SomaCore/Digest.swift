@@ -77,8 +77,10 @@ public struct Digest: Hashable, Comparable, Sendable, CustomStringConvertible {
     /// The first 8 bytes in hexadecimal, for logs.
     public var short: String { String(hex.prefix(16)) }
 
+    /// Lowercase hexadecimal.
     public var description: String { hex }
 
+    /// Lexicographic order of the bytes.
     @inlinable
     public static func < (lhs: Digest, rhs: Digest) -> Bool {
         if lhs.w0 != rhs.w0 { return lhs.w0 < rhs.w0 }

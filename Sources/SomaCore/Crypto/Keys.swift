@@ -27,7 +27,9 @@ public struct PublicKey: Hashable, Comparable, Sendable, CustomStringConvertible
         }
     }
 
+    /// Lexicographic order of the key bytes (the order of committee members).
     public static func < (lhs: PublicKey, rhs: PublicKey) -> Bool { lhs.raw < rhs.raw }
+    /// The key in hexadecimal.
     public var description: String { raw.hex }
 
     /// Writes the 32 bytes.
@@ -35,6 +37,12 @@ public struct PublicKey: Hashable, Comparable, Sendable, CustomStringConvertible
     /// Reads 32 bytes.
     public init(from reader: inout BCSReader) throws(CoreError) { raw = try reader.readDigest() }
 }
+
+/// A peer's identity on the network: its Ed25519 key.
+public typealias PeerID = PublicKey
+
+/// A validator's name in a committee: its Ed25519 key.
+public typealias AuthorityName = PublicKey
 
 /// An Ed25519 signature (64 bytes), stored inline.
 public struct Signature: Hashable, Sendable, CustomStringConvertible, BCSCodable {
@@ -70,6 +78,7 @@ public struct Signature: Hashable, Sendable, CustomStringConvertible, BCSCodable
 
     /// The 64 bytes.
     public var bytes: [UInt8] { r.bytes + s.bytes }
+    /// The signature in hexadecimal.
     public var description: String { HexCoding.encode(bytes) }
 
     /// Writes the 64 bytes (a fixed-size array, no length prefix).

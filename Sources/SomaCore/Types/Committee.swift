@@ -1,7 +1,7 @@
 /// A member of a committee: an authority's key, its voting power and its network address.
 public struct Member: Hashable, Sendable, BCSCodable {
     /// The authority's Ed25519 key (its name).
-    public var name: PublicKey
+    public var name: AuthorityName
     /// Its voting power; a committee's powers sum to ``Committee/totalVotingPower``.
     public var votingPower: UInt64
     /// Its network address, e.g. `127.0.0.1:9000`.
