@@ -11,6 +11,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "SomaCore", targets: ["SomaCore"]),
+        .library(name: "SomaStore", targets: ["SomaStore"]),
         .library(name: "SomaDevnet", targets: ["SomaDevnet"]),
         .executable(name: "soma-node", targets: ["soma-node"]),
         .executable(name: "soma-bench", targets: ["soma-bench"]),
@@ -18,6 +19,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
     ],
     targets: [
         .systemLibrary(
@@ -30,6 +32,24 @@ let package = Package(
             dependencies: ["COpenSSL", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
+        .systemLibrary(
+            name: "CRocksDB",
+            pkgConfig: "rocksdb",
+            providers: [.apt(["librocksdb-dev"])]
+        ),
+        .systemLibrary(
+            name: "CLZ4",
+            pkgConfig: "liblz4",
+            providers: [.apt(["liblz4-dev"])]
+        ),
+        .target(
+            name: "SomaStore",
+            dependencies: [
+                "SomaCore", "CRocksDB", "CLZ4",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         .target(
             name: "SomaDevnet",
             dependencies: ["SomaCore"],
@@ -38,7 +58,7 @@ let package = Package(
         .executableTarget(
             name: "soma-node",
             dependencies: [
-                "SomaCore", "SomaDevnet",
+                "SomaCore", "SomaStore", "SomaDevnet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
@@ -46,7 +66,7 @@ let package = Package(
         .executableTarget(
             name: "soma-bench",
             dependencies: [
-                "SomaCore", "SomaDevnet",
+                "SomaCore", "SomaStore", "SomaDevnet",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -55,6 +75,11 @@ let package = Package(
         .testTarget(
             name: "SomaCoreTests",
             dependencies: ["SomaCore", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SomaStoreTests",
+            dependencies: ["SomaCore", "SomaStore", "SomaDevnet"],
             swiftSettings: strict
         ),
         .testTarget(
