@@ -20,10 +20,12 @@ public struct LiveObjectSet: Sendable {
     /// versions must exceed input versions. On error nothing of the checkpoint is applied.
     /// - Throws: ``CoreError/Code/effectsMismatch`` naming the checkpoint, entry and object.
     public mutating func apply(_ data: CheckpointData) throws(CoreError) {
-        var staged = objects
+        // Changes are staged per checkpoint (only the ids it touches) and merged at the end,
+        // so a failure leaves the set as it was.
+        var staged: [ObjectID: VersionDigest?] = [:]
         for (index, entry) in data.entries.enumerated() {
             for change in entry.effects.changes {
-                let current = staged[change.id]
+                let current: VersionDigest? = staged[change.id] ?? objects[change.id]
                 if let input = change.input {
                     guard let current, current == input else {
                         throw CoreError(.effectsMismatch,
@@ -39,13 +41,13 @@ public struct LiveObjectSet: Sendable {
                         throw CoreError(.effectsMismatch,
                             "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) version does not grow")
                     }
-                    staged[change.id] = out
+                    staged[change.id] = .some(out)
                 case .deleted:
-                    staged[change.id] = nil
+                    staged[change.id] = .some(nil)
                 }
             }
         }
-        objects = staged
+        for (id, state) in staged { objects[id] = state }
     }
 
     /// The state root: the Merkle root over `bcs(ObjectRef)` of the live objects sorted by id.

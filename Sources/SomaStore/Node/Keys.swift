@@ -1,0 +1,122 @@
+public import SomaCore
+
+/// Key and small-value layouts of the node's column families (DESIGN §6). Integers are
+/// big-endian so that RocksDB's byte order is numeric order.
+public enum StoreKeys {
+    /// `u64` big-endian.
+    public static func seq(_ value: UInt64) -> [UInt8] {
+        withUnsafeBytes(of: value.bigEndian) { Array($0) }
+    }
+
+    /// `seq ‖ part (u32 BE)`.
+    public static func block(_ seq: UInt64, part: UInt32) -> [UInt8] {
+        var k = self.seq(seq)
+        withUnsafeBytes(of: part.bigEndian) { k += $0 }
+        return k
+    }
+
+    /// `epoch ‖ chunk (u32 BE)`.
+    public static func chunk(_ epoch: UInt64, _ chunk: UInt32) -> [UInt8] { block(epoch, part: chunk) }
+
+    /// `id ‖ version (BE)`.
+    public static func object(_ id: ObjectID, version: UInt64) -> [UInt8] {
+        id.bytes + seq(version)
+    }
+
+    /// `version (BE) ‖ digest`.
+    static func versionDigest(_ vd: VersionDigest) -> [UInt8] { seq(vd.version) + vd.digest.bytes }
+
+    /// `seq (BE) ‖ digest`.
+    static func seqDigest(_ seq: UInt64, _ digest: Digest) -> [UInt8] { self.seq(seq) + digest.bytes }
+
+    /// `seq (BE) ‖ index (u32 BE)`.
+    static func position(_ seq: UInt64, _ index: UInt32) -> [UInt8] { block(seq, part: index) }
+
+    /// Reads a big-endian u64 at `offset`, or `nil` if the bytes are short.
+    static func readU64(_ bytes: [UInt8], at offset: Int = 0) -> UInt64? {
+        guard bytes.count >= offset + 8 else { return nil }
+        var v: UInt64 = 0
+        for i in 0..<8 { v = v << 8 | UInt64(bytes[offset + i]) }
+        return v
+    }
+
+    /// Reads a big-endian u32 at `offset`, or `nil` if the bytes are short.
+    static func readU32(_ bytes: [UInt8], at offset: Int) -> UInt32? {
+        guard bytes.count >= offset + 4 else { return nil }
+        var v: UInt32 = 0
+        for i in 0..<4 { v = v << 8 | UInt32(bytes[offset + i]) }
+        return v
+    }
+
+    static func readVersionDigest(_ bytes: [UInt8]) -> VersionDigest? {
+        guard bytes.count == 40, let v = readU64(bytes), let d = Digest(bytes: bytes[8..<40]) else { return nil }
+        return VersionDigest(version: v, digest: d)
+    }
+}
+
+/// The persisted heights (DESIGN §1).
+public enum Watermark: String, CaseIterable, Sendable {
+    /// Summaries verified and stored up to here.
+    case highestVerified
+    /// Blocks stored up to here.
+    case highestSynced
+    /// Effects applied to the live object set up to here.
+    case highestExecuted
+    /// The lowest checkpoint whose blocks are still held (after pruning).
+    case lowestAvailable
+}
+
+/// A watermark's value: a sequence number and the digest of that checkpoint's summary.
+public struct WatermarkValue: Hashable, Sendable {
+    /// The sequence number.
+    public var seq: UInt64
+    /// The summary digest at `seq`.
+    public var digest: Digest
+
+    /// Creates a value.
+    public init(seq: UInt64, digest: Digest) {
+        self.seq = seq
+        self.digest = digest
+    }
+}
+
+/// What the `epochs` column family records of an epoch.
+public struct EpochRecord: Hashable, Sendable, BCSCodable {
+    /// The epoch.
+    public var epoch: UInt64
+    /// Its first checkpoint.
+    public var firstCheckpoint: UInt64
+    /// Its last checkpoint, once known.
+    public var lastCheckpoint: UInt64?
+    /// The state root after its last checkpoint, once executed and checked.
+    public var stateRoot: Digest?
+    /// The live object count then.
+    public var liveObjectCount: UInt64?
+
+    /// Creates a record.
+    public init(epoch: UInt64, firstCheckpoint: UInt64, lastCheckpoint: UInt64? = nil, stateRoot: Digest? = nil, liveObjectCount: UInt64? = nil) {
+        self.epoch = epoch
+        self.firstCheckpoint = firstCheckpoint
+        self.lastCheckpoint = lastCheckpoint
+        self.stateRoot = stateRoot
+        self.liveObjectCount = liveObjectCount
+    }
+
+    /// Writes the fields in order.
+    public func encode(to writer: inout BCSWriter) {
+        writer.write(epoch)
+        writer.write(firstCheckpoint)
+        writer.write(lastCheckpoint)
+        writer.write(stateRoot)
+        writer.write(liveObjectCount)
+    }
+
+    /// Reads the fields in order.
+    public init(from reader: inout BCSReader) throws(CoreError) {
+        epoch = try reader.readU64()
+        firstCheckpoint = try reader.readU64()
+        lastCheckpoint = try reader.readOptional(UInt64.self)
+        stateRoot = try reader.readOptional(Digest.self)
+        liveObjectCount = try reader.readOptional(UInt64.self)
+    }
+}

@@ -1,0 +1,331 @@
+public import SomaCore
+
+/// A checkpoint whose summary and contents have been verified (DESIGN §5), ready to commit,
+/// with its blocks: LZ4 frames of `bcs(CheckpointData)`, one per part of ≤ 1,024 entries.
+public struct VerifiedCheckpoint: Sendable {
+    /// The certified summary.
+    public let certified: CertifiedCheckpointSummary
+    /// The contents.
+    public let data: CheckpointData
+    /// The stored blocks, one LZ4 frame per part.
+    public let frames: [[UInt8]]
+    /// Each part's subtree proof (empty for a single-part checkpoint).
+    public let proofs: [[Digest]]
+
+    /// Builds the blocks by encoding and compressing the contents (done once, by whoever
+    /// first builds them; from then on the same bytes are stored, served and archived).
+    public init(certified: CertifiedCheckpointSummary, data: CheckpointData) {
+        self.certified = certified
+        self.data = data
+        let parts = BlockVerifier.parts(of: data)
+        frames = parts.map { LZ4Frame.compress(BCS.encode($0.data, capacity: 1 << 16)) }
+        proofs = parts.count > 1 ? parts.map(\.proof) : [[]]
+    }
+
+    /// Wraps blocks received as they are (from a peer or an archive), with their contents.
+    public init(certified: CertifiedCheckpointSummary, data: CheckpointData, frames: [[UInt8]], proofs: [[Digest]]) {
+        precondition(!frames.isEmpty && frames.count == proofs.count, "one proof per frame")
+        self.certified = certified
+        self.data = data
+        self.frames = frames
+        self.proofs = proofs
+    }
+
+    /// The bytes of the blocks.
+    public var storedBytes: Int { frames.reduce(0) { $0 + $1.count } }
+}
+
+/// Watermarks and epoch records as a write in progress sees them.
+struct WriterState {
+    var synced: WatermarkValue?
+    var verified: WatermarkValue?
+    var executed: WatermarkValue?
+    var epochRecords: [UInt64: EpochRecord] = [:]
+}
+
+extension NodeStore {
+    /// Most checkpoints in one write batch.
+    static let maxGroup = 64
+
+    /// Stores verified summaries ahead of their blocks and advances `highestVerified`.
+    /// The first must follow the current `highestVerified` and link to it.
+    public func commitSummaries(_ summaries: [CertifiedCheckpointSummary]) async throws {
+        try await blocking { try self.commitSummariesSync(summaries) }
+    }
+
+    func commitSummariesSync(_ summaries: [CertifiedCheckpointSummary]) throws {
+        try writer.withLock { _ throws in
+            guard var verified = try watermarkSync(.highestVerified) else {
+                throw StoreError(.inconsistent, "the store has no genesis")
+            }
+            let batch = WriteBatch(for: database)
+            for s in summaries {
+                guard s.summary.sequenceNumber == verified.seq + 1, s.summary.previousDigest == verified.digest else {
+                    throw StoreError(.outOfOrder, "summary \(s.summary.sequenceNumber) does not follow verified checkpoint \(verified.seq)")
+                }
+                let digest = s.digest
+                batch.put(cf.summaries, StoreKeys.seq(s.summary.sequenceNumber), s.bcsBytes)
+                batch.put(cf.summaryByDigest, digest.bytes, StoreKeys.seq(s.summary.sequenceNumber))
+                verified = WatermarkValue(seq: s.summary.sequenceNumber, digest: digest)
+            }
+            setWatermark(.highestVerified, verified, in: batch)
+            try database.write(batch, sync: configuration.syncWrites)
+        }
+    }
+
+    /// Commits verified checkpoints in order, in grouped write batches with the watermarks they
+    /// advance. With `execute`, and when execution is caught up, their effects are applied in
+    /// the same batches and each epoch's state root is checked before its end is committed.
+    /// - Throws: ``StoreError`` `outOfOrder` for a checkpoint that does not follow
+    ///   `highestSynced`, `executionFailed` naming the checkpoint whose execution failed
+    ///   (everything before it is committed, nothing after).
+    public func commit(_ checkpoints: [VerifiedCheckpoint], execute: Bool = true) async throws {
+        try await blocking { try self.commitSync(checkpoints, execute: execute) }
+    }
+
+    func commitSync(_ checkpoints: [VerifiedCheckpoint], execute: Bool) throws {
+        try writer.withLock { _ throws in
+            var state = WriterState(
+                synced: try watermarkSync(.highestSynced), verified: try watermarkSync(.highestVerified),
+                executed: try watermarkSync(.highestExecuted))
+            guard state.synced != nil else { throw StoreError(.inconsistent, "the store has no genesis") }
+            let executing = execute && state.executed == state.synced
+            for group in Self.groups(checkpoints, splitAtEpochEnds: executing) {
+                let batch = WriteBatch(for: database)
+                for cp in group { try stage(cp, into: batch, state: &state) }
+                var endOfEpoch: (UInt64, EpochRecord)? = nil
+                if executing {
+                    var (view, touched) = try loadView(for: group.map(\.data))
+                    endOfEpoch = try stageExecution(group, view: &view, touched: touched, into: batch, state: &state)
+                }
+                try database.write(batch, sync: configuration.syncWrites)
+                if let (epoch, record) = endOfEpoch { try afterEpochEnd(epoch, record) }
+            }
+        }
+    }
+
+    /// Splits checkpoints into write groups of at most ``maxGroup``, ending a group after each
+    /// epoch end when executing (so the state root is checked against a committed base).
+    static func groups(_ checkpoints: [VerifiedCheckpoint], splitAtEpochEnds: Bool) -> [ArraySlice<VerifiedCheckpoint>] {
+        var out: [ArraySlice<VerifiedCheckpoint>] = []
+        var start = checkpoints.startIndex
+        for i in checkpoints.indices {
+            let end = splitAtEpochEnds && checkpoints[i].certified.summary.endOfEpoch != nil
+            if end || i - start + 1 == maxGroup || i == checkpoints.count - 1 {
+                out.append(checkpoints[start...i])
+                start = i + 1
+            }
+        }
+        return out
+    }
+
+    /// Adds one checkpoint's synced data to `batch`: summary (unless already stored), blocks,
+    /// part proofs, transaction index, object versions, committee and epoch records.
+    func stage(_ cp: VerifiedCheckpoint, into batch: WriteBatch, state: inout WriterState) throws {
+        let summary = cp.certified.summary
+        let seq = summary.sequenceNumber
+        let expected = state.synced.map { $0.seq + 1 } ?? 0
+        guard seq == expected, summary.previousDigest == state.synced?.digest else {
+            throw StoreError(.outOfOrder, "checkpoint \(seq) does not follow stored checkpoint \(state.synced.map { "\($0.seq)" } ?? "none")")
+        }
+        guard cp.data.sequenceNumber == seq, cp.frames.count == cp.proofs.count, !cp.frames.isEmpty else {
+            throw StoreError(.outOfOrder, "contents offered for checkpoint \(seq) belong to \(cp.data.sequenceNumber)")
+        }
+        let digest = cp.certified.digest
+        if let verified = state.verified, seq <= verified.seq {
+            guard let stored = try database.get(cf.summaryByDigest, digest.bytes), StoreKeys.readU64(stored) == seq else {
+                throw StoreError(.inconsistent, "checkpoint \(seq) differs from the verified summary stored at that height")
+            }
+        } else {
+            batch.put(cf.summaries, StoreKeys.seq(seq), cp.certified.bcsBytes)
+            batch.put(cf.summaryByDigest, digest.bytes, StoreKeys.seq(seq))
+            state.verified = WatermarkValue(seq: seq, digest: digest)
+        }
+        for (part, frame) in cp.frames.enumerated() {
+            batch.put(cf.blocks, StoreKeys.block(seq, part: UInt32(part)), frame)
+            if cp.frames.count > 1 {
+                var w = BCSWriter(capacity: 8 + 32 * cp.proofs[part].count)
+                w.write(cp.proofs[part])
+                batch.put(cf.partProofs, StoreKeys.block(seq, part: UInt32(part)), w.bytes)
+            }
+        }
+        for (index, entry) in cp.data.entries.enumerated() {
+            batch.put(cf.transactions, entry.transaction.digest.bytes, StoreKeys.position(seq, UInt32(index)))
+            for object in entry.outputObjects {
+                batch.put(cf.objects, StoreKeys.object(object.id, version: object.version), object.bcsBytes)
+            }
+        }
+        if let end = summary.endOfEpoch {
+            batch.put(cf.committees, StoreKeys.seq(summary.epoch + 1), end.nextCommittee.bcsBytes)
+            var record = try epochRecord(summary.epoch, state: &state) ?? EpochRecord(epoch: summary.epoch, firstCheckpoint: seq)
+            record.lastCheckpoint = seq
+            state.epochRecords[summary.epoch] = record
+            batch.put(cf.epochs, StoreKeys.seq(summary.epoch), record.bcsBytes)
+            let next = EpochRecord(epoch: summary.epoch + 1, firstCheckpoint: seq + 1)
+            state.epochRecords[summary.epoch + 1] = next
+            batch.put(cf.epochs, StoreKeys.seq(summary.epoch + 1), next.bcsBytes)
+        }
+        state.synced = WatermarkValue(seq: seq, digest: digest)
+        setWatermark(.highestSynced, WatermarkValue(seq: seq, digest: digest), in: batch)
+        if let verified = state.verified { setWatermark(.highestVerified, verified, in: batch) }
+    }
+
+    func epochRecord(_ epoch: UInt64, state: inout WriterState) throws(StoreError) -> EpochRecord? {
+        if let r = state.epochRecords[epoch] { return r }
+        let r = try epochSync(epoch)
+        if let r { state.epochRecords[epoch] = r }
+        return r
+    }
+
+    /// Loads the live entries of every object the checkpoints touch (one multi-get).
+    func loadView(for data: [CheckpointData]) throws(StoreError) -> (LiveObjectSet, [ObjectID]) {
+        var seen = Set<ObjectID>()
+        var touched: [ObjectID] = []
+        for d in data {
+            for e in d.entries {
+                for c in e.effects.changes where seen.insert(c.id).inserted { touched.append(c.id) }
+            }
+        }
+        let values = try database.multiGet(cf.liveObjects, touched.map(\.bytes))
+        var objects: [ObjectID: VersionDigest] = [:]
+        objects.reserveCapacity(touched.count)
+        for (id, v) in zip(touched, values) {
+            guard let v else { continue }
+            guard let vd = StoreKeys.readVersionDigest(v) else {
+                throw StoreError(.badValue, "live entry of \(id.short) is \(v.count) bytes")
+            }
+            objects[id] = vd
+        }
+        return (LiveObjectSet(objects), touched)
+    }
+
+    /// Applies checkpoints to `view` in order (DESIGN §5.4), adds the live-set changes and the
+    /// `highestExecuted` watermark to `batch`, and checks the state root if the last one ends
+    /// an epoch. Returns that epoch and its completed record.
+    @discardableResult
+    func stageExecution<C: BidirectionalCollection<VerifiedCheckpoint>>(
+        _ checkpoints: C, view: inout LiveObjectSet, touched: [ObjectID], into batch: WriteBatch, state: inout WriterState
+    ) throws -> (UInt64, EpochRecord)? {
+        var endOfEpoch: (UInt64, EpochRecord)? = nil
+        for cp in checkpoints {
+            let summary = cp.certified.summary
+            let expected = state.executed.map { $0.seq + 1 } ?? 0
+            guard summary.sequenceNumber == expected else {
+                throw StoreError(.outOfOrder, "checkpoint \(summary.sequenceNumber) executed after \(expected - 1)")
+            }
+            do {
+                try view.apply(cp.data)
+            } catch {
+                throw StoreError(.executionFailed, error, context: "checkpoint \(summary.sequenceNumber)")
+            }
+            if let end = summary.endOfEpoch {
+                precondition(checkpoints.last?.certified.summary.sequenceNumber == summary.sequenceNumber,
+                             "an epoch end closes its execution group")
+                let (root, count) = try stateRoot(overlay: view, touched: touched)
+                guard root == end.stateRoot, count == end.liveObjectCount else {
+                    throw StoreError(.executionFailed,
+                        "checkpoint \(summary.sequenceNumber): state root \(root.short) over \(count) objects, certified \(end.stateRoot.short) over \(end.liveObjectCount); execution stops here")
+                }
+                var record = try epochRecord(summary.epoch, state: &state) ?? EpochRecord(epoch: summary.epoch, firstCheckpoint: summary.sequenceNumber)
+                record.lastCheckpoint = summary.sequenceNumber
+                record.stateRoot = root
+                record.liveObjectCount = count
+                state.epochRecords[summary.epoch] = record
+                batch.put(cf.epochs, StoreKeys.seq(summary.epoch), record.bcsBytes)
+                endOfEpoch = (summary.epoch, record)
+            }
+            state.executed = WatermarkValue(seq: summary.sequenceNumber, digest: cp.certified.digest)
+        }
+        for id in touched {
+            if let vd = view.objects[id] {
+                batch.put(cf.liveObjects, id.bytes, StoreKeys.versionDigest(vd))
+            } else {
+                batch.delete(cf.liveObjects, id.bytes)
+            }
+        }
+        if let executed = state.executed { setWatermark(.highestExecuted, executed, in: batch) }
+        return endOfEpoch
+    }
+
+    /// The state root of the committed live set with `touched` ids replaced by their state in
+    /// `overlay`: one ordered pass over `liveObjects` merged with the sorted overlay.
+    func stateRoot(overlay: LiveObjectSet, touched: [ObjectID]) throws -> (Digest, UInt64) {
+        let changed = touched.sorted()
+        var stream = StreamingMerkleRoot()
+        var k = 0
+        func emit(_ id: ObjectID, _ vd: VersionDigest) {
+            stream.append(leafHash: ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
+        }
+        func emitChanged(_ id: ObjectID) {
+            if let vd = overlay.objects[id] { emit(id, vd) }
+        }
+        try database.withIterator(cf.liveObjects) { it in
+            while it.isValid {
+                let (id, vd) = try it.withKey { k in
+                    try it.withValue { v in
+                        guard k.count == 32, v.count == 40 else {
+                            throw StoreError(.badValue, "live entry of \(k.count) and \(v.count) bytes")
+                        }
+                        return (Digest(bytes: k)!, StoreKeys.readVersionDigest(Array(v))!)
+                    }
+                }
+                while k < changed.count && changed[k] < id {
+                    emitChanged(changed[k])
+                    k += 1
+                }
+                if k < changed.count && changed[k] == id {
+                    emitChanged(id)
+                    k += 1
+                } else {
+                    emit(id, vd)
+                }
+                it.next()
+            }
+        }
+        while k < changed.count {
+            emitChanged(changed[k])
+            k += 1
+        }
+        return (stream.finalize(), stream.count)
+    }
+
+    /// Work after an epoch end is committed: its snapshot and the pruning of old snapshots.
+    func afterEpochEnd(_ epoch: UInt64, _ record: EpochRecord) throws {
+        guard configuration.retainSnapshots > 0 else { return }
+        try buildSnapshotSync(epoch: epoch, record: record)
+    }
+
+    /// Executes checkpoints that are stored but not yet executed (after a restart, or when
+    /// commit ran without execution), up to `maxCheckpoints`. Returns the new `highestExecuted`.
+    public func executePending(maxCheckpoints: Int = .max) async throws -> UInt64? {
+        try await blocking { try self.executePendingSync(maxCheckpoints: maxCheckpoints) }
+    }
+
+    func executePendingSync(maxCheckpoints: Int) throws -> UInt64? {
+        try writer.withLock { _ throws in
+            var state = WriterState(
+                synced: try watermarkSync(.highestSynced), verified: try watermarkSync(.highestVerified),
+                executed: try watermarkSync(.highestExecuted))
+            guard let synced = state.synced, var next = state.executed.map({ $0.seq + 1 }) else { return state.executed?.seq }
+            var done = 0
+            while next <= synced.seq && done < maxCheckpoints {
+                var group: [VerifiedCheckpoint] = []
+                while next <= synced.seq && group.count < Self.maxGroup && done < maxCheckpoints {
+                    guard let summary = try summarySync(next), let data = try checkpointDataSync(next) else {
+                        throw StoreError(.inconsistent, "checkpoint \(next) is below highestSynced but not stored")
+                    }
+                    group.append(VerifiedCheckpoint(certified: summary, data: data, frames: [[]], proofs: [[]]))
+                    next += 1
+                    done += 1
+                    if summary.summary.endOfEpoch != nil { break }
+                }
+                let batch = WriteBatch(for: database)
+                var (view, touched) = try loadView(for: group.map(\.data))
+                let end = try stageExecution(group, view: &view, touched: touched, into: batch, state: &state)
+                try database.write(batch, sync: configuration.syncWrites)
+                if let (epoch, record) = end { try afterEpochEnd(epoch, record) }
+            }
+            return state.executed?.seq
+        }
+    }
+}

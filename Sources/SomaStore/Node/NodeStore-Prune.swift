@@ -1,0 +1,84 @@
+import SomaCore
+
+/// What one pruning pass removed.
+public struct PruneReport: Sendable, Equatable {
+    /// Epochs pruned in this pass.
+    public var epochs: [UInt64] = []
+    /// Checkpoints whose blocks were removed.
+    public var checkpoints: UInt64 = 0
+    /// Object versions removed.
+    public var objectVersions: UInt64 = 0
+    /// The new `lowestAvailable`.
+    public var lowestAvailable: UInt64 = 0
+}
+
+extension NodeStore {
+    /// Prunes a pruned-mode store: for every completed and executed epoch older than the last
+    /// `retainEpochs`, removes its blocks, part proofs, transaction index entries and the object
+    /// versions its transactions superseded (inputs of its effects), then advances
+    /// `lowestAvailable` past it. Summaries, committees and epoch records stay. An archive store
+    /// is left alone.
+    ///
+    /// Each checkpoint's removals and the watermark advance are one write batch, so an
+    /// interrupted pass resumes where it stopped.
+    public func prune() async throws -> PruneReport {
+        try await blocking { try self.pruneSync() }
+    }
+
+    func pruneSync() throws -> PruneReport {
+        var report = PruneReport()
+        guard configuration.mode == .pruned else {
+            report.lowestAvailable = try watermarkSync(.lowestAvailable)?.seq ?? 0
+            return report
+        }
+        let retain = max(1, configuration.retainEpochs)
+        while true {
+            // Decide under the writer lock, prune one epoch, repeat: commits interleave.
+            let done: Bool = try writer.withLock { _ throws in
+                guard let executed = try watermarkSync(.highestExecuted),
+                      let lowest = try watermarkSync(.lowestAvailable),
+                      let executedSummary = try summarySync(executed.seq)
+                else { return true }
+                let lowestSummary = try summarySync(lowest.seq)
+                guard let lowestEpoch = lowestSummary?.summary.epoch else { return true }
+                // The epoch holding highestExecuted is current even if just ended.
+                let currentEpoch = executedSummary.summary.endOfEpoch == nil ? executedSummary.summary.epoch : executedSummary.summary.epoch + 1
+                guard lowestEpoch + retain <= currentEpoch,
+                      let record = try epochSync(lowestEpoch), let last = record.lastCheckpoint, last <= executed.seq
+                else { return true }
+                var seq = lowest.seq
+                while seq <= last {
+                    let batch = WriteBatch(for: database)
+                    let groupEnd = min(last, seq + 15)
+                    for s in seq...groupEnd {
+                        guard let data = try checkpointDataSync(s) else { continue }
+                        for entry in data.entries {
+                            batch.delete(cf.transactions, entry.transaction.digest.bytes)
+                            for change in entry.effects.changes {
+                                if let input = change.input {
+                                    batch.delete(cf.objects, StoreKeys.object(change.id, version: input.version))
+                                    report.objectVersions += 1
+                                }
+                            }
+                        }
+                        report.checkpoints += 1
+                    }
+                    batch.deleteRange(cf.blocks, from: StoreKeys.seq(seq), to: StoreKeys.seq(groupEnd + 1))
+                    batch.deleteRange(cf.partProofs, from: StoreKeys.seq(seq), to: StoreKeys.seq(groupEnd + 1))
+                    let nextSeq = groupEnd + 1
+                    guard let nextSummary = try summarySync(nextSeq) else {
+                        throw StoreError(.inconsistent, "checkpoint \(nextSeq) after pruned epoch \(lowestEpoch) has no summary")
+                    }
+                    setWatermark(.lowestAvailable, WatermarkValue(seq: nextSeq, digest: nextSummary.digest), in: batch)
+                    try database.write(batch, sync: configuration.syncWrites)
+                    seq = nextSeq
+                }
+                report.epochs.append(lowestEpoch)
+                return false
+            }
+            if done { break }
+        }
+        report.lowestAvailable = try watermarkSync(.lowestAvailable)?.seq ?? 0
+        return report
+    }
+}

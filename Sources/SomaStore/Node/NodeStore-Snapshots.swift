@@ -1,0 +1,161 @@
+public import SomaCore
+
+/// What a snapshot of an epoch's live object set holds: enough to verify every chunk on its
+/// own against the certified state root.
+public struct SnapshotManifest: Hashable, Sendable, BCSCodable {
+    /// The epoch.
+    public var epoch: UInt64
+    /// Its last checkpoint (the snapshot is the live set after it).
+    public var lastCheckpoint: UInt64
+    /// The certified state root.
+    public var stateRoot: Digest
+    /// Live objects.
+    public var objectCount: UInt64
+    /// Objects per chunk (a power of two).
+    public var chunkSize: UInt64
+    /// The Merkle root of each chunk's leaves; the tree over them is the state tree.
+    public var chunkRoots: [Digest]
+
+    /// Creates a manifest.
+    public init(epoch: UInt64, lastCheckpoint: UInt64, stateRoot: Digest, objectCount: UInt64, chunkSize: UInt64, chunkRoots: [Digest]) {
+        self.epoch = epoch
+        self.lastCheckpoint = lastCheckpoint
+        self.stateRoot = stateRoot
+        self.objectCount = objectCount
+        self.chunkSize = chunkSize
+        self.chunkRoots = chunkRoots
+    }
+
+    /// The subtree proof of chunk `index`.
+    public func proof(chunk index: Int) throws(CoreError) -> [Digest] {
+        try Merkle.subtreeProof(chunk: index, chunkRoots: chunkRoots)
+    }
+
+    /// Writes the fields in order.
+    public func encode(to writer: inout BCSWriter) {
+        writer.write(epoch)
+        writer.write(lastCheckpoint)
+        writer.write(stateRoot)
+        writer.write(objectCount)
+        writer.write(chunkSize)
+        writer.write(chunkRoots)
+    }
+
+    /// Reads the fields in order.
+    public init(from reader: inout BCSReader) throws(CoreError) {
+        epoch = try reader.readU64()
+        lastCheckpoint = try reader.readU64()
+        stateRoot = try reader.readDigest()
+        objectCount = try reader.readU64()
+        chunkSize = try reader.readU64()
+        chunkRoots = try reader.readVector(Digest.self, minElementSize: 32)
+    }
+}
+
+extension NodeStore {
+    static let manifestChunk = UInt32.max
+
+    /// The manifest of the snapshot of `epoch`, if the store holds one.
+    public func snapshotManifest(epoch: UInt64) async throws -> SnapshotManifest? {
+        try await blocking { try self.snapshotManifestSync(epoch) }
+    }
+
+    func snapshotManifestSync(_ epoch: UInt64) throws(StoreError) -> SnapshotManifest? {
+        guard let bytes = try database.get(cf.snapshotChunks, StoreKeys.chunk(epoch, Self.manifestChunk)) else { return nil }
+        do {
+            return try SnapshotManifest(bcsBytes: bytes)
+        } catch {
+            throw StoreError(.badValue, error, context: "snapshot manifest \(epoch)")
+        }
+    }
+
+    /// Chunk `index` of the snapshot of `epoch`: an LZ4 frame of `bcs(Vec<Object>)`, as stored.
+    public func snapshotChunk(epoch: UInt64, index: UInt32) async throws -> [UInt8]? {
+        try await blocking {
+            guard index != Self.manifestChunk else { return nil }
+            return try self.database.get(self.cf.snapshotChunks, StoreKeys.chunk(epoch, index))
+        }
+    }
+
+    /// The epochs whose snapshots the store holds.
+    public func snapshotEpochs() async throws -> [UInt64] {
+        try await blocking {
+            try self.database.scan(self.cf.snapshotChunks).compactMap { kv -> UInt64? in
+                StoreKeys.readU32(kv.key, at: 8) == Self.manifestChunk ? StoreKeys.readU64(kv.key) : nil
+            }
+        }
+    }
+
+    /// Cuts the live object set (just after `record`'s epoch end was committed) into chunks of
+    /// `snapshotChunkSize` objects sorted by id, checks every object against its live digest,
+    /// checks the chunk roots against the certified state root, stores chunks and manifest, and
+    /// drops snapshots older than `retainSnapshots` epochs.
+    func buildSnapshotSync(epoch: UInt64, record: EpochRecord) throws {
+        guard let lastCheckpoint = record.lastCheckpoint, let root = record.stateRoot else { return }
+        let k = configuration.snapshotChunkSize
+        var chunkRoots: [Digest] = []
+        var count: UInt64 = 0
+        var batch = WriteBatch(for: database)
+        var pendingRefs: [(ObjectID, VersionDigest)] = []
+        pendingRefs.reserveCapacity(k)
+
+        func flushChunk() throws {
+            guard !pendingRefs.isEmpty else { return }
+            let values = try database.multiGet(cf.objects, pendingRefs.map { StoreKeys.object($0.0, version: $0.1.version) })
+            var objects: [Object] = []
+            objects.reserveCapacity(values.count)
+            var leaves: [Digest] = []
+            leaves.reserveCapacity(values.count)
+            for ((id, vd), value) in zip(pendingRefs, values) {
+                guard let value else {
+                    throw StoreError(.inconsistent, "snapshot of epoch \(epoch): live object \(id.short) v\(vd.version) is not stored")
+                }
+                let object: Object
+                do { object = try Object(bcsBytes: value) } catch {
+                    throw StoreError(.badValue, error, context: "object \(id.short) v\(vd.version)")
+                }
+                guard object.digest == vd.digest else {
+                    throw StoreError(.inconsistent, "snapshot of epoch \(epoch): object \(id.short) v\(vd.version) does not match its live digest")
+                }
+                objects.append(object)
+                leaves.append(ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
+            }
+            chunkRoots.append(Merkle.root(leafHashes: leaves))
+            var w = BCSWriter(capacity: values.reduce(16) { $0 + ($1?.count ?? 0) })
+            w.write(objects)
+            batch.put(cf.snapshotChunks, StoreKeys.chunk(epoch, UInt32(chunkRoots.count - 1)), LZ4Frame.compress(w.bytes))
+            count += UInt64(pendingRefs.count)
+            pendingRefs.removeAll(keepingCapacity: true)
+            if batch.byteCount > 32 << 20 {
+                try database.write(batch, sync: false)
+                batch = WriteBatch(for: database)
+            }
+        }
+
+        try database.withIterator(cf.liveObjects) { it in
+            while it.isValid {
+                let key = it.key
+                let value = it.value
+                guard let id = Digest(bytes: key), let vd = StoreKeys.readVersionDigest(value) else {
+                    throw StoreError(.badValue, "live entry of \(key.count) and \(value.count) bytes")
+                }
+                pendingRefs.append((id, vd))
+                if pendingRefs.count == k { try flushChunk() }
+                it.next()
+            }
+        }
+        try flushChunk()
+        guard Merkle.root(leafHashes: chunkRoots) == root, count == record.liveObjectCount else {
+            throw StoreError(.inconsistent, "snapshot of epoch \(epoch) does not reproduce the certified state root")
+        }
+        let manifest = SnapshotManifest(
+            epoch: epoch, lastCheckpoint: lastCheckpoint, stateRoot: root, objectCount: count, chunkSize: UInt64(k),
+            chunkRoots: chunkRoots)
+        batch.put(cf.snapshotChunks, StoreKeys.chunk(epoch, Self.manifestChunk), manifest.bcsBytes)
+        if epoch + 1 > configuration.retainSnapshots {
+            // Keep epochs (epoch - retainSnapshots, epoch].
+            batch.deleteRange(cf.snapshotChunks, from: StoreKeys.seq(0), to: StoreKeys.seq(epoch + 1 - configuration.retainSnapshots))
+        }
+        try database.write(batch, sync: configuration.syncWrites)
+    }
+}

@@ -1,0 +1,412 @@
+public import SomaCore
+import Synchronization
+
+/// How much history a store keeps.
+public enum StoreMode: String, Sendable, CaseIterable {
+    /// Keep every checkpoint and every object version since genesis.
+    case archive
+    /// Keep the last `retainEpochs` epochs of blocks and object versions.
+    case pruned
+}
+
+/// Configuration of a ``NodeStore``; every field has a default.
+public struct StoreConfiguration: Sendable {
+    /// Archive or pruned.
+    public var mode: StoreMode = .archive
+    /// Epochs of blocks and object versions a pruned store keeps (at least 1).
+    public var retainEpochs: UInt64 = 2
+    /// Epoch snapshots kept (0: build none).
+    public var retainSnapshots: UInt64 = 2
+    /// Objects per snapshot chunk (a power of two).
+    public var snapshotChunkSize = 4_096
+    /// Wait for the write-ahead log to reach the disk on every commit.
+    public var syncWrites = false
+    /// RocksDB-wide options.
+    public var database = DatabaseOptions()
+    /// Threads of the blocking pool that runs RocksDB calls.
+    public var blockingThreads = 4
+    /// The largest decompressed block the store accepts (bytes).
+    public var maxBlockBytes = 256 << 20
+
+    /// The defaults.
+    public init() {}
+}
+
+/// The node's store (DESIGN §6): certified summaries, LZ4 blocks, transactions, object
+/// versions, the live object set, committees, epochs, snapshots and watermarks, in one RocksDB
+/// database.
+///
+/// Every public method is `async` and runs its RocksDB calls on the store's ``BlockingPool``.
+/// Writes (commit, execute, prune, snapshots) are serialised by a writer lock; each
+/// checkpoint is committed in one write batch with the watermarks it advances, so a crash at
+/// any instant leaves a store that resumes from its watermarks.
+///
+/// Watermarks: `highestVerified` (summaries stored) ≥ `highestSynced` (blocks, transactions,
+/// object versions stored) ≥ `highestExecuted` (live object set updated, state roots checked);
+/// `lowestAvailable` is the first checkpoint whose blocks are still held.
+public final class NodeStore: Sendable {
+    /// The database (for tools and tests that read column families directly).
+    public let database: RocksDatabase
+    let pool: BlockingPool
+    let cf: Families
+    /// The configuration the store was opened with.
+    public let configuration: StoreConfiguration
+    let writer = Mutex(())
+
+    /// The column families of DESIGN §6, plus `partProofs` and `meta`.
+    public static let columnFamilyNames = [
+        "default", "summaries", "summaryByDigest", "blocks", "partProofs", "transactions", "objects", "liveObjects",
+        "committees", "epochs", "snapshotChunks", "watermarks", "peers", "restore", "meta",
+    ]
+
+    struct Families: Sendable {
+        let summaries, summaryByDigest, blocks, partProofs, transactions, objects, liveObjects: ColumnFamily
+        let committees, epochs, snapshotChunks, watermarks, peers, restore, meta: ColumnFamily
+    }
+
+    static func columnFamilyOptions() -> [ColumnFamilyOptions] {
+        columnFamilyNames.map { name in
+            var o = ColumnFamilyOptions(name: name)
+            switch name {
+            case "blocks", "snapshotChunks":
+                // Already LZ4 frames: no second compression; large values live in blob files.
+                o.compression = .none
+                o.bloomBitsPerKey = 0
+                o.blobMinBytes = 4_096
+                o.writeBufferBytes = 64 << 20
+            case "objects":
+                o.writeBufferBytes = 64 << 20
+            case "liveObjects", "transactions", "summaryByDigest":
+                // Digests and versions: random bytes that do not compress.
+                o.compression = .none
+                o.writeBufferBytes = 32 << 20
+            default:
+                o.writeBufferBytes = 8 << 20
+            }
+            return o
+        }
+    }
+
+    private init(database: RocksDatabase, pool: BlockingPool, configuration: StoreConfiguration) throws(StoreError) {
+        self.database = database
+        self.pool = pool
+        self.configuration = configuration
+        func family(_ name: String) throws(StoreError) -> ColumnFamily {
+            guard let f = database.columnFamily(name) else { throw StoreError(.inconsistent, "column family \(name) missing") }
+            return f
+        }
+        cf = Families(
+            summaries: try family("summaries"), summaryByDigest: try family("summaryByDigest"), blocks: try family("blocks"),
+            partProofs: try family("partProofs"), transactions: try family("transactions"), objects: try family("objects"),
+            liveObjects: try family("liveObjects"), committees: try family("committees"), epochs: try family("epochs"),
+            snapshotChunks: try family("snapshotChunks"), watermarks: try family("watermarks"), peers: try family("peers"),
+            restore: try family("restore"), meta: try family("meta"))
+    }
+
+    /// Opens (creating if needed) the store in directory `path`.
+    public static func open(path: String, configuration: StoreConfiguration = StoreConfiguration()) async throws -> NodeStore {
+        precondition(configuration.snapshotChunkSize > 0 && configuration.snapshotChunkSize & (configuration.snapshotChunkSize - 1) == 0,
+                     "snapshot chunk size must be a power of two")
+        let pool = BlockingPool(threads: configuration.blockingThreads)
+        do {
+            return try await pool.run {
+                let db = try RocksDatabase(path: path, options: configuration.database, columnFamilies: columnFamilyOptions())
+                let store = try NodeStore(database: db, pool: pool, configuration: configuration)
+                if let mode = try db.get(store.cf.meta, Array("mode".utf8)) {
+                    let stored = String(decoding: mode, as: UTF8.self)
+                    if stored != configuration.mode.rawValue {
+                        db.close()
+                        throw StoreError(.invalidArgument, "the store at \(path) is a \(stored) store, opened as \(configuration.mode.rawValue)")
+                    }
+                }
+                return store
+            }
+        } catch {
+            try? await pool.shutdown()
+            throw error
+        }
+    }
+
+    /// Closes the database, then stops the pool. Call once every user has stopped.
+    public func close() async {
+        _ = try? await pool.run { [database] in database.close() }
+        try? await pool.shutdown()
+    }
+
+    /// Runs blocking store work on the pool.
+    func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await pool.run(body)
+    }
+
+    // MARK: Meta and genesis
+
+    static let genesisKey = Array("genesis".utf8)
+    static let chainIDKey = Array("chainID".utf8)
+
+    /// The chain id, once initialised.
+    public func chainID() async throws -> Digest? {
+        try await blocking { try self.chainIDSync() }
+    }
+
+    func chainIDSync() throws(StoreError) -> Digest? {
+        try database.get(cf.meta, Self.chainIDKey).flatMap { Digest(bytes: $0) }
+    }
+
+    /// The genesis the store was initialised with.
+    public func genesis() async throws -> Genesis? {
+        try await blocking { try self.genesisSync() }
+    }
+
+    func genesisSync() throws(StoreError) -> Genesis? {
+        guard let bytes = try database.get(cf.meta, Self.genesisKey) else { return nil }
+        do {
+            return try Genesis(bcsBytes: bytes)
+        } catch {
+            throw StoreError(.badValue, error, context: "stored genesis")
+        }
+    }
+
+    /// Initialises an empty store with a verified genesis: checkpoint 0 is committed and executed.
+    /// On a store already holding this genesis it does nothing; another chain's is refused.
+    public func initialize(genesis: Genesis) async throws {
+        try await blocking { try self.initializeSync(genesis: genesis) }
+    }
+
+    func initializeSync(genesis: Genesis) throws {
+        try writer.withLock { _ throws in
+            if let existing = try chainIDSync() {
+                guard existing == genesis.chainID else {
+                    throw StoreError(.invalidArgument, "the store holds chain \(existing.short), not \(genesis.chainID.short)")
+                }
+                return
+            }
+            do throws(CoreError) {
+                try genesis.verify()
+            } catch {
+                throw StoreError(.verificationFailed, error, context: "genesis")
+            }
+            let batch = WriteBatch(for: database)
+            batch.put(cf.meta, Self.genesisKey, genesis.bcsBytes)
+            batch.put(cf.meta, Self.chainIDKey, genesis.chainID.bytes)
+            batch.put(cf.meta, Array("mode".utf8), Array(configuration.mode.rawValue.utf8))
+            batch.put(cf.committees, StoreKeys.seq(0), genesis.committee.bcsBytes)
+            batch.put(cf.epochs, StoreKeys.seq(0), EpochRecord(epoch: 0, firstCheckpoint: 0).bcsBytes)
+            let checkpoint = VerifiedCheckpoint(certified: genesis.checkpoint, data: genesis.contents)
+            var state = WriterState(synced: nil, verified: nil, executed: nil)
+            try stage(checkpoint, into: batch, state: &state)
+            var (view, touched) = try loadView(for: [genesis.contents])
+            try stageExecution([checkpoint], view: &view, touched: touched, into: batch, state: &state)
+            setWatermark(.lowestAvailable, WatermarkValue(seq: 0, digest: genesis.checkpoint.digest), in: batch)
+            try database.write(batch, sync: true)
+        }
+    }
+
+    // MARK: Watermarks
+
+    /// The value of a watermark, or `nil` before the genesis.
+    public func watermark(_ w: Watermark) async throws -> WatermarkValue? {
+        try await blocking { try self.watermarkSync(w) }
+    }
+
+    /// Every watermark.
+    public func watermarks() async throws -> [Watermark: WatermarkValue] {
+        try await blocking {
+            var out: [Watermark: WatermarkValue] = [:]
+            for w in Watermark.allCases { out[w] = try self.watermarkSync(w) }
+            return out
+        }
+    }
+
+    func watermarkSync(_ w: Watermark) throws(StoreError) -> WatermarkValue? {
+        guard let bytes = try database.get(cf.watermarks, Array(w.rawValue.utf8)) else { return nil }
+        guard bytes.count == 40, let seq = StoreKeys.readU64(bytes), let d = Digest(bytes: bytes[8..<40]) else {
+            throw StoreError(.badValue, "watermark \(w.rawValue) is \(bytes.count) bytes")
+        }
+        return WatermarkValue(seq: seq, digest: d)
+    }
+
+    func setWatermark(_ w: Watermark, _ value: WatermarkValue, in batch: WriteBatch) {
+        batch.put(cf.watermarks, Array(w.rawValue.utf8), StoreKeys.seqDigest(value.seq, value.digest))
+    }
+
+    // MARK: Reads
+
+    /// The certified summary at `seq`.
+    public func summary(at seq: UInt64) async throws -> CertifiedCheckpointSummary? {
+        try await blocking { try self.summarySync(seq) }
+    }
+
+    func summarySync(_ seq: UInt64) throws(StoreError) -> CertifiedCheckpointSummary? {
+        guard let bytes = try database.get(cf.summaries, StoreKeys.seq(seq)) else { return nil }
+        do {
+            return try CertifiedCheckpointSummary(bcsBytes: bytes)
+        } catch {
+            throw StoreError(.badValue, error, context: "summary \(seq)")
+        }
+    }
+
+    /// The sequence number of the summary with `digest`.
+    public func sequenceNumber(ofSummary digest: Digest) async throws -> UInt64? {
+        try await blocking { try self.database.get(self.cf.summaryByDigest, digest.bytes).flatMap { StoreKeys.readU64($0) } }
+    }
+
+    /// The stored LZ4 block frames of checkpoint `seq`, one per part, as stored (never recompressed).
+    public func blockFrames(at seq: UInt64) async throws -> [[UInt8]] {
+        try await blocking { try self.blockFramesSync(seq) }
+    }
+
+    func blockFramesSync(_ seq: UInt64) throws -> [[UInt8]] {
+        try database.scan(cf.blocks, from: StoreKeys.block(seq, part: 0), to: StoreKeys.seq(seq &+ 1)).map(\.value)
+    }
+
+    /// The part proof of part `part` of checkpoint `seq` (empty for single-part checkpoints).
+    public func partProof(at seq: UInt64, part: UInt32) async throws -> [Digest] {
+        try await blocking { try self.partProofSync(seq, part) }
+    }
+
+    func partProofSync(_ seq: UInt64, _ part: UInt32) throws(StoreError) -> [Digest] {
+        guard let bytes = try database.get(cf.partProofs, StoreKeys.block(seq, part: part)) else { return [] }
+        do {
+            return try BCS.read(from: bytes[...]) { (r: inout BCSReader) throws(CoreError) in try r.readVector(Digest.self, minElementSize: 32) }
+        } catch {
+            throw StoreError(.badValue, error, context: "part proof \(seq)/\(part)")
+        }
+    }
+
+    /// The contents of checkpoint `seq` (all parts, decompressed and decoded), or `nil` if not held.
+    public func checkpointData(at seq: UInt64) async throws -> CheckpointData? {
+        try await blocking { try self.checkpointDataSync(seq) }
+    }
+
+    func checkpointDataSync(_ seq: UInt64) throws -> CheckpointData? {
+        let frames = try blockFramesSync(seq)
+        guard !frames.isEmpty else { return nil }
+        var entries: [ExecutionData] = []
+        for (part, frame) in frames.enumerated() {
+            let data = try decodeBlock(frame, seq: seq, part: part)
+            entries += data.entries
+        }
+        return CheckpointData(sequenceNumber: seq, entries: entries)
+    }
+
+    func decodeBlock(_ frame: [UInt8], seq: UInt64, part: Int) throws -> CheckpointData {
+        let raw: [UInt8]
+        do {
+            raw = try LZ4Frame.decompress(frame, limit: configuration.maxBlockBytes)
+        } catch {
+            throw StoreError(error.code, "checkpoint \(seq) part \(part): \(error.message)")
+        }
+        do {
+            let data = try CheckpointData(bcsBytes: raw)
+            guard data.sequenceNumber == seq else {
+                throw StoreError(.badValue, "checkpoint \(seq) part \(part): block holds checkpoint \(data.sequenceNumber)")
+            }
+            return data
+        } catch let error as CoreError {
+            throw StoreError(.badValue, error, context: "checkpoint \(seq) part \(part)")
+        }
+    }
+
+    /// Where a transaction is: its checkpoint and index there.
+    public func transactionLocation(_ digest: Digest) async throws -> (seq: UInt64, index: UInt32)? {
+        try await blocking { try self.transactionLocationSync(digest).map { ($0.0, $0.1) } }
+    }
+
+    func transactionLocationSync(_ digest: Digest) throws(StoreError) -> (UInt64, UInt32)? {
+        guard let v = try database.get(cf.transactions, digest.bytes) else { return nil }
+        guard let seq = StoreKeys.readU64(v), let index = StoreKeys.readU32(v, at: 8), v.count == 12 else {
+            throw StoreError(.badValue, "transaction index entry of \(digest.short) is \(v.count) bytes")
+        }
+        return (seq, index)
+    }
+
+    /// A transaction with its effects and output objects, if its checkpoint is held.
+    public func transaction(_ digest: Digest) async throws -> (seq: UInt64, entry: ExecutionData)? {
+        try await blocking {
+            guard let (seq, index) = try self.transactionLocationSync(digest),
+                  let data = try self.checkpointDataSync(seq), Int(index) < data.entries.count
+            else { return nil }
+            return (seq, data.entries[Int(index)])
+        }
+    }
+
+    /// An object version; `version: nil` means the live version.
+    public func object(_ id: ObjectID, version: UInt64? = nil) async throws -> Object? {
+        try await blocking { try self.objectSync(id, version: version) }
+    }
+
+    func objectSync(_ id: ObjectID, version: UInt64?) throws(StoreError) -> Object? {
+        var v = version
+        if v == nil {
+            guard let live = try liveVersionSync(id) else { return nil }
+            v = live.version
+        }
+        guard let v, let bytes = try database.get(cf.objects, StoreKeys.object(id, version: v)) else { return nil }
+        do {
+            return try Object(bcsBytes: bytes)
+        } catch {
+            throw StoreError(.badValue, error, context: "object \(id.short) v\(v)")
+        }
+    }
+
+    /// The live version and digest of an object, or `nil` if it does not exist now.
+    public func liveVersion(_ id: ObjectID) async throws -> VersionDigest? {
+        try await blocking { try self.liveVersionSync(id) }
+    }
+
+    func liveVersionSync(_ id: ObjectID) throws(StoreError) -> VersionDigest? {
+        guard let bytes = try database.get(cf.liveObjects, id.bytes) else { return nil }
+        guard let vd = StoreKeys.readVersionDigest(bytes) else {
+            throw StoreError(.badValue, "live entry of \(id.short) is \(bytes.count) bytes")
+        }
+        return vd
+    }
+
+    /// The committee of `epoch`.
+    public func committee(epoch: UInt64) async throws -> Committee? {
+        try await blocking { try self.committeeSync(epoch) }
+    }
+
+    func committeeSync(_ epoch: UInt64) throws(StoreError) -> Committee? {
+        guard let bytes = try database.get(cf.committees, StoreKeys.seq(epoch)) else { return nil }
+        do {
+            return try Committee(bcsBytes: bytes)
+        } catch {
+            throw StoreError(.badValue, error, context: "committee \(epoch)")
+        }
+    }
+
+    /// Every epoch record, in order.
+    public func epochs() async throws -> [EpochRecord] {
+        try await blocking { try self.epochsSync() }
+    }
+
+    func epochsSync() throws -> [EpochRecord] {
+        try database.scan(cf.epochs).map { kv in
+            do throws(CoreError) {
+                return try EpochRecord(bcsBytes: kv.value)
+            } catch {
+                throw StoreError(.badValue, error, context: "epoch record")
+            }
+        }
+    }
+
+    func epochSync(_ epoch: UInt64) throws(StoreError) -> EpochRecord? {
+        guard let bytes = try database.get(cf.epochs, StoreKeys.seq(epoch)) else { return nil }
+        do {
+            return try EpochRecord(bcsBytes: bytes)
+        } catch {
+            throw StoreError(.badValue, error, context: "epoch \(epoch)")
+        }
+    }
+
+    /// Approximate sizes for metrics and `inspect`: estimated keys and live SST bytes per column family.
+    public func statistics() async throws -> [(family: String, keys: UInt64, bytes: UInt64)] {
+        try await blocking {
+            try self.database.columnFamilies.map { f in
+                (f.name, try self.database.integerProperty("rocksdb.estimate-num-keys", of: f) ?? 0,
+                 try self.database.integerProperty("rocksdb.live-sst-files-size", of: f) ?? 0)
+            }
+        }
+    }
+}
