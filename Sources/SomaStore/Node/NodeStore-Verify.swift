@@ -1,0 +1,190 @@
+import SomaCore
+
+/// What ``NodeStore/verifyAll(allCertificates:userSignatures:progress:)`` checked.
+public struct StoreVerification: Sendable {
+    /// Summaries verified (hash chain and batch certificates).
+    public var summaries: UInt64 = 0
+    /// Checkpoints whose blocks, transactions and objects were verified.
+    public var checkpoints: UInt64 = 0
+    /// Transactions verified.
+    public var transactions: UInt64 = 0
+    /// Epoch state roots recomputed and matched.
+    public var stateRoots: [UInt64] = []
+    /// Live objects compared with the replay.
+    public var liveObjects: UInt64 = 0
+    /// Whether execution was replayed from genesis (archive stores) or only checked at the tip.
+    public var replayedFromGenesis = false
+}
+
+extension NodeStore {
+    /// Re-verifies the whole store and throws at the first fault, naming what and where: the
+    /// genesis; the epoch chain; every summary (hash chain, one quorum check per batch of
+    /// 1,000, or every certificate); every held block against its certified content digest,
+    /// with the transaction index and every stored output object; then, when the store holds
+    /// history from genesis, replays every checkpoint's effects, recomputes every epoch's state
+    /// root and compares the final live set with the stored one.
+    /// - Throws: ``StoreError`` with code `verificationFailed` (or the read error met).
+    public func verifyAll(
+        allCertificates: Bool = false, userSignatures: Bool = false,
+        progress: (@Sendable (UInt64) -> Void)? = nil
+    ) async throws -> StoreVerification {
+        try await blocking {
+            try self.verifyAllSync(allCertificates: allCertificates, userSignatures: userSignatures, progress: progress)
+        }
+    }
+
+    func fault(_ message: String) -> StoreError { StoreError(.verificationFailed, message) }
+
+    func verifyAllSync(allCertificates: Bool, userSignatures: Bool, progress: (@Sendable (UInt64) -> Void)?) throws -> StoreVerification {
+        var report = StoreVerification()
+        guard let genesis = try genesisSync() else { throw fault("the store has no genesis") }
+        do throws(CoreError) { try genesis.verify() } catch { throw StoreError(.verificationFailed, error, context: "genesis") }
+        guard try chainIDSync() == genesis.chainID else { throw fault("the stored chain id is not the genesis's") }
+        guard let verified = try watermarkSync(.highestVerified), let synced = try watermarkSync(.highestSynced),
+              let executed = try watermarkSync(.highestExecuted), let lowest = try watermarkSync(.lowestAvailable)
+        else { throw fault("a watermark is missing") }
+        guard lowest.seq <= executed.seq + 1, executed.seq <= synced.seq, synced.seq <= verified.seq else {
+            throw fault("watermarks out of order: lowestAvailable \(lowest.seq), highestExecuted \(executed.seq), highestSynced \(synced.seq), highestVerified \(verified.seq)")
+        }
+
+        // 1. The epoch chain, from the stored epoch ends.
+        var ends: [CertifiedCheckpointSummary] = []
+        for record in try epochsSync() {
+            guard let last = record.lastCheckpoint else { continue }
+            guard let s = try summarySync(last) else { throw fault("epoch \(record.epoch): end-of-epoch summary \(last) is missing") }
+            ends.append(s)
+        }
+        let committees: [Committee]
+        do throws(CoreError) {
+            committees = try ChainVerifier.verifyEpochChain(genesis: genesis.committee, endOfEpochSummaries: ends)
+        } catch {
+            throw StoreError(.verificationFailed, error, context: "epoch chain")
+        }
+        for c in committees where try committeeSync(c.epoch) != c {
+            throw fault("epoch \(c.epoch): the stored committee differs from the certified one")
+        }
+
+        // 2. Summaries, in batches, back to genesis.
+        var tip: VerifiedTip? = nil
+        var batch: [CertifiedCheckpointSummary] = []
+        var seq: UInt64 = 0
+        while seq <= verified.seq {
+            guard let s = try summarySync(seq) else { throw fault("checkpoint \(seq): summary missing") }
+            guard s.summary.sequenceNumber == seq else { throw fault("checkpoint \(seq): stored summary is of checkpoint \(s.summary.sequenceNumber)") }
+            guard let bySeq = try database.get(cf.summaryByDigest, s.digest.bytes), StoreKeys.readU64(bySeq) == seq else {
+                throw fault("checkpoint \(seq): digest index missing or wrong")
+            }
+            batch.append(s)
+            if batch.count == 1_000 || seq == verified.seq {
+                do throws(CoreError) {
+                    tip = try ChainVerifier.verifySummaryBatch(
+                        allCertificates ? SummaryBatch(certified: batch) : SummaryBatch(lastCertifiedOf: batch), after: tip,
+                        verifyAllCertificates: allCertificates, committee: { $0 < committees.count ? committees[Int($0)] : nil })
+                } catch {
+                    throw StoreError(.verificationFailed, error, context: "summaries \(batch[0].summary.sequenceNumber)...\(seq)")
+                }
+                report.summaries += UInt64(batch.count)
+                batch.removeAll(keepingCapacity: true)
+            }
+            seq += 1
+        }
+        guard tip?.digest == verified.digest else { throw fault("highestVerified names a digest the chain does not have") }
+
+        // 3. Blocks, transactions, objects; 4. execution replay (archive stores).
+        let replay = lowest.seq == 0
+        report.replayedFromGenesis = replay
+        var live = LiveObjectSet()
+        var previous: CheckpointSummary? = lowest.seq == 0 ? nil : try summarySync(lowest.seq - 1)?.summary
+        seq = lowest.seq
+        while seq <= synced.seq {
+            guard let certified = try summarySync(seq) else { throw fault("checkpoint \(seq): summary missing") }
+            let summary = certified.summary
+            let entryCount = try ChainVerifier.entryCount(of: summary, previous: previous)
+            let frames = try blockFramesSync(seq)
+            guard !frames.isEmpty else { throw fault("checkpoint \(seq): block missing") }
+            guard UInt64(frames.count) == BlockVerifier.partCount(entryCount: entryCount) else {
+                throw fault("checkpoint \(seq): \(frames.count) block parts, expected \(BlockVerifier.partCount(entryCount: entryCount))")
+            }
+            var entries: [ExecutionData] = []
+            for (part, frame) in frames.enumerated() {
+                let data: CheckpointData
+                do {
+                    data = try decodeBlock(frame, seq: seq, part: part)
+                } catch let e as StoreError {
+                    throw fault("checkpoint \(seq) part \(part): corrupt block (\(e.message))")
+                }
+                do {
+                    if frames.count == 1 {
+                        try BlockVerifier.verify(data, summary: summary, entryCount: entryCount, verifyUserSignatures: userSignatures)
+                    } else {
+                        try BlockVerifier.verifyPart(data, part: UInt64(part), proof: try partProofSync(seq, UInt32(part)),
+                                                     summary: summary, entryCount: entryCount, verifyUserSignatures: userSignatures)
+                    }
+                } catch let e as CoreError {
+                    throw StoreError(.verificationFailed, e, context: "checkpoint \(seq) part \(part)")
+                }
+                entries += data.entries
+            }
+            for (index, entry) in entries.enumerated() {
+                let txDigest = entry.transaction.digest
+                guard let location = try transactionLocationSync(txDigest), location.0 == seq, location.1 == UInt32(index) else {
+                    throw fault("checkpoint \(seq): transaction \(txDigest.short) is not indexed at entry \(index)")
+                }
+                for object in entry.outputObjects {
+                    guard let stored = try database.get(cf.objects, StoreKeys.object(object.id, version: object.version)) else {
+                        throw fault("checkpoint \(seq): object \(object.id.hex) v\(object.version) is missing")
+                    }
+                    guard stored == object.bcsBytes else {
+                        throw fault("checkpoint \(seq): object \(object.id.hex) v\(object.version) is tampered (does not match its certified digest)")
+                    }
+                }
+            }
+            report.transactions += UInt64(entries.count)
+            if replay && seq <= executed.seq {
+                do throws(CoreError) {
+                    try live.apply(CheckpointData(sequenceNumber: seq, entries: entries))
+                    if let end = summary.endOfEpoch {
+                        try live.verify(endOfEpoch: end, at: seq)
+                        report.stateRoots.append(summary.epoch)
+                    }
+                } catch {
+                    throw StoreError(.verificationFailed, error, context: "execution replay")
+                }
+            }
+            report.checkpoints += 1
+            previous = summary
+            if seq % 500 == 0 { progress?(seq) }
+            seq += 1
+        }
+
+        // 5. The stored live set against the replay (or its root at an epoch end).
+        if replay {
+            var count: UInt64 = 0
+            try database.withIterator(cf.liveObjects) { it in
+                while it.isValid {
+                    let key = it.key
+                    guard let id = Digest(bytes: key), let vd = StoreKeys.readVersionDigest(it.value) else {
+                        throw fault("a live-object entry is malformed")
+                    }
+                    guard live.objects[id] == vd else {
+                        throw fault("live object \(id.hex): stored v\(vd.version), the replay gives \(live.objects[id].map { "v\($0.version)" } ?? "no such object")")
+                    }
+                    count += 1
+                    it.next()
+                }
+            }
+            guard count == UInt64(live.count) else {
+                throw fault("the stored live set has \(count) objects, the replay \(live.count)")
+            }
+            report.liveObjects = count
+        } else if let s = try summarySync(executed.seq), let end = s.summary.endOfEpoch {
+            let (root, count) = try stateRoot(overlay: LiveObjectSet(), touched: [])
+            guard root == end.stateRoot, count == end.liveObjectCount else {
+                throw fault("the stored live set's root \(root.short) is not epoch \(s.summary.epoch)'s certified \(end.stateRoot.short)")
+            }
+            report.stateRoots.append(s.summary.epoch)
+            report.liveObjects = count
+        }
+        return report
+    }
+}

@@ -1,0 +1,212 @@
+import ArgumentParser
+import Foundation
+import SomaCore
+import SomaStore
+
+/// Options that name a node's data directory.
+struct DataOptions: ParsableArguments {
+    @Option(help: "The node's data directory (holding genesis.bcs and db/).")
+    var data: String
+
+    func openStore(mode: StoreMode? = nil) async throws -> NodeStore {
+        let dir = DataDirectory(root: data)
+        guard FileManager.default.fileExists(atPath: dir.database) else {
+            throw CLIError("no store at \(dir.database)")
+        }
+        var config = StoreConfiguration()
+        config.retainSnapshots = 0
+        if let mode { config.mode = mode }
+        do {
+            return try await NodeStore.open(path: dir.database, configuration: config)
+        } catch let e as StoreError where e.code == .invalidArgument && mode == nil {
+            // The store records its own mode; reopen as what it is.
+            return try await openStore(mode: .pruned)
+        }
+    }
+}
+
+struct Inspect: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show what a store holds: watermarks and epochs, or one checkpoint, transaction or object.")
+
+    @OptionGroup var dataOptions: DataOptions
+    @Option(help: "Show checkpoint N.")
+    var checkpoint: UInt64?
+    @Option(help: "Show the transaction with this digest (hex).")
+    var transaction: String?
+    @Option(help: "Show the object with this id (hex); the live version unless --version.")
+    var object: String?
+    @Option(help: "The object version to show.")
+    var version: UInt64?
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func validate() throws {
+        if let transaction, Digest(hex: transaction) == nil { throw ValidationError("--transaction takes 64 hex characters") }
+        if let object, Digest(hex: object) == nil { throw ValidationError("--object takes 64 hex characters") }
+        if version != nil && object == nil { throw ValidationError("--version goes with --object") }
+    }
+
+    func run() async throws {
+        let store = try await dataOptions.openStore()
+        let result: [String: Any]
+        do {
+            if let checkpoint {
+                result = try await describeCheckpoint(store, checkpoint)
+            } else if let transaction, let digest = Digest(hex: transaction) {
+                result = try await describeTransaction(store, digest)
+            } else if let object, let id = Digest(hex: object) {
+                result = try await describeObject(store, id)
+            } else {
+                result = try await describeStore(store)
+            }
+        } catch {
+            await store.close()
+            throw error
+        }
+        await store.close()
+        try emit(result)
+    }
+
+    func emit(_ value: [String: Any]) throws {
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            printText(value, indent: "")
+        }
+    }
+
+    func printText(_ value: Any, indent: String) {
+        if let dict = value as? [String: Any] {
+            for key in dict.keys.sorted() {
+                let v = dict[key]!
+                if v is [String: Any] || (v as? [Any])?.first is [String: Any] {
+                    print("\(indent)\(key):")
+                    printText(v, indent: indent + "  ")
+                } else if let list = v as? [Any] {
+                    print("\(indent)\(key): \(list.map { "\($0)" }.joined(separator: ", "))")
+                } else {
+                    print("\(indent)\(key): \(v)")
+                }
+            }
+        } else if let list = value as? [Any] {
+            for (i, item) in list.enumerated() {
+                print("\(indent)- [\(i)]")
+                printText(item, indent: indent + "  ")
+            }
+        }
+    }
+
+    func describeStore(_ store: NodeStore) async throws -> [String: Any] {
+        var marks: [String: Any] = [:]
+        for (w, v) in try await store.watermarks() { marks[w.rawValue] = ["seq": v.seq, "digest": v.digest.hex] }
+        let epochs: [[String: Any]] = try await store.epochs().map { r in
+            var e: [String: Any] = ["epoch": r.epoch, "firstCheckpoint": r.firstCheckpoint]
+            if let l = r.lastCheckpoint { e["lastCheckpoint"] = l }
+            if let s = r.stateRoot { e["stateRoot"] = s.hex }
+            if let c = r.liveObjectCount { e["liveObjects"] = c }
+            return e
+        }
+        var families: [String: Any] = [:]
+        for s in try await store.statistics() { families[s.family] = ["estimatedKeys": s.keys, "sstBytes": s.bytes] }
+        return [
+            "chainID": try await store.chainID()?.hex ?? "none",
+            "mode": store.configuration.mode.rawValue,
+            "watermarks": marks,
+            "epochs": epochs,
+            "snapshotEpochs": try await store.snapshotEpochs(),
+            "columnFamilies": families,
+        ]
+    }
+
+    func describeCheckpoint(_ store: NodeStore, _ seq: UInt64) async throws -> [String: Any] {
+        guard let certified = try await store.summary(at: seq) else { throw CLIError("checkpoint \(seq) is not in the store") }
+        let s = certified.summary
+        var out: [String: Any] = [
+            "sequenceNumber": s.sequenceNumber, "epoch": s.epoch, "digest": certified.digest.hex,
+            "contentDigest": s.contentDigest.hex, "previousDigest": s.previousDigest?.hex ?? "none",
+            "networkTotalTransactions": s.networkTotalTransactions, "timestampMs": s.timestampMs,
+            "protocolVersion": s.protocolVersion, "signers": certified.certificate.signatures.count,
+        ]
+        if let end = s.endOfEpoch {
+            out["endOfEpoch"] = ["stateRoot": end.stateRoot.hex, "liveObjects": end.liveObjectCount,
+                                 "nextCommitteeMembers": end.nextCommittee.members.count]
+        }
+        let frames = try await store.blockFrames(at: seq)
+        out["blockParts"] = frames.map(\.count)
+        if let data = try await store.checkpointData(at: seq) {
+            out["transactions"] = data.entries.map { $0.transaction.digest.hex }
+        } else {
+            out["transactions"] = "not held (pruned or not yet synced)"
+        }
+        return out
+    }
+
+    func describeTransaction(_ store: NodeStore, _ digest: Digest) async throws -> [String: Any] {
+        guard let (seq, entry) = try await store.transaction(digest) else { throw CLIError("transaction \(digest.hex) is not in the store") }
+        let status: String
+        switch entry.effects.status {
+        case .success: status = "success"
+        case .failure(let code): status = "failure(\(code))"
+        }
+        return [
+            "digest": digest.hex, "checkpoint": seq, "sender": entry.transaction.data.sender.hex,
+            "status": status, "gasUsed": entry.effects.gasUsed, "executedEpoch": entry.effects.executedEpoch,
+            "changes": entry.effects.changes.map { c -> [String: Any] in
+                var d: [String: Any] = ["id": c.id.hex]
+                if let i = c.input { d["input"] = "v\(i.version)" }
+                switch c.output {
+                case .written(let o): d["output"] = "v\(o.version)"
+                case .deleted: d["output"] = "deleted"
+                }
+                return d
+            },
+        ]
+    }
+
+    func describeObject(_ store: NodeStore, _ id: Digest) async throws -> [String: Any] {
+        guard let o = try await store.object(id, version: version) else {
+            throw CLIError("object \(id.hex)\(version.map { " v\($0)" } ?? "") is not in the store")
+        }
+        let owner: String
+        switch o.owner {
+        case .address(let a): owner = "address \(a.hex)"
+        case .shared(let v): owner = "shared since v\(v)"
+        case .immutable: owner = "immutable"
+        }
+        var out: [String: Any] = [
+            "id": o.id.hex, "version": o.version, "digest": o.digest.hex, "owner": owner, "type": o.typeTag,
+            "contentBytes": o.contents.count, "previousTransaction": o.previousTransaction.hex,
+        ]
+        if let live = try await store.liveVersion(id) { out["liveVersion"] = live.version } else { out["liveVersion"] = "none (deleted)" }
+        return out
+    }
+}
+
+struct Verify: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Re-verify every stored checkpoint and recompute every epoch's state root; report the first fault.")
+
+    @OptionGroup var dataOptions: DataOptions
+    @Flag(help: "Check every certificate, not one per batch of summaries.")
+    var allCertificates = false
+    @Flag(help: "Also re-check every user signature.")
+    var userSignatures = false
+
+    func run() async throws {
+        let start = ContinuousClock.now
+        let store = try await dataOptions.openStore()
+        do {
+            let r = try await store.verifyAll(allCertificates: allCertificates, userSignatures: userSignatures) { seq in
+                print("  verified up to checkpoint \(seq)")
+            }
+            await store.close()
+            print("verify: OK in \(format(elapsed(since: start))) s: \(r.summaries) summaries, \(r.checkpoints) checkpoints, \(r.transactions) transactions, state roots of epochs \(r.stateRoots.map(String.init).joined(separator: ", ")), \(r.liveObjects) live objects \(r.replayedFromGenesis ? "matching a replay from genesis" : "matching the last epoch's root")")
+        } catch let e as StoreError {
+            await store.close()
+            print("verify: FAILED: \(e.message)")
+            throw ExitCode(1)
+        }
+    }
+}
