@@ -83,6 +83,11 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["SomaCore", "SomaStore", "SomaDevnet"],
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "SomaDevnetTests",
             dependencies: ["SomaCore", "SomaDevnet"],
             swiftSettings: strict

@@ -16,10 +16,7 @@ struct Generate: AsyncParsableCommand {
             the effects are replayed in memory instead.
             """)
 
-    @Option(help: "Profile: demo, bench or tiny.")
-    var profile = "demo"
-    @Option(help: "Seed of the deterministic generator.")
-    var seed: UInt64 = 1
+    @OptionGroup var chain: ProfileOptions
     @Option(help: "Data directory to write the genesis and the store into.")
     var out: String?
     @Option(help: "Store mode: archive or pruned.")
@@ -28,6 +25,113 @@ struct Generate: AsyncParsableCommand {
     var retainEpochs: UInt64 = 2
     @Option(help: "Epoch snapshots to keep (0: none).")
     var retainSnapshots: UInt64 = 2
+    @Option(help: "Summaries per verified batch.")
+    var batch = 1_000
+    @Flag(help: "Also re-check every user signature.")
+    var verifyUserSignatures = false
+    var parallelism: Int { chain.parallelism }
+
+    func validate() throws {
+        guard StoreMode(rawValue: mode) != nil else { throw ValidationError("--mode must be archive or pruned") }
+        guard batch >= 1 && batch <= 100_000 else { throw ValidationError("--batch must be 1...100000") }
+        guard retainEpochs >= 1 else { throw ValidationError("--retain-epochs must be at least 1") }
+    }
+
+    func run() async throws {
+        let profile = try chain.resolvedProfile()
+        let start = ContinuousClock.now
+        let generator = ChainGenerator(profile: profile, seed: chain.seed)
+        let genesis = generator.genesis
+        try genesis.verify()
+        print(chain.describe(profile))
+
+        var store: NodeStore? = nil
+        if let out {
+            let dir = DataDirectory(root: out)
+            try writeGenesis(genesis, to: dir)
+            store = try await NodeStore.open(path: dir.database, configuration: storeConfiguration)
+        }
+        do {
+            let importer = try await Importer(
+                genesis: genesis, store: store, batchSize: batch, parallelism: parallelism, userSignatures: verifyUserSignatures)
+            if importer.resumeAfter > 0 { print("resuming after checkpoint \(importer.resumeAfter), already stored") }
+            var lastReport = ContinuousClock.now
+            while !generator.isFinished {
+                for cp in await generator.next(count: 100, parallelism: parallelism) {
+                    try await importer.add(SourceCheckpoint(certified: cp.certified, data: cp.data))
+                }
+                if elapsed(since: lastReport) >= 2 {
+                    lastReport = .now
+                    reportProgress(importer, total: UInt64(profile.checkpoints - 1), start: start)
+                }
+            }
+            try await importer.flush()
+            try await printSummary(importer, store: store, start: start, location: out.map { "\($0)/db" })
+        } catch {
+            await store?.close()
+            throw error
+        }
+        await store?.close()
+    }
+
+    var storeConfiguration: StoreConfiguration {
+        var config = StoreConfiguration()
+        config.mode = StoreMode(rawValue: mode) ?? .archive
+        config.retainEpochs = retainEpochs
+        config.retainSnapshots = retainSnapshots
+        return config
+    }
+}
+
+/// Writes `genesis.bcs` into a data directory (atomically), or checks the one there.
+func writeGenesis(_ genesis: Genesis, to dir: DataDirectory) throws {
+    try FileManager.default.createDirectory(atPath: dir.root, withIntermediateDirectories: true)
+    let bytes = Data(genesis.bcsBytes)
+    if let existing = FileManager.default.contents(atPath: dir.genesis) {
+        guard existing == bytes else { throw CLIError("\(dir.genesis) holds another chain's genesis") }
+        return
+    }
+    let tmp = dir.genesis + ".tmp"
+    guard FileManager.default.createFile(atPath: tmp, contents: bytes) else { throw CLIError("cannot write \(tmp)") }
+    guard rename(tmp, dir.genesis) == 0 else { throw CLIError("cannot rename \(tmp) to \(dir.genesis)") }
+}
+
+func reportProgress(_ importer: Importer, total: UInt64, start: ContinuousClock.Instant) {
+    let secs = elapsed(since: start)
+    print("  checkpoint \(importer.tip.summary.sequenceNumber) of \(total): \(format(Double(importer.checkpoints) / secs, 0)) checkpoints/s, \(format(Double(importer.transactions) / secs, 0)) tx/s, \(format(Double(importer.rawBytes) / secs / 1e6)) MB/s")
+}
+
+func printSummary(_ importer: Importer, store: NodeStore?, start: ContinuousClock.Instant, location: String?) async throws {
+    let secs = elapsed(since: start)
+    let first = importer.tip.summary.sequenceNumber + 1 - UInt64(importer.checkpoints)
+    if importer.checkpoints == 0 {
+        print("nothing new: the store already holds every checkpoint up to \(importer.tip.summary.sequenceNumber)")
+    } else {
+        print("verified and \(store == nil ? "replayed" : "stored") checkpoints \(first)...\(importer.tip.summary.sequenceNumber): \(importer.transactions) transactions, \(format(Double(importer.rawBytes) / 1e6)) MB of checkpoint data (\(format(Double(importer.storedBytes) / 1e6)) MB as LZ4 blocks) in \(format(secs)) s, \(format(Double(importer.checkpoints) / secs, 0)) checkpoints/s; \(importer.quorumChecks) batch quorum checks")
+    }
+    print("  chain id      \(importer.genesis.chainID.hex)")
+    print("  tip           checkpoint \(importer.tip.summary.sequenceNumber), digest \(importer.tip.digest.hex)")
+    print("  epochs        \(importer.committees.count - 1) ended, each state root recomputed and matched")
+    if let store {
+        let marks = try await store.watermarks()
+        let records = try await store.epochs()
+        if let last = records.last(where: { $0.stateRoot != nil }), let root = last.stateRoot {
+            print("  state root    \(root.hex) (epoch \(last.epoch), \(last.liveObjectCount ?? 0) live objects)")
+        }
+        print("  watermarks    " + Watermark.allCases.map { "\($0.rawValue) \(marks[$0]?.seq ?? 0)" }.joined(separator: ", "))
+        if let location { print("  store         \(location) (\(store.configuration.mode.rawValue))") }
+    } else {
+        print("  state root    \(importer.live.stateRoot().hex) (\(importer.live.count) live objects)")
+    }
+
+}
+
+/// Which devnet chain to generate.
+struct ProfileOptions: ParsableArguments {
+    @Option(help: "Profile: demo, bench or tiny.")
+    var profile = "demo"
+    @Option(help: "Seed of the deterministic generator.")
+    var seed: UInt64 = 1
     @Option(help: "Override the profile's number of checkpoints.")
     var checkpoints: Int?
     @Option(help: "Override the profile's number of epochs.")
@@ -36,12 +140,13 @@ struct Generate: AsyncParsableCommand {
     var transactions: Int?
     @Option(help: "Override the profile's number of validators.")
     var validators: Int?
-    @Option(help: "Summaries per verified batch.")
-    var batch = 1_000
-    @Flag(help: "Also re-check every user signature.")
-    var verifyUserSignatures = false
     @Option(help: "Parallel tasks (default: the number of cores).")
     var parallelism = ProcessInfo.processInfo.activeProcessorCount
+
+    func validate() throws {
+        _ = try resolvedProfile()
+        guard parallelism >= 1 && parallelism <= 256 else { throw ValidationError("--parallelism must be 1...256") }
+    }
 
     func resolvedProfile() throws -> DevnetProfile {
         guard var p = DevnetProfile.named(profile) else {
@@ -67,152 +172,98 @@ struct Generate: AsyncParsableCommand {
         return p
     }
 
+
+    func describe(_ p: DevnetProfile) -> String {
+        "chain: \(p.name), \(p.validators) validators, \(p.epochs) epochs, \(p.checkpoints) checkpoints of \(p.transactionsPerCheckpoint) transactions, seed \(seed)"
+    }
+}
+
+struct Export: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate a devnet chain into a chain file (genesis, certified summaries, LZ4 blocks) for `soma-node import`.")
+
+    @OptionGroup var chain: ProfileOptions
+    @Option(help: "The chain file to write.")
+    var file: String
+
+    func run() async throws {
+        let profile = try chain.resolvedProfile()
+        let start = ContinuousClock.now
+        let generator = ChainGenerator(profile: profile, seed: chain.seed)
+        print(chain.describe(profile))
+        let writer = try ChainFileWriter(path: file, genesis: generator.genesis)
+        var count = 0
+        var bytes = 0
+        while !generator.isFinished {
+            let batch = await generator.next(count: 100, parallelism: chain.parallelism)
+            let records = try await parallelMap(batch, parallelism: chain.parallelism) { cp in
+                let v = VerifiedCheckpoint(certified: cp.certified, data: cp.data)
+                return ChainRecord(certified: v.certified, frames: v.frames, proofs: v.proofs)
+            }
+            for r in records {
+                try writer.write(r)
+                bytes += r.frames.reduce(0) { $0 + $1.count }
+            }
+            count += records.count
+        }
+        try writer.close()
+        print("wrote \(file): genesis and \(count) checkpoints, \(format(Double(bytes) / 1e6)) MB of LZ4 blocks, in \(format(elapsed(since: start))) s")
+    }
+}
+
+struct Import: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Verify the checkpoints of a chain file and commit them to a store, resuming from its watermarks.")
+
+    @Option(help: "The chain file to read.")
+    var file: String
+    @Option(help: "The node's data directory (genesis.bcs and db/ are created if missing).")
+    var data: String
+    @Option(help: "Store mode for a new store: archive or pruned.")
+    var mode = "archive"
+    @Option(help: "Epoch snapshots to keep (0: none).")
+    var retainSnapshots: UInt64 = 2
+    @Option(help: "Summaries per verified batch.")
+    var batch = 1_000
+    @Option(help: "Parallel verification tasks (default: the number of cores).")
+    var parallelism = ProcessInfo.processInfo.activeProcessorCount
+    @Flag(help: "Also re-check every user signature.")
+    var verifyUserSignatures = false
+
     func validate() throws {
-        _ = try resolvedProfile()
         guard StoreMode(rawValue: mode) != nil else { throw ValidationError("--mode must be archive or pruned") }
         guard batch >= 1 && batch <= 100_000 else { throw ValidationError("--batch must be 1...100000") }
         guard parallelism >= 1 && parallelism <= 256 else { throw ValidationError("--parallelism must be 1...256") }
-        guard retainEpochs >= 1 else { throw ValidationError("--retain-epochs must be at least 1") }
     }
 
     func run() async throws {
-        let profile = try resolvedProfile()
         let start = ContinuousClock.now
-        let generator = ChainGenerator(profile: profile, seed: seed)
-        let genesis = generator.genesis
-        try genesis.verify()
-        print("chain: \(profile.name), \(profile.validators) validators, \(profile.epochs) epochs, \(profile.checkpoints) checkpoints of \(profile.transactionsPerCheckpoint) transactions, seed \(seed)")
-
-        var store: NodeStore? = nil
-        var resumeAfter: UInt64 = 0
-        if let out {
-            let dir = DataDirectory(root: out)
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            let bytes = Data(genesis.bcsBytes)
-            if let existing = FileManager.default.contents(atPath: dir.genesis) {
-                guard existing == bytes else { throw CLIError("\(dir.genesis) holds another chain's genesis") }
-            } else {
-                let tmp = dir.genesis + ".tmp"
-                guard FileManager.default.createFile(atPath: tmp, contents: bytes) else { throw CLIError("cannot write \(tmp)") }
-                guard rename(tmp, dir.genesis) == 0 else { throw CLIError("cannot rename \(tmp) to \(dir.genesis)") }
-            }
-            var config = StoreConfiguration()
-            config.mode = StoreMode(rawValue: mode) ?? .archive
-            config.retainEpochs = retainEpochs
-            config.retainSnapshots = retainSnapshots
-            let s = try await NodeStore.open(path: dir.database, configuration: config)
-            store = s
-            try await s.initialize(genesis: genesis)
-            if let executed = try await s.executePending(), let synced = try await s.watermark(.highestSynced) {
-                resumeAfter = synced.seq
-                if synced.seq > 0 { print("resuming: checkpoints up to \(synced.seq) are stored, executed up to \(executed)") }
-            }
-        }
+        let reader = try ChainFileReader(path: file)
+        let dir = DataDirectory(root: data)
+        try writeGenesis(reader.genesis, to: dir)
+        var config = StoreConfiguration()
+        config.mode = StoreMode(rawValue: mode) ?? .archive
+        config.retainSnapshots = retainSnapshots
+        let store = try await NodeStore.open(path: dir.database, configuration: config)
         do {
-            try await generateAndVerify(generator, store: store, resumeAfter: resumeAfter, start: start)
+            let importer = try await Importer(
+                genesis: reader.genesis, store: store, batchSize: batch, parallelism: parallelism,
+                userSignatures: verifyUserSignatures)
+            if importer.resumeAfter > 0 { print("resuming after checkpoint \(importer.resumeAfter), already stored") }
+            var lastReport = ContinuousClock.now
+            while let record = try reader.next() {
+                try await importer.add(SourceCheckpoint(certified: record.certified, frames: record.frames, proofs: record.proofs))
+                if elapsed(since: lastReport) >= 2 {
+                    lastReport = .now
+                    reportProgress(importer, total: 0, start: start)
+                }
+            }
+            try await importer.flush()
+            try await printSummary(importer, store: store, start: start, location: dir.database)
         } catch {
-            await store?.close()
+            await store.close()
             throw error
         }
-        await store?.close()
-    }
-
-    func generateAndVerify(_ generator: ChainGenerator, store: NodeStore?, resumeAfter: UInt64, start: ContinuousClock.Instant) async throws {
-        let genesis = generator.genesis
-        var tip: VerifiedTip
-        if let store, resumeAfter > 0 {
-            guard let stored = try await store.summary(at: resumeAfter) else { throw CLIError("stored checkpoint \(resumeAfter) is missing") }
-            tip = VerifiedTip(summary: stored.summary)
-        } else {
-            tip = VerifiedTip(summary: genesis.checkpoint.summary)
-        }
-        var live = LiveObjectSet()
-        if store == nil { try live.apply(genesis.contents) }
-        var committees = [genesis.committee]
-        var pending: [GeneratedCheckpoint] = []
-        var transactions = 0
-        var rawBytes = 0
-        var storedBytes = 0
-        var quorumChecks = 0
-        var lastReport = ContinuousClock.now
-        let userSignatures = verifyUserSignatures
-        let parallelism = self.parallelism
-
-        func flush() async throws {
-            guard !pending.isEmpty else { return }
-            let known = committees
-            tip = try ChainVerifier.verifySummaryBatch(
-                SummaryBatch(lastCertifiedOf: pending.map(\.certified)), after: tip,
-                committee: { $0 < known.count ? known[Int($0)] : nil })
-            quorumChecks += 1
-            // Blocks verify on their own against their verified summaries: in parallel, and the
-            // blocks are compressed once, there.
-            var previousTotal = pending[0].certified.summary.networkTotalTransactions - UInt64(pending[0].data.entries.count)
-            var jobs: [(GeneratedCheckpoint, UInt64)] = []
-            for cp in pending {
-                let count = cp.certified.summary.networkTotalTransactions - previousTotal
-                jobs.append((cp, count))
-                previousTotal = cp.certified.summary.networkTotalTransactions
-            }
-            let verified = try await parallelMap(jobs, parallelism: parallelism) { cp, count in
-                try BlockVerifier.verify(cp.data, summary: cp.certified.summary, entryCount: count, verifyUserSignatures: userSignatures)
-                return VerifiedCheckpoint(certified: cp.certified, data: cp.data)
-            }
-            for cp in verified {
-                transactions += cp.data.entries.count
-                rawBytes += BCS.encode(cp.data, capacity: 1 << 16).count
-                storedBytes += cp.storedBytes
-            }
-            if let store {
-                try await store.commit(verified)
-            } else {
-                for cp in verified {
-                    try live.apply(cp.data)
-                    if let end = cp.certified.summary.endOfEpoch { try live.verify(endOfEpoch: end, at: cp.certified.summary.sequenceNumber) }
-                }
-            }
-            pending.removeAll(keepingCapacity: true)
-            if elapsed(since: lastReport) >= 2 {
-                lastReport = .now
-                let secs = elapsed(since: start)
-                print("  checkpoint \(tip.summary.sequenceNumber) of \(generator.profile.checkpoints - 1): \(format(Double(transactions) / secs, 0)) tx/s, \(format(Double(rawBytes) / secs / 1e6)) MB/s")
-            }
-        }
-
-        while !generator.isFinished {
-            let produced = await generator.next(count: 100, parallelism: parallelism)
-            for cp in produced {
-                let seq = cp.certified.summary.sequenceNumber
-                if cp.certified.summary.endOfEpoch != nil {
-                    committees = try ChainVerifier.verifyEpochChain(
-                        genesis: genesis.committee, endOfEpochSummaries: generator.endOfEpochSummaries)
-                    if seq > resumeAfter {
-                        print("  epoch \(cp.certified.summary.epoch) ends at checkpoint \(seq): state root \(cp.certified.summary.endOfEpoch!.stateRoot.short)… over \(cp.certified.summary.endOfEpoch!.liveObjectCount) objects")
-                    }
-                }
-                guard seq > resumeAfter else { continue }
-                pending.append(cp)
-                if pending.count >= batch { try await flush() }
-            }
-            if !pending.isEmpty && pending.count >= min(batch, 100) { try await flush() }
-        }
-        try await flush()
-
-        let secs = elapsed(since: start)
-        let count = tip.summary.sequenceNumber + 1
-        print("verified \(count) checkpoints (\(transactions) transactions, \(format(Double(rawBytes) / 1e6)) MB of checkpoint data, \(format(Double(storedBytes) / 1e6)) MB of LZ4 blocks) in \(format(secs)) s; \(quorumChecks) batch quorum checks")
-        print("  chain id      \(genesis.chainID.hex)")
-        print("  tip           checkpoint \(tip.summary.sequenceNumber), digest \(tip.digest.hex)")
-        if let store {
-            let marks = try await store.watermarks()
-            let records = try await store.epochs()
-            if let last = records.last(where: { $0.stateRoot != nil }), let root = last.stateRoot {
-                print("  state root    \(root.hex) (epoch \(last.epoch), \(last.liveObjectCount ?? 0) live objects, executed and checked)")
-            }
-            print("  watermarks    " + Watermark.allCases.map { "\($0.rawValue) \(marks[$0]?.seq ?? 0)" }.joined(separator: ", "))
-            print("  store         \(out ?? "")/db (\(mode))")
-        } else {
-            print("  state root    \(live.stateRoot().hex) (\(live.count) live objects)")
-        }
+        await store.close()
     }
 }

@@ -7,12 +7,12 @@ struct SomaNodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "soma-node",
         abstract: "Sync, keep and serve the Soma chain's verified history.",
-        subcommands: [Devnet.self, Inspect.self, Verify.self])
+        subcommands: [Devnet.self, Import.self, Inspect.self, Verify.self])
 }
 
 struct Devnet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Local development chains.", subcommands: [Generate.self])
+        abstract: "Local development chains.", subcommands: [Generate.self, Export.self])
 }
 
 /// A command-line failure, printed as one line.

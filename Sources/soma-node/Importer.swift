@@ -1,0 +1,152 @@
+import Foundation
+import SomaCore
+import SomaStore
+
+/// A checkpoint from an ordered local source: decoded contents (the devnet generator) or
+/// stored blocks as they are (a chain file).
+struct SourceCheckpoint: Sendable {
+    var certified: CertifiedCheckpointSummary
+    var data: CheckpointData?
+    var frames: [[UInt8]]?
+    var proofs: [[Digest]]?
+}
+
+/// Verifies checkpoints from an ordered source as a fresh node would and commits them: the
+/// epoch chain as epoch ends arrive, summaries in batches (one quorum check per batch), every
+/// block on its own against its verified summary (in parallel), then an in-order group commit
+/// with execution and the state-root check at every epoch end. Without a store the effects are
+/// replayed into an in-memory live set instead.
+final class Importer {
+    let genesis: Genesis
+    let store: NodeStore?
+    let batchSize: Int
+    let parallelism: Int
+    let userSignatures: Bool
+    let maxBlockBytes: Int
+    private(set) var tip: VerifiedTip
+    private(set) var committees: [Committee]
+    private(set) var live = LiveObjectSet()
+    private var pending: [SourceCheckpoint] = []
+    private(set) var checkpoints = 0
+    private(set) var transactions = 0
+    private(set) var rawBytes = 0
+    private(set) var storedBytes = 0
+    private(set) var quorumChecks = 0
+
+    /// Sets up on `store` (resuming after its `highestSynced`, with the epoch chain re-verified
+    /// from the genesis) or in memory.
+    init(genesis: Genesis, store: NodeStore?, batchSize: Int, parallelism: Int, userSignatures: Bool) async throws {
+        self.genesis = genesis
+        self.store = store
+        self.batchSize = batchSize
+        self.parallelism = parallelism
+        self.userSignatures = userSignatures
+        maxBlockBytes = store?.configuration.maxBlockBytes ?? (256 << 20)
+        try genesis.verify()
+        tip = VerifiedTip(summary: genesis.checkpoint.summary)
+        committees = [genesis.committee]
+        if let store {
+            try await store.initialize(genesis: genesis)
+            _ = try await store.executePending()
+            if let synced = try await store.watermark(.highestSynced), synced.seq > 0 {
+                var ends: [CertifiedCheckpointSummary] = []
+                for record in try await store.epochs() {
+                    if let last = record.lastCheckpoint, let s = try await store.summary(at: last) { ends.append(s) }
+                }
+                committees = try ChainVerifier.verifyEpochChain(genesis: genesis.committee, endOfEpochSummaries: ends)
+                guard let s = try await store.summary(at: synced.seq) else { throw CLIError("stored checkpoint \(synced.seq) is missing") }
+                tip = VerifiedTip(summary: s.summary)
+            }
+        } else {
+            try live.apply(genesis.contents)
+        }
+    }
+
+    /// The sequence number after which checkpoints are needed.
+    var resumeAfter: UInt64 { tip.summary.sequenceNumber }
+
+    /// Takes the next checkpoint in order; checkpoints already held are skipped.
+    func add(_ item: SourceCheckpoint) async throws {
+        let seq = item.certified.summary.sequenceNumber
+        let expected = tip.summary.sequenceNumber + UInt64(pending.count) + 1
+        if seq < expected { return }
+        guard seq == expected else { throw CLIError("the source skips from checkpoint \(expected - 1) to \(seq)") }
+        if item.certified.summary.endOfEpoch != nil {
+            // The epoch chain first: this end is certified by the committee we already trust.
+            let current = committees[committees.count - 1]
+            let extended = try ChainVerifier.verifyEpochChain(genesis: current, endOfEpochSummaries: [item.certified])
+            committees.append(extended[1])
+        }
+        pending.append(item)
+        if pending.count >= batchSize { try await flush() }
+    }
+
+    /// Verifies and commits whatever is pending.
+    func flush() async throws {
+        guard !pending.isEmpty else { return }
+        let known = committees
+        let newTip = try ChainVerifier.verifySummaryBatch(
+            SummaryBatch(lastCertifiedOf: pending.map(\.certified)), after: tip,
+            committee: { $0 < known.count ? known[Int($0)] : nil })
+        quorumChecks += 1
+        var previousTotal = tip.summary.networkTotalTransactions
+        var jobs: [(SourceCheckpoint, UInt64)] = []
+        for item in pending {
+            jobs.append((item, item.certified.summary.networkTotalTransactions - previousTotal))
+            previousTotal = item.certified.summary.networkTotalTransactions
+        }
+        let userSignatures = self.userSignatures
+        let limit = maxBlockBytes
+        let verified = try await parallelMap(jobs, parallelism: parallelism) { item, count in
+            try Importer.verifyBlocks(item, entryCount: count, userSignatures: userSignatures, limit: limit)
+        }
+        if let store {
+            try await store.commit(verified.map(\.0))
+        } else {
+            for (cp, _) in verified {
+                try live.apply(cp.data)
+                if let end = cp.certified.summary.endOfEpoch { try live.verify(endOfEpoch: end, at: cp.certified.summary.sequenceNumber) }
+            }
+        }
+        for (cp, raw) in verified {
+            checkpoints += 1
+            transactions += cp.data.entries.count
+            rawBytes += raw
+            storedBytes += cp.storedBytes
+        }
+        tip = newTip
+        pending.removeAll(keepingCapacity: true)
+    }
+
+    /// Verifies one checkpoint's blocks against its verified summary; returns it ready to commit
+    /// with the size of its raw contents.
+    static func verifyBlocks(_ item: SourceCheckpoint, entryCount: UInt64, userSignatures: Bool, limit: Int) throws -> (VerifiedCheckpoint, Int) {
+        let summary = item.certified.summary
+        if let frames = item.frames {
+            let proofs = item.proofs ?? Array(repeating: [], count: frames.count)
+            guard UInt64(frames.count) == BlockVerifier.partCount(entryCount: entryCount), proofs.count == frames.count else {
+                throw CLIError("checkpoint \(summary.sequenceNumber): \(frames.count) blocks for \(entryCount) entries")
+            }
+            var entries: [ExecutionData] = []
+            var raw = 0
+            for (part, frame) in frames.enumerated() {
+                let bytes = try LZ4Frame.decompress(frame, limit: limit)
+                raw += bytes.count
+                let data = try CheckpointData(bcsBytes: bytes)
+                if frames.count == 1 {
+                    try BlockVerifier.verify(data, summary: summary, entryCount: entryCount, verifyUserSignatures: userSignatures)
+                } else {
+                    try BlockVerifier.verifyPart(data, part: UInt64(part), proof: proofs[part], summary: summary,
+                                                 entryCount: entryCount, verifyUserSignatures: userSignatures)
+                }
+                entries += data.entries
+            }
+            let data = CheckpointData(sequenceNumber: summary.sequenceNumber, entries: entries)
+            return (VerifiedCheckpoint(certified: item.certified, data: data, frames: frames, proofs: proofs), raw)
+        }
+        guard let data = item.data else { throw CLIError("checkpoint \(summary.sequenceNumber) has no contents") }
+        try BlockVerifier.verify(data, summary: summary, entryCount: entryCount, verifyUserSignatures: userSignatures)
+        let cp = VerifiedCheckpoint(certified: item.certified, data: data)
+        return (cp, BCS.encode(data, capacity: 1 << 16).count)
+    }
+}
