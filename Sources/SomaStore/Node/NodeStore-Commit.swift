@@ -85,6 +85,7 @@ extension NodeStore {
 
     func commitSync(_ checkpoints: [VerifiedCheckpoint], execute: Bool) throws {
         try writer.withLock { _ throws in
+            try finishInterruptedWork()
             var state = WriterState(
                 synced: try watermarkSync(.highestSynced), verified: try watermarkSync(.highestVerified),
                 executed: try watermarkSync(.highestExecuted))
@@ -232,6 +233,10 @@ extension NodeStore {
                 record.liveObjectCount = count
                 state.epochRecords[summary.epoch] = record
                 batch.put(cf.epochs, StoreKeys.seq(summary.epoch), record.bcsBytes)
+                if configuration.retainSnapshots > 0 {
+                    // The snapshot is built after this batch; the marker makes that survive a crash.
+                    batch.put(cf.meta, Self.pendingSnapshotKey, StoreKeys.seq(summary.epoch))
+                }
                 endOfEpoch = (summary.epoch, record)
             }
             state.executed = WatermarkValue(seq: summary.sequenceNumber, digest: cp.certified.digest)
@@ -289,10 +294,27 @@ extension NodeStore {
         return (stream.finalize(), stream.count)
     }
 
+    static let pendingSnapshotKey = Array("pendingSnapshot".utf8)
+
     /// Work after an epoch end is committed: its snapshot and the pruning of old snapshots.
     func afterEpochEnd(_ epoch: UInt64, _ record: EpochRecord) throws {
         guard configuration.retainSnapshots > 0 else { return }
         try buildSnapshotSync(epoch: epoch, record: record)
+    }
+
+    /// Finishes work a crash interrupted: a snapshot whose epoch end was committed but whose
+    /// chunks were not all written. Runs before any further execution, so the live set is still
+    /// that epoch's. Called with the writer lock held.
+    func finishInterruptedWork() throws {
+        guard let marker = try database.get(cf.meta, Self.pendingSnapshotKey), let epoch = StoreKeys.readU64(marker) else { return }
+        if configuration.retainSnapshots > 0, let record = try epochSync(epoch), record.stateRoot != nil,
+           let executed = try watermarkSync(.highestExecuted), executed.seq == record.lastCheckpoint {
+            try buildSnapshotSync(epoch: epoch, record: record)
+        } else {
+            let batch = WriteBatch(for: database)
+            batch.delete(cf.meta, Self.pendingSnapshotKey)
+            try database.write(batch, sync: configuration.syncWrites)
+        }
     }
 
     /// Executes checkpoints that are stored but not yet executed (after a restart, or when
@@ -303,6 +325,7 @@ extension NodeStore {
 
     func executePendingSync(maxCheckpoints: Int) throws -> UInt64? {
         try writer.withLock { _ throws in
+            try finishInterruptedWork()
             var state = WriterState(
                 synced: try watermarkSync(.highestSynced), verified: try watermarkSync(.highestVerified),
                 executed: try watermarkSync(.highestExecuted))

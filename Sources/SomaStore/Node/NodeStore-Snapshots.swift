@@ -152,6 +152,7 @@ extension NodeStore {
             epoch: epoch, lastCheckpoint: lastCheckpoint, stateRoot: root, objectCount: count, chunkSize: UInt64(k),
             chunkRoots: chunkRoots)
         batch.put(cf.snapshotChunks, StoreKeys.chunk(epoch, Self.manifestChunk), manifest.bcsBytes)
+        batch.delete(cf.meta, Self.pendingSnapshotKey)
         if epoch + 1 > configuration.retainSnapshots {
             // Keep epochs (epoch - retainSnapshots, epoch].
             batch.deleteRange(cf.snapshotChunks, from: StoreKeys.seq(0), to: StoreKeys.seq(epoch + 1 - configuration.retainSnapshots))

@@ -1,0 +1,198 @@
+import Foundation
+import SomaCore
+import SomaStore
+import Testing
+
+/// Opens a store directory the CLI wrote, runs `body`, closes it.
+func withStore(_ dir: String, _ body: (NodeStore) async throws -> Void) async throws {
+    let store = try await NodeStore.open(path: dir + "/db")
+    do {
+        try await body(store)
+    } catch {
+        await store.close()
+        throw error
+    }
+    await store.close()
+}
+
+@Suite("soma-node commands on real stores", .serialized)
+struct CommandTests {
+    @Test("`verify` passes on a generated store and names a corrupted block, a missing checkpoint and a tampered object")
+    func verifyFindsFaults() async throws {
+        let base = TempDir("verify")
+        defer { base.cleanup() }
+        for name in ["good", "corrupt", "missing", "tampered"] {
+            let (status, output) = try somaNode(["devnet", "generate", "--profile", "tiny", "--out", base.file(name)])
+            #expect(status == 0, "\(output)")
+        }
+        let (ok, okOut) = try somaNode(["verify", "--data", base.file("good")])
+        #expect(ok == 0)
+        #expect(okOut.contains("verify: OK"), "\(okOut)")
+
+        // A corrupted block: one byte flipped inside checkpoint 5's LZ4 frame.
+        try await withStore(base.file("corrupt")) { store in
+            let blocks = store.database.columnFamily("blocks")!
+            var frame = try #require(try store.database.get(blocks, StoreKeys.block(5, part: 0)))
+            frame[frame.count / 2] ^= 0x20
+            try store.database.put(blocks, StoreKeys.block(5, part: 0), frame)
+        }
+        let (s1, o1) = try somaNode(["verify", "--data", base.file("corrupt")])
+        #expect(s1 == 1)
+        #expect(o1.contains("FAILED") && o1.contains("checkpoint 5") && o1.contains("corrupt block"), "\(o1)")
+
+        // A missing checkpoint: checkpoint 7's block deleted.
+        try await withStore(base.file("missing")) { store in
+            let batch = WriteBatch(for: store.database)
+            batch.delete(store.database.columnFamily("blocks")!, StoreKeys.block(7, part: 0))
+            try store.database.write(batch)
+        }
+        let (s2, o2) = try somaNode(["verify", "--data", base.file("missing")])
+        #expect(s2 == 1)
+        #expect(o2.contains("checkpoint 7: block missing"), "\(o2)")
+
+        // A tampered object: one content byte of an output of checkpoint 4 changed.
+        var tamperedID = ""
+        try await withStore(base.file("tampered")) { store in
+            let data = try #require(try await store.checkpointData(at: 4))
+            var object = data.entries[0].outputObjects.last!
+            object.contents[0] ^= 1
+            tamperedID = object.id.hex
+            try store.database.put(store.database.columnFamily("objects")!, StoreKeys.object(object.id, version: object.version), object.bcsBytes)
+        }
+        let (s3, o3) = try somaNode(["verify", "--data", base.file("tampered")])
+        #expect(s3 == 1)
+        #expect(o3.contains("object \(tamperedID)") && o3.contains("tampered"), "\(o3)")
+    }
+
+    @Test("RocksDB's own ldb lists the column families of a store soma-node wrote, and lz4 reads its blocks")
+    func realTools() async throws {
+        let dir = TempDir("ldb")
+        defer { dir.cleanup() }
+        let (status, output) = try somaNode(["devnet", "generate", "--profile", "tiny", "--out", dir.path])
+        #expect(status == 0, "\(output)")
+        guard let ldb = tool("ldb", "rocksdb_ldb") else {
+            Issue.record("ldb (rocksdb-tools) is not installed; tools/test installs it")
+            return
+        }
+        let (s, out, err) = try run(ldb, ["--db=\(dir.path)/db", "list_column_families"])
+        let listed = String(decoding: out, as: UTF8.self)
+        #expect(s == 0, "\(err)")
+        for name in NodeStore.columnFamilyNames { #expect(listed.contains(name), "\(name) not in \(listed)") }
+        // The watermarks as ldb sees them, and a block through ldb and lz4 -d.
+        let (s2, out2, _) = try run(ldb, ["--db=\(dir.path)/db", "--column_family=watermarks", "scan"])
+        #expect(s2 == 0)
+        #expect(String(decoding: out2, as: UTF8.self).contains("highestExecuted"))
+        let (s3, out3, err3) = try run(ldb, ["--db=\(dir.path)/db", "--column_family=blocks", "--key_hex", "--value_hex", "get", "0x000000000000000300000000"])
+        #expect(s3 == 0, "\(err3)")
+        let hexValue = String(decoding: out3, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: "0x", with: "")
+        let frame = try #require(HexCoding.decode(hexValue))
+        guard let lz4 = tool("lz4") else { return }
+        let (s4, raw, _) = try run(lz4, ["-d", "-c"], input: Data(frame))
+        #expect(s4 == 0)
+        let data = try CheckpointData(bcsBytes: Array(raw))
+        #expect(data.sequenceNumber == 3)
+    }
+
+    @Test("`inspect` shows watermarks, a checkpoint, a transaction and an object, as text and JSON")
+    func inspect() async throws {
+        let dir = TempDir("inspect")
+        defer { dir.cleanup() }
+        #expect(try somaNode(["devnet", "generate", "--profile", "tiny", "--out", dir.path]).0 == 0)
+        let (s, out) = try somaNode(["inspect", "--data", dir.path, "--json"])
+        #expect(s == 0)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        let marks = try #require(json["watermarks"] as? [String: Any])
+        #expect((marks["highestExecuted"] as? [String: Any])?["seq"] as? Int == 29)
+        #expect((json["epochs"] as? [Any])?.count == 4)
+        var txDigest = ""
+        var objectID = ""
+        try await withStore(dir.path) { store in
+            let data = try #require(try await store.checkpointData(at: 12))
+            txDigest = data.entries[1].transaction.digest.hex
+            objectID = data.entries[1].outputObjects[0].id.hex
+        }
+        let (s2, cp) = try somaNode(["inspect", "--data", dir.path, "--checkpoint", "12", "--json"])
+        #expect(s2 == 0 && cp.contains(txDigest))
+        let (s3, tx) = try somaNode(["inspect", "--data", dir.path, "--transaction", txDigest])
+        #expect(s3 == 0 && tx.contains("checkpoint: 12"), "\(tx)")
+        let (s4, obj) = try somaNode(["inspect", "--data", dir.path, "--object", objectID, "--json"])
+        #expect(s4 == 0 && obj.contains("liveVersion"), "\(obj)")
+        let (s5, missing) = try somaNode(["inspect", "--data", dir.path, "--checkpoint", "999"])
+        #expect(s5 != 0 && missing.contains("not in the store"))
+        let (s6, bad) = try somaNode(["inspect", "--data", dir.path, "--object", "xyz"])
+        #expect(s6 != 0 && bad.contains("64 hex"))
+        let (s7, none) = try somaNode(["verify", "--data", dir.file("nothing-here")])
+        #expect(s7 != 0 && none.contains("no store"))
+    }
+}
+
+@Suite("Crash safety: kill -9 during an import", .serialized)
+struct CrashTests {
+    @Test("an import killed with SIGKILL at random moments 20 times always reopens consistent and resumes to the same store")
+    func killAndResume() async throws {
+        let base = TempDir("crash")
+        defer { base.cleanup() }
+        let chain = base.file("chain.bin")
+        let (s, o) = try somaNode(["devnet", "export", "--profile", "demo", "--checkpoints", "400", "--epochs", "4",
+                                   "--transactions", "15", "--seed", "5", "--file", chain])
+        #expect(s == 0, "\(o)")
+        let data = base.file("node")
+        let binary = try somaNode()
+        var kills = 0
+        var attempts = 0
+        var previous: UInt64 = 0
+        var rng = SystemRandomNumberGenerator()
+        while kills < 20 && attempts < 80 {
+            attempts += 1
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: binary)
+            p.arguments = ["import", "--file", chain, "--data", data, "--batch", "25"]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            let delay = Double.random(in: 0.05...0.9, using: &rng)
+            try await Task.sleep(for: .milliseconds(Int(delay * 1000)))
+            if p.isRunning {
+                kill(p.processIdentifier, SIGKILL)
+                p.waitUntilExit()
+                #expect(p.terminationReason == .uncaughtSignal)
+                kills += 1
+            } else {
+                p.waitUntilExit()
+                // Finished before the kill: start over from an empty store to keep killing.
+                #expect(p.terminationStatus == 0)
+                try? FileManager.default.removeItem(atPath: data)
+                previous = 0
+                continue
+            }
+            guard FileManager.default.fileExists(atPath: data + "/db") else { continue }
+            // Killed before the genesis was committed: an empty store is consistent too.
+            var initialised = false
+            try await withStore(data) { store in initialised = try await store.chainID() != nil }
+            guard initialised else { continue }
+            // The store reopens consistent: verify replays it all, and nothing went backwards.
+            let (vs, vo) = try somaNode(["verify", "--data", data])
+            #expect(vs == 0, "after kill \(kills): \(vo)")
+            var synced: UInt64 = 0
+            try await withStore(data) { store in synced = try await store.watermark(.highestSynced)?.seq ?? 0 }
+            #expect(synced >= previous, "highestSynced went from \(previous) back to \(synced)")
+            previous = synced
+        }
+        #expect(kills >= 20)
+        // Resume to the end, then compare with an import that was never interrupted.
+        let (fs, fo) = try somaNode(["import", "--file", chain, "--data", data])
+        #expect(fs == 0, "\(fo)")
+        let reference = base.file("reference")
+        #expect(try somaNode(["import", "--file", chain, "--data", reference]).0 == 0)
+        let (vs, vo) = try somaNode(["verify", "--data", data])
+        #expect(vs == 0 && vo.contains("matching a replay from genesis"), "\(vo)")
+        var a: ([Watermark: WatermarkValue], [EpochRecord], [UInt64]) = ([:], [], [])
+        var b = a
+        try await withStore(data) { a = (try await $0.watermarks(), try await $0.epochs(), try await $0.snapshotEpochs()) }
+        try await withStore(reference) { b = (try await $0.watermarks(), try await $0.epochs(), try await $0.snapshotEpochs()) }
+        #expect(a.0 == b.0)
+        #expect(a.1 == b.1)
+        #expect(a.2 == b.2)
+        #expect(a.0[.highestExecuted]?.seq == 399)
+    }
+}
