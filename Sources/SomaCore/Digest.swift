@@ -22,6 +22,10 @@ public struct Digest: Hashable, Comparable, Sendable, CustomStringConvertible {
     /// Reads 32 bytes; returns `nil` if `bytes` does not hold exactly 32.
     public init?(bytes: some Collection<UInt8>) {
         guard bytes.count == 32 else { return nil }
+        if let d = bytes.withContiguousStorageIfAvailable({ Digest(loading: UnsafeRawBufferPointer($0), at: 0) }) {
+            self = d
+            return
+        }
         var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
         var i = 0
         for b in bytes {

@@ -20,11 +20,26 @@ public enum StoreKeys {
 
     /// `id ‖ version (BE)`.
     public static func object(_ id: ObjectID, version: UInt64) -> [UInt8] {
-        id.bytes + seq(version)
+        digestThen(id, version)
+    }
+
+    /// `digest ‖ value (BE)` in one allocation.
+    static func digestThen(_ d: Digest, _ value: UInt64) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: 40) { buf, n in
+            d.withUnsafeBytes { UnsafeMutableRawBufferPointer(buf).copyMemory(from: $0) }
+            UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(buf)[32..<40]).storeBytes(of: value.bigEndian, as: UInt64.self)
+            n = 40
+        }
     }
 
     /// `version (BE) ‖ digest`.
-    static func versionDigest(_ vd: VersionDigest) -> [UInt8] { seq(vd.version) + vd.digest.bytes }
+    static func versionDigest(_ vd: VersionDigest) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: 40) { buf, n in
+            UnsafeMutableRawBufferPointer(buf).storeBytes(of: vd.version.bigEndian, as: UInt64.self)
+            vd.digest.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(buf)[8..<40]).copyMemory(from: $0) }
+            n = 40
+        }
+    }
 
     /// `seq (BE) ‖ digest`.
     static func seqDigest(_ seq: UInt64, _ digest: Digest) -> [UInt8] { self.seq(seq) + digest.bytes }
@@ -49,7 +64,13 @@ public enum StoreKeys {
     }
 
     static func readVersionDigest(_ bytes: [UInt8]) -> VersionDigest? {
-        guard bytes.count == 40, let v = readU64(bytes), let d = Digest(bytes: bytes[8..<40]) else { return nil }
+        bytes.withUnsafeBytes { readVersionDigest(raw: $0) }
+    }
+
+    static func readVersionDigest(raw: UnsafeRawBufferPointer) -> VersionDigest? {
+        guard raw.count == 40 else { return nil }
+        let v = UInt64(bigEndian: raw.loadUnaligned(as: UInt64.self))
+        guard let d = Digest(bytes: UnsafeRawBufferPointer(rebasing: raw[8..<40])) else { return nil }
         return VersionDigest(version: v, digest: d)
     }
 }

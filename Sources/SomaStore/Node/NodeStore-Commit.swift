@@ -266,14 +266,13 @@ extension NodeStore {
         }
         try database.withIterator(cf.liveObjects) { it in
             while it.isValid {
-                let (id, vd) = try it.withKey { k in
-                    try it.withValue { v in
-                        guard k.count == 32, v.count == 40 else {
-                            throw StoreError(.badValue, "live entry of \(k.count) and \(v.count) bytes")
-                        }
-                        return (Digest(bytes: k)!, StoreKeys.readVersionDigest(Array(v))!)
+                let entry: (Digest, VersionDigest)? = it.withKey { k in
+                    it.withValue { v in
+                        guard let id = Digest(bytes: k), let vd = StoreKeys.readVersionDigest(raw: v) else { return nil }
+                        return (id, vd)
                     }
                 }
+                guard let (id, vd) = entry else { throw StoreError(.badValue, "a live-object entry is malformed") }
                 while k < changed.count && changed[k] < id {
                     emitChanged(changed[k])
                     k += 1

@@ -102,27 +102,24 @@ extension NodeStore {
         func flushChunk() throws {
             guard !pendingRefs.isEmpty else { return }
             let values = try database.multiGet(cf.objects, pendingRefs.map { StoreKeys.object($0.0, version: $0.1.version) })
-            var objects: [Object] = []
-            objects.reserveCapacity(values.count)
+            // A chunk is bcs(Vec<Object>): the count, then the stored encodings back to back.
+            // Each stored encoding is checked against the live digest by hashing it as it is
+            // (digest(Object) = SHA256("Object::" ‖ bcs(Object))), without decoding.
+            var w = BCSWriter(capacity: values.reduce(16) { $0 + ($1?.count ?? 0) })
+            w.writeLength(values.count)
             var leaves: [Digest] = []
             leaves.reserveCapacity(values.count)
             for ((id, vd), value) in zip(pendingRefs, values) {
                 guard let value else {
                     throw StoreError(.inconsistent, "snapshot of epoch \(epoch): live object \(id.short) v\(vd.version) is not stored")
                 }
-                let object: Object
-                do { object = try Object(bcsBytes: value) } catch {
-                    throw StoreError(.badValue, error, context: "object \(id.short) v\(vd.version)")
-                }
-                guard object.digest == vd.digest else {
+                guard Hashing.sha256(domain: .object, value) == vd.digest else {
                     throw StoreError(.inconsistent, "snapshot of epoch \(epoch): object \(id.short) v\(vd.version) does not match its live digest")
                 }
-                objects.append(object)
+                w.writeRaw(value)
                 leaves.append(ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
             }
             chunkRoots.append(Merkle.root(leafHashes: leaves))
-            var w = BCSWriter(capacity: values.reduce(16) { $0 + ($1?.count ?? 0) })
-            w.write(objects)
             batch.put(cf.snapshotChunks, StoreKeys.chunk(epoch, UInt32(chunkRoots.count - 1)), LZ4Frame.compress(w.bytes))
             count += UInt64(pendingRefs.count)
             pendingRefs.removeAll(keepingCapacity: true)
@@ -134,12 +131,14 @@ extension NodeStore {
 
         try database.withIterator(cf.liveObjects) { it in
             while it.isValid {
-                let key = it.key
-                let value = it.value
-                guard let id = Digest(bytes: key), let vd = StoreKeys.readVersionDigest(value) else {
-                    throw StoreError(.badValue, "live entry of \(key.count) and \(value.count) bytes")
+                let entry: (Digest, VersionDigest)? = it.withKey { k in
+                    it.withValue { v in
+                        guard let id = Digest(bytes: k), let vd = StoreKeys.readVersionDigest(raw: v) else { return nil }
+                        return (id, vd)
+                    }
                 }
-                pendingRefs.append((id, vd))
+                guard let entry else { throw StoreError(.badValue, "a live-object entry is malformed") }
+                pendingRefs.append(entry)
                 if pendingRefs.count == k { try flushChunk() }
                 it.next()
             }

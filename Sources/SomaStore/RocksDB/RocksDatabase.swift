@@ -1,4 +1,5 @@
 import CRocksDB
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -58,6 +59,13 @@ public final class RocksDatabase: @unchecked Sendable {
     public let path: String
     /// The column families, in the order they were configured.
     public let columnFamilies: [ColumnFamily]
+    private let writtenOperations = Atomic<Int>(0)
+    private let writtenBytes = Atomic<Int>(0)
+
+    /// Operations and key+value bytes written through ``write(_:sync:)`` since opening.
+    public var writeTotals: (operations: Int, bytes: Int) {
+        (writtenOperations.load(ordering: .relaxed), writtenBytes.load(ordering: .relaxed))
+    }
 
     /// Opens (creating if missing) the database at `path` with the given column families.
     /// Column families that exist on disk but are not listed are opened with defaults and kept.
@@ -287,6 +295,8 @@ public final class RocksDatabase: @unchecked Sendable {
         let wo = sync ? syncWriteOptions : writeOptions
         guard batch.database === self else { preconditionFailure("a write batch belongs to the database that made it") }
         try rocksCall("write batch of \(batch.count)") { err in rocksdb_write(db, wo, batch.raw, err) }
+        writtenOperations.add(batch.count, ordering: .relaxed)
+        writtenBytes.add(batch.byteCount, ordering: .relaxed)
     }
 
     /// Flushes the memtables of `cf` (or of every column family) to SST files.
