@@ -298,6 +298,17 @@ extension NodeStore {
     /// Work after an epoch end is committed: its snapshot and the pruning of old snapshots.
     func afterEpochEnd(_ epoch: UInt64, _ record: EpochRecord) throws {
         guard configuration.retainSnapshots > 0 else { return }
+        // During a catch-up the verified summaries may already show later epoch ends: a
+        // snapshot that would be dropped as soon as it is built is skipped.
+        if let verified = try watermarkSync(.highestVerified), let tip = try summarySync(verified.seq) {
+            let newestEnded = tip.summary.endOfEpoch != nil ? tip.summary.epoch : tip.summary.epoch &- 1
+            if tip.summary.epoch > 0 || tip.summary.endOfEpoch != nil, newestEnded >= epoch + configuration.retainSnapshots {
+                let batch = WriteBatch(for: database)
+                batch.delete(cf.meta, Self.pendingSnapshotKey)
+                try database.write(batch, sync: configuration.syncWrites)
+                return
+            }
+        }
         try buildSnapshotSync(epoch: epoch, record: record)
     }
 

@@ -69,11 +69,12 @@ public final class NodeStore: Sendable {
             var o = ColumnFamilyOptions(name: name)
             switch name {
             case "blocks", "snapshotChunks":
-                // Already LZ4 frames: no second compression; large values live in blob files.
+                // Already LZ4 frames: no second compression; large values live in blob files,
+                // so the memtable holds little more than keys and blob references.
                 o.compression = .none
                 o.bloomBitsPerKey = 0
                 o.blobMinBytes = 4_096
-                o.writeBufferBytes = 64 << 20
+                o.writeBufferBytes = 32 << 20
             case "objects":
                 o.writeBufferBytes = 64 << 20
             case "liveObjects", "transactions", "summaryByDigest":
@@ -81,7 +82,7 @@ public final class NodeStore: Sendable {
                 o.compression = .none
                 o.writeBufferBytes = 32 << 20
             default:
-                o.writeBufferBytes = 8 << 20
+                o.writeBufferBytes = 4 << 20
             }
             return o
         }
