@@ -55,17 +55,19 @@ struct Generate: AsyncParsableCommand {
             let importer = try await Importer(
                 genesis: genesis, store: store, batchSize: batch, parallelism: parallelism, userSignatures: verifyUserSignatures)
             if importer.resumeAfter > 0 { print("resuming after checkpoint \(importer.resumeAfter), already stored") }
-            var lastReport = ContinuousClock.now
-            while !generator.isFinished {
-                for cp in await generator.next(count: 100, parallelism: parallelism) {
-                    try await importer.add(SourceCheckpoint(certified: cp.certified, data: cp.data))
+            try await withBackgroundPruning(store) {
+                var lastReport = ContinuousClock.now
+                while !generator.isFinished {
+                    for cp in await generator.next(count: 100, parallelism: parallelism) {
+                        try await importer.add(SourceCheckpoint(certified: cp.certified, data: cp.data))
+                    }
+                    if elapsed(since: lastReport) >= 2 {
+                        lastReport = .now
+                        reportProgress(importer, total: UInt64(profile.checkpoints - 1), start: start)
+                    }
                 }
-                if elapsed(since: lastReport) >= 2 {
-                    lastReport = .now
-                    reportProgress(importer, total: UInt64(profile.checkpoints - 1), start: start)
-                }
+                try await importer.flush()
             }
-            try await importer.flush()
             try await printSummary(importer, store: store, start: start, location: out.map { "\($0)/db" })
         } catch {
             await store?.close()
@@ -81,6 +83,28 @@ struct Generate: AsyncParsableCommand {
         config.retainSnapshots = retainSnapshots
         return config
     }
+}
+
+/// Runs `body` with the store's background pruner beside it (pruned stores), then prunes once
+/// more so that the store ends within its retention.
+func withBackgroundPruning(_ store: NodeStore?, _ body: () async throws -> Void) async throws {
+    guard let store, store.configuration.mode == .pruned else {
+        try await body()
+        return
+    }
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await store.runPruning(every: .milliseconds(500)) }
+        do {
+            try await body()
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+        group.cancelAll()
+        try await group.waitForAll()
+    }
+    let report = try await store.prune()
+    if !report.epochs.isEmpty { print("  pruned epochs \(report.epochs.map(String.init).joined(separator: ", "))") }
 }
 
 /// Writes `genesis.bcs` into a data directory (atomically), or checks the one there.
@@ -221,6 +245,8 @@ struct Import: AsyncParsableCommand {
     var data: String
     @Option(help: "Store mode for a new store: archive or pruned.")
     var mode = "archive"
+    @Option(help: "Epochs of history a pruned store keeps.")
+    var retainEpochs: UInt64 = 2
     @Option(help: "Epoch snapshots to keep (0: none).")
     var retainSnapshots: UInt64 = 2
     @Option(help: "Summaries per verified batch.")
@@ -234,6 +260,7 @@ struct Import: AsyncParsableCommand {
         guard StoreMode(rawValue: mode) != nil else { throw ValidationError("--mode must be archive or pruned") }
         guard batch >= 1 && batch <= 100_000 else { throw ValidationError("--batch must be 1...100000") }
         guard parallelism >= 1 && parallelism <= 256 else { throw ValidationError("--parallelism must be 1...256") }
+        guard retainEpochs >= 1 else { throw ValidationError("--retain-epochs must be at least 1") }
     }
 
     func run() async throws {
@@ -243,6 +270,7 @@ struct Import: AsyncParsableCommand {
         try writeGenesis(reader.genesis, to: dir)
         var config = StoreConfiguration()
         config.mode = StoreMode(rawValue: mode) ?? .archive
+        config.retainEpochs = retainEpochs
         config.retainSnapshots = retainSnapshots
         let store = try await NodeStore.open(path: dir.database, configuration: config)
         do {
@@ -250,15 +278,17 @@ struct Import: AsyncParsableCommand {
                 genesis: reader.genesis, store: store, batchSize: batch, parallelism: parallelism,
                 userSignatures: verifyUserSignatures)
             if importer.resumeAfter > 0 { print("resuming after checkpoint \(importer.resumeAfter), already stored") }
-            var lastReport = ContinuousClock.now
-            while let record = try reader.next() {
-                try await importer.add(SourceCheckpoint(certified: record.certified, frames: record.frames, proofs: record.proofs))
-                if elapsed(since: lastReport) >= 2 {
-                    lastReport = .now
-                    reportProgress(importer, total: 0, start: start)
+            try await withBackgroundPruning(store) {
+                var lastReport = ContinuousClock.now
+                while let record = try reader.next() {
+                    try await importer.add(SourceCheckpoint(certified: record.certified, frames: record.frames, proofs: record.proofs))
+                    if elapsed(since: lastReport) >= 2 {
+                        lastReport = .now
+                        reportProgress(importer, total: 0, start: start)
+                    }
                 }
+                try await importer.flush()
             }
-            try await importer.flush()
             try await printSummary(importer, store: store, start: start, location: dir.database)
         } catch {
             await store.close()

@@ -25,6 +25,16 @@ extension NodeStore {
         try await blocking { try self.pruneSync() }
     }
 
+    /// The background pruner: prunes every `interval` until its task is cancelled (pruned
+    /// stores only; returns at once for an archive store).
+    public func runPruning(every interval: Duration = .seconds(1)) async throws {
+        guard configuration.mode == .pruned else { return }
+        while !Task.isCancelled {
+            _ = try await prune()
+            try? await Task.sleep(for: interval)
+        }
+    }
+
     func pruneSync() throws -> PruneReport {
         var report = PruneReport()
         guard configuration.mode == .pruned else {

@@ -294,6 +294,7 @@ public final class RocksDatabase: @unchecked Sendable {
         let db = try handle()
         let wo = sync ? syncWriteOptions : writeOptions
         guard batch.database === self else { preconditionFailure("a write batch belongs to the database that made it") }
+        guard !batch.detached else { throw StoreError(.closed, "database \(path) was closed while the batch was built") }
         try rocksCall("write batch of \(batch.count)") { err in rocksdb_write(db, wo, batch.raw, err) }
         writtenOperations.add(batch.count, ordering: .relaxed)
         writtenBytes.add(batch.byteCount, ordering: .relaxed)

@@ -10,6 +10,9 @@ public final class WriteBatch {
     private let handles: [OpaquePointer?]
     /// Bytes of keys and values added so far.
     public private(set) var byteCount = 0
+    /// Set when an operation named a column family the database no longer has open (it was
+    /// closed); writing such a batch throws ``StoreError/Code/closed``.
+    private(set) var detached = false
 
     /// An empty batch for `database`.
     public init(for database: RocksDatabase) {
@@ -23,16 +26,17 @@ public final class WriteBatch {
     /// The number of operations.
     public var count: Int { Int(rocksdb_writebatch_count(raw)) }
 
-    private func handle(_ cf: ColumnFamily) -> OpaquePointer {
+    private func handle(_ cf: ColumnFamily) -> OpaquePointer? {
         guard cf.index < handles.count, let h = handles[cf.index] else {
-            preconditionFailure("write batch used after its database was closed")
+            detached = true
+            return nil
         }
         return h
     }
 
     /// Sets `key` to `value` in `cf`.
     public func put(_ cf: ColumnFamily, _ key: [UInt8], _ value: [UInt8]) {
-        let h = handle(cf)
+        guard let h = handle(cf) else { return }
         key.withUnsafeBufferPointer { k in
             value.withUnsafeBufferPointer { v in
                 k.withMemoryRebound(to: CChar.self) { kc in
@@ -47,7 +51,7 @@ public final class WriteBatch {
 
     /// Removes `key` from `cf`.
     public func delete(_ cf: ColumnFamily, _ key: [UInt8]) {
-        let h = handle(cf)
+        guard let h = handle(cf) else { return }
         key.withUnsafeBufferPointer { k in
             k.withMemoryRebound(to: CChar.self) { kc in
                 rocksdb_writebatch_delete_cf(raw, h, kc.baseAddress, kc.count)
@@ -58,7 +62,7 @@ public final class WriteBatch {
 
     /// Removes every key in `[from, to)` of `cf`.
     public func deleteRange(_ cf: ColumnFamily, from: [UInt8], to: [UInt8]) {
-        let h = handle(cf)
+        guard let h = handle(cf) else { return }
         from.withUnsafeBufferPointer { f in
             to.withUnsafeBufferPointer { t in
                 f.withMemoryRebound(to: CChar.self) { fc in
