@@ -52,8 +52,8 @@ struct Store: AsyncParsableCommand {
     var scratch: String?
     @Option(help: "Random block reads to time.")
     var reads = 20_000
-    @Option(help: "Epoch snapshots the stores keep (0: build none).")
-    var snapshots: UInt64 = 2
+    @Option(help: "Epoch snapshots the stores keep during the ingests (0: build none; the snapshot of the last epoch is timed on its own).")
+    var snapshots: UInt64 = 0
 
     mutating func run() async throws {
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
@@ -92,14 +92,18 @@ struct Store: AsyncParsableCommand {
         line("ratio soma-node ingest / db_bench (raw MB/s)", fmt(archive.rawMBps / perCheckpoint.mbps, 2))
         try? FileManager.default.removeItem(atPath: root + "/dbbench-b")
 
-        // 3. Point reads of blocks through the store.
+        // 3. One epoch snapshot of the final live set, on its own.
+        print("\nSnapshot of the last epoch's live set (chunks of 4,096 objects, each checked against its live digest)")
+        try await snapshot(path: root + "/archive")
+
+        // 4. Point reads of blocks through the store.
         print("\nPoint reads of blocks (NodeStore.blockFrames, 4 concurrent readers, random checkpoints)")
         try await pointReads(path: root + "/archive", checkpoints: archive.checkpoints)
 
         try? FileManager.default.removeItem(atPath: root + "/archive")
         try? FileManager.default.removeItem(atPath: root + "/dbbench")
 
-        // 4. Pruned mode with pruning running beside the ingest.
+        // 5. Pruned mode with pruning running beside the ingest.
         print("\nIngest, pruned mode (retain 2 epochs), pruning in the background")
         let pruned = try await ingest(chain: chain, path: root + "/pruned", mode: .pruned, snapshots: snapshots, prune: true)
         pruned.print()
@@ -114,6 +118,7 @@ struct Store: AsyncParsableCommand {
         var seconds = 0.0
         var commitSeconds = 0.0
         var pruneNote = ""
+        var stall = ""
         var writeOperations = 0
         var writeBytes = 0
         var rawMBps: Double { Double(rawBytes) / seconds / 1e6 }
@@ -125,6 +130,7 @@ struct Store: AsyncParsableCommand {
             line("time inside NodeStore.commit", "\(fmt(commitSeconds)) s", "decoding the file overlaps it")
             line("written to RocksDB", "\(writeOperations) puts/deletes, \(fmt(Double(writeBytes) / 1e6)) MB of keys and values")
             line("store size on disk", "\(fmt(Double(storedBytes) / 1e6)) MB")
+            if !stall.isEmpty { line("RocksDB write stalls", stall) }
             if !pruneNote.isEmpty { line("pruning", pruneNote) }
         }
     }
@@ -205,9 +211,32 @@ struct Store: AsyncParsableCommand {
             result.pruneNote = "\(note) during the ingest, \(final.epochs.count) left at its end; lowestAvailable \(lowest) (start of epoch \(firstKept.map(String.init) ?? "?") of \(epochs.last?.epoch ?? 0))"
         }
         (result.writeOperations, result.writeBytes) = store.database.writeTotals
+        if let stats = try store.database.property("rocksdb.stats", of: store.database.columnFamilies[0]),
+           let stall = stats.split(separator: "\n").first(where: { $0.contains("Cumulative stall") }) {
+            result.stall = String(stall).trimmingCharacters(in: .whitespaces)
+        }
         result.storedBytes = directorySize(path)
         await store.close()
         return result
+    }
+
+    func snapshot(path: String) async throws {
+        var config = StoreConfiguration()
+        config.retainSnapshots = 2
+        let store = try await NodeStore.open(path: path, configuration: config)
+        guard let epoch = try await store.epochs().last(where: { $0.stateRoot != nil })?.epoch else {
+            await store.close()
+            return
+        }
+        let start = ContinuousClock.now
+        let manifest = try await store.buildSnapshot(epoch: epoch)
+        let d = ContinuousClock.now - start
+        let secs = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+        var bytes = 0
+        for i in manifest.chunkRoots.indices { bytes += try await store.snapshotChunk(epoch: epoch, index: UInt32(i))?.count ?? 0 }
+        line("epoch \(epoch): objects", "\(manifest.objectCount) in \(manifest.chunkRoots.count) chunks, \(fmt(Double(bytes) / 1e6)) MB of LZ4")
+        line("build time", "\(fmt(secs)) s", "\(fmt(Double(manifest.objectCount) / secs, 0)) objects/s")
+        await store.close()
     }
 
     func pointReads(path: String, checkpoints: Int) async throws {

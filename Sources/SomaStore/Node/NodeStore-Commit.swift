@@ -11,6 +11,11 @@ public struct VerifiedCheckpoint: Sendable {
     public let frames: [[UInt8]]
     /// Each part's subtree proof (empty for a single-part checkpoint).
     public let proofs: [[Digest]]
+    /// Derived once, where the checkpoint is built (in parallel with other checkpoints), so the
+    /// single writer only copies: each entry's transaction digest, and each output object's
+    /// key and encoding.
+    let transactionDigests: [Digest]
+    let objectRecords: [(key: [UInt8], value: [UInt8])]
 
     /// Builds the blocks by encoding and compressing the contents (done once, by whoever
     /// first builds them; from then on the same bytes are stored, served and archived).
@@ -20,6 +25,20 @@ public struct VerifiedCheckpoint: Sendable {
         let parts = BlockVerifier.parts(of: data)
         frames = parts.map { LZ4Frame.compress(BCS.encode($0.data, capacity: 1 << 16)) }
         proofs = parts.count > 1 ? parts.map(\.proof) : [[]]
+        (transactionDigests, objectRecords) = Self.derive(data)
+    }
+
+    static func derive(_ data: CheckpointData) -> ([Digest], [(key: [UInt8], value: [UInt8])]) {
+        var digests: [Digest] = []
+        digests.reserveCapacity(data.entries.count)
+        var records: [(key: [UInt8], value: [UInt8])] = []
+        for entry in data.entries {
+            digests.append(entry.transaction.digest)
+            for object in entry.outputObjects {
+                records.append((StoreKeys.object(object.id, version: object.version), object.bcsBytes))
+            }
+        }
+        return (digests, records)
     }
 
     /// Wraps blocks received as they are (from a peer or an archive), with their contents.
@@ -29,6 +48,17 @@ public struct VerifiedCheckpoint: Sendable {
         self.data = data
         self.frames = frames
         self.proofs = proofs
+        (transactionDigests, objectRecords) = Self.derive(data)
+    }
+
+    /// A checkpoint read back from the store for execution only (no blocks to write).
+    init(executing certified: CertifiedCheckpointSummary, data: CheckpointData) {
+        self.certified = certified
+        self.data = data
+        frames = []
+        proofs = []
+        transactionDigests = []
+        objectRecords = []
     }
 
     /// The bytes of the blocks.
@@ -150,11 +180,11 @@ extension NodeStore {
                 batch.put(cf.partProofs, StoreKeys.block(seq, part: UInt32(part)), w.bytes)
             }
         }
-        for (index, entry) in cp.data.entries.enumerated() {
-            batch.put(cf.transactions, entry.transaction.digest.bytes, StoreKeys.position(seq, UInt32(index)))
-            for object in entry.outputObjects {
-                batch.put(cf.objects, StoreKeys.object(object.id, version: object.version), object.bcsBytes)
-            }
+        for (index, digest) in cp.transactionDigests.enumerated() {
+            batch.put(cf.transactions, digest.bytes, StoreKeys.position(seq, UInt32(index)))
+        }
+        for record in cp.objectRecords {
+            batch.put(cf.objects, record.key, record.value)
         }
         if let end = summary.endOfEpoch {
             batch.put(cf.committees, StoreKeys.seq(summary.epoch + 1), end.nextCommittee.bcsBytes)
@@ -347,7 +377,7 @@ extension NodeStore {
                     guard let summary = try summarySync(next), let data = try checkpointDataSync(next) else {
                         throw StoreError(.inconsistent, "checkpoint \(next) is below highestSynced but not stored")
                     }
-                    group.append(VerifiedCheckpoint(certified: summary, data: data, frames: [[]], proofs: [[]]))
+                    group.append(VerifiedCheckpoint(executing: summary, data: data))
                     next += 1
                     done += 1
                     if summary.summary.endOfEpoch != nil { break }

@@ -86,6 +86,26 @@ extension NodeStore {
         }
     }
 
+    /// Builds (or rebuilds) the snapshot of `epoch` now. The live set must still be that
+    /// epoch's: `highestExecuted` must be its last checkpoint.
+    /// - Throws: ``StoreError/Code/outOfOrder`` otherwise.
+    public func buildSnapshot(epoch: UInt64) async throws -> SnapshotManifest {
+        try await blocking {
+            try self.writer.withLock { _ throws in
+                guard let record = try self.epochSync(epoch), let last = record.lastCheckpoint, record.stateRoot != nil,
+                      try self.watermarkSync(.highestExecuted)?.seq == last
+                else {
+                    throw StoreError(.outOfOrder, "the live set is not epoch \(epoch)'s end: execute to its last checkpoint and no further")
+                }
+                try self.buildSnapshotSync(epoch: epoch, record: record)
+                guard let manifest = try self.snapshotManifestSync(epoch) else {
+                    throw StoreError(.inconsistent, "the snapshot of epoch \(epoch) was not written")
+                }
+                return manifest
+            }
+        }
+    }
+
     /// Cuts the live object set (just after `record`'s epoch end was committed) into chunks of
     /// `snapshotChunkSize` objects sorted by id, checks every object against its live digest,
     /// checks the chunk roots against the certified state root, stores chunks and manifest, and
