@@ -37,6 +37,7 @@ let package = Package(
             pkgConfig: "rocksdb",
             providers: [.apt(["librocksdb-dev"])]
         ),
+        .systemLibrary(name: "CMalloc"),
         .systemLibrary(
             name: "CLZ4",
             pkgConfig: "liblz4",
@@ -45,7 +46,7 @@ let package = Package(
         .target(
             name: "SomaStore",
             dependencies: [
-                "SomaCore", "CRocksDB", "CLZ4",
+                "SomaCore", "CRocksDB", "CLZ4", "CMalloc",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict

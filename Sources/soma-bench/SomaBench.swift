@@ -1,12 +1,27 @@
 import ArgumentParser
 import Crypto
 import Foundation
+import SomaStore
 import SomaCore
 import SomaDevnet
 
 /// `soma-bench`: measured figures for soma-node, each with a baseline measured in the same run.
 @main
 struct SomaBench: AsyncParsableCommand {
+    static func main() async {
+        MemoryTuning.limitMallocArenas()
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "soma-bench",
         abstract: "Benchmarks of soma-node (release builds only give meaningful figures).",

@@ -19,23 +19,9 @@ struct Generate: AsyncParsableCommand {
     @OptionGroup var chain: ProfileOptions
     @Option(help: "Data directory to write the genesis and the store into.")
     var out: String?
-    @Option(help: "Store mode: archive or pruned.")
-    var mode = "archive"
-    @Option(help: "Epochs of history a pruned store keeps.")
-    var retainEpochs: UInt64 = 2
-    @Option(help: "Epoch snapshots to keep (0: none).")
-    var retainSnapshots: UInt64 = 2
-    @Option(help: "Summaries per verified batch.")
-    var batch = 1_000
-    @Flag(help: "Also re-check every user signature.")
-    var verifyUserSignatures = false
+    @OptionGroup var storeOptions: StoreOptions
     var parallelism: Int { chain.parallelism }
 
-    func validate() throws {
-        guard StoreMode(rawValue: mode) != nil else { throw ValidationError("--mode must be archive or pruned") }
-        guard batch >= 1 && batch <= 100_000 else { throw ValidationError("--batch must be 1...100000") }
-        guard retainEpochs >= 1 else { throw ValidationError("--retain-epochs must be at least 1") }
-    }
 
     func run() async throws {
         let profile = try chain.resolvedProfile()
@@ -49,11 +35,12 @@ struct Generate: AsyncParsableCommand {
         if let out {
             let dir = DataDirectory(root: out)
             try writeGenesis(genesis, to: dir)
-            store = try await NodeStore.open(path: dir.database, configuration: storeConfiguration)
+            store = try await NodeStore.open(path: dir.database, configuration: storeOptions.configuration)
         }
         do {
             let importer = try await Importer(
-                genesis: genesis, store: store, batchSize: batch, parallelism: parallelism, userSignatures: verifyUserSignatures)
+                genesis: genesis, store: store, batchSize: storeOptions.batch, parallelism: parallelism,
+                userSignatures: storeOptions.verifyUserSignatures)
             if importer.resumeAfter > 0 { print("resuming after checkpoint \(importer.resumeAfter), already stored") }
             try await withBackgroundPruning(store) {
                 var lastReport = ContinuousClock.now
@@ -76,7 +63,28 @@ struct Generate: AsyncParsableCommand {
         await store?.close()
     }
 
-    var storeConfiguration: StoreConfiguration {
+}
+
+/// How verified checkpoints are stored.
+struct StoreOptions: ParsableArguments {
+    @Option(help: "Store mode for a new store: archive or pruned.")
+    var mode = "archive"
+    @Option(help: "Epochs of history a pruned store keeps.")
+    var retainEpochs: UInt64 = 2
+    @Option(help: "Epoch snapshots to keep (0: none).")
+    var retainSnapshots: UInt64 = 2
+    @Option(help: "Summaries per verified batch (one quorum check each).")
+    var batch = 1_000
+    @Flag(help: "Also re-check every user signature.")
+    var verifyUserSignatures = false
+
+    func validate() throws {
+        guard StoreMode(rawValue: mode) != nil else { throw ValidationError("--mode must be archive or pruned") }
+        guard batch >= 1 && batch <= 100_000 else { throw ValidationError("--batch must be 1...100000") }
+        guard retainEpochs >= 1 else { throw ValidationError("--retain-epochs must be at least 1") }
+    }
+
+    var configuration: StoreConfiguration {
         var config = StoreConfiguration()
         config.mode = StoreMode(rawValue: mode) ?? .archive
         config.retainEpochs = retainEpochs
@@ -243,24 +251,12 @@ struct Import: AsyncParsableCommand {
     var file: String
     @Option(help: "The node's data directory (genesis.bcs and db/ are created if missing).")
     var data: String
-    @Option(help: "Store mode for a new store: archive or pruned.")
-    var mode = "archive"
-    @Option(help: "Epochs of history a pruned store keeps.")
-    var retainEpochs: UInt64 = 2
-    @Option(help: "Epoch snapshots to keep (0: none).")
-    var retainSnapshots: UInt64 = 2
-    @Option(help: "Summaries per verified batch.")
-    var batch = 1_000
+    @OptionGroup var storeOptions: StoreOptions
     @Option(help: "Parallel verification tasks (default: the number of cores).")
     var parallelism = ProcessInfo.processInfo.activeProcessorCount
-    @Flag(help: "Also re-check every user signature.")
-    var verifyUserSignatures = false
 
     func validate() throws {
-        guard StoreMode(rawValue: mode) != nil else { throw ValidationError("--mode must be archive or pruned") }
-        guard batch >= 1 && batch <= 100_000 else { throw ValidationError("--batch must be 1...100000") }
         guard parallelism >= 1 && parallelism <= 256 else { throw ValidationError("--parallelism must be 1...256") }
-        guard retainEpochs >= 1 else { throw ValidationError("--retain-epochs must be at least 1") }
     }
 
     func run() async throws {
@@ -268,15 +264,11 @@ struct Import: AsyncParsableCommand {
         let reader = try ChainFileReader(path: file)
         let dir = DataDirectory(root: data)
         try writeGenesis(reader.genesis, to: dir)
-        var config = StoreConfiguration()
-        config.mode = StoreMode(rawValue: mode) ?? .archive
-        config.retainEpochs = retainEpochs
-        config.retainSnapshots = retainSnapshots
-        let store = try await NodeStore.open(path: dir.database, configuration: config)
+        let store = try await NodeStore.open(path: dir.database, configuration: storeOptions.configuration)
         do {
             let importer = try await Importer(
-                genesis: reader.genesis, store: store, batchSize: batch, parallelism: parallelism,
-                userSignatures: verifyUserSignatures)
+                genesis: reader.genesis, store: store, batchSize: storeOptions.batch, parallelism: parallelism,
+                userSignatures: storeOptions.verifyUserSignatures)
             if importer.resumeAfter > 0 { print("resuming after checkpoint \(importer.resumeAfter), already stored") }
             try await withBackgroundPruning(store) {
                 var lastReport = ContinuousClock.now

@@ -1,9 +1,24 @@
 import ArgumentParser
 import Foundation
+import SomaStore
 
 /// `soma-node`: the storage-centric sync and archive node of the Soma chain.
 @main
 struct SomaNodeCommand: AsyncParsableCommand {
+    static func main() async {
+        MemoryTuning.limitMallocArenas()
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "soma-node",
         abstract: "Sync, keep and serve the Soma chain's verified history.",

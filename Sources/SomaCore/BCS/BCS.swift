@@ -27,17 +27,7 @@ public enum BCS {
     /// Decodes exactly one value from a slice, rejecting trailing bytes.
     @inlinable
     public static func decode<T: BCSDecodable>(_: T.Type, from bytes: ArraySlice<UInt8>) throws(CoreError) -> T {
-        let result: Result<T, CoreError> = bytes.withUnsafeBytes { raw in
-            var reader = BCSReader(raw)
-            do throws(CoreError) {
-                let value = try T(from: &reader)
-                try reader.finish()
-                return .success(value)
-            } catch {
-                return .failure(error)
-            }
-        }
-        return try result.get()
+        try read(from: bytes) { (reader: inout BCSReader) throws(CoreError) in try T(from: &reader) }
     }
 
     /// Decodes a value with a closure over a reader, rejecting trailing bytes.

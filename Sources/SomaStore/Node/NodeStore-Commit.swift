@@ -296,13 +296,7 @@ extension NodeStore {
         }
         try database.withIterator(cf.liveObjects) { it in
             while it.isValid {
-                let entry: (Digest, VersionDigest)? = it.withKey { k in
-                    it.withValue { v in
-                        guard let id = Digest(bytes: k), let vd = StoreKeys.readVersionDigest(raw: v) else { return nil }
-                        return (id, vd)
-                    }
-                }
-                guard let (id, vd) = entry else { throw StoreError(.badValue, "a live-object entry is malformed") }
+                let (id, vd) = try liveEntry(it)
                 while k < changed.count && changed[k] < id {
                     emitChanged(changed[k])
                     k += 1
@@ -324,6 +318,18 @@ extension NodeStore {
     }
 
     static let pendingSnapshotKey = Array("pendingSnapshot".utf8)
+
+    /// The live-object entry under an iterator over `liveObjects`.
+    func liveEntry(_ it: borrowing RocksIterator) throws(StoreError) -> (ObjectID, VersionDigest) {
+        let entry: (Digest, VersionDigest)? = it.withKey { k in
+            it.withValue { v in
+                guard let id = Digest(bytes: k), let vd = StoreKeys.readVersionDigest(raw: v) else { return nil }
+                return (id, vd)
+            }
+        }
+        guard let entry else { throw StoreError(.badValue, "a live-object entry is malformed") }
+        return entry
+    }
 
     /// Work after an epoch end is committed: its snapshot and the pruning of old snapshots.
     func afterEpochEnd(_ epoch: UInt64, _ record: EpochRecord) throws {

@@ -143,7 +143,7 @@ extension NodeStore {
             batch.put(cf.snapshotChunks, StoreKeys.chunk(epoch, UInt32(chunkRoots.count - 1)), LZ4Frame.compress(w.bytes))
             count += UInt64(pendingRefs.count)
             pendingRefs.removeAll(keepingCapacity: true)
-            if batch.byteCount > 32 << 20 {
+            if batch.byteCount > 8 << 20 {
                 try database.write(batch, sync: false)
                 batch = WriteBatch(for: database)
             }
@@ -151,14 +151,7 @@ extension NodeStore {
 
         try database.withIterator(cf.liveObjects) { it in
             while it.isValid {
-                let entry: (Digest, VersionDigest)? = it.withKey { k in
-                    it.withValue { v in
-                        guard let id = Digest(bytes: k), let vd = StoreKeys.readVersionDigest(raw: v) else { return nil }
-                        return (id, vd)
-                    }
-                }
-                guard let entry else { throw StoreError(.badValue, "a live-object entry is malformed") }
-                pendingRefs.append(entry)
+                pendingRefs.append(try liveEntry(it))
                 if pendingRefs.count == k { try flushChunk() }
                 it.next()
             }

@@ -162,10 +162,7 @@ extension NodeStore {
             var count: UInt64 = 0
             try database.withIterator(cf.liveObjects) { it in
                 while it.isValid {
-                    let key = it.key
-                    guard let id = Digest(bytes: key), let vd = StoreKeys.readVersionDigest(it.value) else {
-                        throw fault("a live-object entry is malformed")
-                    }
+                    let (id, vd) = try liveEntry(it)
                     guard live.objects[id] == vd else {
                         throw fault("live object \(id.hex): stored v\(vd.version), the replay gives \(live.objects[id].map { "v\($0.version)" } ?? "no such object")")
                     }
