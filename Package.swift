@@ -78,14 +78,20 @@ let package = Package(
             dependencies: ["SomaCore", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
+        .target(
+            name: "SomaTestSupport",
+            dependencies: ["SomaStore"],
+            path: "Tests/SomaTestSupport",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "SomaStoreTests",
-            dependencies: ["SomaCore", "SomaStore", "SomaDevnet"],
+            dependencies: ["SomaCore", "SomaStore", "SomaDevnet", "SomaTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["SomaCore", "SomaStore", "SomaDevnet"],
+            dependencies: ["SomaCore", "SomaStore", "SomaDevnet", "SomaTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -1,6 +1,7 @@
 import Foundation
 import SomaCore
 import SomaStore
+import SomaTestSupport
 import Testing
 
 /// Opens a store directory the CLI wrote, runs `body`, closes it.

@@ -1,6 +1,7 @@
 import Foundation
 import SomaCore
 import SomaStore
+import SomaTestSupport
 import Testing
 
 @Suite("LZ4 frames: round trips, limits, corruption and interoperability with the lz4 tool")

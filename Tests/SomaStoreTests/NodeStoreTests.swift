@@ -2,6 +2,7 @@ import Foundation
 import SomaCore
 import SomaDevnet
 import SomaStore
+import SomaTestSupport
 import Testing
 
 /// Generates a chain and returns its genesis and verified checkpoints.

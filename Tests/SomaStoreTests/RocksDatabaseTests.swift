@@ -1,6 +1,7 @@
 import Foundation
 import SomaCore
 import SomaStore
+import SomaTestSupport
 import Testing
 
 @Suite("RocksDB binding")

@@ -1,24 +1,28 @@
-import Foundation
+public import Foundation
 import SomaCore
-import SomaStore
-import Testing
+public import SomaStore
+public import Testing
 
 /// A fresh temporary directory, removed when the returned guard's `cleanup()` runs.
-struct TempDir {
-    let path: String
+public struct TempDir {
+    /// The directory.
+    public let path: String
 
-    init(_ label: String = "store") {
+    /// Creates a fresh directory named after `label`.
+    public init(_ label: String = "store") {
         path = NSTemporaryDirectory() + "soma-\(label)-\(UUID().uuidString)"
         try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     }
 
-    func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
+    /// A path inside the directory.
+    public func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
 
-    func cleanup() { try? FileManager.default.removeItem(atPath: path) }
+    /// Removes the directory.
+    public func cleanup() { try? FileManager.default.removeItem(atPath: path) }
 }
 
 /// Asserts that `body` throws a StoreError with `code`.
-func expectStoreCode(_ code: StoreError.Code, _ comment: String = "", sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
+public func expectStoreCode(_ code: StoreError.Code, _ comment: String = "", sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
     do {
         try body()
         Issue.record("expected \(code), nothing was thrown. \(comment)", sourceLocation: sourceLocation)
@@ -31,7 +35,7 @@ func expectStoreCode(_ code: StoreError.Code, _ comment: String = "", sourceLoca
 
 /// Runs a command and returns (status, stdout, stderr).
 @discardableResult
-func run(_ executable: String, _ arguments: [String], input: Data? = nil) throws -> (Int32, Data, String) {
+public func run(_ executable: String, _ arguments: [String], input: Data? = nil) throws -> (Int32, Data, String) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: executable)
     p.arguments = arguments
@@ -49,7 +53,7 @@ func run(_ executable: String, _ arguments: [String], input: Data? = nil) throws
 }
 
 /// The first of `names` found on PATH or in the usual places.
-func tool(_ names: String...) -> String? {
+public func tool(_ names: String...) -> String? {
     for n in names {
         for dir in ["/usr/bin", "/usr/local/bin", "/bin"] where FileManager.default.isExecutableFile(atPath: "\(dir)/\(n)") {
             return "\(dir)/\(n)"
