@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .library(name: "SomaCore", targets: ["SomaCore"]),
         .library(name: "SomaStore", targets: ["SomaStore"]),
+        .library(name: "SomaNet", targets: ["SomaNet"]),
         .library(name: "SomaDevnet", targets: ["SomaDevnet"]),
         .executable(name: "soma-node", targets: ["soma-node"]),
         .executable(name: "soma-bench", targets: ["soma-bench"]),
@@ -52,6 +53,15 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "SomaNet",
+            dependencies: [
+                "SomaCore", "SomaStore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
             name: "SomaDevnet",
             dependencies: ["SomaCore"],
             swiftSettings: strict
@@ -87,6 +97,15 @@ let package = Package(
         .testTarget(
             name: "SomaStoreTests",
             dependencies: ["SomaCore", "SomaStore", "SomaDevnet", "SomaTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SomaNetTests",
+            dependencies: [
+                "SomaCore", "SomaNet",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

@@ -1,0 +1,119 @@
+public import NIOCore
+
+/// What a frame carries.
+public enum FrameKind: UInt8, Sendable, CaseIterable {
+    /// A request; the response carries the same request id.
+    case request = 0
+    /// A successful response.
+    case response = 1
+    /// An error response (payload: ``RPCError``).
+    case error = 2
+    /// A message that expects no response.
+    case oneWay = 3
+    /// One item of a streamed response.
+    case streamItem = 4
+    /// The end of a streamed response.
+    case streamEnd = 5
+}
+
+/// One frame of the protocol (DESIGN §8):
+/// `u32 length ‖ u8 kind ‖ u8 flags ‖ u16 method ‖ u64 requestID ‖ payload`, big-endian header,
+/// where `length` counts every byte after itself (12 + payload).
+public struct Frame: Sendable, Equatable {
+    /// Bytes of the header after the length field.
+    public static let headerBytes = 12
+
+    /// What the frame carries.
+    public var kind: FrameKind
+    /// Reserved flags (must be 0 in protocol version 1).
+    public var flags: UInt8
+    /// The RPC method.
+    public var method: UInt16
+    /// The request id this frame belongs to.
+    public var requestID: UInt64
+    /// The BCS payload.
+    public var payload: ByteBuffer
+
+    /// Creates a frame.
+    public init(kind: FrameKind, flags: UInt8 = 0, method: UInt16, requestID: UInt64, payload: ByteBuffer) {
+        self.kind = kind
+        self.flags = flags
+        self.method = method
+        self.requestID = requestID
+        self.payload = payload
+    }
+
+    /// Writes the frame, header and payload, into `buffer`.
+    public func write(into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt32(Frame.headerBytes + payload.readableBytes))
+        buffer.writeInteger(kind.rawValue)
+        buffer.writeInteger(flags)
+        buffer.writeInteger(method)
+        buffer.writeInteger(requestID)
+        var p = payload
+        buffer.writeBuffer(&p)
+    }
+}
+
+/// Splits a byte stream into frames. The declared length is checked against `maxFrameBytes`
+/// (and the header's minimum) before a byte of the payload is buffered for it; the payload is a
+/// slice of the read buffer, not a copy.
+public struct FrameDecoder: ByteToMessageDecoder {
+    /// Frames.
+    public typealias InboundOut = Frame
+
+    /// The largest frame accepted (length field value).
+    public let maxFrameBytes: Int
+
+    /// A decoder with a frame-size limit.
+    public init(maxFrameBytes: Int) {
+        self.maxFrameBytes = maxFrameBytes
+    }
+
+    /// Decodes one frame if a whole one is buffered.
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return .needMoreData }
+        guard length >= UInt32(Frame.headerBytes) else {
+            throw WireError(.malformedFrame, "frame length \(length) is shorter than its header")
+        }
+        guard length <= UInt32(maxFrameBytes) else {
+            throw WireError(.frameTooLarge, "frame of \(length) bytes, the limit is \(maxFrameBytes)")
+        }
+        guard buffer.readableBytes >= 4 + Int(length) else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: 4)
+        let rawKind: UInt8 = buffer.readInteger()!
+        let flags: UInt8 = buffer.readInteger()!
+        let method: UInt16 = buffer.readInteger()!
+        let requestID: UInt64 = buffer.readInteger()!
+        let payload = buffer.readSlice(length: Int(length) - Frame.headerBytes)!
+        guard let kind = FrameKind(rawValue: rawKind) else {
+            throw WireError(.malformedFrame, "unknown frame kind \(rawKind)")
+        }
+        guard flags == 0 else { throw WireError(.malformedFrame, "unknown frame flags \(flags)") }
+        context.fireChannelRead(wrapInboundOut(Frame(kind: kind, flags: flags, method: method, requestID: requestID, payload: payload)))
+        return .continue
+    }
+
+    /// At the end of the stream, leftover bytes are a truncated frame.
+    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        while try decode(context: context, buffer: &buffer) == .continue {}
+        if buffer.readableBytes > 0 {
+            throw WireError(.malformedFrame, "connection closed inside a frame (\(buffer.readableBytes) bytes left)")
+        }
+        return .needMoreData
+    }
+}
+
+/// Writes frames.
+public struct FrameEncoder: MessageToByteEncoder {
+    /// Frames.
+    public typealias OutboundIn = Frame
+
+    /// An encoder.
+    public init() {}
+
+    /// Writes one frame.
+    public func encode(data: Frame, out: inout ByteBuffer) throws {
+        data.write(into: &out)
+    }
+}

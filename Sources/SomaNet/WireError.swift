@@ -1,0 +1,34 @@
+/// The one error type of SomaNet: a ``Code`` and a message.
+public struct WireError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What went wrong.
+    public enum Code: String, Hashable, Sendable {
+        /// A frame declares more bytes than the limit (checked before anything is allocated).
+        case frameTooLarge
+        /// A frame is shorter than its header, or its kind or flags are unknown.
+        case malformedFrame
+        /// A payload does not decode.
+        case badPayload
+        /// The peer is on another chain.
+        case wrongChain
+        /// The peer speaks another protocol version.
+        case wrongVersion
+        /// The peer's proof of its key does not verify.
+        case badProof
+        /// The handshake did not complete in time, or came out of order.
+        case handshakeFailed
+    }
+
+    /// What went wrong.
+    public let code: Code
+    /// Details.
+    public let message: String
+
+    /// Creates an error.
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    /// `code: message`.
+    public var description: String { "\(code.rawValue): \(message)" }
+}
