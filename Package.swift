@@ -102,9 +102,10 @@ let package = Package(
         .testTarget(
             name: "SomaNetTests",
             dependencies: [
-                "SomaCore", "SomaNet",
+                "SomaCore", "SomaNet", "SomaStore", "SomaDevnet", "SomaTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),

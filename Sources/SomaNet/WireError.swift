@@ -16,6 +16,10 @@ public struct WireError: Error, Hashable, Sendable, CustomStringConvertible {
         case badProof
         /// The handshake did not complete in time, or came out of order.
         case handshakeFailed
+        /// The connection closed before the answer came.
+        case connectionClosed
+        /// No answer within the request's timeout.
+        case timedOut
     }
 
     /// What went wrong.

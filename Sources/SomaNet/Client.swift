@@ -1,0 +1,179 @@
+public import NIOCore
+import NIOPosix
+public import SomaCore
+public import SomaStore
+
+/// Matches answers to requests by id, fails them on timeout or close, and reports the handshake.
+final class ResponseHandler: ChannelInboundHandler {
+    typealias InboundIn = Frame
+    typealias OutboundOut = Frame
+
+    private var context: ChannelHandlerContext?
+    private var nextID: UInt64 = 1
+    private var pending: [UInt64: (EventLoopPromise<Frame>, Scheduled<Void>?)] = [:]
+    let handshake: EventLoopPromise<HandshakeCompleted>
+
+    init(handshake: EventLoopPromise<HandshakeCompleted>) {
+        self.handshake = handshake
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func send(method: UInt16, payload: [UInt8], timeout: TimeAmount, promise: EventLoopPromise<Frame>) {
+        guard let context else {
+            promise.fail(WireError(.connectionClosed, "the connection is closed"))
+            return
+        }
+        let id = nextID
+        nextID += 1
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let timer = context.eventLoop.scheduleTask(in: timeout) {
+            if let (promise, _) = bound.value.pending.removeValue(forKey: id) {
+                promise.fail(WireError(.timedOut, "no answer to request \(id) within \(timeout.nanoseconds / 1_000_000) ms"))
+            }
+        }
+        pending[id] = (promise, timer)
+        var buffer = context.channel.allocator.buffer(capacity: payload.count)
+        buffer.writeBytes(payload)
+        context.writeAndFlush(wrapOutboundOut(Frame(kind: .request, method: method, requestID: id, payload: buffer)), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard frame.kind == .response || frame.kind == .error, let (promise, timer) = pending.removeValue(forKey: frame.requestID) else { return }
+        timer?.cancel()
+        promise.succeed(frame)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let done = event as? HandshakeCompleted { handshake.succeed(done) }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        handshake.fail(error)
+        failAll(error)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let error = WireError(.connectionClosed, "the peer closed the connection")
+        handshake.fail(error)
+        failAll(error)
+        context.fireChannelInactive()
+    }
+
+    private func failAll(_ error: any Error) {
+        for (_, (promise, timer)) in pending {
+            timer?.cancel()
+            promise.fail(error)
+        }
+        pending.removeAll()
+    }
+}
+
+/// A connection to a peer, after the handshake: typed calls of the history RPCs, many in flight
+/// at once on one connection.
+public final class PeerClient: Sendable {
+    /// The peer's verified key.
+    public let peerID: PeerID
+    /// The peer's hello.
+    public let hello: Hello
+    private let channel: any Channel
+    private let handler: NIOLoopBound<ResponseHandler>
+    private let configuration: NetConfiguration
+
+    private init(channel: any Channel, handler: NIOLoopBound<ResponseHandler>, completed: HandshakeCompleted, configuration: NetConfiguration) {
+        self.channel = channel
+        self.handler = handler
+        self.peerID = completed.peerID
+        self.hello = completed.hello
+        self.configuration = configuration
+    }
+
+    /// Connects to `host:port` and completes the handshake as `identity`.
+    /// - Throws: ``WireError`` (wrong chain, wrong version, bad proof, timeout) or a socket error.
+    public static func connect(
+        host: String, port: Int, identity: HandshakeIdentity, configuration: NetConfiguration = NetConfiguration(),
+        group: any EventLoopGroup
+    ) async throws -> PeerClient {
+        let loop = group.next()
+        let handshake = loop.makePromise(of: HandshakeCompleted.self)
+        let channel = try await ClientBootstrap(group: loop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let ops = channel.pipeline.syncOperations
+                    try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
+                    try ops.addHandler(MessageToByteHandler(FrameEncoder()))
+                    try ops.addHandler(HandshakeHandler(identity: identity, timeout: configuration.handshakeTimeout))
+                    try ops.addHandler(ResponseHandler(handshake: handshake))
+                }
+            }
+            .connect(host: host, port: port).get()
+        do {
+            let completed = try await handshake.futureResult.get()
+            let handler = try await channel.eventLoop.submit {
+                NIOLoopBound(try channel.pipeline.syncOperations.handler(type: ResponseHandler.self), eventLoop: channel.eventLoop)
+            }.get()
+            return PeerClient(channel: channel, handler: handler, completed: completed, configuration: configuration)
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+    }
+
+    /// Sends one request and returns the answer's payload.
+    /// - Throws: the peer's ``RPCError``, or ``WireError`` (`timedOut`, `connectionClosed`).
+    public func call(_ method: Method, _ payload: [UInt8] = [], timeout: TimeAmount? = nil) async throws -> [UInt8] {
+        let promise = channel.eventLoop.makePromise(of: Frame.self)
+        let handler = self.handler
+        let t = timeout ?? configuration.requestTimeout
+        channel.eventLoop.execute { handler.value.send(method: method.rawValue, payload: payload, timeout: t, promise: promise) }
+        let frame = try await promise.futureResult.get()
+        let bytes = Array(frame.payload.readableBytesView)
+        guard frame.kind == .response else {
+            throw (try? RPCError(bcsBytes: bytes)) ?? RPCError.unavailable("an error answer that does not decode")
+        }
+        return bytes
+    }
+
+    /// `getAvailability`.
+    public func availability() async throws -> Availability {
+        try Availability(bcsBytes: try await call(.getAvailability))
+    }
+
+    /// `getEpochEndings`.
+    public func epochEndings(from epoch: UInt64, max: UInt32 = EpochEndingsRequest.maxCount) async throws -> [CertifiedCheckpointSummary] {
+        let bytes = try await call(.getEpochEndings, EpochEndingsRequest(fromEpoch: epoch, max: max).bcsBytes)
+        return try BCS.read(from: bytes[...]) { (r: inout BCSReader) throws(CoreError) in
+            try r.readVector(CertifiedCheckpointSummary.self, minElementSize: 74)
+        }
+    }
+
+    /// `getSummaries`.
+    public func summaries(from seq: UInt64, count: UInt32, allCertificates: Bool = false) async throws -> SummariesResponse {
+        try SummariesResponse(bcsBytes: try await call(.getSummaries, SummariesRequest(from: seq, count: count, allCertificates: allCertificates).bcsBytes))
+    }
+
+    /// `getBlock`: the stored LZ4 frame of one part, with its proof.
+    public func block(_ seq: UInt64, part: UInt32 = 0) async throws -> ProvenFrame {
+        try ProvenFrame(bcsBytes: try await call(.getBlock, BlockRequest(seq: seq, part: part).bcsBytes))
+    }
+
+    /// `getSnapshotManifest`.
+    public func snapshotManifest(epoch: UInt64) async throws -> SnapshotManifest {
+        try SnapshotManifest(bcsBytes: try await call(.getSnapshotManifest, SnapshotRequest(epoch: epoch).bcsBytes))
+    }
+
+    /// `getSnapshotChunk`.
+    public func snapshotChunk(epoch: UInt64, index: UInt32) async throws -> ProvenFrame {
+        try ProvenFrame(bcsBytes: try await call(.getSnapshotChunk, SnapshotRequest(epoch: epoch, index: index).bcsBytes))
+    }
+
+    /// Closes the connection; requests in flight fail with `connectionClosed`.
+    public func close() async {
+        try? await channel.close()
+    }
+}

@@ -1,0 +1,108 @@
+import SomaCore
+public import SomaStore
+
+/// Answers the history RPCs (DESIGN §8) from a ``NodeStore``. Every answer is bounded: at most
+/// 100 epoch endings, 1,000 summaries, one block part or one snapshot chunk a request.
+public struct HistoryService: Sendable {
+    /// The store served.
+    public let store: NodeStore
+
+    /// Serves `store`.
+    public init(store: NodeStore) {
+        self.store = store
+    }
+
+    /// Answers one request: the response payload, or the error to send.
+    public func handle(method rawMethod: UInt16, payload: [UInt8]) async -> Result<[UInt8], RPCError> {
+        guard let method = Method(rawValue: rawMethod), method.rawValue >= Method.getKnownPeers.rawValue else {
+            return .failure(.badRequest("unknown method \(rawMethod)"))
+        }
+        do {
+            switch method {
+            case .getAvailability:
+                guard payload.isEmpty else { return .failure(.badRequest("getAvailability takes no payload")) }
+                return .success(try await availability().bcsBytes)
+            case .getEpochEndings:
+                return try await epochEndings(try EpochEndingsRequest(bcsBytes: payload))
+            case .getSummaries:
+                return try await summaries(try SummariesRequest(bcsBytes: payload))
+            case .getBlock:
+                return try await block(try BlockRequest(bcsBytes: payload))
+            case .getSnapshotManifest:
+                let r = try SnapshotRequest(bcsBytes: payload)
+                guard let m = try await store.snapshotManifest(epoch: r.epoch) else {
+                    return .failure(.notFound("no snapshot of epoch \(r.epoch)"))
+                }
+                return .success(m.bcsBytes)
+            case .getSnapshotChunk:
+                return try await chunk(try SnapshotRequest(bcsBytes: payload))
+            default:
+                return .failure(.unavailable("method \(method) is not served by this node"))
+            }
+        } catch let e as CoreError {
+            return .failure(.badRequest("payload: \(e)"))
+        } catch {
+            return .failure(.unavailable("store: \(error)"))
+        }
+    }
+
+    func availability() async throws -> Availability {
+        let marks = try await store.watermarks()
+        return Availability(
+            lowestAvailable: marks[.lowestAvailable]?.seq ?? 0, highestSynced: marks[.highestSynced]?.seq ?? 0,
+            highestVerified: marks[.highestVerified]?.seq ?? 0, snapshotEpochs: try await store.snapshotEpochs())
+    }
+
+    func epochEndings(_ r: EpochEndingsRequest) async throws -> Result<[UInt8], RPCError> {
+        guard r.max >= 1 else { return .failure(.badRequest("max must be at least 1")) }
+        let limit = Int(min(r.max, EpochEndingsRequest.maxCount))
+        var out: [CertifiedCheckpointSummary] = []
+        for record in try await store.epochs() where record.epoch >= r.fromEpoch && out.count < limit {
+            guard let last = record.lastCheckpoint, let s = try await store.summary(at: last) else { break }
+            out.append(s)
+        }
+        var w = BCSWriter(capacity: out.count * 4_096)
+        w.write(out)
+        return .success(w.bytes)
+    }
+
+    func summaries(_ r: SummariesRequest) async throws -> Result<[UInt8], RPCError> {
+        guard r.count >= 1, r.count <= SummariesRequest.maxCount else {
+            return .failure(.badRequest("count must be 1...\(SummariesRequest.maxCount)"))
+        }
+        guard let verified = try await store.watermark(.highestVerified), r.from <= verified.seq else {
+            return .failure(.notFound("summary \(r.from) is beyond this node's highest verified checkpoint"))
+        }
+        let last = min(verified.seq, r.from + UInt64(r.count) - 1)
+        var summaries: [CheckpointSummary] = []
+        var certificates: [QuorumCertificate?] = []
+        for seq in r.from...last {
+            guard let s = try await store.summary(at: seq) else { return .failure(.notFound("summary \(seq) is not held")) }
+            summaries.append(s.summary)
+            certificates.append(r.allCertificates || seq == last ? s.certificate : nil)
+        }
+        return .success(BCS.encode(SummariesResponse(summaries: summaries, certificates: certificates), capacity: summaries.count * 512))
+    }
+
+    func block(_ r: BlockRequest) async throws -> Result<[UInt8], RPCError> {
+        let frames = try await store.blockFrames(at: r.seq)
+        guard !frames.isEmpty else { return .failure(.notFound("block \(r.seq) is not held (pruned or not yet synced)")) }
+        guard Int(r.part) < frames.count else {
+            return .failure(.badRequest("checkpoint \(r.seq) has \(frames.count) parts, not \(r.part + 1)"))
+        }
+        let proof = frames.count > 1 ? try await store.partProof(at: r.seq, part: r.part) : []
+        let answer = ProvenFrame(frame: frames[Int(r.part)], proof: proof, count: UInt32(frames.count))
+        return .success(BCS.encode(answer, capacity: answer.frame.count + 64 + proof.count * 32))
+    }
+
+    func chunk(_ r: SnapshotRequest) async throws -> Result<[UInt8], RPCError> {
+        guard let manifest = try await store.snapshotManifest(epoch: r.epoch) else {
+            return .failure(.notFound("no snapshot of epoch \(r.epoch)"))
+        }
+        guard Int(r.index) < manifest.chunkRoots.count, let frame = try await store.snapshotChunk(epoch: r.epoch, index: r.index) else {
+            return .failure(.badRequest("the snapshot of epoch \(r.epoch) has \(manifest.chunkRoots.count) chunks"))
+        }
+        let answer = ProvenFrame(frame: frame, proof: try manifest.proof(chunk: Int(r.index)), count: UInt32(manifest.chunkRoots.count))
+        return .success(BCS.encode(answer, capacity: frame.count + 512))
+    }
+}

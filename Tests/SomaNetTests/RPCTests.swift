@@ -1,0 +1,164 @@
+import NIOCore
+import NIOPosix
+import SomaCore
+import SomaDevnet
+import SomaNet
+import SomaStore
+import SomaTestSupport
+import Testing
+
+/// A served store holding a generated chain, and a connected client.
+struct ServedChain {
+    let dir: TempDir
+    let generator: ChainGenerator
+    let store: NodeStore
+    let group: MultiThreadedEventLoopGroup
+    let server: NetServer
+    let client: PeerClient
+
+    static func start(configuration: NetConfiguration = NetConfiguration()) async throws -> ServedChain {
+        let dir = TempDir("net")
+        let generator = ChainGenerator(profile: .tiny, seed: 4)
+        let checkpoints = await generator.generateAll(parallelism: 2)
+        var config = StoreConfiguration()
+        config.snapshotChunkSize = 16
+        let store = try await NodeStore.open(path: dir.path, configuration: config)
+        try await store.initialize(genesis: generator.genesis)
+        try await store.commit(checkpoints.map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let chainID = generator.genesis.chainID
+        let server = try await NetServer.start(
+            host: "127.0.0.1", port: 0, identity: HandshakeIdentity(key: DevnetKeys.validator(seed: 77, index: 0), chainID: chainID),
+            service: HistoryService(store: store), configuration: configuration, group: group)
+        let client = try await PeerClient.connect(
+            host: "127.0.0.1", port: server.port, identity: HandshakeIdentity(key: DevnetKeys.validator(seed: 77, index: 1), chainID: chainID),
+            group: group)
+        return ServedChain(dir: dir, generator: generator, store: store, group: group, server: server, client: client)
+    }
+
+    func stop() async {
+        await client.close()
+        try? await server.close()
+        try? await group.shutdownGracefully()
+        await store.close()
+        dir.cleanup()
+    }
+}
+
+@Suite("History RPCs over real sockets", .serialized)
+struct RPCTests {
+    @Test("every RPC answers from the store, and what it answers verifies on the client")
+    func everyRPC() async throws {
+        let served = try await ServedChain.start()
+        let client = served.client
+        let genesis = served.generator.genesis
+        #expect(client.peerID == DevnetKeys.validator(seed: 77, index: 0).publicKey)
+
+        let availability = try await client.availability()
+        #expect(availability.highestSynced == 29 && availability.highestVerified == 29 && availability.lowestAvailable == 0)
+        #expect(availability.snapshotEpochs == [1, 2])
+
+        // The epoch chain from genesis, verified by the client.
+        let ends = try await client.epochEndings(from: 0)
+        #expect(ends.count == 3)
+        let committees = try ChainVerifier.verifyEpochChain(genesis: genesis.committee, endOfEpochSummaries: ends)
+        #expect(try await client.epochEndings(from: 2).count == 1)
+
+        // Summaries in two batches, one quorum check each; then with every certificate.
+        let first = try await client.summaries(from: 0, count: 20)
+        #expect(first.summaries.count == 20 && first.certificates.compactMap { $0 }.count == 1)
+        var tip = try ChainVerifier.verifySummaryBatch(first.batch, after: nil, committee: { $0 < committees.count ? committees[Int($0)] : nil })
+        let rest = try await client.summaries(from: 20, count: 1_000)
+        #expect(rest.summaries.count == 10)
+        tip = try ChainVerifier.verifySummaryBatch(rest.batch, after: tip, committee: { $0 < committees.count ? committees[Int($0)] : nil })
+        #expect(tip.summary.sequenceNumber == 29)
+        let all = try await client.summaries(from: 5, count: 5, allCertificates: true)
+        #expect(all.certificates.allSatisfy { $0 != nil })
+
+        // Blocks: the stored bytes as they are, verifying against the certified summaries.
+        for seq in [UInt64(0), 7, 29] {
+            let answer = try await client.block(seq)
+            #expect(answer.frame == (try await served.store.blockFrames(at: seq))[0])
+            #expect(answer.count == 1 && answer.proof.isEmpty)
+            let data = try CheckpointData(bcsBytes: try LZ4Frame.decompress(answer.frame, limit: 1 << 24))
+            let summary = try await served.store.summary(at: seq)!.summary
+            try BlockVerifier.verify(data, summary: summary)
+        }
+
+        // A snapshot chunk proven against the certified state root.
+        let manifest = try await client.snapshotManifest(epoch: 2)
+        let end = ends[2].summary.endOfEpoch!
+        #expect(manifest.stateRoot == end.stateRoot)
+        let chunk = try await client.snapshotChunk(epoch: 2, index: 1)
+        let objects = try BCS.read(from: try LZ4Frame.decompress(chunk.frame, limit: 1 << 24)[...]) { (r: inout BCSReader) throws(CoreError) in
+            try r.readVector(Object.self, minElementSize: 75)
+        }
+        try Merkle.verifySubtree(chunkLeafHashes: objects.map { $0.reference.leafHash }, chunk: 1, chunkSize: 16,
+                                 treeSize: end.liveObjectCount, proof: chunk.proof, root: end.stateRoot)
+        await served.stop()
+    }
+
+    @Test("missing data, bad requests, unknown methods and garbage payloads get typed errors and the connection lives on")
+    func errors() async throws {
+        let served = try await ServedChain.start()
+        let client = served.client
+        await #expect(throws: RPCError.notFound("block 999 is not held (pruned or not yet synced)")) { _ = try await client.block(999) }
+        await #expect(throws: RPCError.self) { _ = try await client.block(3, part: 1) }
+        await #expect(throws: RPCError.badRequest("count must be 1...1000")) { _ = try await client.summaries(from: 0, count: 0) }
+        await #expect(throws: RPCError.self) { _ = try await client.summaries(from: 1_000, count: 1) }
+        await #expect(throws: RPCError.notFound("no snapshot of epoch 0")) { _ = try await client.snapshotManifest(epoch: 0) }
+        await #expect(throws: RPCError.self) { _ = try await client.call(.getBlock, [1, 2, 3]) }
+        await #expect(throws: RPCError.self) { _ = try await client.call(.getAvailability, [0]) }
+        await #expect(throws: RPCError.self) { _ = try await client.call(.hello, []) }
+        // Still served after all that.
+        #expect(try await client.availability().highestSynced == 29)
+        await served.stop()
+    }
+
+    @Test("hundreds of requests in flight on one connection are all answered, each with its own answer")
+    func multiplexing() async throws {
+        var config = NetConfiguration()
+        config.maxInFlightPerConnection = 1_000
+        let served = try await ServedChain.start(configuration: config)
+        let client = served.client
+        try await withThrowingTaskGroup(of: (UInt64, UInt64).self) { group in
+            for i in 0..<300 {
+                let seq = UInt64(i % 30)
+                group.addTask {
+                    let data = try CheckpointData(bcsBytes: try LZ4Frame.decompress(try await client.block(seq).frame, limit: 1 << 24))
+                    return (seq, data.sequenceNumber)
+                }
+            }
+            for try await (asked, got) in group { #expect(asked == got) }
+        }
+        await served.stop()
+    }
+
+    @Test("beyond the in-flight limit a connection is answered busy, not queued")
+    func busy() async throws {
+        var config = NetConfiguration()
+        config.maxInFlightPerConnection = 1
+        config.busyRetryAfterMs = 250
+        let served = try await ServedChain.start(configuration: config)
+        let client = served.client
+        let outcomes = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for i in 0..<60 {
+                group.addTask {
+                    do {
+                        _ = try await client.block(UInt64(i % 30))
+                        return true
+                    } catch let e as RPCError {
+                        #expect(e == .busy(retryAfterMs: 250))
+                        return false
+                    }
+                }
+            }
+            var results: [Bool] = []
+            for try await r in group { results.append(r) }
+            return results
+        }
+        #expect(outcomes.contains(true))
+        #expect(outcomes.contains(false))
+        await served.stop()
+    }
+}
