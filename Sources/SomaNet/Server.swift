@@ -14,6 +14,10 @@ public struct NetConfiguration: Sendable {
     public var requestTimeout: TimeAmount = .seconds(10)
     /// What a `busy` answer asks the peer to wait.
     public var busyRetryAfterMs: UInt64 = 100
+    /// Upload budget of each connection in bytes per second (`nil`: unlimited).
+    public var uploadBytesPerSecondPerPeer: Int? = nil
+    /// Upload budget of the whole server in bytes per second (`nil`: unlimited).
+    public var uploadBytesPerSecond: Int? = nil
 
     /// The defaults.
     public init() {}
@@ -21,7 +25,11 @@ public struct NetConfiguration: Sendable {
 
 /// Serves requests that passed the handshake: each runs on the service (off the event loop;
 /// store calls go to the store's pool) and its answer is written back with the same request id.
-/// Beyond `maxInFlight` requests a connection gets `busy` at once instead of a queue.
+///
+/// Protection: beyond `maxInFlight` requests (counted until the answer is written) a connection
+/// gets `busy` at once instead of a queue; answers are paced by the connection's and the
+/// server's upload budgets; and while the socket cannot take more (a slow reader) the
+/// connection stops reading requests, so nothing buffers without bound.
 final class RequestHandler: ChannelInboundHandler {
     typealias InboundIn = Frame
     typealias OutboundOut = Frame
@@ -29,12 +37,24 @@ final class RequestHandler: ChannelInboundHandler {
     private let service: HistoryService
     private let maxInFlight: Int
     private let retryAfterMs: UInt64
+    private let peerBudget: ByteBudget?
+    private let globalBudget: ByteBudget?
     private var inFlight = 0
 
-    init(service: HistoryService, maxInFlight: Int, retryAfterMs: UInt64) {
+    init(service: HistoryService, configuration: NetConfiguration, globalBudget: ByteBudget?) {
         self.service = service
-        self.maxInFlight = maxInFlight
-        self.retryAfterMs = retryAfterMs
+        self.maxInFlight = configuration.maxInFlightPerConnection
+        self.retryAfterMs = configuration.busyRetryAfterMs
+        self.peerBudget = configuration.uploadBytesPerSecondPerPeer.map { ByteBudget(bytesPerSecond: $0) }
+        self.globalBudget = globalBudget
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -53,11 +73,33 @@ final class RequestHandler: ChannelInboundHandler {
             await service.handle(method: method, payload: payload)
         }.whenComplete { result in
             let (handler, context) = bound.value
-            handler.inFlight -= 1
+            let answer: Result<[UInt8], RPCError>
             switch result {
-            case .success(let answer): handler.reply(context, frame, answer)
-            case .failure(let error): handler.reply(context, frame, .failure(.unavailable("\(error)")))
+            case .success(let a): answer = a
+            case .failure(let error): answer = .failure(.unavailable("\(error)"))
             }
+            handler.paced(context, frame, answer)
+        }
+    }
+
+    /// Writes the answer once the budgets allow it, then frees its in-flight slot.
+    private func paced(_ context: ChannelHandlerContext, _ request: Frame, _ answer: Result<[UInt8], RPCError>) {
+        let size: Int
+        switch answer {
+        case .success(let b): size = 16 + b.count
+        case .failure: size = 64
+        }
+        let wait = max(peerBudget?.reserve(size) ?? .zero, globalBudget?.reserve(size) ?? .zero)
+        guard wait > .zero else {
+            inFlight -= 1
+            reply(context, request, answer)
+            return
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: .nanoseconds(Int64(wait.components.seconds) * 1_000_000_000 + Int64(wait.components.attoseconds / 1_000_000_000))) {
+            let (handler, context) = bound.value
+            handler.inFlight -= 1
+            handler.reply(context, request, answer)
         }
     }
 
@@ -70,6 +112,10 @@ final class RequestHandler: ChannelInboundHandler {
         var buffer = context.channel.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
         context.writeAndFlush(wrapOutboundOut(Frame(kind: kind, method: request.method, requestID: request.requestID, payload: buffer)), promise: nil)
+        if !context.channel.isWritable {
+            // A slow reader: stop taking requests until the socket drains.
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -93,6 +139,7 @@ public final class NetServer: Sendable {
         host: String, port: Int, identity: HandshakeIdentity, service: HistoryService,
         configuration: NetConfiguration = NetConfiguration(), group: any EventLoopGroup
     ) async throws -> NetServer {
+        let globalBudget = configuration.uploadBytesPerSecond.map { ByteBudget(bytesPerSecond: $0) }
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -102,9 +149,7 @@ public final class NetServer: Sendable {
                     try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
                     try ops.addHandler(MessageToByteHandler(FrameEncoder()))
                     try ops.addHandler(HandshakeHandler(identity: identity, timeout: configuration.handshakeTimeout))
-                    try ops.addHandler(RequestHandler(
-                        service: service, maxInFlight: configuration.maxInFlightPerConnection,
-                        retryAfterMs: configuration.busyRetryAfterMs))
+                    try ops.addHandler(RequestHandler(service: service, configuration: configuration, globalBudget: globalBudget))
                 }
             }
             .bind(host: host, port: port).get()
