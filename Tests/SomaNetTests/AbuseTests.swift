@@ -1,0 +1,101 @@
+import NIOCore
+import NIOPosix
+import SomaCore
+import SomaDevnet
+import SomaNet
+import SomaStore
+import SomaTestSupport
+import Testing
+
+/// After the handshake: writes `frames` (raw bytes) and optionally stops reading.
+final class AbuseHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = Frame
+    let bytes: [UInt8]
+    let stopReading: Bool
+    let closed: EventLoopPromise<Void>
+    let handshaken: EventLoopPromise<Void>
+
+    init(bytes: [UInt8], stopReading: Bool, closed: EventLoopPromise<Void>, handshaken: EventLoopPromise<Void>) {
+        self.bytes = bytes
+        self.stopReading = stopReading
+        self.closed = closed
+        self.handshaken = handshaken
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is HandshakeCompleted else { return }
+        handshaken.succeed()
+        if stopReading { context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in } }
+        // Raw bytes straight to the socket: written from the first handler's position, below
+        // the frame encoder.
+        guard let first = try? context.pipeline.syncOperations.context(handlerType: ByteToMessageHandler<FrameDecoder>.self) else {
+            context.close(promise: nil)
+            return
+        }
+        first.writeAndFlush(NIOAny(ByteBuffer(bytes: bytes)), promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) { closed.succeed() }
+    func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+}
+
+@Suite("Malformed and abusive peers are answered or closed while others keep being served", .serialized)
+struct AbuseTests {
+    static func abuse(_ served: ServedChain, bytes: [UInt8], stopReading: Bool) async throws -> (any Channel, EventLoopFuture<Void>) {
+        let loop = served.group.next()
+        let closed = loop.makePromise(of: Void.self)
+        let handshaken = loop.makePromise(of: Void.self)
+        let identity = HandshakeIdentity(key: DevnetKeys.validator(seed: 77, index: 9), chainID: served.generator.genesis.chainID)
+        let channel = try await ClientBootstrap(group: loop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let ops = channel.pipeline.syncOperations
+                    try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: 1 << 24)))
+                    try ops.addHandler(MessageToByteHandler(FrameEncoder()))
+                    try ops.addHandler(HandshakeHandler(identity: identity))
+                    try ops.addHandler(AbuseHandler(bytes: bytes, stopReading: stopReading, closed: closed, handshaken: handshaken))
+                }
+            }
+            .connect(host: "127.0.0.1", port: served.server.port).get()
+        try await handshaken.futureResult.get()
+        return (channel, closed.futureResult)
+    }
+
+    static func request(_ id: UInt64, _ method: Method, _ payload: [UInt8]) -> [UInt8] {
+        var b = ByteBuffer()
+        Frame(kind: .request, method: method.rawValue, requestID: id, payload: ByteBuffer(bytes: payload)).write(into: &b)
+        return Array(b.readableBytesView)
+    }
+
+    @Test("a declared length of 4 GiB, a frame over the limit and a truncated frame close that connection only")
+    func badFrames() async throws {
+        let served = try await ServedChain.start()
+        for bytes in [[0xFF, 0xFF, 0xFF, 0xFF] + [UInt8](repeating: 0, count: 12),
+                      [0x01, 0x00, 0x00, 0x01] + [UInt8](repeating: 0, count: 12),
+                      [0, 0, 0, 5, 1]] {
+            let (channel, closed) = try await Self.abuse(served, bytes: bytes, stopReading: false)
+            if bytes.count < 16 {
+                // Truncated: the server waits for the rest; our close ends it cleanly.
+                try await channel.close()
+            }
+            try await closed.get()
+            #expect(try await served.client.availability().highestSynced == 29)
+        }
+        await served.stop()
+    }
+
+    @Test("10,000 requests without reading the answers: that peer is throttled, another is still served")
+    func flood() async throws {
+        let served = try await ServedChain.start()
+        var bytes: [UInt8] = []
+        for i in 0..<10_000 { bytes += Self.request(UInt64(i + 1), .getBlock, BlockRequest(seq: UInt64(i % 30), part: 0).bcsBytes) }
+        let (channel, _) = try await Self.abuse(served, bytes: bytes, stopReading: true)
+        try await Task.sleep(for: .milliseconds(500))
+        for _ in 0..<20 {
+            #expect(try await served.client.availability().highestSynced == 29)
+            #expect(try await served.client.block(5).count == 1)
+        }
+        try await channel.close()
+        await served.stop()
+    }
+}
