@@ -11,11 +11,11 @@ public final class ByteBudget: Sendable {
     private let state: Mutex<(tokens: Double, last: ContinuousClock.Instant)>
 
     /// A bucket of `bytesPerSecond` (> 0), full at the start, with bursts of `burstBytes`
-    /// (default: a tenth of a second's worth, at least 64 KiB).
+    /// (default: a tenth of a second's worth, at least 16 KiB).
     public init(bytesPerSecond: Int, burstBytes: Int? = nil) {
         precondition(bytesPerSecond > 0, "a byte budget needs a positive rate")
         self.bytesPerSecond = Double(bytesPerSecond)
-        let burst = Double(burstBytes ?? max(bytesPerSecond / 10, 64 << 10))
+        let burst = Double(burstBytes ?? max(bytesPerSecond / 10, 16 << 10))
         self.burstBytes = burst
         state = Mutex((burst, ContinuousClock.now))
     }

