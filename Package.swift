@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "SomaCore", targets: ["SomaCore"]),
         .library(name: "SomaStore", targets: ["SomaStore"]),
         .library(name: "SomaNet", targets: ["SomaNet"]),
+        .library(name: "SomaNode", targets: ["SomaNode"]),
         .library(name: "SomaDevnet", targets: ["SomaDevnet"]),
         .executable(name: "soma-node", targets: ["soma-node"]),
         .executable(name: "soma-bench", targets: ["soma-bench"]),
@@ -21,6 +22,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         .systemLibrary(
@@ -62,6 +66,17 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "SomaNode",
+            dependencies: [
+                "SomaCore", "SomaStore", "SomaNet",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
             name: "SomaDevnet",
             dependencies: ["SomaCore"],
             swiftSettings: strict
@@ -69,8 +84,10 @@ let package = Package(
         .executableTarget(
             name: "soma-node",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaDevnet",
+                "SomaCore", "SomaStore", "SomaNet", "SomaNode", "SomaDevnet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),

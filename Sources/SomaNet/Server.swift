@@ -1,6 +1,7 @@
 public import NIOCore
 import NIOPosix
 import SomaCore
+import Synchronization
 
 /// Limits and timeouts of the transport.
 public struct NetConfiguration: Sendable {
@@ -39,9 +40,13 @@ final class RequestHandler: ChannelInboundHandler {
     private let retryAfterMs: UInt64
     private let peerBudget: ByteBudget?
     private let globalBudget: ByteBudget?
-    private var inFlight = 0
+    private let serverInFlight: ServerState
+    private var inFlight = 0 {
+        didSet { serverInFlight.requests.add(inFlight - oldValue, ordering: .relaxed) }
+    }
 
-    init(service: HistoryService, configuration: NetConfiguration, globalBudget: ByteBudget?) {
+    init(service: HistoryService, configuration: NetConfiguration, globalBudget: ByteBudget?, state: ServerState) {
+        self.serverInFlight = state
         self.service = service
         self.maxInFlight = configuration.maxInFlightPerConnection
         self.retryAfterMs = configuration.busyRetryAfterMs
@@ -123,15 +128,48 @@ final class RequestHandler: ChannelInboundHandler {
     }
 }
 
+/// What a server shares across its connections: open connections and requests in flight.
+final class ServerState: Sendable {
+    let requests = Atomic<Int>(0)
+    let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+
+    func add(_ channel: any Channel) {
+        connections.withLock { $0[ObjectIdentifier(channel)] = channel }
+        channel.closeFuture.whenComplete { [self] _ in
+            _ = connections.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) }
+        }
+    }
+}
+
 /// A listening socket that serves history to peers that complete the handshake.
 public final class NetServer: Sendable {
     /// The bound port (useful with port 0).
     public let port: Int
     private let channel: any Channel
+    private let state: ServerState
 
-    private init(channel: any Channel, port: Int) {
+    private init(channel: any Channel, port: Int, state: ServerState) {
         self.channel = channel
         self.port = port
+        self.state = state
+    }
+
+    /// Open connections.
+    public var connectionCount: Int { state.connections.withLock { $0.count } }
+
+    /// Requests being answered now.
+    public var requestsInFlight: Int { state.requests.load(ordering: .relaxed) }
+
+    /// A graceful stop: stops accepting, lets the requests in flight finish (up to `drain`),
+    /// then closes every connection.
+    public func shutdown(drain: Duration) async {
+        try? await channel.close()
+        let deadline = ContinuousClock.now + drain
+        while requestsInFlight > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        let open = state.connections.withLock { Array($0.values) }
+        for c in open { try? await c.close() }
     }
 
     /// Binds `host:port` (port 0: any free port) and serves `service` as `identity`.
@@ -140,16 +178,18 @@ public final class NetServer: Sendable {
         configuration: NetConfiguration = NetConfiguration(), group: any EventLoopGroup
     ) async throws -> NetServer {
         let globalBudget = configuration.uploadBytesPerSecond.map { ByteBudget(bytesPerSecond: $0) }
+        let state = ServerState()
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    state.add(channel)
                     let ops = channel.pipeline.syncOperations
                     try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
                     try ops.addHandler(MessageToByteHandler(FrameEncoder()))
                     try ops.addHandler(HandshakeHandler(identity: identity, timeout: configuration.handshakeTimeout))
-                    try ops.addHandler(RequestHandler(service: service, configuration: configuration, globalBudget: globalBudget))
+                    try ops.addHandler(RequestHandler(service: service, configuration: configuration, globalBudget: globalBudget, state: state))
                 }
             }
             .bind(host: host, port: port).get()
@@ -157,7 +197,7 @@ public final class NetServer: Sendable {
             try? await channel.close()
             throw WireError(.handshakeFailed, "the server socket has no port")
         }
-        return NetServer(channel: channel, port: bound)
+        return NetServer(channel: channel, port: bound, state: state)
     }
 
     /// Stops listening (connections already open finish on their own).

@@ -1,0 +1,111 @@
+import Foundation
+public import SomaStore
+import Yams
+
+/// Errors of the node's set-up: configuration, key and genesis files.
+public struct NodeError: Error, CustomStringConvertible, Sendable {
+    /// What went wrong, naming the file and the field.
+    public let description: String
+
+    /// Creates an error.
+    public init(_ description: String) { self.description = description }
+}
+
+/// The YAML form of ``NodeConfiguration``: every key optional, unknown keys refused.
+public enum NodeConfigurationFile {
+    /// The commented default file that `soma-node init` writes.
+    public static func defaultText() -> String {
+        let d = NodeConfiguration(dataDirectory: ".")
+        return """
+            # soma-node configuration. Every key is optional; flags override the file.
+            listen:
+              host: \(d.listenHost)        # address to serve peers on
+              port: \(d.listenPort)             # 0 picks a free port
+            store:
+              mode: \(d.store.mode.rawValue)          # archive keeps all history; pruned keeps retainEpochs
+              retainEpochs: \(d.store.retainEpochs)         # epochs of blocks and object versions a pruned store keeps
+              retainSnapshots: \(d.store.retainSnapshots)      # epoch snapshots kept (0: none)
+              blockCacheMiB: \(d.store.database.blockCacheBytes >> 20)       # RocksDB block cache
+              syncWrites: \(d.store.syncWrites)        # fsync the write-ahead log on every commit
+            net:
+              maxFrameMiB: \(d.net.maxFrameBytes >> 20)          # largest frame accepted
+              maxInFlightPerConnection: \(d.net.maxInFlightPerConnection)
+              uploadBytesPerSecondPerPeer: 0   # 0: unlimited
+              uploadBytesPerSecond: 0          # 0: unlimited, whole node
+            drainSeconds: \(d.drainSeconds)            # on stop, wait this long for requests in flight
+            logLevel: \(d.logLevel)
+
+            """
+    }
+
+    /// Reads `path` over the defaults for `dataDirectory`.
+    /// - Throws: ``NodeError`` naming the key for a malformed file or value.
+    public static func load(path: String, dataDirectory: String) throws -> NodeConfiguration {
+        guard let data = FileManager.default.contents(atPath: path) else { throw NodeError("cannot read \(path)") }
+        return try parse(String(decoding: data, as: UTF8.self), dataDirectory: dataDirectory, source: path)
+    }
+
+    /// Parses YAML text over the defaults.
+    public static func parse(_ text: String, dataDirectory: String, source: String = "configuration") throws -> NodeConfiguration {
+        var config = NodeConfiguration(dataDirectory: dataDirectory)
+        let root: Any?
+        do { root = try Yams.load(yaml: text) } catch { throw NodeError("\(source): not YAML: \(error)") }
+        guard let root else { return config }
+        guard let top = root as? [String: Any] else { throw NodeError("\(source): the top level must be a mapping") }
+        func section(_ name: String) throws -> [String: Any] {
+            guard let v = top[name] else { return [:] }
+            guard let m = v as? [String: Any] else { throw NodeError("\(source): '\(name)' must be a mapping") }
+            return m
+        }
+        func int(_ m: [String: Any], _ key: String, _ path: String, range: ClosedRange<Int>) throws -> Int? {
+            guard let v = m[key] else { return nil }
+            guard let i = v as? Int, range.contains(i) else { throw NodeError("\(source): '\(path)' must be an integer in \(range)") }
+            return i
+        }
+        try checkKeys(top, ["listen", "store", "net", "drainSeconds", "logLevel"], source, "")
+        let listen = try section("listen")
+        try checkKeys(listen, ["host", "port"], source, "listen.")
+        if let h = listen["host"] {
+            guard let s = h as? String, !s.isEmpty else { throw NodeError("\(source): 'listen.host' must be a string") }
+            config.listenHost = s
+        }
+        if let p = try int(listen, "port", "listen.port", range: 0...65_535) { config.listenPort = p }
+        let store = try section("store")
+        try checkKeys(store, ["mode", "retainEpochs", "retainSnapshots", "blockCacheMiB", "syncWrites"], source, "store.")
+        if let m = store["mode"] {
+            guard let s = m as? String, let mode = StoreMode(rawValue: s) else { throw NodeError("\(source): 'store.mode' must be archive or pruned") }
+            config.store.mode = mode
+        }
+        if let v = try int(store, "retainEpochs", "store.retainEpochs", range: 1...1_000_000) { config.store.retainEpochs = UInt64(v) }
+        if let v = try int(store, "retainSnapshots", "store.retainSnapshots", range: 0...1_000) { config.store.retainSnapshots = UInt64(v) }
+        if let v = try int(store, "blockCacheMiB", "store.blockCacheMiB", range: 1...65_536) { config.store.database.blockCacheBytes = v << 20 }
+        if let v = store["syncWrites"] {
+            guard let b = v as? Bool else { throw NodeError("\(source): 'store.syncWrites' must be true or false") }
+            config.store.syncWrites = b
+        }
+        let net = try section("net")
+        try checkKeys(net, ["maxFrameMiB", "maxInFlightPerConnection", "uploadBytesPerSecondPerPeer", "uploadBytesPerSecond"], source, "net.")
+        if let v = try int(net, "maxFrameMiB", "net.maxFrameMiB", range: 1...256) { config.net.maxFrameBytes = v << 20 }
+        if let v = try int(net, "maxInFlightPerConnection", "net.maxInFlightPerConnection", range: 1...100_000) { config.net.maxInFlightPerConnection = v }
+        if let v = try int(net, "uploadBytesPerSecondPerPeer", "net.uploadBytesPerSecondPerPeer", range: 0...Int(Int32.max)) {
+            config.net.uploadBytesPerSecondPerPeer = v == 0 ? nil : v
+        }
+        if let v = try int(net, "uploadBytesPerSecond", "net.uploadBytesPerSecond", range: 0...Int(Int32.max)) {
+            config.net.uploadBytesPerSecond = v == 0 ? nil : v
+        }
+        if let v = try int(top, "drainSeconds", "drainSeconds", range: 0...3_600) { config.drainSeconds = v }
+        if let v = top["logLevel"] {
+            guard let s = v as? String, ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(s) else {
+                throw NodeError("\(source): 'logLevel' must be one of trace, debug, info, notice, warning, error, critical")
+            }
+            config.logLevel = s
+        }
+        return config
+    }
+
+    private static func checkKeys(_ m: [String: Any], _ known: Set<String>, _ source: String, _ prefix: String) throws {
+        if let unknown = m.keys.sorted().first(where: { !known.contains($0) }) {
+            throw NodeError("\(source): unknown key '\(prefix)\(unknown)'")
+        }
+    }
+}

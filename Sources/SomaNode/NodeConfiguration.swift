@@ -1,0 +1,36 @@
+import NIOCore
+public import SomaNet
+public import SomaStore
+
+/// Everything a running node is configured with; every field has a default. The YAML file and
+/// the command-line flags map onto it (``NodeConfigurationFile``); nothing else reads them.
+public struct NodeConfiguration: Sendable {
+    /// The data directory: `genesis.bcs`, `node.key`, `db/`.
+    public var dataDirectory: String
+    /// Address to serve peers on.
+    public var listenHost = "0.0.0.0"
+    /// Port to serve peers on (0: any free port).
+    public var listenPort = 9_100
+    /// The store.
+    public var store = StoreConfiguration()
+    /// The transport.
+    public var net = NetConfiguration()
+    /// How long a stop waits for requests in flight before closing connections.
+    public var drainSeconds = 5
+    /// Log level name (trace, debug, info, notice, warning, error, critical).
+    public var logLevel = "info"
+
+    /// Defaults for a data directory.
+    public init(dataDirectory: String) {
+        self.dataDirectory = dataDirectory
+    }
+
+    /// `DIR/genesis.bcs`.
+    public var genesisPath: String { dataDirectory + "/genesis.bcs" }
+    /// `DIR/node.key`.
+    public var keyPath: String { dataDirectory + "/node.key" }
+    /// `DIR/db`.
+    public var databasePath: String { dataDirectory + "/db" }
+    /// `DIR/soma-node.yaml`.
+    public var configPath: String { dataDirectory + "/soma-node.yaml" }
+}

@@ -1,0 +1,82 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+import SomaNode
+
+struct Init: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create a node's data directory: a commented default soma-node.yaml and a node key.")
+
+    @Option(help: "The node's data directory.")
+    var data: String
+
+    func run() async throws {
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        let config = NodeConfiguration(dataDirectory: data)
+        if FileManager.default.fileExists(atPath: config.configPath) {
+            print("kept \(config.configPath)")
+        } else {
+            guard FileManager.default.createFile(atPath: config.configPath, contents: Data(NodeConfigurationFile.defaultText().utf8)) else {
+                throw CLIError("cannot write \(config.configPath)")
+            }
+            print("wrote \(config.configPath)")
+        }
+        if FileManager.default.fileExists(atPath: config.keyPath) {
+            let key = try NodeKey.load(from: config.keyPath)
+            print("kept \(config.keyPath): peer id \(key.publicKey)")
+        } else {
+            let key = try NodeKey.create(at: config.keyPath)
+            print("wrote \(config.keyPath): peer id \(key.publicKey)")
+        }
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Open the store and serve its history to peers until SIGINT or SIGTERM.",
+        discussion: """
+            Reads DIR/soma-node.yaml if present (see `soma-node init`), then the flags. On SIGINT or \
+            SIGTERM it stops accepting connections, lets requests in flight finish (drainSeconds), \
+            closes connections and closes the store last.
+            """)
+
+    @Option(help: "The node's data directory.")
+    var data: String
+    @Option(help: "A configuration file (default: DIR/soma-node.yaml when it exists).")
+    var config: String?
+    @Option(help: "Address to listen on, HOST:PORT (port 0: any free port).")
+    var listen: String?
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String?
+
+    func run() async throws {
+        var configuration = NodeConfiguration(dataDirectory: data)
+        let file = config ?? configuration.configPath
+        if config != nil || FileManager.default.fileExists(atPath: file) {
+            configuration = try NodeConfigurationFile.load(path: file, dataDirectory: data)
+        }
+        if let listen {
+            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]),
+                  (0...65_535).contains(port), colon != listen.startIndex
+            else { throw ValidationError("--listen takes HOST:PORT") }
+            configuration.listenHost = String(listen[..<colon])
+            configuration.listenPort = port
+        }
+        if let logLevel { configuration.logLevel = logLevel }
+        let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "soma-node")
+        let node = NodeService(configuration: configuration, logger: logger) { host, port in
+            // One plain line on stdout for scripts and tests that start the node on port 0.
+            FileHandle.standardOutput.write(Data("listening on \(host):\(port)\n".utf8))
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: [node], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
