@@ -127,8 +127,16 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
+            name: "SomaNodeTests",
+            dependencies: ["SomaNode", "SomaStore"],
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "IntegrationTests",
-            dependencies: ["SomaCore", "SomaStore", "SomaDevnet", "SomaTestSupport"],
+            dependencies: [
+                "SomaCore", "SomaStore", "SomaNet", "SomaDevnet", "SomaTestSupport",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(
