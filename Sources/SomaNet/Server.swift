@@ -19,6 +19,10 @@ public struct NetConfiguration: Sendable {
     public var uploadBytesPerSecondPerPeer: Int? = nil
     /// Upload budget of the whole server in bytes per second (`nil`: unlimited).
     public var uploadBytesPerSecond: Int? = nil
+    /// Connections one remote address may hold open; more are closed at once.
+    public var maxConnectionsPerAddress = 16
+    /// A connection that sends nothing for this long is closed (`nil`: never).
+    public var idleTimeout: TimeAmount? = .seconds(120)
 
     /// The defaults.
     public init() {}
@@ -128,16 +132,39 @@ final class RequestHandler: ChannelInboundHandler {
     }
 }
 
+/// Closes a connection that went quiet for the idle timeout.
+final class IdleCloser: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? IdleStateHandler.IdleStateEvent, e == .read {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
 /// What a server shares across its connections: open connections and requests in flight.
 final class ServerState: Sendable {
     let requests = Atomic<Int>(0)
     let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
 
-    func add(_ channel: any Channel) {
-        connections.withLock { $0[ObjectIdentifier(channel)] = channel }
-        channel.closeFuture.whenComplete { [self] _ in
-            _ = connections.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) }
+    /// Registers a new connection; `false` when its address already holds `limit` connections.
+    func add(_ channel: any Channel, limit: Int) -> Bool {
+        let address = channel.remoteAddress?.ipAddress
+        let admitted = connections.withLock { open -> Bool in
+            let same = open.values.filter { $0.remoteAddress?.ipAddress == address }.count
+            guard same < limit else { return false }
+            open[ObjectIdentifier(channel)] = channel
+            return true
         }
+        if admitted {
+            channel.closeFuture.whenComplete { [self] _ in
+                _ = connections.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) }
+            }
+        }
+        return admitted
     }
 }
 
@@ -183,9 +210,15 @@ public final class NetServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    state.add(channel)
+                guard state.add(channel, limit: configuration.maxConnectionsPerAddress) else {
+                    return channel.close()
+                }
+                return channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations
+                    if let idle = configuration.idleTimeout {
+                        try ops.addHandler(IdleStateHandler(readTimeout: idle))
+                        try ops.addHandler(IdleCloser())
+                    }
                     try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
                     try ops.addHandler(MessageToByteHandler(FrameEncoder()))
                     try ops.addHandler(HandshakeHandler(identity: identity, timeout: configuration.handshakeTimeout))

@@ -99,3 +99,37 @@ struct AbuseTests {
         await served.stop()
     }
 }
+
+@Suite("Connection limits", .serialized)
+struct ConnectionLimitTests {
+    @Test("an address over its connection limit is closed at once; the others are served")
+    func perAddress() async throws {
+        var config = NetConfiguration()
+        config.maxConnectionsPerAddress = 2
+        let served = try await ServedChain.start(configuration: config)
+        let chainID = served.generator.genesis.chainID
+        let second = try await PeerClient.connect(
+            host: "127.0.0.1", port: served.server.port,
+            identity: HandshakeIdentity(key: DevnetKeys.validator(seed: 77, index: 5), chainID: chainID), group: served.group)
+        await #expect(throws: (any Error).self) {
+            _ = try await PeerClient.connect(
+                host: "127.0.0.1", port: served.server.port,
+                identity: HandshakeIdentity(key: DevnetKeys.validator(seed: 77, index: 6), chainID: chainID), group: served.group)
+        }
+        #expect(try await second.availability().highestSynced == 29)
+        #expect(served.server.connectionCount == 2)
+        await second.close()
+        await served.stop()
+    }
+
+    @Test("a connection idle past the timeout is closed")
+    func idle() async throws {
+        var config = NetConfiguration()
+        config.idleTimeout = .milliseconds(300)
+        let served = try await ServedChain.start(configuration: config)
+        #expect(try await served.client.availability().highestSynced == 29)
+        try await Task.sleep(for: .milliseconds(900))
+        await #expect(throws: WireError.self) { _ = try await served.client.availability() }
+        await served.stop()
+    }
+}
