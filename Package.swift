@@ -94,7 +94,8 @@ let package = Package(
         .executableTarget(
             name: "soma-bench",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaDevnet",
+                "SomaCore", "SomaStore", "SomaNet", "SomaDevnet",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

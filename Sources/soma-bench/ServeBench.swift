@@ -1,0 +1,211 @@
+import ArgumentParser
+import Foundation
+import NIOPosix
+import SomaCore
+import SomaNet
+import SomaStore
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "SomaNet: one `soma-node run` serving every block of the bench chain to 1, 4 and 16 clients, against nginx serving the same blocks as files to as many curl clients.")
+
+    @Option(help: "Checkpoints of the bench profile (default: all of it).")
+    var checkpoints = 10_000
+    @Option(help: "Where the chain file, the served store and the block files are kept between runs.")
+    var cache = ".build-bench"
+    @Option(help: "Client counts to measure.")
+    var clients: [Int] = [1, 4, 16]
+    @Option(help: "Requests each client keeps in flight.")
+    var window = 4
+
+    mutating func run() async throws {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        let chain = (cache as NSString).appendingPathComponent("bench-\(checkpoints).chain")
+        let data = (cache as NSString).appendingPathComponent("serve-\(checkpoints)")
+        let files = (cache as NSString).appendingPathComponent("serve-\(checkpoints)-files")
+        let binDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        let node = binDir + "/soma-node"
+        guard fm.isExecutableFile(atPath: node) else { throw ValidationError("build soma-node first: \(node) is missing") }
+        if !fm.fileExists(atPath: chain) {
+            print("generating the bench chain into \(chain) (once)")
+            try runProcess(CommandLine.arguments[0], ["export-chain", "--file", chain, "--checkpoints", "\(checkpoints)"])
+        }
+        if !fm.fileExists(atPath: data + "/db") {
+            print("importing the chain into \(data) (once)")
+            try runProcess(node, ["import", "--file", chain, "--data", data, "--retain-snapshots", "0"], quiet: true)
+            try runProcess(node, ["init", "--data", data], quiet: true)
+        }
+        let last = UInt64(checkpoints - 1)
+        if !fm.fileExists(atPath: files + "/done") {
+            print("writing every block as a file into \(files) (once)")
+            try? fm.removeItem(atPath: files)
+            try fm.createDirectory(atPath: files, withIntermediateDirectories: true)
+            var config = StoreConfiguration()
+            config.retainSnapshots = 0
+            let store = try await NodeStore.open(path: data + "/db", configuration: config)
+            for seq in 1...last {
+                let frames = try await store.blockFrames(at: seq)
+                for (part, frame) in frames.enumerated() {
+                    fm.createFile(atPath: "\(files)/\(seq)-\(part).lz4", contents: Data(frame))
+                }
+            }
+            await store.close()
+            fm.createFile(atPath: files + "/done", contents: Data())
+        }
+        let genesis = try Genesis(bcsBytes: Array(try Data(contentsOf: URL(fileURLWithPath: data + "/genesis.bcs"))))
+
+        // The node, as a separate process, so its peak RSS is its own.
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: node)
+        server.arguments = ["run", "--data", data, "--listen", "127.0.0.1:0", "--log-level", "warning"]
+        let out = Pipe()
+        server.standardOutput = out
+        try server.run()
+        defer { if server.isRunning { server.terminate(); server.waitUntilExit() } }
+        var line = ""
+        while !line.contains("\n") {
+            let chunk = out.fileHandleForReading.availableData
+            guard !chunk.isEmpty else { break }
+            line += String(decoding: chunk, as: UTF8.self)
+        }
+        guard let port = line.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
+            throw ValidationError("soma-node run did not report its port: \(line)")
+        }
+
+        // nginx on the block files.
+        let nginx = try startNginx(root: files, scratch: cache + "/nginx")
+        defer { nginx.process.terminate(); nginx.process.waitUntilExit() }
+
+        print("soma-bench serve: \(checkpoints - 1) blocks, \(ProcessInfo.processInfo.activeProcessorCount) cores, soma-node on :\(port), nginx on :\(nginx.port)")
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        for c in clients {
+            print("\n\(c) client\(c == 1 ? "" : "s")")
+            let ours = try await fetchAll(port: port, clients: c, last: last, chainID: genesis.chainID, group: group)
+            line2("soma-node getBlock", "\(fmt(ours.mbps)) MB/s, \(fmt(ours.rps, 0)) req/s", "\(fmt(ours.seconds)) s")
+            let base = try curlAll(port: nginx.port, clients: c, last: last, files: files)
+            line2("nginx + curl (baseline)", "\(fmt(base.mbps)) MB/s, \(fmt(base.rps, 0)) req/s", "\(fmt(base.seconds)) s")
+            line2("ratio soma-node / nginx", fmt(ours.mbps / base.mbps, 2), "goal >= 0.8")
+        }
+        try await group.shutdownGracefully()
+        line2("peak RSS of the soma-node server", "\(fmt(peakRSS(pid: server.processIdentifier), 0)) MiB", "goal <= 512")
+    }
+
+    struct Rate { var bytes: Int; var requests: Int; var seconds: Double
+        var mbps: Double { Double(bytes) / seconds / 1e6 }
+        var rps: Double { Double(requests) / seconds }
+    }
+
+    func fetchAll(port: Int, clients: Int, last: UInt64, chainID: Digest, group: MultiThreadedEventLoopGroup) async throws -> Rate {
+        var peers: [PeerClient] = []
+        for _ in 0..<clients {
+            peers.append(try await PeerClient.connect(host: "127.0.0.1", port: port, identity: HandshakeIdentity(key: SigningKey.generate(), chainID: chainID), group: group))
+        }
+        let window = self.window
+        let start = ContinuousClock.now
+        let (bytes, requests) = try await withThrowingTaskGroup(of: (Int, Int).self) { tasks in
+            for (i, peer) in peers.enumerated() {
+                for w in 0..<window {
+                    tasks.addTask {
+                        var b = 0, r = 0
+                        var seq = UInt64(1 + i + w * clients)
+                        while seq <= last {
+                            let answer = try await peer.block(seq)
+                            b += answer.frame.count
+                            r += 1
+                            for part in 1..<max(1, Int(answer.count)) { b += try await peer.block(seq, part: UInt32(part)).frame.count; r += 1 }
+                            seq += UInt64(clients * window)
+                        }
+                        return (b, r)
+                    }
+                }
+            }
+            var tb = 0, tr = 0
+            for try await (b, r) in tasks { tb += b; tr += r }
+            return (tb, tr)
+        }
+        let d = ContinuousClock.now - start
+        for p in peers { await p.close() }
+        return Rate(bytes: bytes, requests: requests, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+    }
+
+    func curlAll(port: Int, clients: Int, last: UInt64, files: String) throws -> Rate {
+        let fm = FileManager.default
+        let names = (try fm.contentsOfDirectory(atPath: files)).filter { $0.hasSuffix(".lz4") }.sorted()
+        var bytes = 0
+        for n in names { bytes += (try fm.attributesOfItem(atPath: files + "/" + n)[.size] as? Int) ?? 0 }
+        var processes: [Process] = []
+        let lists = (0..<clients).map { cache + "/nginx/list-\($0).txt" }
+        for (i, list) in lists.enumerated() {
+            var text = ""
+            for (k, n) in names.enumerated() where k % clients == i {
+                text += "url = \"http://127.0.0.1:\(port)/\(n)\"\noutput = \"/dev/null\"\n"
+            }
+            fm.createFile(atPath: list, contents: Data(text.utf8))
+        }
+        let start = ContinuousClock.now
+        for list in lists {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+            p.arguments = ["-s", "--fail", "-K", list]
+            try p.run()
+            processes.append(p)
+        }
+        for p in processes { p.waitUntilExit() }
+        let d = ContinuousClock.now - start
+        guard processes.allSatisfy({ $0.terminationStatus == 0 }) else { throw ValidationError("a curl client failed") }
+        return Rate(bytes: bytes, requests: names.count, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+    }
+
+    func startNginx(root: String, scratch: String) throws -> (process: Process, port: Int) {
+        let fm = FileManager.default
+        guard fm.isExecutableFile(atPath: "/usr/sbin/nginx") else { throw ValidationError("nginx is not installed (tools/bench installs it)") }
+        try fm.createDirectory(atPath: scratch + "/logs", withIntermediateDirectories: true)
+        let port = 20_000 + Int(ProcessInfo.processInfo.processIdentifier % 20_000)
+        let absRoot = URL(fileURLWithPath: root).standardizedFileURL.path
+        let conf = """
+            worker_processes 2;
+            error_log \(scratch)/logs/error.log;
+            pid \(scratch)/nginx.pid;
+            events { worker_connections 1024; }
+            http {
+              access_log off;
+              sendfile on;
+              tcp_nopush on;
+              keepalive_requests 1000000;
+              client_body_temp_path \(scratch)/body; proxy_temp_path \(scratch)/proxy;
+              fastcgi_temp_path \(scratch)/fastcgi; uwsgi_temp_path \(scratch)/uwsgi; scgi_temp_path \(scratch)/scgi;
+              server { listen 127.0.0.1:\(port); root \(absRoot); }
+            }
+            """
+        fm.createFile(atPath: scratch + "/nginx.conf", contents: Data(conf.utf8))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/sbin/nginx")
+        p.arguments = ["-p", scratch, "-c", scratch + "/nginx.conf", "-g", "daemon off;"]
+        try p.run()
+        Thread.sleep(forTimeInterval: 0.5)
+        guard p.isRunning else { throw ValidationError("nginx did not start; see \(scratch)/logs/error.log") }
+        return (p, port)
+    }
+}
+
+func runProcess(_ path: String, _ args: [String], quiet: Bool = false) throws {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    if quiet { p.standardOutput = FileHandle.nullDevice }
+    try p.run()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { throw ValidationError("\(path) \(args.joined(separator: " ")) failed") }
+}
+
+func line2(_ name: String, _ value: String, _ note: String = "") { line(name, value, note) }
+
+/// Peak resident set of another process, from /proc.
+func peakRSS(pid: Int32) -> Double {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }
+    for l in status.split(separator: "\n") where l.hasPrefix("VmHWM:") {
+        return (l.split(separator: " ").compactMap { Double($0) }.first ?? 0) / 1024
+    }
+    return 0
+}
