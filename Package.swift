@@ -52,6 +52,7 @@ let package = Package(
             name: "SomaStore",
             dependencies: [
                 "SomaCore", "CRocksDB", "CLZ4", "CMalloc",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict

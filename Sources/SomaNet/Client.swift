@@ -106,7 +106,7 @@ public final class PeerClient: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations
                     try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
-                    try ops.addHandler(MessageToByteHandler(FrameEncoder()))
+                    try ops.addHandler(FrameEncoder())
                     try ops.addHandler(HandshakeHandler(identity: identity, timeout: configuration.handshakeTimeout))
                     try ops.addHandler(ResponseHandler(handshake: handshake))
                 }
@@ -127,21 +127,30 @@ public final class PeerClient: Sendable {
     /// Sends one request and returns the answer's payload.
     /// - Throws: the peer's ``RPCError``, or ``WireError`` (`timedOut`, `connectionClosed`).
     public func call(_ method: Method, _ payload: [UInt8] = [], timeout: TimeAmount? = nil) async throws -> [UInt8] {
+        Array(try await callBuffer(method, payload, timeout: timeout).readableBytesView)
+    }
+
+    /// Sends one request and returns the answer's payload as received (no copy).
+    public func callBuffer(_ method: Method, _ payload: [UInt8] = [], timeout: TimeAmount? = nil) async throws -> ByteBuffer {
         let promise = channel.eventLoop.makePromise(of: Frame.self)
         let handler = self.handler
         let t = timeout ?? configuration.requestTimeout
         channel.eventLoop.execute { handler.value.send(method: method.rawValue, payload: payload, timeout: t, promise: promise) }
         let frame = try await promise.futureResult.get()
-        let bytes = Array(frame.payload.readableBytesView)
         guard frame.kind == .response else {
-            throw (try? RPCError(bcsBytes: bytes)) ?? RPCError.unavailable("an error answer that does not decode")
+            throw (try? BCS.decode(RPCError.self, fromContiguous: frame.payload.readableBytesView))
+                ?? RPCError.unavailable("an error answer that does not decode")
         }
-        return bytes
+        return frame.payload
+    }
+
+    private func decode<T: BCSDecodable>(_: T.Type, _ method: Method, _ payload: [UInt8]) async throws -> T {
+        try BCS.decode(T.self, fromContiguous: try await callBuffer(method, payload).readableBytesView)
     }
 
     /// `getAvailability`.
     public func availability() async throws -> Availability {
-        try Availability(bcsBytes: try await call(.getAvailability))
+        try await decode(Availability.self, .getAvailability, [])
     }
 
     /// `getEpochEndings`.
@@ -154,22 +163,22 @@ public final class PeerClient: Sendable {
 
     /// `getSummaries`.
     public func summaries(from seq: UInt64, count: UInt32, allCertificates: Bool = false) async throws -> SummariesResponse {
-        try SummariesResponse(bcsBytes: try await call(.getSummaries, SummariesRequest(from: seq, count: count, allCertificates: allCertificates).bcsBytes))
+        try await decode(SummariesResponse.self, .getSummaries, SummariesRequest(from: seq, count: count, allCertificates: allCertificates).bcsBytes)
     }
 
     /// `getBlock`: the stored LZ4 frame of one part, with its proof.
     public func block(_ seq: UInt64, part: UInt32 = 0) async throws -> ProvenFrame {
-        try ProvenFrame(bcsBytes: try await call(.getBlock, BlockRequest(seq: seq, part: part).bcsBytes))
+        try await decode(ProvenFrame.self, .getBlock, BlockRequest(seq: seq, part: part).bcsBytes)
     }
 
     /// `getSnapshotManifest`.
     public func snapshotManifest(epoch: UInt64) async throws -> SnapshotManifest {
-        try SnapshotManifest(bcsBytes: try await call(.getSnapshotManifest, SnapshotRequest(epoch: epoch).bcsBytes))
+        try await decode(SnapshotManifest.self, .getSnapshotManifest, SnapshotRequest(epoch: epoch).bcsBytes)
     }
 
     /// `getSnapshotChunk`.
     public func snapshotChunk(epoch: UInt64, index: UInt32) async throws -> ProvenFrame {
-        try ProvenFrame(bcsBytes: try await call(.getSnapshotChunk, SnapshotRequest(epoch: epoch, index: index).bcsBytes))
+        try await decode(ProvenFrame.self, .getSnapshotChunk, SnapshotRequest(epoch: epoch, index: index).bcsBytes)
     }
 
     /// Closes the connection; requests in flight fail with `connectionClosed`.

@@ -104,16 +104,31 @@ public struct FrameDecoder: ByteToMessageDecoder {
     }
 }
 
-/// Writes frames.
-public struct FrameEncoder: MessageToByteEncoder {
+/// Writes frames: the 16-byte header, then the payload buffer as it is (no copy; the
+/// channel writes both with one vectored write).
+public final class FrameEncoder: ChannelOutboundHandler {
     /// Frames.
     public typealias OutboundIn = Frame
+    /// Bytes.
+    public typealias OutboundOut = ByteBuffer
 
     /// An encoder.
     public init() {}
 
     /// Writes one frame.
-    public func encode(data: Frame, out: inout ByteBuffer) throws {
-        data.write(into: &out)
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = unwrapOutboundIn(data)
+        var header = context.channel.allocator.buffer(capacity: 16)
+        header.writeInteger(UInt32(Frame.headerBytes + frame.payload.readableBytes))
+        header.writeInteger(frame.kind.rawValue)
+        header.writeInteger(frame.flags)
+        header.writeInteger(frame.method)
+        header.writeInteger(frame.requestID)
+        if frame.payload.readableBytes == 0 {
+            context.write(wrapOutboundOut(header), promise: promise)
+        } else {
+            context.write(wrapOutboundOut(header), promise: nil)
+            context.write(wrapOutboundOut(frame.payload), promise: promise)
+        }
     }
 }

@@ -1,3 +1,4 @@
+public import NIOCore
 import SomaCore
 public import SomaStore
 
@@ -13,7 +14,20 @@ public struct HistoryService: Sendable {
     }
 
     /// Answers one request: the response payload, or the error to send.
-    public func handle(method rawMethod: UInt16, payload: [UInt8]) async -> Result<[UInt8], RPCError> {
+    public func handle(method rawMethod: UInt16, payload: [UInt8]) async -> Result<ByteBuffer, RPCError> {
+        switch await answer(method: rawMethod, payload: payload) {
+        case .success(.buffer(let b)): return .success(b)
+        case .success(.bytes(let b)): return .success(ByteBuffer(bytes: b))
+        case .failure(let e): return .failure(e)
+        }
+    }
+
+    enum Payload {
+        case bytes([UInt8])
+        case buffer(ByteBuffer)
+    }
+
+    func answer(method rawMethod: UInt16, payload: [UInt8]) async -> Result<Payload, RPCError> {
         guard let method = Method(rawValue: rawMethod), method.rawValue >= Method.getKnownPeers.rawValue else {
             return .failure(.badRequest("unknown method \(rawMethod)"))
         }
@@ -21,21 +35,21 @@ public struct HistoryService: Sendable {
             switch method {
             case .getAvailability:
                 guard payload.isEmpty else { return .failure(.badRequest("getAvailability takes no payload")) }
-                return .success(try await availability().bcsBytes)
+                return .success(.bytes(try await availability().bcsBytes))
             case .getEpochEndings:
-                return try await epochEndings(try EpochEndingsRequest(bcsBytes: payload))
+                return try await epochEndings(try EpochEndingsRequest(bcsBytes: payload)).map(Payload.bytes)
             case .getSummaries:
-                return try await summaries(try SummariesRequest(bcsBytes: payload))
+                return try await summaries(try SummariesRequest(bcsBytes: payload)).map(Payload.bytes)
             case .getBlock:
-                return try await block(try BlockRequest(bcsBytes: payload))
+                return try await block(try BlockRequest(bcsBytes: payload)).map(Payload.buffer)
             case .getSnapshotManifest:
                 let r = try SnapshotRequest(bcsBytes: payload)
                 guard let m = try await store.snapshotManifest(epoch: r.epoch) else {
                     return .failure(.notFound("no snapshot of epoch \(r.epoch)"))
                 }
-                return .success(m.bcsBytes)
+                return .success(.bytes(m.bcsBytes))
             case .getSnapshotChunk:
-                return try await chunk(try SnapshotRequest(bcsBytes: payload))
+                return try await chunk(try SnapshotRequest(bcsBytes: payload)).map(Payload.bytes)
             default:
                 return .failure(.unavailable("method \(method) is not served by this node"))
             }
@@ -84,15 +98,21 @@ public struct HistoryService: Sendable {
         return .success(BCS.encode(SummariesResponse(summaries: summaries, certificates: certificates), capacity: summaries.count * 512))
     }
 
-    func block(_ r: BlockRequest) async throws -> Result<[UInt8], RPCError> {
-        let frames = try await store.blockFrames(at: r.seq)
-        guard !frames.isEmpty else { return .failure(.notFound("block \(r.seq) is not held (pruned or not yet synced)")) }
-        guard Int(r.part) < frames.count else {
-            return .failure(.badRequest("checkpoint \(r.seq) has \(frames.count) parts, not \(r.part + 1)"))
+    /// The block answer is assembled in one buffer: the stored frame is copied once, from
+    /// RocksDB's pinned value, and reaches the socket without another copy.
+    func block(_ r: BlockRequest) async throws -> Result<ByteBuffer, RPCError> {
+        guard var (payload, parts) = try await store.encodedBlock(at: r.seq, part: r.part) else {
+            if r.part > 0, try await store.encodedBlock(at: r.seq, part: 0) != nil {
+                return .failure(.badRequest("checkpoint \(r.seq) has fewer than \(r.part + 1) parts"))
+            }
+            return .failure(.notFound("block \(r.seq) is not held (pruned or not yet synced)"))
         }
-        let proof = frames.count > 1 ? try await store.partProof(at: r.seq, part: r.part) : []
-        let answer = ProvenFrame(frame: frames[Int(r.part)], proof: proof, count: UInt32(frames.count))
-        return .success(BCS.encode(answer, capacity: answer.frame.count + 64 + proof.count * 32))
+        let proof = parts > 1 ? try await store.partProof(at: r.seq, part: r.part) : []
+        var tail = BCSWriter(capacity: 16 + proof.count * 32)
+        tail.write(proof)
+        tail.write(parts)
+        payload.writeBytes(tail.bytes)
+        return .success(payload)
     }
 
     func chunk(_ r: SnapshotRequest) async throws -> Result<[UInt8], RPCError> {

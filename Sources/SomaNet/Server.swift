@@ -82,7 +82,7 @@ final class RequestHandler: ChannelInboundHandler {
             await service.handle(method: method, payload: payload)
         }.whenComplete { result in
             let (handler, context) = bound.value
-            let answer: Result<[UInt8], RPCError>
+            let answer: Result<ByteBuffer, RPCError>
             switch result {
             case .success(let a): answer = a
             case .failure(let error): answer = .failure(.unavailable("\(error)"))
@@ -92,10 +92,10 @@ final class RequestHandler: ChannelInboundHandler {
     }
 
     /// Writes the answer once the budgets allow it, then frees its in-flight slot.
-    private func paced(_ context: ChannelHandlerContext, _ request: Frame, _ answer: Result<[UInt8], RPCError>) {
+    private func paced(_ context: ChannelHandlerContext, _ request: Frame, _ answer: Result<ByteBuffer, RPCError>) {
         let size: Int
         switch answer {
-        case .success(let b): size = 16 + b.count
+        case .success(let b): size = 16 + b.readableBytes
         case .failure: size = 64
         }
         let wait = max(peerBudget?.reserve(size) ?? .zero, globalBudget?.reserve(size) ?? .zero)
@@ -112,14 +112,12 @@ final class RequestHandler: ChannelInboundHandler {
         }
     }
 
-    private func reply(_ context: ChannelHandlerContext, _ request: Frame, _ answer: Result<[UInt8], RPCError>) {
-        let (kind, bytes): (FrameKind, [UInt8])
+    private func reply(_ context: ChannelHandlerContext, _ request: Frame, _ answer: Result<ByteBuffer, RPCError>) {
+        let (kind, buffer): (FrameKind, ByteBuffer)
         switch answer {
-        case .success(let b): (kind, bytes) = (.response, b)
-        case .failure(let e): (kind, bytes) = (.error, e.bcsBytes)
+        case .success(let b): (kind, buffer) = (.response, b)
+        case .failure(let e): (kind, buffer) = (.error, ByteBuffer(bytes: e.bcsBytes))
         }
-        var buffer = context.channel.allocator.buffer(capacity: bytes.count)
-        buffer.writeBytes(bytes)
         context.writeAndFlush(wrapOutboundOut(Frame(kind: kind, method: request.method, requestID: request.requestID, payload: buffer)), promise: nil)
         if !context.channel.isWritable {
             // A slow reader: stop taking requests until the socket drains.
@@ -220,7 +218,7 @@ public final class NetServer: Sendable {
                         try ops.addHandler(IdleCloser())
                     }
                     try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
-                    try ops.addHandler(MessageToByteHandler(FrameEncoder()))
+                    try ops.addHandler(FrameEncoder())
                     try ops.addHandler(HandshakeHandler(identity: identity, timeout: configuration.handshakeTimeout))
                     try ops.addHandler(RequestHandler(service: service, configuration: configuration, globalBudget: globalBudget, state: state))
                 }

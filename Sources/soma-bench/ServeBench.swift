@@ -157,8 +157,9 @@ struct Serve: AsyncParsableCommand {
         return Rate(bytes: bytes, requests: names.count, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
     }
 
-    func startNginx(root: String, scratch: String) throws -> (process: Process, port: Int) {
+    func startNginx(root: String, scratch relativeScratch: String) throws -> (process: Process, port: Int) {
         let fm = FileManager.default
+        let scratch = URL(fileURLWithPath: relativeScratch).standardizedFileURL.path
         guard fm.isExecutableFile(atPath: "/usr/sbin/nginx") else { throw ValidationError("nginx is not installed (tools/bench installs it)") }
         try fm.createDirectory(atPath: scratch + "/logs", withIntermediateDirectories: true)
         let port = 20_000 + Int(ProcessInfo.processInfo.processIdentifier % 20_000)

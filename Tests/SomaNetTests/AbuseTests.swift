@@ -51,7 +51,7 @@ struct AbuseTests {
                 channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations
                     try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: 1 << 24)))
-                    try ops.addHandler(MessageToByteHandler(FrameEncoder()))
+                    try ops.addHandler(FrameEncoder())
                     try ops.addHandler(HandshakeHandler(identity: identity))
                     try ops.addHandler(AbuseHandler(bytes: bytes, stopReading: stopReading, closed: closed, handshaken: handshaken))
                 }

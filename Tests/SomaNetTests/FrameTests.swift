@@ -9,7 +9,7 @@ struct FrameTests {
     static func channel(max: Int = 1 << 20) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: max)))
-        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+        try channel.pipeline.syncOperations.addHandler(FrameEncoder())
         return channel
     }
 
@@ -37,7 +37,10 @@ struct FrameTests {
         for f in frames { #expect(try channel.readInbound(as: Frame.self) == f) }
         #expect(try channel.readInbound(as: Frame.self) == nil)
         try channel.writeOutbound(frames[3])
-        #expect(try channel.readOutbound(as: ByteBuffer.self).map { Array($0.readableBytesView) } == Self.bytes(frames[3]))
+        // The header and the payload leave as two buffers (one vectored write), unchanged.
+        var written: [UInt8] = []
+        while let b = try channel.readOutbound(as: ByteBuffer.self) { written += Array(b.readableBytesView) }
+        #expect(written == Self.bytes(frames[3]))
         _ = try channel.finish()
     }
 

@@ -35,7 +35,7 @@ struct HandshakeTests {
     static func pipeline(_ channel: any Channel, _ identity: HandshakeIdentity, _ promise: EventLoopPromise<Result<PeerID, WireError>>, timeout: TimeAmount) -> EventLoopFuture<Void> {
         channel.eventLoop.makeCompletedFuture {
             try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: 1 << 20)))
-            try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+            try channel.pipeline.syncOperations.addHandler(FrameEncoder())
             try channel.pipeline.syncOperations.addHandler(HandshakeHandler(identity: identity, timeout: timeout))
             try channel.pipeline.syncOperations.addHandler(HandshakeRecorder(promise))
         }

@@ -30,6 +30,24 @@ public enum BCS {
         try read(from: bytes) { (reader: inout BCSReader) throws(CoreError) in try T(from: &reader) }
     }
 
+    /// Decodes exactly one value from any contiguous byte collection (a `ByteBuffer`'s readable
+    /// view, a `Data`), in place when the collection exposes contiguous storage.
+    @inlinable
+    public static func decode<T: BCSDecodable, C: Collection<UInt8>>(_: T.Type, fromContiguous bytes: C) throws(CoreError) -> T {
+        let result: Result<T, CoreError>? = bytes.withContiguousStorageIfAvailable { storage in
+            var reader = BCSReader(UnsafeRawBufferPointer(storage))
+            do throws(CoreError) {
+                let value = try T(from: &reader)
+                try reader.finish()
+                return .success(value)
+            } catch {
+                return .failure(error)
+            }
+        }
+        if let result { return try result.get() }
+        return try decode(T.self, from: Array(bytes))
+    }
+
     /// Decodes a value with a closure over a reader, rejecting trailing bytes.
     @inlinable
     public static func read<T>(

@@ -1,4 +1,5 @@
 public import SomaCore
+public import NIOCore
 import Synchronization
 
 /// How much history a store keeps.
@@ -258,6 +259,36 @@ public final class NodeStore: Sendable {
     /// The stored LZ4 block frames of checkpoint `seq`, one per part, as stored (never recompressed).
     public func blockFrames(at seq: UInt64) async throws -> [[UInt8]] {
         try await blocking { try self.blockFramesSync(seq) }
+    }
+
+    /// One stored block part of checkpoint `seq` and the number of parts, or `nil` if the
+    /// checkpoint (or that part) is not held. Point reads only: no iterator on the serving path.
+    public func block(at seq: UInt64, part: UInt32) async throws -> (frame: [UInt8], parts: UInt32)? {
+        try await blocking {
+            let values = try self.database.multiGet(self.cf.blocks, [StoreKeys.block(seq, part: part), StoreKeys.block(seq, part: 1)])
+            guard let frame = values[0] else { return nil }
+            guard values[1] != nil else { return (frame, 1) }
+            return (frame, UInt32(try self.blockFramesSync(seq).count))
+        }
+    }
+
+    /// The serving path: one stored block part as its BCS `bytes` encoding (ULEB128 length, then
+    /// the LZ4 frame as stored) in a new buffer, copied once from RocksDB's pinned value; and the
+    /// number of parts. `nil` if not held.
+    public func encodedBlock(at seq: UInt64, part: UInt32) async throws -> (payload: ByteBuffer, parts: UInt32)? {
+        try await blocking {
+            let payload: ByteBuffer? = try self.database.withValue(self.cf.blocks, StoreKeys.block(seq, part: part)) { frame in
+                var w = BCSWriter(capacity: 10)
+                w.writeLength(frame.count)
+                var buffer = ByteBufferAllocator().buffer(capacity: w.count + frame.count + 64)
+                buffer.writeBytes(w.bytes)
+                buffer.writeBytes(frame)
+                return buffer
+            }
+            guard let payload else { return nil }
+            let more = try self.database.get(self.cf.blocks, StoreKeys.block(seq, part: 1)) != nil
+            return (payload, more ? UInt32(try self.blockFramesSync(seq).count) : 1)
+        }
     }
 
     func blockFramesSync(_ seq: UInt64) throws -> [[UInt8]] {

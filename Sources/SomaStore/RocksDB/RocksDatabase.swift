@@ -226,6 +226,23 @@ public final class RocksDatabase: @unchecked Sendable {
         return copyBytes(value, length)
     }
 
+    /// Reads `key` without RocksDB's intermediate copy (a pinned slice) and lends its bytes to
+    /// `body`, valid only during the call; `nil` if absent.
+    func withValue<R>(_ cf: ColumnFamily, _ key: [UInt8], _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R? {
+        let db = try handle()
+        let h = try cfHandle(cf)
+        let pinned = try key.withUnsafeBufferPointer { k throws(StoreError) in
+            try rocksCall("get \(cf)") { err in
+                k.withMemoryRebound(to: CChar.self) { kc in rocksdb_get_pinned_cf(db, readOptions, h, kc.baseAddress, kc.count, err) }
+            }
+        }
+        guard let pinned else { return nil }
+        defer { rocksdb_pinnableslice_destroy(pinned) }
+        var length = 0
+        let value = rocksdb_pinnableslice_value(pinned, &length)
+        return try body(UnsafeRawBufferPointer(start: value, count: length))
+    }
+
     /// The values of `keys` in `cf`, `nil` for each absent key; one call for all.
     public func multiGet(_ cf: ColumnFamily, _ keys: [[UInt8]]) throws(StoreError) -> [[UInt8]?] {
         guard !keys.isEmpty else { return [] }
