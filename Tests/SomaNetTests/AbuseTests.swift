@@ -125,10 +125,11 @@ struct ConnectionLimitTests {
     @Test("a connection idle past the timeout is closed")
     func idle() async throws {
         var config = NetConfiguration()
-        config.idleTimeout = .milliseconds(300)
+        // Generous margins: the suite loads both cores while this runs.
+        config.idleTimeout = .seconds(2)
         let served = try await ServedChain.start(configuration: config)
         #expect(try await served.client.availability().highestSynced == 29)
-        try await Task.sleep(for: .milliseconds(900))
+        try await Task.sleep(for: .milliseconds(4_500))
         await #expect(throws: WireError.self) { _ = try await served.client.availability() }
         await served.stop()
     }
