@@ -61,6 +61,7 @@ let package = Package(
             name: "SomaNet",
             dependencies: [
                 "SomaCore", "SomaStore",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

@@ -39,6 +39,11 @@ final class ResponseHandler: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(Frame(kind: .request, method: method, requestID: id, payload: buffer)), promise: nil)
     }
 
+    func sendOneWay(method: UInt16, payload: [UInt8]) {
+        guard let context else { return }
+        context.writeAndFlush(wrapOutboundOut(Frame(kind: .oneWay, method: method, requestID: 0, payload: ByteBuffer(bytes: payload))), promise: nil)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         guard frame.kind == .response || frame.kind == .error, let (promise, timer) = pending.removeValue(forKey: frame.requestID) else { return }
@@ -179,6 +184,17 @@ public final class PeerClient: Sendable {
     /// `getSnapshotChunk`.
     public func snapshotChunk(epoch: UInt64, index: UInt32) async throws -> ProvenFrame {
         try await decode(ProvenFrame.self, .getSnapshotChunk, SnapshotRequest(epoch: epoch, index: index).bcsBytes)
+    }
+
+    /// Pushes a new certified tip to the peer (one-way; no answer).
+    public func push(_ certified: CertifiedCheckpointSummary) {
+        send(.pushCheckpoint, certified.bcsBytes)
+    }
+
+    /// Sends a one-way message (no answer).
+    public func send(_ method: Method, _ payload: [UInt8]) {
+        let handler = self.handler
+        channel.eventLoop.execute { handler.value.sendOneWay(method: method.rawValue, payload: payload) }
     }
 
     /// Closes the connection; requests in flight fail with `connectionClosed`.

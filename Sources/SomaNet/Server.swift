@@ -1,6 +1,7 @@
+public import Logging
 public import NIOCore
 import NIOPosix
-import SomaCore
+public import SomaCore
 import Synchronization
 
 /// Limits and timeouts of the transport.
@@ -45,12 +46,18 @@ final class RequestHandler: ChannelInboundHandler {
     private let peerBudget: ByteBudget?
     private let globalBudget: ByteBudget?
     private let serverInFlight: ServerState
+    private let logger: Logger
+    private let pushes: AsyncStream<PushedCheckpoint>.Continuation?
+    private var peer: PeerID?
     private var inFlight = 0 {
         didSet { serverInFlight.requests.add(inFlight - oldValue, ordering: .relaxed) }
     }
 
-    init(service: HistoryService, configuration: NetConfiguration, globalBudget: ByteBudget?, state: ServerState) {
+    init(service: HistoryService, configuration: NetConfiguration, globalBudget: ByteBudget?, state: ServerState,
+         logger: Logger, pushes: AsyncStream<PushedCheckpoint>.Continuation?) {
         self.serverInFlight = state
+        self.logger = logger
+        self.pushes = pushes
         self.service = service
         self.maxInFlight = configuration.maxInFlightPerConnection
         self.retryAfterMs = configuration.busyRetryAfterMs
@@ -66,9 +73,21 @@ final class RequestHandler: ChannelInboundHandler {
         context.fireChannelWritabilityChanged()
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let done = event as? HandshakeCompleted {
+            peer = done.peerID
+            logger.debug("peer connected", metadata: ["peer.id": "\(done.peerID.raw.short)", "peer.address": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
-        guard frame.kind == .request else { return }  // one-way messages belong to later layers
+        if frame.kind == .oneWay && frame.method == Method.pushCheckpoint.rawValue {
+            receivePush(context, frame)
+            return
+        }
+        guard frame.kind == .request else { return }
         guard inFlight < maxInFlight else {
             reply(context, frame, .failure(.busy(retryAfterMs: retryAfterMs)))
             return
@@ -125,9 +144,34 @@ final class RequestHandler: ChannelInboundHandler {
         }
     }
 
+    /// A pushed tip is decoded strictly and handed to whoever listens (sync verifies it); a
+    /// push that does not decode closes the connection.
+    private func receivePush(_ context: ChannelHandlerContext, _ frame: Frame) {
+        guard let peer else { return }
+        do {
+            let certified = try BCS.decode(CertifiedCheckpointSummary.self, fromContiguous: frame.payload.readableBytesView)
+            pushes?.yield(PushedCheckpoint(peerID: peer, certified: certified))
+        } catch {
+            logger.notice("closing: malformed pushCheckpoint", metadata: ["peer.id": "\(peer.raw.short)", "reason": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.notice("closing connection", metadata: [
+            "peer.address": "\(context.remoteAddress.map { "\($0)" } ?? "?")",
+            "peer.id": "\(peer.map { $0.raw.short } ?? "none")", "reason": "\(error)",
+        ])
         context.close(promise: nil)
     }
+}
+
+/// A certified checkpoint a peer pushed (unverified: sync checks it before use).
+public struct PushedCheckpoint: Sendable {
+    /// Who pushed it (its key, proven in the handshake).
+    public let peerID: PeerID
+    /// The pushed certified summary.
+    public let certified: CertifiedCheckpointSummary
 }
 
 /// Closes a connection that went quiet for the idle timeout.
@@ -198,9 +242,14 @@ public final class NetServer: Sendable {
     }
 
     /// Binds `host:port` (port 0: any free port) and serves `service` as `identity`.
+    /// - Parameters:
+    ///   - logger: where connection failures (handshake refusals with their reason, malformed
+    ///     frames) are logged.
+    ///   - pushes: receives the checkpoints peers push (`pushCheckpoint`), if given.
     public static func start(
         host: String, port: Int, identity: HandshakeIdentity, service: HistoryService,
-        configuration: NetConfiguration = NetConfiguration(), group: any EventLoopGroup
+        configuration: NetConfiguration = NetConfiguration(), group: any EventLoopGroup,
+        logger: Logger = Logger(label: "soma.net"), pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil
     ) async throws -> NetServer {
         let globalBudget = configuration.uploadBytesPerSecond.map { ByteBudget(bytesPerSecond: $0) }
         let state = ServerState()
@@ -220,7 +269,9 @@ public final class NetServer: Sendable {
                     try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
                     try ops.addHandler(FrameEncoder())
                     try ops.addHandler(HandshakeHandler(identity: identity, timeout: configuration.handshakeTimeout))
-                    try ops.addHandler(RequestHandler(service: service, configuration: configuration, globalBudget: globalBudget, state: state))
+                    try ops.addHandler(RequestHandler(
+                        service: service, configuration: configuration, globalBudget: globalBudget, state: state,
+                        logger: logger, pushes: pushes))
                 }
             }
             .bind(host: host, port: port).get()

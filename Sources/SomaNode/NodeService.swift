@@ -43,7 +43,7 @@ public final class NodeService: Service, Sendable {
             let server = try await NetServer.start(
                 host: config.listenHost, port: config.listenPort,
                 identity: HandshakeIdentity(key: key, chainID: genesis.chainID), service: HistoryService(store: store),
-                configuration: config.net, group: group)
+                configuration: config.net, group: group, logger: logger)
             logger.info("serving", metadata: [
                 "listen.address": "\(config.listenHost):\(server.port)", "peer.id": "\(key.publicKey)",
                 "chain.id": "\(genesis.chainID.short)",

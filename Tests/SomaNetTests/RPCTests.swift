@@ -162,3 +162,37 @@ struct RPCTests {
         await served.stop()
     }
 }
+
+@Suite("pushCheckpoint")
+struct PushTests {
+    @Test("a pushed certified tip reaches the server's listener with the pusher's proven key; a malformed push closes that connection")
+    func push() async throws {
+        let dir = TempDir("push")
+        defer { dir.cleanup() }
+        let generator = ChainGenerator(profile: .tiny, seed: 4)
+        let checkpoints = await generator.generateAll(parallelism: 2)
+        let store = try await NodeStore.open(path: dir.path)
+        try await store.initialize(genesis: generator.genesis)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let (stream, continuation) = AsyncStream<PushedCheckpoint>.makeStream()
+        let chainID = generator.genesis.chainID
+        let server = try await NetServer.start(
+            host: "127.0.0.1", port: 0, identity: HandshakeIdentity(key: DevnetKeys.validator(seed: 1, index: 0), chainID: chainID),
+            service: HistoryService(store: store), group: group, pushes: continuation)
+        let pusher = DevnetKeys.validator(seed: 1, index: 1)
+        let client = try await PeerClient.connect(host: "127.0.0.1", port: server.port, identity: HandshakeIdentity(key: pusher, chainID: chainID), group: group)
+        client.push(checkpoints[4].certified)
+        var iterator = stream.makeAsyncIterator()
+        let received = await iterator.next()
+        #expect(received?.peerID == pusher.publicKey)
+        #expect(received?.certified == checkpoints[4].certified)
+        // A push that does not decode: the server closes the connection.
+        client.send(.pushCheckpoint, [1, 2, 3])
+        await #expect(throws: WireError.self) { _ = try await client.availability() }
+        await client.close()
+        try await server.close()
+        continuation.finish()
+        try await group.shutdownGracefully()
+        await store.close()
+    }
+}
