@@ -11,6 +11,7 @@ final class ResponseHandler: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var nextID: UInt64 = 1
     private var pending: [UInt64: (EventLoopPromise<Frame>, Scheduled<Void>?)] = [:]
+    private var streams: [UInt64: (EventLoopPromise<[Frame]>, [Frame], Scheduled<Void>?)] = [:]
     let handshake: EventLoopPromise<HandshakeCompleted>
 
     init(handshake: EventLoopPromise<HandshakeCompleted>) {
@@ -39,6 +40,23 @@ final class ResponseHandler: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(Frame(kind: .request, method: method, requestID: id, payload: buffer)), promise: nil)
     }
 
+    func sendStream(method: UInt16, payload: [UInt8], timeout: TimeAmount, promise: EventLoopPromise<[Frame]>) {
+        guard let context else {
+            promise.fail(WireError(.connectionClosed, "the connection is closed"))
+            return
+        }
+        let id = nextID
+        nextID += 1
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let timer = context.eventLoop.scheduleTask(in: timeout) {
+            if let (promise, _, _) = bound.value.streams.removeValue(forKey: id) {
+                promise.fail(WireError(.timedOut, "stream \(id) did not end within \(timeout.nanoseconds / 1_000_000) ms"))
+            }
+        }
+        streams[id] = (promise, [], timer)
+        context.writeAndFlush(wrapOutboundOut(Frame(kind: .request, method: method, requestID: id, payload: ByteBuffer(bytes: payload))), promise: nil)
+    }
+
     func sendOneWay(method: UInt16, payload: [UInt8]) {
         guard let context else { return }
         context.writeAndFlush(wrapOutboundOut(Frame(kind: .oneWay, method: method, requestID: 0, payload: ByteBuffer(bytes: payload))), promise: nil)
@@ -46,6 +64,24 @@ final class ResponseHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if var entry = streams[frame.requestID] {
+            switch frame.kind {
+            case .streamItem:
+                entry.1.append(frame)
+                streams[frame.requestID] = entry
+            case .streamEnd:
+                streams.removeValue(forKey: frame.requestID)
+                entry.2?.cancel()
+                entry.0.succeed(entry.1)
+            case .error, .response:
+                streams.removeValue(forKey: frame.requestID)
+                entry.2?.cancel()
+                entry.0.succeed([frame])
+            default:
+                break
+            }
+            return
+        }
         guard frame.kind == .response || frame.kind == .error, let (promise, timer) = pending.removeValue(forKey: frame.requestID) else { return }
         timer?.cancel()
         promise.succeed(frame)
@@ -75,6 +111,11 @@ final class ResponseHandler: ChannelInboundHandler {
             promise.fail(error)
         }
         pending.removeAll()
+        for (_, (promise, _, timer)) in streams {
+            timer?.cancel()
+            promise.fail(error)
+        }
+        streams.removeAll()
     }
 }
 
@@ -184,6 +225,21 @@ public final class PeerClient: Sendable {
     /// `getSnapshotChunk`.
     public func snapshotChunk(epoch: UInt64, index: UInt32) async throws -> ProvenFrame {
         try await decode(ProvenFrame.self, .getSnapshotChunk, SnapshotRequest(epoch: epoch, index: index).bcsBytes)
+    }
+
+    /// `getBlocks`: up to 32 consecutive checkpoints' blocks in one streamed answer (fewer if
+    /// the peer stops holding them), each part with its proof.
+    public func blocks(from seq: UInt64, count: UInt32, timeout: TimeAmount? = nil) async throws -> [BlockItem] {
+        let promise = channel.eventLoop.makePromise(of: [Frame].self)
+        let handler = self.handler
+        let t = timeout ?? configuration.requestTimeout
+        let payload = BlocksRequest(from: seq, count: count).bcsBytes
+        channel.eventLoop.execute { handler.value.sendStream(method: Method.getBlocks.rawValue, payload: payload, timeout: t, promise: promise) }
+        let frames = try await promise.futureResult.get()
+        if let first = frames.first, first.kind == .error {
+            throw (try? BCS.decode(RPCError.self, fromContiguous: first.payload.readableBytesView)) ?? RPCError.unavailable("an error answer that does not decode")
+        }
+        return try frames.map { try BCS.decode(BlockItem.self, fromContiguous: $0.payload.readableBytesView) }
     }
 
     /// Pushes a new certified tip to the peer (one-way; no answer).

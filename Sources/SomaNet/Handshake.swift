@@ -80,6 +80,8 @@ public enum Method: UInt16, Sendable, CaseIterable {
     case getSnapshotChunk = 23
     /// Message propagation.
     case publish = 24
+    /// Consecutive blocks, streamed: one stream item a block part, then a stream end.
+    case getBlocks = 25
 }
 
 /// This node's side of the handshake.

@@ -98,21 +98,59 @@ public struct HistoryService: Sendable {
         return .success(BCS.encode(SummariesResponse(summaries: summaries, certificates: certificates), capacity: summaries.count * 512))
     }
 
+    /// `getBlocks`: the stream items (one a block part), stopping at the first block not held;
+    /// `notFound` if the first is not held.
+    public func streamBlocks(payload: [UInt8]) async -> Result<[ByteBuffer], RPCError> {
+        do {
+            let r = try BlocksRequest(bcsBytes: payload)
+            guard r.count >= 1, r.count <= BlocksRequest.maxCount else {
+                return .failure(.badRequest("count must be 1...\(BlocksRequest.maxCount)"))
+            }
+            var items: [ByteBuffer] = []
+            stream: for seq in r.from..<(r.from + UInt64(r.count)) {
+                var part: UInt32 = 0
+                var parts: UInt32 = 1
+                while part < parts {
+                    guard var (b, count) = try await provenBlock(seq, part) else { break stream }
+                    parts = count
+                    var item = ByteBufferAllocator().buffer(capacity: 12 + b.readableBytes)
+                    item.writeInteger(seq, endianness: .little)
+                    item.writeInteger(part, endianness: .little)
+                    item.writeBuffer(&b)
+                    items.append(item)
+                    part += 1
+                }
+            }
+            guard !items.isEmpty else { return .failure(.notFound("block \(r.from) is not held (pruned or not yet synced)")) }
+            return .success(items)
+        } catch let e as CoreError {
+            return .failure(.badRequest("payload: \(e)"))
+        } catch {
+            return .failure(.unavailable("store: \(error)"))
+        }
+    }
+
     /// The block answer is assembled in one buffer: the stored frame is copied once, from
     /// RocksDB's pinned value, and reaches the socket without another copy.
     func block(_ r: BlockRequest) async throws -> Result<ByteBuffer, RPCError> {
-        guard var (payload, parts) = try await store.encodedBlock(at: r.seq, part: r.part) else {
+        guard let (payload, _) = try await provenBlock(r.seq, r.part) else {
             if r.part > 0, try await store.encodedBlock(at: r.seq, part: 0) != nil {
                 return .failure(.badRequest("checkpoint \(r.seq) has fewer than \(r.part + 1) parts"))
             }
             return .failure(.notFound("block \(r.seq) is not held (pruned or not yet synced)"))
         }
-        let proof = parts > 1 ? try await store.partProof(at: r.seq, part: r.part) : []
+        return .success(payload)
+    }
+
+    /// `bcs(ProvenFrame)` of one part, and the part count; `nil` if not held.
+    func provenBlock(_ seq: UInt64, _ part: UInt32) async throws -> (ByteBuffer, UInt32)? {
+        guard var (payload, parts) = try await store.encodedBlock(at: seq, part: part) else { return nil }
+        let proof = parts > 1 ? try await store.partProof(at: seq, part: part) : []
         var tail = BCSWriter(capacity: 16 + proof.count * 32)
         tail.write(proof)
         tail.write(parts)
         payload.writeBytes(tail.bytes)
-        return .success(payload)
+        return (payload, parts)
     }
 
     func chunk(_ r: SnapshotRequest) async throws -> Result<[UInt8], RPCError> {

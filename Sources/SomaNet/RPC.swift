@@ -246,3 +246,62 @@ public struct SnapshotRequest: Hashable, Sendable, BCSCodable {
         index = try reader.readU32()
     }
 }
+
+/// `getBlocks` request: blocks `from..<from+count`, streamed.
+public struct BlocksRequest: Hashable, Sendable, BCSCodable {
+    /// The first checkpoint.
+    public var from: UInt64
+    /// How many checkpoints (1...``maxCount``).
+    public var count: UInt32
+    /// The most checkpoints one stream carries.
+    public static let maxCount: UInt32 = 32
+
+    /// Creates a request.
+    public init(from: UInt64, count: UInt32) {
+        self.from = from
+        self.count = count
+    }
+
+    /// Writes the fields in order.
+    public func encode(to writer: inout BCSWriter) {
+        writer.write(from)
+        writer.write(count)
+    }
+
+    /// Reads the fields in order.
+    public init(from reader: inout BCSReader) throws(CoreError) {
+        from = try reader.readU64()
+        count = try reader.readU32()
+    }
+}
+
+/// One stream item of `getBlocks`: which checkpoint and part, and the part as `getBlock` answers it.
+public struct BlockItem: Sendable, BCSCodable {
+    /// The checkpoint.
+    public var seq: UInt64
+    /// The part.
+    public var part: UInt32
+    /// The stored frame with its proof and the part count.
+    public var block: ProvenFrame
+
+    /// Creates an item.
+    public init(seq: UInt64, part: UInt32, block: ProvenFrame) {
+        self.seq = seq
+        self.part = part
+        self.block = block
+    }
+
+    /// Writes seq, part, block.
+    public func encode(to writer: inout BCSWriter) {
+        writer.write(seq)
+        writer.write(part)
+        writer.write(block)
+    }
+
+    /// Reads seq, part, block.
+    public init(from reader: inout BCSReader) throws(CoreError) {
+        seq = try reader.readU64()
+        part = try reader.readU32()
+        block = try reader.read(ProvenFrame.self)
+    }
+}

@@ -97,6 +97,19 @@ final class RequestHandler: ChannelInboundHandler {
         let service = self.service
         let method = frame.method
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        if method == Method.getBlocks.rawValue {
+            context.eventLoop.makeFutureWithTask {
+                await service.streamBlocks(payload: payload)
+            }.whenComplete { result in
+                let (handler, context) = bound.value
+                switch result {
+                case .success(.success(let items)): handler.stream(context, frame, items[...])
+                case .success(.failure(let e)): handler.paced(context, frame, .failure(e))
+                case .failure(let e): handler.paced(context, frame, .failure(.unavailable("\(e)")))
+                }
+            }
+            return
+        }
         context.eventLoop.makeFutureWithTask {
             await service.handle(method: method, payload: payload)
         }.whenComplete { result in
@@ -107,6 +120,27 @@ final class RequestHandler: ChannelInboundHandler {
             case .failure(let error): answer = .failure(.unavailable("\(error)"))
             }
             handler.paced(context, frame, answer)
+        }
+    }
+
+    /// Writes stream items one by one, each when the budgets allow it, then the stream end; the
+    /// in-flight slot is held until the end.
+    private func stream(_ context: ChannelHandlerContext, _ request: Frame, _ items: ArraySlice<ByteBuffer>) {
+        guard let item = items.first else {
+            inFlight -= 1
+            context.writeAndFlush(wrapOutboundOut(Frame(kind: .streamEnd, method: request.method, requestID: request.requestID, payload: ByteBuffer())), promise: nil)
+            return
+        }
+        let size = 16 + item.readableBytes
+        let wait = max(peerBudget?.reserve(size) ?? .zero, globalBudget?.reserve(size) ?? .zero)
+        let send: () -> Void = { [self] in
+            context.writeAndFlush(wrapOutboundOut(Frame(kind: .streamItem, method: request.method, requestID: request.requestID, payload: item)), promise: nil)
+            stream(context, request, items.dropFirst())
+        }
+        guard wait > .zero else { return send() }
+        let bound = NIOLoopBound(send, eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: .nanoseconds(Int64(wait.components.seconds) * 1_000_000_000 + Int64(wait.components.attoseconds / 1_000_000_000))) {
+            bound.value()
         }
     }
 

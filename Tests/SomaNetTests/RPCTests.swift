@@ -196,3 +196,57 @@ struct PushTests {
         await store.close()
     }
 }
+
+@Suite("Streamed blocks and multi-part checkpoints")
+struct StreamTests {
+    @Test("getBlocks streams consecutive blocks, each as stored; bounds and missing ranges are errors")
+    func stream() async throws {
+        let served = try await ServedChain.start()
+        let items = try await served.client.blocks(from: 1, count: 32)
+        #expect(items.map(\.seq) == Array(1...29))
+        for item in items {
+            #expect(item.part == 0 && item.block.count == 1)
+            #expect(item.block.frame == (try await served.store.blockFrames(at: item.seq))[0])
+        }
+        await #expect(throws: RPCError.badRequest("count must be 1...32")) { _ = try await served.client.blocks(from: 1, count: 33) }
+        await #expect(throws: RPCError.self) { _ = try await served.client.blocks(from: 500, count: 2) }
+        #expect(try await served.client.availability().highestSynced == 29)
+        await served.stop()
+    }
+
+    @Test("a checkpoint of 2,500 entries is served in 3 parts whose proofs verify against the certified content digest")
+    func parts() async throws {
+        let dir = TempDir("parts")
+        defer { dir.cleanup() }
+        let profile = DevnetProfile(name: "wide", validators: 4, epochs: 1, checkpoints: 2, transactionsPerCheckpoint: 2_500, accounts: 50)
+        let generator = ChainGenerator(profile: profile, seed: 2)
+        let checkpoints = await generator.generateAll(parallelism: 2)
+        let store = try await NodeStore.open(path: dir.path)
+        try await store.initialize(genesis: generator.genesis)
+        try await store.commit(checkpoints.map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let chainID = generator.genesis.chainID
+        let server = try await NetServer.start(
+            host: "127.0.0.1", port: 0, identity: HandshakeIdentity(key: DevnetKeys.validator(seed: 1, index: 0), chainID: chainID),
+            service: HistoryService(store: store), group: group)
+        let client = try await PeerClient.connect(host: "127.0.0.1", port: server.port, identity: HandshakeIdentity(key: SigningKey.generate(), chainID: chainID), group: group)
+        let summary = checkpoints[0].certified.summary
+        let count = try ChainVerifier.entryCount(of: summary, previous: generator.genesis.checkpoint.summary)
+        var entries = 0
+        for part in UInt32(0)..<3 {
+            let answer = try await client.block(1, part: part)
+            #expect(answer.count == 3)
+            let data = try CheckpointData(bcsBytes: try LZ4Frame.decompress(answer.frame, limit: 1 << 26))
+            try BlockVerifier.verifyPart(data, part: UInt64(part), proof: answer.proof, summary: summary, entryCount: count)
+            entries += data.entries.count
+        }
+        #expect(entries == 2_500)
+        await #expect(throws: RPCError.self) { _ = try await client.block(1, part: 3) }
+        let streamed = try await client.blocks(from: 1, count: 1)
+        #expect(streamed.map(\.part) == [0, 1, 2])
+        await client.close()
+        try await server.close()
+        try await group.shutdownGracefully()
+        await store.close()
+    }
+}
