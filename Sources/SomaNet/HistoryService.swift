@@ -98,33 +98,17 @@ public struct HistoryService: Sendable {
         return .success(BCS.encode(SummariesResponse(summaries: summaries, certificates: certificates), capacity: summaries.count * 512))
     }
 
-    /// `getBlocks`: the stream items (one a block part), stopping at the first block not held;
-    /// `notFound` if the first is not held.
-    public func streamBlocks(payload: [UInt8]) async -> Result<[ByteBuffer], RPCError> {
+    /// One `getBlocks` stream item: `bcs(BlockItem)` of part `part` of checkpoint `seq`, and the
+    /// checkpoint's part count; `nil` if not held. Streams fetch their items one at a time, so a
+    /// stream holds one item in memory, whatever its length.
+    public func blockItem(seq: UInt64, part: UInt32) async -> Result<(ByteBuffer, UInt32)?, RPCError> {
         do {
-            let r = try BlocksRequest(bcsBytes: payload)
-            guard r.count >= 1, r.count <= BlocksRequest.maxCount else {
-                return .failure(.badRequest("count must be 1...\(BlocksRequest.maxCount)"))
-            }
-            var items: [ByteBuffer] = []
-            stream: for seq in r.from..<(r.from + UInt64(r.count)) {
-                var part: UInt32 = 0
-                var parts: UInt32 = 1
-                while part < parts {
-                    guard var (b, count) = try await provenBlock(seq, part) else { break stream }
-                    parts = count
-                    var item = ByteBufferAllocator().buffer(capacity: 12 + b.readableBytes)
-                    item.writeInteger(seq, endianness: .little)
-                    item.writeInteger(part, endianness: .little)
-                    item.writeBuffer(&b)
-                    items.append(item)
-                    part += 1
-                }
-            }
-            guard !items.isEmpty else { return .failure(.notFound("block \(r.from) is not held (pruned or not yet synced)")) }
-            return .success(items)
-        } catch let e as CoreError {
-            return .failure(.badRequest("payload: \(e)"))
+            guard var (b, parts) = try await provenBlock(seq, part) else { return .success(nil) }
+            var item = ByteBufferAllocator().buffer(capacity: 12 + b.readableBytes)
+            item.writeInteger(seq, endianness: .little)
+            item.writeInteger(part, endianness: .little)
+            item.writeBuffer(&b)
+            return .success((item, parts))
         } catch {
             return .failure(.unavailable("store: \(error)"))
         }

@@ -98,16 +98,16 @@ final class RequestHandler: ChannelInboundHandler {
         let method = frame.method
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         if method == Method.getBlocks.rawValue {
-            context.eventLoop.makeFutureWithTask {
-                await service.streamBlocks(payload: payload)
-            }.whenComplete { result in
-                let (handler, context) = bound.value
-                switch result {
-                case .success(.success(let items)): handler.stream(context, frame, items[...])
-                case .success(.failure(let e)): handler.paced(context, frame, .failure(e))
-                case .failure(let e): handler.paced(context, frame, .failure(.unavailable("\(e)")))
-                }
+            let request: BlocksRequest
+            do {
+                request = try BlocksRequest(bcsBytes: payload)
+            } catch {
+                return paced(context, frame, .failure(.badRequest("payload: \(error)")))
             }
+            guard request.count >= 1, request.count <= BlocksRequest.maxCount else {
+                return paced(context, frame, .failure(.badRequest("count must be 1...\(BlocksRequest.maxCount)")))
+            }
+            streamNext(context, frame, end: request.from + UInt64(request.count), seq: request.from, part: 0, sent: 0)
             return
         }
         context.eventLoop.makeFutureWithTask {
@@ -123,25 +123,57 @@ final class RequestHandler: ChannelInboundHandler {
         }
     }
 
-    /// Writes stream items one by one, each when the budgets allow it, then the stream end; the
-    /// in-flight slot is held until the end.
-    private func stream(_ context: ChannelHandlerContext, _ request: Frame, _ items: ArraySlice<ByteBuffer>) {
-        guard let item = items.first else {
-            inFlight -= 1
-            context.writeAndFlush(wrapOutboundOut(Frame(kind: .streamEnd, method: request.method, requestID: request.requestID, payload: ByteBuffer())), promise: nil)
-            return
+    /// Streams `getBlocks` items one at a time: fetch one, wait for the budgets, write it, and
+    /// fetch the next only once it reached the socket; then the stream end. The in-flight slot
+    /// is held until the end, and a stream never holds more than one item.
+    private func streamNext(_ context: ChannelHandlerContext, _ request: Frame, end: UInt64, seq: UInt64, part: UInt32, sent: Int) {
+        guard seq < end else { return finishStream(context, request) }
+        let service = self.service
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.makeFutureWithTask {
+            await service.blockItem(seq: seq, part: part)
+        }.whenComplete { result in
+            let (handler, context) = bound.value
+            guard case .success(let answer) = result else { return handler.finishStream(context, request) }
+            switch answer {
+            case .failure(let e):
+                handler.paced(context, request, .failure(e))
+            case .success(nil):
+                if sent == 0 {
+                    handler.paced(context, request, .failure(.notFound("block \(seq) is not held (pruned or not yet synced)")))
+                } else {
+                    handler.finishStream(context, request)
+                }
+            case .success(.some(let (item, parts))):
+                let (nextSeq, nextPart) = part + 1 < parts ? (seq, part + 1) : (seq + 1, 0)
+                let size = 16 + item.readableBytes
+                let wait = max(handler.peerBudget?.reserve(size) ?? .zero, handler.globalBudget?.reserve(size) ?? .zero)
+                let write: () -> Void = {
+                    let (handler, context) = bound.value
+                    let written = context.eventLoop.makePromise(of: Void.self)
+                    context.writeAndFlush(handler.wrapOutboundOut(
+                        Frame(kind: .streamItem, method: request.method, requestID: request.requestID, payload: item)), promise: written)
+                    written.futureResult.whenComplete { outcome in
+                        let (handler, context) = bound.value
+                        if case .failure = outcome { return handler.finishStream(context, request) }
+                        handler.streamNext(context, request, end: end, seq: nextSeq, part: nextPart, sent: sent + 1)
+                    }
+                }
+                if wait > .zero {
+                    let deferred = NIOLoopBound(write, eventLoop: context.eventLoop)
+                    context.eventLoop.scheduleTask(in: .nanoseconds(Int64(wait.components.seconds) * 1_000_000_000 + Int64(wait.components.attoseconds / 1_000_000_000))) {
+                        deferred.value()
+                    }
+                } else {
+                    write()
+                }
+            }
         }
-        let size = 16 + item.readableBytes
-        let wait = max(peerBudget?.reserve(size) ?? .zero, globalBudget?.reserve(size) ?? .zero)
-        let send: () -> Void = { [self] in
-            context.writeAndFlush(wrapOutboundOut(Frame(kind: .streamItem, method: request.method, requestID: request.requestID, payload: item)), promise: nil)
-            stream(context, request, items.dropFirst())
-        }
-        guard wait > .zero else { return send() }
-        let bound = NIOLoopBound(send, eventLoop: context.eventLoop)
-        context.eventLoop.scheduleTask(in: .nanoseconds(Int64(wait.components.seconds) * 1_000_000_000 + Int64(wait.components.attoseconds / 1_000_000_000))) {
-            bound.value()
-        }
+    }
+
+    private func finishStream(_ context: ChannelHandlerContext, _ request: Frame) {
+        inFlight -= 1
+        context.writeAndFlush(wrapOutboundOut(Frame(kind: .streamEnd, method: request.method, requestID: request.requestID, payload: ByteBuffer())), promise: nil)
     }
 
     /// Writes the answer once the budgets allow it, then frees its in-flight slot.
