@@ -62,8 +62,15 @@ final class ResponseHandler: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(Frame(kind: .oneWay, method: method, requestID: 0, payload: ByteBuffer(bytes: payload))), promise: nil)
     }
 
+    /// The reason the peer gave when it said goodbye, if it did.
+    private(set) var goodbye: String?
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if frame.kind == .oneWay && frame.method == Method.goodbye.rawValue {
+            goodbye = String(decoding: frame.payload.readableBytesView, as: UTF8.self)
+            return
+        }
         if var entry = streams[frame.requestID] {
             switch frame.kind {
             case .streamItem:
@@ -99,7 +106,7 @@ final class ResponseHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        let error = WireError(.connectionClosed, "the peer closed the connection")
+        let error = WireError(.connectionClosed, goodbye.map { "the peer closed the connection: \($0)" } ?? "the peer closed the connection")
         handshake.fail(error)
         failAll(error)
         context.fireChannelInactive()

@@ -228,7 +228,15 @@ final class RequestHandler: ChannelInboundHandler {
             "peer.address": "\(context.remoteAddress.map { "\($0)" } ?? "?")",
             "peer.id": "\(peer.map { $0.raw.short } ?? "none")", "reason": "\(error)",
         ])
-        context.close(promise: nil)
+        // After the handshake, tell the peer why before closing (a goodbye frame).
+        if peer != nil, context.channel.isActive {
+            let reason = ByteBuffer(bytes: Array("\(error)".utf8.prefix(1_024)))
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(Frame(kind: .oneWay, method: Method.goodbye.rawValue, requestID: 0, payload: reason)))
+                .whenComplete { _ in bound.value.close(promise: nil) }
+        } else {
+            context.close(promise: nil)
+        }
     }
 }
 
