@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "SomaCore", targets: ["SomaCore"]),
         .library(name: "SomaStore", targets: ["SomaStore"]),
         .library(name: "SomaNet", targets: ["SomaNet"]),
+        .library(name: "SomaSync", targets: ["SomaSync"]),
         .library(name: "SomaNode", targets: ["SomaNode"]),
         .library(name: "SomaDevnet", targets: ["SomaDevnet"]),
         .executable(name: "soma-node", targets: ["soma-node"]),
@@ -68,6 +69,14 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "SomaSync",
+            dependencies: [
+                "SomaCore", "SomaStore", "SomaNet",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
             name: "SomaNode",
             dependencies: [
                 "SomaCore", "SomaStore", "SomaNet",
@@ -86,7 +95,7 @@ let package = Package(
         .executableTarget(
             name: "soma-node",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaNet", "SomaNode", "SomaDevnet",
+                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaNode", "SomaDevnet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -3,6 +3,7 @@ import Foundation
 import SomaCore
 import SomaDevnet
 import SomaStore
+import SomaSync
 
 struct Generate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -38,7 +39,7 @@ struct Generate: AsyncParsableCommand {
             store = try await NodeStore.open(path: dir.database, configuration: storeOptions.configuration)
         }
         do {
-            let importer = try await Importer(
+            let importer = try await CheckpointImporter(
                 genesis: genesis, store: store, batchSize: storeOptions.batch, parallelism: parallelism,
                 userSignatures: storeOptions.verifyUserSignatures)
             if importer.resumeAfter > 0 { print("resuming after checkpoint \(importer.resumeAfter), already stored") }
@@ -128,12 +129,12 @@ func writeGenesis(_ genesis: Genesis, to dir: DataDirectory) throws {
     guard rename(tmp, dir.genesis) == 0 else { throw CLIError("cannot rename \(tmp) to \(dir.genesis)") }
 }
 
-func reportProgress(_ importer: Importer, total: UInt64, start: ContinuousClock.Instant) {
+func reportProgress(_ importer: CheckpointImporter, total: UInt64, start: ContinuousClock.Instant) {
     let secs = elapsed(since: start)
     print("  checkpoint \(importer.tip.summary.sequenceNumber) of \(total): \(format(Double(importer.checkpoints) / secs, 0)) checkpoints/s, \(format(Double(importer.transactions) / secs, 0)) tx/s, \(format(Double(importer.rawBytes) / secs / 1e6)) MB/s")
 }
 
-func printSummary(_ importer: Importer, store: NodeStore?, start: ContinuousClock.Instant, location: String?) async throws {
+func printSummary(_ importer: CheckpointImporter, store: NodeStore?, start: ContinuousClock.Instant, location: String?) async throws {
     let secs = elapsed(since: start)
     let first = importer.tip.summary.sequenceNumber + 1 - UInt64(importer.checkpoints)
     if importer.checkpoints == 0 {
@@ -266,7 +267,7 @@ struct Import: AsyncParsableCommand {
         try writeGenesis(reader.genesis, to: dir)
         let store = try await NodeStore.open(path: dir.database, configuration: storeOptions.configuration)
         do {
-            let importer = try await Importer(
+            let importer = try await CheckpointImporter(
                 genesis: reader.genesis, store: store, batchSize: storeOptions.batch, parallelism: parallelism,
                 userSignatures: storeOptions.verifyUserSignatures)
             if importer.resumeAfter > 0 { print("resuming after checkpoint \(importer.resumeAfter), already stored") }

@@ -22,7 +22,7 @@ struct SomaNodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "soma-node",
         abstract: "Sync, keep and serve the Soma chain's verified history.",
-        subcommands: [Init.self, Run.self, Devnet.self, Import.self, Inspect.self, Verify.self])
+        subcommands: [Init.self, Run.self, Sync.self, Devnet.self, Import.self, Inspect.self, Verify.self])
 }
 
 struct Devnet: AsyncParsableCommand {
@@ -50,27 +50,3 @@ func elapsed(since start: ContinuousClock.Instant) -> Double {
 }
 
 func format(_ value: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", value) }
-
-/// Maps `transform` over `items` on up to `parallelism` concurrent tasks, keeping order.
-func parallelMap<T: Sendable, R: Sendable>(
-    _ items: [T], parallelism: Int, _ transform: @escaping @Sendable (T) throws -> R
-) async throws -> [R] {
-    if parallelism <= 1 || items.count <= 1 { return try items.map(transform) }
-    return try await withThrowingTaskGroup(of: (Int, R).self) { group in
-        var results = [R?](repeating: nil, count: items.count)
-        var next = 0
-        func add(_ i: Int) { group.addTask { (i, try transform(items[i])) } }
-        while next < min(parallelism, items.count) {
-            add(next)
-            next += 1
-        }
-        for try await (i, r) in group {
-            results[i] = r
-            if next < items.count {
-                add(next)
-                next += 1
-            }
-        }
-        return results.compactMap { $0 }
-    }
-}

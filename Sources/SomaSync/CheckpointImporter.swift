@@ -1,14 +1,33 @@
-import Foundation
-import SomaCore
-import SomaStore
+public import SomaCore
+public import SomaStore
 
 /// A checkpoint from an ordered local source: decoded contents (the devnet generator) or
 /// stored blocks as they are (a chain file).
-struct SourceCheckpoint: Sendable {
-    var certified: CertifiedCheckpointSummary
-    var data: CheckpointData?
-    var frames: [[UInt8]]?
-    var proofs: [[Digest]]?
+public struct SourceCheckpoint: Sendable {
+    /// The certified summary (its certificate is checked only when it ends a batch).
+    public var certified: CertifiedCheckpointSummary
+    /// Decoded contents, when the source has them.
+    public var data: CheckpointData?
+    /// Stored blocks as received, when the source has them.
+    public var frames: [[UInt8]]?
+    /// One proof per frame.
+    public var proofs: [[Digest]]?
+
+    /// A checkpoint from a source.
+    public init(certified: CertifiedCheckpointSummary, data: CheckpointData? = nil, frames: [[UInt8]]? = nil, proofs: [[Digest]]? = nil) {
+        self.certified = certified
+        self.data = data
+        self.frames = frames
+        self.proofs = proofs
+    }
+}
+
+/// A source that breaks the order or sends what does not verify.
+public struct SyncError: Error, CustomStringConvertible, Sendable {
+    /// What went wrong and where.
+    public let description: String
+    /// Creates an error.
+    public init(_ description: String) { self.description = description }
 }
 
 /// Verifies checkpoints from an ordered source as a fresh node would and commits them: the
@@ -16,26 +35,35 @@ struct SourceCheckpoint: Sendable {
 /// block on its own against its verified summary (in parallel), then an in-order group commit
 /// with execution and the state-root check at every epoch end. Without a store the effects are
 /// replayed into an in-memory live set instead.
-final class Importer {
-    let genesis: Genesis
+public final class CheckpointImporter {
+    /// The genesis.
+    public let genesis: Genesis
     let store: NodeStore?
     let batchSize: Int
     let parallelism: Int
     let userSignatures: Bool
     let maxBlockBytes: Int
-    private(set) var tip: VerifiedTip
-    private(set) var committees: [Committee]
-    private(set) var live = LiveObjectSet()
+    /// The last verified (and committed) checkpoint.
+    public private(set) var tip: VerifiedTip
+    /// Every verified committee so far.
+    public private(set) var committees: [Committee]
+    /// The replayed live set (without a store).
+    public private(set) var live = LiveObjectSet()
     private var pending: [SourceCheckpoint] = []
-    private(set) var checkpoints = 0
-    private(set) var transactions = 0
-    private(set) var rawBytes = 0
-    private(set) var storedBytes = 0
-    private(set) var quorumChecks = 0
+    /// Checkpoints committed by this importer.
+    public private(set) var checkpoints = 0
+    /// Their transactions.
+    public private(set) var transactions = 0
+    /// Their raw contents' bytes.
+    public private(set) var rawBytes = 0
+    /// Their LZ4 blocks' bytes.
+    public private(set) var storedBytes = 0
+    /// Batch quorum checks made.
+    public private(set) var quorumChecks = 0
 
     /// Sets up on `store` (resuming after its `highestSynced`, with the epoch chain re-verified
     /// from the genesis) or in memory.
-    init(genesis: Genesis, store: NodeStore?, batchSize: Int, parallelism: Int, userSignatures: Bool) async throws {
+    public init(genesis: Genesis, store: NodeStore?, batchSize: Int, parallelism: Int, userSignatures: Bool) async throws {
         self.genesis = genesis
         self.store = store
         self.batchSize = batchSize
@@ -54,7 +82,7 @@ final class Importer {
                     if let last = record.lastCheckpoint, let s = try await store.summary(at: last) { ends.append(s) }
                 }
                 committees = try ChainVerifier.verifyEpochChain(genesis: genesis.committee, endOfEpochSummaries: ends)
-                guard let s = try await store.summary(at: synced.seq) else { throw CLIError("stored checkpoint \(synced.seq) is missing") }
+                guard let s = try await store.summary(at: synced.seq) else { throw SyncError("stored checkpoint \(synced.seq) is missing") }
                 tip = VerifiedTip(summary: s.summary)
             }
         } else {
@@ -63,14 +91,14 @@ final class Importer {
     }
 
     /// The sequence number after which checkpoints are needed.
-    var resumeAfter: UInt64 { tip.summary.sequenceNumber }
+    public var resumeAfter: UInt64 { tip.summary.sequenceNumber + UInt64(pending.count) }
 
     /// Takes the next checkpoint in order; checkpoints already held are skipped.
-    func add(_ item: SourceCheckpoint) async throws {
+    public func add(_ item: SourceCheckpoint) async throws {
         let seq = item.certified.summary.sequenceNumber
         let expected = tip.summary.sequenceNumber + UInt64(pending.count) + 1
         if seq < expected { return }
-        guard seq == expected else { throw CLIError("the source skips from checkpoint \(expected - 1) to \(seq)") }
+        guard seq == expected else { throw SyncError("the source skips from checkpoint \(expected - 1) to \(seq)") }
         if item.certified.summary.endOfEpoch != nil {
             // The epoch chain first: this end is certified by the committee we already trust.
             let current = committees[committees.count - 1]
@@ -82,7 +110,7 @@ final class Importer {
     }
 
     /// Verifies and commits whatever is pending.
-    func flush() async throws {
+    public func flush() async throws {
         guard !pending.isEmpty else { return }
         let known = committees
         let newTip = try ChainVerifier.verifySummaryBatch(
@@ -98,7 +126,7 @@ final class Importer {
         let userSignatures = self.userSignatures
         let limit = maxBlockBytes
         let verified = try await parallelMap(jobs, parallelism: parallelism) { item, count in
-            try Importer.verifyBlocks(item, entryCount: count, userSignatures: userSignatures, limit: limit)
+            try CheckpointImporter.verifyBlocks(item, entryCount: count, userSignatures: userSignatures, limit: limit)
         }
         if let store {
             try await store.commit(verified.map(\.0))
@@ -125,7 +153,7 @@ final class Importer {
         if let frames = item.frames {
             let proofs = item.proofs ?? Array(repeating: [], count: frames.count)
             guard UInt64(frames.count) == BlockVerifier.partCount(entryCount: entryCount), proofs.count == frames.count else {
-                throw CLIError("checkpoint \(summary.sequenceNumber): \(frames.count) blocks for \(entryCount) entries")
+                throw SyncError("checkpoint \(summary.sequenceNumber): \(frames.count) blocks for \(entryCount) entries")
             }
             var entries: [ExecutionData] = []
             var raw = 0
@@ -144,9 +172,33 @@ final class Importer {
             let data = CheckpointData(sequenceNumber: summary.sequenceNumber, entries: entries)
             return (VerifiedCheckpoint(certified: item.certified, data: data, frames: frames, proofs: proofs), raw)
         }
-        guard let data = item.data else { throw CLIError("checkpoint \(summary.sequenceNumber) has no contents") }
+        guard let data = item.data else { throw SyncError("checkpoint \(summary.sequenceNumber) has no contents") }
         try BlockVerifier.verify(data, summary: summary, entryCount: entryCount, verifyUserSignatures: userSignatures)
         let cp = VerifiedCheckpoint(certified: item.certified, data: data)
         return (cp, BCS.encode(data, capacity: 1 << 16).count)
+    }
+}
+
+/// Maps `transform` over `items` on up to `parallelism` concurrent tasks, keeping order.
+public func parallelMap<T: Sendable, R: Sendable>(
+    _ items: [T], parallelism: Int, _ transform: @escaping @Sendable (T) throws -> R
+) async throws -> [R] {
+    if parallelism <= 1 || items.count <= 1 { return try items.map(transform) }
+    return try await withThrowingTaskGroup(of: (Int, R).self) { group in
+        var results = [R?](repeating: nil, count: items.count)
+        var next = 0
+        func add(_ i: Int) { group.addTask { (i, try transform(items[i])) } }
+        while next < min(parallelism, items.count) {
+            add(next)
+            next += 1
+        }
+        for try await (i, r) in group {
+            results[i] = r
+            if next < items.count {
+                add(next)
+                next += 1
+            }
+        }
+        return results.compactMap { $0 }
     }
 }
