@@ -1,0 +1,88 @@
+import Foundation
+import SomaCore
+import SomaStore
+import SomaTestSupport
+import Testing
+
+/// A `soma-node run` process on port 0, stopped with SIGTERM.
+final class RunningNode {
+    let process = Process()
+    let address: String
+
+    init(data: String) throws {
+        process.executableURL = URL(fileURLWithPath: try somaNode())
+        process.arguments = ["run", "--data", data, "--listen", "127.0.0.1:0"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var line = ""
+        while !line.contains("\n") {
+            let chunk = out.fileHandleForReading.availableData
+            guard !chunk.isEmpty else { break }
+            line += String(decoding: chunk, as: UTF8.self)
+        }
+        address = line.replacingOccurrences(of: "listening on ", with: "").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func stop() {
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+    }
+}
+
+@Suite("soma-node sync from real serving nodes", .serialized)
+struct SyncTests {
+    @Test("a fresh node catches up from 3 serving nodes, spreads its requests over them, and ends with their watermarks and state root; a stop resumes")
+    func catchUpFromThree() async throws {
+        let base = TempDir("sync")
+        defer { base.cleanup() }
+        let source = base.file("a")
+        #expect(try somaNode(["devnet", "generate", "--profile", "demo", "--checkpoints", "400", "--epochs", "4", "--out", source]).0 == 0)
+        #expect(try somaNode(["init", "--data", source]).0 == 0)
+        for copy in ["b", "c"] { try FileManager.default.copyItem(atPath: source, toPath: base.file(copy)) }
+        let nodes = try ["a", "b", "c"].map { try RunningNode(data: base.file($0)) }
+        defer { nodes.forEach { $0.stop() } }
+        let peers = nodes.flatMap { ["--peer", $0.address] }
+        let fresh = base.file("fresh")
+        // First up to 150, then the rest: the second run resumes after highestSynced.
+        let (s1, o1) = try somaNode(["sync", "--data", fresh, "--genesis", source + "/genesis.bcs", "--until", "150"] + peers)
+        #expect(s1 == 0, "\(o1)")
+        #expect(o1.contains("tip 150"), "\(o1)")
+        let (s2, o2) = try somaNode(["sync", "--data", fresh] + peers)
+        #expect(s2 == 0, "\(o2)")
+        #expect(o2.contains("synced 249 checkpoints"), "\(o2)")
+        // Every peer served block streams.
+        let perPeer = (o1.components(separatedBy: "block streams per peer: ").last ?? "").split(separator: "\n").first.map(String.init) ?? ""
+        let counts = perPeer.components(separatedBy: ", ").compactMap { $0.split(separator: " ").last.flatMap { Int($0) } }
+        #expect(counts.count == 3 && counts.allSatisfy { $0 > 0 }, "\(perPeer)")
+        for node in nodes { #expect(perPeer.contains("\(node.address) "), "\(perPeer)") }
+        let (vs, vo) = try somaNode(["verify", "--data", fresh])
+        #expect(vs == 0 && vo.contains("matching a replay from genesis"), "\(vo)")
+        nodes.forEach { $0.stop() }
+        var a: ([Watermark: WatermarkValue], [EpochRecord]) = ([:], [])
+        var b = a
+        let sourceStore = try await NodeStore.open(path: source + "/db")
+        a = (try await sourceStore.watermarks(), try await sourceStore.epochs())
+        await sourceStore.close()
+        let freshStore = try await NodeStore.open(path: fresh + "/db")
+        b = (try await freshStore.watermarks(), try await freshStore.epochs())
+        await freshStore.close()
+        #expect(a.0 == b.0)
+        #expect(a.1 == b.1)
+    }
+
+    @Test("sync refuses peers on another chain and reports when none is reachable")
+    func wrongChain() async throws {
+        let base = TempDir("sync-chain")
+        defer { base.cleanup() }
+        #expect(try somaNode(["devnet", "generate", "--profile", "tiny", "--out", base.file("a")]).0 == 0)
+        #expect(try somaNode(["init", "--data", base.file("a")]).0 == 0)
+        #expect(try somaNode(["devnet", "generate", "--profile", "tiny", "--seed", "9", "--out", base.file("other")]).0 == 0)
+        let node = try RunningNode(data: base.file("a"))
+        defer { node.stop() }
+        let (s, o) = try somaNode(["sync", "--data", base.file("fresh"), "--genesis", base.file("other") + "/genesis.bcs", "--peer", node.address])
+        #expect(s != 0)
+        #expect(o.contains("chain") && o.contains("no peer could be reached"), "\(o)")
+    }
+}
