@@ -32,8 +32,8 @@ public struct PeerSync {
     public let genesis: Genesis
     /// Connected peers (after the handshake).
     public let peers: [PeerClient]
-    /// Summaries per batch.
-    public var batchSize = 1_000
+    /// Summaries per batch (a batch of blocks is held in memory while it is verified).
+    public var batchSize = 250
     /// Block streams in flight.
     public var window = 8
     /// Parallel verification tasks.
@@ -54,6 +54,17 @@ public struct PeerSync {
             if let a = try? await peer.availability() { highest = max(highest, a.highestSynced) }
         }
         let target = min(until ?? highest, highest)
+        // The epoch chain first: the store then skips snapshots of epochs already too old.
+        var turn0 = 0
+        var ends: [CertifiedCheckpointSummary] = []
+        while true {
+            let nextEpoch = UInt64(ends.count)
+            let more = try await withFailover(&turn0) { try await $0.epochEndings(from: nextEpoch) }
+            ends += more
+            if more.count < Int(EpochEndingsRequest.maxCount) { break }
+        }
+        let committees = try ChainVerifier.verifyEpochChain(genesis: genesis.committee, endOfEpochSummaries: ends)
+        if let last = ends.last, committees.count > 1 { store.noteVerifiedEpochEnd(last.summary.epoch) }
         let importer = try await CheckpointImporter(
             genesis: genesis, store: store, batchSize: batchSize, parallelism: parallelism, userSignatures: false)
         var streams = [Int](repeating: 0, count: peers.count)

@@ -192,12 +192,12 @@ struct Serve: AsyncParsableCommand {
         return Rate(bytes: bytes, requests: names.count, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
     }
 
-    func startNginx(root: String, scratch relativeScratch: String) throws -> (process: Process, port: Int) {
+    func startNginx(root: String, scratch relativeScratch: String, index: Int = 0) throws -> (process: Process, port: Int) {
         let fm = FileManager.default
         let scratch = URL(fileURLWithPath: relativeScratch).standardizedFileURL.path
         guard fm.isExecutableFile(atPath: "/usr/sbin/nginx") else { throw ValidationError("nginx is not installed (tools/bench installs it)") }
         try fm.createDirectory(atPath: scratch + "/logs", withIntermediateDirectories: true)
-        let port = 20_000 + Int(ProcessInfo.processInfo.processIdentifier % 20_000)
+        let port = 20_000 + Int(ProcessInfo.processInfo.processIdentifier % 10_000) * 3 % 30_000 + index
         let absRoot = URL(fileURLWithPath: root).standardizedFileURL.path
         let conf = """
             worker_processes 2;

@@ -337,8 +337,9 @@ extension NodeStore {
         // During a catch-up the verified summaries may already show later epoch ends: a
         // snapshot that would be dropped as soon as it is built is skipped.
         if let verified = try watermarkSync(.highestVerified), let tip = try summarySync(verified.seq) {
-            let newestEnded = tip.summary.endOfEpoch != nil ? tip.summary.epoch : tip.summary.epoch &- 1
-            if tip.summary.epoch > 0 || tip.summary.endOfEpoch != nil, newestEnded >= epoch + configuration.retainSnapshots {
+            var newestEnded: UInt64? = tip.summary.endOfEpoch != nil ? tip.summary.epoch : (tip.summary.epoch > 0 ? tip.summary.epoch - 1 : nil)
+            if let hint = knownEpochEnd.withLock({ $0 }) { newestEnded = max(newestEnded ?? 0, hint) }
+            if let newestEnded, newestEnded >= epoch + configuration.retainSnapshots {
                 let batch = WriteBatch(for: database)
                 batch.delete(cf.meta, Self.pendingSnapshotKey)
                 try database.write(batch, sync: configuration.syncWrites)

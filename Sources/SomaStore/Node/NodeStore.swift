@@ -53,6 +53,14 @@ public final class NodeStore: Sendable {
     /// The configuration the store was opened with.
     public let configuration: StoreConfiguration
     let writer = Mutex(())
+    /// The newest epoch end known to be verified elsewhere (the epoch chain a sync fetched first).
+    let knownEpochEnd = Mutex<UInt64?>(nil)
+
+    /// Tells the store that the end of `epoch` is verified (by the epoch chain), so that a
+    /// catch-up does not build snapshots of epochs that are already too old to keep.
+    public func noteVerifiedEpochEnd(_ epoch: UInt64) {
+        knownEpochEnd.withLock { $0 = max($0 ?? 0, epoch) }
+    }
 
     /// The column families of DESIGN §6, plus `partProofs` and `meta`.
     public static let columnFamilyNames = [

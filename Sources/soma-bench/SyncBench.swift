@@ -1,0 +1,139 @@
+import ArgumentParser
+import Foundation
+
+struct SyncBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync",
+        abstract: "SomaSync: a fresh `soma-node sync` of the bench chain from 3 serving nodes, against nginx on 3 ports + parallel curl + lz4 -d + sha256sum on the same blocks.")
+
+    @Option(help: "Checkpoints of the bench profile (default: all of it).")
+    var checkpoints = 10_000
+    @Option(help: "Where the chain file, the served stores and the block files are kept between runs.")
+    var cache = ".build-bench"
+
+    mutating func run() async throws {
+        let fm = FileManager.default
+        let binDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        let node = binDir + "/soma-node"
+        // The served store and the block files come from `soma-bench serve` (built once there).
+        let served = (cache as NSString).appendingPathComponent("serve-\(checkpoints)")
+        let files = (cache as NSString).appendingPathComponent("serve-\(checkpoints)-files")
+        if !fm.fileExists(atPath: files + "/done") {
+            print("preparing the served store and block files (once) with `soma-bench serve --clients 1`")
+            try runProcess(CommandLine.arguments[0], ["serve", "--checkpoints", "\(checkpoints)", "--cache", cache, "--clients", "1"], quiet: true)
+        }
+        // Three serving nodes need three stores (RocksDB allows one process per store).
+        var dirs = [served]
+        for copy in ["b", "c"] {
+            let dir = served + "-" + copy
+            if !fm.fileExists(atPath: dir + "/db") {
+                print("copying the served store to \(dir) (once)")
+                try? fm.removeItem(atPath: dir)
+                try fm.copyItem(atPath: served, toPath: dir)
+                try? fm.removeItem(atPath: dir + "/node.key")
+                try runProcess(node, ["init", "--data", dir], quiet: true)
+            }
+            dirs.append(dir)
+        }
+        var servers: [Process] = []
+        var peers: [String] = []
+        defer { for s in servers where s.isRunning { s.terminate(); s.waitUntilExit() } }
+        for dir in dirs {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: node)
+            p.arguments = ["run", "--data", dir, "--listen", "127.0.0.1:0", "--log-level", "warning"]
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            servers.append(p)
+            var line = ""
+            while !line.contains("\n") {
+                let chunk = out.fileHandleForReading.availableData
+                guard !chunk.isEmpty else { break }
+                line += String(decoding: chunk, as: UTF8.self)
+            }
+            peers.append(line.replacingOccurrences(of: "listening on ", with: "").trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        let fresh = (cache as NSString).appendingPathComponent("sync-fresh")
+        try? fm.removeItem(atPath: fresh)
+        print("soma-bench sync: \(checkpoints - 1) checkpoints from 3 serving nodes \(peers.joined(separator: ", "))")
+
+        // soma-node sync, as a process: its wall time, CPU and peak RSS.
+        let start = ContinuousClock.now
+        let sync = Process()
+        sync.executableURL = URL(fileURLWithPath: "/usr/bin/time")
+        sync.arguments = ["-f", "%e %U %S %M", node, "sync", "--data", fresh, "--genesis", served + "/genesis.bcs"] + peers.flatMap { ["--peer", $0] }
+        let err = Pipe()
+        let out = Pipe()
+        sync.standardError = err
+        sync.standardOutput = out
+        try sync.run()
+        let outText = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let timing = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        sync.waitUntilExit()
+        guard sync.terminationStatus == 0 else { throw ValidationError("soma-node sync failed:\n\(outText)\n\(timing)") }
+        let secs = seconds(from: start)
+        let fields = timing.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
+        let raw = outText.components(separatedBy: "checkpoints (").last?.components(separatedBy: " MB)").first?.components(separatedBy: ", ").last.flatMap { Double($0) } ?? 0
+        line("soma-node sync (verify, execute, store)", "\(fmt(raw / secs)) MB/s raw", "\(fmt(secs)) s, \(fmt(Double(checkpoints - 1) / secs)) checkpoints/s")
+        if fields.count >= 4 {
+            line("CPU (user + system)", "\(fmt(fields[1] + fields[2])) s", "\(fmt((fields[1] + fields[2]) / secs * 100, 0))% of one core")
+            line("peak RSS", "\(fmt(fields[3] / 1024, 0)) MiB", "goal <= 1024")
+        }
+
+        // Baseline: nginx on 3 ports, 8 parallel curls, then lz4 -d | sha256sum as one stream.
+        let base = try baseline(files: files)
+        line("baseline: nginx x3 + 8 curl + lz4 -d | sha256sum", "\(fmt(raw / base)) MB/s raw", "\(fmt(base)) s (verifies and stores nothing)")
+        line("ratio soma-node time / baseline time", fmt(secs / base, 2), "goal <= 1.0")
+        try? fm.removeItem(atPath: fresh)
+    }
+
+    func seconds(from start: ContinuousClock.Instant) -> Double {
+        let d = ContinuousClock.now - start
+        return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+
+    func baseline(files: String) throws -> Double {
+        let fm = FileManager.default
+        let scratch = URL(fileURLWithPath: cache + "/sync-baseline").standardizedFileURL.path
+        try? fm.removeItem(atPath: scratch)
+        try fm.createDirectory(atPath: scratch + "/out", withIntermediateDirectories: true)
+        let serve = Serve()
+        var nginxes: [(process: Process, port: Int)] = []
+        defer { for n in nginxes { n.process.terminate(); n.process.waitUntilExit() } }
+        for i in 0..<3 { nginxes.append(try serve.startNginx(root: files, scratch: scratch + "/nginx-\(i)", index: i)) }
+        let names = (try fm.contentsOfDirectory(atPath: files)).filter { $0.hasSuffix(".lz4") }.sorted { a, b in
+            let x = a.split(separator: "-").compactMap { Int($0.split(separator: ".")[0]) }
+            let y = b.split(separator: "-").compactMap { Int($0.split(separator: ".")[0]) }
+            return x.lexicographicallyPrecedes(y)
+        }
+        let start = ContinuousClock.now
+        var processes: [Process] = []
+        for k in 0..<8 {
+            var text = ""
+            for (i, n) in names.enumerated() where i % 8 == k {
+                text += "url = \"http://127.0.0.1:\(nginxes[i % 3].port)/\(n)\"\noutput = \"\(scratch)/out/\(n)\"\n"
+            }
+            let list = scratch + "/list-\(k).txt"
+            fm.createFile(atPath: list, contents: Data(text.utf8))
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+            p.arguments = ["-s", "--fail", "-K", list]
+            try p.run()
+            processes.append(p)
+        }
+        for p in processes { p.waitUntilExit() }
+        guard processes.allSatisfy({ $0.terminationStatus == 0 }) else { throw ValidationError("a curl client failed") }
+        // The downloaded blocks in order, as one stream.
+        fm.createFile(atPath: scratch + "/order.txt", contents: Data(names.map { "\(scratch)/out/\($0)\n" }.joined().utf8))
+        let pipeline = Process()
+        pipeline.executableURL = URL(fileURLWithPath: "/bin/sh")
+        pipeline.arguments = ["-c", "xargs -a '\(scratch)/order.txt' cat | lz4 -d -c | sha256sum > /dev/null"]
+        try pipeline.run()
+        pipeline.waitUntilExit()
+        guard pipeline.terminationStatus == 0 else { throw ValidationError("lz4 -d | sha256sum failed") }
+        let secs = seconds(from: start)
+        try? fm.removeItem(atPath: scratch + "/out")
+        return secs
+    }
+}
