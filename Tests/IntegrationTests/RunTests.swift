@@ -14,21 +14,9 @@ struct RunTests {
         defer { dir.cleanup() }
         #expect(try somaNode(["devnet", "generate", "--profile", "demo", "--out", dir.path]).0 == 0)
         #expect(try somaNode(["init", "--data", dir.path]).0 == 0)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try somaNode())
-        process.arguments = ["run", "--data", dir.path, "--listen", "127.0.0.1:0"]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        // The first stdout line names the port.
-        var line = ""
-        while !line.contains("\n") {
-            let chunk = out.fileHandleForReading.availableData
-            guard !chunk.isEmpty else { break }
-            line += String(decoding: chunk, as: UTF8.self)
-        }
-        let port = try #require(line.split(separator: ":").last.flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }, "\(line)")
+        let node = try RunningNode(data: dir.path)
+        let process = node.process
+        let port = try #require(node.address.split(separator: ":").last.flatMap { Int($0) }, "\(node.address)")
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let genesis = try Genesis(bcsBytes: Array(try Data(contentsOf: URL(fileURLWithPath: dir.file("genesis.bcs")))))
         let client = try await PeerClient.connect(

@@ -20,3 +20,31 @@ func somaNode(_ arguments: [String]) throws -> (Int32, String) {
     let (status, out, err) = try run(try somaNode(), arguments)
     return (status, String(decoding: out, as: UTF8.self) + err)
 }
+
+/// A `soma-node run` process on port 0, stopped with SIGTERM.
+final class RunningNode {
+    let process = Process()
+    let address: String
+
+    init(data: String) throws {
+        process.executableURL = URL(fileURLWithPath: try somaNode())
+        process.arguments = ["run", "--data", data, "--listen", "127.0.0.1:0"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var line = ""
+        while !line.contains("\n") {
+            let chunk = out.fileHandleForReading.availableData
+            guard !chunk.isEmpty else { break }
+            line += String(decoding: chunk, as: UTF8.self)
+        }
+        address = line.replacingOccurrences(of: "listening on ", with: "").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func stop() {
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+    }
+}
+

@@ -4,33 +4,6 @@ import SomaStore
 import SomaTestSupport
 import Testing
 
-/// A `soma-node run` process on port 0, stopped with SIGTERM.
-final class RunningNode {
-    let process = Process()
-    let address: String
-
-    init(data: String) throws {
-        process.executableURL = URL(fileURLWithPath: try somaNode())
-        process.arguments = ["run", "--data", data, "--listen", "127.0.0.1:0"]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        var line = ""
-        while !line.contains("\n") {
-            let chunk = out.fileHandleForReading.availableData
-            guard !chunk.isEmpty else { break }
-            line += String(decoding: chunk, as: UTF8.self)
-        }
-        address = line.replacingOccurrences(of: "listening on ", with: "").trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    func stop() {
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-    }
-}
-
 @Suite("soma-node sync from real serving nodes", .serialized)
 struct SyncTests {
     @Test("a fresh node catches up from 3 serving nodes, spreads its requests over them, and ends with their watermarks and state root; a stop resumes")
