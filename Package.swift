@@ -73,13 +73,14 @@ let package = Package(
             dependencies: [
                 "SomaCore", "SomaStore", "SomaNet",
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),
         .target(
             name: "SomaNode",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaNet",
+                "SomaCore", "SomaStore", "SomaNet", "SomaSync",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

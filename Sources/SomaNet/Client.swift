@@ -1,5 +1,6 @@
 public import NIOCore
 import NIOPosix
+import Synchronization
 public import SomaCore
 public import SomaStore
 
@@ -9,7 +10,6 @@ final class ResponseHandler: ChannelInboundHandler {
     typealias OutboundOut = Frame
 
     private var context: ChannelHandlerContext?
-    private var nextID: UInt64 = 1
     private var pending: [UInt64: (EventLoopPromise<Frame>, Scheduled<Void>?)] = [:]
     private var streams: [UInt64: (EventLoopPromise<[Frame]>, [Frame], Scheduled<Void>?)] = [:]
     let handshake: EventLoopPromise<HandshakeCompleted>
@@ -21,13 +21,11 @@ final class ResponseHandler: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
-    func send(method: UInt16, payload: [UInt8], timeout: TimeAmount, promise: EventLoopPromise<Frame>) {
+    func send(id: UInt64, method: UInt16, payload: [UInt8], timeout: TimeAmount, promise: EventLoopPromise<Frame>) {
         guard let context else {
             promise.fail(WireError(.connectionClosed, "the connection is closed"))
             return
         }
-        let id = nextID
-        nextID += 1
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let timer = context.eventLoop.scheduleTask(in: timeout) {
             if let (promise, _) = bound.value.pending.removeValue(forKey: id) {
@@ -40,21 +38,41 @@ final class ResponseHandler: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(Frame(kind: .request, method: method, requestID: id, payload: buffer)), promise: nil)
     }
 
-    func sendStream(method: UInt16, payload: [UInt8], timeout: TimeAmount, promise: EventLoopPromise<[Frame]>) {
+    /// A stream fails when no item arrives for `timeout` (a stall), however long it is.
+    func sendStream(id: UInt64, method: UInt16, payload: [UInt8], timeout: TimeAmount, promise: EventLoopPromise<[Frame]>) {
         guard let context else {
             promise.fail(WireError(.connectionClosed, "the connection is closed"))
             return
         }
-        let id = nextID
-        nextID += 1
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let timer = context.eventLoop.scheduleTask(in: timeout) {
-            if let (promise, _, _) = bound.value.streams.removeValue(forKey: id) {
-                promise.fail(WireError(.timedOut, "stream \(id) did not end within \(timeout.nanoseconds / 1_000_000) ms"))
+        streamTimeouts[id] = timeout
+        streams[id] = (promise, [], scheduleStall(id, timeout, context.eventLoop))
+        context.writeAndFlush(wrapOutboundOut(Frame(kind: .request, method: method, requestID: id, payload: ByteBuffer(bytes: payload))), promise: nil)
+    }
+
+    private var streamTimeouts: [UInt64: TimeAmount] = [:]
+
+    private func scheduleStall(_ id: UInt64, _ timeout: TimeAmount, _ loop: any EventLoop) -> Scheduled<Void> {
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        return loop.scheduleTask(in: timeout) {
+            let handler = bound.value
+            handler.streamTimeouts.removeValue(forKey: id)
+            if let (promise, items, _) = handler.streams.removeValue(forKey: id) {
+                promise.fail(WireError(.timedOut, "stream \(id) stalled: no item for \(timeout.nanoseconds / 1_000_000) ms after \(items.count) items"))
             }
         }
-        streams[id] = (promise, [], timer)
-        context.writeAndFlush(wrapOutboundOut(Frame(kind: .request, method: method, requestID: id, payload: ByteBuffer(bytes: payload))), promise: nil)
+    }
+
+    /// Gives up on request `id` (the caller was cancelled): its answer, if it comes, is dropped.
+    func cancel(id: UInt64) {
+        streamTimeouts.removeValue(forKey: id)
+        if let (promise, timer) = pending.removeValue(forKey: id) {
+            timer?.cancel()
+            promise.fail(CancellationError())
+        }
+        if let (promise, _, timer) = streams.removeValue(forKey: id) {
+            timer?.cancel()
+            promise.fail(CancellationError())
+        }
     }
 
     func sendOneWay(method: UInt16, payload: [UInt8]) {
@@ -75,13 +93,19 @@ final class ResponseHandler: ChannelInboundHandler {
             switch frame.kind {
             case .streamItem:
                 entry.1.append(frame)
+                entry.2?.cancel()
+                if let timeout = streamTimeouts[frame.requestID], let loop = self.context?.eventLoop {
+                    entry.2 = scheduleStall(frame.requestID, timeout, loop)
+                }
                 streams[frame.requestID] = entry
             case .streamEnd:
                 streams.removeValue(forKey: frame.requestID)
+                streamTimeouts.removeValue(forKey: frame.requestID)
                 entry.2?.cancel()
                 entry.0.succeed(entry.1)
             case .error, .response:
                 streams.removeValue(forKey: frame.requestID)
+                streamTimeouts.removeValue(forKey: frame.requestID)
                 entry.2?.cancel()
                 entry.0.succeed([frame])
             default:
@@ -123,6 +147,7 @@ final class ResponseHandler: ChannelInboundHandler {
             promise.fail(error)
         }
         streams.removeAll()
+        streamTimeouts.removeAll()
     }
 }
 
@@ -136,6 +161,7 @@ public final class PeerClient: Sendable {
     private let channel: any Channel
     private let handler: NIOLoopBound<ResponseHandler>
     private let configuration: NetConfiguration
+    private let nextID = Atomic<UInt64>(1)
 
     private init(channel: any Channel, handler: NIOLoopBound<ResponseHandler>, completed: HandshakeCompleted, configuration: NetConfiguration) {
         self.channel = channel
@@ -188,8 +214,9 @@ public final class PeerClient: Sendable {
         let promise = channel.eventLoop.makePromise(of: Frame.self)
         let handler = self.handler
         let t = timeout ?? configuration.requestTimeout
-        channel.eventLoop.execute { handler.value.send(method: method.rawValue, payload: payload, timeout: t, promise: promise) }
-        let frame = try await promise.futureResult.get()
+        let id = nextID.add(1, ordering: .relaxed).oldValue
+        channel.eventLoop.execute { handler.value.send(id: id, method: method.rawValue, payload: payload, timeout: t, promise: promise) }
+        let frame = try await withCancellation(id) { try await promise.futureResult.get() }
         guard frame.kind == .response else {
             throw (try? BCS.decode(RPCError.self, fromContiguous: frame.payload.readableBytesView))
                 ?? RPCError.unavailable("an error answer that does not decode")
@@ -234,15 +261,27 @@ public final class PeerClient: Sendable {
         try await decode(ProvenFrame.self, .getSnapshotChunk, SnapshotRequest(epoch: epoch, index: index).bcsBytes)
     }
 
+    /// Runs `body` (waiting for request `id`); a cancelled caller drops the request at once.
+    private func withCancellation<T: Sendable>(_ id: UInt64, _ body: () async throws -> T) async throws -> T {
+        let handler = self.handler
+        let loop = channel.eventLoop
+        return try await withTaskCancellationHandler(operation: body, onCancel: {
+            loop.execute { handler.value.cancel(id: id) }
+        })
+    }
+
     /// `getBlocks`: up to 32 consecutive checkpoints' blocks in one streamed answer (fewer if
     /// the peer stops holding them), each part with its proof.
+    /// - Parameter timeout: the longest wait for the next item (a stall fails the stream with
+    ///   ``WireError`` `timedOut`, whatever its length); the request timeout by default.
     public func blocks(from seq: UInt64, count: UInt32, timeout: TimeAmount? = nil) async throws -> [BlockItem] {
         let promise = channel.eventLoop.makePromise(of: [Frame].self)
         let handler = self.handler
         let t = timeout ?? configuration.requestTimeout
         let payload = BlocksRequest(from: seq, count: count).bcsBytes
-        channel.eventLoop.execute { handler.value.sendStream(method: Method.getBlocks.rawValue, payload: payload, timeout: t, promise: promise) }
-        let frames = try await promise.futureResult.get()
+        let id = nextID.add(1, ordering: .relaxed).oldValue
+        channel.eventLoop.execute { handler.value.sendStream(id: id, method: Method.getBlocks.rawValue, payload: payload, timeout: t, promise: promise) }
+        let frames = try await withCancellation(id) { try await promise.futureResult.get() }
         if let first = frames.first, first.kind == .error {
             throw (try? BCS.decode(RPCError.self, fromContiguous: first.payload.readableBytesView)) ?? RPCError.unavailable("an error answer that does not decode")
         }
@@ -259,6 +298,9 @@ public final class PeerClient: Sendable {
         let handler = self.handler
         channel.eventLoop.execute { handler.value.sendOneWay(method: method.rawValue, payload: payload) }
     }
+
+    /// Whether the connection is still open.
+    public var isConnected: Bool { channel.isActive }
 
     /// Closes the connection; requests in flight fail with `connectionClosed`.
     public func close() async {

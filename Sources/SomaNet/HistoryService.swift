@@ -2,9 +2,19 @@ public import NIOCore
 import SomaCore
 public import SomaStore
 
+/// What a ``NetServer`` answers requests with. ``HistoryService`` serves a store; other
+/// conformances wrap it (a node that also answers discovery, or a test peer that misbehaves).
+public protocol HistoryServing: Sendable {
+    /// Answers one request: the response payload, or the error to send.
+    func handle(method: UInt16, payload: [UInt8]) async -> Result<ByteBuffer, RPCError>
+    /// One `getBlocks` stream item (`bcs(BlockItem)`) of part `part` of checkpoint `seq`, and the
+    /// checkpoint's part count; `nil` if not held.
+    func blockItem(seq: UInt64, part: UInt32) async -> Result<(ByteBuffer, UInt32)?, RPCError>
+}
+
 /// Answers the history RPCs (DESIGN §8) from a ``NodeStore``. Every answer is bounded: at most
 /// 100 epoch endings, 1,000 summaries, one block part or one snapshot chunk a request.
-public struct HistoryService: Sendable {
+public struct HistoryService: HistoryServing {
     /// The store served.
     public let store: NodeStore
 

@@ -40,7 +40,7 @@ final class RequestHandler: ChannelInboundHandler {
     typealias InboundIn = Frame
     typealias OutboundOut = Frame
 
-    private let service: HistoryService
+    private let service: any HistoryServing
     private let maxInFlight: Int
     private let retryAfterMs: UInt64
     private let peerBudget: ByteBudget?
@@ -53,7 +53,7 @@ final class RequestHandler: ChannelInboundHandler {
         didSet { serverInFlight.requests.add(inFlight - oldValue, ordering: .relaxed) }
     }
 
-    init(service: HistoryService, configuration: NetConfiguration, globalBudget: ByteBudget?, state: ServerState,
+    init(service: any HistoryServing, configuration: NetConfiguration, globalBudget: ByteBudget?, state: ServerState,
          logger: Logger, pushes: AsyncStream<PushedCheckpoint>.Continuation?) {
         self.serverInFlight = state
         self.logger = logger
@@ -321,7 +321,7 @@ public final class NetServer: Sendable {
     ///     frames) are logged.
     ///   - pushes: receives the checkpoints peers push (`pushCheckpoint`), if given.
     public static func start(
-        host: String, port: Int, identity: HandshakeIdentity, service: HistoryService,
+        host: String, port: Int, identity: HandshakeIdentity, service: some HistoryServing,
         configuration: NetConfiguration = NetConfiguration(), group: any EventLoopGroup,
         logger: Logger = Logger(label: "soma.net"), pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil
     ) async throws -> NetServer {

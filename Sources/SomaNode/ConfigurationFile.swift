@@ -32,6 +32,13 @@ public enum NodeConfigurationFile {
               maxInFlightPerConnection: \(d.net.maxInFlightPerConnection)
               uploadBytesPerSecondPerPeer: 0   # 0: unlimited
               uploadBytesPerSecond: 0          # 0: unlimited, whole node
+            sync:
+              peers: []                        # HOST:PORT of nodes to sync from and follow; empty: serve only
+              window: \(d.sync.window)                       # block requests in flight over all peers
+              timeoutSeconds: \(d.sync.requestTimeout.nanoseconds / 1_000_000_000)              # a request with no answer (or a stream with no item) this long is stalled
+              pollSeconds: \(d.pollSeconds)                  # how often to ask peers for new checkpoints
+              banSeconds: \(d.sync.banDuration.components.seconds)                 # how long a peer that sent bad data is avoided
+              verifyAllCertificates: \(d.sync.verifyAllCertificates)     # check every certificate's signatures, not one per batch
             drainSeconds: \(d.drainSeconds)            # on stop, wait this long for requests in flight
             logLevel: \(d.logLevel)
 
@@ -62,7 +69,7 @@ public enum NodeConfigurationFile {
             guard let i = v as? Int, range.contains(i) else { throw NodeError("\(source): '\(path)' must be an integer in \(range)") }
             return i
         }
-        try checkKeys(top, ["listen", "store", "net", "drainSeconds", "logLevel"], source, "")
+        try checkKeys(top, ["listen", "store", "net", "sync", "drainSeconds", "logLevel"], source, "")
         let listen = try section("listen")
         try checkKeys(listen, ["host", "port"], source, "listen.")
         if let h = listen["host"] {
@@ -92,6 +99,25 @@ public enum NodeConfigurationFile {
         }
         if let v = try int(net, "uploadBytesPerSecond", "net.uploadBytesPerSecond", range: 0...Int(Int32.max)) {
             config.net.uploadBytesPerSecond = v == 0 ? nil : v
+        }
+        let sync = try section("sync")
+        try checkKeys(sync, ["peers", "window", "timeoutSeconds", "pollSeconds", "banSeconds", "verifyAllCertificates"], source, "sync.")
+        if let v = sync["peers"] {
+            guard let list = v as? [Any] else { throw NodeError("\(source): 'sync.peers' must be a list of HOST:PORT") }
+            config.peers = try list.map { item in
+                guard let s = item as? String, let colon = s.lastIndex(of: ":"), colon != s.startIndex,
+                      let port = Int(s[s.index(after: colon)...]), (1...65_535).contains(port)
+                else { throw NodeError("\(source): 'sync.peers' entries must be HOST:PORT, not \(item)") }
+                return s
+            }
+        }
+        if let v = try int(sync, "window", "sync.window", range: 1...256) { config.sync.window = v }
+        if let v = try int(sync, "timeoutSeconds", "sync.timeoutSeconds", range: 1...3_600) { config.sync.requestTimeout = .seconds(Int64(v)) }
+        if let v = try int(sync, "pollSeconds", "sync.pollSeconds", range: 1...3_600) { config.pollSeconds = v }
+        if let v = try int(sync, "banSeconds", "sync.banSeconds", range: 1...86_400 * 30) { config.sync.banDuration = .seconds(v) }
+        if let v = sync["verifyAllCertificates"] {
+            guard let b = v as? Bool else { throw NodeError("\(source): 'sync.verifyAllCertificates' must be true or false") }
+            config.sync.verifyAllCertificates = b
         }
         if let v = try int(top, "drainSeconds", "drainSeconds", range: 0...3_600) { config.drainSeconds = v }
         if let v = top["logLevel"] {

@@ -1,6 +1,7 @@
 import NIOCore
 public import SomaNet
 public import SomaStore
+public import SomaSync
 
 /// Everything a running node is configured with; every field has a default. The YAML file and
 /// the command-line flags map onto it (``NodeConfigurationFile``); nothing else reads them.
@@ -15,6 +16,12 @@ public struct NodeConfiguration: Sendable {
     public var store = StoreConfiguration()
     /// The transport.
     public var net = NetConfiguration()
+    /// Peers to sync from and follow (`HOST:PORT`); none: serve only.
+    public var peers: [String] = []
+    /// The sync pipeline's tunables.
+    public var sync = SyncConfiguration()
+    /// How often a following node polls its peers for new checkpoints (pushes wake it sooner).
+    public var pollSeconds = 2
     /// How long a stop waits for requests in flight before closing connections.
     public var drainSeconds = 5
     /// Log level name (trace, debug, info, notice, warning, error, critical).

@@ -4,10 +4,12 @@ import NIOPosix
 import SomaCore
 import SomaNet
 import SomaStore
+import SomaSync
 public import ServiceLifecycle
 
-/// The running node: opens the store, serves history to peers, prunes in the background
-/// (pruned mode), and on a graceful shutdown stops accepting, lets requests in flight finish,
+/// The running node: opens the store, serves history to peers, syncs from its configured peers
+/// and follows the tip (pushes from peers wake it; it forwards each new tip), prunes in the
+/// background (pruned mode), and on a graceful shutdown stops accepting, lets requests in flight finish,
 /// closes connections and closes the store last.
 public final class NodeService: Service, Sendable {
     /// The configuration.
@@ -40,10 +42,12 @@ public final class NodeService: Service, Sendable {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         do {
             try await store.initialize(genesis: genesis)
+            let identity = HandshakeIdentity(key: key, chainID: genesis.chainID)
+            let (pushes, pushed) = AsyncStream.makeStream(of: PushedCheckpoint.self, bufferingPolicy: .bufferingNewest(64))
             let server = try await NetServer.start(
                 host: config.listenHost, port: config.listenPort,
-                identity: HandshakeIdentity(key: key, chainID: genesis.chainID), service: HistoryService(store: store),
-                configuration: config.net, group: group, logger: logger)
+                identity: identity, service: HistoryService(store: store),
+                configuration: config.net, group: group, logger: logger, pushes: config.peers.isEmpty ? nil : pushed)
             logger.info("serving", metadata: [
                 "listen.address": "\(config.listenHost):\(server.port)", "peer.id": "\(key.publicKey)",
                 "chain.id": "\(genesis.chainID.short)",
@@ -51,10 +55,20 @@ public final class NodeService: Service, Sendable {
             onListening(config.listenHost, server.port)
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 if config.store.mode == .pruned { tasks.addTask { try await store.runPruning() } }
+                let follower = config.peers.isEmpty ? nil : TipFollower(
+                    store: store, genesis: genesis, seeds: config.peers, identity: identity, net: config.net, group: group,
+                    configuration: config.sync, pollInterval: .seconds(config.pollSeconds), logger: logger)
+                if let follower {
+                    tasks.addTask { try await follower.run() }
+                    tasks.addTask { await follower.consume(pushes) }
+                }
                 // Serve until the service group asks for a graceful shutdown.
                 try? await gracefulShutdown()
                 tasks.cancelAll()
+                pushed.finish()
+                follower?.stop()
                 try await tasks.waitForAll()
+                await follower?.close()
             }
             logger.info("stopping: draining requests in flight", metadata: ["requests": "\(server.requestsInFlight)"])
             await server.shutdown(drain: .seconds(config.drainSeconds))

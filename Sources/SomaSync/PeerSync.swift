@@ -1,6 +1,63 @@
+public import NIOCore
 public import SomaCore
 public import SomaNet
 public import SomaStore
+
+/// The tunables of a sync (DESIGN §10); the defaults suit a few peers on a LAN or the internet.
+public struct SyncConfiguration: Sendable {
+    /// Block requests (`getBlocks` spans) in flight over all sources.
+    public var window = 12
+    /// Most requests in flight to one source.
+    public var perSourceInFlight = 4
+    /// Checkpoints per `getBlocks` request (at most 32).
+    public var spanLength: UInt32 = 16
+    /// Summaries per `getSummaries` batch (one quorum check each; at most 1,000).
+    public var summaryBatch: UInt32 = 1_000
+    /// Most checkpoints downloaded (in flight, verified or committing) beyond the committed
+    /// watermark: this bounds the memory of the whole pipeline.
+    public var maxUncommitted = 384
+    /// Most checkpoints in one commit (the store splits them into write batches of 64).
+    public var commitGroup = 128
+    /// Check every certificate's signatures, not only one per batch.
+    public var verifyAllCertificates = false
+    /// Re-check every user signature.
+    public var verifyUserSignatures = false
+    /// A request (or a stream, between two items) that gets no answer for this long fails as a
+    /// stall.
+    public var requestTimeout: TimeAmount = .seconds(10)
+    /// The shortest wait before a straggling span is also asked of another source; the
+    /// adaptive delay is three times the moving average of span times, never less than this.
+    public var minHedgeDelay: Duration = .milliseconds(400)
+    /// How long a source that sent data failing verification is banned.
+    public var banDuration: Duration = .seconds(600)
+    /// How long a source that stalled twice in a row is banned.
+    public var stallBanDuration: Duration = .seconds(60)
+
+    /// Defaults.
+    public init() {}
+}
+
+/// Where a sync stands, told after every commit.
+public struct SyncProgress: Sendable {
+    /// The first checkpoint this sync fetched.
+    public var first: UInt64
+    /// The last committed checkpoint.
+    public var synced: UInt64
+    /// The checkpoint it syncs to.
+    public var target: UInt64
+    /// Checkpoints committed by this sync.
+    public var checkpoints: Int
+    /// Their transactions.
+    public var transactions: Int
+    /// Their raw contents' bytes.
+    public var rawBytes: Int
+    /// Sources usable now (answering, not banned).
+    public var sources: Int
+    /// Sources banned now.
+    public var banned: Int
+    /// Time since the sync started.
+    public var elapsed: Duration
+}
 
 /// What a catch-up did.
 public struct CatchUpReport: Sendable {
@@ -12,160 +69,624 @@ public struct CatchUpReport: Sendable {
     public var transactions: Int
     /// Their raw contents' bytes.
     public var rawBytes: Int
-    /// Block streams fetched from each peer (by position in the peer list).
-    public var streamsPerPeer: [Int]
+    /// Their LZ4 blocks' bytes.
+    public var storedBytes: Int
+    /// Summary batches verified (one quorum check each, unless every certificate is checked).
+    public var quorumChecks: Int
+    /// Spans asked again of another source because the first straggled.
+    public var hedges: Int
+    /// Every source's standing at the end.
+    public var sources: [SourceStats]
 }
 
-/// Catches a store up from peers (first slice of DESIGN §10): the target is the highest
-/// checkpoint the peers hold (or `until`); summaries are fetched a batch at a time (with every
-/// certificate, so the store can serve them) and blocks as `getBlocks` streams of 32 spread over
-/// all peers with up to `window` streams in flight; everything goes through a
-/// ``CheckpointImporter`` (epoch chain, one quorum check per batch, every block verified, group
-/// commit with execution). A request that fails is retried on the next peer. Restarting resumes
-/// after the store's `highestSynced`.
+/// Catches a store up from peers, DESIGN §10 stages 1–6 as one bounded pipeline:
 ///
-/// Not yet: scoring and banning peers, hedged requests, following the tip.
-public struct PeerSync {
+/// 1. availability of every source (``SourcePool/refresh()``);
+/// 2. the epoch chain, then summary batches, each verified with one quorum check against the
+///    verified committees and stored ahead of the blocks (`highestVerified`), a batch at a time
+///    ahead of the block window;
+/// 3. blocks as `getBlocks` spans, up to `window` in flight, each sent to the best source that
+///    holds it; a span that straggles past the adaptive delay is also asked of another source
+///    and the first verified answer wins;
+/// 4. every span verified on arrival (decompression bounded, contents against the certified
+///    digests) on the cooperative pool, in parallel, off the network threads;
+/// 5. in-order group commits, which advance the watermarks;
+/// 6. execution in the same write batches, with the state-root check at every epoch end.
+///
+/// A source that sends anything that fails verification is banned and its work goes to the
+/// others; stalls and timeouts lower its share and, twice in a row, ban it for a while. Memory
+/// is bounded by `maxUncommitted` checkpoints, whatever the chain's length. A restart resumes
+/// after `highestSynced`, with the summaries already verified read back from the store.
+public struct PeerSync: Sendable {
     /// The store to fill.
     public let store: NodeStore
     /// The chain's genesis.
     public let genesis: Genesis
-    /// Connected peers (after the handshake).
-    public let peers: [PeerClient]
-    /// Summaries per batch (a batch of blocks is held in memory while it is verified).
-    public var batchSize = 250
-    /// Block streams in flight.
-    public var window = 8
-    /// Parallel verification tasks.
-    public var parallelism = 2
+    /// The sources.
+    public let pool: SourcePool
+    /// The tunables.
+    public var configuration: SyncConfiguration
+    /// Called after every commit with the last committed checkpoint's certified summary.
+    public var onCommit: (@Sendable (CertifiedCheckpointSummary) -> Void)?
 
-    /// A sync of `store` from `peers`.
-    public init(store: NodeStore, genesis: Genesis, peers: [PeerClient]) {
-        precondition(!peers.isEmpty, "sync needs a peer")
+    /// A sync of `store` from the sources in `pool`.
+    public init(store: NodeStore, genesis: Genesis, pool: SourcePool, configuration: SyncConfiguration = SyncConfiguration()) {
         self.store = store
         self.genesis = genesis
-        self.peers = peers
+        self.pool = pool
+        self.configuration = configuration
     }
 
-    /// Runs until the target; `progress` is told each committed batch's last checkpoint.
-    public func catchUp(until: UInt64? = nil, progress: (@Sendable (UInt64) -> Void)? = nil) async throws -> CatchUpReport {
-        var highest: UInt64 = 0
-        for peer in peers {
-            if let a = try? await peer.availability() { highest = max(highest, a.highestSynced) }
+    /// Runs until `until` (or the highest checkpoint a source holds), then returns.
+    /// - Throws: ``SyncError`` when no usable source holds what is needed, the store's errors,
+    ///   or `CancellationError`.
+    public func catchUp(until: UInt64? = nil, progress: (@Sendable (SyncProgress) -> Void)? = nil) async throws -> CatchUpReport {
+        await pool.refresh()
+        let held = await pool.highestHeld
+        guard await !pool.usable.isEmpty else {
+            throw SyncError("no source answered: " + (await pool.stats).map(\.description).joined(separator: "; "))
         }
-        let target = min(until ?? highest, highest)
-        // The epoch chain first: the store then skips snapshots of epochs already too old.
-        var turn0 = 0
+        try await store.initialize(genesis: genesis)
+        _ = try await store.executePending()
+        var committees = try await storedCommittees()
+        committees = try await extendEpochChain(committees)
+        if committees.count > 1 { store.noteVerifiedEpochEnd(UInt64(committees.count - 2)) }
+        let run = try await SyncRun(sync: self, committees: committees, target: min(until ?? held, held), progress: progress)
+        return try await run.run()
+    }
+
+    /// The committees the store's own epoch ends certify (re-verified from the genesis).
+    func storedCommittees() async throws -> [Committee] {
         var ends: [CertifiedCheckpointSummary] = []
-        while true {
-            let nextEpoch = UInt64(ends.count)
-            let more = try await withFailover(&turn0) { try await $0.epochEndings(from: nextEpoch) }
-            ends += more
-            if more.count < Int(EpochEndingsRequest.maxCount) { break }
+        for record in try await store.epochs() {
+            if let last = record.lastCheckpoint, let s = try await store.summary(at: last) { ends.append(s) }
         }
-        let committees = try ChainVerifier.verifyEpochChain(genesis: genesis.committee, endOfEpochSummaries: ends)
-        if let last = ends.last, committees.count > 1 { store.noteVerifiedEpochEnd(last.summary.epoch) }
-        let importer = try await CheckpointImporter(
-            genesis: genesis, store: store, batchSize: batchSize, parallelism: parallelism, userSignatures: false)
-        var streams = [Int](repeating: 0, count: peers.count)
-        var next = importer.resumeAfter + 1
-        var turn = 0
-        while next <= target {
-            let last = min(target, next + UInt64(batchSize) - 1)
-            let summaries = try await withFailover(&turn) { peer in
-                try await peer.summaries(from: next, count: UInt32(last - next + 1), allCertificates: true)
-            }
-            guard summaries.summaries.count == Int(last - next + 1), summaries.summaries.first?.sequenceNumber == next else {
-                throw SyncError("a peer answered summaries \(next)...\(last) with \(summaries.summaries.count) others")
-            }
-            let blocks = try await fetchBlocks(next...last, streams: &streams)
-            for (summary, certificate) in zip(summaries.summaries, summaries.certificates) {
-                guard let certificate else { throw SyncError("summary \(summary.sequenceNumber) came without its certificate") }
-                guard let items = blocks[summary.sequenceNumber], !items.isEmpty else {
-                    throw SyncError("no peer served block \(summary.sequenceNumber)")
-                }
-                try await importer.add(SourceCheckpoint(
-                    certified: CertifiedCheckpointSummary(summary: summary, certificate: certificate),
-                    frames: items.map(\.block.frame), proofs: items.map(\.block.proof)))
-            }
-            try await importer.flush()
-            progress?(last)
-            next = last + 1
-        }
-        try await importer.flush()
-        return CatchUpReport(
-            tip: importer.tip.summary.sequenceNumber, checkpoints: importer.checkpoints, transactions: importer.transactions,
-            rawBytes: importer.rawBytes, streamsPerPeer: streams)
+        return try ChainVerifier.verifyEpochChain(genesis: genesis.committee, endOfEpochSummaries: ends)
     }
 
-    /// Calls `body` on peers in turn, from `turn`, until one answers.
-    func withFailover<T: Sendable>(_ turn: inout Int, _ body: (PeerClient) async throws -> T) async throws -> T {
-        var lastError: (any Error)? = nil
-        for attempt in 0..<peers.count {
-            let peer = peers[(turn + attempt) % peers.count]
+    /// Extends `committees` with the epoch ends the sources hold (best first); a source whose
+    /// ends do not verify is banned.
+    func extendEpochChain(_ committees: [Committee]) async throws -> [Committee] {
+        var known = committees
+        var order = await pool.usable
+        var highest: [Int: UInt64] = [:]
+        for s in await pool.stats.enumerated() { highest[s.offset] = s.element.holds?.upperBound ?? 0 }
+        order.sort { highest[$0, default: 0] > highest[$1, default: 0] }
+        for i in order {
+            let client = await pool.client(i)
+            await pool.take(i)
             do {
-                let result = try await body(peer)
-                turn = (turn + attempt + 1) % peers.count
-                return result
+                while true {
+                    let more = try await client.epochEndings(from: UInt64(known.count - 1))
+                    if more.isEmpty { break }
+                    let extended = try ChainVerifier.verifyEpochChain(genesis: known[known.count - 1], endOfEpochSummaries: more)
+                    known += extended.dropFirst()
+                    if more.count < Int(EpochEndingsRequest.maxCount) { break }
+                }
+                await pool.succeeded(i, bytes: 0, duration: .zero, used: 0)
+                return known
             } catch {
-                lastError = error
+                await SyncRun.judge(error, source: i, pool: pool, what: "epoch endings")
             }
         }
-        throw lastError ?? SyncError("no peer answered")
+        return known
+    }
+}
+
+/// One catch-up's state, driven by a single coordinator loop; requests, verification and
+/// commits run as tasks that report back as ``SyncRun/Event``s.
+final class SyncRun {
+    struct Span: Sendable {
+        var first: UInt64
+        var summaries: [CertifiedCheckpointSummary]
+        var previousTotal: UInt64
+        var last: UInt64 { first + UInt64(summaries.count) - 1 }
     }
 
-    /// The blocks of `range` as streams of 32 over all peers, `window` at a time; a stream that
-    /// fails is asked again of the next peer.
-    func fetchBlocks(_ range: ClosedRange<UInt64>, streams: inout [Int]) async throws -> [UInt64: [BlockItem]] {
-        let spans = stride(from: range.lowerBound, through: range.upperBound, by: Int(BlocksRequest.maxCount)).map {
-            ($0, UInt32(min(UInt64(BlocksRequest.maxCount), range.upperBound - $0 + 1)))
+    struct Flight {
+        var span: Span
+        var sources: Set<Int>
+        var started: ContinuousClock.Instant
+        var tasks: [Task<Void, Never>] = []
+    }
+
+    struct SummaryBatchDone: Sendable {
+        var certified: [CertifiedCheckpointSummary]
+        var tip: VerifiedTip
+        var committees: [Committee]
+    }
+
+    struct CommitDone: Sendable {
+        var last: CertifiedCheckpointSummary
+        var checkpoints: Int
+        var transactions: Int
+        var rawBytes: Int
+        var storedBytes: Int
+    }
+
+    enum Event: Sendable {
+        case summaries(Result<SummaryBatchDone, any Error>)
+        case span(first: UInt64, source: Int, started: ContinuousClock.Instant, Result<([(VerifiedCheckpoint, Int)], Int), any Error>)
+        case committed(Result<CommitDone, any Error>)
+        case tick
+    }
+
+    let sync: PeerSync
+    let config: SyncConfiguration
+    let pool: SourcePool
+    let store: NodeStore
+    let target: UInt64
+    let progress: (@Sendable (SyncProgress) -> Void)?
+    let started = ContinuousClock.now
+    let events: AsyncStream<Event>
+    let post: AsyncStream<Event>.Continuation
+
+    var committees: [Committee]
+    /// Committed (`highestSynced`).
+    var synced: CertifiedCheckpointSummary
+    let first: UInt64
+    /// The last verified summary (stored as `highestVerified`).
+    var summaryTip: VerifiedTip
+    /// Verified summaries stored but not read back yet (a resumed sync), up to this height.
+    var storedAhead: UInt64
+    /// Verified summaries not yet given to a span.
+    var known: [CertifiedCheckpointSummary] = []
+    var knownStart = 0
+    var lastScheduledTotal: UInt64
+    var nextToSchedule: UInt64
+    var queue: [Span] = []
+    var flights: [UInt64: Flight] = [:]
+    var ready: [UInt64: (VerifiedCheckpoint, Int)] = [:]
+    var summaryTask: Task<Void, Never>?
+    var commitTask: Task<Void, Never>?
+    var spanSeconds: Double?
+    var stuckRefreshes = 0
+    var runningSpans = 0
+    var iterator: AsyncStream<Event>.Iterator
+    var quorumChecks = 0
+    var hedges = 0
+    var checkpoints = 0
+    var transactions = 0
+    var rawBytes = 0
+    var storedBytes = 0
+
+    init(sync: PeerSync, committees: [Committee], target: UInt64, progress: (@Sendable (SyncProgress) -> Void)?) async throws {
+        self.sync = sync
+        self.config = sync.configuration
+        self.pool = sync.pool
+        self.store = sync.store
+        self.committees = committees
+        self.progress = progress
+        (events, post) = AsyncStream.makeStream(of: Event.self)
+        iterator = events.makeAsyncIterator()
+        guard let s = try await store.watermark(.highestSynced), let synced = try await store.summary(at: s.seq),
+              let v = try await store.watermark(.highestVerified), let verified = try await store.summary(at: v.seq)
+        else { throw SyncError("the store has no genesis") }
+        self.synced = synced
+        self.first = s.seq + 1
+        self.target = max(target, s.seq)
+        summaryTip = VerifiedTip(summary: verified.summary)
+        storedAhead = v.seq
+        lastScheduledTotal = synced.summary.networkTotalTransactions
+        nextToSchedule = s.seq + 1
+    }
+
+    var syncedSeq: UInt64 { synced.summary.sequenceNumber }
+
+    func run() async throws -> CatchUpReport {
+        let ticker = Task { [post] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(100))
+                post.yield(.tick)
+            }
         }
-        let peers = self.peers
-        var blocks: [UInt64: [BlockItem]] = [:]
-        try await withThrowingTaskGroup(of: (Int, [BlockItem]).self) { group in
-            var nextSpan = 0
-            func start(_ i: Int) {
-                let (from, count) = spans[i]
-                group.addTask {
-                    var lastError: (any Error)? = nil
-                    for attempt in 0..<peers.count {
-                        let p = (i + attempt) % peers.count
-                        do {
-                            var items = try await peers[p].blocks(from: from, count: count)
-                            // A short stream: ask the rest of the span of another peer.
-                            var have = Set(items.map(\.seq))
-                            for q in 1..<peers.count where have.count < Int(count) {
-                                let missing = (from..<(from + UInt64(count))).first { !have.contains($0) }!
-                                let more = (try? await peers[(p + q) % peers.count].blocks(from: missing, count: UInt32(from + UInt64(count) - missing))) ?? []
-                                items += more
-                                have.formUnion(more.map(\.seq))
-                            }
-                            return (p, items)
-                        } catch {
-                            lastError = error
-                        }
+        defer { ticker.cancel() }
+        do {
+            while syncedSeq < target || commitTask != nil {
+                try Task.checkCancellation()
+                try await schedule()
+                guard let event = await iterator.next() else { break }
+                try await handle(event)
+            }
+        } catch {
+            await stopAll()
+            throw error
+        }
+        await stopAll()
+        return CatchUpReport(
+            tip: syncedSeq, checkpoints: checkpoints, transactions: transactions, rawBytes: rawBytes,
+            storedBytes: storedBytes, quorumChecks: quorumChecks, hedges: hedges, sources: await pool.stats)
+    }
+
+    /// Cancels requests in flight and waits for a commit in progress (never left running).
+    /// Every request's slot is given back to the pool before this returns.
+    func stopAll() async {
+        for flight in flights.values { for t in flight.tasks { t.cancel() } }
+        summaryTask?.cancel()
+        await summaryTask?.value
+        await commitTask?.value
+        while runningSpans > 0, let event = await iterator.next() {
+            guard case .span(let first, let source, let started, let result) = event else { continue }
+            runningSpans -= 1
+            switch result {
+            case .success((_, let bytes)): await pool.succeeded(source, bytes: bytes, duration: .now - started, used: 0)
+            case .failure(let error): await SyncRun.judge(error, source: source, pool: pool, what: "blocks \(first)...")
+            }
+        }
+        post.finish()
+    }
+
+    // MARK: scheduling
+
+    func schedule() async throws {
+        try await readStoredSummaries()
+        if summaryTask == nil, summaryTip.summary.sequenceNumber < target,
+           known.count - knownStart < Int(config.summaryBatch) / 2 + Int(config.spanLength) * config.window {
+            startSummaries()
+        }
+        while flights.count < config.window {
+            guard let span = nextSpan() else { break }
+            guard let source = await pool.pick(covering: span.first...span.last) else {
+                queue.insert(span, at: 0)
+                break
+            }
+            start(span, on: source)
+        }
+        if commitTask == nil { startCommit() }
+        if flights.isEmpty && summaryTask == nil && commitTask == nil && syncedSeq < target {
+            // Nothing can move: poll the sources again; give up after a few tries.
+            stuckRefreshes += 1
+            if stuckRefreshes > 20 {
+                let needed = syncedSeq + 1
+                throw SyncError("no usable source holds checkpoint \(needed): " + (await pool.stats).map(\.description).joined(separator: "; "))
+            }
+            try await Task.sleep(for: .milliseconds(min(100 * stuckRefreshes, 1_000)))
+            await pool.refresh()
+        }
+    }
+
+    /// A resumed sync reads summaries it verified earlier back from the store.
+    func readStoredSummaries() async throws {
+        let wanted = Int(config.spanLength) * config.window * 2
+        var last = lastKnown
+        while known.count - knownStart < wanted && last < storedAhead && last < target {
+            guard let s = try await store.summary(at: last + 1) else { throw SyncError("stored summary \(last + 1) is missing") }
+            known.append(s)
+            last += 1
+        }
+    }
+
+    /// The last summary in `known` (or scheduled).
+    var lastKnown: UInt64 { known.last?.summary.sequenceNumber ?? (nextToSchedule - 1) }
+
+    /// The next span: a requeued one first, else the next summaries, within the memory bound.
+    func nextSpan() -> Span? {
+        if !queue.isEmpty { return queue.removeFirst() }
+        let available = known.count - knownStart
+        guard available > 0, nextToSchedule <= target else { return nil }
+        let uncommitted = Int(nextToSchedule - syncedSeq - 1)
+        let room = config.maxUncommitted - uncommitted
+        let n = min(Int(config.spanLength), available, Int(target - nextToSchedule + 1), room)
+        guard n > 0 else { return nil }
+        // A short span only at the end: wait while more summaries are coming.
+        if n < Int(config.spanLength) && n == available && n < room && (summaryTask != nil || lastKnown < storedAhead) { return nil }
+        let summaries = Array(known[knownStart..<(knownStart + n)])
+        knownStart += n
+        if knownStart > 4_096 {
+            known.removeFirst(knownStart)
+            knownStart = 0
+        }
+        let span = Span(first: nextToSchedule, summaries: summaries, previousTotal: lastScheduledTotal)
+        lastScheduledTotal = summaries[summaries.count - 1].summary.networkTotalTransactions
+        nextToSchedule += UInt64(n)
+        return span
+    }
+
+    func start(_ span: Span, on source: Int) {
+        var flight = flights[span.first] ?? Flight(span: span, sources: [], started: .now)
+        flight.sources.insert(source)
+        flight.tasks.append(spanTask(span, source: source))
+        runningSpans += 1
+        flights[span.first] = flight
+    }
+
+    func spanTask(_ span: Span, source: Int) -> Task<Void, Never> {
+        let pool = self.pool
+        let post = self.post
+        let timeout = config.requestTimeout
+        let userSignatures = config.verifyUserSignatures
+        let limit = store.configuration.maxBlockBytes
+        return Task {
+            let started = ContinuousClock.now
+            do {
+                let client = await pool.client(source)
+                let items = try await client.blocks(from: span.first, count: UInt32(span.summaries.count), timeout: timeout)
+                let bytes = items.reduce(0) { $0 + $1.block.frame.count }
+                let verified = try SyncRun.verify(span, items: items, userSignatures: userSignatures, limit: limit)
+                post.yield(.span(first: span.first, source: source, started: started, .success((verified, bytes))))
+            } catch {
+                post.yield(.span(first: span.first, source: source, started: started, .failure(error)))
+            }
+        }
+    }
+
+    func startSummaries() {
+        let from = summaryTip.summary.sequenceNumber + 1
+        let count = UInt32(min(UInt64(config.summaryBatch), target - from + 1))
+        let tip = summaryTip
+        let committees = self.committees
+        let sync = self.sync
+        let post = self.post
+        let all = config.verifyAllCertificates
+        summaryTask = Task {
+            do {
+                let done = try await SyncRun.fetchSummaries(from: from, count: count, after: tip, committees: committees, sync: sync, verifyAll: all)
+                post.yield(.summaries(.success(done)))
+            } catch {
+                post.yield(.summaries(.failure(error)))
+            }
+        }
+    }
+
+    func startCommit() {
+        var batch: [(VerifiedCheckpoint, Int)] = []
+        var seq = syncedSeq + 1
+        while batch.count < config.commitGroup, let item = ready.removeValue(forKey: seq) {
+            batch.append(item)
+            seq += 1
+        }
+        guard !batch.isEmpty else { return }
+        let store = self.store
+        let post = self.post
+        commitTask = Task {
+            do {
+                try await store.commit(batch.map(\.0))
+                let done = CommitDone(
+                    last: batch[batch.count - 1].0.certified, checkpoints: batch.count,
+                    transactions: batch.reduce(0) { $0 + $1.0.data.entries.count }, rawBytes: batch.reduce(0) { $0 + $1.1 },
+                    storedBytes: batch.reduce(0) { $0 + $1.0.storedBytes })
+                post.yield(.committed(.success(done)))
+            } catch {
+                post.yield(.committed(.failure(error)))
+            }
+        }
+    }
+
+    // MARK: events
+
+    func handle(_ event: Event) async throws {
+        switch event {
+        case .tick:
+            await hedge()
+        case .summaries(let result):
+            summaryTask = nil
+            switch result {
+            case .success(let done):
+                quorumChecks += 1
+                if lastKnown == summaryTip.summary.sequenceNumber {
+                    known += done.certified
+                }  // else: read back from the store after the stored ones before them
+                summaryTip = done.tip
+                committees = done.committees
+                storedAhead = done.tip.summary.sequenceNumber
+                stuckRefreshes = 0
+            case .failure(let error):
+                if error is CancellationError { throw error }
+                if error is StoreError { throw error }
+                // Every source failed this batch: poll again, give up after a few tries.
+                stuckRefreshes += 1
+                if stuckRefreshes > 20 { throw error }
+                try await Task.sleep(for: .milliseconds(min(100 * stuckRefreshes, 1_000)))
+                await pool.refresh()
+            }
+        case .span(let first, let source, let started, let result):
+            runningSpans -= 1
+            try await spanDone(first: first, source: source, started: started, result)
+        case .committed(let result):
+            commitTask = nil
+            let done = try result.get()
+            synced = done.last
+            checkpoints += done.checkpoints
+            transactions += done.transactions
+            rawBytes += done.rawBytes
+            storedBytes += done.storedBytes
+            stuckRefreshes = 0
+            sync.onCommit?(done.last)
+            if let progress {
+                let usable = await pool.usable.count
+                let stats = await pool.stats
+                progress(SyncProgress(
+                    first: first, synced: syncedSeq, target: target, checkpoints: checkpoints, transactions: transactions,
+                    rawBytes: rawBytes, sources: usable, banned: stats.filter { $0.banReason != nil }.count,
+                    elapsed: ContinuousClock.now - started))
+            }
+        }
+    }
+
+    func spanDone(first: UInt64, source: Int, started: ContinuousClock.Instant, _ result: Result<([(VerifiedCheckpoint, Int)], Int), any Error>) async throws {
+        guard var flight = flights[first], flight.sources.contains(source) else {
+            // A hedge that lost (the span was already delivered) or a cancelled request.
+            switch result {
+            case .success((_, let bytes)): await pool.succeeded(source, bytes: bytes, duration: .now - started, used: 0)
+            case .failure(let error): await SyncRun.judge(error, source: source, pool: pool, what: "blocks \(first)...")
+            }
+            return
+        }
+        switch result {
+        case .success((let verified, let bytes)):
+            await pool.succeeded(source, bytes: bytes, duration: .now - started, used: verified.count)
+            let seconds = Double((ContinuousClock.now - started).components.attoseconds) / 1e18 + Double((ContinuousClock.now - started).components.seconds)
+            if verified.count == flight.span.summaries.count {
+                spanSeconds = spanSeconds.map { 0.8 * $0 + 0.2 * seconds } ?? seconds
+            }
+            for item in verified { ready[item.0.certified.summary.sequenceNumber] = item }
+            flights.removeValue(forKey: first)
+            // Other sources still on this span lose: cancelled, each accounted when it reports.
+            for t in flight.tasks { t.cancel() }
+            if verified.count < flight.span.summaries.count {
+                // A short stream: the source stopped holding the rest; ask for it again.
+                var rest = flight.span
+                let taken = verified.count
+                rest.first += UInt64(taken)
+                if taken > 0 { rest.previousTotal = verified[taken - 1].0.certified.summary.networkTotalTransactions }
+                rest.summaries.removeFirst(taken)
+                if taken == 0 { await pool.noteLacks(source) }
+                queue.insert(rest, at: 0)
+                queue.sort { $0.first < $1.first }
+            }
+        case .failure(let error):
+            await SyncRun.judge(error, source: source, pool: pool, what: "blocks \(first)...\(flight.span.last)")
+            flight.sources.remove(source)
+            if flight.sources.isEmpty {
+                flights.removeValue(forKey: first)
+                queue.append(flight.span)
+                queue.sort { $0.first < $1.first }
+            } else {
+                flights[first] = flight
+            }
+        }
+    }
+
+    /// Asks a straggling span of a second source once it has waited past the adaptive delay;
+    /// the oldest spans first (they hold up the in-order commit).
+    func hedge() async {
+        let delay = max(config.minHedgeDelay, .seconds(3 * (spanSeconds ?? 1)))
+        let now = ContinuousClock.now
+        var extra = flights.values.filter { $0.sources.count > 1 }.count
+        for first in flights.keys.sorted() where extra < max(2, config.window / 2) {
+            guard let flight = flights[first], flight.sources.count == 1, now - flight.started > delay else { continue }
+            guard let source = await pool.pick(covering: flight.span.first...flight.span.last, excluding: flight.sources) else { continue }
+            await pool.hedged(source)
+            hedges += 1
+            extra += 1
+            start(flight.span, on: source)
+        }
+    }
+
+    // MARK: verification
+
+    /// Verifies a span's stream against its verified summaries: the verified prefix (a source
+    /// may stop early), each with its raw size.
+    static func verify(_ span: Span, items: [BlockItem], userSignatures: Bool, limit: Int) throws -> [(VerifiedCheckpoint, Int)] {
+        var out: [(VerifiedCheckpoint, Int)] = []
+        var k = 0
+        var previousTotal = span.previousTotal
+        for certified in span.summaries {
+            let seq = certified.summary.sequenceNumber
+            guard k < items.count else { break }
+            guard items[k].seq == seq, items[k].part == 0 else {
+                throw SyncError("the stream for checkpoints \(span.first)...\(span.last) sent checkpoint \(items[k].seq) part \(items[k].part) where checkpoint \(seq) part 0 belongs")
+            }
+            let parts = Int(items[k].block.count)
+            let entryCount = certified.summary.networkTotalTransactions - previousTotal
+            guard UInt64(parts) == BlockVerifier.partCount(entryCount: entryCount) else {
+                throw SyncError("checkpoint \(seq): \(parts) parts announced for \(entryCount) entries")
+            }
+            guard k + parts <= items.count else { break }
+            var frames: [[UInt8]] = []
+            var proofs: [[Digest]] = []
+            for p in 0..<parts {
+                let item = items[k + p]
+                guard item.seq == seq, item.part == UInt32(p) else {
+                    throw SyncError("checkpoint \(seq): part \(p) missing from the stream")
+                }
+                frames.append(item.block.frame)
+                proofs.append(item.block.proof)
+            }
+            k += parts
+            out.append(try CheckpointImporter.verifyBlocks(
+                SourceCheckpoint(certified: certified, frames: frames, proofs: proofs), entryCount: entryCount,
+                userSignatures: userSignatures, limit: limit))
+            previousTotal = certified.summary.networkTotalTransactions
+        }
+        guard k == items.count || out.count < span.summaries.count else {
+            throw SyncError("the stream for checkpoints \(span.first)...\(span.last) sent \(items.count - k) items too many")
+        }
+        return out
+    }
+
+    /// Fetches, verifies (one quorum check, the epoch chain extended when the batch crosses into
+    /// an epoch not yet known) and stores one summary batch, from the best source that holds it.
+    static func fetchSummaries(
+        from: UInt64, count: UInt32, after tip: VerifiedTip, committees: [Committee], sync: PeerSync, verifyAll: Bool
+    ) async throws -> SummaryBatchDone {
+        let pool = sync.pool
+        var tried: Set<Int> = []
+        var lastError: (any Error)? = nil
+        let last = from + UInt64(count) - 1
+        while let i = await pool.pick(covering: from...last, excluding: tried) {
+            tried.insert(i)
+            let client = await pool.client(i)
+            do {
+                let answer = try await client.summaries(from: from, count: count, allCertificates: true)
+                guard answer.summaries.count == Int(count), answer.certificates.count == Int(count),
+                      answer.summaries.first?.sequenceNumber == from
+                else {
+                    throw SyncError("asked for summaries \(from)...\(last), got \(answer.summaries.count) from \(answer.summaries.first?.sequenceNumber ?? 0)")
+                }
+                var certified: [CertifiedCheckpointSummary] = []
+                certified.reserveCapacity(Int(count))
+                for (s, c) in zip(answer.summaries, answer.certificates) {
+                    guard let c else { throw SyncError("summary \(s.sequenceNumber) came without its certificate") }
+                    certified.append(CertifiedCheckpointSummary(summary: s, certificate: c))
+                }
+                var known = committees
+                if let lastEpoch = answer.summaries.last?.epoch, Int(lastEpoch) >= known.count - 1,
+                   answer.summaries.contains(where: { $0.endOfEpoch != nil && Int($0.epoch) + 1 >= known.count }) {
+                    // The batch crosses an epoch end we have not verified: extend the chain first.
+                    let more = try await client.epochEndings(from: UInt64(known.count - 1))
+                    known += try ChainVerifier.verifyEpochChain(genesis: known[known.count - 1], endOfEpochSummaries: more).dropFirst()
+                }
+                let frozen = known
+                let newTip = try ChainVerifier.verifySummaryBatch(
+                    SummaryBatch(certified: certified), after: tip, verifyAllCertificates: verifyAll,
+                    committee: { $0 < frozen.count ? frozen[Int($0)] : nil })
+                // Archive stores every certificate: each is checked for shape (committee, bitmap,
+                // quorum of power); the batch's last also for its signatures.
+                for c in certified {
+                    guard c.certificate.epoch < frozen.count else { throw SyncError("summary \(c.summary.sequenceNumber): certificate of an unknown epoch") }
+                    guard c.certificate.epoch == c.summary.epoch else {
+                        throw SyncError("summary \(c.summary.sequenceNumber) of epoch \(c.summary.epoch) carries a certificate of epoch \(c.certificate.epoch)")
                     }
-                    throw lastError ?? SyncError("no peer served blocks \(from)...")
+                    try c.certificate.verifyShape(committee: frozen[Int(c.certificate.epoch)])
                 }
-            }
-            while nextSpan < min(window, spans.count) {
-                start(nextSpan)
-                nextSpan += 1
-            }
-            for try await (peer, items) in group {
-                streams[peer] += 1
-                for item in items { blocks[item.seq, default: []].append(item) }
-                if nextSpan < spans.count {
-                    start(nextSpan)
-                    nextSpan += 1
+                try await sync.store.commitSummaries(certified)
+                await pool.succeeded(i, bytes: 0, duration: .zero, used: 0)
+                return SummaryBatchDone(certified: certified, tip: newTip, committees: known)
+            } catch {
+                if error is CancellationError {
+                    await pool.released(i)
+                    throw error
                 }
+                if error is StoreError { await pool.released(i); throw error }
+                lastError = error
+                await judge(error, source: i, pool: pool, what: "summaries \(from)...\(last)")
             }
         }
-        for (seq, items) in blocks {
-            var byPart: [UInt32: BlockItem] = [:]
-            for item in items { byPart[item.part] = item }
-            blocks[seq] = byPart.keys.sorted().compactMap { byPart[$0] }
+        throw lastError ?? SyncError("no usable source holds summaries \(from)...\(last)")
+    }
+
+    /// Accounts a failed request to source `i`: bad data bans it, a stall or a closed connection
+    /// counts against it, a refusal for data it does not hold makes it re-poll.
+    static func judge(_ error: any Error, source i: Int, pool: SourcePool, what: String) async {
+        switch error {
+        case is CancellationError:
+            await pool.released(i)
+        case let e as WireError where e.code == .timedOut:
+            await pool.failed(i, stalled: true, reason: "\(what): \(e)")
+        case let e as WireError where e.code == .connectionClosed:
+            await pool.failed(i, stalled: false, reason: "\(what): \(e)")
+            await pool.ban(i, reason: "disconnected: \(e)")
+        case let e as WireError:
+            await pool.misbehaved(i, reason: "\(what): \(e)")
+        case let e as RPCError:
+            switch e {
+            case .notFound: await pool.lacks(i)
+            default: await pool.failed(i, stalled: false, reason: "\(what): \(e)")
+            }
+        default:
+            // Anything that fails verification or decoding.
+            await pool.misbehaved(i, reason: "\(what): \(error)")
         }
-        return blocks
     }
 }

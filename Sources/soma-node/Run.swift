@@ -34,9 +34,10 @@ struct Init: AsyncParsableCommand {
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Open the store and serve its history to peers until SIGINT or SIGTERM.",
+        abstract: "Serve the store's history to peers, sync from and follow the configured peers, until SIGINT or SIGTERM.",
         discussion: """
-            Reads DIR/soma-node.yaml if present (see `soma-node init`), then the flags. On SIGINT or \
+            With peers (--peer or sync.peers), the node catches up from them and then follows the \
+            tip: it polls them, reacts to checkpoints they push, and forwards each new tip. Reads DIR/soma-node.yaml if present (see `soma-node init`), then the flags. On SIGINT or \
             SIGTERM it stops accepting connections, lets requests in flight finish (drainSeconds), \
             closes connections and closes the store last.
             """)
@@ -47,6 +48,8 @@ struct Run: AsyncParsableCommand {
     var config: String?
     @Option(help: "Address to listen on, HOST:PORT (port 0: any free port).")
     var listen: String?
+    @Option(help: "A peer to sync from and follow, HOST:PORT (repeat for several; replaces sync.peers of the file).")
+    var peer: [String] = []
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String?
 
@@ -64,6 +67,14 @@ struct Run: AsyncParsableCommand {
             configuration.listenPort = port
         }
         if let logLevel { configuration.logLevel = logLevel }
+        if !peer.isEmpty {
+            for p in peer {
+                guard let colon = p.lastIndex(of: ":"), let port = Int(p[p.index(after: colon)...]), (1...65_535).contains(port),
+                      colon != p.startIndex
+                else { throw ValidationError("--peer takes HOST:PORT, not \(p)") }
+            }
+            configuration.peers = peer
+        }
         let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

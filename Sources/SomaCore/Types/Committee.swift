@@ -151,6 +151,17 @@ public struct QuorumCertificate: Hashable, Sendable, BCSCodable {
     /// - Throws: ``CoreError`` with `wrongEpoch`, `bitmapOutOfRange`, `unknownSigner`,
     ///   `signatureCountMismatch`, `duplicateSigner`, `insufficientVotingPower` or `invalidSignature`.
     public func verify(_ message: [UInt8], committee: Committee) throws(CoreError) {
+        let indices = try verifyShape(committee: committee)
+        for (k, i) in indices.enumerated() where !committee.members[i].name.isValidSignature(signatures[k], for: message) {
+            throw CoreError(.invalidSignature, "signature of member \(i) (\(committee.members[i].name.raw.short)) is invalid")
+        }
+    }
+
+    /// Every check of ``verify(_:committee:)`` but the signatures themselves (no cryptography):
+    /// epoch, bitmap, signers inside the committee, one distinct signature each, quorum of voting
+    /// power. Returns the signer indices.
+    @discardableResult
+    public func verifyShape(committee: Committee) throws(CoreError) -> [Int] {
         guard epoch == committee.epoch else {
             throw CoreError(.wrongEpoch, "certificate of epoch \(epoch) checked against committee of epoch \(committee.epoch)")
         }
@@ -174,9 +185,7 @@ public struct QuorumCertificate: Hashable, Sendable, BCSCodable {
         guard power >= Committee.quorum else {
             throw CoreError(.insufficientVotingPower, "signers hold \(power) of \(Committee.totalVotingPower), quorum is \(Committee.quorum)")
         }
-        for (k, i) in indices.enumerated() where !committee.members[i].name.isValidSignature(signatures[k], for: message) {
-            throw CoreError(.invalidSignature, "signature of member \(i) (\(committee.members[i].name.raw.short)) is invalid")
-        }
+        return indices
     }
 
     /// Writes epoch, bitmap, signatures.

@@ -1,0 +1,264 @@
+public import SomaCore
+public import SomaNet
+
+/// How a source stands with the scheduler, for reports and `soma-node sync`'s summary.
+public struct SourceStats: Sendable, CustomStringConvertible {
+    /// The label it was added with (usually `HOST:PORT`).
+    public var label: String
+    /// Its peer id (proven in the handshake).
+    public var peerID: PeerID
+    /// Checkpoints it delivered that were verified and used.
+    public var checkpoints = 0
+    /// Bytes of blocks received from it (used or not).
+    public var bytes = 0
+    /// Requests that failed (timeouts, stalls, refusals, closed connections).
+    public var failures = 0
+    /// Hedged re-requests sent to it because another source straggled.
+    public var hedges = 0
+    /// Measured throughput (bytes/s, moving average), if measured.
+    public var throughput: Double?
+    /// Why it is banned, while it is.
+    public var banReason: String?
+    /// The lowest and highest checkpoints it says it holds.
+    public var holds: ClosedRange<UInt64>?
+
+    /// One line: label, checkpoints, MB, failures, ban.
+    public var description: String {
+        var s = "\(label): \(checkpoints) checkpoints, \(String(format2: Double(bytes) / 1e6)) MB"
+        if failures > 0 { s += ", \(failures) failed requests" }
+        if hedges > 0 { s += ", \(hedges) hedged" }
+        if let banReason { s += ", banned: \(banReason)" }
+        return s
+    }
+}
+
+extension String {
+    init(format2 value: Double) {
+        let r = (value * 10).rounded() / 10
+        self = "\(r)"
+    }
+}
+
+/// The sources a sync draws from, with their scores (DESIGN §9, §10): each one's advertised
+/// range, a moving average of its throughput, its requests in flight, failures and bans.
+///
+/// The scheduler asks for the best source that holds a range (``pick(covering:excluding:)``):
+/// a source that does not hold the range is never asked for it; a banned one is skipped until
+/// its ban expires; among the rest, the one with the most throughput per request in flight wins,
+/// and an unmeasured source is tried first. A source that sends anything that fails
+/// verification is banned (``ban(_:reason:)``); timeouts halve its measured throughput and two in
+/// a row ban it for the stall ban time.
+public actor SourcePool {
+    struct Entry {
+        let client: PeerClient
+        var stats: SourceStats
+        var availability: Availability?
+        var inFlight = 0
+        var consecutiveFailures = 0
+        var bannedUntil: ContinuousClock.Instant?
+    }
+
+    var entries: [Entry] = []
+    let perSourceInFlight: Int
+    let banDuration: Duration
+    let stallBanDuration: Duration
+    /// Called with the label and reason whenever a source is banned.
+    let onBan: (@Sendable (String, String) -> Void)?
+
+    /// A pool of `clients` (labels in the same order).
+    /// - Parameters:
+    ///   - perSourceInFlight: most requests one source has at once.
+    ///   - banDuration: how long a source that sent bad data is avoided.
+    ///   - stallBanDuration: how long a source that timed out twice in a row is avoided.
+    public init(
+        clients: [PeerClient], labels: [String], perSourceInFlight: Int = 4, banDuration: Duration = .seconds(600),
+        stallBanDuration: Duration = .seconds(60), onBan: (@Sendable (String, String) -> Void)? = nil
+    ) {
+        precondition(clients.count == labels.count, "one label per client")
+        entries = zip(clients, labels).map { Entry(client: $0, stats: SourceStats(label: $1, peerID: $0.peerID)) }
+        self.perSourceInFlight = max(1, perSourceInFlight)
+        self.banDuration = banDuration
+        self.stallBanDuration = stallBanDuration
+        self.onBan = onBan
+    }
+
+    /// Adds a source (a new connection); returns its index.
+    @discardableResult
+    public func add(_ client: PeerClient, label: String) -> Int {
+        entries.append(Entry(client: client, stats: SourceStats(label: label, peerID: client.peerID)))
+        return entries.count - 1
+    }
+
+    /// Puts a new connection in place of source `i` (a reconnection): its scores stay, its
+    /// availability is polled again.
+    public func replace(_ i: Int, with client: PeerClient) {
+        let old = entries[i]
+        entries[i] = Entry(client: client, stats: old.stats, availability: nil, inFlight: old.inFlight, bannedUntil: old.bannedUntil)
+        entries[i].stats.peerID = client.peerID
+    }
+
+    /// The number of sources.
+    public var count: Int { entries.count }
+
+    /// Every source's client.
+    public var clients: [PeerClient] { entries.map(\.client) }
+
+    /// The client of source `i`.
+    public func client(_ i: Int) -> PeerClient { entries[i].client }
+
+    /// The label of source `i`.
+    public func label(_ i: Int) -> String { entries[i].stats.label }
+
+    /// Asks every source that is not banned what it holds (concurrently); a source that does not
+    /// answer counts a failure.
+    public func refresh() async {
+        let now = ContinuousClock.now
+        let targets = entries.indices.filter { entries[$0].bannedUntil.map { $0 <= now } ?? true }
+        let clients = targets.map { entries[$0].client }
+        let answers = await withTaskGroup(of: (Int, Availability?).self) { group in
+            for (k, c) in clients.enumerated() {
+                group.addTask { (k, try? await c.availability()) }
+            }
+            var out = [Availability?](repeating: nil, count: clients.count)
+            for await (k, a) in group { out[k] = a }
+            return out
+        }
+        for (k, i) in targets.enumerated() {
+            if let a = answers[k] {
+                entries[i].availability = a
+                entries[i].stats.holds = a.lowestAvailable...max(a.lowestAvailable, a.highestSynced)
+            } else {
+                entries[i].stats.failures += 1
+                entries[i].availability = nil
+                entries[i].stats.holds = nil
+            }
+        }
+    }
+
+    /// Notes what source `i` said it holds (from a push or an answer).
+    public func noteHolds(_ i: Int, highest: UInt64) {
+        guard var a = entries[i].availability, highest > a.highestSynced else { return }
+        a.highestSynced = highest
+        entries[i].availability = a
+        entries[i].stats.holds = a.lowestAvailable...highest
+    }
+
+    /// The highest checkpoint a source that is not banned holds.
+    public var highestHeld: UInt64 {
+        let now = ContinuousClock.now
+        return entries.filter { $0.bannedUntil.map { $0 <= now } ?? true }.compactMap { $0.availability?.highestSynced }.max() ?? 0
+    }
+
+    /// Sources that are not banned and answered the last availability poll.
+    public var usable: [Int] {
+        let now = ContinuousClock.now
+        return entries.indices.filter { (entries[$0].bannedUntil.map { $0 <= now } ?? true) && entries[$0].availability != nil }
+    }
+
+    func eligible(_ i: Int, _ range: ClosedRange<UInt64>, _ now: ContinuousClock.Instant) -> Bool {
+        let e = entries[i]
+        if let until = e.bannedUntil, until > now { return false }
+        guard let a = e.availability else { return false }
+        return a.lowestAvailable <= range.lowerBound && a.highestSynced >= range.upperBound
+    }
+
+    /// Whether any source that is not banned holds `range`.
+    public func anyHolds(_ range: ClosedRange<UInt64>) -> Bool {
+        let now = ContinuousClock.now
+        return entries.indices.contains { eligible($0, range, now) }
+    }
+
+    /// The best source for `range` that has a free request slot and is not in `excluding`, and
+    /// takes the slot; `nil` if none.
+    public func pick(covering range: ClosedRange<UInt64>, excluding: Set<Int> = []) -> Int? {
+        let now = ContinuousClock.now
+        var best: (Int, Double)? = nil
+        for i in entries.indices where !excluding.contains(i) && entries[i].inFlight < perSourceInFlight && eligible(i, range, now) {
+            // Unmeasured sources first (infinite score), then throughput per request in flight.
+            let score = (entries[i].stats.throughput ?? .infinity) / Double(entries[i].inFlight + 1)
+            if best == nil || score > best!.1 { best = (i, score) }
+        }
+        if let (i, _) = best { entries[i].inFlight += 1 }
+        return best?.0
+    }
+
+    /// Takes a request slot on source `i` (for requests that are not block spans).
+    public func take(_ i: Int) { entries[i].inFlight += 1 }
+
+    /// Source `i` answered: `bytes` in `duration`, of which `used` checkpoints were used.
+    public func succeeded(_ i: Int, bytes: Int, duration: Duration, used: Int) {
+        entries[i].inFlight -= 1
+        entries[i].consecutiveFailures = 0
+        entries[i].stats.bytes += bytes
+        entries[i].stats.checkpoints += used
+        let seconds = max(Double(duration.components.attoseconds) / 1e18 + Double(duration.components.seconds), 1e-4)
+        let rate = Double(bytes) / seconds
+        if bytes > 0 {
+            entries[i].stats.throughput = entries[i].stats.throughput.map { 0.7 * $0 + 0.3 * rate } ?? rate
+        }
+    }
+
+    /// Source `i` failed a request; a timeout (`stalled`) twice in a row bans it for the stall
+    /// ban time.
+    public func failed(_ i: Int, stalled: Bool, reason: String) {
+        entries[i].inFlight -= 1
+        entries[i].stats.failures += 1
+        entries[i].consecutiveFailures += 1
+        entries[i].stats.throughput = entries[i].stats.throughput.map { $0 / 2 } ?? 1
+        if stalled && entries[i].consecutiveFailures >= 2 {
+            ban(i, reason: "unresponsive: \(reason)", for: stallBanDuration)
+        }
+    }
+
+    /// Source `i` released a slot without an outcome (its request was cancelled: another source
+    /// answered first).
+    public func released(_ i: Int) {
+        entries[i].inFlight -= 1
+    }
+
+    /// Source `i` said it does not hold something it advertised: forget its availability until
+    /// the next poll.
+    public func lacks(_ i: Int) {
+        entries[i].inFlight -= 1
+        entries[i].availability = nil
+        entries[i].stats.holds = nil
+    }
+
+    /// Source `i` turned out not to hold what it advertised (a short answer): forget its
+    /// availability until the next poll.
+    public func noteLacks(_ i: Int) {
+        entries[i].availability = nil
+        entries[i].stats.holds = nil
+    }
+
+    /// Counts a hedged request sent to source `i`.
+    public func hedged(_ i: Int) { entries[i].stats.hedges += 1 }
+
+    /// Bans source `i` (bad data: the ban time; otherwise `duration`).
+    public func ban(_ i: Int, reason: String, for duration: Duration? = nil) {
+        entries[i].bannedUntil = ContinuousClock.now + (duration ?? banDuration)
+        entries[i].stats.banReason = reason
+        onBan?(entries[i].stats.label, reason)
+    }
+
+    /// Releases a slot and bans (bad data).
+    public func misbehaved(_ i: Int, reason: String) {
+        entries[i].inFlight -= 1
+        ban(i, reason: reason)
+    }
+
+    /// Whether source `i` is banned now.
+    public func isBanned(_ i: Int) -> Bool {
+        entries[i].bannedUntil.map { $0 > ContinuousClock.now } ?? false
+    }
+
+    /// Every source's standing.
+    public var stats: [SourceStats] {
+        let now = ContinuousClock.now
+        return entries.map { e in
+            var s = e.stats
+            if let until = e.bannedUntil, until <= now { s.banReason = nil }
+            return s
+        }
+    }
+}

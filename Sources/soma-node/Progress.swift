@@ -1,0 +1,61 @@
+import Foundation
+import SomaSync
+import Synchronization
+
+/// Shows a sync's progress: a bar redrawn in place on a terminal (checkpoints/s, MB/s, peers,
+/// ETA), plain log lines every `logEvery` otherwise (a pipe, a file, a service manager).
+final class ProgressDisplay: Sendable {
+    let terminal: Bool
+    let logEvery: Duration
+    private let last = Mutex<(ContinuousClock.Instant, Bool)>((.now - .seconds(3_600), false))
+
+    init(terminal: Bool = isatty(STDOUT_FILENO) == 1, logEvery: Duration = .seconds(5)) {
+        self.terminal = terminal
+        self.logEvery = logEvery
+    }
+
+    /// One update; drawn at most 10 times a second on a terminal, once per `logEvery` otherwise
+    /// (and always at 100%).
+    func update(_ p: SyncProgress) {
+        let now = ContinuousClock.now
+        let done = p.synced >= p.target
+        let due = last.withLock { state -> Bool in
+            let interval: Duration = terminal ? .milliseconds(100) : logEvery
+            guard done || now - state.0 >= interval else { return false }
+            state = (now, true)
+            return true
+        }
+        guard due else { return }
+        let line = Self.describe(p)
+        if terminal {
+            let total = max(1, Double(p.target) - Double(p.first) + 1)
+            let fraction = min(1, Double(p.checkpoints) / total)
+            let width = 24
+            let filled = Int(fraction * Double(width))
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            FileHandle.standardOutput.write(Data("\r[\(bar)] \(format(fraction * 100, 0))% \(line)\u{1B}[K".utf8))
+            if done { FileHandle.standardOutput.write(Data("\n".utf8)) }
+        } else {
+            print("sync: " + line)
+        }
+    }
+
+    /// Ends the bar's line (a sync that stopped before 100%).
+    func finish() {
+        let drawn = last.withLock { $0.1 }
+        if terminal && drawn { FileHandle.standardOutput.write(Data("\u{1B}[K\n".utf8)) }
+    }
+
+    /// `checkpoint 1234/10000 · 250 checkpoints/s · 40.1 MB/s · 3 peers · ETA 0:35`.
+    static func describe(_ p: SyncProgress) -> String {
+        let secs = max(1e-3, Double(p.elapsed.components.seconds) + Double(p.elapsed.components.attoseconds) / 1e18)
+        let rate = Double(p.checkpoints) / secs
+        let remaining = Double(p.target - min(p.target, p.synced))
+        let eta = rate > 0 ? Int(remaining / rate) : 0
+        var s = "checkpoint \(p.synced)/\(p.target) · \(format(rate, 0)) checkpoints/s · \(format(Double(p.rawBytes) / 1e6 / secs)) MB/s"
+        s += " · \(p.sources) peer\(p.sources == 1 ? "" : "s")"
+        if p.banned > 0 { s += " (\(p.banned) banned)" }
+        s += " · ETA \(eta / 60):\(String(format: "%02d", eta % 60))"
+        return s
+    }
+}
