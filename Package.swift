@@ -140,6 +140,15 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
+            name: "SomaSyncTests",
+            dependencies: [
+                "SomaCore", "SomaNet", "SomaStore", "SomaSync", "SomaDevnet", "SomaTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "SomaNodeTests",
             dependencies: ["SomaNode", "SomaStore"],
             swiftSettings: strict

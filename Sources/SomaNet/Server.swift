@@ -76,6 +76,7 @@ final class RequestHandler: ChannelInboundHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let done = event as? HandshakeCompleted {
             peer = done.peerID
+            serverInFlight.peers.withLock { $0[ObjectIdentifier(context.channel)] = done.peerID }
             logger.debug("peer connected", metadata: ["peer.id": "\(done.peerID.raw.short)", "peer.address": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
         }
         context.fireUserInboundEventTriggered(event)
@@ -265,6 +266,8 @@ final class IdleCloser: ChannelInboundHandler {
 final class ServerState: Sendable {
     let requests = Atomic<Int>(0)
     let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+    /// The peer of each connection whose handshake completed.
+    let peers = Mutex<[ObjectIdentifier: PeerID]>([:])
 
     /// Registers a new connection; `false` when its address already holds `limit` connections.
     func add(_ channel: any Channel, limit: Int) -> Bool {
@@ -278,6 +281,7 @@ final class ServerState: Sendable {
         if admitted {
             channel.closeFuture.whenComplete { [self] _ in
                 _ = connections.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) }
+                _ = peers.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) }
             }
         }
         return admitted
@@ -302,6 +306,18 @@ public final class NetServer: Sendable {
 
     /// Requests being answered now.
     public var requestsInFlight: Int { state.requests.load(ordering: .relaxed) }
+
+    /// Sends a one-way message (such as `pushCheckpoint`) to every connected peer; connections
+    /// still in their handshake refuse it. `except` skips one peer (the one it came from).
+    public func broadcast(_ method: Method, _ payload: [UInt8], except: PeerID? = nil) {
+        let open = state.connections.withLock { Array($0.values) }
+        for channel in open {
+            let peer = state.peers.withLock { $0[ObjectIdentifier(channel)] }
+            guard peer != nil, peer != except else { continue }
+            let frame = Frame(kind: .oneWay, method: method.rawValue, requestID: 0, payload: ByteBuffer(bytes: payload))
+            channel.writeAndFlush(frame, promise: nil)
+        }
+    }
 
     /// A graceful stop: stops accepting, lets the requests in flight finish (up to `drain`),
     /// then closes every connection.

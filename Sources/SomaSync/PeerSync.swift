@@ -324,13 +324,19 @@ final class SyncRun {
            known.count - knownStart < Int(config.summaryBatch) / 2 + Int(config.spanLength) * config.window {
             startSummaries()
         }
-        while flights.count < config.window {
+        // A span no free source holds waits; later spans may still go to other sources.
+        var waiting: [Span] = []
+        while flights.count < config.window && waiting.count < 4 {
             guard let span = nextSpan() else { break }
             guard let source = await pool.pick(covering: span.first...span.last) else {
-                queue.insert(span, at: 0)
-                break
+                waiting.append(span)
+                continue
             }
             start(span, on: source)
+        }
+        if !waiting.isEmpty {
+            queue.insert(contentsOf: waiting, at: 0)
+            queue.sort { $0.first < $1.first }
         }
         if commitTask == nil { startCommit() }
         if flights.isEmpty && summaryTask == nil && commitTask == nil && syncedSeq < target {
@@ -550,7 +556,11 @@ final class SyncRun {
     /// Asks a straggling span of a second source once it has waited past the adaptive delay;
     /// the oldest spans first (they hold up the in-order commit).
     func hedge() async {
-        let delay = max(config.minHedgeDelay, .seconds(3 * (spanSeconds ?? 1)))
+        // Three times the usual span time (twice the minimum before any was measured), and
+        // always before the request would time out.
+        let usual: Duration = spanSeconds.map { .seconds(3 * $0) } ?? config.minHedgeDelay * 2
+        let ceiling = Duration.nanoseconds(config.requestTimeout.nanoseconds / 2)
+        let delay = max(config.minHedgeDelay, min(usual, ceiling))
         let now = ContinuousClock.now
         var extra = flights.values.filter { $0.sources.count > 1 }.count
         for first in flights.keys.sorted() where extra < max(2, config.window / 2) {

@@ -21,14 +21,17 @@ public final class TipFollower: Sendable {
     let logger: Logger
     let slots = Mutex<[String: Int]>([:])
     let wake: AsyncStream<Void>.Continuation
+    let forward: @Sendable (CertifiedCheckpointSummary) -> Void
     let wakes: AsyncStream<Void>
 
-    /// A follower of `seeds` (`HOST:PORT`) that fills `store`.
+    /// A follower of `seeds` (`HOST:PORT`) that fills `store`; `forward` is also given each new
+    /// tip (a serving node sends it to the peers connected to it).
     public init(
         store: NodeStore, genesis: Genesis, seeds: [String], identity: HandshakeIdentity, net: NetConfiguration = NetConfiguration(),
         group: any EventLoopGroup, configuration: SyncConfiguration = SyncConfiguration(), pollInterval: Duration = .seconds(2),
-        logger: Logger
+        logger: Logger, forward: @escaping @Sendable (CertifiedCheckpointSummary) -> Void = { _ in }
     ) {
+        self.forward = forward
         let pool = SourcePool(
             clients: [], labels: [], perSourceInFlight: configuration.perSourceInFlight, banDuration: configuration.banDuration,
             stallBanDuration: configuration.stallBanDuration,
@@ -109,6 +112,7 @@ public final class TipFollower: Sendable {
                     if let tip = try await sync.store.watermark(.highestSynced), tip.seq > lastForwarded,
                        let certified = try await sync.store.summary(at: tip.seq) {
                         for client in await sync.pool.clients where client.isConnected { client.push(certified) }
+                        forward(certified)
                         lastForwarded = tip.seq
                     }
                 } catch is CancellationError {

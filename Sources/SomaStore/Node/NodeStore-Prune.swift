@@ -53,8 +53,10 @@ extension NodeStore {
                 guard let lowestEpoch = lowestSummary?.summary.epoch else { return true }
                 // The epoch holding highestExecuted is current even if just ended.
                 let currentEpoch = executedSummary.summary.endOfEpoch == nil ? executedSummary.summary.epoch : executedSummary.summary.epoch + 1
+                // An epoch that ends at the executed tip stays until a checkpoint follows it: the
+                // store never prunes its newest checkpoint.
                 guard lowestEpoch + retain <= currentEpoch,
-                      let record = try epochSync(lowestEpoch), let last = record.lastCheckpoint, last <= executed.seq
+                      let record = try epochSync(lowestEpoch), let last = record.lastCheckpoint, last < executed.seq
                 else { return true }
                 var seq = lowest.seq
                 while seq <= last {
