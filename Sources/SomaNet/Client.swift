@@ -13,9 +13,12 @@ final class ResponseHandler: ChannelInboundHandler {
     private var pending: [UInt64: (EventLoopPromise<Frame>, Scheduled<Void>?)] = [:]
     private var streams: [UInt64: (EventLoopPromise<[Frame]>, [Frame], Scheduled<Void>?)] = [:]
     let handshake: EventLoopPromise<HandshakeCompleted>
+    let pushes: AsyncStream<PushedCheckpoint>.Continuation?
+    private var peerID: PeerID?
 
-    init(handshake: EventLoopPromise<HandshakeCompleted>) {
+    init(handshake: EventLoopPromise<HandshakeCompleted>, pushes: AsyncStream<PushedCheckpoint>.Continuation?) {
         self.handshake = handshake
+        self.pushes = pushes
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -89,6 +92,16 @@ final class ResponseHandler: ChannelInboundHandler {
             goodbye = String(decoding: frame.payload.readableBytesView, as: UTF8.self)
             return
         }
+        if frame.kind == .oneWay && frame.method == Method.pushCheckpoint.rawValue {
+            // The peer gossips a new tip on this connection too (it serves us, we follow it).
+            guard let peerID, let pushes else { return }
+            guard let certified = try? BCS.decode(CertifiedCheckpointSummary.self, fromContiguous: frame.payload.readableBytesView) else {
+                context.close(promise: nil)
+                return
+            }
+            pushes.yield(PushedCheckpoint(peerID: peerID, certified: certified))
+            return
+        }
         if var entry = streams[frame.requestID] {
             switch frame.kind {
             case .streamItem:
@@ -119,7 +132,10 @@ final class ResponseHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let done = event as? HandshakeCompleted { handshake.succeed(done) }
+        if let done = event as? HandshakeCompleted {
+            peerID = done.peerID
+            handshake.succeed(done)
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -171,11 +187,12 @@ public final class PeerClient: Sendable {
         self.configuration = configuration
     }
 
-    /// Connects to `host:port` and completes the handshake as `identity`.
+    /// Connects to `host:port` and completes the handshake as `identity`; checkpoints the peer
+    /// pushes on this connection go to `pushes`, if given.
     /// - Throws: ``WireError`` (wrong chain, wrong version, bad proof, timeout) or a socket error.
     public static func connect(
         host: String, port: Int, identity: HandshakeIdentity, configuration: NetConfiguration = NetConfiguration(),
-        group: any EventLoopGroup
+        group: any EventLoopGroup, pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil
     ) async throws -> PeerClient {
         let loop = group.next()
         let handshake = loop.makePromise(of: HandshakeCompleted.self)
@@ -187,7 +204,7 @@ public final class PeerClient: Sendable {
                     try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
                     try ops.addHandler(FrameEncoder())
                     try ops.addHandler(HandshakeHandler(identity: identity, timeout: configuration.handshakeTimeout))
-                    try ops.addHandler(ResponseHandler(handshake: handshake))
+                    try ops.addHandler(ResponseHandler(handshake: handshake, pushes: pushes))
                 }
             }
             .connect(host: host, port: port).get()

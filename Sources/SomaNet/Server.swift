@@ -243,6 +243,12 @@ final class RequestHandler: ChannelInboundHandler {
 
 /// A certified checkpoint a peer pushed (unverified: sync checks it before use).
 public struct PushedCheckpoint: Sendable {
+    /// A push from `peerID`.
+    public init(peerID: PeerID, certified: CertifiedCheckpointSummary) {
+        self.peerID = peerID
+        self.certified = certified
+    }
+
     /// Who pushed it (its key, proven in the handshake).
     public let peerID: PeerID
     /// The pushed certified summary.

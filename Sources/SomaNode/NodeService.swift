@@ -57,7 +57,7 @@ public final class NodeService: Service, Sendable {
                 if config.store.mode == .pruned { tasks.addTask { try await store.runPruning() } }
                 let follower = config.peers.isEmpty ? nil : TipFollower(
                     store: store, genesis: genesis, seeds: config.peers, identity: identity, net: config.net, group: group,
-                    configuration: config.sync, pollInterval: .seconds(config.pollSeconds), logger: logger,
+                    configuration: config.sync, pollInterval: .seconds(config.pollSeconds), logger: logger, pushes: pushed,
                     forward: { server.broadcast(.pushCheckpoint, $0.bcsBytes) })
                 if let follower {
                     tasks.addTask { try await follower.run() }

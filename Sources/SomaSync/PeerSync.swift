@@ -319,6 +319,8 @@ final class SyncRun {
     // MARK: scheduling
 
     func schedule() async throws {
+        // Stragglers first: a hedge for the oldest span takes a free slot before a new span.
+        await hedge()
         try await readStoredSummaries()
         if summaryTask == nil, summaryTip.summary.sequenceNumber < target,
            known.count - knownStart < Int(config.summaryBatch) / 2 + Int(config.spanLength) * config.window {
@@ -463,7 +465,7 @@ final class SyncRun {
     func handle(_ event: Event) async throws {
         switch event {
         case .tick:
-            await hedge()
+            break  // schedule() hedges stragglers
         case .summaries(let result):
             summaryTask = nil
             switch result {

@@ -175,8 +175,9 @@ public actor SourcePool {
         var best: (Int, Double)? = nil
         for i in entries.indices where !excluding.contains(i) && entries[i].inFlight < perSourceInFlight && eligible(i, range, now) {
             // Unmeasured sources first (infinite score), then throughput per request in flight.
+            // Among equals (unmeasured ones), the one with fewer requests in flight.
             let score = (entries[i].stats.throughput ?? .infinity) / Double(entries[i].inFlight + 1)
-            if best == nil || score > best!.1 { best = (i, score) }
+            if best == nil || score > best!.1 || (score == best!.1 && entries[i].inFlight < entries[best!.0].inFlight) { best = (i, score) }
         }
         if let (i, _) = best { entries[i].inFlight += 1 }
         return best?.0

@@ -22,16 +22,20 @@ public final class TipFollower: Sendable {
     let slots = Mutex<[String: Int]>([:])
     let wake: AsyncStream<Void>.Continuation
     let forward: @Sendable (CertifiedCheckpointSummary) -> Void
+    let pushes: AsyncStream<PushedCheckpoint>.Continuation?
     let wakes: AsyncStream<Void>
 
     /// A follower of `seeds` (`HOST:PORT`) that fills `store`; `forward` is also given each new
-    /// tip (a serving node sends it to the peers connected to it).
+    /// tip (a serving node sends it to the peers connected to it); checkpoints the sources push
+    /// on the follower's own connections go to `pushes` (give it the stream ``consume(_:)`` reads).
     public init(
         store: NodeStore, genesis: Genesis, seeds: [String], identity: HandshakeIdentity, net: NetConfiguration = NetConfiguration(),
         group: any EventLoopGroup, configuration: SyncConfiguration = SyncConfiguration(), pollInterval: Duration = .seconds(2),
-        logger: Logger, forward: @escaping @Sendable (CertifiedCheckpointSummary) -> Void = { _ in }
+        logger: Logger, pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil,
+        forward: @escaping @Sendable (CertifiedCheckpointSummary) -> Void = { _ in }
     ) {
         self.forward = forward
+        self.pushes = pushes
         let pool = SourcePool(
             clients: [], labels: [], perSourceInFlight: configuration.perSourceInFlight, banDuration: configuration.banDuration,
             stallBanDuration: configuration.stallBanDuration,
@@ -72,7 +76,7 @@ public final class TipFollower: Sendable {
             guard let colon = seed.lastIndex(of: ":"), let port = Int(seed[seed.index(after: colon)...]) else { continue }
             do {
                 let client = try await PeerClient.connect(
-                    host: String(seed[..<colon]), port: port, identity: identity, configuration: net, group: group)
+                    host: String(seed[..<colon]), port: port, identity: identity, configuration: net, group: group, pushes: pushes)
                 if let i = slots.withLock({ $0[seed] }) {
                     await pool.replace(i, with: client)
                 } else {

@@ -26,9 +26,9 @@ final class RunningNode {
     let process = Process()
     let address: String
 
-    init(data: String) throws {
+    init(data: String, arguments extra: [String] = []) throws {
         process.executableURL = URL(fileURLWithPath: try somaNode())
-        process.arguments = ["run", "--data", data, "--listen", "127.0.0.1:0"]
+        process.arguments = ["run", "--data", data, "--listen", "127.0.0.1:0"] + extra
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice

@@ -1,0 +1,88 @@
+import Foundation
+import NIOPosix
+import SomaCore
+import SomaDevnet
+import SomaNet
+import SomaStore
+import SomaTestSupport
+import Testing
+
+@Suite("soma-node run follows the tip", .serialized)
+struct FollowTests {
+    @Test("a node syncs from its peer, then follows pushed checkpoints and forwards them: a node that only knows the follower gets them too, without polling")
+    func followAndForward() async throws {
+        let base = TempDir("follow")
+        defer { base.cleanup() }
+        let profile = DevnetProfile(name: "follow", validators: 4, epochs: 4, checkpoints: 400, transactionsPerCheckpoint: 10, accounts: 32)
+        let generator = ChainGenerator(profile: profile, seed: 33)
+        let chain = await generator.generateAll(parallelism: 2)
+        let genesis = generator.genesis
+        // The source: a store that grows while the others follow it.
+        let store = try await NodeStore.open(path: base.file("source"))
+        try await store.initialize(genesis: genesis)
+        try await store.commit(chain[..<150].map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let server = try await NetServer.start(
+            host: "127.0.0.1", port: 0, identity: HandshakeIdentity(key: SigningKey.generate(), chainID: genesis.chainID),
+            service: HistoryService(store: store), group: group)
+        // Polling every hour: only pushes can wake the followers.
+        var followers: [RunningNode] = []
+        defer { followers.forEach { $0.stop() } }
+        var upstream = "127.0.0.1:\(server.port)"
+        for name in ["f", "g"] {
+            let dir = base.file(name)
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            FileManager.default.createFile(atPath: dir + "/genesis.bcs", contents: Data(genesis.bcsBytes))
+            #expect(try somaNode(["init", "--data", dir]).0 == 0)
+            try "sync:\n  pollSeconds: 3600\n".write(toFile: dir + "/soma-node.yaml", atomically: true, encoding: .utf8)
+            let node = try RunningNode(data: dir, arguments: ["--peer", upstream])
+            followers.append(node)
+            upstream = node.address
+        }
+        let clients = try await followers.asyncMap { node in
+            let colon = node.address.lastIndex(of: ":")!
+            return try await PeerClient.connect(
+                host: "127.0.0.1", port: Int(node.address[node.address.index(after: colon)...])!,
+                identity: HandshakeIdentity(key: SigningKey.generate(), chainID: genesis.chainID), group: group)
+        }
+        func waitFor(_ seq: UInt64) async throws -> [UInt64] {
+            var heights: [UInt64] = []
+            for _ in 0..<600 {
+                heights = []
+                for c in clients { heights.append((try? await c.availability().highestSynced) ?? 0) }
+                if heights.allSatisfy({ $0 >= seq }) { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            return heights
+        }
+        // Both catch up: f from the source, g from f (f forwards its new tip to g).
+        let caughtUp = try await waitFor(150)
+        #expect(caughtUp == [150, 150])
+        // The chain grows; the source pushes its new tip to f only.
+        try await store.commit(chain[150...].map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+        let pusher = try await PeerClient.connect(
+            host: "127.0.0.1", port: Int(followers[0].address.split(separator: ":").last!)!,
+            identity: HandshakeIdentity(key: SigningKey.generate(), chainID: genesis.chainID), group: group)
+        pusher.push(chain[chain.count - 1].certified)
+        let followed = try await waitFor(399)
+        #expect(followed == [399, 399])
+        for c in clients + [pusher] { await c.close() }
+        followers.forEach { $0.stop() }
+        try? await server.close()
+        try? await group.shutdownGracefully()
+        await store.close()
+        // Both followers stored a chain that verifies from the genesis.
+        for name in ["f", "g"] {
+            let (s, o) = try somaNode(["verify", "--data", base.file(name)])
+            #expect(s == 0 && o.contains("400 checkpoints"), "\(name): \(o)")
+        }
+    }
+}
+
+extension Array {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var out: [T] = []
+        for e in self { out.append(try await transform(e)) }
+        return out
+    }
+}
