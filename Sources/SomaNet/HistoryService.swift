@@ -113,7 +113,9 @@ public struct HistoryService: HistoryServing {
     /// stream holds one item in memory, whatever its length.
     public func blockItem(seq: UInt64, part: UInt32) async -> Result<(ByteBuffer, UInt32)?, RPCError> {
         do {
-            guard var (b, parts) = try await provenBlock(seq, part) else { return .success(nil) }
+            guard let found = try await provenBlock(seq, part) else { return .success(nil) }
+            var b = found.0
+            let parts = found.1
             var item = ByteBufferAllocator().buffer(capacity: 12 + b.readableBytes)
             item.writeInteger(seq, endianness: .little)
             item.writeInteger(part, endianness: .little)
@@ -138,7 +140,9 @@ public struct HistoryService: HistoryServing {
 
     /// `bcs(ProvenFrame)` of one part, and the part count; `nil` if not held.
     func provenBlock(_ seq: UInt64, _ part: UInt32) async throws -> (ByteBuffer, UInt32)? {
-        guard var (payload, parts) = try await store.encodedBlock(at: seq, part: part) else { return nil }
+        guard let found = try await store.encodedBlock(at: seq, part: part) else { return nil }
+        var payload = found.payload
+        let parts = found.parts
         let proof = parts > 1 ? try await store.partProof(at: seq, part: part) : []
         var tail = BCSWriter(capacity: 16 + proof.count * 32)
         tail.write(proof)
