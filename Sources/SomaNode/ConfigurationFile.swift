@@ -1,5 +1,5 @@
 import Foundation
-public import SomaStore
+import SomaStore
 import Yams
 
 /// Errors of the node's set-up: configuration, key and genesis files.

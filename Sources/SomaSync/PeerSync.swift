@@ -1,6 +1,6 @@
 public import NIOCore
 public import SomaCore
-public import SomaNet
+import SomaNet
 public import SomaStore
 
 /// The tunables of a sync (DESIGN §10); the defaults suit a few peers on a LAN or the internet.
