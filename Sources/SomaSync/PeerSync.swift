@@ -3,6 +3,11 @@ public import SomaCore
 import SomaNet
 public import SomaStore
 
+extension Duration {
+    /// The duration in seconds.
+    public var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
 /// The tunables of a sync (DESIGN §10); the defaults suit a few peers on a LAN or the internet.
 public struct SyncConfiguration: Sendable {
     /// Block requests (`getBlocks` spans) in flight over all sources.
@@ -156,18 +161,25 @@ public struct PeerSync: Sendable {
             let client = await pool.client(i)
             await pool.take(i)
             do {
-                while true {
-                    let more = try await client.epochEndings(from: UInt64(known.count - 1))
-                    if more.isEmpty { break }
-                    let extended = try ChainVerifier.verifyEpochChain(genesis: known[known.count - 1], endOfEpochSummaries: more)
-                    known += extended.dropFirst()
-                    if more.count < Int(EpochEndingsRequest.maxCount) { break }
-                }
+                known = try await Self.extend(known, from: client)
                 await pool.succeeded(i, bytes: 0, duration: .zero, used: 0)
                 return known
             } catch {
                 await SyncRun.judge(error, source: i, pool: pool, what: "epoch endings")
             }
+        }
+        return known
+    }
+
+    /// `committees` extended with every epoch end `client` holds past them, each verified by the
+    /// committee before it.
+    static func extend(_ committees: [Committee], from client: PeerClient) async throws -> [Committee] {
+        var known = committees
+        while true {
+            let more = try await client.epochEndings(from: UInt64(known.count - 1))
+            if more.isEmpty { break }
+            known += try ChainVerifier.verifyEpochChain(genesis: known[known.count - 1], endOfEpochSummaries: more).dropFirst()
+            if more.count < Int(EpochEndingsRequest.maxCount) { break }
         }
         return known
     }
@@ -444,6 +456,13 @@ final class SyncRun {
             seq += 1
         }
         guard !batch.isEmpty else { return }
+        // Small commits cost more per checkpoint (a write batch, watermarks, a live-set read
+        // each): wait for a fuller one while more is on its way.
+        let remaining = Int(target - syncedSeq)
+        if batch.count < min(config.commitGroup / 2, remaining) && !flights.isEmpty {
+            for item in batch { ready[item.0.certified.summary.sequenceNumber] = item }
+            return
+        }
         let store = self.store
         let post = self.post
         commitTask = Task {
@@ -522,8 +541,9 @@ final class SyncRun {
         }
         switch result {
         case .success((let verified, let bytes)):
-            await pool.succeeded(source, bytes: bytes, duration: .now - started, used: verified.count)
-            let seconds = Double((ContinuousClock.now - started).components.attoseconds) / 1e18 + Double((ContinuousClock.now - started).components.seconds)
+            let took = ContinuousClock.now - started
+            await pool.succeeded(source, bytes: bytes, duration: took, used: verified.count)
+            let seconds = took.inSeconds
             if verified.count == flight.span.summaries.count {
                 spanSeconds = spanSeconds.map { 0.8 * $0 + 0.2 * seconds } ?? seconds
             }
@@ -646,8 +666,7 @@ final class SyncRun {
                 if let lastEpoch = answer.summaries.last?.epoch, Int(lastEpoch) >= known.count - 1,
                    answer.summaries.contains(where: { $0.endOfEpoch != nil && Int($0.epoch) + 1 >= known.count }) {
                     // The batch crosses an epoch end we have not verified: extend the chain first.
-                    let more = try await client.epochEndings(from: UInt64(known.count - 1))
-                    known += try ChainVerifier.verifyEpochChain(genesis: known[known.count - 1], endOfEpochSummaries: more).dropFirst()
+                    known = try await PeerSync.extend(known, from: client)
                 }
                 let frozen = known
                 let newTip = try ChainVerifier.verifySummaryBatch(

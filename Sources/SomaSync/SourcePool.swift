@@ -135,12 +135,14 @@ public actor SourcePool {
         }
     }
 
-    /// Notes what source `i` said it holds (from a push or an answer).
-    public func noteHolds(_ i: Int, highest: UInt64) {
-        guard var a = entries[i].availability, highest > a.highestSynced else { return }
-        a.highestSynced = highest
-        entries[i].availability = a
-        entries[i].stats.holds = a.lowestAvailable...highest
+    /// Notes that the source(s) with `peerID` hold up to `highest` (they pushed it).
+    public func noteHolds(peerID: PeerID, highest: UInt64) {
+        for i in entries.indices where entries[i].client.peerID == peerID {
+            guard var a = entries[i].availability, highest > a.highestSynced else { continue }
+            a.highestSynced = highest
+            entries[i].availability = a
+            entries[i].stats.holds = a.lowestAvailable...highest
+        }
     }
 
     /// The highest checkpoint a source that is not banned holds.
@@ -192,8 +194,7 @@ public actor SourcePool {
         entries[i].consecutiveFailures = 0
         entries[i].stats.bytes += bytes
         entries[i].stats.checkpoints += used
-        let seconds = max(Double(duration.components.attoseconds) / 1e18 + Double(duration.components.seconds), 1e-4)
-        let rate = Double(bytes) / seconds
+        let rate = Double(bytes) / max(duration.inSeconds, 1e-4)
         if bytes > 0 {
             entries[i].stats.throughput = entries[i].stats.throughput.map { 0.7 * $0 + 0.3 * rate } ?? rate
         }

@@ -55,11 +55,7 @@ public final class TipFollower: Sendable {
     /// ends.
     public func consume(_ pushes: AsyncStream<PushedCheckpoint>) async {
         for await push in pushes {
-            let seq = push.certified.summary.sequenceNumber
-            let pool = sync.pool
-            for i in 0..<(await pool.count) where await pool.client(i).peerID == push.peerID {
-                await pool.noteHolds(i, highest: seq)
-            }
+            await sync.pool.noteHolds(peerID: push.peerID, highest: push.certified.summary.sequenceNumber)
             wake.yield()
         }
     }

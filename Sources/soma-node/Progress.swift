@@ -48,7 +48,7 @@ final class ProgressDisplay: Sendable {
 
     /// `checkpoint 1234/10000 · 250 checkpoints/s · 40.1 MB/s · 3 peers · ETA 0:35`.
     static func describe(_ p: SyncProgress) -> String {
-        let secs = max(1e-3, Double(p.elapsed.components.seconds) + Double(p.elapsed.components.attoseconds) / 1e18)
+        let secs = max(1e-3, p.elapsed.inSeconds)
         let rate = Double(p.checkpoints) / secs
         let remaining = Double(p.target - min(p.target, p.synced))
         let eta = rate > 0 ? Int(remaining / rate) : 0
