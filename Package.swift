@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "SomaStore", targets: ["SomaStore"]),
         .library(name: "SomaNet", targets: ["SomaNet"]),
         .library(name: "SomaSync", targets: ["SomaSync"]),
+        .library(name: "SomaDiscovery", targets: ["SomaDiscovery"]),
         .library(name: "SomaNode", targets: ["SomaNode"]),
         .library(name: "SomaDevnet", targets: ["SomaDevnet"]),
         .executable(name: "soma-node", targets: ["soma-node"]),
@@ -26,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
     ],
     targets: [
         .systemLibrary(
@@ -78,9 +80,19 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "SomaDiscovery",
+            dependencies: [
+                "SomaCore", "SomaStore", "SomaNet",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
             name: "SomaNode",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaNet", "SomaSync",
+                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -96,7 +108,7 @@ let package = Package(
         .executableTarget(
             name: "soma-node",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaNode", "SomaDevnet",
+                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery", "SomaNode", "SomaDevnet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -145,6 +157,16 @@ let package = Package(
                 "SomaCore", "SomaNet", "SomaStore", "SomaSync", "SomaDevnet", "SomaTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SomaDiscoveryTests",
+            dependencies: [
+                "SomaCore", "SomaNet", "SomaStore", "SomaDiscovery", "SomaTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),

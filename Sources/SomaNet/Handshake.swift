@@ -1,5 +1,6 @@
 public import NIOCore
 public import SomaCore
+import Synchronization
 
 /// The first message each side sends (method ``Method/hello``, a one-way frame).
 public struct Hello: Hashable, Sendable, BCSCodable {
@@ -92,15 +93,43 @@ public struct HandshakeIdentity: Sendable {
     public let chainID: Digest
     /// The protocol version it speaks.
     public let protocolVersion: UInt64
-    /// Its node information for the hello.
-    public let nodeInfo: [UInt8]
+    /// Where its current node information is kept (discovery re-signs it over time).
+    public let nodeInfoSlot: NodeInfoSlot
 
-    /// Creates an identity.
+    /// Its node information for the hello, as it is now.
+    public var nodeInfo: [UInt8] { nodeInfoSlot.bytes }
+
+    /// Creates an identity with fixed node information.
     public init(key: SigningKey, chainID: Digest, protocolVersion: UInt64 = 1, nodeInfo: [UInt8] = []) {
+        self.init(key: key, chainID: chainID, protocolVersion: protocolVersion, nodeInfoSlot: NodeInfoSlot(nodeInfo))
+    }
+
+    /// Creates an identity whose hellos carry what `nodeInfoSlot` holds when each is sent.
+    public init(key: SigningKey, chainID: Digest, protocolVersion: UInt64 = 1, nodeInfoSlot: NodeInfoSlot) {
         self.key = key
         self.chainID = chainID
         self.protocolVersion = protocolVersion
-        self.nodeInfo = nodeInfo
+        self.nodeInfoSlot = nodeInfoSlot
+    }
+}
+
+/// The node information a node's hellos carry, replaceable while connections come and go.
+public final class NodeInfoSlot: Sendable {
+    private let value: Mutex<[UInt8]>
+
+    /// A slot holding `bytes` (at most ``Hello/maxNodeInfoBytes``).
+    public init(_ bytes: [UInt8] = []) {
+        precondition(bytes.count <= Hello.maxNodeInfoBytes, "node info over 4 KiB")
+        value = Mutex(bytes)
+    }
+
+    /// What it holds now.
+    public var bytes: [UInt8] { value.withLock { $0 } }
+
+    /// Replaces what it holds (at most ``Hello/maxNodeInfoBytes``).
+    public func set(_ bytes: [UInt8]) {
+        precondition(bytes.count <= Hello.maxNodeInfoBytes, "node info over 4 KiB")
+        value.withLock { $0 = bytes }
     }
 }
 

@@ -29,6 +29,33 @@ public struct NetConfiguration: Sendable {
     public init() {}
 }
 
+/// Who may ask a server what (DESIGN §9: private RPCs answer only allow-listed peer ids).
+public struct AccessPolicy: Sendable {
+    /// The peers answered; `nil`: everyone.
+    public var allowed: Set<PeerID>?
+
+    /// Everyone is answered.
+    public static let open = AccessPolicy(allowed: nil)
+
+    /// Only `allowed` are answered (and only their pushes are taken).
+    public init(allowed: Set<PeerID>?) {
+        self.allowed = allowed
+    }
+
+    /// Whether `peer` is answered.
+    public func admits(_ peer: PeerID) -> Bool { allowed.map { $0.contains(peer) } ?? true }
+}
+
+/// A peer that completed the handshake on a server's connection (an inbound peer).
+public struct InboundPeer: Sendable {
+    /// Its key, proven in the handshake.
+    public let peerID: PeerID
+    /// Its hello (with its node information).
+    public let hello: Hello
+    /// The address it connected from.
+    public let remoteAddress: String?
+}
+
 /// Serves requests that passed the handshake: each runs on the service (off the event loop;
 /// store calls go to the store's pool) and its answer is written back with the same request id.
 ///
@@ -48,13 +75,18 @@ final class RequestHandler: ChannelInboundHandler {
     private let serverInFlight: ServerState
     private let logger: Logger
     private let pushes: AsyncStream<PushedCheckpoint>.Continuation?
+    private let access: AccessPolicy
+    private let inbound: AsyncStream<InboundPeer>.Continuation?
     private var peer: PeerID?
     private var inFlight = 0 {
         didSet { serverInFlight.requests.add(inFlight - oldValue, ordering: .relaxed) }
     }
 
     init(service: any HistoryServing, configuration: NetConfiguration, globalBudget: ByteBudget?, state: ServerState,
-         logger: Logger, pushes: AsyncStream<PushedCheckpoint>.Continuation?) {
+         logger: Logger, pushes: AsyncStream<PushedCheckpoint>.Continuation?, access: AccessPolicy,
+         inbound: AsyncStream<InboundPeer>.Continuation?) {
+        self.access = access
+        self.inbound = inbound
         self.serverInFlight = state
         self.logger = logger
         self.pushes = pushes
@@ -77,6 +109,7 @@ final class RequestHandler: ChannelInboundHandler {
         if let done = event as? HandshakeCompleted {
             peer = done.peerID
             serverInFlight.peers.withLock { $0[ObjectIdentifier(context.channel)] = done.peerID }
+            inbound?.yield(InboundPeer(peerID: done.peerID, hello: done.hello, remoteAddress: context.remoteAddress.map { "\($0)" }))
             logger.debug("peer connected", metadata: ["peer.id": "\(done.peerID.raw.short)", "peer.address": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
         }
         context.fireUserInboundEventTriggered(event)
@@ -84,6 +117,13 @@ final class RequestHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if let peer, !access.admits(peer) {
+            // A private node: answer allow-listed peers only, take nothing from others.
+            if frame.kind == .request {
+                reply(context, frame, .failure(.unavailable("this node answers allow-listed peers only")))
+            }
+            return
+        }
         if frame.kind == .oneWay && frame.method == Method.pushCheckpoint.rawValue {
             receivePush(context, frame)
             return
@@ -342,10 +382,13 @@ public final class NetServer: Sendable {
     ///   - logger: where connection failures (handshake refusals with their reason, malformed
     ///     frames) are logged.
     ///   - pushes: receives the checkpoints peers push (`pushCheckpoint`), if given.
+    ///   - access: who is answered (everyone by default).
+    ///   - inbound: told of every peer that completes the handshake, if given.
     public static func start(
         host: String, port: Int, identity: HandshakeIdentity, service: some HistoryServing,
         configuration: NetConfiguration = NetConfiguration(), group: any EventLoopGroup,
-        logger: Logger = Logger(label: "soma.net"), pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil
+        logger: Logger = Logger(label: "soma.net"), pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil,
+        access: AccessPolicy = .open, inbound: AsyncStream<InboundPeer>.Continuation? = nil
     ) async throws -> NetServer {
         let globalBudget = configuration.uploadBytesPerSecond.map { ByteBudget(bytesPerSecond: $0) }
         let state = ServerState()
@@ -367,7 +410,7 @@ public final class NetServer: Sendable {
                     try ops.addHandler(HandshakeHandler(identity: identity, timeout: configuration.handshakeTimeout))
                     try ops.addHandler(RequestHandler(
                         service: service, configuration: configuration, globalBudget: globalBudget, state: state,
-                        logger: logger, pushes: pushes))
+                        logger: logger, pushes: pushes, access: access, inbound: inbound))
                 }
             }
             .bind(host: host, port: port).get()

@@ -124,7 +124,7 @@ public final class NodeStore: Sendable {
                 let store = try NodeStore(database: db, pool: pool, configuration: configuration)
                 if let mode = try db.get(store.cf.meta, Array("mode".utf8)) {
                     let stored = String(decoding: mode, as: UTF8.self)
-                    if stored != configuration.mode.rawValue {
+                    if stored != configuration.mode.rawValue && !configuration.database.readOnly {
                         db.close()
                         throw StoreError(.invalidArgument, "the store at \(path) is a \(stored) store, opened as \(configuration.mode.rawValue)")
                     }
@@ -140,8 +140,8 @@ public final class NodeStore: Sendable {
     /// Closes the database, then stops the pool. Call once every user has stopped.
     public func close() async {
         // Flushing first makes the next open quick: no write-ahead log to replay.
-        _ = try? await pool.run { [database] in
-            try? database.flush()
+        _ = try? await pool.run { [database, configuration] in
+            if !configuration.database.readOnly { try? database.flush() }
             database.close()
         }
         try? await pool.shutdown()

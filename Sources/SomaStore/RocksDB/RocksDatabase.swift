@@ -74,8 +74,8 @@ public final class RocksDatabase: @unchecked Sendable {
         precondition(!configs.isEmpty && configs[0].name == "default", "the first column family is \"default\"")
         self.path = path
         let options = rocksdb_options_create()!
-        rocksdb_options_set_create_if_missing(options, 1)
-        rocksdb_options_set_create_missing_column_families(options, 1)
+        rocksdb_options_set_create_if_missing(options, config.readOnly ? 0 : 1)
+        rocksdb_options_set_create_missing_column_families(options, config.readOnly ? 0 : 1)
         rocksdb_options_increase_parallelism(options, Int32(config.backgroundThreads))
         rocksdb_options_set_max_background_jobs(options, Int32(config.backgroundThreads))
         rocksdb_options_set_max_open_files(options, Int32(config.maxOpenFiles))
@@ -143,7 +143,11 @@ public final class RocksDatabase: @unchecked Sendable {
             defer { optPtrs.deallocate() }
             for i in 0..<names.count { optPtrs[i] = cfOpts[i] }
             return handles.withUnsafeMutableBufferPointer { h in
-                rocksdb_open_column_families(options, path, Int32(names.count), constNames, optPtrs, h.baseAddress, &err)
+                if config.readOnly {
+                    return rocksdb_open_for_read_only_column_families(
+                        options, path, Int32(names.count), constNames, optPtrs, h.baseAddress, 0, &err)
+                }
+                return rocksdb_open_column_families(options, path, Int32(names.count), constNames, optPtrs, h.baseAddress, &err)
             }
         }
         writeOptions = rocksdb_writeoptions_create()!
@@ -372,6 +376,9 @@ public struct DatabaseOptions: Sendable {
     public var blockCacheBytes = 64 << 20
     /// Write-ahead-log size that forces a flush (0: RocksDB's default).
     public var maxTotalWALSize: UInt64 = 256 << 20
+    /// Open read-only (beside a process that writes it: RocksDB takes no lock then, and reads
+    /// what was written up to the open, write-ahead log included). Writes fail.
+    public var readOnly = false
 
     /// The defaults.
     public init() {}

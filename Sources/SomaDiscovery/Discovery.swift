@@ -1,0 +1,526 @@
+import Foundation
+public import Logging
+import Metrics
+public import NIOCore
+public import SomaCore
+public import SomaNet
+public import SomaStore
+import Synchronization
+
+/// The tunables of discovery (DESIGN §9); the defaults suit a public network.
+public struct DiscoveryConfiguration: Sendable {
+    /// Addresses (`HOST:PORT`) dialled when the node has no connection.
+    public var seeds: [String] = []
+    /// Outbound connections the node dials towards.
+    public var targetConnections = 8
+    /// The most records the peer table holds.
+    public var maxPeers = 1_000
+    /// The most introduced records one peer may contribute (default: a sixteenth of `maxPeers`).
+    public var maxPerIntroducer: Int? = nil
+    /// How often the node exchanges known peers and dials.
+    public var exchangeInterval: Duration = .seconds(10)
+    /// Connected peers asked for their known peers each round.
+    public var exchangeFanout = 3
+    /// Dials at once.
+    public var dialConcurrency = 4
+    /// The first backoff after a failed dial; it doubles per failure in a row.
+    public var backoffBase: Duration = .seconds(2)
+    /// The longest backoff.
+    public var backoffMax: Duration = .seconds(600)
+    /// How often the node re-signs its record even when nothing changed.
+    public var resignInterval: Duration = .seconds(3_600)
+    /// Whether others may advertise this node.
+    public var access: Access = .public
+    /// What this node does.
+    public var role: Role = .full
+    /// The addresses this node advertises (`HOST:PORT`, at most 8); empty: none (a node that
+    /// only dials out).
+    public var advertise: [String] = []
+    /// The peers a private node answers.
+    public var allowedPeers: Set<PeerID> = []
+    /// How long a `getKnownPeers` may take.
+    public var requestTimeout: TimeAmount = .seconds(5)
+
+    /// The defaults.
+    public init() {}
+}
+
+/// What one exchange round did (for tests and logs).
+public struct RoundReport: Sendable {
+    /// Outbound connections after the round.
+    public var connections = 0
+    /// Records learnt or updated.
+    public var admitted = 0
+    /// Records that failed verification (bad signature, stale, future, malformed, wrong peer).
+    public var rejected = 0
+    /// Records the table's bounds refused.
+    public var refused = 0
+    /// Dials that connected.
+    public var dialled = 0
+    /// Dials that failed.
+    public var dialFailures = 0
+}
+
+/// Finds the node's data sources (DESIGN §9): keeps this node's signed ``NodeInfo`` current,
+/// serves `getKnownPeers` from the ``PeerTable``, and every round asks a few connected peers for
+/// theirs, dials towards `targetConnections` (best table entries first, seeds when isolated) and
+/// backs off from peers that cannot be reached. The outbound connections it holds are what sync
+/// draws from (``connections``).
+public final class Discovery: Sendable {
+    /// The peer table.
+    public let table: PeerTable
+    /// This node's identity for its handshakes (hellos carry the current signed record).
+    public let identity: HandshakeIdentity
+    /// The configuration.
+    public let configuration: DiscoveryConfiguration
+    let key: SigningKey
+    let net: NetConfiguration
+    let group: any EventLoopGroup
+    let logger: Logger
+    let held: @Sendable () async -> (holds: [HeldRange], snapshotEpochs: [UInt64])
+    let pushes: AsyncStream<PushedCheckpoint>.Continuation?
+    let state = Mutex(State())
+    let metrics: DiscoveryMetrics
+
+    struct State {
+        var own: SignedNodeInfo?
+        var signedAt: ContinuousClock.Instant?
+        var advertise: [String] = []
+        var connections: [PeerID: Connection] = [:]
+        var dialling: Set<String> = []
+        var seedFailures: [String: (count: Int, next: ContinuousClock.Instant)] = [:]
+        var sourceFailures: [PeerID: Int] = [:]
+    }
+
+    /// An outbound connection.
+    public struct Connection: Sendable {
+        /// The client.
+        public let client: PeerClient
+        /// The address dialled.
+        public let address: String
+    }
+
+    /// Discovery for the node with `key` on chain `chainID`.
+    /// - Parameters:
+    ///   - table: the peer table (load it first).
+    ///   - held: what this node holds now (its record advertises it).
+    ///   - pushes: where checkpoints that peers push on outbound connections go.
+    public init(
+        key: SigningKey, chainID: Digest, table: PeerTable, configuration: DiscoveryConfiguration = DiscoveryConfiguration(),
+        net: NetConfiguration = NetConfiguration(), group: any EventLoopGroup, logger: Logger,
+        pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil,
+        held: @escaping @Sendable () async -> (holds: [HeldRange], snapshotEpochs: [UInt64]) = { ([], []) }
+    ) {
+        self.key = key
+        self.table = table
+        self.configuration = configuration
+        self.net = net
+        self.group = group
+        self.logger = logger
+        self.held = held
+        self.pushes = pushes
+        self.identity = HandshakeIdentity(key: key, chainID: chainID, nodeInfoSlot: NodeInfoSlot())
+        self.metrics = DiscoveryMetrics()
+        state.withLock { $0.advertise = Array(configuration.advertise.prefix(NodeInfo.maxAddresses)) }
+    }
+
+    /// Milliseconds since 1970 now.
+    public static func nowMs() -> UInt64 { UInt64(max(0, Date().timeIntervalSince1970 * 1_000)) }
+
+    /// The access policy a server of this node applies: everyone for a public node, the
+    /// allow-list for a private one.
+    public var accessPolicy: AccessPolicy {
+        configuration.access == .private ? AccessPolicy(allowed: configuration.allowedPeers) : .open
+    }
+
+    // MARK: This node's record
+
+    /// Replaces the advertised addresses (once the listening port is known) and re-signs.
+    public func setAddresses(_ addresses: [String]) async {
+        state.withLock { $0.advertise = Array(addresses.prefix(NodeInfo.maxAddresses)) }
+        await refreshOwnRecord(force: true)
+    }
+
+    /// This node's current signed record.
+    public func ownRecord() async -> SignedNodeInfo {
+        if let own = state.withLock({ $0.own }) { return own }
+        await refreshOwnRecord(force: true)
+        return state.withLock { $0.own! }
+    }
+
+    /// Re-signs this node's record when what it holds or where it listens changed, or when the
+    /// record is older than `resignInterval`; hellos carry the new one from then on.
+    public func refreshOwnRecord(force: Bool = false) async {
+        let (holds, epochs) = await held()
+        let now = ContinuousClock.now
+        let nowMs = Discovery.nowMs()
+        let (own, signedAt, addresses) = state.withLock { ($0.own, $0.signedAt, $0.advertise) }
+        if !force, let own, let signedAt, now - signedAt < configuration.resignInterval,
+           own.info.holds == holds, own.info.snapshotEpochs == Array(epochs.suffix(NodeInfo.maxSnapshotEpochs)),
+           own.info.addresses == addresses {
+            return
+        }
+        let info = NodeInfo(
+            peerID: key.publicKey, addresses: addresses, timestampMs: max(nowMs, (own?.info.timestampMs ?? 0) + 1),
+            access: configuration.access, role: configuration.role, holds: Array(holds.prefix(NodeInfo.maxRanges)),
+            snapshotEpochs: Array(epochs.suffix(NodeInfo.maxSnapshotEpochs)))
+        let signed = SignedNodeInfo(signing: info, with: key)
+        state.withLock {
+            // Another refresh may have signed a newer one meanwhile.
+            if let current = $0.own, current.info.timestampMs >= signed.info.timestampMs { return }
+            $0.own = signed
+            $0.signedAt = now
+        }
+        identity.nodeInfoSlot.set(state.withLock { $0.own!.bcsBytes })
+    }
+
+    // MARK: Serving
+
+    /// The `getKnownPeers` answer: this node's record and up to 200 public, fresh records.
+    public func knownPeers() async -> KnownPeers {
+        let own = await ownRecord()
+        let others = await table.advertisable(limit: KnownPeers.maxPeers, asker: nil, nowMs: Discovery.nowMs())
+        return KnownPeers(own: own, peers: others)
+    }
+
+    // MARK: Learning
+
+    /// Takes in the hellos of peers that connected to this node: their records are verified
+    /// (and must be signed by the key the handshake proved) and entered as introduced by
+    /// themselves; they become direct once this node dials them. Returns when `inbound` ends.
+    public func consume(inbound: AsyncStream<InboundPeer>) async {
+        for await peer in inbound {
+            guard !peer.hello.nodeInfo.isEmpty else { continue }
+            var report = RoundReport()
+            await learn(peer.hello.nodeInfo, from: peer.peerID, direct: false, mustBe: peer.peerID, into: &report)
+        }
+        try? await table.flush()
+    }
+
+    /// Verifies one received record and offers it to the table.
+    func learn(_ bytes: [UInt8], from introducer: PeerID, direct: Bool, mustBe: PeerID?, into report: inout RoundReport) async {
+        do {
+            let record = try SignedNodeInfo.verified(bytes, nowMs: Discovery.nowMs())
+            await offer(record, from: introducer, direct: direct, mustBe: mustBe, into: &report)
+        } catch {
+            reject(error, from: introducer, into: &report)
+        }
+    }
+
+    func offer(_ record: SignedNodeInfo, from introducer: PeerID, direct: Bool, mustBe: PeerID?, into report: inout RoundReport) async {
+        if let mustBe, record.info.peerID != mustBe {
+            reject(DiscoveryError(.wrongPeer, "a record of \(record.info.peerID.raw.short) on the connection of \(mustBe.raw.short)"),
+                   from: introducer, into: &report)
+            return
+        }
+        switch await table.admit(record, introducer: introducer, direct: direct, nowMs: Discovery.nowMs()) {
+        case .added, .updated:
+            report.admitted += 1
+            metrics.admitted.increment()
+        case .unchanged:
+            break
+        case .refused(let why):
+            report.refused += 1
+            metrics.refused.increment()
+            logger.trace("record refused", metadata: ["peer.id": "\(record.info.peerID.raw.short)", "reason": "\(why)"])
+        }
+    }
+
+    func reject(_ error: DiscoveryError, from introducer: PeerID, into report: inout RoundReport) {
+        report.rejected += 1
+        metrics.rejected(error.code).increment()
+        logger.debug("record rejected", metadata: ["peer.id": "\(introducer.raw.short)", "reason": "\(error)"])
+    }
+
+    /// Verifies a `getKnownPeers` answer from `peer` and offers its records to the table: the
+    /// peer's own record must be its own (it is entered as direct: this node is connected to
+    /// it), the others are introduced by it.
+    public func ingest(_ answer: KnownPeers, from peer: PeerID, into report: inout RoundReport) async {
+        let nowMs = Discovery.nowMs()
+        do {
+            try answer.own.verify(nowMs: nowMs)
+            await offer(answer.own, from: peer, direct: true, mustBe: peer, into: &report)
+        } catch {
+            reject(error, from: peer, into: &report)
+        }
+        for record in answer.peers.prefix(KnownPeers.maxPeers) {
+            do {
+                try record.verify(nowMs: nowMs)
+                await offer(record, from: peer, direct: false, mustBe: nil, into: &report)
+            } catch {
+                reject(error, from: peer, into: &report)
+            }
+        }
+    }
+
+    // MARK: Connections
+
+    /// The outbound connections open now.
+    public var connections: [Connection] {
+        state.withLock { s in Array(s.connections.values) }.filter { $0.client.isConnected }
+    }
+
+    /// The ids of the peers connected now.
+    public var connectedIDs: Set<PeerID> { Set(connections.map(\.client.peerID)) }
+
+    /// Dials `address`; on a handshake whose key is `expected` (if given) the connection is
+    /// kept and the peer's record (from its hello) entered as direct.
+    @discardableResult
+    func dial(_ address: String, expected: PeerID?, into report: inout RoundReport) async -> Bool {
+        guard let (host, port) = NodeInfo.split(address: address) else { return false }
+        let started = ContinuousClock.now
+        let client: PeerClient
+        do {
+            client = try await PeerClient.connect(host: host, port: port, identity: identity, configuration: net, group: group, pushes: pushes)
+        } catch {
+            report.dialFailures += 1
+            metrics.dials(false).increment()
+            logger.debug("dial failed", metadata: ["peer.address": "\(address)", "reason": "\(error)"])
+            return false
+        }
+        let latency = UInt32(clamping: Int((ContinuousClock.now - started).inSeconds * 1_000))
+        if let expected, client.peerID != expected {
+            report.dialFailures += 1
+            metrics.dials(false).increment()
+            logger.debug("dialled a different peer", metadata: ["peer.address": "\(address)", "peer.id": "\(client.peerID.raw.short)"])
+            await client.close()
+            return false
+        }
+        if client.peerID == key.publicKey {
+            // Our own address (a seed list that names this node).
+            await client.close()
+            return false
+        }
+        let kept = state.withLock { s -> Bool in
+            if let old = s.connections[client.peerID], old.client.isConnected { return false }
+            s.connections[client.peerID] = Connection(client: client, address: address)
+            return true
+        }
+        guard kept else {
+            await client.close()
+            return false
+        }
+        report.dialled += 1
+        metrics.dials(true).increment()
+        if !client.hello.nodeInfo.isEmpty {
+            await learn(client.hello.nodeInfo, from: client.peerID, direct: true, mustBe: client.peerID, into: &report)
+        }
+        await table.noteConnected(client.peerID, latencyMs: latency, nowMs: Discovery.nowMs())
+        logger.info("connected to peer", metadata: ["peer.address": "\(address)", "peer.id": "\(client.peerID.raw.short)"])
+        return true
+    }
+
+    /// Dials the best table entries until `targetConnections` are open (at most
+    /// `dialConcurrency` at once).
+    func dialTowardsTarget(into report: inout RoundReport) async {
+        let open = connectedIDs
+        let need = configuration.targetConnections - open.count
+        guard need > 0 else { return }
+        let nowMs = Discovery.nowMs()
+        let candidates = await table.dialCandidates(nowMs: nowMs, excluding: open.union([key.publicKey]))
+        var index = 0
+        var connected = 0
+        while connected < need && index < candidates.count {
+            let batch = candidates[index..<min(candidates.count, index + min(configuration.dialConcurrency, need - connected))]
+            index += batch.count
+            let results = await withTaskGroup(of: (PeerID, Bool, RoundReport).self) { tasks in
+                for record in batch {
+                    tasks.addTask {
+                        var r = RoundReport()
+                        for address in record.info.info.addresses {
+                            if await self.dial(address, expected: record.peerID, into: &r) { return (record.peerID, true, r) }
+                        }
+                        return (record.peerID, false, r)
+                    }
+                }
+                var out: [(PeerID, Bool, RoundReport)] = []
+                for await x in tasks { out.append(x) }
+                return out
+            }
+            for (peerID, ok, r) in results {
+                report.merge(r)
+                if ok {
+                    connected += 1
+                } else {
+                    await table.noteFailure(peerID, nowMs: Discovery.nowMs(), baseMs: configuration.backoffBase.milliseconds,
+                                            maxMs: configuration.backoffMax.milliseconds)
+                }
+            }
+        }
+    }
+
+    /// Dials the seeds that are not connected, each backing off after failures.
+    func dialSeeds(into report: inout RoundReport) async {
+        let now = ContinuousClock.now
+        let connectedAddresses = Set(connections.map(\.address))
+        let due = configuration.seeds.filter { seed in
+            !connectedAddresses.contains(seed) && state.withLock { $0.seedFailures[seed].map { $0.next <= now } ?? true }
+        }
+        await withTaskGroup(of: (String, Bool, RoundReport).self) { tasks in
+            for seed in due {
+                tasks.addTask {
+                    var r = RoundReport()
+                    let ok = await self.dial(seed, expected: nil, into: &r)
+                    return (seed, ok, r)
+                }
+            }
+            for await (seed, ok, r) in tasks {
+                report.merge(r)
+                state.withLock { s in
+                    if ok {
+                        s.seedFailures[seed] = nil
+                    } else {
+                        let n = (s.seedFailures[seed]?.count ?? 0) + 1
+                        let wait = min(configuration.backoffMax, configuration.backoffBase * (1 << min(n - 1, 20)))
+                        s.seedFailures[seed] = (n, ContinuousClock.now + wait)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks up to `exchangeFanout` connected peers (chosen at random) for their known peers.
+    func exchange(into report: inout RoundReport) async {
+        let chosen = connections.shuffled().prefix(configuration.exchangeFanout)
+        let answers = await withTaskGroup(of: (PeerID, KnownPeers?, UInt32).self) { tasks in
+            for c in chosen {
+                tasks.addTask {
+                    let started = ContinuousClock.now
+                    do {
+                        let bytes = try await c.client.callBuffer(.getKnownPeers, [], timeout: self.configuration.requestTimeout)
+                        let answer = try BCS.decode(KnownPeers.self, fromContiguous: bytes.readableBytesView)
+                        return (c.client.peerID, answer, UInt32(clamping: Int((ContinuousClock.now - started).inSeconds * 1_000)))
+                    } catch {
+                        self.logger.debug("getKnownPeers failed", metadata: ["peer.id": "\(c.client.peerID.raw.short)", "reason": "\(error)"])
+                        return (c.client.peerID, nil, 0)
+                    }
+                }
+            }
+            var out: [(PeerID, KnownPeers?, UInt32)] = []
+            for await x in tasks { out.append(x) }
+            return out
+        }
+        for (peer, answer, latency) in answers {
+            metrics.exchanges(answer != nil).increment()
+            guard let answer else {
+                await table.noteFailure(peer, nowMs: Discovery.nowMs(), baseMs: configuration.backoffBase.milliseconds,
+                                        maxMs: configuration.backoffMax.milliseconds)
+                continue
+            }
+            await table.noteLatency(peer, latencyMs: max(1, latency))
+            await ingest(answer, from: peer, into: &report)
+        }
+    }
+
+    /// One round: re-sign if needed, forget expired records and closed connections, dial the
+    /// best entries (the seeds too when isolated), exchange known peers, dial again with what
+    /// was learnt, and persist the table.
+    @discardableResult
+    public func round() async -> RoundReport {
+        var report = RoundReport()
+        await refreshOwnRecord()
+        await table.expire(nowMs: Discovery.nowMs())
+        state.withLock { s in s.connections = s.connections.filter { $0.value.client.isConnected } }
+        await dialTowardsTarget(into: &report)
+        if connections.isEmpty { await dialSeeds(into: &report) }
+        await exchange(into: &report)
+        await dialTowardsTarget(into: &report)
+        report.connections = connections.count
+        metrics.connections.record(report.connections)
+        metrics.knownPeers.record(await table.count)
+        do {
+            try await table.flush()
+        } catch {
+            logger.warning("cannot persist the peer table", metadata: ["reason": "\(error)"])
+        }
+        return report
+    }
+
+    /// Runs rounds until the connections reach the target or a round learns and dials nothing
+    /// new (at most `maxRounds`): a quick start before a one-shot sync.
+    @discardableResult
+    public func bootstrap(maxRounds: Int = 8) async -> Int {
+        for _ in 0..<maxRounds {
+            let r = await round()
+            if r.connections >= configuration.targetConnections || (r.admitted == 0 && r.dialled == 0) { break }
+        }
+        return connections.count
+    }
+
+    /// Runs a round every `exchangeInterval` until cancelled.
+    public func run() async {
+        while !Task.isCancelled {
+            let r = await round()
+            logger.trace("discovery round", metadata: ["connections": "\(r.connections)", "admitted": "\(r.admitted)", "rejected": "\(r.rejected)"])
+            // An isolated node retries sooner.
+            let wait = r.connections == 0 ? min(configuration.exchangeInterval, .seconds(2)) : configuration.exchangeInterval
+            try? await Task.sleep(for: wait)
+        }
+    }
+
+    /// Notes what sync measured of a connected peer: its throughput, its failed requests in
+    /// all (the difference since the last note is recorded), and a ban with its remaining time.
+    public func noteSource(_ peerID: PeerID, throughput: Double?, failures: Int, bannedFor: Duration?, reason: String?) async {
+        let new = state.withLock { s -> Int in
+            let old = s.sourceFailures[peerID] ?? 0
+            s.sourceFailures[peerID] = failures
+            return max(0, failures - old)
+        }
+        await table.noteTransfer(peerID, throughput: throughput.map { UInt64(max(0, $0)) }, newFailures: UInt32(clamping: new))
+        if let bannedFor, bannedFor > .zero {
+            await table.ban(peerID, untilMs: Discovery.nowMs() + bannedFor.milliseconds, reason: reason ?? "banned by sync")
+        }
+    }
+
+    /// Closes every outbound connection and persists the table.
+    public func close() async {
+        let open = state.withLock { s -> [Connection] in
+            let c = Array(s.connections.values)
+            s.connections = [:]
+            return c
+        }
+        for c in open { await c.client.close() }
+        try? await table.flush()
+    }
+}
+
+extension RoundReport {
+    mutating func merge(_ other: RoundReport) {
+        admitted += other.admitted
+        rejected += other.rejected
+        refused += other.refused
+        dialled += other.dialled
+        dialFailures += other.dialFailures
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds (negative durations count as zero).
+    var milliseconds: UInt64 {
+        let c = components
+        guard c.seconds >= 0 else { return 0 }
+        return UInt64(c.seconds) * 1_000 + UInt64(c.attoseconds / 1_000_000_000_000_000)
+    }
+
+    var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
+/// Discovery's metrics (swift-metrics; whatever backend the process bootstrapped).
+struct DiscoveryMetrics: Sendable {
+    let admitted = Counter(label: "soma_discovery_records_admitted_total")
+    let refused = Counter(label: "soma_discovery_records_refused_total")
+    let connections = Gauge(label: "soma_discovery_connections")
+    let knownPeers = Gauge(label: "soma_discovery_known_peers")
+
+    func rejected(_ code: DiscoveryError.Code) -> Counter {
+        Counter(label: "soma_discovery_records_rejected_total", dimensions: [("reason", code.rawValue)])
+    }
+
+    func dials(_ ok: Bool) -> Counter {
+        Counter(label: "soma_discovery_dials_total", dimensions: [("outcome", ok ? "connected" : "failed")])
+    }
+
+    func exchanges(_ ok: Bool) -> Counter {
+        Counter(label: "soma_discovery_exchanges_total", dimensions: [("outcome", ok ? "answered" : "failed")])
+    }
+}
