@@ -4,7 +4,7 @@ import Metrics
 public import NIOCore
 public import SomaCore
 public import SomaNet
-public import SomaStore
+import SomaStore
 import Synchronization
 
 /// The tunables of discovery (DESIGN §9); the defaults suit a public network.

@@ -1,4 +1,6 @@
 import Foundation
+import SomaCore
+import SomaDiscovery
 import SomaStore
 import Yams
 
@@ -33,12 +35,21 @@ public enum NodeConfigurationFile {
               uploadBytesPerSecondPerPeer: 0   # 0: unlimited
               uploadBytesPerSecond: 0          # 0: unlimited, whole node
             sync:
-              peers: []                        # HOST:PORT of nodes to sync from and follow; empty: serve only
+              peers: []                        # seed peers, HOST:PORT: dialled when the node has no connection
               window: \(d.sync.window)                       # block requests in flight over all peers
               timeoutSeconds: \(d.sync.requestTimeout.nanoseconds / 1_000_000_000)              # a request with no answer (or a stream with no item) this long is stalled
               pollSeconds: \(d.pollSeconds)                  # how often to ask peers for new checkpoints
               banSeconds: \(d.sync.banDuration.components.seconds)                 # how long a peer that sent bad data is avoided
               verifyAllCertificates: \(d.sync.verifyAllCertificates)     # check every certificate's signatures, not one per batch
+            discovery:
+              seeds: []                        # more seed peers (HOST:PORT), as sync.peers
+              targetConnections: \(d.discovery.targetConnections)             # outbound connections to keep (the sources of sync)
+              maxPeers: \(d.discovery.maxPeers)                 # records the persistent peer table holds
+              exchangeSeconds: \(d.discovery.exchangeInterval.components.seconds)              # how often to exchange known peers and dial
+              access: \(d.discovery.access)                   # private: never advertised; answers allowedPeers only
+              role: auto                       # archive, full or validator (auto: from store.mode)
+              advertise: []                    # HOST:PORT others dial; empty: the listen address
+              allowedPeers: []                 # peer ids (hex) a private node answers
             drainSeconds: \(d.drainSeconds)            # on stop, wait this long for requests in flight
             logLevel: \(d.logLevel)
 
@@ -69,7 +80,7 @@ public enum NodeConfigurationFile {
             guard let i = v as? Int, range.contains(i) else { throw NodeError("\(source): '\(path)' must be an integer in \(range)") }
             return i
         }
-        try checkKeys(top, ["listen", "store", "net", "sync", "drainSeconds", "logLevel"], source, "")
+        try checkKeys(top, ["listen", "store", "net", "sync", "discovery", "drainSeconds", "logLevel"], source, "")
         let listen = try section("listen")
         try checkKeys(listen, ["host", "port"], source, "listen.")
         if let h = listen["host"] {
@@ -118,6 +129,47 @@ public enum NodeConfigurationFile {
         if let v = sync["verifyAllCertificates"] {
             guard let b = v as? Bool else { throw NodeError("\(source): 'sync.verifyAllCertificates' must be true or false") }
             config.sync.verifyAllCertificates = b
+        }
+        let discovery = try section("discovery")
+        try checkKeys(discovery, ["seeds", "targetConnections", "maxPeers", "exchangeSeconds", "access", "role", "advertise", "allowedPeers"], source, "discovery.")
+        func addresses(_ key: String) throws -> [String]? {
+            guard let v = discovery[key] else { return nil }
+            guard let list = v as? [Any] else { throw NodeError("\(source): 'discovery.\(key)' must be a list of HOST:PORT") }
+            return try list.map { item in
+                guard let s = item as? String, s.utf8.count <= NodeInfo.maxAddressBytes, NodeInfo.split(address: s) != nil else {
+                    throw NodeError("\(source): 'discovery.\(key)' entries must be HOST:PORT, not \(item)")
+                }
+                return s
+            }
+        }
+        if let seeds = try addresses("seeds") { config.discovery.seeds = seeds }
+        if let advertise = try addresses("advertise") {
+            guard advertise.count <= NodeInfo.maxAddresses else { throw NodeError("\(source): 'discovery.advertise' holds at most \(NodeInfo.maxAddresses) addresses") }
+            config.discovery.advertise = advertise
+        }
+        if let v = try int(discovery, "targetConnections", "discovery.targetConnections", range: 1...1_000) { config.discovery.targetConnections = v }
+        if let v = try int(discovery, "maxPeers", "discovery.maxPeers", range: 16...1_000_000) { config.discovery.maxPeers = v }
+        if let v = try int(discovery, "exchangeSeconds", "discovery.exchangeSeconds", range: 1...3_600) { config.discovery.exchangeInterval = .seconds(v) }
+        if let v = discovery["access"] {
+            guard let s = v as? String, let a = Access.allCases.first(where: { $0.description == s }) else {
+                throw NodeError("\(source): 'discovery.access' must be public or private")
+            }
+            config.discovery.access = a
+        }
+        if let v = discovery["role"] {
+            guard let s = v as? String, s == "auto" || Role.allCases.contains(where: { $0.description == s }) else {
+                throw NodeError("\(source): 'discovery.role' must be auto, archive, full or validator")
+            }
+            config.role = Role.allCases.first { $0.description == s }
+        }
+        if let v = discovery["allowedPeers"] {
+            guard let list = v as? [Any] else { throw NodeError("\(source): 'discovery.allowedPeers' must be a list of peer ids") }
+            config.discovery.allowedPeers = Set(try list.map { item in
+                guard let s = item as? String, let bytes = HexCoding.decode(s), let id = PeerID(bytes: bytes) else {
+                    throw NodeError("\(source): 'discovery.allowedPeers' entries must be 64 hex digits, not \(item)")
+                }
+                return id
+            })
         }
         if let v = try int(top, "drainSeconds", "drainSeconds", range: 0...3_600) { config.drainSeconds = v }
         if let v = top["logLevel"] {

@@ -1,4 +1,5 @@
 import NIOCore
+public import SomaDiscovery
 public import SomaNet
 public import SomaStore
 public import SomaSync
@@ -16,8 +17,13 @@ public struct NodeConfiguration: Sendable {
     public var store = StoreConfiguration()
     /// The transport.
     public var net = NetConfiguration()
-    /// Peers to sync from and follow (`HOST:PORT`); none: serve only.
+    /// Seed peers (`HOST:PORT`), dialled when the node has no connection; discovery finds the
+    /// rest (with `discovery.seeds`).
     public var peers: [String] = []
+    /// Discovery's tunables (its seeds are joined with ``peers``).
+    public var discovery = DiscoveryConfiguration()
+    /// The role this node advertises (`nil`: archive for an archive store, full otherwise).
+    public var role: Role? = nil
     /// The sync pipeline's tunables.
     public var sync = SyncConfiguration()
     /// How often a following node polls its peers for new checkpoints (pushes wake it sooner).

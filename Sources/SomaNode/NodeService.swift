@@ -1,16 +1,19 @@
 import Foundation
 public import Logging
+import NIOCore
 import NIOPosix
 import SomaCore
+import SomaDiscovery
 import SomaNet
 import SomaStore
 import SomaSync
 public import ServiceLifecycle
 
-/// The running node: opens the store, serves history to peers, syncs from its configured peers
-/// and follows the tip (pushes from peers wake it; it forwards each new tip), prunes in the
-/// background (pruned mode), and on a graceful shutdown stops accepting, lets requests in flight finish,
-/// closes connections and closes the store last.
+/// The running node: opens the store, serves history and known peers, discovers peers (signed
+/// records, exchange, a persistent peer table; DESIGN §9), syncs from the peers discovery
+/// connects to and follows the tip (pushes wake it; it forwards each new tip), prunes in the
+/// background (pruned mode), and on a graceful shutdown stops accepting, lets requests in flight
+/// finish, closes connections and closes the store last.
 public final class NodeService: Service, Sendable {
     /// The configuration.
     public let configuration: NodeConfiguration
@@ -42,34 +45,61 @@ public final class NodeService: Service, Sendable {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         do {
             try await store.initialize(genesis: genesis)
-            let identity = HandshakeIdentity(key: key, chainID: genesis.chainID)
+            let table = PeerTable(
+                selfID: key.publicKey, store: store, maxPeers: config.discovery.maxPeers,
+                maxPerIntroducer: config.discovery.maxPerIntroducer)
+            let known = try await table.load()
+            var settings = config.discovery
+            settings.seeds = Array(Set(config.peers + config.discovery.seeds)).sorted()
+            settings.role = config.role ?? (config.store.mode == .archive ? .archive : .full)
             let (pushes, pushed) = AsyncStream.makeStream(of: PushedCheckpoint.self, bufferingPolicy: .bufferingNewest(64))
+            let (inbound, inboundPeers) = AsyncStream.makeStream(of: InboundPeer.self, bufferingPolicy: .bufferingNewest(256))
+            let discovery = Discovery(
+                key: key, chainID: genesis.chainID, table: table, configuration: settings, net: config.net, group: group,
+                logger: logger, pushes: pushed, held: { await NodeService.held(store) })
             let server = try await NetServer.start(
                 host: config.listenHost, port: config.listenPort,
-                identity: identity, service: HistoryService(store: store),
-                configuration: config.net, group: group, logger: logger, pushes: config.peers.isEmpty ? nil : pushed)
+                identity: discovery.identity, service: NodeServing(history: HistoryService(store: store), discovery: discovery),
+                configuration: config.net, group: group, logger: logger, pushes: pushed,
+                access: discovery.accessPolicy, inbound: inboundPeers)
+            let advertised = config.discovery.advertise.isEmpty
+                ? NodeService.defaultAddresses(host: config.listenHost, port: server.port) : config.discovery.advertise
+            await discovery.setAddresses(advertised)
             logger.info("serving", metadata: [
                 "listen.address": "\(config.listenHost):\(server.port)", "peer.id": "\(key.publicKey)",
-                "chain.id": "\(genesis.chainID.short)",
+                "chain.id": "\(genesis.chainID.short)", "advertised": "\(advertised.joined(separator: ","))",
+                "access": "\(settings.access)", "peers.known": "\(known)", "peers.seeds": "\(settings.seeds.count)",
             ])
             onListening(config.listenHost, server.port)
+            let scoreInterval = settings.exchangeInterval
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 if config.store.mode == .pruned { tasks.addTask { try await store.runPruning() } }
-                let follower = config.peers.isEmpty ? nil : TipFollower(
-                    store: store, genesis: genesis, seeds: config.peers, identity: identity, net: config.net, group: group,
-                    configuration: config.sync, pollInterval: .seconds(config.pollSeconds), logger: logger, pushes: pushed,
+                let follower = TipFollower(
+                    store: store, genesis: genesis,
+                    sources: { await NodeService.offers(discovery) },
+                    configuration: config.sync, pollInterval: .seconds(config.pollSeconds), logger: logger,
                     forward: { server.broadcast(.pushCheckpoint, $0.bcsBytes) })
-                if let follower {
-                    tasks.addTask { try await follower.run() }
-                    tasks.addTask { await follower.consume(pushes) }
+                tasks.addTask { await discovery.run() }
+                tasks.addTask { await discovery.consume(inbound: inbound) }
+                tasks.addTask { try await follower.run() }
+                tasks.addTask { await follower.consume(pushes) }
+                tasks.addTask {
+                    // What sync measures of its sources goes into the peer table (and survives restarts).
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: scoreInterval)
+                        await NodeService.recordScores(follower.sync.pool, into: discovery)
+                    }
                 }
                 // Serve until the service group asks for a graceful shutdown.
                 try? await gracefulShutdown()
                 tasks.cancelAll()
                 pushed.finish()
-                follower?.stop()
+                inboundPeers.finish()
+                follower.stop()
                 try await tasks.waitForAll()
-                await follower?.close()
+                await NodeService.recordScores(follower.sync.pool, into: discovery)
+                await follower.close()
+                await discovery.close()
             }
             logger.info("stopping: draining requests in flight", metadata: ["requests": "\(server.requestsInFlight)"])
             await server.shutdown(drain: .seconds(config.drainSeconds))
@@ -81,5 +111,43 @@ public final class NodeService: Service, Sendable {
         try? await group.shutdownGracefully()
         await store.close()
         logger.info("stopped; store closed")
+    }
+
+    /// What the node holds, for its record: `lowestAvailable...highestSynced` and the snapshot epochs.
+    static func held(_ store: NodeStore) async -> (holds: [HeldRange], snapshotEpochs: [UInt64]) {
+        guard let marks = try? await store.watermarks(), let high = marks[.highestSynced]?.seq else { return ([], []) }
+        let low = min(marks[.lowestAvailable]?.seq ?? 0, high)
+        return ([HeldRange(lowest: low, highest: high)], (try? await store.snapshotEpochs()) ?? [])
+    }
+
+    /// Discovery's connections as sync sources, with the throughput the table remembers.
+    static func offers(_ discovery: Discovery) async -> [SourceOffer] {
+        var out: [SourceOffer] = []
+        for c in discovery.connections {
+            let measured = await discovery.table.record(c.client.peerID)?.throughput
+            out.append(SourceOffer(label: c.address, client: c.client, throughput: measured.flatMap { $0 > 0 ? Double($0) : nil }))
+        }
+        return out
+    }
+
+    /// Copies the pool's scores (throughput, failures, bans) into discovery's table.
+    static func recordScores(_ pool: SourcePool, into discovery: Discovery) async {
+        for s in await pool.stats {
+            await discovery.noteSource(s.peerID, throughput: s.throughput, failures: s.failures, bannedFor: s.bannedFor, reason: s.banReason)
+        }
+    }
+
+    /// The addresses a node advertises when none are configured: the listen address, or for a
+    /// wildcard listen address the machine's first non-loopback IPv4 address (loopback if none).
+    public static func defaultAddresses(host: String, port: Int) -> [String] {
+        if !["0.0.0.0", "::", "", "[::]"].contains(host) {
+            return [host.contains(":") && !host.hasPrefix("[") ? "[\(host)]:\(port)" : "\(host):\(port)"]
+        }
+        let devices = (try? System.enumerateDevices()) ?? []
+        for d in devices {
+            guard let a = d.address, case .v4 = a, let ip = a.ipAddress, !ip.hasPrefix("127.") else { continue }
+            return ["\(ip):\(port)"]
+        }
+        return ["127.0.0.1:\(port)"]
     }
 }

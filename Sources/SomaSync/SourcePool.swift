@@ -19,6 +19,8 @@ public struct SourceStats: Sendable, CustomStringConvertible {
     public var throughput: Double?
     /// Why it is banned, while it is.
     public var banReason: String?
+    /// How much longer it is banned, while it is.
+    public var bannedFor: Duration?
     /// The lowest and highest checkpoints it says it holds.
     public var holds: ClosedRange<UInt64>?
 
@@ -83,10 +85,25 @@ public actor SourcePool {
     }
 
     /// Adds a source (a new connection); returns its index.
+    /// - Parameters:
+    ///   - availability: what it holds, if already asked (otherwise the next ``refresh()`` asks).
+    ///   - throughput: its throughput measured before (bytes/s), if known: it then competes by
+    ///     it instead of being tried first.
     @discardableResult
-    public func add(_ client: PeerClient, label: String) -> Int {
-        entries.append(Entry(client: client, stats: SourceStats(label: label, peerID: client.peerID)))
+    public func add(_ client: PeerClient, label: String, availability: Availability? = nil, throughput: Double? = nil) -> Int {
+        var entry = Entry(client: client, stats: SourceStats(label: label, peerID: client.peerID))
+        entry.stats.throughput = throughput
+        if let a = availability {
+            entry.availability = a
+            entry.stats.holds = a.lowestAvailable...max(a.lowestAvailable, a.highestSynced)
+        }
+        entries.append(entry)
         return entries.count - 1
+    }
+
+    /// The index of the source with `peerID`, if there is one.
+    public func index(of peerID: PeerID) -> Int? {
+        entries.firstIndex { $0.client.peerID == peerID }
     }
 
     /// Puts a new connection in place of source `i` (a reconnection): its scores stay, its
@@ -259,7 +276,11 @@ public actor SourcePool {
         let now = ContinuousClock.now
         return entries.map { e in
             var s = e.stats
-            if let until = e.bannedUntil, until <= now { s.banReason = nil }
+            if let until = e.bannedUntil, until > now {
+                s.bannedFor = until - now
+            } else {
+                s.banReason = nil
+            }
             return s
         }
     }

@@ -1,50 +1,57 @@
 public import Logging
-public import NIOCore
 public import SomaCore
 public import SomaNet
 public import SomaStore
 import Synchronization
 
+/// A connection sync may draw from, as discovery (or a fixed list) offers it.
+public struct SourceOffer: Sendable {
+    /// How it is named in reports (usually `HOST:PORT`).
+    public var label: String
+    /// The connection.
+    public var client: PeerClient
+    /// Its throughput measured before (bytes/s), if known.
+    public var throughput: Double?
+
+    /// Creates an offer.
+    public init(label: String, client: PeerClient, throughput: Double? = nil) {
+        self.label = label
+        self.client = client
+        self.throughput = throughput
+    }
+}
+
 /// Keeps a store at the chain's tip once it has caught up (DESIGN §10, "at the tip"): it polls
 /// its sources' availability every `pollInterval`, reacts at once to `pushCheckpoint` gossip,
 /// runs a ``PeerSync`` catch-up whenever a source holds more than the store, and forwards each
-/// new tip it commits to its sources. Seed addresses that cannot be reached (or whose
-/// connection closed) are dialled again every round.
+/// new tip it commits to its sources. Its sources are whatever `sources` offers each round
+/// (discovery's connections): new ones join the pool, reconnected ones replace their old entry
+/// and keep their scores.
 public final class TipFollower: Sendable {
     /// The sync it runs.
     public let sync: PeerSync
-    let seeds: [String]
-    let identity: HandshakeIdentity
-    let net: NetConfiguration
-    let group: any EventLoopGroup
+    let sources: @Sendable () async -> [SourceOffer]
     let pollInterval: Duration
     let logger: Logger
-    let slots = Mutex<[String: Int]>([:])
+    let slots = Mutex<[PeerID: Int]>([:])
     let wake: AsyncStream<Void>.Continuation
     let forward: @Sendable (CertifiedCheckpointSummary) -> Void
-    let pushes: AsyncStream<PushedCheckpoint>.Continuation?
     let wakes: AsyncStream<Void>
 
-    /// A follower of `seeds` (`HOST:PORT`) that fills `store`; `forward` is also given each new
-    /// tip (a serving node sends it to the peers connected to it); checkpoints the sources push
-    /// on the follower's own connections go to `pushes` (give it the stream ``consume(_:)`` reads).
+    /// A follower that fills `store` from the connections `sources` offers; `forward` is also
+    /// given each new tip (a serving node sends it to the peers connected to it).
     public init(
-        store: NodeStore, genesis: Genesis, seeds: [String], identity: HandshakeIdentity, net: NetConfiguration = NetConfiguration(),
-        group: any EventLoopGroup, configuration: SyncConfiguration = SyncConfiguration(), pollInterval: Duration = .seconds(2),
-        logger: Logger, pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil,
-        forward: @escaping @Sendable (CertifiedCheckpointSummary) -> Void = { _ in }
+        store: NodeStore, genesis: Genesis, sources: @escaping @Sendable () async -> [SourceOffer],
+        configuration: SyncConfiguration = SyncConfiguration(), pollInterval: Duration = .seconds(2),
+        logger: Logger, forward: @escaping @Sendable (CertifiedCheckpointSummary) -> Void = { _ in }
     ) {
         self.forward = forward
-        self.pushes = pushes
+        self.sources = sources
         let pool = SourcePool(
             clients: [], labels: [], perSourceInFlight: configuration.perSourceInFlight, banDuration: configuration.banDuration,
             stallBanDuration: configuration.stallBanDuration,
             onBan: { label, reason in logger.warning("source banned", metadata: ["peer.address": "\(label)", "reason": "\(reason)"]) })
         sync = PeerSync(store: store, genesis: genesis, pool: pool, configuration: configuration)
-        self.seeds = seeds
-        self.identity = identity
-        self.net = net
-        self.group = group
         self.pollInterval = pollInterval
         self.logger = logger
         (wakes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -60,31 +67,20 @@ public final class TipFollower: Sendable {
         }
     }
 
-    /// Dials the seeds not connected now; returns how many sources are connected.
-    func connectSeeds() async -> Int {
+    /// Takes in what `sources` offers now; returns how many sources are connected.
+    func refreshSources() async -> Int {
         let pool = sync.pool
-        var connected = 0
-        for seed in seeds {
-            if let i = slots.withLock({ $0[seed] }), await pool.client(i).isConnected {
-                connected += 1
+        for offer in await sources() where offer.client.isConnected {
+            let id = offer.client.peerID
+            if let i = slots.withLock({ $0[id] }) {
+                if await pool.client(i) !== offer.client { await pool.replace(i, with: offer.client) }
                 continue
             }
-            guard let colon = seed.lastIndex(of: ":"), let port = Int(seed[seed.index(after: colon)...]) else { continue }
-            do {
-                let client = try await PeerClient.connect(
-                    host: String(seed[..<colon]), port: port, identity: identity, configuration: net, group: group, pushes: pushes)
-                if let i = slots.withLock({ $0[seed] }) {
-                    await pool.replace(i, with: client)
-                } else {
-                    let i = await pool.add(client, label: seed)
-                    slots.withLock { $0[seed] = i }
-                }
-                connected += 1
-                logger.info("connected to source", metadata: ["peer.address": "\(seed)", "peer.id": "\(client.peerID.raw.short)"])
-            } catch {
-                logger.debug("source unreachable", metadata: ["peer.address": "\(seed)", "reason": "\(error)"])
-            }
+            let i = await pool.add(offer.client, label: offer.label, throughput: offer.throughput)
+            slots.withLock { $0[id] = i }
         }
+        var connected = 0
+        for client in await pool.clients where client.isConnected { connected += 1 }
         return connected
     }
 
@@ -94,7 +90,7 @@ public final class TipFollower: Sendable {
         var iterator = wakes.makeAsyncIterator()
         var lastForwarded: UInt64 = 0
         while !Task.isCancelled {
-            let connected = await connectSeeds()
+            let connected = await refreshSources()
             if connected > 0 {
                 do {
                     await sync.pool.refresh()

@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
+import Logging
 import NIOCore
 import NIOPosix
 import SomaCore
+import SomaDiscovery
 import SomaNet
 import SomaNode
 import SomaStore
@@ -12,8 +14,10 @@ struct Sync: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Catch a store up from peers, verifying everything, then exit.",
         discussion: """
-            Verifies the epoch chain, every summary batch (one quorum check each) and every block, \
-            and commits in order with execution and the state-root check at every epoch end. Blocks \
+            Finds its sources by discovery: it dials the seeds (--peer) or the peers its store \
+            remembers, asks them for the peers they know and connects to up to \
+            --target-connections of them. Verifies the epoch chain, every summary batch (one quorum \
+            check each) and every block, and commits in order with execution and the state-root check at every epoch end. Blocks \
             come from all peers at once, by measured throughput; a peer that sends anything that \
             fails verification is banned and its work goes to the others. A stop or crash resumes \
             after the store's highestSynced. Shows a progress bar on a terminal, log lines otherwise.
@@ -23,8 +27,10 @@ struct Sync: AsyncParsableCommand {
     var data: String
     @Option(help: "The chain's genesis file (default: DIR/genesis.bcs).")
     var genesis: String?
-    @Option(help: "A peer to sync from, HOST:PORT (repeat for several).")
+    @Option(help: "A seed peer, HOST:PORT (repeat for several; optional once the store's peer table knows peers).")
     var peer: [String] = []
+    @Option(help: "Sources to connect to (found by discovery from the seeds).")
+    var targetConnections = 8
     @Option(help: "The checkpoint to stop at, or `latest`.")
     var until = "latest"
     @Option(help: "Block requests in flight over all peers.")
@@ -37,7 +43,7 @@ struct Sync: AsyncParsableCommand {
     var verifyAllCertificates = false
 
     func validate() throws {
-        guard !peer.isEmpty else { throw ValidationError("give at least one --peer HOST:PORT") }
+        guard targetConnections >= 1 && targetConnections <= 1_000 else { throw ValidationError("--target-connections must be 1...1000") }
         for p in peer {
             guard let colon = p.lastIndex(of: ":"), let port = Int(p[p.index(after: colon)...]), (1...65_535).contains(port),
                   colon != p.startIndex
@@ -68,44 +74,80 @@ struct Sync: AsyncParsableCommand {
         }
         try writeGenesis(chainGenesis, to: DataDirectory(root: data))
         let key = (try? NodeKey.load(from: config.keyPath)) ?? SigningKey.generate()
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        var clients: [PeerClient] = []
-        var labels: [String] = []
-        for p in peer {
-            let colon = p.lastIndex(of: ":")!
-            do {
-                clients.append(try await PeerClient.connect(
-                    host: String(p[..<colon]), port: Int(p[p.index(after: colon)...])!,
-                    identity: HandshakeIdentity(key: key, chainID: chainGenesis.chainID), group: group))
-                labels.append(p)
-            } catch {
-                print("peer \(p): \(error)")
-            }
-        }
-        guard !clients.isEmpty else {
-            try? await group.shutdownGracefully()
-            throw CLIError("no peer could be reached")
-        }
         let store = try await NodeStore.open(path: config.databasePath, configuration: config.store)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        var logger = Logger(label: "soma-node.sync")
+        logger.logLevel = .warning
+        let table = PeerTable(selfID: key.publicKey, store: store)
+        var settings = DiscoveryConfiguration()
+        settings.seeds = peer
+        settings.targetConnections = targetConnections
+        settings.exchangeInterval = .seconds(2)
+        settings.role = config.store.mode == .archive ? .archive : .full
+        let discovery = Discovery(
+            key: key, chainID: chainGenesis.chainID, table: table, configuration: settings, group: group, logger: logger)
+        func shutDown() async {
+            await discovery.close()
+            try? await group.shutdownGracefully()
+            await store.close()
+        }
+        let connected: Int
+        do {
+            let known = try await table.load()
+            if peer.isEmpty && known == 0 {
+                throw CLIError("no seed (--peer HOST:PORT) and no known peers in \(config.databasePath)")
+            }
+            connected = await discovery.bootstrap()
+        } catch {
+            await shutDown()
+            throw error
+        }
+        guard connected > 0 else {
+            await shutDown()
+            throw CLIError("no peer could be reached (seeds: \(peer.isEmpty ? "none" : peer.joined(separator: ", ")))")
+        }
+        print("discovery: connected to \(connected) peers (\(await table.count) known)")
         let display = ProgressDisplay()
         do {
-            var settings = SyncConfiguration()
-            settings.window = window
-            settings.requestTimeout = .seconds(Int64(timeout))
-            settings.verifyAllCertificates = verifyAllCertificates
+            var syncSettings = SyncConfiguration()
+            syncSettings.window = window
+            syncSettings.requestTimeout = .seconds(Int64(timeout))
+            syncSettings.verifyAllCertificates = verifyAllCertificates
             let terminal = display.terminal
             let pool = SourcePool(
-                clients: clients, labels: labels, perSourceInFlight: settings.perSourceInFlight,
-                banDuration: settings.banDuration, stallBanDuration: settings.stallBanDuration,
+                clients: [], labels: [], perSourceInFlight: syncSettings.perSourceInFlight,
+                banDuration: syncSettings.banDuration, stallBanDuration: syncSettings.stallBanDuration,
                 onBan: { label, reason in
                     print("\(terminal ? "\r\u{1B}[K" : "")peer \(label) banned: \(reason)")
                 })
-            let sync = PeerSync(store: store, genesis: chainGenesis, pool: pool, configuration: settings)
+            for c in discovery.connections {
+                let remembered = await table.record(c.client.peerID)?.throughput ?? 0
+                await pool.add(c.client, label: c.address, throughput: remembered > 0 ? Double(remembered) : nil)
+            }
+            let sync = PeerSync(store: store, genesis: chainGenesis, pool: pool, configuration: syncSettings)
+            // Discovery goes on while syncing: peers it connects to later join the pool.
+            let joining = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(2))
+                    guard !Task.isCancelled else { return }
+                    await discovery.round()
+                    for c in discovery.connections where await pool.index(of: c.client.peerID) == nil {
+                        guard let a = try? await c.client.availability() else { continue }
+                        await pool.add(c.client, label: c.address, availability: a)
+                    }
+                }
+            }
+            defer { joining.cancel() }
             let report = try await sync.catchUp(until: UInt64(until)) { display.update($0) }
+            joining.cancel()
+            _ = await joining.value
+            for st in await pool.stats {
+                await discovery.noteSource(st.peerID, throughput: st.throughput, failures: st.failures, bannedFor: st.bannedFor, reason: st.banReason)
+            }
             display.finish()
             let secs = elapsed(since: start)
             let used = report.sources.filter { $0.checkpoints > 0 }.count
-            print("synced \(report.checkpoints) checkpoints (\(report.transactions) transactions, \(format(Double(report.rawBytes) / 1e6)) MB) from \(used) of \(clients.count) peers in \(format(secs)) s (\(format(Double(report.checkpoints) / secs, 0)) checkpoints/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s); tip \(report.tip)")
+            print("synced \(report.checkpoints) checkpoints (\(report.transactions) transactions, \(format(Double(report.rawBytes) / 1e6)) MB) from \(used) of \(report.sources.count) peers in \(format(secs)) s (\(format(Double(report.checkpoints) / secs, 0)) checkpoints/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s); tip \(report.tip)")
             print("  \(report.quorumChecks) summary batches quorum-checked, \(report.hedges) hedged requests")
             for s in report.sources { print("  peer \(s)") }
             if let root = try await store.epochs().last(where: { $0.stateRoot != nil }) {
@@ -113,13 +155,9 @@ struct Sync: AsyncParsableCommand {
             }
         } catch {
             display.finish()
-            for c in clients { await c.close() }
-            try? await group.shutdownGracefully()
-            await store.close()
+            await shutDown()
             throw error
         }
-        for c in clients { await c.close() }
-        try? await group.shutdownGracefully()
-        await store.close()
+        await shutDown()
     }
 }
