@@ -120,6 +120,7 @@ public actor PeerTable {
             }
             if direct && !r.direct {
                 perIntroducer[r.introducer, default: 1] -= 1
+                if perIntroducer[r.introducer] == 0 { perIntroducer[r.introducer] = nil }
                 r.direct = true
                 r.introducer = id
                 changed = true
@@ -134,7 +135,7 @@ public actor PeerTable {
             dirty.insert(id)
             return .updated
         }
-        if info.info.access == .private && !direct {
+        if info.info.access == .private && !direct && introducer != id {
             return .refused("a private record passed on by a third party")
         }
         if !direct && introducedCount(by: introducer) >= maxPerIntroducer {

@@ -196,7 +196,8 @@ public final class PeerClient: Sendable {
     ) async throws -> PeerClient {
         let loop = group.next()
         let handshake = loop.makePromise(of: HandshakeCompleted.self)
-        let channel = try await ClientBootstrap(group: loop)
+        let bootstrap = ClientBootstrap(group: loop)
+            .connectTimeout(configuration.handshakeTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -207,7 +208,14 @@ public final class PeerClient: Sendable {
                     try ops.addHandler(ResponseHandler(handshake: handshake, pushes: pushes))
                 }
             }
-            .connect(host: host, port: port).get()
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: host, port: port).get()
+        } catch {
+            // No channel, so no handler will ever complete the handshake.
+            handshake.fail(error)
+            throw error
+        }
         do {
             let completed = try await handshake.futureResult.get()
             let handler = try await channel.eventLoop.submit {
