@@ -172,7 +172,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SomaNodeTests",
-            dependencies: ["SomaNode", "SomaStore"],
+            dependencies: ["SomaNode", "SomaStore", "SomaDiscovery"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -79,6 +79,7 @@ public final class Discovery: Sendable {
     let logger: Logger
     let held: @Sendable () async -> (holds: [HeldRange], snapshotEpochs: [UInt64])
     let pushes: AsyncStream<PushedCheckpoint>.Continuation?
+    let onConnect: @Sendable (PeerID) -> Void
     let state = Mutex(State())
     let metrics: DiscoveryMetrics
 
@@ -88,7 +89,7 @@ public final class Discovery: Sendable {
         var advertise: [String] = []
         var connections: [PeerID: Connection] = [:]
         var dialling: Set<String> = []
-        var seedFailures: [String: (count: Int, next: ContinuousClock.Instant)] = [:]
+        var seedFailures: [String: (count: Int, next: ContinuousClock.Instant, reason: String)] = [:]
         var sourceFailures: [PeerID: Int] = [:]
     }
 
@@ -105,10 +106,11 @@ public final class Discovery: Sendable {
     ///   - table: the peer table (load it first).
     ///   - held: what this node holds now (its record advertises it).
     ///   - pushes: where checkpoints that peers push on outbound connections go.
+    ///   - onConnect: told of every new outbound connection (sync takes it as a source).
     public init(
         key: SigningKey, chainID: Digest, table: PeerTable, configuration: DiscoveryConfiguration = DiscoveryConfiguration(),
         net: NetConfiguration = NetConfiguration(), group: any EventLoopGroup, logger: Logger,
-        pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil,
+        pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil, onConnect: @escaping @Sendable (PeerID) -> Void = { _ in },
         held: @escaping @Sendable () async -> (holds: [HeldRange], snapshotEpochs: [UInt64]) = { ([], []) }
     ) {
         self.key = key
@@ -119,6 +121,7 @@ public final class Discovery: Sendable {
         self.logger = logger
         self.held = held
         self.pushes = pushes
+        self.onConnect = onConnect
         self.identity = HandshakeIdentity(key: key, chainID: chainID, nodeInfoSlot: NodeInfoSlot())
         self.metrics = DiscoveryMetrics()
         state.withLock { $0.advertise = Array(configuration.advertise.prefix(NodeInfo.maxAddresses)) }
@@ -255,6 +258,11 @@ public final class Discovery: Sendable {
 
     // MARK: Connections
 
+    /// Why each seed that could not be reached failed last (for a command's error message).
+    public var seedFailures: [String: String] {
+        state.withLock { s in s.seedFailures.mapValues(\.reason) }
+    }
+
     /// The outbound connections open now.
     public var connections: [Connection] {
         state.withLock { s in Array(s.connections.values) }.filter { $0.client.isConnected }
@@ -267,7 +275,12 @@ public final class Discovery: Sendable {
     /// kept and the peer's record (from its hello) entered as direct.
     @discardableResult
     func dial(_ address: String, expected: PeerID?, into report: inout RoundReport) async -> Bool {
-        guard let (host, port) = NodeInfo.split(address: address) else { return false }
+        await dialWithReason(address, expected: expected, into: &report) == nil
+    }
+
+    /// ``dial(_:expected:into:)``, returning why it failed (`nil`: connected).
+    func dialWithReason(_ address: String, expected: PeerID?, into report: inout RoundReport) async -> String? {
+        guard let (host, port) = NodeInfo.split(address: address) else { return "\(address) is not HOST:PORT" }
         let started = ContinuousClock.now
         let client: PeerClient
         do {
@@ -276,7 +289,7 @@ public final class Discovery: Sendable {
             report.dialFailures += 1
             metrics.dials(false).increment()
             logger.debug("dial failed", metadata: ["peer.address": "\(address)", "reason": "\(error)"])
-            return false
+            return "\(error)"
         }
         let latency = UInt32(clamping: Int((ContinuousClock.now - started).inSeconds * 1_000))
         if let expected, client.peerID != expected {
@@ -284,12 +297,12 @@ public final class Discovery: Sendable {
             metrics.dials(false).increment()
             logger.debug("dialled a different peer", metadata: ["peer.address": "\(address)", "peer.id": "\(client.peerID.raw.short)"])
             await client.close()
-            return false
+            return "\(address) is now peer \(client.peerID.raw.short), not \(expected.raw.short)"
         }
         if client.peerID == key.publicKey {
             // Our own address (a seed list that names this node).
             await client.close()
-            return false
+            return "\(address) is this node"
         }
         let kept = state.withLock { s -> Bool in
             if let old = s.connections[client.peerID], old.client.isConnected { return false }
@@ -298,7 +311,7 @@ public final class Discovery: Sendable {
         }
         guard kept else {
             await client.close()
-            return false
+            return "already connected to \(client.peerID.raw.short)"
         }
         report.dialled += 1
         metrics.dials(true).increment()
@@ -307,7 +320,8 @@ public final class Discovery: Sendable {
         }
         await table.noteConnected(client.peerID, latencyMs: latency, nowMs: Discovery.nowMs())
         logger.info("connected to peer", metadata: ["peer.address": "\(address)", "peer.id": "\(client.peerID.raw.short)"])
-        return true
+        onConnect(client.peerID)
+        return nil
     }
 
     /// Dials the best table entries until `targetConnections` are open (at most
@@ -356,23 +370,23 @@ public final class Discovery: Sendable {
         let due = configuration.seeds.filter { seed in
             !connectedAddresses.contains(seed) && state.withLock { $0.seedFailures[seed].map { $0.next <= now } ?? true }
         }
-        await withTaskGroup(of: (String, Bool, RoundReport).self) { tasks in
+        await withTaskGroup(of: (String, String?, RoundReport).self) { tasks in
             for seed in due {
                 tasks.addTask {
                     var r = RoundReport()
-                    let ok = await self.dial(seed, expected: nil, into: &r)
-                    return (seed, ok, r)
+                    let failure = await self.dialWithReason(seed, expected: nil, into: &r)
+                    return (seed, failure, r)
                 }
             }
-            for await (seed, ok, r) in tasks {
+            for await (seed, failure, r) in tasks {
                 report.merge(r)
                 state.withLock { s in
-                    if ok {
-                        s.seedFailures[seed] = nil
-                    } else {
+                    if let failure {
                         let n = (s.seedFailures[seed]?.count ?? 0) + 1
                         let wait = min(configuration.backoffMax, configuration.backoffBase * (1 << min(n - 1, 20)))
-                        s.seedFailures[seed] = (n, ContinuousClock.now + wait)
+                        s.seedFailures[seed] = (n, ContinuousClock.now + wait, failure)
+                    } else {
+                        s.seedFailures[seed] = nil
                     }
                 }
             }

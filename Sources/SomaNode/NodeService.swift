@@ -54,9 +54,10 @@ public final class NodeService: Service, Sendable {
             settings.role = config.role ?? (config.store.mode == .archive ? .archive : .full)
             let (pushes, pushed) = AsyncStream.makeStream(of: PushedCheckpoint.self, bufferingPolicy: .bufferingNewest(64))
             let (inbound, inboundPeers) = AsyncStream.makeStream(of: InboundPeer.self, bufferingPolicy: .bufferingNewest(256))
+            let (connects, connected) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
             let discovery = Discovery(
                 key: key, chainID: genesis.chainID, table: table, configuration: settings, net: config.net, group: group,
-                logger: logger, pushes: pushed, held: { await NodeService.held(store) })
+                logger: logger, pushes: pushed, onConnect: { _ in connected.yield() }, held: { await NodeService.held(store) })
             let server = try await NetServer.start(
                 host: config.listenHost, port: config.listenPort,
                 identity: discovery.identity, service: NodeServing(history: HistoryService(store: store), discovery: discovery),
@@ -83,6 +84,8 @@ public final class NodeService: Service, Sendable {
                 tasks.addTask { await discovery.consume(inbound: inbound) }
                 tasks.addTask { try await follower.run() }
                 tasks.addTask { await follower.consume(pushes) }
+                // A new connection is a new source: the follower takes it at once.
+                tasks.addTask { for await _ in connects { follower.nudge() } }
                 tasks.addTask {
                     // What sync measures of its sources goes into the peer table (and survives restarts).
                     while !Task.isCancelled {
@@ -95,6 +98,7 @@ public final class NodeService: Service, Sendable {
                 tasks.cancelAll()
                 pushed.finish()
                 inboundPeers.finish()
+                connected.finish()
                 follower.stop()
                 try await tasks.waitForAll()
                 await NodeService.recordScores(follower.sync.pool, into: discovery)

@@ -134,6 +134,11 @@ public final class TipFollower: Sendable {
         for client in await sync.pool.clients { await client.close() }
     }
 
+    /// Wakes ``run()`` for a round now (a new source connected).
+    public func nudge() {
+        wake.yield()
+    }
+
     /// Ends the wait of ``run()`` (call after cancelling it).
     public func stop() {
         wake.yield()

@@ -103,6 +103,7 @@ struct Sync: AsyncParsableCommand {
             throw error
         }
         guard connected > 0 else {
+            for (seed, reason) in discovery.seedFailures.sorted(by: { $0.key < $1.key }) { print("peer \(seed): \(reason)") }
             await shutDown()
             throw CLIError("no peer could be reached (seeds: \(peer.isEmpty ? "none" : peer.joined(separator: ", ")))")
         }

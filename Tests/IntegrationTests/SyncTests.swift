@@ -9,25 +9,45 @@ import Testing
 
 @Suite("soma-node sync from real serving nodes", .serialized)
 struct SyncTests {
-    @Test("a fresh node catches up from 3 serving nodes, spreads its requests over them, and ends with their watermarks and state root; a stop resumes")
+    @Test("a fresh node given one seed discovers and catches up from all 3 serving nodes, spreads its requests over them, and ends with their watermarks and state root; a second run resumes from its peer table without seeds")
     func catchUpFromThree() async throws {
         let base = TempDir("sync")
         defer { base.cleanup() }
         let source = base.file("a")
         #expect(try somaNode(["devnet", "generate", "--profile", "demo", "--checkpoints", "400", "--epochs", "4", "--out", source]).0 == 0)
         #expect(try somaNode(["init", "--data", source]).0 == 0)
-        for copy in ["b", "c"] { try FileManager.default.copyItem(atPath: source, toPath: base.file(copy)) }
-        let nodes = try ["a", "b", "c"].map { try RunningNode(data: base.file($0)) }
+        for copy in ["b", "c"] {
+            // The same chain, but a node key of its own (a copied key would be the same peer).
+            try FileManager.default.copyItem(atPath: source, toPath: base.file(copy))
+            try FileManager.default.removeItem(atPath: base.file(copy) + "/node.key")
+            #expect(try somaNode(["init", "--data", base.file(copy)]).0 == 0)
+        }
+        // a knows no one; b and c know a (discovery connects all three).
+        let first = try RunningNode(data: source)
+        let nodes = try [first] + ["b", "c"].map { try RunningNode(data: base.file($0), arguments: ["--peer", first.address]) }
         defer { nodes.forEach { $0.stop() } }
-        let peers = nodes.flatMap { ["--peer", $0.address] }
+        // Wait until a has heard of both (its table is persisted every round; `peers` reads it beside the node).
+        var known = 0
+        for _ in 0..<100 where known < 2 {
+            try await Task.sleep(for: .milliseconds(100))
+            let (_, json) = try somaNode(["peers", "--data", source, "--json"])
+            known = (try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["known"] as? Int ?? 0
+        }
+        #expect(known == 2)
         let fresh = base.file("fresh")
-        // First up to 150, then the rest: the second run resumes after highestSynced.
-        let (s1, o1) = try somaNode(["sync", "--data", fresh, "--genesis", source + "/genesis.bcs", "--until", "150"] + peers)
+        // First up to 150 from one seed, then the rest with no seed: the second run finds its
+        // sources in the peer table the first one persisted, and resumes after highestSynced.
+        let (s1, o1) = try somaNode(["sync", "--data", fresh, "--genesis", source + "/genesis.bcs", "--until", "150", "--peer", first.address])
         #expect(s1 == 0, "\(o1)")
         #expect(o1.contains("tip 150"), "\(o1)")
-        let (s2, o2) = try somaNode(["sync", "--data", fresh] + peers)
+        #expect(o1.contains("discovery: connected to 3 peers"), "\(o1)")
+        let (ps, po) = try somaNode(["peers", "--data", fresh, "--json"])
+        let table = try JSONSerialization.jsonObject(with: Data(po.utf8)) as? [String: Any]
+        #expect(ps == 0 && table?["known"] as? Int == 3 && table?["direct"] as? Int == 3, "\(po)")
+        let (s2, o2) = try somaNode(["sync", "--data", fresh])
         #expect(s2 == 0, "\(o2)")
         #expect(o2.contains("synced 249 checkpoints"), "\(o2)")
+        #expect(o2.contains("discovery: connected to 3 peers"), "\(o2)")
         // Every peer served blocks: "  peer HOST:PORT: N checkpoints, ...".
         #expect(o1.contains("from 3 of 3 peers"), "\(o1)")
         for node in nodes {

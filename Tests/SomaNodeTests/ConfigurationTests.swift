@@ -1,3 +1,4 @@
+import SomaDiscovery
 import SomaNode
 import SomaStore
 import Testing
@@ -25,6 +26,18 @@ struct ConfigurationTests {
         #expect(custom.net.uploadBytesPerSecondPerPeer == 1000 && custom.net.uploadBytesPerSecond == 5000)
         #expect(custom.drainSeconds == 1 && custom.logLevel == "debug")
         #expect(try NodeConfigurationFile.parse("", dataDirectory: "/d").listenPort == defaults.listenPort)
+        #expect(parsed.discovery.targetConnections == defaults.discovery.targetConnections && parsed.role == nil)
+        let id = String(repeating: "ab", count: 32)
+        let discovery = try NodeConfigurationFile.parse("""
+            sync: {peers: ["10.0.0.1:9100"]}
+            discovery: {seeds: ["seed.example:9100", "[::1]:9100"], targetConnections: 5, maxPeers: 200, exchangeSeconds: 3,
+                        access: private, role: validator, advertise: ["203.0.113.7:9100"], allowedPeers: ["\(id)"]}
+            """, dataDirectory: "/d")
+        #expect(discovery.peers == ["10.0.0.1:9100"] && discovery.discovery.seeds == ["seed.example:9100", "[::1]:9100"])
+        #expect(discovery.discovery.targetConnections == 5 && discovery.discovery.maxPeers == 200)
+        #expect(discovery.discovery.exchangeInterval == .seconds(3) && discovery.discovery.access == .private)
+        #expect(discovery.role == .validator && discovery.discovery.advertise == ["203.0.113.7:9100"])
+        #expect(discovery.discovery.allowedPeers.map(\.raw.hex) == [id])
     }
 
     @Test("bad files are refused with the key named", arguments: [
@@ -38,6 +51,12 @@ struct ConfigurationTests {
         ("- a\n- b", "top level"),
         ("logLevel: loud", "logLevel"),
         ("store: [1, 2", "YAML"),
+        ("discovery: {seeds: [nowhere]}", "discovery.seeds"),
+        ("discovery: {access: secret}", "discovery.access"),
+        ("discovery: {role: king}", "discovery.role"),
+        ("discovery: {allowedPeers: [abc]}", "discovery.allowedPeers"),
+        ("discovery: {targetConnections: 0}", "discovery.targetConnections"),
+        ("discovery: {advertise: [\"a:1\", \"a:2\", \"a:3\", \"a:4\", \"a:5\", \"a:6\", \"a:7\", \"a:8\", \"a:9\"]}", "discovery.advertise"),
     ])
     func badFiles(text: String, named: String) {
         do {
