@@ -50,6 +50,8 @@ public enum NodeConfigurationFile {
               role: auto                       # archive, full or validator (auto: from store.mode)
               advertise: []                    # HOST:PORT others dial; empty: the listen address
               allowedPeers: []                 # peer ids (hex) a private node answers
+            metrics:
+              listen: ""                       # HOST:PORT to serve Prometheus metrics on (GET /metrics); empty: off
             drainSeconds: \(d.drainSeconds)            # on stop, wait this long for requests in flight
             logLevel: \(d.logLevel)
 
@@ -80,7 +82,7 @@ public enum NodeConfigurationFile {
             guard let i = v as? Int, range.contains(i) else { throw NodeError("\(source): '\(path)' must be an integer in \(range)") }
             return i
         }
-        try checkKeys(top, ["listen", "store", "net", "sync", "discovery", "drainSeconds", "logLevel"], source, "")
+        try checkKeys(top, ["listen", "store", "net", "sync", "discovery", "metrics", "drainSeconds", "logLevel"], source, "")
         let listen = try section("listen")
         try checkKeys(listen, ["host", "port"], source, "listen.")
         if let h = listen["host"] {
@@ -170,6 +172,13 @@ public enum NodeConfigurationFile {
                 }
                 return id
             })
+        }
+        let metrics = try section("metrics")
+        try checkKeys(metrics, ["listen"], source, "metrics.")
+        if let v = metrics["listen"] {
+            guard let s = v as? String, s.isEmpty || (s.lastIndex(of: ":").flatMap { Int(s[s.index(after: $0)...]) }.map { (0...65_535).contains($0) } ?? false)
+            else { throw NodeError("\(source): 'metrics.listen' must be HOST:PORT or empty") }
+            config.metricsListen = s.isEmpty ? nil : s
         }
         if let v = try int(top, "drainSeconds", "drainSeconds", range: 0...3_600) { config.drainSeconds = v }
         if let v = top["logLevel"] {

@@ -30,6 +30,8 @@ public struct NodeConfiguration: Sendable {
     public var pollSeconds = 2
     /// How long a stop waits for requests in flight before closing connections.
     public var drainSeconds = 5
+    /// Where to serve Prometheus metrics (`GET /metrics`), `HOST:PORT`; `nil`: not served.
+    public var metricsListen: String? = nil
     /// Log level name (trace, debug, info, notice, warning, error, critical).
     public var logLevel = "info"
 

@@ -2,6 +2,7 @@ import Foundation
 public import Logging
 import NIOCore
 import NIOPosix
+public import Prometheus
 import SomaCore
 import SomaDiscovery
 import SomaNet
@@ -19,12 +20,22 @@ public final class NodeService: Service, Sendable {
     public let configuration: NodeConfiguration
     private let logger: Logger
     private let onListening: @Sendable (String, Int) -> Void
+    private let metrics: PrometheusCollectorRegistry?
+    private let onMetrics: @Sendable (Int) -> Void
 
     /// A node for `configuration`; `onListening` is told the address once the port is bound.
-    public init(configuration: NodeConfiguration, logger: Logger, onListening: @escaping @Sendable (String, Int) -> Void = { _, _ in }) {
+    /// - Parameters:
+    ///   - metrics: the registry the process's swift-metrics backend writes to; served on
+    ///     `metricsListen` when both are set (`onMetrics` is told the bound port).
+    public init(
+        configuration: NodeConfiguration, logger: Logger, metrics: PrometheusCollectorRegistry? = nil,
+        onListening: @escaping @Sendable (String, Int) -> Void = { _, _ in }, onMetrics: @escaping @Sendable (Int) -> Void = { _ in }
+    ) {
         self.configuration = configuration
         self.logger = logger
+        self.metrics = metrics
         self.onListening = onListening
+        self.onMetrics = onMetrics
     }
 
     /// Runs until a graceful shutdown (SIGTERM or SIGINT through the service group).
@@ -72,6 +83,14 @@ public final class NodeService: Service, Sendable {
                 "access": "\(settings.access)", "peers.known": "\(known)", "peers.seeds": "\(settings.seeds.count)",
             ])
             onListening(config.listenHost, server.port)
+            var metricsServer: MetricsServer? = nil
+            if let registry = metrics, let listen = config.metricsListen, let colon = listen.lastIndex(of: ":"),
+               let port = Int(listen[listen.index(after: colon)...]) {
+                let m = try await MetricsServer.start(host: String(listen[..<colon]), port: port, registry: registry, group: group)
+                logger.info("serving metrics", metadata: ["metrics.address": "\(listen[..<colon]):\(m.port)"])
+                onMetrics(m.port)
+                metricsServer = m
+            }
             let scoreInterval = settings.exchangeInterval
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 if config.store.mode == .pruned { tasks.addTask { try await store.runPruning() } }
@@ -105,6 +124,7 @@ public final class NodeService: Service, Sendable {
                 await follower.close()
                 await discovery.close()
             }
+            await metricsServer?.close()
             logger.info("stopping: draining requests in flight", metadata: ["requests": "\(server.requestsInFlight)"])
             await server.shutdown(drain: .seconds(config.drainSeconds))
         } catch {

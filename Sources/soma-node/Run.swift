@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import ServiceLifecycle
 import SomaNode
 
@@ -52,6 +54,8 @@ struct Run: AsyncParsableCommand {
     var peer: [String] = []
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String?
+    @Option(help: "Serve Prometheus metrics (GET /metrics) on HOST:PORT (replaces metrics.listen of the file).")
+    var metrics: String?
 
     func run() async throws {
         var configuration = NodeConfiguration(dataDirectory: data)
@@ -67,6 +71,12 @@ struct Run: AsyncParsableCommand {
             configuration.listenPort = port
         }
         if let logLevel { configuration.logLevel = logLevel }
+        if let metrics {
+            guard let colon = metrics.lastIndex(of: ":"), colon != metrics.startIndex,
+                  let port = Int(metrics[metrics.index(after: colon)...]), (0...65_535).contains(port)
+            else { throw ValidationError("--metrics takes HOST:PORT") }
+            configuration.metricsListen = metrics
+        }
         if !peer.isEmpty {
             for p in peer {
                 guard let colon = p.lastIndex(of: ":"), let port = Int(p[p.index(after: colon)...]), (1...65_535).contains(port),
@@ -82,10 +92,14 @@ struct Run: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "soma-node")
-        let node = NodeService(configuration: configuration, logger: logger) { host, port in
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let node = NodeService(configuration: configuration, logger: logger, metrics: registry, onListening: { host, port in
             // One plain line on stdout for scripts and tests that start the node on port 0.
             FileHandle.standardOutput.write(Data("listening on \(host):\(port)\n".utf8))
-        }
+        }, onMetrics: { port in
+            FileHandle.standardOutput.write(Data("metrics on port \(port)\n".utf8))
+        })
         let group = ServiceGroup(configuration: .init(
             services: [node], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()

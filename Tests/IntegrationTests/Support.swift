@@ -25,6 +25,8 @@ func somaNode(_ arguments: [String]) throws -> (Int32, String) {
 final class RunningNode {
     let process = Process()
     let address: String
+    /// The metrics port, when started with `--metrics`.
+    let metricsPort: Int?
 
     init(data: String, arguments extra: [String] = []) throws {
         process.executableURL = URL(fileURLWithPath: try somaNode())
@@ -33,13 +35,16 @@ final class RunningNode {
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
         try process.run()
-        var line = ""
-        while !line.contains("\n") {
+        let wanted = extra.contains("--metrics") ? 2 : 1
+        var text = ""
+        while text.filter({ $0 == "\n" }).count < wanted {
             let chunk = out.fileHandleForReading.availableData
             guard !chunk.isEmpty else { break }
-            line += String(decoding: chunk, as: UTF8.self)
+            text += String(decoding: chunk, as: UTF8.self)
         }
-        address = line.replacingOccurrences(of: "listening on ", with: "").trimmingCharacters(in: .whitespacesAndNewlines)
+        let lines = text.split(separator: "\n").map(String.init)
+        address = lines.first { $0.hasPrefix("listening on ") }.map { String($0.dropFirst("listening on ".count)) } ?? ""
+        metricsPort = lines.first { $0.hasPrefix("metrics on port ") }.flatMap { Int($0.dropFirst("metrics on port ".count)) }
     }
 
     func stop() {
