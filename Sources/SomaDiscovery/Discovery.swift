@@ -304,6 +304,11 @@ public final class Discovery: Sendable {
             await client.close()
             return "\(address) is this node"
         }
+        if let r = await table.record(client.peerID), r.isBanned(nowMs: Discovery.nowMs()) {
+            // A seed address whose peer is banned (bad data earlier, remembered across restarts).
+            await client.close()
+            return "peer \(client.peerID.raw.short) is banned until \(r.bannedUntilMs) ms: \(r.banReason)"
+        }
         let kept = state.withLock { s -> Bool in
             if let old = s.connections[client.peerID], old.client.isConnected { return false }
             s.connections[client.peerID] = Connection(client: client, address: address)
