@@ -91,6 +91,7 @@ public final class TipFollower: Sendable {
         var lastForwarded: UInt64 = 0
         while !Task.isCancelled {
             let connected = await refreshSources()
+            logger.trace("follow round", metadata: ["sources": "\(connected)"])
             if connected > 0 {
                 do {
                     await sync.pool.refresh()
@@ -121,7 +122,9 @@ public final class TipFollower: Sendable {
             let interval = pollInterval
             let wake = self.wake
             let timer = Task {
-                try? await Task.sleep(for: interval)
+                // Only a sleep that ran out wakes the loop: a cancelled timer (the loop woke
+                // for another reason) must not leave a wake behind, or the loop never waits again.
+                guard (try? await Task.sleep(for: interval)) != nil else { return }
                 wake.yield()
             }
             _ = await iterator.next()

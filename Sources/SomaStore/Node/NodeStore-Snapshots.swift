@@ -77,11 +77,30 @@ extension NodeStore {
         }
     }
 
-    /// The epochs whose snapshots the store holds.
+    /// The epochs whose snapshots the store holds. A manifest is the last key of its epoch
+    /// (`epoch ‖ u32.max`), so this seeks from epoch to epoch instead of reading the chunks:
+    /// a few seeks per epoch held, however large the snapshots (it answers every `getAvailability`).
     public func snapshotEpochs() async throws -> [UInt64] {
         try await blocking {
-            try self.database.scan(self.cf.snapshotChunks).compactMap { kv -> UInt64? in
-                StoreKeys.readU32(kv.key, at: 8) == Self.manifestChunk ? StoreKeys.readU64(kv.key) : nil
+            try self.database.withIterator(self.cf.snapshotChunks) { it in
+                var out: [UInt64] = []
+                var epoch: UInt64 = 0
+                while true {
+                    it.seek(StoreKeys.chunk(epoch, Self.manifestChunk))
+                    guard it.isValid else { break }
+                    let key = it.key
+                    guard let found = StoreKeys.readU64(key), let index = StoreKeys.readU32(key, at: 8) else { break }
+                    if found == epoch && index == Self.manifestChunk {
+                        out.append(epoch)
+                        guard epoch < UInt64.max else { break }
+                        epoch += 1
+                    } else {
+                        // An epoch with chunks but no manifest yet (being built): look at the next.
+                        guard found > epoch || index != Self.manifestChunk else { break }
+                        epoch = found > epoch ? found : epoch + 1
+                    }
+                }
+                return out
             }
         }
     }
