@@ -251,12 +251,14 @@ public actor PeerTable {
 
     // MARK: Choosing
 
-    /// Peers worth dialling now, best first: not banned, not backing off, with an address, not
-    /// in `excluding`. Better: direct before introduced, then those holding the most history,
-    /// then the fastest, then the quickest to answer.
+    /// Peers worth dialling now, best first: public, not banned, not backing off, with an
+    /// address, not in `excluding`. Better: direct before introduced, then those holding the
+    /// most history, then the fastest, then the quickest to answer. (A private node dials out
+    /// itself, and its allow-listed peers name it as a seed.)
     public func dialCandidates(nowMs: UInt64, excluding: Set<PeerID>) -> [PeerRecord] {
         records.values.filter { r in
-            !excluding.contains(r.peerID) && !r.isBanned(nowMs: nowMs) && r.nextDialMs <= nowMs && !r.info.info.addresses.isEmpty
+            r.info.info.access == .public && !excluding.contains(r.peerID) && !r.isBanned(nowMs: nowMs)
+                && r.nextDialMs <= nowMs && !r.info.info.addresses.isEmpty
         }.sorted { a, b in
             if a.direct != b.direct { return a.direct }
             let ha = a.info.info.highestHeld ?? 0, hb = b.info.info.highestHeld ?? 0

@@ -124,6 +124,8 @@ struct PeerTableTests {
         let ads = await table.advertisable(limit: 200, asker: nil, nowMs: now + 1_000_000)
         #expect(ads.map(\.info.peerID) == [pub.info.peerID])
         #expect(await table.advertisable(limit: 200, asker: pub.info.peerID, nowMs: now).isEmpty)
+        // Nor dialled: a private node dials out itself.
+        #expect(await !table.dialCandidates(nowMs: now, excluding: []).contains { $0.peerID == priv.info.peerID })
     }
 
     @Test("a failed dial backs off exponentially; a success clears it")
