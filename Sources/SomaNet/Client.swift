@@ -249,8 +249,8 @@ public final class PeerClient: Sendable {
         return frame.payload
     }
 
-    private func decode<T: BCSDecodable>(_: T.Type, _ method: Method, _ payload: [UInt8]) async throws -> T {
-        try BCS.decode(T.self, fromContiguous: try await callBuffer(method, payload).readableBytesView)
+    private func decode<T: BCSDecodable>(_: T.Type, _ method: Method, _ payload: [UInt8], timeout: TimeAmount? = nil) async throws -> T {
+        try BCS.decode(T.self, fromContiguous: try await callBuffer(method, payload, timeout: timeout).readableBytesView)
     }
 
     /// `getAvailability`.
@@ -281,9 +281,10 @@ public final class PeerClient: Sendable {
         try await decode(SnapshotManifest.self, .getSnapshotManifest, SnapshotRequest(epoch: epoch).bcsBytes)
     }
 
-    /// `getSnapshotChunk`.
-    public func snapshotChunk(epoch: UInt64, index: UInt32) async throws -> ProvenFrame {
-        try await decode(ProvenFrame.self, .getSnapshotChunk, SnapshotRequest(epoch: epoch, index: index).bcsBytes)
+    /// `getSnapshotChunk`: the stored LZ4 chunk with its subtree proof and the chunk count.
+    /// - Parameter timeout: the longest wait for the answer (default: the client's request timeout).
+    public func snapshotChunk(epoch: UInt64, index: UInt32, timeout: TimeAmount? = nil) async throws -> ProvenFrame {
+        try await decode(ProvenFrame.self, .getSnapshotChunk, SnapshotRequest(epoch: epoch, index: index).bcsBytes, timeout: timeout)
     }
 
     /// Runs `body` (waiting for request `id`); a cancelled caller drops the request at once.

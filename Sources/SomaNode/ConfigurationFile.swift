@@ -24,9 +24,10 @@ public enum NodeConfigurationFile {
               host: \(d.listenHost)        # address to serve peers on
               port: \(d.listenPort)             # 0 picks a free port
             store:
-              mode: \(d.store.mode.rawValue)          # archive keeps all history; pruned keeps retainEpochs
+              # mode: archive                  # archive keeps all history; pruned keeps retainEpochs (unset: the store's own mode; archive for a new store)
               retainEpochs: \(d.store.retainEpochs)         # epochs of blocks and object versions a pruned store keeps
               retainSnapshots: \(d.store.retainSnapshots)      # epoch snapshots kept (0: none)
+              snapshotChunkObjects: \(d.store.snapshotChunkSize)  # objects per snapshot chunk (a power of two), each proven on its own
               blockCacheMiB: \(d.store.database.blockCacheBytes >> 20)       # RocksDB block cache
               syncWrites: \(d.store.syncWrites)        # fsync the write-ahead log on every commit
             net:
@@ -91,13 +92,18 @@ public enum NodeConfigurationFile {
         }
         if let p = try int(listen, "port", "listen.port", range: 0...65_535) { config.listenPort = p }
         let store = try section("store")
-        try checkKeys(store, ["mode", "retainEpochs", "retainSnapshots", "blockCacheMiB", "syncWrites"], source, "store.")
+        try checkKeys(store, ["mode", "retainEpochs", "retainSnapshots", "snapshotChunkObjects", "blockCacheMiB", "syncWrites"], source, "store.")
         if let m = store["mode"] {
             guard let s = m as? String, let mode = StoreMode(rawValue: s) else { throw NodeError("\(source): 'store.mode' must be archive or pruned") }
             config.store.mode = mode
+            config.store.adoptStoredMode = false
         }
         if let v = try int(store, "retainEpochs", "store.retainEpochs", range: 1...1_000_000) { config.store.retainEpochs = UInt64(v) }
         if let v = try int(store, "retainSnapshots", "store.retainSnapshots", range: 0...1_000) { config.store.retainSnapshots = UInt64(v) }
+        if let v = try int(store, "snapshotChunkObjects", "store.snapshotChunkObjects", range: 64...65_536) {
+            guard v & (v - 1) == 0 else { throw NodeError("\(source): 'store.snapshotChunkObjects' must be a power of two") }
+            config.store.snapshotChunkSize = v
+        }
         if let v = try int(store, "blockCacheMiB", "store.blockCacheMiB", range: 1...65_536) { config.store.database.blockCacheBytes = v << 20 }
         if let v = store["syncWrites"] {
             guard let b = v as? Bool else { throw NodeError("\(source): 'store.syncWrites' must be true or false") }

@@ -38,6 +38,8 @@ public struct NodeConfiguration: Sendable {
     /// Defaults for a data directory.
     public init(dataDirectory: String) {
         self.dataDirectory = dataDirectory
+        // A node opens its store in the store's own mode unless the file or a flag names one.
+        store.adoptStoredMode = true
     }
 
     /// `DIR/genesis.bcs`.

@@ -22,15 +22,19 @@ public final class NodeService: Service, Sendable {
     private let onListening: @Sendable (String, Int) -> Void
     private let metrics: PrometheusCollectorRegistry?
     private let onMetrics: @Sendable (Int) -> Void
+    private let producer: (any CheckpointProducer)?
 
     /// A node for `configuration`; `onListening` is told the address once the port is bound.
     /// - Parameters:
     ///   - metrics: the registry the process's swift-metrics backend writes to; served on
     ///     `metricsListen` when both are set (`onMetrics` is told the bound port).
+    ///   - producer: grows the node's own chain while it serves (a local devnet), if given.
     public init(
         configuration: NodeConfiguration, logger: Logger, metrics: PrometheusCollectorRegistry? = nil,
+        producer: (any CheckpointProducer)? = nil,
         onListening: @escaping @Sendable (String, Int) -> Void = { _, _ in }, onMetrics: @escaping @Sendable (Int) -> Void = { _ in }
     ) {
+        self.producer = producer
         self.configuration = configuration
         self.logger = logger
         self.metrics = metrics
@@ -62,7 +66,7 @@ public final class NodeService: Service, Sendable {
             let known = try await table.load()
             var settings = config.discovery
             settings.seeds = Array(Set(config.peers + config.discovery.seeds)).sorted()
-            settings.role = config.role ?? (config.store.mode == .archive ? .archive : .full)
+            settings.role = config.role ?? (store.configuration.mode == .archive ? .archive : .full)
             let (pushes, pushed) = AsyncStream.makeStream(of: PushedCheckpoint.self, bufferingPolicy: .bufferingNewest(64))
             let (inbound, inboundPeers) = AsyncStream.makeStream(of: InboundPeer.self, bufferingPolicy: .bufferingNewest(256))
             let (connects, connected) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -93,12 +97,22 @@ public final class NodeService: Service, Sendable {
             }
             let scoreInterval = settings.exchangeInterval
             try await withThrowingTaskGroup(of: Void.self) { tasks in
-                if config.store.mode == .pruned { tasks.addTask { try await store.runPruning() } }
+                if store.configuration.mode == .pruned { tasks.addTask { try await store.runPruning() } }
                 let follower = TipFollower(
                     store: store, genesis: genesis,
                     sources: { await NodeService.offers(discovery) },
                     configuration: config.sync, pollInterval: .seconds(config.pollSeconds), logger: logger,
                     forward: { server.broadcast(.pushCheckpoint, $0.bcsBytes) })
+                if let producer {
+                    tasks.addTask {
+                        do {
+                            try await producer.run(store: store) { server.broadcast(.pushCheckpoint, $0.bcsBytes) }
+                        } catch is CancellationError {
+                        } catch {
+                            self.logger.error("the devnet producer stopped", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
                 tasks.addTask { await discovery.run() }
                 tasks.addTask { await discovery.consume(inbound: inbound) }
                 tasks.addTask { try await follower.run() }

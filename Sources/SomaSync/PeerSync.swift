@@ -174,14 +174,21 @@ public struct PeerSync: Sendable {
     /// `committees` extended with every epoch end `client` holds past them, each verified by the
     /// committee before it.
     static func extend(_ committees: [Committee], from client: PeerClient) async throws -> [Committee] {
+        try await extendWithEnds(committees, from: client).committees
+    }
+
+    /// ``extend(_:from:)``, also returning the verified end-of-epoch summaries it fetched.
+    static func extendWithEnds(_ committees: [Committee], from client: PeerClient) async throws -> (committees: [Committee], ends: [CertifiedCheckpointSummary]) {
         var known = committees
+        var ends: [CertifiedCheckpointSummary] = []
         while true {
             let more = try await client.epochEndings(from: UInt64(known.count - 1))
             if more.isEmpty { break }
             known += try ChainVerifier.verifyEpochChain(genesis: known[known.count - 1], endOfEpochSummaries: more).dropFirst()
+            ends += more
             if more.count < Int(EpochEndingsRequest.maxCount) { break }
         }
-        return known
+        return (known, ends)
     }
 }
 

@@ -191,8 +191,20 @@ public actor SourcePool {
     /// takes the slot; `nil` if none.
     public func pick(covering range: ClosedRange<UInt64>, excluding: Set<Int> = []) -> Int? {
         let now = ContinuousClock.now
+        return pick(excluding: excluding) { i, _ in eligible(i, range, now) }
+    }
+
+    /// What source `i` said it holds at the last poll, if it answered.
+    public func availability(_ i: Int) -> Availability? { entries[i].availability }
+
+    /// The best source that is not banned, answered the last poll, satisfies `wanted` (its index
+    /// and availability), has a free request slot and is not in `excluding`; takes the slot.
+    public func pick(excluding: Set<Int> = [], where wanted: (Int, Availability) -> Bool) -> Int? {
+        let now = ContinuousClock.now
         var best: (Int, Double)? = nil
-        for i in entries.indices where !excluding.contains(i) && entries[i].inFlight < perSourceInFlight && eligible(i, range, now) {
+        for i in entries.indices where !excluding.contains(i) && entries[i].inFlight < perSourceInFlight {
+            if let until = entries[i].bannedUntil, until > now { continue }
+            guard let a = entries[i].availability, wanted(i, a) else { continue }
             // Unmeasured sources first (infinite score), then throughput per request in flight.
             // Among equals (unmeasured ones), the one with fewer requests in flight.
             let score = (entries[i].stats.throughput ?? .infinity) / Double(entries[i].inFlight + 1)

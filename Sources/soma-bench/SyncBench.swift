@@ -83,9 +83,10 @@ struct SyncBench: AsyncParsableCommand {
 
         // Baseline: nginx on 3 ports, the faster of 8 parallel curls and aria2c -j 16, then
         // lz4 -d | sha256sum as one stream.
-        let curl = try baseline(files: files, tool: "curl")
+        let scratch = cache + "/sync-baseline"
+        let curl = try downloadBaseline(files: files, scratch: scratch, tool: "curl")
         line("baseline A: nginx x3 + 8 curl + lz4 -d | sha256sum", "\(fmt(raw / curl)) MB/s raw", "\(fmt(curl)) s")
-        let aria = try baseline(files: files, tool: "aria2c")
+        let aria = try downloadBaseline(files: files, scratch: scratch, tool: "aria2c")
         line("baseline B: nginx x3 + aria2c -j 16 + lz4 -d | sha256sum", "\(fmt(raw / aria)) MB/s raw", "\(fmt(aria)) s")
         let base = min(curl, aria)
         line("baseline (the faster; verifies and stores nothing)", "\(fmt(raw / base)) MB/s raw", "\(fmt(base)) s")
@@ -93,66 +94,70 @@ struct SyncBench: AsyncParsableCommand {
         try? fm.removeItem(atPath: fresh)
     }
 
-    func seconds(from start: ContinuousClock.Instant) -> Double {
-        let d = ContinuousClock.now - start
-        return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
-    }
+}
 
-    func baseline(files: String, tool: String) throws -> Double {
-        let fm = FileManager.default
-        let scratch = URL(fileURLWithPath: cache + "/sync-baseline").standardizedFileURL.path
-        try? fm.removeItem(atPath: scratch)
-        try fm.createDirectory(atPath: scratch + "/out", withIntermediateDirectories: true)
-        let serve = Serve()
-        var nginxes: [(process: Process, port: Int)] = []
-        defer { for n in nginxes { n.process.terminate(); n.process.waitUntilExit() } }
-        for i in 0..<3 { nginxes.append(try serve.startNginx(root: files, scratch: scratch + "/nginx-\(i)", index: i)) }
-        let names = (try fm.contentsOfDirectory(atPath: files)).filter { $0.hasSuffix(".lz4") }.sorted { a, b in
-            let x = a.split(separator: "-").compactMap { Int($0.split(separator: ".")[0]) }
-            let y = b.split(separator: "-").compactMap { Int($0.split(separator: ".")[0]) }
-            return x.lexicographicallyPrecedes(y)
-        }
-        let start = ContinuousClock.now
-        var processes: [Process] = []
-        if tool == "aria2c" {
-            // One input file: each block from one of the three ports, 16 downloads at once.
-            var text = ""
-            for (i, n) in names.enumerated() {
-                text += "http://127.0.0.1:\(nginxes[i % 3].port)/\(n)\n  out=\(n)\n"
-            }
-            fm.createFile(atPath: scratch + "/aria.txt", contents: Data(text.utf8))
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/aria2c")
-            p.arguments = ["-q", "-j", "16", "--max-connection-per-server=16", "--allow-overwrite=true", "--auto-file-renaming=false",
-                           "--file-allocation=none", "-d", scratch + "/out", "-i", scratch + "/aria.txt"]
-            try p.run()
-            processes.append(p)
-        }
-        for k in 0..<8 where tool == "curl" {
-            var text = ""
-            for (i, n) in names.enumerated() where i % 8 == k {
-                text += "url = \"http://127.0.0.1:\(nginxes[i % 3].port)/\(n)\"\noutput = \"\(scratch)/out/\(n)\"\n"
-            }
-            let list = scratch + "/list-\(k).txt"
-            fm.createFile(atPath: list, contents: Data(text.utf8))
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-            p.arguments = ["-s", "--fail", "-K", list]
-            try p.run()
-            processes.append(p)
-        }
-        for p in processes { p.waitUntilExit() }
-        guard processes.allSatisfy({ $0.terminationStatus == 0 }) else { throw ValidationError("a \(tool) client failed") }
-        // The downloaded blocks in order, as one stream.
-        fm.createFile(atPath: scratch + "/order.txt", contents: Data(names.map { "\(scratch)/out/\($0)\n" }.joined().utf8))
-        let pipeline = Process()
-        pipeline.executableURL = URL(fileURLWithPath: "/bin/sh")
-        pipeline.arguments = ["-c", "xargs -a '\(scratch)/order.txt' cat | lz4 -d -c | sha256sum > /dev/null"]
-        try pipeline.run()
-        pipeline.waitUntilExit()
-        guard pipeline.terminationStatus == 0 else { throw ValidationError("lz4 -d | sha256sum failed") }
-        let secs = seconds(from: start)
-        try? fm.removeItem(atPath: scratch + "/out")
-        return secs
+func seconds(from start: ContinuousClock.Instant) -> Double {
+    let d = ContinuousClock.now - start
+    return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+}
+
+/// The do-it-yourself baseline of the sync and snapshot benchmarks: the `.lz4` files of `files`
+/// served by nginx on 3 ports, fetched by 8 parallel curl processes or by aria2c -j 16 (`tool`),
+/// then decompressed and hashed in order as one stream (`lz4 -d | sha256sum`). Its wall time.
+func downloadBaseline(files: String, scratch relativeScratch: String, tool: String) throws -> Double {
+    let fm = FileManager.default
+    let scratch = URL(fileURLWithPath: relativeScratch).standardizedFileURL.path
+    try? fm.removeItem(atPath: scratch)
+    try fm.createDirectory(atPath: scratch + "/out", withIntermediateDirectories: true)
+    let serve = Serve()
+    var nginxes: [(process: Process, port: Int)] = []
+    defer { for n in nginxes { n.process.terminate(); n.process.waitUntilExit() } }
+    for i in 0..<3 { nginxes.append(try serve.startNginx(root: files, scratch: scratch + "/nginx-\(i)", index: i)) }
+    let names = (try fm.contentsOfDirectory(atPath: files)).filter { $0.hasSuffix(".lz4") }.sorted { a, b in
+        let x = a.split(separator: "-").compactMap { Int($0.split(separator: ".")[0]) }
+        let y = b.split(separator: "-").compactMap { Int($0.split(separator: ".")[0]) }
+        return x.lexicographicallyPrecedes(y)
     }
+    let start = ContinuousClock.now
+    var processes: [Process] = []
+    if tool == "aria2c" {
+        // One input file: each block from one of the three ports, 16 downloads at once.
+        var text = ""
+        for (i, n) in names.enumerated() {
+            text += "http://127.0.0.1:\(nginxes[i % 3].port)/\(n)\n  out=\(n)\n"
+        }
+        fm.createFile(atPath: scratch + "/aria.txt", contents: Data(text.utf8))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/aria2c")
+        p.arguments = ["-q", "-j", "16", "--max-connection-per-server=16", "--allow-overwrite=true", "--auto-file-renaming=false",
+                       "--file-allocation=none", "-d", scratch + "/out", "-i", scratch + "/aria.txt"]
+        try p.run()
+        processes.append(p)
+    }
+    for k in 0..<8 where tool == "curl" {
+        var text = ""
+        for (i, n) in names.enumerated() where i % 8 == k {
+            text += "url = \"http://127.0.0.1:\(nginxes[i % 3].port)/\(n)\"\noutput = \"\(scratch)/out/\(n)\"\n"
+        }
+        let list = scratch + "/list-\(k).txt"
+        fm.createFile(atPath: list, contents: Data(text.utf8))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        p.arguments = ["-s", "--fail", "-K", list]
+        try p.run()
+        processes.append(p)
+    }
+    for p in processes { p.waitUntilExit() }
+    guard processes.allSatisfy({ $0.terminationStatus == 0 }) else { throw ValidationError("a \(tool) client failed") }
+    // The downloaded blocks in order, as one stream.
+    fm.createFile(atPath: scratch + "/order.txt", contents: Data(names.map { "\(scratch)/out/\($0)\n" }.joined().utf8))
+    let pipeline = Process()
+    pipeline.executableURL = URL(fileURLWithPath: "/bin/sh")
+    pipeline.arguments = ["-c", "xargs -a '\(scratch)/order.txt' cat | lz4 -d -c | sha256sum > /dev/null"]
+    try pipeline.run()
+    pipeline.waitUntilExit()
+    guard pipeline.terminationStatus == 0 else { throw ValidationError("lz4 -d | sha256sum failed") }
+    let secs = seconds(from: start)
+    try? fm.removeItem(atPath: scratch + "/out")
+    return secs
 }

@@ -21,6 +21,8 @@ struct Generate: AsyncParsableCommand {
     @Option(help: "Data directory to write the genesis and the store into.")
     var out: String?
     @OptionGroup var storeOptions: StoreOptions
+    @Option(help: "Stop after this checkpoint (a later run, or `devnet run`, goes on from there).")
+    var until: UInt64?
     var parallelism: Int { chain.parallelism }
 
 
@@ -45,8 +47,10 @@ struct Generate: AsyncParsableCommand {
             if importer.resumeAfter > 0 { print("resuming after checkpoint \(importer.resumeAfter), already stored") }
             try await withBackgroundPruning(store) {
                 var lastReport = ContinuousClock.now
-                while !generator.isFinished {
-                    for cp in await generator.next(count: 100, parallelism: parallelism) {
+                let last = until ?? UInt64(profile.checkpoints - 1)
+                while !generator.isFinished && generator.nextSequence <= last {
+                    let count = Int(min(100, last - generator.nextSequence + 1))
+                    for cp in await generator.next(count: count, parallelism: parallelism) {
                         try await importer.add(SourceCheckpoint(certified: cp.certified, data: cp.data))
                     }
                     if elapsed(since: lastReport) >= 2 {
@@ -78,9 +82,14 @@ struct StoreOptions: ParsableArguments {
     var batch = 1_000
     @Flag(help: "Also re-check every user signature.")
     var verifyUserSignatures = false
+    @Option(help: "Objects per snapshot chunk (a power of two, 64...65536).")
+    var snapshotChunkObjects = 4_096
 
     func validate() throws {
         guard StoreMode(rawValue: mode) != nil else { throw ValidationError("--mode must be archive or pruned") }
+        guard (64...65_536).contains(snapshotChunkObjects), snapshotChunkObjects & (snapshotChunkObjects - 1) == 0 else {
+            throw ValidationError("--snapshot-chunk-objects must be a power of two, 64...65536")
+        }
         guard batch >= 1 && batch <= 100_000 else { throw ValidationError("--batch must be 1...100000") }
         guard retainEpochs >= 1 else { throw ValidationError("--retain-epochs must be at least 1") }
     }
@@ -90,6 +99,7 @@ struct StoreOptions: ParsableArguments {
         config.mode = StoreMode(rawValue: mode) ?? .archive
         config.retainEpochs = retainEpochs
         config.retainSnapshots = retainSnapshots
+        config.snapshotChunkSize = snapshotChunkObjects
         return config
     }
 }

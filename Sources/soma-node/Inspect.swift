@@ -8,20 +8,17 @@ struct DataOptions: ParsableArguments {
     @Option(help: "The node's data directory (holding genesis.bcs and db/).")
     var data: String
 
-    func openStore(mode: StoreMode? = nil) async throws -> NodeStore {
+    /// Opens the store in its own mode; `readOnly` works beside a running node.
+    func openStore(readOnly: Bool = false) async throws -> NodeStore {
         let dir = DataDirectory(root: data)
         guard FileManager.default.fileExists(atPath: dir.database) else {
             throw CLIError("no store at \(dir.database)")
         }
         var config = StoreConfiguration()
         config.retainSnapshots = 0
-        if let mode { config.mode = mode }
-        do {
-            return try await NodeStore.open(path: dir.database, configuration: config)
-        } catch let e as StoreError where e.code == .invalidArgument && mode == nil {
-            // The store records its own mode; reopen as what it is.
-            return try await openStore(mode: .pruned)
-        }
+        config.adoptStoredMode = true
+        config.database.readOnly = readOnly
+        return try await NodeStore.open(path: dir.database, configuration: config)
     }
 }
 
@@ -48,7 +45,7 @@ struct Inspect: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let store = try await dataOptions.openStore()
+        let store = try await dataOptions.openStore(readOnly: true)
         let result: [String: Any]
         do {
             if let checkpoint {

@@ -14,29 +14,36 @@ final class ProgressDisplay: Sendable {
         self.logEvery = logEvery
     }
 
-    /// One update; drawn at most 10 times a second on a terminal, once per `logEvery` otherwise
-    /// (and always at 100%).
+    /// One update of a checkpoint sync; drawn at most 10 times a second on a terminal, once
+    /// per `logEvery` otherwise (and always at 100%).
     func update(_ p: SyncProgress) {
+        let total = max(1, Double(p.target) - Double(p.first) + 1)
+        show(fraction: min(1, Double(p.checkpoints) / total), done: p.synced >= p.target, line: Self.describe(p), prefix: "sync")
+    }
+
+    /// One update of a snapshot restore, drawn the same way.
+    func update(_ p: RestoreProgress) {
+        show(fraction: Double(p.chunksDone) / Double(max(1, p.chunks)), done: p.chunksDone >= p.chunks, line: Self.describe(p), prefix: "restore")
+    }
+
+    private func show(fraction: Double, done: Bool, line: String, prefix: String) {
         let now = ContinuousClock.now
-        let done = p.synced >= p.target
         let due = last.withLock { state -> Bool in
             let interval: Duration = terminal ? .milliseconds(100) : logEvery
             guard done || now - state.0 >= interval else { return false }
-            state = (now, true)
+            // A finished bar has its newline: nothing is left to end.
+            state = (now, !done)
             return true
         }
         guard due else { return }
-        let line = Self.describe(p)
         if terminal {
-            let total = max(1, Double(p.target) - Double(p.first) + 1)
-            let fraction = min(1, Double(p.checkpoints) / total)
             let width = 24
             let filled = Int(fraction * Double(width))
             let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
             FileHandle.standardOutput.write(Data("\r[\(bar)] \(format(fraction * 100, 0))% \(line)\u{1B}[K".utf8))
             if done { FileHandle.standardOutput.write(Data("\n".utf8)) }
         } else {
-            print("sync: " + line)
+            print("\(prefix): " + line)
         }
     }
 
@@ -57,5 +64,15 @@ final class ProgressDisplay: Sendable {
         if p.banned > 0 { s += " (\(p.banned) banned)" }
         s += " · ETA \(eta / 60):\(String(format: "%02d", eta % 60))"
         return s
+    }
+
+    /// `epoch 9 chunk 120/304 · 510000 objects/s · 61.2 MB/s · 3 peers · ETA 0:02`.
+    static func describe(_ p: RestoreProgress) -> String {
+        let secs = max(1e-3, p.elapsed.inSeconds)
+        let rate = Double(p.objects) / secs
+        let chunkRate = Double(p.chunksDone) / secs
+        let eta = chunkRate > 0 ? Int(Double(p.chunks - p.chunksDone) / chunkRate) : 0
+        return "epoch \(p.epoch) chunk \(p.chunksDone)/\(p.chunks) · \(format(rate, 0)) objects/s · \(format(Double(p.rawBytes) / 1e6 / secs)) MB/s"
+            + " · \(p.sources) peer\(p.sources == 1 ? "" : "s") · ETA \(eta / 60):\(String(format: "%02d", eta % 60))"
     }
 }

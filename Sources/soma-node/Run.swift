@@ -44,6 +44,16 @@ struct Run: AsyncParsableCommand {
             closes connections and closes the store last.
             """)
 
+    @OptionGroup var options: NodeRunOptions
+
+    func run() async throws {
+        try await options.serve()
+    }
+}
+
+/// The options of a running node (`run`, `devnet run`): the data directory, the configuration
+/// file, and the flags that override it.
+struct NodeRunOptions: ParsableArguments {
     @Option(help: "The node's data directory.")
     var data: String
     @Option(help: "A configuration file (default: DIR/soma-node.yaml when it exists).")
@@ -57,7 +67,8 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Serve Prometheus metrics (GET /metrics) on HOST:PORT (replaces metrics.listen of the file).")
     var metrics: String?
 
-    func run() async throws {
+    /// The configuration file (if any) with the flags over it.
+    func configuration() throws -> NodeConfiguration {
         var configuration = NodeConfiguration(dataDirectory: data)
         let file = config ?? configuration.configPath
         if config != nil || FileManager.default.fileExists(atPath: file) {
@@ -85,6 +96,12 @@ struct Run: AsyncParsableCommand {
             }
             configuration.peers = peer
         }
+        return configuration
+    }
+
+    /// Runs the node (with `producer`, a devnet that grows its chain) until SIGTERM or SIGINT.
+    func serve(producer: (any CheckpointProducer)? = nil) async throws {
+        let configuration = try configuration()
         let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -94,7 +111,7 @@ struct Run: AsyncParsableCommand {
         let logger = Logger(label: "soma-node")
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let node = NodeService(configuration: configuration, logger: logger, metrics: registry, onListening: { host, port in
+        let node = NodeService(configuration: configuration, logger: logger, metrics: registry, producer: producer, onListening: { host, port in
             // One plain line on stdout for scripts and tests that start the node on port 0.
             FileHandle.standardOutput.write(Data("listening on \(host):\(port)\n".utf8))
         }, onMetrics: { port in

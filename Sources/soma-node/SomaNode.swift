@@ -27,7 +27,7 @@ struct SomaNodeCommand: AsyncParsableCommand {
 
 struct Devnet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Local development chains.", subcommands: [Generate.self, Export.self])
+        abstract: "Local development chains.", subcommands: [Generate.self, DevnetRun.self, Export.self])
 }
 
 /// A command-line failure, printed as one line.

@@ -37,8 +37,10 @@ struct Sync: AsyncParsableCommand {
     var window = 12
     @Option(help: "Seconds without an answer (or between two streamed blocks) before a request counts as stalled.")
     var timeout = 10
-    @Option(help: "Store mode: archive (all history) or pruned.")
-    var mode = "archive"
+    @Option(help: "Store mode of a new store: archive (all history) or pruned (default: archive; pruned with --snapshot; an existing store keeps its own).")
+    var mode: String?
+    @Option(help: "Restore a verified state snapshot first, `latest` or an epoch number, then sync the checkpoints after it (a new validator's fast catch-up; the store keeps no history before it).")
+    var snapshot: String?
     @Flag(help: "Check the signatures of every certificate, not one per batch.")
     var verifyAllCertificates = false
 
@@ -54,13 +56,24 @@ struct Sync: AsyncParsableCommand {
         guard until == "latest" || UInt64(until) != nil else { throw ValidationError("--until takes a checkpoint number or latest") }
         guard window >= 1 && window <= 256 else { throw ValidationError("--window must be 1...256") }
         guard timeout >= 1 && timeout <= 3_600 else { throw ValidationError("--timeout must be 1...3600 seconds") }
-        guard StoreMode(rawValue: mode) != nil else { throw ValidationError("--mode takes archive or pruned") }
+        if let mode { guard StoreMode(rawValue: mode) != nil else { throw ValidationError("--mode takes archive or pruned") } }
+        if let snapshot {
+            guard snapshot == "latest" || UInt64(snapshot) != nil else { throw ValidationError("--snapshot takes an epoch number or latest") }
+            guard mode != "archive" else {
+                throw ValidationError("an archive keeps every checkpoint since genesis; a store restored from a snapshot holds none before it: use --mode pruned (the default with --snapshot)")
+            }
+        }
     }
 
     func run() async throws {
         let start = ContinuousClock.now
         var config = NodeConfiguration(dataDirectory: data)
-        config.store.mode = StoreMode(rawValue: mode)!
+        if let mode {
+            config.store.mode = StoreMode(rawValue: mode)!
+            config.store.adoptStoredMode = false
+        } else if snapshot != nil {
+            config.store.mode = .pruned
+        }
         try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
         guard let bytes = FileManager.default.contents(atPath: genesis ?? config.genesisPath) else {
             throw CLIError("no genesis at \(genesis ?? config.genesisPath): give --genesis FILE")
@@ -125,7 +138,9 @@ struct Sync: AsyncParsableCommand {
                 let remembered = await table.record(c.client.peerID)?.throughput ?? 0
                 await pool.add(c.client, label: c.address, throughput: remembered > 0 ? Double(remembered) : nil)
             }
-            let sync = PeerSync(store: store, genesis: chainGenesis, pool: pool, configuration: syncSettings)
+            if let snapshot, store.configuration.mode == .archive {
+                throw CLIError("the store at \(config.databasePath) is an archive (every checkpoint since genesis): it cannot be restored from a snapshot")
+            }
             // Discovery goes on while syncing: peers it connects to later join the pool.
             let joining = Task {
                 while !Task.isCancelled {
@@ -139,6 +154,10 @@ struct Sync: AsyncParsableCommand {
                 }
             }
             defer { joining.cancel() }
+            if let snapshot {
+                try await restoreSnapshot(snapshot, store: store, genesis: chainGenesis, pool: pool, display: display)
+            }
+            let sync = PeerSync(store: store, genesis: chainGenesis, pool: pool, configuration: syncSettings)
             let report = try await sync.catchUp(until: UInt64(until)) { display.update($0) }
             joining.cancel()
             _ = await joining.value
@@ -160,5 +179,32 @@ struct Sync: AsyncParsableCommand {
             throw error
         }
         await shutDown()
+    }
+}
+
+extension Sync {
+    /// Restores (or resumes restoring) the chosen snapshot and prints what it did.
+    func restoreSnapshot(_ choice: String, store: NodeStore, genesis: Genesis, pool: SourcePool, display: ProgressDisplay) async throws {
+        var settings = RestoreConfiguration()
+        settings.requestTimeout = .seconds(Int64(timeout))
+        let restore = SnapshotRestore(store: store, genesis: genesis, pool: pool, configuration: settings)
+        let start = ContinuousClock.now
+        if let state = try await store.restoreState() {
+            print("resuming the restore of epoch \(state.manifest.epoch)'s snapshot: \(state.done.count) of \(state.manifest.chunkRoots.count) chunks already written")
+        }
+        guard let report = try await restore.restore(UInt64(choice).map(SnapshotChoice.epoch) ?? .latest, progress: { display.update($0) }) else {
+            let synced = try await store.watermark(.highestSynced)?.seq ?? 0
+            let from = try await store.restoredEpoch().map { " (restored from epoch \($0)'s snapshot)" } ?? ""
+            print("snapshot: the store already holds checkpoints up to \(synced)\(from): syncing on from there")
+            return
+        }
+        display.finish()
+        let secs = elapsed(since: start)
+        let used = report.sources.filter { $0.checkpoints > 0 }.count
+        print("restored epoch \(report.epoch)'s snapshot (checkpoint \(report.checkpoint)): \(report.objectCount) live objects in \(report.chunks) chunks, \(report.fetched) fetched from \(used) of \(report.agreeingSources) agreeing peers in \(format(secs)) s (\(format(Double(report.objects) / secs, 0)) objects/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s verified and written), \(report.hedges) hedged requests")
+        print("  state root    \(report.stateRoot.hex) (certified by epoch \(report.epoch)'s committee, recomputed over the stored live set)")
+        for s in report.sources where s.checkpoints > 0 || s.banReason != nil {
+            print("  peer \(s.label): \(s.checkpoints) chunks, \(format(Double(s.bytes) / 1e6)) MB\(s.banReason.map { ", banned: \($0)" } ?? "")")
+        }
     }
 }

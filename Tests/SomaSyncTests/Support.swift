@@ -84,8 +84,9 @@ final class SyncNetwork {
     var tip: UInt64 { UInt64(checkpoints.count) }
 
     /// A store holding the chain (pruned to its last `retainEpochs` epochs if given).
-    func sourceStore(_ name: String, pruneTo retainEpochs: UInt64? = nil) async throws -> NodeStore {
+    func sourceStore(_ name: String, pruneTo retainEpochs: UInt64? = nil, snapshotChunkSize: Int = 4_096) async throws -> NodeStore {
         var config = StoreConfiguration()
+        config.snapshotChunkSize = snapshotChunkSize
         if let retainEpochs {
             config.mode = .pruned
             config.retainEpochs = retainEpochs
@@ -100,16 +101,21 @@ final class SyncNetwork {
 
     /// Serves `store` with `fault`, upload limited to `bytesPerSecond` if given; returns the port.
     func serve(_ store: NodeStore, fault: Fault = .none, bytesPerSecond: Int? = nil, chainID: Digest? = nil, key: Int) async throws -> (Int, FaultyService) {
+        let service = FaultyService(store: store, fault: fault)
+        return (try await serve(service, bytesPerSecond: bytesPerSecond, chainID: chainID, key: key), service)
+    }
+
+    /// Serves `service`, upload limited to `bytesPerSecond` if given; returns the port.
+    func serve(_ service: some HistoryServing, bytesPerSecond: Int? = nil, chainID: Digest? = nil, key: Int) async throws -> Int {
         var net = NetConfiguration()
         net.uploadBytesPerSecondPerPeer = bytesPerSecond
-        let service = FaultyService(store: store, fault: fault)
         let server = try await NetServer.start(
             host: "127.0.0.1", port: 0,
             identity: HandshakeIdentity(key: DevnetKeys.validator(seed: 500, index: key), chainID: chainID ?? genesis.chainID),
             service: service, configuration: net, group: group)
         servers.append(server)
-        services.append(service)
-        return (server.port, service)
+        if let faulty = service as? FaultyService { services.append(faulty) }
+        return server.port
     }
 
     func connect(_ port: Int) async throws -> PeerClient {

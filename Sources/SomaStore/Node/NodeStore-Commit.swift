@@ -88,6 +88,7 @@ extension NodeStore {
             guard var verified = try watermarkSync(.highestVerified) else {
                 throw StoreError(.inconsistent, "the store has no genesis")
             }
+            try refuseDuringRestore()
             let batch = WriteBatch(for: database)
             for s in summaries {
                 guard s.summary.sequenceNumber == verified.seq + 1, s.summary.previousDigest == verified.digest else {
@@ -115,6 +116,7 @@ extension NodeStore {
 
     func commitSync(_ checkpoints: [VerifiedCheckpoint], execute: Bool) throws {
         try writer.withLock { _ throws in
+            try refuseDuringRestore()
             try finishInterruptedWork()
             var state = WriterState(
                 synced: try watermarkSync(.highestSynced), verified: try watermarkSync(.highestVerified),
@@ -318,6 +320,14 @@ extension NodeStore {
     }
 
     static let pendingSnapshotKey = Array("pendingSnapshot".utf8)
+
+    /// While a snapshot restore is in progress the live set is partial: nothing is committed
+    /// or executed on top of it.
+    func refuseDuringRestore() throws(StoreError) {
+        if try restoreInProgressSync() {
+            throw StoreError(.outOfOrder, "a snapshot restore is in progress in this store: finish it first (soma-node sync --snapshot)")
+        }
+    }
 
     /// The live-object entry under an iterator over `liveObjects`.
     func liveEntry(_ it: borrowing RocksIterator) throws(StoreError) -> (ObjectID, VersionDigest) {

@@ -40,6 +40,10 @@ extension NodeStore {
         guard let genesis = try genesisSync() else { throw fault("the store has no genesis") }
         do throws(CoreError) { try genesis.verify() } catch { throw StoreError(.verificationFailed, error, context: "genesis") }
         guard try chainIDSync() == genesis.chainID else { throw fault("the stored chain id is not the genesis's") }
+        if let state = try restoreStateSync() {
+            throw fault("a snapshot restore of epoch \(state.manifest.epoch) is in progress (\(state.done.count) of \(state.manifest.chunkRoots.count) chunks written): finish it with soma-node sync --snapshot")
+        }
+        let restored = try restoredEpochSync()
         guard let verified = try watermarkSync(.highestVerified), let synced = try watermarkSync(.highestSynced),
               let executed = try watermarkSync(.highestExecuted), let lowest = try watermarkSync(.lowestAvailable)
         else { throw fault("a watermark is missing") }
@@ -64,10 +68,17 @@ extension NodeStore {
             throw fault("epoch \(c.epoch): the stored committee differs from the certified one")
         }
 
-        // 2. Summaries, in batches, back to genesis.
+        // 2. Summaries, in batches, back to genesis (or to the end of the epoch a snapshot was
+        //    restored from: that summary is certified by the epoch chain above).
         var tip: VerifiedTip? = nil
         var batch: [CertifiedCheckpointSummary] = []
         var seq: UInt64 = 0
+        if let restored {
+            guard Int(restored) < ends.count else { throw fault("restored from epoch \(restored), whose end is not stored") }
+            tip = VerifiedTip(summary: ends[Int(restored)].summary)
+            seq = ends[Int(restored)].summary.sequenceNumber + 1
+            report.summaries += 1
+        }
         while seq <= verified.seq {
             guard let s = try summarySync(seq) else { throw fault("checkpoint \(seq): summary missing") }
             guard s.summary.sequenceNumber == seq else { throw fault("checkpoint \(seq): stored summary is of checkpoint \(s.summary.sequenceNumber)") }

@@ -14,6 +14,9 @@ public enum StoreMode: String, Sendable, CaseIterable {
 public struct StoreConfiguration: Sendable {
     /// Archive or pruned.
     public var mode: StoreMode = .archive
+    /// Open an existing store in the mode it was created with, whatever `mode` says (`mode`
+    /// then only chooses for a new store). Off: a store of the other mode is refused.
+    public var adoptStoredMode = false
     /// Epochs of blocks and object versions a pruned store keeps (at least 1).
     public var retainEpochs: UInt64 = 2
     /// Epoch snapshots kept (0: build none).
@@ -121,6 +124,11 @@ public final class NodeStore: Sendable {
         do {
             return try await pool.run {
                 let db = try RocksDatabase(path: path, options: configuration.database, columnFamilies: columnFamilyOptions())
+                var configuration = configuration
+                if configuration.adoptStoredMode, let meta = db.columnFamily("meta"), let bytes = try db.get(meta, Array("mode".utf8)),
+                   let mode = StoreMode(rawValue: String(decoding: bytes, as: UTF8.self)) {
+                    configuration.mode = mode
+                }
                 let store = try NodeStore(database: db, pool: pool, configuration: configuration)
                 if let mode = try db.get(store.cf.meta, Array("mode".utf8)) {
                     let stored = String(decoding: mode, as: UTF8.self)

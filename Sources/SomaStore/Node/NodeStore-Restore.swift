@@ -1,0 +1,302 @@
+public import SomaCore
+
+/// One snapshot chunk received from a source and verified on its own
+/// (``SnapshotManifest/verifyChunk(index:frame:proof:limit:)``), ready to store.
+public struct RestoredChunk: Sendable {
+    /// The chunk's index.
+    public let index: UInt32
+    /// The LZ4 frame as received (stored as it is, so the restored node serves the snapshot too).
+    public let frame: [UInt8]
+    /// The objects' references, in id order.
+    public let references: [ObjectRef]
+    /// The objects' encodings, as certified.
+    public let encodings: [[UInt8]]
+
+    /// The number of objects.
+    public var count: Int { references.count }
+    /// The objects' encoded bytes.
+    public var rawBytes: Int { encodings.reduce(0) { $0 + $1.count } }
+}
+
+/// A snapshot restore the store is part-way through (the `restore` column family).
+public struct RestoreState: Sendable {
+    /// The manifest being restored, checked against the certified epoch end.
+    public var manifest: SnapshotManifest
+    /// The certified end-of-epoch summaries from epoch 0 to the snapshot's epoch.
+    public var epochEnds: [CertifiedCheckpointSummary]
+    /// Chunks already verified and written.
+    public var done: Set<UInt32>
+
+    /// The snapshot's epoch end.
+    public var end: CertifiedCheckpointSummary { epochEnds[epochEnds.count - 1] }
+}
+
+extension SnapshotManifest {
+    /// The most chunks a manifest may list, and the largest chunk size: bounds on what a source
+    /// can make a restore allocate.
+    public static let maxChunks = 1 << 22
+    /// The largest chunk size a restore accepts.
+    public static let maxChunkSize: UInt64 = 1 << 16
+
+    /// Checks the manifest against the certified end-of-epoch summary `end`: same epoch and
+    /// checkpoint, the certified state root and live object count, a power-of-two chunk size,
+    /// one root per chunk, and chunk roots whose tree is the certified state root.
+    /// - Throws: ``StoreError/Code/verificationFailed`` naming the first disagreement.
+    public func check(against end: CheckpointSummary) throws(StoreError) {
+        func bad(_ m: String) -> StoreError { StoreError(.verificationFailed, "snapshot manifest of epoch \(epoch): \(m)") }
+        guard let eoe = end.endOfEpoch else { throw bad("checkpoint \(end.sequenceNumber) does not end an epoch") }
+        guard epoch == end.epoch, lastCheckpoint == end.sequenceNumber else {
+            throw bad("names epoch \(epoch) ending at \(lastCheckpoint), the certified end is epoch \(end.epoch) at \(end.sequenceNumber)")
+        }
+        guard stateRoot == eoe.stateRoot else { throw bad("state root \(stateRoot.short) is not the certified \(eoe.stateRoot.short)") }
+        guard objectCount == eoe.liveObjectCount else { throw bad("\(objectCount) objects, certified \(eoe.liveObjectCount)") }
+        guard chunkSize > 0, chunkSize <= Self.maxChunkSize, chunkSize & (chunkSize - 1) == 0 else {
+            throw bad("chunk size \(chunkSize) is not a power of two up to \(Self.maxChunkSize)")
+        }
+        let chunks = Merkle.chunkCount(treeSize: objectCount, chunkSize: chunkSize)
+        guard chunks <= UInt64(Self.maxChunks), UInt64(chunkRoots.count) == chunks else {
+            throw bad("\(chunkRoots.count) chunk roots for \(objectCount) objects in chunks of \(chunkSize)")
+        }
+        guard Merkle.root(leafHashes: chunkRoots) == stateRoot else { throw bad("the chunk roots do not make the certified state root") }
+    }
+
+    /// Verifies chunk `index` as a source sent it, on its own: the frame decompresses within
+    /// `limit` bytes to `bcs(Vec<Object>)` of exactly the chunk's object count, ids strictly
+    /// increasing; each object is hashed as received; the leaves' root with `proof` rebuilds the
+    /// certified state root over `objectCount` objects (RFC 9162 subtree proof), and equals the
+    /// manifest's root for the chunk. Call on a manifest that passed ``check(against:)``.
+    /// - Throws: ``StoreError`` (`corruptFrame`, `frameTooLarge`, `badValue`, `verificationFailed`).
+    public func verifyChunk(index: UInt32, frame: [UInt8], proof: [Digest], limit: Int) throws(StoreError) -> RestoredChunk {
+        let where_ = "snapshot chunk \(index) of epoch \(epoch)"
+        guard Int(index) < chunkRoots.count else { throw StoreError(.verificationFailed, "\(where_): the snapshot has \(chunkRoots.count) chunks") }
+        let raw: [UInt8]
+        do {
+            raw = try LZ4Frame.decompress(frame, limit: limit)
+        } catch {
+            throw StoreError(error.code, "\(where_): \(error.message)")
+        }
+        let expected = Int(min(chunkSize, objectCount - UInt64(index) * chunkSize))
+        let decoded: ([ObjectRef], [[UInt8]])
+        do throws(CoreError) {
+            decoded = try BCS.read(from: raw[...]) { (r: inout BCSReader) throws(CoreError) in
+                // Each object takes at least 32 + 8 + 1 + 1 + 1 + 32 bytes.
+                let n = try r.readLength(minElementSize: 75)
+                guard n == expected else { throw CoreError(.invalidProof, "\(n) objects, the chunk holds \(expected)") }
+                var refs: [ObjectRef] = []
+                var encodings: [[UInt8]] = []
+                refs.reserveCapacity(n)
+                encodings.reserveCapacity(n)
+                for _ in 0..<n {
+                    let (ref, bytes) = try r.readObjectEncoding()
+                    if let previous = refs.last, !(previous.id < ref.id) {
+                        throw CoreError(.invalidProof, "object \(ref.id.short) is out of id order")
+                    }
+                    refs.append(ref)
+                    encodings.append(bytes)
+                }
+                return (refs, encodings)
+            }
+        } catch {
+            throw StoreError(error.code == .invalidProof ? .verificationFailed : .badValue, error, context: where_)
+        }
+        let leaves = decoded.0.map(\.leafHash)
+        do throws(CoreError) {
+            try Merkle.verifySubtree(
+                chunkLeafHashes: leaves, chunk: UInt64(index), chunkSize: chunkSize, treeSize: objectCount, proof: proof, root: stateRoot)
+        } catch {
+            throw StoreError(.verificationFailed, error, context: where_)
+        }
+        // The proof ties the chunk to the certified root; the manifest's root was checked against it too.
+        guard Merkle.root(leafHashes: leaves) == chunkRoots[Int(index)] else {
+            throw StoreError(.verificationFailed, "\(where_): its root differs from the manifest's")
+        }
+        return RestoredChunk(index: index, frame: frame, references: decoded.0, encodings: decoded.1)
+    }
+}
+
+extension NodeStore {
+    static let restoreManifestKey = Array("manifest".utf8)
+    static let restoreEndsKey = Array("ends".utf8)
+    static let restoreChunkPrefix = Array("chunk".utf8)
+    static let restoredEpochKey = Array("restoredEpoch".utf8)
+
+    static func restoreChunkKey(_ index: UInt32) -> [UInt8] {
+        var k = restoreChunkPrefix
+        withUnsafeBytes(of: index.bigEndian) { k += $0 }
+        return k
+    }
+
+    /// The restore in progress, if any.
+    public func restoreState() async throws -> RestoreState? {
+        try await blocking { try self.restoreStateSync() }
+    }
+
+    func restoreInProgressSync() throws(StoreError) -> Bool {
+        try database.get(cf.restore, Self.restoreManifestKey) != nil
+    }
+
+    func restoreStateSync() throws -> RestoreState? {
+        guard let m = try database.get(cf.restore, Self.restoreManifestKey) else { return nil }
+        guard let e = try database.get(cf.restore, Self.restoreEndsKey) else {
+            throw StoreError(.inconsistent, "a restore is recorded without its epoch chain")
+        }
+        let manifest: SnapshotManifest
+        let ends: [CertifiedCheckpointSummary]
+        do throws(CoreError) {
+            manifest = try SnapshotManifest(bcsBytes: m)
+            ends = try BCS.read(from: e[...]) { (r: inout BCSReader) throws(CoreError) in
+                try r.readVector(CertifiedCheckpointSummary.self, minElementSize: 64)
+            }
+        } catch {
+            throw StoreError(.badValue, error, context: "restore record")
+        }
+        guard !ends.isEmpty else { throw StoreError(.inconsistent, "a restore is recorded with an empty epoch chain") }
+        var done = Set<UInt32>()
+        var upper = Self.restoreChunkPrefix
+        upper[upper.count - 1] += 1
+        for kv in try database.scan(cf.restore, from: Self.restoreChunkPrefix, to: upper) {
+            guard let index = StoreKeys.readU32(kv.key, at: Self.restoreChunkPrefix.count), kv.key.count == Self.restoreChunkPrefix.count + 4 else {
+                throw StoreError(.badValue, "a restore chunk marker is malformed")
+            }
+            done.insert(index)
+        }
+        return RestoreState(manifest: manifest, epochEnds: ends, done: done)
+    }
+
+    /// The epoch whose snapshot this store was restored from, if it was.
+    public func restoredEpoch() async throws -> UInt64? {
+        try await blocking { try self.restoredEpochSync() }
+    }
+
+    func restoredEpochSync() throws(StoreError) -> UInt64? {
+        try database.get(cf.meta, Self.restoredEpochKey).flatMap { StoreKeys.readU64($0) }
+    }
+
+    /// Starts restoring the snapshot `manifest` into a store that holds only its genesis:
+    /// re-verifies the epoch chain `epochEnds` (epoch 0 to the snapshot's epoch) from the genesis
+    /// committee and the manifest against the last end, records both in the `restore` column
+    /// family, and empties the live object set (the genesis's objects give way to the
+    /// snapshot's), all in one write batch. Calling it again with the same manifest does nothing.
+    /// - Throws: ``StoreError`` `invalidArgument` when the store holds checkpoints beyond the
+    ///   genesis or another restore is in progress, `verificationFailed` for a chain or manifest
+    ///   that does not verify.
+    public func beginRestore(manifest: SnapshotManifest, epochEnds: [CertifiedCheckpointSummary]) async throws {
+        try await blocking { try self.beginRestoreSync(manifest: manifest, epochEnds: epochEnds) }
+    }
+
+    func beginRestoreSync(manifest: SnapshotManifest, epochEnds: [CertifiedCheckpointSummary]) throws {
+        try writer.withLock { _ throws in
+            if let state = try restoreStateSync() {
+                guard state.manifest == manifest else {
+                    throw StoreError(.invalidArgument, "a restore of epoch \(state.manifest.epoch)'s snapshot is in progress in this store")
+                }
+                return
+            }
+            guard let genesis = try genesisSync() else { throw StoreError(.inconsistent, "the store has no genesis") }
+            guard let synced = try watermarkSync(.highestSynced), synced.seq == 0, try restoredEpochSync() == nil else {
+                throw StoreError(.invalidArgument, "a snapshot restore needs a store that holds only its genesis")
+            }
+            guard epochEnds.count == Int(manifest.epoch) + 1, let end = epochEnds.last else {
+                throw StoreError(.invalidArgument, "a restore of epoch \(manifest.epoch) needs the \(manifest.epoch + 1) epoch ends before it, got \(epochEnds.count)")
+            }
+            do throws(CoreError) {
+                _ = try ChainVerifier.verifyEpochChain(genesis: genesis.committee, endOfEpochSummaries: epochEnds)
+            } catch {
+                throw StoreError(.verificationFailed, error, context: "epoch chain of the restore")
+            }
+            try manifest.check(against: end.summary)
+            let batch = WriteBatch(for: database)
+            var w = BCSWriter(capacity: epochEnds.count * 4_096)
+            w.write(epochEnds)
+            batch.put(cf.restore, Self.restoreEndsKey, w.bytes)
+            batch.put(cf.restore, Self.restoreManifestKey, manifest.bcsBytes)
+            batch.deleteRange(cf.liveObjects, from: [], to: [UInt8](repeating: 0xFF, count: 33))
+            batch.deleteRange(cf.snapshotChunks, from: StoreKeys.seq(manifest.epoch), to: StoreKeys.seq(manifest.epoch + 1))
+            try database.write(batch, sync: true)
+        }
+    }
+
+    /// Writes verified chunks of the restore in progress, each with its objects, their live
+    /// entries, its frame (served later as this node's snapshot) and its progress marker, in
+    /// one write batch. Chunks already written are skipped.
+    public func commitRestored(_ chunks: [RestoredChunk]) async throws {
+        try await blocking { try self.commitRestoredSync(chunks) }
+    }
+
+    func commitRestoredSync(_ chunks: [RestoredChunk]) throws {
+        try writer.withLock { _ throws in
+            guard let m = try database.get(cf.restore, Self.restoreManifestKey) else {
+                throw StoreError(.outOfOrder, "no snapshot restore is in progress")
+            }
+            let manifest: SnapshotManifest
+            do throws(CoreError) { manifest = try SnapshotManifest(bcsBytes: m) } catch { throw StoreError(.badValue, error, context: "restore manifest") }
+            let markers = try database.multiGet(cf.restore, chunks.map { Self.restoreChunkKey($0.index) })
+            let batch = WriteBatch(for: database)
+            for (chunk, marker) in zip(chunks, markers) where marker == nil {
+                guard Int(chunk.index) < manifest.chunkRoots.count else {
+                    throw StoreError(.outOfOrder, "chunk \(chunk.index) is not part of epoch \(manifest.epoch)'s snapshot")
+                }
+                for (ref, bytes) in zip(chunk.references, chunk.encodings) {
+                    batch.put(cf.objects, StoreKeys.object(ref.id, version: ref.version), bytes)
+                    batch.put(cf.liveObjects, ref.id.bytes, StoreKeys.versionDigest(VersionDigest(version: ref.version, digest: ref.digest)))
+                }
+                batch.put(cf.snapshotChunks, StoreKeys.chunk(manifest.epoch, chunk.index), chunk.frame)
+                batch.put(cf.restore, Self.restoreChunkKey(chunk.index), [])
+            }
+            try database.write(batch, sync: configuration.syncWrites)
+        }
+    }
+
+    /// Completes the restore once every chunk is written: recomputes the state root over the
+    /// stored live set (one ordered pass) and compares it with the certified one, then in one
+    /// write batch stores the epoch ends' summaries, the committees they name, the epoch records,
+    /// the snapshot's manifest (so this node serves the snapshot), sets `highestVerified`,
+    /// `highestSynced` and `highestExecuted` to the epoch's last checkpoint and
+    /// `lowestAvailable` to the next one, and clears the `restore` column family.
+    /// - Returns: the new `highestExecuted`.
+    /// - Throws: ``StoreError`` `outOfOrder` when chunks are missing, `verificationFailed` when
+    ///   the stored live set does not make the certified root.
+    public func finishRestore() async throws -> WatermarkValue {
+        try await blocking { try self.finishRestoreSync() }
+    }
+
+    func finishRestoreSync() throws -> WatermarkValue {
+        try writer.withLock { _ throws in
+            guard let state = try restoreStateSync() else { throw StoreError(.outOfOrder, "no snapshot restore is in progress") }
+            let manifest = state.manifest
+            let missing = manifest.chunkRoots.count - state.done.count
+            guard missing == 0 else { throw StoreError(.outOfOrder, "\(missing) chunks of epoch \(manifest.epoch)'s snapshot are not written yet") }
+            let (root, count) = try stateRoot(overlay: LiveObjectSet(), touched: [])
+            guard root == manifest.stateRoot, count == manifest.objectCount else {
+                throw StoreError(.verificationFailed,
+                    "the restored live set's root \(root.short) over \(count) objects is not the certified \(manifest.stateRoot.short) over \(manifest.objectCount)")
+            }
+            let batch = WriteBatch(for: database)
+            var first: UInt64 = 0
+            for end in state.epochEnds {
+                let s = end.summary
+                guard let eoe = s.endOfEpoch else { throw StoreError(.inconsistent, "restore epoch end \(s.sequenceNumber) ends no epoch") }
+                batch.put(cf.summaries, StoreKeys.seq(s.sequenceNumber), end.bcsBytes)
+                batch.put(cf.summaryByDigest, end.digest.bytes, StoreKeys.seq(s.sequenceNumber))
+                batch.put(cf.committees, StoreKeys.seq(s.epoch + 1), eoe.nextCommittee.bcsBytes)
+                let last = s.epoch == manifest.epoch
+                let record = EpochRecord(
+                    epoch: s.epoch, firstCheckpoint: first, lastCheckpoint: s.sequenceNumber,
+                    stateRoot: last ? eoe.stateRoot : nil, liveObjectCount: last ? eoe.liveObjectCount : nil)
+                batch.put(cf.epochs, StoreKeys.seq(s.epoch), record.bcsBytes)
+                first = s.sequenceNumber + 1
+            }
+            batch.put(cf.epochs, StoreKeys.seq(manifest.epoch + 1), EpochRecord(epoch: manifest.epoch + 1, firstCheckpoint: first).bcsBytes)
+            let tip = WatermarkValue(seq: state.end.summary.sequenceNumber, digest: state.end.digest)
+            for w in [Watermark.highestVerified, .highestSynced, .highestExecuted] { setWatermark(w, tip, in: batch) }
+            // Nothing at or below the snapshot's checkpoint is held; the digest of the next is
+            // not known yet (zero until the pruner moves the watermark).
+            setWatermark(.lowestAvailable, WatermarkValue(seq: tip.seq + 1, digest: .zero), in: batch)
+            batch.put(cf.snapshotChunks, StoreKeys.chunk(manifest.epoch, Self.manifestChunk), manifest.bcsBytes)
+            batch.put(cf.meta, Self.restoredEpochKey, StoreKeys.seq(manifest.epoch))
+            batch.deleteRange(cf.restore, from: [], to: [UInt8](repeating: 0xFF, count: 16))
+            try database.write(batch, sync: true)
+            return tip
+        }
+    }
+}

@@ -1,0 +1,492 @@
+public import NIOCore
+public import SomaCore
+import SomaNet
+public import SomaStore
+
+/// Which snapshot a restore takes.
+public enum SnapshotChoice: Sendable, Hashable, CustomStringConvertible {
+    /// The newest epoch whose end the epoch chain certifies and whose snapshot a source serves.
+    case latest
+    /// This epoch's.
+    case epoch(UInt64)
+
+    /// `latest` or the epoch number.
+    public var description: String {
+        switch self {
+        case .latest: "latest"
+        case .epoch(let e): "\(e)"
+        }
+    }
+}
+
+/// The tunables of a snapshot restore.
+public struct RestoreConfiguration: Sendable {
+    /// Chunk requests in flight over all sources.
+    public var window = 16
+    /// Verified chunks held for writing at most (with those in flight): bounds the memory.
+    public var maxUncommitted = 48
+    /// Most chunks in one write batch.
+    public var commitGroup = 8
+    /// A chunk request that gets no answer for this long fails as a stall.
+    public var requestTimeout: TimeAmount = .seconds(10)
+    /// The shortest wait before a straggling chunk is also asked of another source (the
+    /// adaptive delay is three times the moving average of chunk times, never less).
+    public var minHedgeDelay: Duration = .milliseconds(400)
+    /// The largest decompressed chunk accepted (bytes).
+    public var maxChunkBytes = 256 << 20
+
+    /// Defaults.
+    public init() {}
+}
+
+/// Where a restore stands, told after every write.
+public struct RestoreProgress: Sendable {
+    /// The snapshot's epoch.
+    public var epoch: UInt64
+    /// Chunks written (including those of an earlier, interrupted run).
+    public var chunksDone: Int
+    /// Chunks in the snapshot.
+    public var chunks: Int
+    /// Objects written by this run.
+    public var objects: Int
+    /// Their encoded bytes.
+    public var rawBytes: Int
+    /// Sources usable now.
+    public var sources: Int
+    /// Time since the restore started.
+    public var elapsed: Duration
+}
+
+/// What a restore did.
+public struct RestoreReport: Sendable {
+    /// The snapshot's epoch and its last checkpoint (the store's watermarks now).
+    public var epoch: UInt64
+    /// The epoch's last checkpoint.
+    public var checkpoint: UInt64
+    /// The certified state root the restored live set makes.
+    public var stateRoot: Digest
+    /// Live objects in the snapshot.
+    public var objectCount: UInt64
+    /// Chunks in the snapshot.
+    public var chunks: Int
+    /// Chunks this run fetched (the rest were written by an interrupted run before it).
+    public var fetched: Int
+    /// Objects this run wrote.
+    public var objects: Int
+    /// Their encoded bytes, and the LZ4 bytes received for them.
+    public var rawBytes: Int
+    /// LZ4 bytes received.
+    public var frameBytes: Int
+    /// Chunks asked again of another source because the first straggled.
+    public var hedges: Int
+    /// Sources whose manifest was checked and agreed.
+    public var agreeingSources: Int
+    /// Every source's standing at the end (its `checkpoints` count chunks here).
+    public var sources: [SourceStats]
+}
+
+/// Restores a store from a verified state snapshot (DESIGN §10, snapshot restore): the
+/// epoch chain to the chosen epoch, the snapshot manifest from every source that serves it
+/// (each checked against the certified state root; a source whose manifest disagrees is
+/// banned), then the chunks from all agreeing sources at once (a sliding window, the best
+/// source by throughput per request, stragglers hedged on another source), each verified on
+/// arrival by its subtree proof against the certified root before it is written with its
+/// progress marker. A crash or stop resumes with the chunks already written; none is fetched
+/// twice once written. On completion the store's watermarks stand at the epoch's last
+/// checkpoint, and a ``PeerSync`` continues from there.
+public struct SnapshotRestore: Sendable {
+    /// The store to fill (holding only its genesis, or a restore in progress).
+    public let store: NodeStore
+    /// The chain's genesis.
+    public let genesis: Genesis
+    /// The sources.
+    public let pool: SourcePool
+    /// The tunables.
+    public var configuration: RestoreConfiguration
+
+    /// A restore of `store` from the sources in `pool`.
+    public init(store: NodeStore, genesis: Genesis, pool: SourcePool, configuration: RestoreConfiguration = RestoreConfiguration()) {
+        self.store = store
+        self.genesis = genesis
+        self.pool = pool
+        self.configuration = configuration
+    }
+
+    /// Restores the chosen snapshot, or resumes the restore in progress.
+    /// - Returns: the report, or `nil` when the store already holds checkpoints beyond the
+    ///   genesis (it was restored or synced before: checkpoint sync continues from there).
+    /// - Throws: ``SyncError`` when no source serves a usable snapshot, the store's errors, or
+    ///   `CancellationError`.
+    public func restore(_ choice: SnapshotChoice = .latest, progress: (@Sendable (RestoreProgress) -> Void)? = nil) async throws -> RestoreReport? {
+        await pool.refresh()
+        guard await !pool.usable.isEmpty else {
+            throw SyncError("no source answered: " + (await pool.stats).map(\.description).joined(separator: "; "))
+        }
+        try await store.initialize(genesis: genesis)
+        var ends: [CertifiedCheckpointSummary]
+        var resumed: RestoreState? = nil
+        if let state = try await store.restoreState() {
+            if case .epoch(let e) = choice, e != state.manifest.epoch {
+                throw SyncError("this store is part-way through restoring epoch \(state.manifest.epoch)'s snapshot (\(state.done.count) of \(state.manifest.chunkRoots.count) chunks): resume it with --snapshot \(state.manifest.epoch) or latest")
+            }
+            resumed = state
+            ends = state.epochEnds
+        } else {
+            if let synced = try await store.watermark(.highestSynced), synced.seq > 0 { return nil }
+            ends = try await epochEnds()
+        }
+        let epoch = try await chooseEpoch(choice, resumed: resumed, verifiedEnds: ends.count)
+        ends = Array(ends.prefix(Int(epoch) + 1))
+        let end = ends[ends.count - 1]
+        let (manifest, agreeing) = try await agreeOnManifest(epoch: epoch, end: end, stored: resumed?.manifest)
+        if resumed == nil { try await store.beginRestore(manifest: manifest, epochEnds: ends) }
+        let done = resumed?.done ?? []
+        let run = RestoreRun(restore: self, manifest: manifest, allowed: agreeing, done: done, progress: progress)
+        var report = try await run.run()
+        let tip = try await store.finishRestore()
+        report.checkpoint = tip.seq
+        report.agreeingSources = agreeing.count
+        report.sources = await pool.stats
+        return report
+    }
+
+    /// Every certified epoch end a source holds, verified from the genesis committee (the
+    /// source holding most first; one whose ends fail is banned).
+    func epochEnds() async throws -> [CertifiedCheckpointSummary] {
+        var order = await pool.usable
+        var highest: [Int: UInt64] = [:]
+        for s in await pool.stats.enumerated() { highest[s.offset] = s.element.holds?.upperBound ?? 0 }
+        order.sort { highest[$0, default: 0] > highest[$1, default: 0] }
+        var lastError: (any Error)? = nil
+        for i in order {
+            let client = await pool.client(i)
+            await pool.take(i)
+            do {
+                let (_, ends) = try await PeerSync.extendWithEnds([genesis.committee], from: client)
+                await pool.succeeded(i, bytes: 0, duration: .zero, used: 0)
+                if !ends.isEmpty { return ends }
+            } catch {
+                if error is CancellationError { await pool.released(i); throw error }
+                lastError = error
+                await SyncRun.judge(error, source: i, pool: pool, what: "epoch endings")
+            }
+        }
+        throw SyncError("no source gave a verifiable epoch chain\(lastError.map { ": \($0)" } ?? "")")
+    }
+
+    /// The epoch to restore: a resumed restore's, else the chosen one among those whose end is
+    /// certified and whose snapshot a usable source advertises.
+    func chooseEpoch(_ choice: SnapshotChoice, resumed: RestoreState?, verifiedEnds: Int) async throws -> UInt64 {
+        if let resumed { return resumed.manifest.epoch }
+        var served = Set<UInt64>()
+        for i in await pool.usable {
+            if let a = await pool.availability(i) { served.formUnion(a.snapshotEpochs) }
+        }
+        let candidates = served.filter { $0 < UInt64(verifiedEnds) }
+        switch choice {
+        case .latest:
+            guard let e = candidates.max() else {
+                throw SyncError("no source serves a snapshot of an epoch whose end is certified (served: \(served.sorted().map(String.init).joined(separator: ", ")); \(verifiedEnds) epoch ends verified)")
+            }
+            return e
+        case .epoch(let e):
+            guard e < UInt64(verifiedEnds) else {
+                throw SyncError("epoch \(e) has not ended in the certified epoch chain (\(verifiedEnds) epoch ends)")
+            }
+            guard candidates.contains(e) else {
+                throw SyncError("no source serves the snapshot of epoch \(e) (served: \(candidates.sorted().map(String.init).joined(separator: ", ")))")
+            }
+            return e
+        }
+    }
+
+    /// Asks every usable source that advertises `epoch` for its manifest (concurrently) and
+    /// checks each against the certified `end`: a source whose manifest fails is banned. The
+    /// manifest most sources agree on wins (the stored one, for a resumed restore); the
+    /// sources that sent it are the ones asked for chunks.
+    func agreeOnManifest(epoch: UInt64, end: CertifiedCheckpointSummary, stored: SnapshotManifest?) async throws -> (SnapshotManifest, Set<Int>) {
+        var targets: [(Int, PeerClient)] = []
+        for i in await pool.usable {
+            guard let a = await pool.availability(i), a.snapshotEpochs.contains(epoch) else { continue }
+            targets.append((i, await pool.client(i)))
+        }
+        let answers = await withTaskGroup(of: (Int, Result<SnapshotManifest, any Error>).self) { group in
+            for (i, c) in targets {
+                group.addTask {
+                    do {
+                        let m = try await c.snapshotManifest(epoch: epoch)
+                        try m.check(against: end.summary)
+                        return (i, .success(m))
+                    } catch {
+                        return (i, .failure(error))
+                    }
+                }
+            }
+            var out: [(Int, Result<SnapshotManifest, any Error>)] = []
+            for await a in group { out.append(a) }
+            return out
+        }
+        var groups: [SnapshotManifest: Set<Int>] = [:]
+        for (i, result) in answers {
+            await pool.take(i)
+            switch result {
+            case .success(let m):
+                await pool.succeeded(i, bytes: 0, duration: .zero, used: 0)
+                groups[m, default: []].insert(i)
+            case .failure(let error):
+                await SyncRun.judge(error, source: i, pool: pool, what: "snapshot manifest of epoch \(epoch)")
+            }
+        }
+        if let stored {
+            guard let agreeing = groups[stored] else {
+                throw SyncError("no source serves the manifest of epoch \(epoch)'s snapshot that this store is restoring: " + (await pool.stats).map(\.description).joined(separator: "; "))
+            }
+            return (stored, agreeing)
+        }
+        guard let best = groups.max(by: { a, b in a.value.count < b.value.count || (a.value.count == b.value.count && a.value.min()! > b.value.min()!) }) else {
+            throw SyncError("no source sent a manifest of epoch \(epoch)'s snapshot that matches the certified state root: " + (await pool.stats).map(\.description).joined(separator: "; "))
+        }
+        return (best.key, best.value)
+    }
+}
+
+/// One restore's chunk downloads, driven by a single coordinator loop; requests,
+/// verification and writes run as tasks that report back as events.
+final class RestoreRun {
+    enum Event: Sendable {
+        case chunk(index: UInt32, source: Int, started: ContinuousClock.Instant, Result<(RestoredChunk, Int), any Error>)
+        case written(Result<[RestoredChunk], any Error>)
+        case tick
+    }
+
+    struct Flight {
+        var sources: Set<Int>
+        var started: ContinuousClock.Instant
+        var tasks: [Task<Void, Never>] = []
+    }
+
+    let restore: SnapshotRestore
+    let config: RestoreConfiguration
+    let pool: SourcePool
+    let manifest: SnapshotManifest
+    let allowed: Set<Int>
+    let progress: (@Sendable (RestoreProgress) -> Void)?
+    let started = ContinuousClock.now
+    let events: AsyncStream<Event>
+    let post: AsyncStream<Event>.Continuation
+    var iterator: AsyncStream<Event>.Iterator
+
+    var queue: [UInt32]
+    var flights: [UInt32: Flight] = [:]
+    var ready: [RestoredChunk] = []
+    var writeTask: Task<Void, Never>?
+    /// Every request task started, and the requests each source has not answered yet.
+    var tasks: [Task<Void, Never>] = []
+    var outstanding: [Int: Int] = [:]
+    var chunksDone: Int
+    let fetchedAtStart: Int
+    var objects = 0
+    var rawBytes = 0
+    var frameBytes = 0
+    var hedges = 0
+    var chunkSeconds: Double?
+    var stuck = 0
+
+    init(restore: SnapshotRestore, manifest: SnapshotManifest, allowed: Set<Int>, done: Set<UInt32>, progress: (@Sendable (RestoreProgress) -> Void)?) {
+        self.restore = restore
+        self.config = restore.configuration
+        self.pool = restore.pool
+        self.manifest = manifest
+        self.allowed = allowed
+        self.progress = progress
+        queue = (0..<UInt32(manifest.chunkRoots.count)).filter { !done.contains($0) }
+        chunksDone = done.count
+        fetchedAtStart = done.count
+        (events, post) = AsyncStream.makeStream(of: Event.self)
+        iterator = events.makeAsyncIterator()
+    }
+
+    var total: Int { manifest.chunkRoots.count }
+
+    func run() async throws -> RestoreReport {
+        let ticker = Task { [post] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(100))
+                post.yield(.tick)
+            }
+        }
+        defer { ticker.cancel() }
+        do {
+            while chunksDone < total {
+                try Task.checkCancellation()
+                try await schedule()
+                guard let event = await iterator.next() else { break }
+                try await handle(event)
+            }
+            // The event stream ends early only when this task is cancelled.
+            try Task.checkCancellation()
+        } catch {
+            await stopAll()
+            throw error
+        }
+        await stopAll()
+        return RestoreReport(
+            epoch: manifest.epoch, checkpoint: manifest.lastCheckpoint, stateRoot: manifest.stateRoot, objectCount: manifest.objectCount,
+            chunks: total, fetched: total - fetchedAtStart, objects: objects, rawBytes: rawBytes, frameBytes: frameBytes, hedges: hedges,
+            agreeingSources: allowed.count, sources: [])
+    }
+
+    /// Cancels requests in flight and waits for a write in progress; every request's slot goes
+    /// back to the pool (counted here: a cancelled task's event stream may already be closed).
+    func stopAll() async {
+        for t in tasks { t.cancel() }
+        await writeTask?.value
+        post.finish()
+        for (source, n) in outstanding { for _ in 0..<n { await pool.released(source) } }
+        outstanding = [:]
+    }
+
+    func settle(source: Int, started: ContinuousClock.Instant, _ result: Result<(RestoredChunk, Int), any Error>, index: UInt32, used: Bool) async {
+        switch result {
+        case .success((_, let bytes)): await pool.succeeded(source, bytes: bytes, duration: .now - started, used: used ? 1 : 0)
+        case .failure(let error): await SyncRun.judge(error, source: source, pool: pool, what: "snapshot chunk \(index) of epoch \(manifest.epoch)")
+        }
+    }
+
+    func schedule() async throws {
+        await hedge()
+        let allowed = self.allowed
+        let epoch = manifest.epoch
+        while flights.count < config.window && flights.count + ready.count < config.maxUncommitted, !queue.isEmpty {
+            guard let source = await pool.pick(excluding: [], where: { i, a in allowed.contains(i) && a.snapshotEpochs.contains(epoch) }) else { break }
+            start(queue.removeFirst(), on: source)
+        }
+        if writeTask == nil { startWrite() }
+        if flights.isEmpty && writeTask == nil && ready.isEmpty && !queue.isEmpty {
+            // Nothing can move: poll the sources again; give up after a few tries.
+            stuck += 1
+            if stuck > 20 {
+                throw SyncError("no usable source serves epoch \(manifest.epoch)'s snapshot any more (\(total - chunksDone) chunks left): "
+                    + (await pool.stats).map(\.description).joined(separator: "; "))
+            }
+            try await Task.sleep(for: .milliseconds(min(100 * stuck, 1_000)))
+            await pool.refresh()
+        }
+    }
+
+    func start(_ index: UInt32, on source: Int) {
+        var flight = flights[index] ?? Flight(sources: [], started: .now)
+        flight.sources.insert(source)
+        let task = chunkTask(index, source: source)
+        flight.tasks.append(task)
+        tasks.append(task)
+        outstanding[source, default: 0] += 1
+        flights[index] = flight
+    }
+
+    func chunkTask(_ index: UInt32, source: Int) -> Task<Void, Never> {
+        let pool = self.pool
+        let post = self.post
+        let manifest = self.manifest
+        let timeout = config.requestTimeout
+        let limit = config.maxChunkBytes
+        return Task {
+            let started = ContinuousClock.now
+            do {
+                let client = await pool.client(source)
+                let answer = try await client.snapshotChunk(epoch: manifest.epoch, index: index, timeout: timeout)
+                guard answer.count == UInt32(manifest.chunkRoots.count) else {
+                    throw SyncError("snapshot chunk \(index) of epoch \(manifest.epoch): the source counts \(answer.count) chunks, the manifest \(manifest.chunkRoots.count)")
+                }
+                let chunk = try manifest.verifyChunk(index: index, frame: answer.frame, proof: answer.proof, limit: limit)
+                post.yield(.chunk(index: index, source: source, started: started, .success((chunk, answer.frame.count))))
+            } catch {
+                post.yield(.chunk(index: index, source: source, started: started, .failure(error)))
+            }
+        }
+    }
+
+    func startWrite() {
+        guard !ready.isEmpty else { return }
+        // Small writes cost more per chunk: wait for a fuller batch while more is on its way.
+        if ready.count < config.commitGroup && !flights.isEmpty && ready.count + chunksDone < total { return }
+        let batch = Array(ready.prefix(config.commitGroup))
+        ready.removeFirst(batch.count)
+        let store = restore.store
+        let post = self.post
+        writeTask = Task {
+            do {
+                try await store.commitRestored(batch)
+                post.yield(.written(.success(batch)))
+            } catch {
+                post.yield(.written(.failure(error)))
+            }
+        }
+    }
+
+    func handle(_ event: Event) async throws {
+        switch event {
+        case .tick:
+            break
+        case .written(let result):
+            writeTask = nil
+            let batch = try result.get()
+            chunksDone += batch.count
+            for c in batch {
+                objects += c.count
+                rawBytes += c.rawBytes
+            }
+            stuck = 0
+            if let progress {
+                progress(RestoreProgress(
+                    epoch: manifest.epoch, chunksDone: chunksDone, chunks: total, objects: objects, rawBytes: rawBytes,
+                    sources: await pool.usable.count, elapsed: .now - started))
+            }
+        case .chunk(let index, let source, let started, let result):
+            outstanding[source, default: 1] -= 1
+            guard var flight = flights[index], flight.sources.contains(source) else {
+                // A hedge that lost, or a cancelled request.
+                await settle(source: source, started: started, result, index: index, used: false)
+                return
+            }
+            switch result {
+            case .success((let chunk, let bytes)):
+                await settle(source: source, started: started, result, index: index, used: true)
+                let seconds = (ContinuousClock.now - started).inSeconds
+                chunkSeconds = chunkSeconds.map { 0.8 * $0 + 0.2 * seconds } ?? seconds
+                frameBytes += bytes
+                flights.removeValue(forKey: index)
+                for t in flight.tasks { t.cancel() }
+                ready.append(chunk)
+            case .failure:
+                await settle(source: source, started: started, result, index: index, used: false)
+                flight.sources.remove(source)
+                if flight.sources.isEmpty {
+                    flights.removeValue(forKey: index)
+                    queue.insert(index, at: 0)
+                } else {
+                    flights[index] = flight
+                }
+            }
+        }
+    }
+
+    /// Asks a straggling chunk of a second source once it has waited past the adaptive delay.
+    func hedge() async {
+        let usual: Duration = chunkSeconds.map { .seconds(3 * $0) } ?? config.minHedgeDelay * 2
+        let ceiling = Duration.nanoseconds(config.requestTimeout.nanoseconds / 2)
+        let delay = max(config.minHedgeDelay, min(usual, ceiling))
+        let now = ContinuousClock.now
+        var extra = flights.values.filter { $0.sources.count > 1 }.count
+        let allowed = self.allowed
+        let epoch = manifest.epoch
+        for index in flights.keys.sorted() where extra < max(2, config.window / 2) {
+            guard let flight = flights[index], flight.sources.count == 1, now - flight.started > delay else { continue }
+            guard let source = await pool.pick(excluding: flight.sources, where: { i, a in allowed.contains(i) && a.snapshotEpochs.contains(epoch) }) else { continue }
+            await pool.hedged(source)
+            hedges += 1
+            extra += 1
+            start(index, on: source)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+import NIOCore
+import SomaCore
+import SomaNet
+import SomaStore
+import SomaSync
+import SomaTestSupport
+import Synchronization
+import Testing
+
+/// How a test peer's snapshot answers misbehave.
+enum SnapshotFault: Sendable, Equatable {
+    case none
+    /// Changes a byte of one object in every chunk (it still decodes).
+    case wrongObject
+    /// Leaves one object out of every chunk.
+    case missingObject
+    /// Flips a byte of every chunk's subtree proof.
+    case wrongProof
+    /// Serves a manifest whose first chunk root is wrong.
+    case badManifest
+}
+
+/// Serves a store's history, its snapshot answers altered as told; counts the chunks asked.
+final class SnapshotService: HistoryServing {
+    let inner: HistoryService
+    let fault: SnapshotFault
+    let asked = Mutex<[UInt32]>([])
+
+    init(store: NodeStore, fault: SnapshotFault = .none) {
+        inner = HistoryService(store: store)
+        self.fault = fault
+    }
+
+    func handle(method: UInt16, payload: [UInt8]) async -> Result<ByteBuffer, RPCError> {
+        let answer = await inner.handle(method: method, payload: payload)
+        guard case .success(let buffer) = answer else { return answer }
+        let bytes = Array(buffer.readableBytesView)
+        if method == Method.getSnapshotManifest.rawValue, fault == .badManifest, var m = try? SnapshotManifest(bcsBytes: bytes) {
+            m.chunkRoots[0] = Hashing.sha256(m.chunkRoots[0].bytes)
+            return .success(ByteBuffer(bytes: m.bcsBytes))
+        }
+        guard method == Method.getSnapshotChunk.rawValue, let request = try? SnapshotRequest(bcsBytes: payload) else { return answer }
+        asked.withLock { $0.append(request.index) }
+        guard var proven = try? ProvenFrame(bcsBytes: bytes) else { return answer }
+        switch fault {
+        case .none, .badManifest:
+            return answer
+        case .wrongProof:
+            guard !proven.proof.isEmpty else { return answer }
+            proven.proof[0] = Hashing.sha256(proven.proof[0].bytes)
+        case .wrongObject:
+            guard var raw = try? LZ4Frame.decompress(proven.frame, limit: 1 << 26) else { return answer }
+            // The last object's previous-transaction digest: the chunk still decodes.
+            raw[raw.count - 5] ^= 0x5A
+            proven.frame = LZ4Frame.compress(raw)
+        case .missingObject:
+            guard let raw = try? LZ4Frame.decompress(proven.frame, limit: 1 << 26),
+                  let objects = try? BCS.read(from: raw[...], { (r: inout BCSReader) throws(CoreError) in
+                      let n = try r.readLength()
+                      var out: [[UInt8]] = []
+                      for _ in 0..<n { out.append(try r.readObjectEncoding().bytes) }
+                      return out
+                  })
+            else { return answer }
+            var w = BCSWriter(capacity: raw.count)
+            w.writeLength(objects.count - 1)
+            for (k, o) in objects.enumerated() where k != objects.count / 2 { w.writeRaw(o) }
+            proven.frame = LZ4Frame.compress(w.bytes)
+        }
+        return .success(ByteBuffer(bytes: proven.bcsBytes))
+    }
+
+    func blockItem(seq: UInt64, part: UInt32) async -> Result<(ByteBuffer, UInt32)?, RPCError> {
+        await inner.blockItem(seq: seq, part: part)
+    }
+}
+
+@Suite("Snapshot restore from real peers on loopback", .serialized)
+struct RestoreTests {
+    static let chunkSize = 64
+
+    func restoreSettings() -> RestoreConfiguration {
+        var c = RestoreConfiguration()
+        c.requestTimeout = .seconds(2)
+        c.minHedgeDelay = .milliseconds(200)
+        return c
+    }
+
+    func prunedStore(_ net: SyncNetwork, _ name: String) async throws -> NodeStore {
+        var config = StoreConfiguration()
+        config.mode = .pruned
+        config.snapshotChunkSize = Self.chunkSize
+        return try await NodeStore.open(path: net.dir.file(name), configuration: config)
+    }
+
+    /// Every live entry of a store, in id order.
+    func liveSet(_ store: NodeStore) throws -> [[UInt8]] {
+        try store.database.scan(try #require(store.database.columnFamily("liveObjects"))).map { $0.key + $0.value }
+    }
+
+    @Test("a fresh store restores the newest snapshot from 3 peers at once; its live set, root and watermarks are the source's, and it serves the snapshot itself")
+    func threePeers() async throws {
+        let net = await SyncNetwork()
+        let source = try await net.sourceStore("source", snapshotChunkSize: Self.chunkSize)
+        #expect(try await source.snapshotEpochs() == [1, 2])
+        var clients: [PeerClient] = []
+        for k in 0..<3 {
+            let port = try await net.serve(SnapshotService(store: source), bytesPerSecond: 3_000_000, key: k)
+            clients.append(try await net.connect(port))
+        }
+        let fresh = try await prunedStore(net, "fresh")
+        let restore = SnapshotRestore(store: fresh, genesis: net.genesis, pool: SourcePool(clients: clients, labels: ["a", "b", "c"]), configuration: restoreSettings())
+        let progress = Mutex<[Int]>([])
+        let report = try #require(try await restore.restore(.latest) { p in progress.withLock { $0.append(p.chunksDone) } })
+        let manifest = try #require(try await source.snapshotManifest(epoch: 2))
+        #expect(report.epoch == 2 && report.checkpoint == manifest.lastCheckpoint)
+        #expect(report.chunks == manifest.chunkRoots.count && report.fetched == report.chunks && report.chunks > 8)
+        #expect(report.objects == Int(manifest.objectCount) && report.agreeingSources == 3)
+        #expect(report.sources.allSatisfy { $0.checkpoints > 0 && $0.banReason == nil }, "every peer served chunks: \(report.sources)")
+        #expect(progress.withLock { $0.last } == report.chunks)
+        #expect(try liveSet(fresh) == liveSet(source))
+        let marks = try await fresh.watermarks()
+        let tip = WatermarkValue(seq: manifest.lastCheckpoint, digest: try #require(try await source.summary(at: manifest.lastCheckpoint)).digest)
+        #expect(marks[.highestSynced] == tip && marks[.highestExecuted] == tip && marks[.highestVerified] == tip)
+        #expect(marks[.lowestAvailable]?.seq == manifest.lastCheckpoint + 1)
+        #expect(try await fresh.restoredEpoch() == 2)
+        #expect(try await fresh.restoreState() == nil)
+        // It serves the snapshot it restored, with the same manifest and chunk bytes.
+        #expect(try await fresh.snapshotEpochs() == [2])
+        #expect(try await fresh.snapshotManifest(epoch: 2) == manifest)
+        #expect(try await fresh.snapshotChunk(epoch: 2, index: 3) == source.snapshotChunk(epoch: 2, index: 3))
+        let verification = try await fresh.verifyAll()
+        #expect(verification.stateRoots == [2] && verification.liveObjects == manifest.objectCount)
+        // A second restore is a no-op: the store already holds its checkpoints.
+        #expect(try await restore.restore(.latest) == nil)
+        for c in clients { await c.close() }
+        await fresh.close()
+        await net.stop()
+    }
+
+    @Test("after restoring epoch 1's snapshot, checkpoint sync executes the rest: the live set and every state root equal those of a node that replayed all of history")
+    func restoreThenExecute() async throws {
+        let net = await SyncNetwork()
+        let source = try await net.sourceStore("source", snapshotChunkSize: Self.chunkSize)
+        var clients: [PeerClient] = []
+        for k in 0..<2 { clients.append(try await net.connect(try await net.serve(SnapshotService(store: source), key: k))) }
+        let fresh = try await prunedStore(net, "fresh")
+        let pool = SourcePool(clients: clients, labels: ["a", "b"])
+        let report = try #require(try await SnapshotRestore(store: fresh, genesis: net.genesis, pool: pool, configuration: restoreSettings()).restore(.epoch(1)))
+        #expect(report.epoch == 1)
+        var sync = SyncConfiguration()
+        sync.summaryBatch = 100
+        let caught = try await PeerSync(store: fresh, genesis: net.genesis, pool: pool, configuration: sync).catchUp()
+        #expect(caught.tip == net.tip)
+        #expect(caught.checkpoints == Int(caught.tip - report.checkpoint), "only the checkpoints after the snapshot were fetched")
+        #expect(try liveSet(fresh) == liveSet(source), "the same live set as the full replay")
+        let a = try await source.watermarks(), b = try await fresh.watermarks()
+        #expect(a[.highestExecuted] == b[.highestExecuted])
+        let sourceEpochs = try await source.epochs(), freshEpochs = try await fresh.epochs()
+        let ended = try #require(sourceEpochs.first { $0.epoch == 2 })
+        #expect(freshEpochs.first { $0.epoch == 2 } == ended && ended.stateRoot != nil, "epoch 2's end: the same certified root, executed on the restored set")
+        #expect(sourceEpochs.last == freshEpochs.last)
+        #expect(try await source.snapshotManifest(epoch: 2) == fresh.snapshotManifest(epoch: 2), "it built the next epoch's snapshot itself")
+        // Blocks after the snapshot are the source's, byte for byte.
+        for seq in (report.checkpoint + 1)...caught.tip {
+            #expect(try await source.blockFrames(at: seq) == fresh.blockFrames(at: seq), "blocks of \(seq)")
+        }
+        let verification = try await fresh.verifyAll()
+        #expect(verification.checkpoints == caught.tip - report.checkpoint && verification.stateRoots.contains(2))
+        for c in clients { await c.close() }
+        await fresh.close()
+        await net.stop()
+    }
+
+    @Test("sources sending a wrong object, a missing object, a wrong proof or a manifest that disagrees with the certified root are banned; the restore finishes from the honest one and stores nothing bad")
+    func badSources() async throws {
+        let net = await SyncNetwork()
+        let source = try await net.sourceStore("source", snapshotChunkSize: Self.chunkSize)
+        let faults: [SnapshotFault] = [.wrongObject, .missingObject, .wrongProof, .badManifest, .none]
+        var clients: [PeerClient] = []
+        for (k, fault) in faults.enumerated() {
+            // The honest peer is slow, so that the faulty ones are asked too.
+            let port = try await net.serve(SnapshotService(store: source, fault: fault), bytesPerSecond: fault == .none ? 2_000_000 : nil, key: k)
+            clients.append(try await net.connect(port))
+        }
+        let labels = ["wrongObject", "missingObject", "wrongProof", "badManifest", "honest"]
+        let bans = Mutex<[String: String]>([:])
+        let pool = SourcePool(clients: clients, labels: labels, onBan: { label, reason in bans.withLock { $0[label] = reason } })
+        let fresh = try await prunedStore(net, "fresh")
+        let report = try #require(try await SnapshotRestore(store: fresh, genesis: net.genesis, pool: pool, configuration: restoreSettings()).restore())
+        #expect(report.agreeingSources == 4, "the bad manifest was refused")
+        let banned = bans.withLock { $0 }
+        #expect(Set(banned.keys) == ["wrongObject", "missingObject", "wrongProof", "badManifest"], "\(banned)")
+        #expect(banned["badManifest"]?.contains("manifest") == true, "\(banned)")
+        #expect(banned["missingObject"]?.contains("objects, the chunk holds") == true, "\(banned)")
+        #expect(banned["wrongProof"]?.contains("subtree proof") == true, "\(banned)")
+        #expect(banned["wrongObject"]?.contains("chunk") == true, "\(banned)")
+        let byLabel = Dictionary(uniqueKeysWithValues: report.sources.map { ($0.label, $0) })
+        #expect(byLabel["honest"]?.banReason == nil && byLabel["honest"]?.checkpoints == report.chunks, "every chunk came from the honest peer")
+        #expect(try liveSet(fresh) == liveSet(source))
+        _ = try await fresh.verifyAll()
+        for c in clients { await c.close() }
+        await fresh.close()
+        await net.stop()
+    }
+
+    @Test("a restore stopped part-way resumes with the chunks it wrote: none is fetched twice, and the result is the certified state")
+    func resume() async throws {
+        let net = await SyncNetwork()
+        let source = try await net.sourceStore("source", snapshotChunkSize: Self.chunkSize)
+        let service = SnapshotService(store: source)
+        let client = try await net.connect(try await net.serve(service, bytesPerSecond: 1_000_000, key: 0))
+        let fresh = try await prunedStore(net, "fresh")
+        var settings = restoreSettings()
+        settings.commitGroup = 2
+        let restore = SnapshotRestore(store: fresh, genesis: net.genesis, pool: SourcePool(clients: [client], labels: ["a"]), configuration: settings)
+        let task = Mutex<Task<RestoreReport?, any Error>?>(nil)
+        let started = Task {
+            try await restore.restore(.latest) { p in
+                if p.chunksDone >= 4 { task.withLock { $0?.cancel() } }
+            }
+        }
+        task.withLock { $0 = started }
+        await #expect(throws: CancellationError.self) { _ = try await started.value }
+        let state = try #require(try await fresh.restoreState())
+        let done = state.done
+        #expect(done.count >= 4 && done.count < state.manifest.chunkRoots.count)
+        // Nothing can be committed on a partial live set.
+        await #expect(throws: StoreError.self) { try await fresh.commitSummaries([]) }
+        service.asked.withLock { $0.removeAll() }
+        let report = try #require(try await restore.restore(.latest))
+        let asked = service.asked.withLock { $0 }
+        #expect(report.fetched == state.manifest.chunkRoots.count - done.count)
+        #expect(Set(asked).isDisjoint(with: done), "a written chunk was fetched again")
+        #expect(try liveSet(fresh) == liveSet(source))
+        _ = try await fresh.verifyAll()
+        await client.close()
+        await fresh.close()
+        await net.stop()
+    }
+}
