@@ -60,6 +60,9 @@ public final class NodeService: Service, Sendable {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         do {
             try await store.initialize(genesis: genesis)
+            if let restore = try await store.restoreState() {
+                throw NodeError("\(config.databasePath) is part-way through restoring epoch \(restore.manifest.epoch)'s snapshot (\(restore.done.count) of \(restore.manifest.chunkRoots.count) chunks): finish it with `soma-node sync --snapshot \(restore.manifest.epoch)` first")
+            }
             let table = PeerTable(
                 selfID: key.publicKey, store: store, maxPeers: config.discovery.maxPeers,
                 maxPerIntroducer: config.discovery.maxPerIntroducer)

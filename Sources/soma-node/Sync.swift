@@ -138,7 +138,7 @@ struct Sync: AsyncParsableCommand {
                 let remembered = await table.record(c.client.peerID)?.throughput ?? 0
                 await pool.add(c.client, label: c.address, throughput: remembered > 0 ? Double(remembered) : nil)
             }
-            if let snapshot, store.configuration.mode == .archive {
+            if snapshot != nil, store.configuration.mode == .archive {
                 throw CLIError("the store at \(config.databasePath) is an archive (every checkpoint since genesis): it cannot be restored from a snapshot")
             }
             // Discovery goes on while syncing: peers it connects to later join the pool.
