@@ -585,11 +585,7 @@ final class SyncRun {
     /// Asks a straggling span of a second source once it has waited past the adaptive delay;
     /// the oldest spans first (they hold up the in-order commit).
     func hedge() async {
-        // Three times the usual span time (twice the minimum before any was measured), and
-        // always before the request would time out.
-        let usual: Duration = spanSeconds.map { .seconds(3 * $0) } ?? config.minHedgeDelay * 2
-        let ceiling = Duration.nanoseconds(config.requestTimeout.nanoseconds / 2)
-        let delay = max(config.minHedgeDelay, min(usual, ceiling))
+        let delay = Self.hedgeDelay(usual: spanSeconds, minimum: config.minHedgeDelay, timeout: config.requestTimeout)
         let now = ContinuousClock.now
         var extra = flights.values.filter { $0.sources.count > 1 }.count
         for first in flights.keys.sorted() where extra < max(2, config.window / 2) {
@@ -600,6 +596,14 @@ final class SyncRun {
             extra += 1
             start(flight.span, on: source)
         }
+    }
+
+    /// How long a request waits before it is also asked of another source: three times the
+    /// usual time of such a request (twice `minimum` before any was measured), never less than
+    /// `minimum`, and always before half the request timeout.
+    static func hedgeDelay(usual seconds: Double?, minimum: Duration, timeout: TimeAmount) -> Duration {
+        let usual: Duration = seconds.map { .seconds(3 * $0) } ?? minimum * 2
+        return max(minimum, min(usual, .nanoseconds(timeout.nanoseconds / 2)))
     }
 
     // MARK: verification

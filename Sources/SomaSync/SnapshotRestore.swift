@@ -473,9 +473,7 @@ final class RestoreRun {
 
     /// Asks a straggling chunk of a second source once it has waited past the adaptive delay.
     func hedge() async {
-        let usual: Duration = chunkSeconds.map { .seconds(3 * $0) } ?? config.minHedgeDelay * 2
-        let ceiling = Duration.nanoseconds(config.requestTimeout.nanoseconds / 2)
-        let delay = max(config.minHedgeDelay, min(usual, ceiling))
+        let delay = SyncRun.hedgeDelay(usual: chunkSeconds, minimum: config.minHedgeDelay, timeout: config.requestTimeout)
         let now = ContinuousClock.now
         var extra = flights.values.filter { $0.sources.count > 1 }.count
         let allowed = self.allowed

@@ -32,7 +32,7 @@ struct SnapshotBench: AsyncParsableCommand {
             try? fm.removeItem(atPath: served)
             try runProcess(node, ["import", "--file", chain, "--data", served, "--retain-snapshots", "1"], quiet: true)
             try runProcess(node, ["init", "--data", served], quiet: true)
-            fm.createFile(atPath: served + "/done", contents: Data())
+            _ = fm.createFile(atPath: served + "/done", contents: Data())
         }
         var config = StoreConfiguration()
         config.retainSnapshots = 1
@@ -47,47 +47,17 @@ struct SnapshotBench: AsyncParsableCommand {
             try fm.createDirectory(atPath: files, withIntermediateDirectories: true)
             for i in 0..<UInt32(manifest.chunkRoots.count) {
                 guard let frame = try await store.snapshotChunk(epoch: epoch, index: i) else { throw ValidationError("chunk \(i) is missing") }
-                fm.createFile(atPath: "\(files)/chunk-\(i).lz4", contents: Data(frame))
+                guard fm.createFile(atPath: "\(files)/chunk-\(i).lz4", contents: Data(frame)) else { throw ValidationError("cannot write \(files)/chunk-\(i).lz4") }
             }
-            fm.createFile(atPath: files + "/done", contents: Data())
+            _ = fm.createFile(atPath: files + "/done", contents: Data())
         }
         await store.close()
         var chunkBytes = 0
         for name in try fm.contentsOfDirectory(atPath: files) where name.hasSuffix(".lz4") {
             chunkBytes += (try fm.attributesOfItem(atPath: files + "/" + name)[.size] as? Int) ?? 0
         }
-        // Three serving nodes need three stores (RocksDB allows one process per store).
-        var dirs = [served]
-        for copy in ["b", "c"] {
-            let dir = served + "-" + copy
-            if !fm.fileExists(atPath: dir + "/done") {
-                print("copying the served store to \(dir) (once)")
-                try? fm.removeItem(atPath: dir)
-                try fm.copyItem(atPath: served, toPath: dir)
-                try? fm.removeItem(atPath: dir + "/node.key")
-                try runProcess(node, ["init", "--data", dir], quiet: true)
-            }
-            dirs.append(dir)
-        }
-        var servers: [Process] = []
-        var peers: [String] = []
+        let (servers, peers) = try startServingNodes(node: node, store: served)
         defer { for s in servers where s.isRunning { s.terminate(); s.waitUntilExit() } }
-        for dir in dirs {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: node)
-            p.arguments = ["run", "--data", dir, "--listen", "127.0.0.1:0", "--log-level", "warning"]
-            let out = Pipe()
-            p.standardOutput = out
-            try p.run()
-            servers.append(p)
-            var text = ""
-            while !text.contains("\n") {
-                let chunk = out.fileHandleForReading.availableData
-                guard !chunk.isEmpty else { break }
-                text += String(decoding: chunk, as: UTF8.self)
-            }
-            peers.append(text.replacingOccurrences(of: "listening on ", with: "").trimmingCharacters(in: .whitespacesAndNewlines))
-        }
         let fresh = (cache as NSString).appendingPathComponent("snapshot-fresh")
         try? fm.removeItem(atPath: fresh)
         print("soma-bench snapshot: epoch \(epoch)'s snapshot, \(manifest.objectCount) objects in \(manifest.chunkRoots.count) chunks (\(fmt(Double(chunkBytes) / 1e6)) MB of LZ4), from 3 serving nodes \(peers.joined(separator: ", "))")
@@ -95,19 +65,7 @@ struct SnapshotBench: AsyncParsableCommand {
         // soma-node sync --snapshot, as a process: the restore's own time from its report, the
         // process's wall time, CPU and peak RSS.
         let start = ContinuousClock.now
-        let sync = Process()
-        sync.executableURL = URL(fileURLWithPath: "/usr/bin/time")
-        sync.arguments = ["-f", "%e %U %S %M", node, "sync", "--data", fresh, "--genesis", served + "/genesis.bcs", "--snapshot", "latest"]
-            + peers.flatMap { ["--peer", $0] }
-        let err = Pipe()
-        let out = Pipe()
-        sync.standardError = err
-        sync.standardOutput = out
-        try sync.run()
-        let outText = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let timing = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        sync.waitUntilExit()
-        guard sync.terminationStatus == 0 else { throw ValidationError("soma-node sync --snapshot failed:\n\(outText)\n\(timing)") }
+        let (outText, timing) = try timedRun(node, ["sync", "--data", fresh, "--genesis", served + "/genesis.bcs", "--snapshot", "latest"] + peers.flatMap { ["--peer", $0] })
         let wall = seconds(from: start)
         guard let restored = outText.split(separator: "\n").first(where: { $0.hasPrefix("restored epoch") }).map(String.init),
               let secs = restored.components(separatedBy: " peers in ").last?.components(separatedBy: " s ").first.flatMap(Double.init)
@@ -118,11 +76,7 @@ struct SnapshotBench: AsyncParsableCommand {
         line("restore (verify every chunk, write objects + live set)", "\(fmt(objects / secs, 0)) objects/s", "\(fmt(secs)) s; goal >= 500000 objects/s")
         line("  objects' bytes verified and written", "\(fmt(mb)) MB/s", "\(fmt(Double(chunkBytes) / 1e6 / secs)) MB/s of LZ4 chunks")
         line("soma-node sync --snapshot, whole process", "\(fmt(wall)) s", "connect, discovery, epoch chain, manifests, restore, final root check")
-        let fields = timing.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
-        if fields.count >= 4 {
-            line("CPU (user + system)", "\(fmt(fields[1] + fields[2])) s", "\(fmt((fields[1] + fields[2]) / wall * 100, 0))% of one core")
-            line("peak RSS", "\(fmt(fields[3] / 1024, 0)) MiB", "goal <= 1024")
-        }
+        timing.report(over: wall)
         let scratch = cache + "/snapshot-baseline"
         let curl = try downloadBaseline(files: files, scratch: scratch, tool: "curl")
         line("baseline A: nginx x3 + 8 curl + lz4 -d | sha256sum", "\(fmt(objects / curl, 0)) objects/s", "\(fmt(curl)) s")

@@ -22,64 +22,19 @@ struct SyncBench: AsyncParsableCommand {
             print("preparing the served store and block files (once) with `soma-bench serve --clients 1`")
             try runProcess(CommandLine.arguments[0], ["serve", "--checkpoints", "\(checkpoints)", "--cache", cache, "--clients", "1"], quiet: true)
         }
-        // Three serving nodes need three stores (RocksDB allows one process per store).
-        var dirs = [served]
-        for copy in ["b", "c"] {
-            let dir = served + "-" + copy
-            if !fm.fileExists(atPath: dir + "/db") {
-                print("copying the served store to \(dir) (once)")
-                try? fm.removeItem(atPath: dir)
-                try fm.copyItem(atPath: served, toPath: dir)
-                try? fm.removeItem(atPath: dir + "/node.key")
-                try runProcess(node, ["init", "--data", dir], quiet: true)
-            }
-            dirs.append(dir)
-        }
-        var servers: [Process] = []
-        var peers: [String] = []
+        let (servers, peers) = try startServingNodes(node: node, store: served)
         defer { for s in servers where s.isRunning { s.terminate(); s.waitUntilExit() } }
-        for dir in dirs {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: node)
-            p.arguments = ["run", "--data", dir, "--listen", "127.0.0.1:0", "--log-level", "warning"]
-            let out = Pipe()
-            p.standardOutput = out
-            try p.run()
-            servers.append(p)
-            var line = ""
-            while !line.contains("\n") {
-                let chunk = out.fileHandleForReading.availableData
-                guard !chunk.isEmpty else { break }
-                line += String(decoding: chunk, as: UTF8.self)
-            }
-            peers.append(line.replacingOccurrences(of: "listening on ", with: "").trimmingCharacters(in: .whitespacesAndNewlines))
-        }
         let fresh = (cache as NSString).appendingPathComponent("sync-fresh")
         try? fm.removeItem(atPath: fresh)
         print("soma-bench sync: \(checkpoints - 1) checkpoints from 3 serving nodes \(peers.joined(separator: ", "))")
 
         // soma-node sync, as a process: its wall time, CPU and peak RSS.
         let start = ContinuousClock.now
-        let sync = Process()
-        sync.executableURL = URL(fileURLWithPath: "/usr/bin/time")
-        sync.arguments = ["-f", "%e %U %S %M", node, "sync", "--data", fresh, "--genesis", served + "/genesis.bcs"] + peers.flatMap { ["--peer", $0] }
-        let err = Pipe()
-        let out = Pipe()
-        sync.standardError = err
-        sync.standardOutput = out
-        try sync.run()
-        let outText = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let timing = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        sync.waitUntilExit()
-        guard sync.terminationStatus == 0 else { throw ValidationError("soma-node sync failed:\n\(outText)\n\(timing)") }
+        let (outText, timing) = try timedRun(node, ["sync", "--data", fresh, "--genesis", served + "/genesis.bcs"] + peers.flatMap { ["--peer", $0] })
         let secs = seconds(from: start)
-        let fields = timing.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
         let raw = outText.components(separatedBy: "checkpoints (").last?.components(separatedBy: " MB)").first?.components(separatedBy: ", ").last.flatMap { Double($0) } ?? 0
         line("soma-node sync (verify, execute, store)", "\(fmt(raw / secs)) MB/s raw", "\(fmt(secs)) s, \(fmt(Double(checkpoints - 1) / secs)) checkpoints/s")
-        if fields.count >= 4 {
-            line("CPU (user + system)", "\(fmt(fields[1] + fields[2])) s", "\(fmt((fields[1] + fields[2]) / secs * 100, 0))% of one core")
-            line("peak RSS", "\(fmt(fields[3] / 1024, 0)) MiB", "goal <= 1024")
-        }
+        timing.report(over: secs)
 
         // Baseline: nginx on 3 ports, the faster of 8 parallel curls and aria2c -j 16, then
         // lz4 -d | sha256sum as one stream.
@@ -94,6 +49,80 @@ struct SyncBench: AsyncParsableCommand {
         try? fm.removeItem(atPath: fresh)
     }
 
+}
+
+/// Three `soma-node run` nodes on loopback serving `store` and two copies of it (made once:
+/// RocksDB allows one process per store; each copy gets a node key of its own). Their
+/// processes and `HOST:PORT`s.
+func startServingNodes(node: String, store: String) throws -> ([Process], [String]) {
+    let fm = FileManager.default
+    var dirs = [store]
+    for copy in ["b", "c"] {
+        let dir = store + "-" + copy
+        if !fm.fileExists(atPath: dir + "/node.key") {
+            print("copying the served store to \(dir) (once)")
+            try? fm.removeItem(atPath: dir)
+            try fm.copyItem(atPath: store, toPath: dir)
+            try? fm.removeItem(atPath: dir + "/node.key")
+            try runProcess(node, ["init", "--data", dir], quiet: true)
+        }
+        dirs.append(dir)
+    }
+    var servers: [Process] = []
+    var peers: [String] = []
+    do {
+        for dir in dirs {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: node)
+            p.arguments = ["run", "--data", dir, "--listen", "127.0.0.1:0", "--log-level", "warning"]
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            servers.append(p)
+            var text = ""
+            while !text.contains("\n") {
+                let chunk = out.fileHandleForReading.availableData
+                guard !chunk.isEmpty else { break }
+                text += String(decoding: chunk, as: UTF8.self)
+            }
+            peers.append(text.replacingOccurrences(of: "listening on ", with: "").trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+    } catch {
+        for s in servers where s.isRunning { s.terminate(); s.waitUntilExit() }
+        throw error
+    }
+    return (servers, peers)
+}
+
+/// What `/usr/bin/time -f "%e %U %S %M"` measured of a process.
+struct ProcessTiming {
+    var user = 0.0, system = 0.0, peakKiB = 0.0
+
+    /// Prints CPU and peak RSS lines, CPU as a share of `seconds` of wall time.
+    func report(over seconds: Double) {
+        line("CPU (user + system)", "\(fmt(user + system)) s", "\(fmt((user + system) / seconds * 100, 0))% of one core")
+        line("peak RSS", "\(fmt(peakKiB / 1024, 0)) MiB", "goal <= 1024")
+    }
+}
+
+/// Runs `soma-node` with `arguments` under `/usr/bin/time`: its standard output and timing.
+func timedRun(_ node: String, _ arguments: [String]) throws -> (String, ProcessTiming) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/time")
+    p.arguments = ["-f", "%e %U %S %M", node] + arguments
+    let err = Pipe()
+    let out = Pipe()
+    p.standardError = err
+    p.standardOutput = out
+    try p.run()
+    let outText = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let timing = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { throw ValidationError("soma-node \(arguments.joined(separator: " ")) failed:\n\(outText)\n\(timing)") }
+    // The last line is time's (the node's own standard error comes before it).
+    let fields = timing.split(separator: "\n").last?.split(separator: " ").compactMap { Double($0) } ?? []
+    guard fields.count >= 4 else { return (outText, ProcessTiming()) }
+    return (outText, ProcessTiming(user: fields[1], system: fields[2], peakKiB: fields[3]))
 }
 
 func seconds(from start: ContinuousClock.Instant) -> Double {

@@ -76,6 +76,42 @@ struct SyncTests {
         #expect(a.1 == b.1)
     }
 
+    @Test("in a 6-node network (5 serving nodes that know only the first), a fresh node given the last one as its only seed finds all 5 and syncs from every one of them")
+    func sixNodeNetwork() async throws {
+        let base = TempDir("sync-six")
+        defer { base.cleanup() }
+        let source = base.file("n0")
+        #expect(try somaNode(["devnet", "generate", "--profile", "demo", "--checkpoints", "480", "--epochs", "3", "--out", source]).0 == 0)
+        #expect(try somaNode(["init", "--data", source]).0 == 0)
+        for i in 1..<5 {
+            try FileManager.default.copyItem(atPath: source, toPath: base.file("n\(i)"))
+            try FileManager.default.removeItem(atPath: base.file("n\(i)") + "/node.key")
+            #expect(try somaNode(["init", "--data", base.file("n\(i)")]).0 == 0)
+        }
+        let first = try RunningNode(data: source)
+        let nodes = try [first] + (1..<5).map { try RunningNode(data: base.file("n\($0)"), arguments: ["--peer", first.address]) }
+        defer { nodes.forEach { $0.stop() } }
+        // The seed of the fresh node is the last one, which has heard of the others through the first.
+        var known = 0
+        for _ in 0..<150 where known < 4 {
+            try await Task.sleep(for: .milliseconds(100))
+            let (_, json) = try somaNode(["peers", "--data", base.file("n4"), "--json"])
+            known = (try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["known"] as? Int ?? 0
+        }
+        #expect(known == 4)
+        let fresh = base.file("fresh")
+        let (s, o) = try somaNode(["sync", "--data", fresh, "--genesis", source + "/genesis.bcs", "--peer", nodes[4].address, "--window", "16"])
+        #expect(s == 0, "\(o)")
+        #expect(o.contains("discovery: connected to 5 peers") && o.contains("from 5 of 5 peers"), "\(o)")
+        for node in nodes {
+            let line = o.split(separator: "\n").first { $0.contains("peer \(node.address): ") }.map(String.init) ?? ""
+            let count = line.components(separatedBy: ": ").dropFirst().first?.split(separator: " ").first.flatMap { Int($0) } ?? 0
+            #expect(count > 0, "\(line)")
+        }
+        let (vs, vo) = try somaNode(["verify", "--data", fresh])
+        #expect(vs == 0 && vo.contains("matching a replay from genesis"), "\(vo)")
+    }
+
     @Test("sync killed (SIGKILL) at random moments resumes each time from highestSynced, never fetching committed checkpoints again, and ends equal to the source")
     func killAndRestart() async throws {
         let base = TempDir("sync-kill")
