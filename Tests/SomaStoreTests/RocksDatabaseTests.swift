@@ -10,6 +10,34 @@ struct RocksDatabaseTests {
         try RocksDatabase(path: dir.path, options: DatabaseOptions(), columnFamilies: families.map { ColumnFamilyOptions(name: $0) })
     }
 
+    @Test("SST files written in key order are ingested into one column family, land at the bottom level and read back; out-of-order keys and empty files are refused")
+    func ingestion() throws {
+        let dir = TempDir("rocks-ingest")
+        defer { dir.cleanup() }
+        let db = try Self.open(dir)
+        let a = db.columnFamily("a")!, b = db.columnFamily("b")!
+        var paths: [String] = []
+        for f in 0..<2 {
+            let w = try db.sstWriter(a, path: dir.file("in-\(f).sst"))
+            for i in 0..<500 { try w.put([UInt8(f), UInt8(i >> 8), UInt8(i & 0xFF)], Array(repeating: UInt8(i & 0xFF), count: 100)) }
+            #expect(w.count == 500)
+            try w.finish()
+            paths.append(w.path)
+        }
+        try db.ingest(a, files: paths)
+        #expect(try db.get(a, [1, 1, 0xF3]) == Array(repeating: 0xF3, count: 100))
+        #expect(try db.get(b, [1, 1, 0xF3]) == nil, "only the named column family")
+        #expect(try db.scan(a).count == 1_000)
+        #expect(try db.property("rocksdb.num-files-at-level6", of: a) == "2", "disjoint files overlap nothing: the bottom level")
+        #expect(!FileManager.default.fileExists(atPath: paths[0]), "moved into the database")
+        let w = try db.sstWriter(a, path: dir.file("bad.sst"))
+        try w.put([5], [1])
+        #expect(throws: StoreError.self) { try w.put([4], [1]) }
+        let empty = try db.sstWriter(a, path: dir.file("empty.sst"))
+        #expect(throws: StoreError.self) { try empty.finish() }
+        db.close()
+    }
+
     @Test("put, get, multi-get, delete, and missing keys as nil, per column family")
     func pointOperations() throws {
         let dir = TempDir("rocks")

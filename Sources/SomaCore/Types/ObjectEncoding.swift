@@ -12,6 +12,13 @@ extension BCSReader {
     /// UTF-8 is not (a caller compares the digest with a certified one, which only a canonical
     /// encoding of the certified object matches).
     public mutating func readObjectEncoding() throws(CoreError) -> (reference: ObjectRef, bytes: [UInt8]) {
+        let (reference, range) = try readObjectSpan()
+        return (reference, Array(UnsafeRawBufferPointer(rebasing: buffer[range])))
+    }
+
+    /// ``readObjectEncoding()`` without the copy: the reference, and where the encoding lies in
+    /// the buffer being read (byte offsets).
+    public mutating func readObjectSpan() throws(CoreError) -> (reference: ObjectRef, range: Range<Int>) {
         let start = offset
         let id = try readDigest()
         let version = try readU64()
@@ -23,8 +30,7 @@ extension BCSReader {
         try skip(try readLength())  // type tag
         try skip(try readLength())  // contents
         try skip(32)  // previous transaction
-        let raw = UnsafeRawBufferPointer(rebasing: buffer[start..<offset])
-        let digest = Hashing.sha256(domain: .object, raw: raw)
-        return (ObjectRef(id: id, version: version, digest: digest), Array(raw))
+        let digest = Hashing.sha256(domain: .object, raw: UnsafeRawBufferPointer(rebasing: buffer[start..<offset]))
+        return (ObjectRef(id: id, version: version, digest: digest), start..<offset)
     }
 }

@@ -23,6 +23,14 @@ public enum StoreKeys {
         digestThen(id, version)
     }
 
+    /// Writes `id ‖ version (BE)` into a 40-byte key buffer (no allocation).
+    static func writeObjectKey(_ id: ObjectID, _ version: UInt64, into key: inout [UInt8]) {
+        key.withUnsafeMutableBytes { buf in
+            id.withUnsafeBytes { buf.copyMemory(from: $0) }
+            buf.storeBytes(of: version.bigEndian, toByteOffset: 32, as: UInt64.self)
+        }
+    }
+
     /// `digest ‖ value (BE)` in one allocation.
     static func digestThen(_ d: Digest, _ value: UInt64) -> [UInt8] {
         [UInt8](unsafeUninitializedCapacity: 40) { buf, n in

@@ -1,4 +1,5 @@
 public import SomaCore
+import Foundation
 
 /// One snapshot chunk received from a source and verified on its own
 /// (``SnapshotManifest/verifyChunk(index:frame:proof:limit:)``), ready to store.
@@ -9,13 +10,19 @@ public struct RestoredChunk: Sendable {
     public let frame: [UInt8]
     /// The objects' references, in id order.
     public let references: [ObjectRef]
-    /// The objects' encodings, as certified.
-    public let encodings: [[UInt8]]
+    /// The decompressed chunk, `bcs(Vec<Object>)`: the objects' encodings, as certified, lie in
+    /// it at ``spans`` (kept in one buffer, not one array an object).
+    let raw: [UInt8]
+    /// Where each object's encoding lies in `raw`.
+    let spans: [Range<Int>]
 
     /// The number of objects.
     public var count: Int { references.count }
     /// The objects' encoded bytes.
-    public var rawBytes: Int { encodings.reduce(0) { $0 + $1.count } }
+    public var rawBytes: Int { spans.reduce(0) { $0 + $1.count } }
+
+    /// The encoding of object `k`, as certified.
+    public func encoding(_ k: Int) -> [UInt8] { Array(raw[spans[k]]) }
 }
 
 /// A snapshot restore the store is part-way through (the `restore` column family).
@@ -76,25 +83,25 @@ extension SnapshotManifest {
             throw StoreError(error.code, "\(where_): \(error.message)")
         }
         let expected = Int(min(chunkSize, objectCount - UInt64(index) * chunkSize))
-        let decoded: ([ObjectRef], [[UInt8]])
+        let decoded: ([ObjectRef], [Range<Int>])
         do throws(CoreError) {
             decoded = try BCS.read(from: raw[...]) { (r: inout BCSReader) throws(CoreError) in
                 // Each object takes at least 32 + 8 + 1 + 1 + 1 + 32 bytes.
                 let n = try r.readLength(minElementSize: 75)
                 guard n == expected else { throw CoreError(.invalidProof, "\(n) objects, the chunk holds \(expected)") }
                 var refs: [ObjectRef] = []
-                var encodings: [[UInt8]] = []
+                var spans: [Range<Int>] = []
                 refs.reserveCapacity(n)
-                encodings.reserveCapacity(n)
+                spans.reserveCapacity(n)
                 for _ in 0..<n {
-                    let (ref, bytes) = try r.readObjectEncoding()
+                    let (ref, span) = try r.readObjectSpan()
                     if let previous = refs.last, !(previous.id < ref.id) {
                         throw CoreError(.invalidProof, "object \(ref.id.short) is out of id order")
                     }
                     refs.append(ref)
-                    encodings.append(bytes)
+                    spans.append(span)
                 }
-                return (refs, encodings)
+                return (refs, spans)
             }
         } catch {
             throw StoreError(error.code == .invalidProof ? .verificationFailed : .badValue, error, context: where_)
@@ -110,7 +117,7 @@ extension SnapshotManifest {
         guard Merkle.root(leafHashes: leaves) == chunkRoots[Int(index)] else {
             throw StoreError(.verificationFailed, "\(where_): its root differs from the manifest's")
         }
-        return RestoredChunk(index: index, frame: frame, references: decoded.0, encodings: decoded.1)
+        return RestoredChunk(index: index, frame: frame, references: decoded.0, raw: raw, spans: decoded.1)
     }
 }
 
@@ -210,39 +217,112 @@ extension NodeStore {
             w.write(epochEnds)
             batch.put(cf.restore, Self.restoreEndsKey, w.bytes)
             batch.put(cf.restore, Self.restoreManifestKey, manifest.bcsBytes)
-            batch.deleteRange(cf.liveObjects, from: [], to: [UInt8](repeating: 0xFF, count: 33))
-            batch.deleteRange(cf.snapshotChunks, from: StoreKeys.seq(manifest.epoch), to: StoreKeys.seq(manifest.epoch + 1))
+            // The genesis's objects give way to the snapshot's (a restored store is a pruned
+            // one: it keeps no superseded version).
+            let all = [UInt8](repeating: 0xFF, count: 41)
+            batch.deleteRange(cf.liveObjects, from: [], to: all)
+            batch.deleteRange(cf.objects, from: [], to: all)
+            batch.deleteRange(cf.snapshotChunks, from: [], to: all)
             try database.write(batch, sync: true)
+            // Emptied for good, so that the chunks' SST files overlap nothing and land at the
+            // bottom level (see commitRestored).
+            for family in [cf.liveObjects, cf.objects, cf.snapshotChunks] {
+                try database.flush(family)
+                try database.compact(family)
+            }
         }
     }
 
-    /// Writes verified chunks of the restore in progress, each with its objects, their live
-    /// entries, its frame (served later as this node's snapshot) and its progress marker, in
-    /// one write batch. Chunks already written are skipped.
+    /// Writes verified chunks of the restore in progress: their objects, live entries and
+    /// frames (served later as this node's snapshot) as SST files ingested into the store, then
+    /// their progress markers. Chunks already written are skipped.
+    ///
+    /// Ingestion skips the write-ahead log, the memtables and the rewrite of a flush and of
+    /// compactions: each run of consecutive chunks is one file per column family, and chunks
+    /// cover disjoint key ranges of column families emptied when the restore began, so every
+    /// file lands at the bottom level. The markers follow in a write batch once every file is
+    /// in; a crash in between leaves objects without markers, and those chunks are fetched and
+    /// ingested again: the same keys with the same values.
     public func commitRestored(_ chunks: [RestoredChunk]) async throws {
-        try await blocking { try self.commitRestoredSync(chunks) }
+        guard let (epoch, runs) = try await blocking({ try self.restoreRunsSync(chunks) }) else { return }
+        let dir = database.path + "/restore-ingest"
+        try await blocking { try Self.freshDirectory(dir) }
+        // The three column families' files are built at once, on three of the pool's threads.
+        async let objects = blocking { try self.buildRestoreFiles(runs, into: dir, name: "objects", self.cf.objects) { chunk, w in
+            var key = [UInt8](repeating: 0, count: 40)
+            try chunk.raw.withUnsafeBytes { raw in
+                for (ref, span) in zip(chunk.references, chunk.spans) {
+                    StoreKeys.writeObjectKey(ref.id, ref.version, into: &key)
+                    try key.withUnsafeBytes { k in try w.put(k, UnsafeRawBufferPointer(rebasing: raw[span])) }
+                }
+            }
+        } }
+        async let live = blocking { try self.buildRestoreFiles(runs, into: dir, name: "live", self.cf.liveObjects) { chunk, w in
+            for ref in chunk.references {
+                try w.put(ref.id.bytes, StoreKeys.versionDigest(VersionDigest(version: ref.version, digest: ref.digest)))
+            }
+        } }
+        async let frames = blocking { try self.buildRestoreFiles(runs, into: dir, name: "chunks", self.cf.snapshotChunks) { chunk, w in
+            try w.put(StoreKeys.chunk(epoch, chunk.index), chunk.frame)
+        } }
+        let files = try await [(cf.objects, objects), (cf.liveObjects, live), (cf.snapshotChunks, frames)]
+        try await blocking { try self.ingestRestoredSync(files, markers: runs.flatMap { $0.map(\.index) }) }
+        try? await blocking { try FileManager.default.removeItem(atPath: dir) }
     }
 
-    func commitRestoredSync(_ chunks: [RestoredChunk]) throws {
+    /// The snapshot's epoch and the chunks not written yet, sorted and cut into runs of
+    /// consecutive indices (one file a column family each); `nil` if none is left to write.
+    func restoreRunsSync(_ chunks: [RestoredChunk]) throws -> (UInt64, [[RestoredChunk]])? {
+        guard let m = try database.get(cf.restore, Self.restoreManifestKey) else {
+            throw StoreError(.outOfOrder, "no snapshot restore is in progress")
+        }
+        let manifest: SnapshotManifest
+        do throws(CoreError) { manifest = try SnapshotManifest(bcsBytes: m) } catch { throw StoreError(.badValue, error, context: "restore manifest") }
+        let markers = try database.multiGet(cf.restore, chunks.map { Self.restoreChunkKey($0.index) })
+        var seen = Set<UInt32>()
+        let todo = zip(chunks, markers).filter { $1 == nil && seen.insert($0.index).inserted }.map(\.0).sorted { $0.index < $1.index }
+        guard !todo.isEmpty else { return nil }
+        for chunk in todo where Int(chunk.index) >= manifest.chunkRoots.count {
+            throw StoreError(.outOfOrder, "chunk \(chunk.index) is not part of epoch \(manifest.epoch)'s snapshot")
+        }
+        var runs: [[RestoredChunk]] = []
+        for chunk in todo {
+            if let last = runs.last?.last, last.index + 1 == chunk.index { runs[runs.count - 1].append(chunk) } else { runs.append([chunk]) }
+        }
+        return (manifest.epoch, runs)
+    }
+
+    static func freshDirectory(_ dir: String) throws(StoreError) {
+        try? FileManager.default.removeItem(atPath: dir)
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        } catch {
+            throw StoreError(.ioError, "cannot create \(dir): \(error)")
+        }
+    }
+
+    /// One SST file of `family` per run, filled by `fill` chunk by chunk (keys in order).
+    func buildRestoreFiles(
+        _ runs: [[RestoredChunk]], into dir: String, name: String, _ family: ColumnFamily,
+        _ fill: (RestoredChunk, SSTFileWriter) throws -> Void
+    ) throws -> [String] {
+        var paths: [String] = []
+        for (r, run) in runs.enumerated() {
+            let w = try database.sstWriter(family, path: "\(dir)/\(name)-\(r).sst")
+            for chunk in run { try fill(chunk, w) }
+            try w.finish()
+            paths.append(w.path)
+        }
+        return paths
+    }
+
+    /// Ingests the built files, then writes the chunks' markers (under the writer lock).
+    func ingestRestoredSync(_ files: [(ColumnFamily, [String])], markers: [UInt32]) throws {
         try writer.withLock { _ throws in
-            guard let m = try database.get(cf.restore, Self.restoreManifestKey) else {
-                throw StoreError(.outOfOrder, "no snapshot restore is in progress")
-            }
-            let manifest: SnapshotManifest
-            do throws(CoreError) { manifest = try SnapshotManifest(bcsBytes: m) } catch { throw StoreError(.badValue, error, context: "restore manifest") }
-            let markers = try database.multiGet(cf.restore, chunks.map { Self.restoreChunkKey($0.index) })
+            guard try restoreInProgressSync() else { throw StoreError(.outOfOrder, "no snapshot restore is in progress") }
+            for (family, paths) in files { try database.ingest(family, files: paths) }
             let batch = WriteBatch(for: database)
-            for (chunk, marker) in zip(chunks, markers) where marker == nil {
-                guard Int(chunk.index) < manifest.chunkRoots.count else {
-                    throw StoreError(.outOfOrder, "chunk \(chunk.index) is not part of epoch \(manifest.epoch)'s snapshot")
-                }
-                for (ref, bytes) in zip(chunk.references, chunk.encodings) {
-                    batch.put(cf.objects, StoreKeys.object(ref.id, version: ref.version), bytes)
-                    batch.put(cf.liveObjects, ref.id.bytes, StoreKeys.versionDigest(VersionDigest(version: ref.version, digest: ref.digest)))
-                }
-                batch.put(cf.snapshotChunks, StoreKeys.chunk(manifest.epoch, chunk.index), chunk.frame)
-                batch.put(cf.restore, Self.restoreChunkKey(chunk.index), [])
-            }
+            for index in markers { batch.put(cf.restore, Self.restoreChunkKey(index), []) }
             try database.write(batch, sync: configuration.syncWrites)
         }
     }

@@ -49,7 +49,7 @@ public final class RocksDatabase: @unchecked Sendable {
     private var db: OpaquePointer?
     private var handles: [OpaquePointer?]
     private let options: OpaquePointer
-    private let cfOptions: [OpaquePointer]
+    let cfOptions: [OpaquePointer]
     private let tableOptions: [OpaquePointer]
     private let caches: [OpaquePointer]
     let writeOptions: OpaquePointer
