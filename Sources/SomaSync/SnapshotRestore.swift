@@ -33,7 +33,7 @@ public struct RestoreConfiguration: Sendable {
     /// adaptive delay is three times the moving average of chunk times, never less).
     public var minHedgeDelay: Duration = .milliseconds(400)
     /// The largest decompressed chunk accepted (bytes).
-    public var maxChunkBytes = 256 << 20
+    public var maxChunkBytes = 64 << 20
 
     /// Defaults.
     public init() {}
@@ -113,6 +113,12 @@ public struct SnapshotRestore: Sendable {
     }
 
     /// Restores the chosen snapshot, or resumes the restore in progress.
+    ///
+    /// A restore in progress is resumed while a source still serves its manifest (and it is the
+    /// epoch asked for); a restore whose chunks are all written finishes without the network.
+    /// Otherwise the candidates are tried in turn, newest epoch first, and for each the
+    /// manifest most sources agree on, then the next: a candidate whose sources stop serving it
+    /// (banned, gone) gives way to the next one, which replaces the restore in progress.
     /// - Returns: the report, or `nil` when the store already holds checkpoints beyond the
     ///   genesis (it was restored or synced before: checkpoint sync continues from there).
     /// - Throws: ``SyncError`` when no source serves a usable snapshot, the store's errors, or
@@ -123,72 +129,98 @@ public struct SnapshotRestore: Sendable {
             throw SyncError("no source answered: " + (await pool.stats).map(\.description).joined(separator: "; "))
         }
         try await store.initialize(genesis: genesis)
-        var ends: [CertifiedCheckpointSummary]
-        var resumed: RestoreState? = nil
-        if let state = try await store.restoreState() {
-            if case .epoch(let e) = choice, e != state.manifest.epoch {
-                throw SyncError("this store is part-way through restoring epoch \(state.manifest.epoch)'s snapshot (\(state.done.count) of \(state.manifest.chunkRoots.count) chunks): resume it with --snapshot \(state.manifest.epoch) or latest")
-            }
-            resumed = state
-            ends = state.epochEnds
-        } else {
-            if let synced = try await store.watermark(.highestSynced), synced.seq > 0 { return nil }
-            ends = try await epochEnds()
+        var state = try await store.restoreState()
+        if state == nil, let synced = try await store.watermark(.highestSynced), synced.seq > 0 { return nil }
+        if let s = state, s.done.count == s.manifest.chunkRoots.count {
+            // Every chunk is written (a stop came before the end): finish without the network.
+            var report = RestoreRun.report(manifest: s.manifest, fetched: 0)
+            return try await finish(&report, agreeing: 0)
         }
-        let epoch = try await chooseEpoch(choice, resumed: resumed, verifiedEnds: ends.count)
-        ends = Array(ends.prefix(Int(epoch) + 1))
-        let end = ends[ends.count - 1]
-        let (manifest, agreeing) = try await agreeOnManifest(epoch: epoch, end: end, stored: resumed?.manifest)
-        if resumed == nil { try await store.beginRestore(manifest: manifest, epochEnds: ends) }
-        let done = resumed?.done ?? []
-        let run = RestoreRun(restore: self, manifest: manifest, allowed: agreeing, done: done, progress: progress)
-        var report = try await run.run()
+        var lastError: (any Error)? = nil
+        // 1. The restore in progress, while a source still serves its manifest.
+        if let s = state, choice == .latest || choice == .epoch(s.manifest.epoch) {
+            if let agreeing = await manifests(epoch: s.manifest.epoch, end: s.end)[s.manifest] {
+                do {
+                    return try await download(s.manifest, agreeing: agreeing, done: s.done, progress: progress)
+                } catch let e as SyncError {
+                    lastError = e
+                    state = try await store.restoreState()
+                }
+            }
+        }
+        // 2. The candidates, newest first: each epoch's manifests by the number of sources that sent them.
+        let ends = try await epochEnds()
+        for epoch in try await candidateEpochs(choice, verifiedEnds: ends.count).prefix(3) {
+            let groups = await manifests(epoch: epoch, end: ends[Int(epoch)]).sorted { a, b in
+                a.value.count > b.value.count || (a.value.count == b.value.count && a.key.chunkSize > b.key.chunkSize)
+            }
+            for (manifest, agreeing) in groups.prefix(2) where manifest != state?.manifest {
+                try await store.beginRestore(manifest: manifest, epochEnds: Array(ends.prefix(Int(epoch) + 1)), replacing: state != nil)
+                do {
+                    return try await download(manifest, agreeing: agreeing, done: [], progress: progress)
+                } catch let e as SyncError {
+                    lastError = e
+                    state = try await store.restoreState()
+                }
+            }
+        }
+        if let lastError { throw lastError }
+        let stats = await pool.stats
+        throw SyncError("no source sent a manifest that matches the certified state root: " + stats.map(\.description).joined(separator: "; "))
+    }
+
+    /// Downloads the chunks not yet written from the `agreeing` sources, then finishes.
+    func download(_ manifest: SnapshotManifest, agreeing: Set<Int>, done: Set<UInt32>, progress: (@Sendable (RestoreProgress) -> Void)?) async throws -> RestoreReport {
+        try await store.prepareRestore()
+        var report = try await RestoreRun(restore: self, manifest: manifest, allowed: agreeing, done: done, progress: progress).run()
+        return try await finish(&report, agreeing: agreeing.count)
+    }
+
+    func finish(_ report: inout RestoreReport, agreeing: Int) async throws -> RestoreReport {
         let tip = try await store.finishRestore()
         report.checkpoint = tip.seq
-        report.agreeingSources = agreeing.count
+        report.agreeingSources = agreeing
         report.sources = await pool.stats
         return report
     }
 
-    /// Every certified epoch end a source holds, verified from the genesis committee (the
-    /// source holding most first; one whose ends fail is banned).
+    /// The longest epoch chain the usable sources give (up to 8 asked), verified from the
+    /// genesis committee; a source whose ends fail is banned. Asking several means that a source
+    /// which shows a shortened chain cannot hold the restore back to an old epoch.
     func epochEnds() async throws -> [CertifiedCheckpointSummary] {
-        var order = await pool.usable
-        var highest: [Int: UInt64] = [:]
-        for s in await pool.stats.enumerated() { highest[s.offset] = s.element.holds?.upperBound ?? 0 }
-        order.sort { highest[$0, default: 0] > highest[$1, default: 0] }
+        var best: [CertifiedCheckpointSummary] = []
         var lastError: (any Error)? = nil
-        for i in order {
+        for i in (await pool.usable).prefix(8) {
             let client = await pool.client(i)
             await pool.take(i)
             do {
                 let (_, ends) = try await PeerSync.extendWithEnds([genesis.committee], from: client)
                 await pool.succeeded(i, bytes: 0, duration: .zero, used: 0)
-                if !ends.isEmpty { return ends }
+                if ends.count > best.count { best = ends }
             } catch {
                 if error is CancellationError { await pool.released(i); throw error }
                 lastError = error
                 await SyncRun.judge(error, source: i, pool: pool, what: "epoch endings")
             }
         }
-        throw SyncError("no source gave a verifiable epoch chain\(lastError.map { ": \($0)" } ?? "")")
+        guard !best.isEmpty else { throw SyncError("no source gave a verifiable epoch chain\(lastError.map { ": \($0)" } ?? "")") }
+        return best
     }
 
-    /// The epoch to restore: a resumed restore's, else the chosen one among those whose end is
-    /// certified and whose snapshot a usable source advertises.
-    func chooseEpoch(_ choice: SnapshotChoice, resumed: RestoreState?, verifiedEnds: Int) async throws -> UInt64 {
-        if let resumed { return resumed.manifest.epoch }
+    /// The epochs to try, newest first: those whose end the chain certifies and whose snapshot
+    /// a usable source advertises (`latest`), or the one named.
+    func candidateEpochs(_ choice: SnapshotChoice, verifiedEnds: Int) async throws -> [UInt64] {
         var served = Set<UInt64>()
         for i in await pool.usable {
             if let a = await pool.availability(i) { served.formUnion(a.snapshotEpochs) }
         }
-        let candidates = served.filter { $0 < UInt64(verifiedEnds) }
+        let candidates = served.filter { $0 < UInt64(verifiedEnds) }.sorted(by: >)
         switch choice {
         case .latest:
-            guard let e = candidates.max() else {
+            guard !candidates.isEmpty else {
                 throw SyncError("no source serves a snapshot of an epoch whose end is certified (served: \(served.sorted().map(String.init).joined(separator: ", ")); \(verifiedEnds) epoch ends verified)")
             }
-            return e
+            return candidates
         case .epoch(let e):
             guard e < UInt64(verifiedEnds) else {
                 throw SyncError("epoch \(e) has not ended in the certified epoch chain (\(verifiedEnds) epoch ends)")
@@ -196,15 +228,14 @@ public struct SnapshotRestore: Sendable {
             guard candidates.contains(e) else {
                 throw SyncError("no source serves the snapshot of epoch \(e) (served: \(candidates.sorted().map(String.init).joined(separator: ", ")))")
             }
-            return e
+            return [e]
         }
     }
 
     /// Asks every usable source that advertises `epoch` for its manifest (concurrently) and
     /// checks each against the certified `end`: a source whose manifest fails is banned. The
-    /// manifest most sources agree on wins (the stored one, for a resumed restore); the
-    /// sources that sent it are the ones asked for chunks.
-    func agreeOnManifest(epoch: UInt64, end: CertifiedCheckpointSummary, stored: SnapshotManifest?) async throws -> (SnapshotManifest, Set<Int>) {
+    /// valid manifests, each with the sources that sent it.
+    func manifests(epoch: UInt64, end: CertifiedCheckpointSummary) async -> [SnapshotManifest: Set<Int>] {
         var targets: [(Int, PeerClient)] = []
         for i in await pool.usable {
             guard let a = await pool.availability(i), a.snapshotEpochs.contains(epoch) else { continue }
@@ -237,16 +268,7 @@ public struct SnapshotRestore: Sendable {
                 await SyncRun.judge(error, source: i, pool: pool, what: "snapshot manifest of epoch \(epoch)")
             }
         }
-        if let stored {
-            guard let agreeing = groups[stored] else {
-                throw SyncError("no source serves the manifest of epoch \(epoch)'s snapshot that this store is restoring: " + (await pool.stats).map(\.description).joined(separator: "; "))
-            }
-            return (stored, agreeing)
-        }
-        guard let best = groups.max(by: { a, b in a.value.count < b.value.count || (a.value.count == b.value.count && a.value.min()! > b.value.min()!) }) else {
-            throw SyncError("no source sent a manifest of epoch \(epoch)'s snapshot that matches the certified state root: " + (await pool.stats).map(\.description).joined(separator: "; "))
-        }
-        return (best.key, best.value)
+        return groups
     }
 }
 
@@ -291,6 +313,9 @@ final class RestoreRun {
     var hedges = 0
     var chunkSeconds: Double?
     var stuck = 0
+    /// At most this many chunks are decompressed and verified at once (each may take up to
+    /// `maxChunkBytes`), whatever the window.
+    let verifying = Gate(permits: 2)
 
     init(restore: SnapshotRestore, manifest: SnapshotManifest, allowed: Set<Int>, done: Set<UInt32>, progress: (@Sendable (RestoreProgress) -> Void)?) {
         self.restore = restore
@@ -330,10 +355,20 @@ final class RestoreRun {
             throw error
         }
         await stopAll()
-        return RestoreReport(
+        var report = Self.report(manifest: manifest, fetched: total - fetchedAtStart)
+        report.objects = objects
+        report.rawBytes = rawBytes
+        report.frameBytes = frameBytes
+        report.hedges = hedges
+        return report
+    }
+
+    /// A report of `manifest`'s restore that fetched `fetched` chunks (the rest filled in by the caller).
+    static func report(manifest: SnapshotManifest, fetched: Int) -> RestoreReport {
+        RestoreReport(
             epoch: manifest.epoch, checkpoint: manifest.lastCheckpoint, stateRoot: manifest.stateRoot, objectCount: manifest.objectCount,
-            chunks: total, fetched: total - fetchedAtStart, objects: objects, rawBytes: rawBytes, frameBytes: frameBytes, hedges: hedges,
-            agreeingSources: allowed.count, sources: [])
+            chunks: manifest.chunkRoots.count, fetched: fetched, objects: 0, rawBytes: 0, frameBytes: 0, hedges: 0,
+            agreeingSources: 0, sources: [])
     }
 
     /// Cancels requests in flight and waits for a write in progress; every request's slot goes
@@ -390,6 +425,7 @@ final class RestoreRun {
         let manifest = self.manifest
         let timeout = config.requestTimeout
         let limit = config.maxChunkBytes
+        let gate = verifying
         return Task {
             let started = ContinuousClock.now
             do {
@@ -398,7 +434,10 @@ final class RestoreRun {
                 guard answer.count == UInt32(manifest.chunkRoots.count) else {
                     throw SyncError("snapshot chunk \(index) of epoch \(manifest.epoch): the source counts \(answer.count) chunks, the manifest \(manifest.chunkRoots.count)")
                 }
-                let chunk = try manifest.verifyChunk(index: index, frame: answer.frame, proof: answer.proof, limit: limit)
+                await gate.acquire()
+                let verified = Result { () throws(StoreError) in try manifest.verifyChunk(index: index, frame: answer.frame, proof: answer.proof, limit: limit) }
+                await gate.release()
+                let chunk = try verified.get()
                 post.yield(.chunk(index: index, source: source, started: started, .success((chunk, answer.frame.count))))
             } catch {
                 post.yield(.chunk(index: index, source: source, started: started, .failure(error)))
@@ -458,8 +497,10 @@ final class RestoreRun {
                 flights.removeValue(forKey: index)
                 for t in flight.tasks { t.cancel() }
                 ready.append(chunk)
-            case .failure:
+            case .failure(let error):
                 await settle(source: source, started: started, result, index: index, used: false)
+                // A source that fails fast and again (refusals, errors) is set aside for a while.
+                if !(error is CancellationError) { await pool.banIfFailing(source, after: 3, reason: "snapshot chunks: \(error)") }
                 flight.sources.remove(source)
                 if flight.sources.isEmpty {
                     flights.removeValue(forKey: index)
@@ -486,5 +527,25 @@ final class RestoreRun {
             extra += 1
             start(index, on: source)
         }
+    }
+}
+
+/// A counting semaphore for tasks: at most `permits` holders at once.
+actor Gate {
+    private var free: Int
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    init(permits: Int) { free = permits }
+
+    func acquire() async {
+        if free > 0 {
+            free -= 1
+            return
+        }
+        await withCheckedContinuation { waiting.append($0) }
+    }
+
+    func release() {
+        if waiting.isEmpty { free += 1 } else { waiting.removeFirst().resume() }
     }
 }

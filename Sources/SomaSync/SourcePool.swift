@@ -158,7 +158,7 @@ public actor SourcePool {
             guard var a = entries[i].availability, highest > a.highestSynced else { continue }
             a.highestSynced = highest
             entries[i].availability = a
-            entries[i].stats.holds = a.lowestAvailable...highest
+            entries[i].stats.holds = a.lowestAvailable...max(a.lowestAvailable, highest)
         }
     }
 
@@ -239,6 +239,12 @@ public actor SourcePool {
         if stalled && entries[i].consecutiveFailures >= 2 {
             ban(i, reason: "unresponsive: \(reason)", for: stallBanDuration)
         }
+    }
+
+    /// Bans source `i` for the stall ban time if its last `count` requests all failed.
+    public func banIfFailing(_ i: Int, after count: Int, reason: String) {
+        guard entries[i].consecutiveFailures >= count, !isBanned(i) else { return }
+        ban(i, reason: "\(count) requests in a row failed: \(reason)", for: stallBanDuration)
     }
 
     /// Source `i` released a slot without an outcome (its request was cancelled: another source

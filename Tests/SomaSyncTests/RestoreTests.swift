@@ -18,6 +18,8 @@ enum SnapshotFault: Sendable, Equatable {
     case wrongProof
     /// Serves a manifest whose first chunk root is wrong.
     case badManifest
+    /// Refuses every chunk at once (`unavailable`).
+    case refuseChunks
 }
 
 /// Serves a store's history, its snapshot answers altered as told; counts the chunks asked.
@@ -45,6 +47,8 @@ final class SnapshotService: HistoryServing {
         switch fault {
         case .none, .badManifest:
             return answer
+        case .refuseChunks:
+            return .failure(.unavailable("not now"))
         case .wrongProof:
             guard !proven.proof.isEmpty else { return answer }
             proven.proof[0] = Hashing.sha256(proven.proof[0].bytes)
@@ -201,6 +205,72 @@ struct RestoreTests {
         _ = try await fresh.verifyAll()
         for c in clients { await c.close() }
         await fresh.close()
+        await net.stop()
+    }
+
+    @Test("a source that refuses every chunk at once is set aside after 3 refusals; the others finish the restore")
+    func refusingSource() async throws {
+        let net = await SyncNetwork()
+        let source = try await net.sourceStore("source", snapshotChunkSize: Self.chunkSize)
+        let refusing = try await net.connect(try await net.serve(SnapshotService(store: source, fault: .refuseChunks), key: 0))
+        let honest = try await net.connect(try await net.serve(SnapshotService(store: source), bytesPerSecond: 2_000_000, key: 1))
+        let fresh = try await prunedStore(net, "fresh")
+        let pool = SourcePool(clients: [refusing, honest], labels: ["refusing", "honest"])
+        let report = try #require(try await SnapshotRestore(store: fresh, genesis: net.genesis, pool: pool, configuration: restoreSettings()).restore())
+        let byLabel = Dictionary(uniqueKeysWithValues: report.sources.map { ($0.label, $0) })
+        #expect(byLabel["refusing"]?.banReason?.contains("3 requests in a row failed") == true, "\(report.sources)")
+        #expect(byLabel["honest"]?.checkpoints == report.chunks)
+        #expect(try liveSet(fresh) == liveSet(source))
+        for c in [refusing, honest] { await c.close() }
+        await fresh.close()
+        await net.stop()
+    }
+
+    @Test("a restore of another epoch replaces the one in progress; one whose chunks are all written finishes without fetching any")
+    func replaceAndFinishOffline() async throws {
+        let net = await SyncNetwork()
+        let source = try await net.sourceStore("source", snapshotChunkSize: Self.chunkSize)
+        let service = SnapshotService(store: source)
+        let client = try await net.connect(try await net.serve(service, bytesPerSecond: 1_000_000, key: 0))
+        let pool = SourcePool(clients: [client], labels: ["a"])
+        // Part of epoch 1's snapshot, then a stop.
+        let fresh = try await prunedStore(net, "fresh")
+        let restore = SnapshotRestore(store: fresh, genesis: net.genesis, pool: pool, configuration: restoreSettings())
+        let task = Mutex<Task<RestoreReport?, any Error>?>(nil)
+        let started = Task { try await restore.restore(.epoch(1)) { p in if p.chunksDone >= 2 { task.withLock { $0?.cancel() } } } }
+        task.withLock { $0 = started }
+        await #expect(throws: CancellationError.self) { _ = try await started.value }
+        #expect(try await fresh.restoreState()?.manifest.epoch == 1)
+        // Epoch 2 asked for: it replaces epoch 1's restore, whose chunks go with it.
+        let report = try #require(try await restore.restore(.epoch(2)))
+        #expect(report.epoch == 2 && report.fetched == report.chunks)
+        #expect(try liveSet(fresh) == liveSet(source))
+        #expect(try await fresh.snapshotEpochs() == [2])
+        await fresh.close()
+
+        // Every chunk written, the finish not reached: the next run finishes without the network.
+        let other = try await prunedStore(net, "other")
+        try await other.initialize(genesis: net.genesis)
+        let manifest = try #require(try await source.snapshotManifest(epoch: 2))
+        var ends: [CertifiedCheckpointSummary] = []
+        for record in try await source.epochs() where record.epoch <= 2 {
+            let last = try #require(record.lastCheckpoint)
+            ends.append(try #require(try await source.summary(at: last)))
+        }
+        try await other.beginRestore(manifest: manifest, epochEnds: ends)
+        var chunks: [RestoredChunk] = []
+        for i in 0..<UInt32(manifest.chunkRoots.count) {
+            let frame = try #require(try await source.snapshotChunk(epoch: 2, index: i))
+            chunks.append(try manifest.verifyChunk(index: i, frame: frame, proof: try manifest.proof(chunk: Int(i)), limit: 1 << 26))
+        }
+        try await other.commitRestored(chunks)
+        service.asked.withLock { $0.removeAll() }
+        let offline = try #require(try await SnapshotRestore(store: other, genesis: net.genesis, pool: pool, configuration: restoreSettings()).restore())
+        #expect(offline.fetched == 0 && service.asked.withLock { $0.isEmpty })
+        #expect(try liveSet(other) == liveSet(source))
+        _ = try await other.verifyAll()
+        await client.close()
+        await other.close()
         await net.stop()
     }
 

@@ -41,9 +41,9 @@ public struct RestoreState: Sendable {
 extension SnapshotManifest {
     /// The most chunks a manifest may list, and the largest chunk size: bounds on what a source
     /// can make a restore allocate.
-    public static let maxChunks = 1 << 22
-    /// The largest chunk size a restore accepts.
-    public static let maxChunkSize: UInt64 = 1 << 16
+    public static let maxChunks = 1 << 20
+    /// The smallest and the largest chunk size a restore accepts.
+    public static let chunkSizes: ClosedRange<UInt64> = 64...(1 << 16)
 
     /// Checks the manifest against the certified end-of-epoch summary `end`: same epoch and
     /// checkpoint, the certified state root and live object count, a power-of-two chunk size,
@@ -57,8 +57,8 @@ extension SnapshotManifest {
         }
         guard stateRoot == eoe.stateRoot else { throw bad("state root \(stateRoot.short) is not the certified \(eoe.stateRoot.short)") }
         guard objectCount == eoe.liveObjectCount else { throw bad("\(objectCount) objects, certified \(eoe.liveObjectCount)") }
-        guard chunkSize > 0, chunkSize <= Self.maxChunkSize, chunkSize & (chunkSize - 1) == 0 else {
-            throw bad("chunk size \(chunkSize) is not a power of two up to \(Self.maxChunkSize)")
+        guard Self.chunkSizes.contains(chunkSize), chunkSize & (chunkSize - 1) == 0 else {
+            throw bad("chunk size \(chunkSize) is not a power of two in \(Self.chunkSizes.lowerBound)...\(Self.chunkSizes.upperBound)")
         }
         let chunks = Merkle.chunkCount(treeSize: objectCount, chunkSize: chunkSize)
         guard chunks <= UInt64(Self.maxChunks), UInt64(chunkRoots.count) == chunks else {
@@ -126,6 +126,7 @@ extension NodeStore {
     static let restoreEndsKey = Array("ends".utf8)
     static let restoreChunkPrefix = Array("chunk".utf8)
     static let restoredEpochKey = Array("restoredEpoch".utf8)
+    static let restoreEmptiedKey = Array("emptied".utf8)
 
     static func restoreChunkKey(_ index: UInt32) -> [UInt8] {
         var k = restoreChunkPrefix
@@ -183,21 +184,23 @@ extension NodeStore {
     /// re-verifies the epoch chain `epochEnds` (epoch 0 to the snapshot's epoch) from the genesis
     /// committee and the manifest against the last end, records both in the `restore` column
     /// family, and empties the live object set (the genesis's objects give way to the
-    /// snapshot's), all in one write batch. Calling it again with the same manifest does nothing.
+    /// snapshot's), all in one write batch. Calling it again with the same manifest does nothing;
+    /// with `replacing`, another restore in progress is dropped in the same batch (its chunks
+    /// with it).
     /// - Throws: ``StoreError`` `invalidArgument` when the store holds checkpoints beyond the
-    ///   genesis or another restore is in progress, `verificationFailed` for a chain or manifest
-    ///   that does not verify.
-    public func beginRestore(manifest: SnapshotManifest, epochEnds: [CertifiedCheckpointSummary]) async throws {
-        try await blocking { try self.beginRestoreSync(manifest: manifest, epochEnds: epochEnds) }
+    ///   genesis or another restore is in progress (without `replacing`), `verificationFailed`
+    ///   for a chain or manifest that does not verify.
+    public func beginRestore(manifest: SnapshotManifest, epochEnds: [CertifiedCheckpointSummary], replacing: Bool = false) async throws {
+        try await blocking { try self.beginRestoreSync(manifest: manifest, epochEnds: epochEnds, replacing: replacing) }
     }
 
-    func beginRestoreSync(manifest: SnapshotManifest, epochEnds: [CertifiedCheckpointSummary]) throws {
+    func beginRestoreSync(manifest: SnapshotManifest, epochEnds: [CertifiedCheckpointSummary], replacing: Bool) throws {
         try writer.withLock { _ throws in
             if let state = try restoreStateSync() {
-                guard state.manifest == manifest else {
+                if state.manifest == manifest { return }
+                guard replacing else {
                     throw StoreError(.invalidArgument, "a restore of epoch \(state.manifest.epoch)'s snapshot is in progress in this store")
                 }
-                return
             }
             guard let genesis = try genesisSync() else { throw StoreError(.inconsistent, "the store has no genesis") }
             guard let synced = try watermarkSync(.highestSynced), synced.seq == 0, try restoredEpochSync() == nil else {
@@ -213,6 +216,7 @@ extension NodeStore {
             }
             try manifest.check(against: end.summary)
             let batch = WriteBatch(for: database)
+            batch.deleteRange(cf.restore, from: [], to: [UInt8](repeating: 0xFF, count: 16))
             var w = BCSWriter(capacity: epochEnds.count * 4_096)
             w.write(epochEnds)
             batch.put(cf.restore, Self.restoreEndsKey, w.bytes)
@@ -224,13 +228,31 @@ extension NodeStore {
             batch.deleteRange(cf.objects, from: [], to: all)
             batch.deleteRange(cf.snapshotChunks, from: [], to: all)
             try database.write(batch, sync: true)
-            // Emptied for good, so that the chunks' SST files overlap nothing and land at the
-            // bottom level (see commitRestored).
-            for family in [cf.liveObjects, cf.objects, cf.snapshotChunks] {
-                try database.flush(family)
-                try database.compact(family)
+            try emptyRestoredFamiliesSync()
+        }
+    }
+
+    /// Makes sure the column families a restore fills were compacted empty after
+    /// ``beginRestore(manifest:epochEnds:replacing:)`` (a crash may have come in between);
+    /// call before writing chunks.
+    public func prepareRestore() async throws {
+        try await blocking {
+            try self.writer.withLock { _ throws in
+                guard try self.restoreInProgressSync(), try self.database.get(self.cf.restore, Self.restoreEmptiedKey) == nil else { return }
+                try self.emptyRestoredFamiliesSync()
             }
         }
+    }
+
+    /// Flushes and compacts the three column families a restore fills, so that the range
+    /// deletions are gone and the chunks' SST files overlap nothing and land at the bottom level
+    /// (see commitRestored); then records that it is done.
+    func emptyRestoredFamiliesSync() throws {
+        for family in [cf.liveObjects, cf.objects, cf.snapshotChunks] {
+            try database.flush(family)
+            try database.compact(family)
+        }
+        try database.put(cf.restore, Self.restoreEmptiedKey, [], sync: configuration.syncWrites)
     }
 
     /// Writes verified chunks of the restore in progress: their objects, live entries and
@@ -262,9 +284,11 @@ extension NodeStore {
                 try w.put(ref.id.bytes, StoreKeys.versionDigest(VersionDigest(version: ref.version, digest: ref.digest)))
             }
         } }
-        async let frames = blocking { try self.buildRestoreFiles(runs, into: dir, name: "chunks", self.cf.snapshotChunks) { chunk, w in
+        // The frames are kept (to serve the snapshot) unless the node keeps no snapshots.
+        let keepFrames = configuration.retainSnapshots > 0
+        async let frames = blocking { keepFrames ? try self.buildRestoreFiles(runs, into: dir, name: "chunks", self.cf.snapshotChunks) { chunk, w in
             try w.put(StoreKeys.chunk(epoch, chunk.index), chunk.frame)
-        } }
+        } : [] }
         let files = try await [(cf.objects, objects), (cf.liveObjects, live), (cf.snapshotChunks, frames)]
         try await blocking { try self.ingestRestoredSync(files, markers: runs.flatMap { $0.map(\.index) }) }
         try? await blocking { try FileManager.default.removeItem(atPath: dir) }
@@ -372,7 +396,9 @@ extension NodeStore {
             // Nothing at or below the snapshot's checkpoint is held; the digest of the next is
             // not known yet (zero until the pruner moves the watermark).
             setWatermark(.lowestAvailable, WatermarkValue(seq: tip.seq + 1, digest: .zero), in: batch)
-            batch.put(cf.snapshotChunks, StoreKeys.chunk(manifest.epoch, Self.manifestChunk), manifest.bcsBytes)
+            if configuration.retainSnapshots > 0 {
+                batch.put(cf.snapshotChunks, StoreKeys.chunk(manifest.epoch, Self.manifestChunk), manifest.bcsBytes)
+            }
             batch.put(cf.meta, Self.restoredEpochKey, StoreKeys.seq(manifest.epoch))
             batch.deleteRange(cf.restore, from: [], to: [UInt8](repeating: 0xFF, count: 16))
             try database.write(batch, sync: true)
