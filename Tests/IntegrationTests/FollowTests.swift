@@ -77,6 +77,39 @@ struct FollowTests {
             #expect(s == 0 && o.contains("400 checkpoints"), "\(name): \(o)")
         }
     }
+
+    @Test("`devnet run` grows its chain at its pace and pushes each checkpoint: a follower that never polls reaches the profile's end with the same state root")
+    func devnetProducer() async throws {
+        let base = TempDir("devnet-run")
+        defer { base.cleanup() }
+        let a = base.file("a")
+        #expect(try somaNode(["devnet", "generate", "--profile", "tiny", "--until", "9", "--out", a]).0 == 0)
+        #expect(try somaNode(["init", "--data", a]).0 == 0)
+        let producer = try RunningNode(data: a, arguments: ["--profile", "tiny", "--interval-ms", "100"], command: ["devnet", "run"])
+        defer { producer.stop() }
+        let f = base.file("f")
+        try FileManager.default.createDirectory(atPath: f, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: a + "/genesis.bcs", toPath: f + "/genesis.bcs")
+        #expect(try somaNode(["init", "--data", f]).0 == 0)
+        try "sync:\n  pollSeconds: 3600\n".write(toFile: f + "/soma-node.yaml", atomically: true, encoding: .utf8)
+        let follower = try RunningNode(data: f, arguments: ["--peer", producer.address])
+        defer { follower.stop() }
+        var tip = ""
+        for _ in 0..<300 {
+            let (_, out) = try somaNode(["inspect", "--data", f, "--json"])
+            tip = out.replacingOccurrences(of: " ", with: "").replacingOccurrences(of: "\n", with: "")
+            if tip.contains("\"highestExecuted\":{\"digest\":") && tip.contains("\"seq\":29}") { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        follower.stop()
+        producer.stop()
+        let (_, fo) = try somaNode(["inspect", "--data", f, "--checkpoint", "29", "--json"])
+        let (_, ao) = try somaNode(["inspect", "--data", a, "--checkpoint", "29", "--json"])
+        let root = { (o: String) in o.replacingOccurrences(of: " ", with: "").components(separatedBy: "\"stateRoot\":\"").dropFirst().first?.prefix(64).description ?? "" }
+        #expect(!root(ao).isEmpty && root(fo) == root(ao), "\(fo)")
+        let (vs, vo) = try somaNode(["verify", "--data", f])
+        #expect(vs == 0 && vo.contains("30 checkpoints"), "\(vo)")
+    }
 }
 
 extension Array {
@@ -85,4 +118,5 @@ extension Array {
         for e in self { out.append(try await transform(e)) }
         return out
     }
+
 }

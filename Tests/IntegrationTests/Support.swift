@@ -28,9 +28,9 @@ final class RunningNode {
     /// The metrics port, when started with `--metrics`.
     let metricsPort: Int?
 
-    init(data: String, arguments extra: [String] = []) throws {
+    init(data: String, arguments extra: [String] = [], command: [String] = ["run"]) throws {
         process.executableURL = URL(fileURLWithPath: try somaNode())
-        process.arguments = ["run", "--data", data, "--listen", "127.0.0.1:0"] + extra
+        process.arguments = command + ["--data", data, "--listen", "127.0.0.1:0"] + extra
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
