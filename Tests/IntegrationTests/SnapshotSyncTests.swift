@@ -31,28 +31,16 @@ struct SnapshotSyncTests {
         defer { node.stop() }
         let fresh = base.file("fresh")
         let arguments = ["sync", "--data", fresh, "--genesis", source + "/genesis.bcs", "--peer", node.address, "--snapshot", "latest"]
-        var kills = 0
         var previous = 0
         var chunks: Int? = nil
-        for attempt in 0..<8 where kills < 3 {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: try somaNode())
-            p.arguments = arguments
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            try await Task.sleep(for: .milliseconds(Int.random(in: 600...1_400) + attempt * 100))
-            guard p.isRunning else { break }
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
+        let kills = try await killRepeatedly(arguments, attempts: 8, maxKills: 3, delayMs: 600...1_400, stepMs: 100) {
             let now = try await progress(fresh)
-            if now.finished { break }
-            if now.chunks != nil {
-                kills += 1
-                chunks = now.chunks
-                #expect(now.done >= previous, "written chunks went back from \(previous) to \(now.done)")
-                previous = now.done
-            }
+            if now.finished { return .finished }
+            guard now.chunks != nil else { return .missed }
+            chunks = now.chunks
+            #expect(now.done >= previous, "written chunks went back from \(previous) to \(now.done)")
+            previous = now.done
+            return .caught
         }
         #expect(kills >= 2, "the restore was caught mid-way only \(kills) times")
         let (s, o) = try somaNode(arguments)

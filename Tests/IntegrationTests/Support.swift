@@ -53,3 +53,42 @@ final class RunningNode {
     }
 }
 
+
+/// What a test makes of the store after one SIGKILL of ``killRepeatedly(_:attempts:maxKills:delayMs:stepMs:afterKill:)``.
+enum KillOutcome {
+    /// The kill caught the command mid-work: it counts.
+    case caught
+    /// Too early or too late to count; try again.
+    case missed
+    /// The work is complete: stop.
+    case finished
+}
+
+/// Starts `soma-node arguments` up to `attempts` times and SIGKILLs each run after a random
+/// delay (`delayMs`, plus `stepMs` more each attempt), until `maxKills` kills were caught
+/// mid-work; a run that ends by itself stops the loop. After each kill `afterKill` inspects the
+/// store. Returns the number of kills caught.
+func killRepeatedly(
+    _ arguments: [String], attempts: Int, maxKills: Int, delayMs: ClosedRange<Int>, stepMs: Int,
+    afterKill: () async throws -> KillOutcome
+) async throws -> Int {
+    var kills = 0
+    for attempt in 0..<attempts where kills < maxKills {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try somaNode())
+        p.arguments = arguments
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        try await Task.sleep(for: .milliseconds(Int.random(in: delayMs) + attempt * stepMs))
+        guard p.isRunning else { break }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        switch try await afterKill() {
+        case .caught: kills += 1
+        case .missed: continue
+        case .finished: return kills
+        }
+    }
+    return kills
+}

@@ -123,25 +123,14 @@ struct SyncTests {
         defer { node.stop() }
         let fresh = base.file("fresh")
         let arguments = ["sync", "--data", fresh, "--genesis", source + "/genesis.bcs", "--peer", node.address, "--window", "2"]
-        var kills = 0
         var previous: UInt64 = 0
-        for attempt in 0..<6 where kills < 3 {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: try somaNode())
-            p.arguments = arguments
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            try await Task.sleep(for: .milliseconds(Int.random(in: 700...2_500) + attempt * 200))
-            guard p.isRunning else { break }
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
-            kills += 1
+        let kills = try await killRepeatedly(arguments, attempts: 6, maxKills: 3, delayMs: 700...2_500, stepMs: 200) {
             let store = try await NodeStore.open(path: fresh + "/db")
             let synced = try await store.watermark(.highestSynced)?.seq ?? 0
             await store.close()
             #expect(synced >= previous, "highestSynced went back from \(previous) to \(synced)")
             previous = synced
+            return .caught
         }
         #expect(kills >= 1, "the sync was never caught mid-way")
         let (s, o) = try somaNode(arguments)
