@@ -1,5 +1,6 @@
 public import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 public import SomaCore
 public import SomaStore
@@ -12,13 +13,18 @@ final class ResponseHandler: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var pending: [UInt64: (EventLoopPromise<Frame>, Scheduled<Void>?)] = [:]
     private var streams: [UInt64: (EventLoopPromise<[Frame]>, [Frame], Scheduled<Void>?)] = [:]
+    private var streamBytes: [UInt64: Int] = [:]
     let handshake: EventLoopPromise<HandshakeCompleted>
     let pushes: AsyncStream<PushedCheckpoint>.Continuation?
+    private let maxStreamItems: Int
+    private let maxStreamBytes: Int
     private var peerID: PeerID?
 
-    init(handshake: EventLoopPromise<HandshakeCompleted>, pushes: AsyncStream<PushedCheckpoint>.Continuation?) {
+    init(handshake: EventLoopPromise<HandshakeCompleted>, pushes: AsyncStream<PushedCheckpoint>.Continuation?, configuration: NetConfiguration) {
         self.handshake = handshake
         self.pushes = pushes
+        self.maxStreamItems = configuration.maxStreamItems
+        self.maxStreamBytes = configuration.maxStreamBytes
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -59,6 +65,7 @@ final class ResponseHandler: ChannelInboundHandler {
         return loop.scheduleTask(in: timeout) {
             let handler = bound.value
             handler.streamTimeouts.removeValue(forKey: id)
+            handler.streamBytes.removeValue(forKey: id)
             if let (promise, items, _) = handler.streams.removeValue(forKey: id) {
                 promise.fail(WireError(.timedOut, "stream \(id) stalled: no item for \(timeout.nanoseconds / 1_000_000) ms after \(items.count) items"))
             }
@@ -68,6 +75,7 @@ final class ResponseHandler: ChannelInboundHandler {
     /// Gives up on request `id` (the caller was cancelled): its answer, if it comes, is dropped.
     func cancel(id: UInt64) {
         streamTimeouts.removeValue(forKey: id)
+        streamBytes.removeValue(forKey: id)
         if let (promise, timer) = pending.removeValue(forKey: id) {
             timer?.cancel()
             promise.fail(CancellationError())
@@ -94,17 +102,31 @@ final class ResponseHandler: ChannelInboundHandler {
         }
         if frame.kind == .oneWay && frame.method == Method.pushCheckpoint.rawValue {
             // The peer gossips a new tip on this connection too (it serves us, we follow it).
+            // Decoded off the event loop; a push that does not decode closes the connection.
             guard let peerID, let pushes else { return }
-            guard let certified = try? BCS.decode(CertifiedCheckpointSummary.self, fromContiguous: frame.payload.readableBytesView) else {
-                context.close(promise: nil)
-                return
+            let payload = frame.payload
+            let channel = context.channel
+            context.eventLoop.makeFutureWithTask {
+                try? BCS.decode(CertifiedCheckpointSummary.self, fromContiguous: payload.readableBytesView)
+            }.whenSuccess { certified in
+                guard let certified else { return channel.close(promise: nil) }
+                pushes.yield(PushedCheckpoint(peerID: peerID, certified: certified))
             }
-            pushes.yield(PushedCheckpoint(peerID: peerID, certified: certified))
             return
         }
         if var entry = streams[frame.requestID] {
             switch frame.kind {
             case .streamItem:
+                let bytes = streamBytes[frame.requestID, default: 0] + frame.payload.readableBytes
+                guard entry.1.count < maxStreamItems, bytes <= maxStreamBytes else {
+                    streams.removeValue(forKey: frame.requestID)
+                    streamTimeouts.removeValue(forKey: frame.requestID)
+                    streamBytes.removeValue(forKey: frame.requestID)
+                    entry.2?.cancel()
+                    entry.0.fail(WireError(.tooLarge, "stream \(frame.requestID) exceeded \(maxStreamItems) items or \(maxStreamBytes) bytes"))
+                    return
+                }
+                streamBytes[frame.requestID] = bytes
                 entry.1.append(frame)
                 entry.2?.cancel()
                 if let timeout = streamTimeouts[frame.requestID], let loop = self.context?.eventLoop {
@@ -113,11 +135,13 @@ final class ResponseHandler: ChannelInboundHandler {
                 streams[frame.requestID] = entry
             case .streamEnd:
                 streams.removeValue(forKey: frame.requestID)
+                streamBytes.removeValue(forKey: frame.requestID)
                 streamTimeouts.removeValue(forKey: frame.requestID)
                 entry.2?.cancel()
                 entry.0.succeed(entry.1)
             case .error, .response:
                 streams.removeValue(forKey: frame.requestID)
+                streamBytes.removeValue(forKey: frame.requestID)
                 streamTimeouts.removeValue(forKey: frame.requestID)
                 entry.2?.cancel()
                 entry.0.succeed([frame])
@@ -140,9 +164,24 @@ final class ResponseHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let error = Self.describe(error, goodbye: goodbye)
         handshake.fail(error)
         failAll(error)
         context.close(promise: nil)
+    }
+
+    /// TLS failures become ``WireError`` `tlsFailed` with a hint at the likely cause.
+    static func describe(_ error: any Error, goodbye: String?) -> any Error {
+        switch error {
+        case let e as NIOSSLError:
+            let hint = goodbye.map { "the peer said: \($0)" }
+                ?? "the peer may speak plaintext (net.tls must match), or its certificate is not the Ed25519 key expected"
+            return WireError(.tlsFailed, "TLS 1.3 handshake failed (\(e)); \(hint)")
+        case let e as BoringSSLError:
+            return WireError(.tlsFailed, "TLS failed (\(e))")
+        default:
+            return error
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -164,6 +203,7 @@ final class ResponseHandler: ChannelInboundHandler {
         }
         streams.removeAll()
         streamTimeouts.removeAll()
+        streamBytes.removeAll()
     }
 }
 
@@ -187,25 +227,27 @@ public final class PeerClient: Sendable {
         self.configuration = configuration
     }
 
-    /// Connects to `host:port` and completes the handshake as `identity`; checkpoints the peer
-    /// pushes on this connection go to `pushes`, if given.
-    /// - Throws: ``WireError`` (wrong chain, wrong version, bad proof, timeout) or a socket error.
+    /// Connects to `host:port` and completes the handshake as `identity` (over TLS 1.3 unless
+    /// `configuration.tls` is off); checkpoints the peer pushes on this connection go to
+    /// `pushes`, if given.
+    /// - Parameter expectedPeer: the peer id dialled, if known: any other key is refused
+    ///   (`wrongPeer`, or `tlsFailed` when its certificate names another key).
+    /// - Throws: ``WireError`` (wrong chain, wrong version, bad proof, wrong peer, TLS, timeout)
+    ///   or a socket error.
     public static func connect(
         host: String, port: Int, identity: HandshakeIdentity, configuration: NetConfiguration = NetConfiguration(),
-        group: any EventLoopGroup, pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil
+        group: any EventLoopGroup, pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil, expectedPeer: PeerID? = nil
     ) async throws -> PeerClient {
         let loop = group.next()
         let handshake = loop.makePromise(of: HandshakeCompleted.self)
+        let tls = configuration.tls ? try identity.tls() : nil
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(configuration.handshakeTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let ops = channel.pipeline.syncOperations
-                    try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
-                    try ops.addHandler(FrameEncoder())
-                    try ops.addHandler(HandshakeHandler(identity: identity, timeout: configuration.handshakeTimeout))
-                    try ops.addHandler(ResponseHandler(handshake: handshake, pushes: pushes))
+                    try configureDialer(channel, identity: identity, tls: tls, configuration: configuration, expectedPeer: expectedPeer)
+                    try channel.pipeline.syncOperations.addHandler(ResponseHandler(handshake: handshake, pushes: pushes, configuration: configuration))
                 }
             }
         let channel: any Channel
@@ -226,6 +268,24 @@ public final class PeerClient: Sendable {
             try? await channel.close()
             throw error
         }
+    }
+
+    /// Adds a dialer's transport to a new channel's pipeline, on its event loop: TLS 1.3 (when
+    /// `tls` is given) pinning `expectedPeer` if known, the frame codec and the handshake. The
+    /// caller adds the handler that takes the frames after ``HandshakeCompleted``.
+    public static func configureDialer(
+        _ channel: any Channel, identity: HandshakeIdentity, tls: TLSIdentity?, configuration: NetConfiguration, expectedPeer: PeerID? = nil
+    ) throws {
+        let ops = channel.pipeline.syncOperations
+        if let tls {
+            try ops.addHandler(NIOSSLClientHandler(context: tls.clientContext, serverHostname: nil) { chain, promise in
+                promise.succeed(TLSIdentity.verify(chain, expected: expectedPeer))
+            })
+        }
+        try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
+        try ops.addHandler(FrameEncoder())
+        let policy = HandshakePolicy(tls: tls != nil, expectedPeer: expectedPeer)
+        try ops.addHandler(HandshakeHandler(identity: identity, role: .dialer, policy: policy, timeout: configuration.handshakeTimeout))
     }
 
     /// Sends one request and returns the answer's payload.

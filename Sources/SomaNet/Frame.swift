@@ -55,15 +55,23 @@ public struct Frame: Sendable, Equatable {
     }
 }
 
-/// Splits a byte stream into frames. The declared length is checked against `maxFrameBytes`
-/// (and the header's minimum) before a byte of the payload is buffered for it; the payload is a
-/// slice of the read buffer, not a copy.
+/// Splits a byte stream into frames. The declared length is checked against the limit (and the
+/// header's minimum) before a byte of the payload is buffered for it; the payload is a slice of
+/// the read buffer, not a copy. The first ``handshakeFrames`` frames (a peer's hello and proof)
+/// are held to ``handshakeFrameBytes``, a hello's largest size, so that a peer that has not
+/// proven anything cannot make the node buffer a large frame.
 public struct FrameDecoder: ByteToMessageDecoder {
     /// Frames.
     public typealias InboundOut = Frame
 
-    /// The largest frame accepted (length field value).
+    /// Frames of the handshake: the hello and the proof.
+    public static let handshakeFrames = 2
+    /// The largest frame (length field) accepted during the handshake: a header and the largest hello.
+    public static let handshakeFrameBytes = Frame.headerBytes + Hello.maxEncodedBytes
+
+    /// The largest frame accepted (length field value) after the handshake's frames.
     public let maxFrameBytes: Int
+    private var decoded = 0
 
     /// A decoder with a frame-size limit.
     public init(maxFrameBytes: Int) {
@@ -76,16 +84,18 @@ public struct FrameDecoder: ByteToMessageDecoder {
         guard length >= UInt32(Frame.headerBytes) else {
             throw WireError(.malformedFrame, "frame length \(length) is shorter than its header")
         }
-        guard length <= UInt32(maxFrameBytes) else {
-            throw WireError(.frameTooLarge, "frame of \(length) bytes, the limit is \(maxFrameBytes)")
+        let limit = decoded < FrameDecoder.handshakeFrames ? min(maxFrameBytes, FrameDecoder.handshakeFrameBytes) : maxFrameBytes
+        guard Int(length) <= limit else {
+            let during = decoded < FrameDecoder.handshakeFrames ? " during the handshake" : ""
+            throw WireError(.frameTooLarge, "frame of \(length) bytes, the limit\(during) is \(limit)")
         }
         guard buffer.readableBytes >= 4 + Int(length) else { return .needMoreData }
         buffer.moveReaderIndex(forwardBy: 4)
-        let rawKind: UInt8 = buffer.readInteger()!
-        let flags: UInt8 = buffer.readInteger()!
-        let method: UInt16 = buffer.readInteger()!
-        let requestID: UInt64 = buffer.readInteger()!
-        let payload = buffer.readSlice(length: Int(length) - Frame.headerBytes)!
+        guard let rawKind = buffer.readInteger(as: UInt8.self), let flags = buffer.readInteger(as: UInt8.self),
+              let method = buffer.readInteger(as: UInt16.self), let requestID = buffer.readInteger(as: UInt64.self),
+              let payload = buffer.readSlice(length: Int(length) - Frame.headerBytes)
+        else { throw WireError(.malformedFrame, "frame shorter than its length") }
+        if decoded < FrameDecoder.handshakeFrames { decoded += 1 }
         guard let kind = FrameKind(rawValue: rawKind) else {
             throw WireError(.malformedFrame, "unknown frame kind \(rawKind)")
         }

@@ -1,4 +1,6 @@
 public import NIOCore
+import NIOSSL
+public import NIOPosix
 public import SomaCore
 import Synchronization
 
@@ -48,11 +50,29 @@ public struct Hello: Hashable, Sendable, BCSCodable {
         }
     }
 
-    /// The bytes a side signs to prove its key: the domain, the chain, the *other* side's
-    /// nonce and its own key, so a proof cannot be replayed to another peer or chain.
-    public static func proofMessage(chainID: Digest, peerNonce: Digest, signer: PeerID) -> [UInt8] {
-        Array("soma-node handshake v1::".utf8) + chainID.bytes + peerNonce.bytes + signer.raw.bytes
+    /// The largest encoded hello: the fixed fields (104 bytes), a 2-byte length and 4 KiB of node info.
+    public static let maxEncodedBytes = 104 + 2 + maxNodeInfoBytes
+
+    /// The bytes a side signs to prove its key (protocol 2): the domain, the signer's role, then
+    /// both hellos exactly as sent, the dialer's first. Both hellos carry fresh nonces, so the
+    /// proof is bound to this session; the role keeps a proof from being reflected back; under
+    /// TLS the hello's key must also be the key of the certificate the TLS session proved.
+    public static func proofMessage(role: HandshakeRole, dialerHello: [UInt8], listenerHello: [UInt8]) -> [UInt8] {
+        var m = Array("soma-node handshake v2::".utf8)
+        m.reserveCapacity(m.count + 1 + dialerHello.count + listenerHello.count)
+        m.append(role.rawValue)
+        m += dialerHello
+        m += listenerHello
+        return m
     }
+}
+
+/// Which end of a connection a side is: the one that dialled, or the one that accepted.
+public enum HandshakeRole: UInt8, Sendable {
+    /// The side that opened the connection; it sends its hello first.
+    case dialer = 0
+    /// The side that accepted it; it answers the dialer's hello with its own.
+    case listener = 1
 }
 
 /// Method numbers of the protocol (the `method` field of a frame).
@@ -95,21 +115,45 @@ public struct HandshakeIdentity: Sendable {
     public let protocolVersion: UInt64
     /// Where its current node information is kept (discovery re-signs it over time).
     public let nodeInfoSlot: NodeInfoSlot
+    private let tlsCache: TLSIdentityCache
 
     /// Its node information for the hello, as it is now.
     public var nodeInfo: [UInt8] { nodeInfoSlot.bytes }
 
     /// Creates an identity with fixed node information.
-    public init(key: SigningKey, chainID: Digest, protocolVersion: UInt64 = 1, nodeInfo: [UInt8] = []) {
+    public init(key: SigningKey, chainID: Digest, protocolVersion: UInt64 = SomaNet.protocolVersion, nodeInfo: [UInt8] = []) {
         self.init(key: key, chainID: chainID, protocolVersion: protocolVersion, nodeInfoSlot: NodeInfoSlot(nodeInfo))
     }
 
     /// Creates an identity whose hellos carry what `nodeInfoSlot` holds when each is sent.
-    public init(key: SigningKey, chainID: Digest, protocolVersion: UInt64 = 1, nodeInfoSlot: NodeInfoSlot) {
+    public init(key: SigningKey, chainID: Digest, protocolVersion: UInt64 = SomaNet.protocolVersion, nodeInfoSlot: NodeInfoSlot) {
         self.key = key
         self.chainID = chainID
         self.protocolVersion = protocolVersion
         self.nodeInfoSlot = nodeInfoSlot
+        self.tlsCache = TLSIdentityCache(key: key)
+    }
+
+    /// The TLS certificate and contexts of this identity, built on first use and then shared by
+    /// every connection (and every copy of this identity).
+    /// - Throws: ``WireError`` `tlsFailed` if they cannot be built.
+    public func tls() throws -> TLSIdentity { try tlsCache.get() }
+}
+
+/// Builds an identity's ``TLSIdentity`` once.
+final class TLSIdentityCache: Sendable {
+    private let key: SigningKey
+    private let built = Mutex<TLSIdentity?>(nil)
+
+    init(key: SigningKey) { self.key = key }
+
+    func get() throws -> TLSIdentity {
+        try built.withLock { slot in
+            if let slot { return slot }
+            let made = try TLSIdentity(key: key)
+            slot = made
+            return made
+        }
     }
 }
 
@@ -141,11 +185,36 @@ public struct HandshakeCompleted: Sendable {
     public let hello: Hello
 }
 
-/// Runs the handshake on a channel of ``Frame``s: sends ``Hello``, checks the peer's (version,
-/// chain), signs the peer's nonce, verifies the peer's signature over ours. Until then no other
-/// frame passes; afterwards frames pass through untouched. Any failure, or no completed
-/// handshake within `timeout`, sends a ``Method/goodbye`` with the reason and closes; the
-/// reason is also fired as the channel's error so that both sides can log it.
+/// What a side of the handshake checks beyond version, chain and proof.
+public struct HandshakePolicy: Sendable {
+    /// Whether the connection runs inside TLS: the peer's hello must then name the key of the
+    /// certificate the TLS session proved.
+    public var tls: Bool
+    /// The peer id a dialer expects (the one it dialled), if it knows it.
+    public var expectedPeer: PeerID?
+    /// Which peers a listener finishes handshakes with (a private node's allow-list); `nil`:
+    /// everyone. A refused peer gets a goodbye before it receives this node's hello and record.
+    public var allowed: Set<PeerID>?
+
+    /// A policy.
+    public init(tls: Bool, expectedPeer: PeerID? = nil, allowed: Set<PeerID>? = nil) {
+        self.tls = tls
+        self.expectedPeer = expectedPeer
+        self.allowed = allowed
+    }
+}
+
+/// Runs the handshake (protocol 2, `docs/PROTOCOL.md`) on a channel of ``Frame``s.
+///
+/// The dialer sends its ``Hello`` as soon as the connection is up; the listener checks it
+/// (version, chain, not itself, under TLS the certificate's key, its allow-list) before it
+/// answers with its own hello and its proof; the dialer checks that hello (and the peer id it
+/// dialled, if known) and sends its proof. Each proof is an Ed25519 signature over both hellos
+/// as sent (``Hello/proofMessage(role:dialerHello:listenerHello:)``). Until the handshake
+/// completes no other frame passes: frames that arrive meanwhile wait (at most 64, 1 MiB), and
+/// writes are refused. Signing and verifying run on a thread pool, off the event loop. Any
+/// failure, or no completed handshake within `timeout`, sends a ``Method/goodbye`` with the
+/// reason and closes; the reason is also fired as the channel's error so both sides can log it.
 public final class HandshakeHandler: ChannelDuplexHandler {
     /// Frames in.
     public typealias InboundIn = Frame
@@ -158,38 +227,57 @@ public final class HandshakeHandler: ChannelDuplexHandler {
 
     private enum State {
         case waitingForHello
-        case waitingForProof(Hello)
+        case waitingForProof(peer: Hello, dialerHello: [UInt8], listenerHello: [UInt8])
         case established
         case failed
     }
 
+    /// Most frames, and bytes, held while the handshake is still being checked.
+    static let maxHeldFrames = 64
+    static let maxHeldBytes = 1 << 20
+
     private let identity: HandshakeIdentity
+    private let role: HandshakeRole
+    private let policy: HandshakePolicy
     private let timeout: TimeAmount
+    private let pool: NIOThreadPool
     private let nonce: Digest
     private var state = State.waitingForHello
     private var timer: Scheduled<Void>?
+    private var ownHello: [UInt8] = []
+    /// Frames that arrived while a signature was being made or checked.
+    private var held: [Frame] = []
+    private var heldBytes = 0
+    private var working = false
 
-    /// A handler for `identity`, giving up after `timeout`.
-    public init(identity: HandshakeIdentity, timeout: TimeAmount = .seconds(5)) {
+    /// A handler for `identity` on the `role` end, giving up after `timeout`.
+    /// - Parameter pool: where signatures are made and checked (default: NIO's shared pool).
+    public init(identity: HandshakeIdentity, role: HandshakeRole, policy: HandshakePolicy, timeout: TimeAmount = .seconds(5),
+                pool: NIOThreadPool = .singleton) {
         self.identity = identity
+        self.role = role
+        self.policy = policy
         self.timeout = timeout
+        self.pool = pool
         var rng = SystemRandomNumberGenerator()
-        nonce = Digest(bytes: (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })!
+        var bytes = [UInt8](repeating: 0, count: 32)
+        for i in bytes.indices { bytes[i] = UInt8.random(in: 0...255, using: &rng) }
+        nonce = Digest(bytes: bytes) ?? .zero
     }
 
-    /// Sends the hello once connected, and arms the timeout.
+    /// Arms the timeout; a dialer sends its hello (under TLS it leaves once TLS is up).
     public func channelActive(context: ChannelHandlerContext) {
-        let hello = Hello(
-            protocolVersion: identity.protocolVersion, chainID: identity.chainID, peerID: identity.key.publicKey,
-            nonce: nonce, nodeInfo: identity.nodeInfo)
-        send(context, .hello, hello.bcsBytes)
-        context.flush()
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let millis = timeout.nanoseconds / 1_000_000
         timer = context.eventLoop.scheduleTask(in: timeout) {
             let (handler, context) = bound.value
             if case .established = handler.state { return }
             handler.fail(context, WireError(.handshakeFailed, "no completed handshake within \(millis) ms"))
+        }
+        if role == .dialer {
+            ownHello = makeHello(nodeInfo: identity.nodeInfo).bcsBytes
+            send(context, .hello, ownHello)
+            context.flush()
         }
         context.fireChannelActive()
     }
@@ -198,6 +286,10 @@ public final class HandshakeHandler: ChannelDuplexHandler {
     public func channelInactive(context: ChannelHandlerContext) {
         timer?.cancel()
         context.fireChannelInactive()
+    }
+
+    private func makeHello(nodeInfo: [UInt8]) -> Hello {
+        Hello(protocolVersion: identity.protocolVersion, chainID: identity.chainID, peerID: identity.key.publicKey, nonce: nonce, nodeInfo: nodeInfo)
     }
 
     private func send(_ context: ChannelHandlerContext, _ method: Method, _ bytes: [UInt8]) {
@@ -209,8 +301,9 @@ public final class HandshakeHandler: ChannelDuplexHandler {
     private func fail(_ context: ChannelHandlerContext, _ error: WireError) {
         if case .failed = state { return }
         state = .failed
+        held.removeAll()
         timer?.cancel()
-        send(context, .goodbye, Array(error.description.utf8))
+        send(context, .goodbye, Array(error.description.utf8.prefix(1_024)))
         context.flush()
         context.fireErrorCaught(error)
         context.close(promise: nil)
@@ -225,12 +318,49 @@ public final class HandshakeHandler: ChannelDuplexHandler {
         case .failed:
             return
         case .waitingForHello, .waitingForProof:
-            if frame.method == Method.goodbye.rawValue {
-                let reason = String(decoding: frame.payload.readableBytesView, as: UTF8.self)
-                fail(context, WireError(.handshakeFailed, "the peer closed the handshake: \(reason)"))
-                return
+            if frame.kind == .oneWay, frame.method == Method.goodbye.rawValue {
+                let reason = String(decoding: frame.payload.readableBytesView.prefix(1_024), as: UTF8.self)
+                return fail(context, WireError(.handshakeFailed, "the peer closed the handshake: \(reason)"))
+            }
+            guard held.count < Self.maxHeldFrames, heldBytes + frame.payload.readableBytes <= Self.maxHeldBytes else {
+                return fail(context, WireError(.handshakeFailed, "more than \(Self.maxHeldFrames) frames or \(Self.maxHeldBytes) bytes before the handshake completed"))
+            }
+            held.append(frame)
+            heldBytes += frame.payload.readableBytes
+            drain(context)
+        }
+    }
+
+    /// Handles held frames in order while no signature is being made or checked; after the
+    /// handshake, passes the rest on.
+    private func drain(_ context: ChannelHandlerContext) {
+        while !working, !held.isEmpty {
+            if case .failed = state { return }
+            let frame = held.removeFirst()
+            heldBytes -= frame.payload.readableBytes
+            if case .established = state {
+                context.fireChannelRead(wrapInboundOut(frame))
+                continue
             }
             handshake(context, frame)
+        }
+    }
+
+    /// Runs `work` on the pool, then `done` on the event loop; frames wait meanwhile.
+    private func offload<T: Sendable>(_ context: ChannelHandlerContext, _ work: @escaping @Sendable () -> T, then done: @escaping (HandshakeHandler, ChannelHandlerContext, T) -> Void) {
+        working = true
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        pool.runIfActive(eventLoop: context.eventLoop, work).whenComplete { result in
+            let (handler, context) = bound.value
+            handler.working = false
+            if case .failed = handler.state { return }
+            switch result {
+            case .success(let value):
+                done(handler, context, value)
+                handler.drain(context)
+            case .failure(let error):
+                handler.fail(context, WireError(.handshakeFailed, "the handshake's thread pool is not running: \(error)"))
+            }
         }
     }
 
@@ -238,40 +368,87 @@ public final class HandshakeHandler: ChannelDuplexHandler {
         switch state {
         case .waitingForHello:
             guard frame.kind == .oneWay, frame.method == Method.hello.rawValue else {
-                return fail(context, WireError(.handshakeFailed, "expected a hello, got method \(frame.method)"))
+                return fail(context, WireError(.handshakeFailed, "expected a hello (one-way, method 0), got kind \(frame.kind) method \(frame.method)"))
             }
+            let peerBytes = Array(frame.payload.readableBytesView)
             let hello: Hello
             do {
-                hello = try Hello(bcsBytes: Array(frame.payload.readableBytesView))
+                hello = try Hello(bcsBytes: peerBytes)
             } catch {
                 return fail(context, WireError(.badPayload, "hello: \(error)"))
             }
-            guard hello.protocolVersion == identity.protocolVersion else {
-                return fail(context, WireError(.wrongVersion, "peer speaks protocol \(hello.protocolVersion), this node \(identity.protocolVersion)"))
+            if let refusal = check(context, hello) { return fail(context, refusal) }
+            let key = identity.key
+            switch role {
+            case .listener:
+                // A private listener reaches this line only for allow-listed peers; in plaintext
+                // the peer's key is not proven yet, so a private node's record is not sent.
+                let record = policy.allowed != nil && !policy.tls ? [] : identity.nodeInfo
+                ownHello = makeHello(nodeInfo: record).bcsBytes
+                let (dialer, listener) = (peerBytes, ownHello)
+                state = .waitingForProof(peer: hello, dialerHello: dialer, listenerHello: listener)
+                offload(context, { key.sign(Hello.proofMessage(role: .listener, dialerHello: dialer, listenerHello: listener)) }) { handler, context, proof in
+                    handler.send(context, .hello, handler.ownHello)
+                    handler.send(context, .helloProof, proof.bytes)
+                    context.flush()
+                }
+            case .dialer:
+                let (dialer, listener) = (ownHello, peerBytes)
+                state = .waitingForProof(peer: hello, dialerHello: dialer, listenerHello: listener)
+                offload(context, { key.sign(Hello.proofMessage(role: .dialer, dialerHello: dialer, listenerHello: listener)) }) { handler, context, proof in
+                    handler.send(context, .helloProof, proof.bytes)
+                    context.flush()
+                }
             }
-            guard hello.chainID == identity.chainID else {
-                return fail(context, WireError(.wrongChain, "peer follows chain \(hello.chainID.short), this node \(identity.chainID.short)"))
-            }
-            let proof = identity.key.sign(Hello.proofMessage(chainID: identity.chainID, peerNonce: hello.nonce, signer: identity.key.publicKey))
-            state = .waitingForProof(hello)
-            send(context, .helloProof, proof.bytes)
-            context.flush()
-        case .waitingForProof(let hello):
+        case .waitingForProof(let hello, let dialerHello, let listenerHello):
             guard frame.kind == .oneWay, frame.method == Method.helloProof.rawValue,
-                  let signature = Signature(bytes: Array(frame.payload.readableBytesView))
+                  let signature = Signature(bytes: frame.payload.readableBytesView)
             else {
-                return fail(context, WireError(.badProof, "expected a 64-byte proof, got method \(frame.method)"))
+                return fail(context, WireError(.badProof, "expected a 64-byte proof (one-way, method 1), got kind \(frame.kind) method \(frame.method) of \(frame.payload.readableBytes) bytes"))
             }
-            let message = Hello.proofMessage(chainID: identity.chainID, peerNonce: nonce, signer: hello.peerID)
-            guard hello.peerID.isValidSignature(signature, for: message) else {
-                return fail(context, WireError(.badProof, "the peer's proof of key \(hello.peerID.raw.short) does not verify"))
+            let peerRole: HandshakeRole = role == .dialer ? .listener : .dialer
+            let message = Hello.proofMessage(role: peerRole, dialerHello: dialerHello, listenerHello: listenerHello)
+            let peer = hello.peerID
+            offload(context, { peer.isValidSignature(signature, for: message) }) { handler, context, valid in
+                guard valid else {
+                    return handler.fail(context, WireError(.badProof, "the peer's proof of key \(peer.raw.short) does not verify"))
+                }
+                handler.state = .established
+                handler.timer?.cancel()
+                context.fireUserInboundEventTriggered(HandshakeCompleted(peerID: peer, hello: hello))
             }
-            state = .established
-            timer?.cancel()
-            context.fireUserInboundEventTriggered(HandshakeCompleted(peerID: hello.peerID, hello: hello))
         case .established, .failed:
             return
         }
+    }
+
+    /// What is wrong with the peer's hello, if anything.
+    private func check(_ context: ChannelHandlerContext, _ hello: Hello) -> WireError? {
+        guard hello.protocolVersion == identity.protocolVersion else {
+            return WireError(.wrongVersion, "peer speaks protocol \(hello.protocolVersion), this node \(identity.protocolVersion)")
+        }
+        guard hello.chainID == identity.chainID else {
+            return WireError(.wrongChain, "peer follows chain \(hello.chainID.short), this node \(identity.chainID.short)")
+        }
+        guard hello.peerID != identity.key.publicKey else {
+            return WireError(.handshakeFailed, "the peer is this node itself (peer id \(hello.peerID.raw.short))")
+        }
+        if policy.tls {
+            let certificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()
+            guard let certificate, let proven = TLSIdentity.peerID(of: certificate) else {
+                return WireError(.tlsFailed, "no Ed25519 certificate from the peer in the TLS session")
+            }
+            guard proven == hello.peerID else {
+                return WireError(.wrongPeer, "the hello names peer \(hello.peerID.raw.short), the TLS certificate \(proven.raw.short)")
+            }
+        }
+        if let expected = policy.expectedPeer, expected != hello.peerID {
+            return WireError(.wrongPeer, "dialled peer \(expected.raw.short), reached \(hello.peerID.raw.short)")
+        }
+        if let allowed = policy.allowed, !allowed.contains(hello.peerID) {
+            return WireError(.notAllowed, "this node is private: peer \(hello.peerID.raw.short) is not on its allow-list")
+        }
+        return nil
     }
 
     /// Application frames wait for the handshake: before it they are refused.

@@ -1,15 +1,22 @@
 public import Logging
 public import NIOCore
 import NIOPosix
+import NIOSSL
 public import SomaCore
 import Synchronization
 
-/// Limits and timeouts of the transport.
+/// Limits and timeouts of the transport (each one in `docs/PROTOCOL.md`, with its default).
 public struct NetConfiguration: Sendable {
+    /// TLS 1.3 on every connection (DESIGN §8). Off only when configured explicitly (`net.tls:
+    /// false`), for tests and loopback baselines: a plaintext connection has no protection
+    /// against anyone on the path.
+    public var tls = true
     /// The largest frame accepted (the length field), checked before allocating.
     public var maxFrameBytes = 16 << 20
     /// Requests a connection may have in flight; more are answered `busy`.
     public var maxInFlightPerConnection = 64
+    /// Requests the whole server may have in flight; more are answered `busy`.
+    public var maxInFlight = 1_024
     /// How long a peer has to complete the handshake.
     public var handshakeTimeout: TimeAmount = .seconds(5)
     /// How long a client waits for an answer by default.
@@ -17,13 +24,21 @@ public struct NetConfiguration: Sendable {
     /// What a `busy` answer asks the peer to wait.
     public var busyRetryAfterMs: UInt64 = 100
     /// Upload budget of each connection in bytes per second (`nil`: unlimited).
-    public var uploadBytesPerSecondPerPeer: Int? = nil
+    public var uploadBytesPerSecondPerPeer: Int? = 64 << 20
     /// Upload budget of the whole server in bytes per second (`nil`: unlimited).
-    public var uploadBytesPerSecond: Int? = nil
+    public var uploadBytesPerSecond: Int? = 256 << 20
+    /// Connections the server holds open at once; more are closed at once.
+    public var maxConnections = 512
     /// Connections one remote address may hold open; more are closed at once.
     public var maxConnectionsPerAddress = 16
+    /// Connections one network group (IPv4 /24, IPv6 /48) may hold open; more are closed at once.
+    public var maxConnectionsPerGroup = 32
     /// A connection that sends nothing for this long is closed (`nil`: never).
     public var idleTimeout: TimeAmount? = .seconds(120)
+    /// Most items a client collects from one stream before it gives up on it (`tooLarge`).
+    public var maxStreamItems = 4_096
+    /// Most payload bytes a client collects from one stream before it gives up on it (`tooLarge`).
+    public var maxStreamBytes = 128 << 20
 
     /// The defaults.
     public init() {}
@@ -69,6 +84,7 @@ final class RequestHandler: ChannelInboundHandler {
 
     private let service: any HistoryServing
     private let maxInFlight: Int
+    private let maxServerInFlight: Int
     private let retryAfterMs: UInt64
     private let peerBudget: ByteBudget?
     private let globalBudget: ByteBudget?
@@ -92,6 +108,7 @@ final class RequestHandler: ChannelInboundHandler {
         self.pushes = pushes
         self.service = service
         self.maxInFlight = configuration.maxInFlightPerConnection
+        self.maxServerInFlight = configuration.maxInFlight
         self.retryAfterMs = configuration.busyRetryAfterMs
         self.peerBudget = configuration.uploadBytesPerSecondPerPeer.map { ByteBudget(bytesPerSecond: $0) }
         self.globalBudget = globalBudget
@@ -129,7 +146,7 @@ final class RequestHandler: ChannelInboundHandler {
             return
         }
         guard frame.kind == .request else { return }
-        guard inFlight < maxInFlight else {
+        guard inFlight < maxInFlight, serverInFlight.requests.load(ordering: .relaxed) < maxServerInFlight else {
             reply(context, frame, .failure(.busy(retryAfterMs: retryAfterMs)))
             return
         }
@@ -148,7 +165,11 @@ final class RequestHandler: ChannelInboundHandler {
             guard request.count >= 1, request.count <= BlocksRequest.maxCount else {
                 return paced(context, frame, .failure(.badRequest("count must be 1...\(BlocksRequest.maxCount)")))
             }
-            streamNext(context, frame, end: request.from + UInt64(request.count), seq: request.from, part: 0, sent: 0)
+            let (end, overflow) = request.from.addingReportingOverflow(UInt64(request.count))
+            guard !overflow else {
+                return paced(context, frame, .failure(.badRequest("blocks \(request.from) + \(request.count) run past the largest sequence number")))
+            }
+            streamNext(context, frame, end: end, seq: request.from, part: 0, sent: 0)
             return
         }
         context.eventLoop.makeFutureWithTask {
@@ -251,16 +272,22 @@ final class RequestHandler: ChannelInboundHandler {
         }
     }
 
-    /// A pushed tip is decoded strictly and handed to whoever listens (sync verifies it); a
-    /// push that does not decode closes the connection.
+    /// A pushed tip is decoded strictly, off the event loop, and handed to whoever listens (sync
+    /// verifies it); a push that does not decode gets a goodbye and the connection is closed.
     private func receivePush(_ context: ChannelHandlerContext, _ frame: Frame) {
-        guard let peer else { return }
-        do {
-            let certified = try BCS.decode(CertifiedCheckpointSummary.self, fromContiguous: frame.payload.readableBytesView)
-            pushes?.yield(PushedCheckpoint(peerID: peer, certified: certified))
-        } catch {
-            logger.notice("closing: malformed pushCheckpoint", metadata: ["peer.id": "\(peer.raw.short)", "reason": "\(error)"])
-            context.close(promise: nil)
+        guard let peer, let pushes else { return }
+        let payload = frame.payload
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.makeFutureWithTask {
+            Result { try BCS.decode(CertifiedCheckpointSummary.self, fromContiguous: payload.readableBytesView) }
+        }.whenSuccess { result in
+            switch result {
+            case .success(let certified):
+                pushes.yield(PushedCheckpoint(peerID: peer, certified: certified))
+            case .failure(let error):
+                let (handler, context) = bound.value
+                handler.errorCaught(context: context, error: WireError(.badPayload, "malformed pushCheckpoint: \(error)"))
+            }
         }
     }
 
@@ -295,6 +322,22 @@ public struct PushedCheckpoint: Sendable {
     public let certified: CertifiedCheckpointSummary
 }
 
+/// The last handler of an accepted connection: logs what no handler before it took (a peer
+/// that spoke the wrong transport) and closes.
+final class SnifferErrorLogger: ChannelInboundHandler {
+    typealias InboundIn = Any
+    private let logger: Logger
+
+    init(logger: Logger) { self.logger = logger }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.notice("closing connection", metadata: [
+            "peer.address": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "reason": "\(error)",
+        ])
+        context.close(promise: nil)
+    }
+}
+
 /// Closes a connection that went quiet for the idle timeout.
 final class IdleCloser: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
@@ -315,12 +358,21 @@ final class ServerState: Sendable {
     /// The peer of each connection whose handshake completed.
     let peers = Mutex<[ObjectIdentifier: PeerID]>([:])
 
-    /// Registers a new connection; `false` when its address already holds `limit` connections.
-    func add(_ channel: any Channel, limit: Int) -> Bool {
+    /// Registers a new connection; `false` when the server, the connection's address or its
+    /// network group already holds its limit of connections.
+    func add(_ channel: any Channel, configuration: NetConfiguration) -> Bool {
         let address = channel.remoteAddress?.ipAddress
+        let group = channel.remoteAddress.map(NetworkGroup.init)
         let admitted = connections.withLock { open -> Bool in
-            let same = open.values.filter { $0.remoteAddress?.ipAddress == address }.count
-            guard same < limit else { return false }
+            guard open.count < configuration.maxConnections else { return false }
+            var sameAddress = 0
+            var sameGroup = 0
+            for other in open.values {
+                guard let remote = other.remoteAddress else { continue }
+                if remote.ipAddress == address { sameAddress += 1 }
+                if NetworkGroup(remote) == group { sameGroup += 1 }
+            }
+            guard sameAddress < configuration.maxConnectionsPerAddress, sameGroup < configuration.maxConnectionsPerGroup else { return false }
             open[ObjectIdentifier(channel)] = channel
             return true
         }
@@ -331,6 +383,37 @@ final class ServerState: Sendable {
             }
         }
         return admitted
+    }
+}
+
+/// The network group of an address, for connection caps: an IPv4 /24, an IPv6 /48, or the
+/// address itself for other kinds.
+public struct NetworkGroup: Hashable, Sendable, CustomStringConvertible {
+    /// The group's prefix bytes (or the address's text for other kinds).
+    public let prefix: [UInt8]
+
+    /// The group of `address`.
+    public init(_ address: SocketAddress) {
+        switch address {
+        case .v4(let a):
+            let ip = UInt32(bigEndian: a.address.sin_addr.s_addr)
+            prefix = [4, UInt8(truncatingIfNeeded: ip >> 24), UInt8(truncatingIfNeeded: ip >> 16), UInt8(truncatingIfNeeded: ip >> 8)]
+        case .v6(let a):
+            var bytes = a.address.sin6_addr
+            let all = withUnsafeBytes(of: &bytes) { Array($0) }
+            prefix = [6] + all.prefix(6)
+        default:
+            prefix = Array("\(address)".utf8)
+        }
+    }
+
+    /// `4:a.b.c/24`, `6:hex/48`, or the address.
+    public var description: String {
+        switch prefix.first {
+        case 4 where prefix.count == 4: return "\(prefix[1]).\(prefix[2]).\(prefix[3]).0/24"
+        case 6: return prefix.dropFirst().map { String($0, radix: 16) }.joined(separator: ":") + "::/48"
+        default: return String(decoding: prefix, as: UTF8.self)
+        }
     }
 }
 
@@ -392,11 +475,13 @@ public final class NetServer: Sendable {
     ) async throws -> NetServer {
         let globalBudget = configuration.uploadBytesPerSecond.map { ByteBudget(bytesPerSecond: $0) }
         let state = ServerState()
+        let tls = configuration.tls ? try identity.tls() : nil
+        let policy = HandshakePolicy(tls: configuration.tls, allowed: access.allowed)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                guard state.add(channel, limit: configuration.maxConnectionsPerAddress) else {
+                guard state.add(channel, configuration: configuration) else {
                     return channel.close()
                 }
                 return channel.eventLoop.makeCompletedFuture {
@@ -405,12 +490,24 @@ public final class NetServer: Sendable {
                         try ops.addHandler(IdleStateHandler(readTimeout: idle))
                         try ops.addHandler(IdleCloser())
                     }
-                    try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
-                    try ops.addHandler(FrameEncoder())
-                    try ops.addHandler(HandshakeHandler(identity: identity, timeout: configuration.handshakeTimeout))
-                    try ops.addHandler(RequestHandler(
-                        service: service, configuration: configuration, globalBudget: globalBudget, state: state,
-                        logger: logger, pushes: pushes, access: access, inbound: inbound))
+                    try ops.addHandler(TransportSniffer(tls: tls != nil) { context in
+                        var handlers: [any ChannelHandler] = []
+                        if let tls {
+                            handlers.append(NIOSSLServerHandler(context: tls.serverContext) { chain, promise in
+                                promise.succeed(TLSIdentity.verify(chain, expected: nil))
+                            })
+                        }
+                        handlers += [
+                            ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)),
+                            FrameEncoder(),
+                            HandshakeHandler(identity: identity, role: .listener, policy: policy, timeout: configuration.handshakeTimeout),
+                            RequestHandler(
+                                service: service, configuration: configuration, globalBudget: globalBudget, state: state,
+                                logger: logger, pushes: pushes, access: access, inbound: inbound),
+                        ]
+                        try context.pipeline.syncOperations.addHandlers(handlers, position: .after(context.handler))
+                    })
+                    try ops.addHandler(SnifferErrorLogger(logger: logger))
                 }
             }
             .bind(host: host, port: port).get()

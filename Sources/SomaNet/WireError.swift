@@ -20,6 +20,15 @@ public struct WireError: Error, Hashable, Sendable, CustomStringConvertible {
         case connectionClosed
         /// No answer within the request's timeout.
         case timedOut
+        /// The TLS session could not be set up (no or a wrong certificate, the peer does not
+        /// speak TLS 1.3, or speaks it where this node is configured for plaintext).
+        case tlsFailed
+        /// The peer is not the one dialled, or its hello names another key than its certificate.
+        case wrongPeer
+        /// A private node refused a peer that is not on its allow-list.
+        case notAllowed
+        /// An answer exceeded a bound of this client (a stream's items or bytes).
+        case tooLarge
     }
 
     /// What went wrong.

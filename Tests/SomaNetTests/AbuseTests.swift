@@ -49,11 +49,8 @@ struct AbuseTests {
         let channel = try await ClientBootstrap(group: loop)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let ops = channel.pipeline.syncOperations
-                    try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: 1 << 24)))
-                    try ops.addHandler(FrameEncoder())
-                    try ops.addHandler(HandshakeHandler(identity: identity))
-                    try ops.addHandler(AbuseHandler(bytes: bytes, stopReading: stopReading, closed: closed, handshaken: handshaken))
+                    try PeerClient.configureDialer(channel, identity: identity, tls: try identity.tls(), configuration: NetConfiguration())
+                    try channel.pipeline.syncOperations.addHandler(AbuseHandler(bytes: bytes, stopReading: stopReading, closed: closed, handshaken: handshaken))
                 }
             }
             .connect(host: "127.0.0.1", port: served.server.port).get()

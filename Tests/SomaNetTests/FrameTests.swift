@@ -48,6 +48,10 @@ struct FrameTests {
     func tooLarge() throws {
         for declared in [UInt32.max, UInt32(1 << 20) + 1] {
             let channel = try Self.channel()
+            // Past the handshake's two frames, the configured limit holds.
+            for _ in 0..<2 { try channel.writeInbound(ByteBuffer(bytes: Self.bytes(Frame(kind: .oneWay, method: 0, requestID: 0, payload: ByteBuffer())))) }
+            _ = try channel.readInbound(as: Frame.self)
+            _ = try channel.readInbound(as: Frame.self)
             #expect(throws: WireError(.frameTooLarge, "frame of \(declared) bytes, the limit is \(1 << 20)")) {
                 var b = ByteBuffer()
                 b.writeInteger(declared)
@@ -55,6 +59,20 @@ struct FrameTests {
             }
             _ = try? channel.finish()
         }
+    }
+
+    @Test("the first two frames (hello and proof) are held to a hello's largest size, 4,214 bytes")
+    func handshakeLimit() throws {
+        let channel = try Self.channel()
+        let hello = Frame(kind: .oneWay, method: 0, requestID: 0, payload: ByteBuffer(bytes: [UInt8](repeating: 1, count: Hello.maxEncodedBytes)))
+        try channel.writeInbound(ByteBuffer(bytes: Self.bytes(hello)))
+        #expect(try channel.readInbound(as: Frame.self) == hello)
+        #expect(throws: WireError(.frameTooLarge, "frame of 4215 bytes, the limit during the handshake is 4214")) {
+            var b = ByteBuffer()
+            b.writeInteger(UInt32(4_215))
+            try channel.writeInbound(b)
+        }
+        _ = try? channel.finish()
     }
 
     @Test("short lengths, unknown kinds, unknown flags and truncated frames are malformed")
