@@ -91,16 +91,15 @@ public struct HistoryService: HistoryServing {
     }
 
     func summaries(_ r: SummariesRequest) async throws -> Result<[UInt8], RPCError> {
-        guard r.count >= 1, r.count <= SummariesRequest.maxCount else {
-            return .failure(.badRequest("count must be 1...\(SummariesRequest.maxCount)"))
-        }
-        guard let verified = try await store.watermark(.highestVerified), r.from <= verified.seq else {
+        let wanted: ClosedRange<UInt64>
+        do { wanted = try r.range() } catch { return .failure(error) }
+        guard let verified = try await store.watermark(.highestVerified), wanted.lowerBound <= verified.seq else {
             return .failure(.notFound("summary \(r.from) is beyond this node's highest verified checkpoint"))
         }
-        let last = min(verified.seq, r.from + UInt64(r.count) - 1)
+        let last = min(verified.seq, wanted.upperBound)
         var summaries: [CheckpointSummary] = []
         var certificates: [QuorumCertificate?] = []
-        for seq in r.from...last {
+        for seq in wanted.lowerBound...last {
             guard let s = try await store.summary(at: seq) else { return .failure(.notFound("summary \(seq) is not held")) }
             summaries.append(s.summary)
             certificates.append(r.allCertificates || seq == last ? s.certificate : nil)
@@ -130,8 +129,8 @@ public struct HistoryService: HistoryServing {
     /// RocksDB's pinned value, and reaches the socket without another copy.
     func block(_ r: BlockRequest) async throws -> Result<ByteBuffer, RPCError> {
         guard let (payload, _) = try await provenBlock(r.seq, r.part) else {
-            if r.part > 0, try await store.encodedBlock(at: r.seq, part: 0) != nil {
-                return .failure(.badRequest("checkpoint \(r.seq) has fewer than \(r.part + 1) parts"))
+            if r.part > 0, let first = try await store.encodedBlock(at: r.seq, part: 0) {
+                return .failure(.badRequest("checkpoint \(r.seq) has \(first.parts) parts; part \(r.part) does not exist"))
             }
             return .failure(.notFound("block \(r.seq) is not held (pruned or not yet synced)"))
         }
@@ -155,10 +154,16 @@ public struct HistoryService: HistoryServing {
         guard let manifest = try await store.snapshotManifest(epoch: r.epoch) else {
             return .failure(.notFound("no snapshot of epoch \(r.epoch)"))
         }
-        guard Int(r.index) < manifest.chunkRoots.count, let frame = try await store.snapshotChunk(epoch: r.epoch, index: r.index) else {
-            return .failure(.badRequest("the snapshot of epoch \(r.epoch) has \(manifest.chunkRoots.count) chunks"))
+        // UInt32 against Int compares without conversion; an index below the count converts exactly.
+        guard r.index < manifest.chunkRoots.count, let index = Int(exactly: r.index),
+              let frame = try await store.snapshotChunk(epoch: r.epoch, index: r.index)
+        else {
+            return .failure(.badRequest("the snapshot of epoch \(r.epoch) has \(manifest.chunkRoots.count) chunks; chunk \(r.index) does not exist"))
         }
-        let answer = ProvenFrame(frame: frame, proof: try manifest.proof(chunk: Int(r.index)), count: UInt32(manifest.chunkRoots.count))
+        guard let count = UInt32(exactly: manifest.chunkRoots.count) else {
+            return .failure(.unavailable("the stored snapshot of epoch \(r.epoch) lists \(manifest.chunkRoots.count) chunks"))
+        }
+        let answer = ProvenFrame(frame: frame, proof: try manifest.proof(chunk: index), count: count)
         return .success(BCS.encode(answer, capacity: frame.count + 512))
     }
 }

@@ -129,6 +129,35 @@ public struct SummariesRequest: Hashable, Sendable, BCSCodable {
     }
 }
 
+extension SummariesRequest {
+    /// The checkpoints asked for, `from...from + count - 1`, checked: `count` within
+    /// `1...maxCount` and no sequence number past `UInt64.max`.
+    /// - Throws: ``RPCError/badRequest(_:)`` otherwise.
+    public func range() throws(RPCError) -> ClosedRange<UInt64> {
+        guard count >= 1, count <= Self.maxCount else { throw .badRequest("count must be 1...\(Self.maxCount), got \(count)") }
+        return try RequestRange.checked(from: from, count: count)
+    }
+}
+
+/// Checked arithmetic for the ranges requests name: a peer chooses `from` and `count`, so
+/// `from + count - 1` must not be computed unchecked (it traps past `UInt64.max`).
+public enum RequestRange {
+    /// `from...from + count - 1`.
+    /// - Throws: ``RPCError/badRequest(_:)`` when `count` is 0 or the range passes `UInt64.max`.
+    public static func checked(from: UInt64, count: UInt32) throws(RPCError) -> ClosedRange<UInt64> {
+        guard count >= 1 else { throw .badRequest("count must be at least 1") }
+        let (last, overflow) = from.addingReportingOverflow(UInt64(count) - 1)
+        guard !overflow else { throw .badRequest("checkpoints \(from) and \(count - 1) after it pass the largest sequence number") }
+        return from...last
+    }
+
+    /// `from..<from + count` as a closed range, or `nil` when `count` is 0 or the range passes
+    /// `UInt64.max` (for callers that answer with their own error).
+    public static func of(from: UInt64, count: UInt32) -> ClosedRange<UInt64>? {
+        try? checked(from: from, count: count)
+    }
+}
+
 /// `getSummaries` answer: consecutive summaries from the request's `from`, each with its
 /// certificate or none (the last always has one).
 public struct SummariesResponse: Sendable, BCSCodable {
@@ -272,6 +301,17 @@ public struct BlocksRequest: Hashable, Sendable, BCSCodable {
     public init(from reader: inout BCSReader) throws(CoreError) {
         from = try reader.readU64()
         count = try reader.readU32()
+    }
+}
+
+extension BlocksRequest {
+    /// The checkpoints asked for, `from...from + count - 1`, checked: `count` within
+    /// `1...maxCount` and no sequence number past `UInt64.max` (the server's stream handler
+    /// should use this instead of `from + UInt64(count)`).
+    /// - Throws: ``RPCError/badRequest(_:)`` otherwise.
+    public func range() throws(RPCError) -> ClosedRange<UInt64> {
+        guard count >= 1, count <= Self.maxCount else { throw .badRequest("count must be 1...\(Self.maxCount), got \(count)") }
+        return try RequestRange.checked(from: from, count: count)
     }
 }
 

@@ -90,60 +90,106 @@ public final class NodeService: Service, Sendable {
                 "access": "\(settings.access)", "peers.known": "\(known)", "peers.seeds": "\(settings.seeds.count)",
             ])
             onListening(config.listenHost, server.port)
+            // From here on the server runs: whatever fails, it is shut down (its request tasks
+            // ended) before the store closes, and the failure is thrown after that.
+            var failure: (any Error)? = nil
             var metricsServer: MetricsServer? = nil
             if let registry = metrics, let listen = config.metricsListen, let colon = listen.lastIndex(of: ":"),
                let port = Int(listen[listen.index(after: colon)...]) {
-                let m = try await MetricsServer.start(host: String(listen[..<colon]), port: port, registry: registry, group: group)
-                logger.info("serving metrics", metadata: ["metrics.address": "\(listen[..<colon]):\(m.port)"])
-                onMetrics(m.port)
-                metricsServer = m
+                do {
+                    let m = try await MetricsServer.start(host: String(listen[..<colon]), port: port, registry: registry, group: group)
+                    logger.info("serving metrics", metadata: ["metrics.address": "\(listen[..<colon]):\(m.port)"])
+                    onMetrics(m.port)
+                    metricsServer = m
+                } catch {
+                    failure = error
+                }
             }
             let scoreInterval = settings.exchangeInterval
-            try await withThrowingTaskGroup(of: Void.self) { tasks in
-                if store.configuration.mode == .pruned { tasks.addTask { try await store.runPruning() } }
-                let follower = TipFollower(
-                    store: store, genesis: genesis,
-                    sources: { await NodeService.offers(discovery) },
-                    configuration: config.sync, pollInterval: .seconds(config.pollSeconds), logger: logger,
-                    forward: { server.broadcast(.pushCheckpoint, $0.bcsBytes) })
-                if let producer {
-                    tasks.addTask {
-                        do {
-                            try await producer.run(store: store) { server.broadcast(.pushCheckpoint, $0.bcsBytes) }
-                        } catch is CancellationError {
-                        } catch {
-                            self.logger.error("the devnet producer stopped", metadata: ["error": "\(error)"])
+            // The first part to fail stops the node (it is not left running without it).
+            if failure == nil {
+                await withThrowingTaskGroup(of: Part.self) { tasks in
+                    if store.configuration.mode == .pruned {
+                        tasks.addTask {
+                            do {
+                                try await store.runPruning()
+                            } catch is CancellationError {
+                            } catch {
+                                throw NodeError("pruning failed, stopping the node: \(error)")
+                            }
+                            return .other
                         }
                     }
-                }
-                tasks.addTask { await discovery.run() }
-                tasks.addTask { await discovery.consume(inbound: inbound) }
-                tasks.addTask { try await follower.run() }
-                tasks.addTask { await follower.consume(pushes) }
-                // A new connection is a new source: the follower takes it at once.
-                tasks.addTask { for await _ in connects { follower.nudge() } }
-                tasks.addTask {
-                    // What sync measures of its sources goes into the peer table (and survives restarts).
-                    while !Task.isCancelled {
-                        try? await Task.sleep(for: scoreInterval)
-                        await NodeService.recordScores(follower.sync.pool, into: discovery)
+                    let follower = TipFollower(
+                        store: store, genesis: genesis,
+                        sources: { await NodeService.offers(discovery) },
+                        configuration: config.sync, pollInterval: .seconds(config.pollSeconds), logger: logger,
+                        forward: { server.broadcast(.pushCheckpoint, $0.bcsBytes) })
+                    if let producer {
+                        tasks.addTask {
+                            do {
+                                try await producer.run(store: store) { server.broadcast(.pushCheckpoint, $0.bcsBytes) }
+                            } catch is CancellationError {
+                            } catch {
+                                self.logger.error("the devnet producer stopped", metadata: ["error": "\(error)"])
+                            }
+                            return .other
+                        }
                     }
+                    tasks.addTask { await discovery.run(); return .other }
+                    tasks.addTask { await discovery.consume(inbound: inbound); return .other }
+                    tasks.addTask {
+                        do {
+                            try await follower.run()
+                        } catch is CancellationError {
+                        } catch {
+                            throw NodeError("the sync follower failed, stopping the node: \(error)")
+                        }
+                        return .other
+                    }
+                    tasks.addTask { await follower.consume(pushes); return .other }
+                    // A new connection is a new source: the follower takes it at once.
+                    tasks.addTask { for await _ in connects { follower.nudge() }; return .other }
+                    tasks.addTask {
+                        // What sync measures of its sources goes into the peer table (and survives restarts).
+                        while !Task.isCancelled {
+                            try? await Task.sleep(for: scoreInterval)
+                            await NodeService.recordScores(follower.sync.pool, into: discovery)
+                        }
+                        return .other
+                    }
+                    // Serve until the service group asks for a graceful shutdown, or a part fails.
+                    tasks.addTask {
+                        try? await gracefulShutdown()
+                        return .shutdown
+                    }
+                    do {
+                        while let part = try await tasks.next(), part != .shutdown {}
+                    } catch {
+                        failure = error
+                        logger.error("stopping", metadata: ["reason": "\(error)"])
+                    }
+                    // Every task is cancelled and awaited before anything is closed.
+                    tasks.cancelAll()
+                    pushed.finish()
+                    inboundPeers.finish()
+                    connected.finish()
+                    follower.stop()
+                    do {
+                        try await tasks.waitForAll()
+                    } catch {
+                        if failure == nil { failure = error }
+                    }
+                    await NodeService.recordScores(follower.sync.pool, into: discovery)
+                    await follower.close()
+                    await discovery.close()
                 }
-                // Serve until the service group asks for a graceful shutdown.
-                try? await gracefulShutdown()
-                tasks.cancelAll()
-                pushed.finish()
-                inboundPeers.finish()
-                connected.finish()
-                follower.stop()
-                try await tasks.waitForAll()
-                await NodeService.recordScores(follower.sync.pool, into: discovery)
-                await follower.close()
-                await discovery.close()
             }
             await metricsServer?.close()
             logger.info("stopping: draining requests in flight", metadata: ["requests": "\(server.requestsInFlight)"])
+            // The server's request tasks end before the store closes (below).
             await server.shutdown(drain: .seconds(config.drainSeconds))
+            if let failure { throw failure }
         } catch {
             try? await group.shutdownGracefully()
             await store.close()
@@ -152,6 +198,12 @@ public final class NodeService: Service, Sendable {
         try? await group.shutdownGracefully()
         await store.close()
         logger.info("stopped; store closed")
+    }
+
+    /// How a task of the running node ended: the shutdown signal, or another part.
+    enum Part: Sendable, Equatable {
+        case shutdown
+        case other
     }
 
     /// What the node holds, for its record: `lowestAvailable...highestSynced` and the snapshot epochs.
@@ -171,10 +223,14 @@ public final class NodeService: Service, Sendable {
         return out
     }
 
-    /// Copies the pool's scores (throughput, failures, bans) into discovery's table.
+    /// Copies the pool's scores (throughput, failures, bans for bad data) into discovery's
+    /// table, by peer id. A stall ban is a pause of this process's sync and a dropped
+    /// connection is no ban at all: neither is recorded.
     static func recordScores(_ pool: SourcePool, into discovery: Discovery) async {
         for s in await pool.stats {
-            await discovery.noteSource(s.peerID, throughput: s.throughput, failures: s.failures, bannedFor: s.bannedFor, reason: s.banReason)
+            await discovery.noteSource(
+                s.peerID, throughput: s.throughput, failures: s.failures, bannedFor: s.bannedForBadData ? s.bannedFor : nil,
+                reason: s.bannedForBadData ? s.banReason : nil)
         }
     }
 

@@ -12,8 +12,13 @@ public final class BlockingPool: Sendable {
     }
 
     /// Runs `body` on a pool thread and returns its result.
+    /// - Throws: what `body` throws, or ``StoreError/Code/closed`` once the pool is shut down.
     public func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await pool.runIfActive(body)
+        do {
+            return try await pool.runIfActive(body)
+        } catch is NIOThreadPoolError.ThreadPoolInactive {
+            throw StoreError(.closed, "the store's thread pool is stopped (the store is closed)")
+        }
     }
 
     /// Stops the threads once the queued work is done.

@@ -96,9 +96,11 @@ public final class CheckpointImporter {
     /// Takes the next checkpoint in order; checkpoints already held are skipped.
     public func add(_ item: SourceCheckpoint) async throws {
         let seq = item.certified.summary.sequenceNumber
-        let expected = tip.summary.sequenceNumber + UInt64(pending.count) + 1
+        // The source's sequence number is compared, never added to; ours is checked.
+        let (expected, overflow) = resumeAfter.addingReportingOverflow(1)
+        guard !overflow else { throw SyncError("no checkpoint follows \(resumeAfter)") }
         if seq < expected { return }
-        guard seq == expected else { throw SyncError("the source skips from checkpoint \(expected - 1) to \(seq)") }
+        guard seq == expected else { throw SyncError("the source skips from checkpoint \(resumeAfter) to \(seq)") }
         if item.certified.summary.endOfEpoch != nil {
             // The epoch chain first: this end is certified by the committee we already trust.
             let current = committees[committees.count - 1]
@@ -115,12 +117,14 @@ public final class CheckpointImporter {
         let known = committees
         let newTip = try ChainVerifier.verifySummaryBatch(
             SummaryBatch(lastCertifiedOf: pending.map(\.certified)), after: tip,
-            committee: { $0 < known.count ? known[Int($0)] : nil })
+            committee: { Int(exactly: $0).flatMap { $0 < known.count ? known[$0] : nil } })
         quorumChecks += 1
         var previousTotal = tip.summary.networkTotalTransactions
         var jobs: [(SourceCheckpoint, UInt64)] = []
         for item in pending {
-            jobs.append((item, item.certified.summary.networkTotalTransactions - previousTotal))
+            let (count, underflow) = item.certified.summary.networkTotalTransactions.subtractingReportingOverflow(previousTotal)
+            guard !underflow else { throw SyncError("checkpoint \(item.certified.summary.sequenceNumber): the transaction total goes down") }
+            jobs.append((item, count))
             previousTotal = item.certified.summary.networkTotalTransactions
         }
         let userSignatures = self.userSignatures

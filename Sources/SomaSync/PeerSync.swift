@@ -123,6 +123,11 @@ public struct PeerSync: Sendable {
     }
 
     /// Runs until `until` (or the highest checkpoint a source holds), then returns.
+    ///
+    /// What sources claim to hold is a hint: the sync aims at the highest claim, but a source
+    /// that cannot back its claim with certified summaries (it answers `notFound` or short for
+    /// a range inside what it claims) is banned as misbehaving and the target falls back to
+    /// what the others claim. The sync ends at what honest sources can prove.
     /// - Throws: ``SyncError`` when no usable source holds what is needed, the store's errors,
     ///   or `CancellationError`.
     public func catchUp(until: UInt64? = nil, progress: (@Sendable (SyncProgress) -> Void)? = nil) async throws -> CatchUpReport {
@@ -136,7 +141,7 @@ public struct PeerSync: Sendable {
         var committees = try await storedCommittees()
         committees = try await extendEpochChain(committees)
         if committees.count > 1 { store.noteVerifiedEpochEnd(UInt64(committees.count - 2)) }
-        let run = try await SyncRun(sync: self, committees: committees, target: min(until ?? held, held), progress: progress)
+        let run = try await SyncRun(sync: self, committees: committees, target: min(until ?? held, held), until: until, progress: progress)
         return try await run.run()
     }
 
@@ -183,6 +188,8 @@ public struct PeerSync: Sendable {
         var ends: [CertifiedCheckpointSummary] = []
         while true {
             let more = try await client.epochEndings(from: UInt64(known.count - 1))
+            // Each answer is verified below (one epoch end a committee), so a source cannot make
+            // this loop run past the real chain; the count compared is ours, not the source's.
             if more.isEmpty { break }
             known += try ChainVerifier.verifyEpochChain(genesis: known[known.count - 1], endOfEpochSummaries: more).dropFirst()
             ends += more
@@ -197,9 +204,11 @@ public struct PeerSync: Sendable {
 final class SyncRun {
     struct Span: Sendable {
         var first: UInt64
+        /// Never empty (a span is made of at least one verified summary).
         var summaries: [CertifiedCheckpointSummary]
         var previousTotal: UInt64
-        var last: UInt64 { first + UInt64(summaries.count) - 1 }
+        /// The last checkpoint: the last verified summary's sequence number (no arithmetic on it).
+        var last: UInt64 { summaries.last?.summary.sequenceNumber ?? first }
     }
 
     struct Flight {
@@ -234,7 +243,11 @@ final class SyncRun {
     let config: SyncConfiguration
     let pool: SourcePool
     let store: NodeStore
-    let target: UInt64
+    /// The checkpoint this run syncs to: the highest claim of a source that is not banned
+    /// (capped by `until`), lowered when a claim turns out false (``retarget()``), never below
+    /// what is committed.
+    var target: UInt64
+    let until: UInt64?
     let progress: (@Sendable (SyncProgress) -> Void)?
     let started = ContinuousClock.now
     let events: AsyncStream<Event>
@@ -261,6 +274,9 @@ final class SyncRun {
     var spanSeconds: Double?
     var stuckRefreshes = 0
     var runningSpans = 0
+    /// Every span request task started, and the requests each source has not answered yet.
+    var spanTasks: [Task<Void, Never>] = []
+    var outstanding: [Int: Int] = [:]
     var iterator: AsyncStream<Event>.Iterator
     var quorumChecks = 0
     var hedges = 0
@@ -269,7 +285,7 @@ final class SyncRun {
     var rawBytes = 0
     var storedBytes = 0
 
-    init(sync: PeerSync, committees: [Committee], target: UInt64, progress: (@Sendable (SyncProgress) -> Void)?) async throws {
+    init(sync: PeerSync, committees: [Committee], target: UInt64, until: UInt64? = nil, progress: (@Sendable (SyncProgress) -> Void)?) async throws {
         self.sync = sync
         self.config = sync.configuration
         self.pool = sync.pool
@@ -281,9 +297,14 @@ final class SyncRun {
         guard let s = try await store.watermark(.highestSynced), let synced = try await store.summary(at: s.seq),
               let v = try await store.watermark(.highestVerified), let verified = try await store.summary(at: v.seq)
         else { throw SyncError("the store has no genesis") }
+        // Read back from the store: checked, never trusted to leave room for one more.
+        guard s.seq < UInt64.max, v.seq >= s.seq else {
+            throw SyncError("the store's watermarks (highestSynced \(s.seq), highestVerified \(v.seq)) leave nothing to sync")
+        }
         self.synced = synced
         self.first = s.seq + 1
-        self.target = max(target, s.seq)
+        self.until = until
+        self.target = Self.clampTarget(max(target, s.seq))
         summaryTip = VerifiedTip(summary: verified.summary)
         storedAhead = v.seq
         lastScheduledTotal = synced.summary.networkTotalTransactions
@@ -317,22 +338,49 @@ final class SyncRun {
             storedBytes: storedBytes, quorumChecks: quorumChecks, hedges: hedges, sources: await pool.stats)
     }
 
-    /// Cancels requests in flight and waits for a commit in progress (never left running).
-    /// Every request's slot is given back to the pool before this returns.
+    /// Cancels requests in flight, waits for every task this run started (requests, the summary
+    /// batch, a commit in progress: none is left running) and gives every request's slot back to
+    /// the pool before it returns. The slots are counted here (``outstanding``), not read from
+    /// the event stream: a cancelled run's stream ends at once, with events still in it.
     func stopAll() async {
-        for flight in flights.values { for t in flight.tasks { t.cancel() } }
+        for t in spanTasks { t.cancel() }
         summaryTask?.cancel()
+        for t in spanTasks { await t.value }
         await summaryTask?.value
         await commitTask?.value
-        while runningSpans > 0, let event = await iterator.next() {
-            guard case .span(let first, let source, let started, let result) = event else { continue }
-            runningSpans -= 1
-            switch result {
-            case .success((_, let bytes)): await pool.succeeded(source, bytes: bytes, duration: .now - started, used: 0)
-            case .failure(let error): await SyncRun.judge(error, source: source, pool: pool, what: "blocks \(first)...")
-            }
-        }
         post.finish()
+        for (source, n) in outstanding { for _ in 0..<max(0, n) { await pool.released(source) } }
+        outstanding = [:]
+        spanTasks = []
+        runningSpans = 0
+    }
+
+    /// Lowers (or raises) the target to what sources that are not banned claim now, capped by
+    /// `until`, never below what is committed: called after a poll and after a source was found
+    /// to claim more than it can back.
+    func retarget() async {
+        let held = await pool.highestHeld
+        target = Self.clampTarget(max(syncedSeq, min(until ?? held, held)))
+    }
+
+    /// The highest target a run takes: one below `UInt64.max`, so that every "next checkpoint"
+    /// of the run (`seq + 1`) exists.
+    static func clampTarget(_ target: UInt64) -> UInt64 { min(target, UInt64.max - 1) }
+
+    /// `through - from + 1` checkpoints, at most `limit`; 0 when `through < from`. Never traps,
+    /// whatever the heights (a claimed target can be anything).
+    static func count(from: UInt64, through: UInt64, limit: Int) -> Int {
+        guard through >= from, limit > 0 else { return 0 }
+        let distance = through - from  // no overflow: through >= from
+        return distance >= UInt64(limit - 1) ? limit : Int(distance) + 1
+    }
+
+    /// The checkpoints after `after` up to `through` (`through - after`), at most `limit`; 0
+    /// when `through <= after`. Never traps.
+    static func count(after: UInt64, through: UInt64, limit: Int) -> Int {
+        guard through > after, limit > 0 else { return 0 }
+        let distance = through - after  // no overflow: through > after
+        return distance >= UInt64(limit) ? limit : Int(distance)
     }
 
     // MARK: scheduling
@@ -369,6 +417,7 @@ final class SyncRun {
             }
             try await Task.sleep(for: .milliseconds(min(100 * stuckRefreshes, 1_000)))
             await pool.refresh()
+            await retarget()
         }
     }
 
@@ -391,9 +440,10 @@ final class SyncRun {
         if !queue.isEmpty { return queue.removeFirst() }
         let available = known.count - knownStart
         guard available > 0, nextToSchedule <= target else { return nil }
-        let uncommitted = Int(nextToSchedule - syncedSeq - 1)
+        // Beyond the committed watermark: at most maxUncommitted + spanLength (bounded by this loop).
+        let uncommitted = Self.count(after: syncedSeq, through: nextToSchedule - 1, limit: config.maxUncommitted + 1)
         let room = config.maxUncommitted - uncommitted
-        let n = min(Int(config.spanLength), available, Int(target - nextToSchedule + 1), room)
+        let n = min(Int(config.spanLength), available, Self.count(from: nextToSchedule, through: target, limit: Int(config.spanLength)), room)
         guard n > 0 else { return nil }
         // A short span only at the end: wait while more summaries are coming.
         if n < Int(config.spanLength) && n == available && n < room && (summaryTask != nil || lastKnown < storedAhead) { return nil }
@@ -414,10 +464,17 @@ final class SyncRun {
         flight.sources.insert(source)
         flight.tasks.append(spanTask(span, source: source))
         runningSpans += 1
+        outstanding[source, default: 0] += 1
         flights[span.first] = flight
     }
 
     func spanTask(_ span: Span, source: Int) -> Task<Void, Never> {
+        let task = makeSpanTask(span, source: source)
+        spanTasks.append(task)
+        return task
+    }
+
+    func makeSpanTask(_ span: Span, source: Int) -> Task<Void, Never> {
         let pool = self.pool
         let post = self.post
         let timeout = config.requestTimeout
@@ -439,7 +496,8 @@ final class SyncRun {
 
     func startSummaries() {
         let from = summaryTip.summary.sequenceNumber + 1
-        let count = UInt32(min(UInt64(config.summaryBatch), target - from + 1))
+        // from <= target (the caller checks summaryTip < target).
+        let count = UInt32(Self.count(from: from, through: target, limit: Int(config.summaryBatch)))
         let tip = summaryTip
         let committees = self.committees
         let sync = self.sync
@@ -465,7 +523,7 @@ final class SyncRun {
         guard !batch.isEmpty else { return }
         // Small commits cost more per checkpoint (a write batch, watermarks, a live-set read
         // each): wait for a fuller one while more is on its way.
-        let remaining = Int(target - syncedSeq)
+        let remaining = Self.count(after: syncedSeq, through: target, limit: config.commitGroup)
         if batch.count < min(config.commitGroup / 2, remaining) && !flights.isEmpty {
             for item in batch { ready[item.0.certified.summary.sequenceNumber] = item }
             return
@@ -507,14 +565,18 @@ final class SyncRun {
             case .failure(let error):
                 if error is CancellationError { throw error }
                 if error is StoreError { throw error }
-                // Every source failed this batch: poll again, give up after a few tries.
+                // Every source failed this batch (or the only ones that claimed it could not back
+                // the claim and are banned now): poll again, aim at what the others claim, give up
+                // after a few tries.
                 stuckRefreshes += 1
                 if stuckRefreshes > 20 { throw error }
                 try await Task.sleep(for: .milliseconds(min(100 * stuckRefreshes, 1_000)))
                 await pool.refresh()
+                await retarget()
             }
         case .span(let first, let source, let started, let result):
             runningSpans -= 1
+            outstanding[source, default: 1] -= 1
             try await spanDone(first: first, source: source, started: started, result)
         case .committed(let result):
             commitTask = nil
@@ -620,8 +682,13 @@ final class SyncRun {
             guard items[k].seq == seq, items[k].part == 0 else {
                 throw SyncError("the stream for checkpoints \(span.first)...\(span.last) sent checkpoint \(items[k].seq) part \(items[k].part) where checkpoint \(seq) part 0 belongs")
             }
+            // The part count is the source's (a UInt32: it converts exactly), checked against the
+            // certified entry count before it sizes anything.
             let parts = Int(items[k].block.count)
-            let entryCount = certified.summary.networkTotalTransactions - previousTotal
+            let (entryCount, underflow) = certified.summary.networkTotalTransactions.subtractingReportingOverflow(previousTotal)
+            guard !underflow else {
+                throw SyncError("checkpoint \(seq): certified total \(certified.summary.networkTotalTransactions) below the previous \(previousTotal)")
+            }
             guard UInt64(parts) == BlockVerifier.partCount(entryCount: entryCount) else {
                 throw SyncError("checkpoint \(seq): \(parts) parts announced for \(entryCount) entries")
             }
@@ -656,8 +723,11 @@ final class SyncRun {
         let pool = sync.pool
         var tried: Set<Int> = []
         var lastError: (any Error)? = nil
-        let last = from + UInt64(count) - 1
-        while let i = await pool.pick(covering: from...last, excluding: tried) {
+        guard let range = RequestRange.of(from: from, count: count) else {
+            throw SyncError("no summary batch of \(count) from \(from)")
+        }
+        let last = range.upperBound
+        while let i = await pool.pick(covering: range, excluding: tried) {
             tried.insert(i)
             let client = await pool.client(i)
             do {
@@ -674,23 +744,27 @@ final class SyncRun {
                     certified.append(CertifiedCheckpointSummary(summary: s, certificate: c))
                 }
                 var known = committees
-                if let lastEpoch = answer.summaries.last?.epoch, Int(lastEpoch) >= known.count - 1,
-                   answer.summaries.contains(where: { $0.endOfEpoch != nil && Int($0.epoch) + 1 >= known.count }) {
+                // Epochs are the source's until verified: compared as UInt64, never converted.
+                let newestKnown = UInt64(known.count - 1)
+                if let lastEpoch = answer.summaries.last?.epoch, lastEpoch >= newestKnown,
+                   answer.summaries.contains(where: { $0.endOfEpoch != nil && $0.epoch >= newestKnown }) {
                     // The batch crosses an epoch end we have not verified: extend the chain first.
                     known = try await PeerSync.extend(known, from: client)
                 }
                 let frozen = known
                 let newTip = try ChainVerifier.verifySummaryBatch(
                     SummaryBatch(certified: certified), after: tip, verifyAllCertificates: verifyAll,
-                    committee: { $0 < frozen.count ? frozen[Int($0)] : nil })
+                    committee: { Int(exactly: $0).flatMap { $0 < frozen.count ? frozen[$0] : nil } })
                 // Archive stores every certificate: each is checked for shape (committee, bitmap,
                 // quorum of power); the batch's last also for its signatures.
                 for c in certified {
-                    guard c.certificate.epoch < frozen.count else { throw SyncError("summary \(c.summary.sequenceNumber): certificate of an unknown epoch") }
+                    guard let epoch = Int(exactly: c.certificate.epoch), epoch < frozen.count else {
+                        throw SyncError("summary \(c.summary.sequenceNumber): certificate of an unknown epoch \(c.certificate.epoch)")
+                    }
                     guard c.certificate.epoch == c.summary.epoch else {
                         throw SyncError("summary \(c.summary.sequenceNumber) of epoch \(c.summary.epoch) carries a certificate of epoch \(c.certificate.epoch)")
                     }
-                    try c.certificate.verifyShape(committee: frozen[Int(c.certificate.epoch)])
+                    try c.certificate.verifyShape(committee: frozen[epoch])
                 }
                 try await sync.store.commitSummaries(certified)
                 await pool.succeeded(i, bytes: 0, duration: .zero, used: 0)
@@ -702,6 +776,13 @@ final class SyncRun {
                 }
                 if error is StoreError { await pool.released(i); throw error }
                 lastError = error
+                if case .notFound(let message)? = error as? RPCError {
+                    // It was picked because it claims to hold this range, and an honest node
+                    // serves every summary up to its highest verified checkpoint, which is at
+                    // least its highest synced one: a claim it cannot back is misbehaviour.
+                    await pool.misbehaved(i, reason: "claims checkpoints \(from)...\(last) but has no certified summaries for them: \(message)")
+                    continue
+                }
                 await judge(error, source: i, pool: pool, what: "summaries \(from)...\(last)")
             }
         }
@@ -709,7 +790,9 @@ final class SyncRun {
     }
 
     /// Accounts a failed request to source `i`: bad data bans it, a stall or a closed connection
-    /// counts against it, a refusal for data it does not hold makes it re-poll.
+    /// counts against it (a closed connection makes it unusable until it reconnects, without a
+    /// ban: a dropped connection is not misbehaviour), a refusal for data it does not hold makes
+    /// it re-poll.
     static func judge(_ error: any Error, source i: Int, pool: SourcePool, what: String) async {
         switch error {
         case is CancellationError:
@@ -718,7 +801,6 @@ final class SyncRun {
             await pool.failed(i, stalled: true, reason: "\(what): \(e)")
         case let e as WireError where e.code == .connectionClosed:
             await pool.failed(i, stalled: false, reason: "\(what): \(e)")
-            await pool.ban(i, reason: "disconnected: \(e)")
         case let e as WireError:
             await pool.misbehaved(i, reason: "\(what): \(e)")
         case let e as RPCError:

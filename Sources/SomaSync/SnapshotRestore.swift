@@ -151,11 +151,14 @@ public struct SnapshotRestore: Sendable {
         // 2. The candidates, newest first: each epoch's manifests by the number of sources that sent them.
         let ends = try await epochEnds()
         for epoch in try await candidateEpochs(choice, verifiedEnds: ends.count).prefix(3) {
-            let groups = await manifests(epoch: epoch, end: ends[Int(epoch)]).sorted { a, b in
+            // Candidates are below the verified ends' count (candidateEpochs): checked again here,
+            // since the epochs came from sources' availability.
+            guard let e = Int(exactly: epoch), e < ends.count else { continue }
+            let groups = await manifests(epoch: epoch, end: ends[e]).sorted { a, b in
                 a.value.count > b.value.count || (a.value.count == b.value.count && a.key.chunkSize > b.key.chunkSize)
             }
             for (manifest, agreeing) in groups.prefix(2) where manifest != state?.manifest {
-                try await store.beginRestore(manifest: manifest, epochEnds: Array(ends.prefix(Int(epoch) + 1)), replacing: state != nil)
+                try await store.beginRestore(manifest: manifest, epochEnds: Array(ends[...e]), replacing: state != nil)
                 do {
                     return try await download(manifest, agreeing: agreeing, done: [], progress: progress)
                 } catch let e as SyncError {
@@ -324,7 +327,8 @@ final class RestoreRun {
         self.manifest = manifest
         self.allowed = allowed
         self.progress = progress
-        queue = (0..<UInt32(manifest.chunkRoots.count)).filter { !done.contains($0) }
+        // A checked manifest lists at most SnapshotManifest.maxChunks chunks.
+        queue = (0..<UInt32(clamping: manifest.chunkRoots.count)).filter { !done.contains($0) }
         chunksDone = done.count
         fetchedAtStart = done.count
         (events, post) = AsyncStream.makeStream(of: Event.self)
@@ -431,7 +435,7 @@ final class RestoreRun {
             do {
                 let client = await pool.client(source)
                 let answer = try await client.snapshotChunk(epoch: manifest.epoch, index: index, timeout: timeout)
-                guard answer.count == UInt32(manifest.chunkRoots.count) else {
+                guard answer.count == manifest.chunkRoots.count else {
                     throw SyncError("snapshot chunk \(index) of epoch \(manifest.epoch): the source counts \(answer.count) chunks, the manifest \(manifest.chunkRoots.count)")
                 }
                 await gate.acquire()

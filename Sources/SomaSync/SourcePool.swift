@@ -19,6 +19,10 @@ public struct SourceStats: Sendable, CustomStringConvertible {
     public var throughput: Double?
     /// Why it is banned, while it is.
     public var banReason: String?
+    /// Whether the ban in force is for bad data (data that failed verification, or a claim it
+    /// could not back): only such a ban is worth recording beyond this process (the peer
+    /// table). A stall ban is a pause, not a verdict.
+    public var bannedForBadData = false
     /// How much longer it is banned, while it is.
     public var bannedFor: Duration?
     /// The lowest and highest checkpoints it says it holds.
@@ -58,6 +62,7 @@ public actor SourcePool {
         var inFlight = 0
         var consecutiveFailures = 0
         var bannedUntil: ContinuousClock.Instant?
+        var badData = false
     }
 
     var entries: [Entry] = []
@@ -110,7 +115,8 @@ public actor SourcePool {
     /// availability is polled again.
     public func replace(_ i: Int, with client: PeerClient) {
         let old = entries[i]
-        entries[i] = Entry(client: client, stats: old.stats, availability: nil, inFlight: old.inFlight, bannedUntil: old.bannedUntil)
+        entries[i] = Entry(
+            client: client, stats: old.stats, availability: nil, inFlight: old.inFlight, bannedUntil: old.bannedUntil, badData: old.badData)
         entries[i].stats.peerID = client.peerID
     }
 
@@ -162,22 +168,27 @@ public actor SourcePool {
         }
     }
 
-    /// The highest checkpoint a source that is not banned holds.
+    /// The highest checkpoint a source that is not banned says it holds. A claim, not a fact:
+    /// a sync aims at it but bans a source that cannot back it with certified summaries, and
+    /// never converts a difference of claims to `Int` unchecked.
     public var highestHeld: UInt64 {
         let now = ContinuousClock.now
         return entries.filter { $0.bannedUntil.map { $0 <= now } ?? true }.compactMap { $0.availability?.highestSynced }.max() ?? 0
     }
 
-    /// Sources that are not banned and answered the last availability poll.
+    /// Sources that are not banned, are connected and answered the last availability poll.
     public var usable: [Int] {
         let now = ContinuousClock.now
-        return entries.indices.filter { (entries[$0].bannedUntil.map { $0 <= now } ?? true) && entries[$0].availability != nil }
+        return entries.indices.filter {
+            (entries[$0].bannedUntil.map { $0 <= now } ?? true) && entries[$0].availability != nil && entries[$0].client.isConnected
+        }
     }
 
     func eligible(_ i: Int, _ range: ClosedRange<UInt64>, _ now: ContinuousClock.Instant) -> Bool {
         let e = entries[i]
         if let until = e.bannedUntil, until > now { return false }
-        guard let a = e.availability else { return false }
+        // A dropped connection is no ban, but the source is of no use until it reconnects.
+        guard e.client.isConnected, let a = e.availability else { return false }
         return a.lowestAvailable <= range.lowerBound && a.highestSynced >= range.upperBound
     }
 
@@ -204,7 +215,7 @@ public actor SourcePool {
         var best: (Int, Double)? = nil
         for i in entries.indices where !excluding.contains(i) && entries[i].inFlight < perSourceInFlight {
             if let until = entries[i].bannedUntil, until > now { continue }
-            guard let a = entries[i].availability, wanted(i, a) else { continue }
+            guard entries[i].client.isConnected, let a = entries[i].availability, wanted(i, a) else { continue }
             // Unmeasured sources first (infinite score), then throughput per request in flight.
             // Among equals (unmeasured ones), the one with fewer requests in flight.
             let score = (entries[i].stats.throughput ?? .infinity) / Double(entries[i].inFlight + 1)
@@ -271,10 +282,21 @@ public actor SourcePool {
     /// Counts a hedged request sent to source `i`.
     public func hedged(_ i: Int) { entries[i].stats.hedges += 1 }
 
-    /// Bans source `i` (bad data: the ban time; otherwise `duration`).
+    /// Bans source `i`: without `duration` for bad data (the ban time; recorded as such, see
+    /// ``SourceStats/bannedForBadData``), with `duration` for a pause (a stall). A ban is kept
+    /// by peer id: every entry of the same peer is banned with it, and a reconnection
+    /// (``replace(_:with:)``) keeps it. A pause never shortens or downgrades a bad-data ban.
     public func ban(_ i: Int, reason: String, for duration: Duration? = nil) {
-        entries[i].bannedUntil = ContinuousClock.now + (duration ?? banDuration)
-        entries[i].stats.banReason = reason
+        let now = ContinuousClock.now
+        let until = now + (duration ?? banDuration)
+        let peer = entries[i].client.peerID
+        for k in entries.indices where k == i || entries[k].client.peerID == peer {
+            let current = entries[k].bannedUntil.flatMap { $0 > now ? $0 : nil }
+            if duration != nil, entries[k].badData, let current, current >= until { continue }
+            entries[k].bannedUntil = max(until, current ?? until)
+            entries[k].badData = duration == nil || (entries[k].badData && current != nil)
+            entries[k].stats.banReason = reason
+        }
         onBan?(entries[i].stats.label, reason)
     }
 
@@ -296,6 +318,7 @@ public actor SourcePool {
             var s = e.stats
             if let until = e.bannedUntil, until > now {
                 s.bannedFor = until - now
+                s.bannedForBadData = e.badData
             } else {
                 s.banReason = nil
             }

@@ -54,7 +54,7 @@ struct DevnetProducer: CheckpointProducer {
             let held = importer.resumeAfter
             let next = generator.nextSequence
             // Replay what the store already holds in big steps; produce one at a time after it.
-            let batch = await generator.next(count: next <= held ? Int(min(held - next + 1, 100)) : 1, parallelism: parallelism)
+            let batch = await generator.next(count: next <= held ? Int(min(held - next, 99)) + 1 : 1, parallelism: parallelism)
             for cp in batch where cp.certified.summary.sequenceNumber > held {
                 do {
                     try await importer.add(SourceCheckpoint(certified: cp.certified, data: cp.data))

@@ -49,7 +49,8 @@ struct Generate: AsyncParsableCommand {
                 var lastReport = ContinuousClock.now
                 let last = until ?? UInt64(profile.checkpoints - 1)
                 while !generator.isFinished && generator.nextSequence <= last {
-                    let count = Int(min(100, last - generator.nextSequence + 1))
+                    // --until is any UInt64: no `+ 1` on the difference (nextSequence <= last here).
+                    let count = Int(min(99, last - generator.nextSequence)) + 1
                     for cp in await generator.next(count: count, parallelism: parallelism) {
                         try await importer.add(SourceCheckpoint(certified: cp.certified, data: cp.data))
                     }

@@ -162,7 +162,10 @@ struct Sync: AsyncParsableCommand {
             joining.cancel()
             _ = await joining.value
             for st in await pool.stats {
-                await discovery.noteSource(st.peerID, throughput: st.throughput, failures: st.failures, bannedFor: st.bannedFor, reason: st.banReason)
+                // Only a ban for bad data is recorded in the peer table; a stall is a pause of this run.
+                await discovery.noteSource(
+                    st.peerID, throughput: st.throughput, failures: st.failures, bannedFor: st.bannedForBadData ? st.bannedFor : nil,
+                    reason: st.bannedForBadData ? st.banReason : nil)
             }
             display.finish()
             let secs = elapsed(since: start)

@@ -50,6 +50,13 @@ public enum StoreKeys {
     }
 
     /// `seq (BE) ‖ digest`.
+    /// `seq + 1`, for numbers read back from the store or taken from certified data: a stored
+    /// value at `UInt64.max` is a bad value (``StoreError/Code/badValue``), never a trap.
+    static func successor(_ seq: UInt64, _ what: @autoclosure () -> String) throws(StoreError) -> UInt64 {
+        guard seq < UInt64.max else { throw StoreError(.badValue, "\(what()) is \(seq): there is no number after it") }
+        return seq + 1
+    }
+
     static func seqDigest(_ seq: UInt64, _ digest: Digest) -> [UInt8] { self.seq(seq) + digest.bytes }
 
     /// `seq (BE) ‖ index (u32 BE)`.

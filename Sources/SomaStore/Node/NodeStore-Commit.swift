@@ -91,7 +91,7 @@ extension NodeStore {
             try refuseDuringRestore()
             let batch = WriteBatch(for: database)
             for s in summaries {
-                guard s.summary.sequenceNumber == verified.seq + 1, s.summary.previousDigest == verified.digest else {
+                guard s.summary.sequenceNumber == (try StoreKeys.successor(verified.seq, "highestVerified")), s.summary.previousDigest == verified.digest else {
                     throw StoreError(.outOfOrder, "summary \(s.summary.sequenceNumber) does not follow verified checkpoint \(verified.seq)")
                 }
                 let digest = s.digest
@@ -157,7 +157,7 @@ extension NodeStore {
     func stage(_ cp: VerifiedCheckpoint, into batch: WriteBatch, state: inout WriterState) throws {
         let summary = cp.certified.summary
         let seq = summary.sequenceNumber
-        let expected = state.synced.map { $0.seq + 1 } ?? 0
+        let expected = try state.synced.map { (w) throws(StoreError) in try StoreKeys.successor(w.seq, "highestSynced") } ?? 0
         guard seq == expected, summary.previousDigest == state.synced?.digest else {
             throw StoreError(.outOfOrder, "checkpoint \(seq) does not follow stored checkpoint \(state.synced.map { "\($0.seq)" } ?? "none")")
         }
@@ -189,14 +189,16 @@ extension NodeStore {
             batch.put(cf.objects, record.key, record.value)
         }
         if let end = summary.endOfEpoch {
-            batch.put(cf.committees, StoreKeys.seq(summary.epoch + 1), end.nextCommittee.bcsBytes)
+            let nextEpoch = try StoreKeys.successor(summary.epoch, "the epoch of checkpoint \(seq)")
+            let nextSeq = try StoreKeys.successor(seq, "checkpoint")
+            batch.put(cf.committees, StoreKeys.seq(nextEpoch), end.nextCommittee.bcsBytes)
             var record = try epochRecord(summary.epoch, state: &state) ?? EpochRecord(epoch: summary.epoch, firstCheckpoint: seq)
             record.lastCheckpoint = seq
             state.epochRecords[summary.epoch] = record
             batch.put(cf.epochs, StoreKeys.seq(summary.epoch), record.bcsBytes)
-            let next = EpochRecord(epoch: summary.epoch + 1, firstCheckpoint: seq + 1)
-            state.epochRecords[summary.epoch + 1] = next
-            batch.put(cf.epochs, StoreKeys.seq(summary.epoch + 1), next.bcsBytes)
+            let next = EpochRecord(epoch: nextEpoch, firstCheckpoint: nextSeq)
+            state.epochRecords[nextEpoch] = next
+            batch.put(cf.epochs, StoreKeys.seq(nextEpoch), next.bcsBytes)
         }
         state.synced = WatermarkValue(seq: seq, digest: digest)
         setWatermark(.highestSynced, WatermarkValue(seq: seq, digest: digest), in: batch)
@@ -242,9 +244,9 @@ extension NodeStore {
         var endOfEpoch: (UInt64, EpochRecord)? = nil
         for cp in checkpoints {
             let summary = cp.certified.summary
-            let expected = state.executed.map { $0.seq + 1 } ?? 0
+            let expected = try state.executed.map { (w) throws(StoreError) in try StoreKeys.successor(w.seq, "highestExecuted") } ?? 0
             guard summary.sequenceNumber == expected else {
-                throw StoreError(.outOfOrder, "checkpoint \(summary.sequenceNumber) executed after \(expected - 1)")
+                throw StoreError(.outOfOrder, "checkpoint \(summary.sequenceNumber) executed after \(state.executed.map { "\($0.seq)" } ?? "none")")
             }
             do {
                 try view.apply(cp.data)
@@ -349,7 +351,9 @@ extension NodeStore {
         if let verified = try watermarkSync(.highestVerified), let tip = try summarySync(verified.seq) {
             var newestEnded: UInt64? = tip.summary.endOfEpoch != nil ? tip.summary.epoch : (tip.summary.epoch > 0 ? tip.summary.epoch - 1 : nil)
             if let hint = knownEpochEnd.withLock({ $0 }) { newestEnded = max(newestEnded ?? 0, hint) }
-            if let newestEnded, newestEnded >= epoch + configuration.retainSnapshots {
+            // retainSnapshots is configured (any UInt64): the sum is checked.
+            let (keptFrom, overflow) = epoch.addingReportingOverflow(configuration.retainSnapshots)
+            if let newestEnded, !overflow, newestEnded >= keptFrom {
                 let batch = WriteBatch(for: database)
                 batch.delete(cf.meta, Self.pendingSnapshotKey)
                 try database.write(batch, sync: configuration.syncWrites)
@@ -386,7 +390,10 @@ extension NodeStore {
             var state = WriterState(
                 synced: try watermarkSync(.highestSynced), verified: try watermarkSync(.highestVerified),
                 executed: try watermarkSync(.highestExecuted))
-            guard let synced = state.synced, var next = state.executed.map({ $0.seq + 1 }) else { return state.executed?.seq }
+            guard let synced = state.synced, let executed = state.executed else { return state.executed?.seq }
+            // Read back from the store: `next` never passes highestSynced, which must leave room for it.
+            guard synced.seq < UInt64.max else { throw StoreError(.badValue, "highestSynced is \(synced.seq)") }
+            var next = try StoreKeys.successor(executed.seq, "highestExecuted")
             var done = 0
             while next <= synced.seq && done < maxCheckpoints {
                 var group: [VerifiedCheckpoint] = []

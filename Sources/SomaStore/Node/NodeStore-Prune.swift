@@ -52,16 +52,19 @@ extension NodeStore {
                 let lowestSummary = try summarySync(lowest.seq)
                 guard let lowestEpoch = lowestSummary?.summary.epoch else { return true }
                 // The epoch holding highestExecuted is current even if just ended.
-                let currentEpoch = executedSummary.summary.endOfEpoch == nil ? executedSummary.summary.epoch : executedSummary.summary.epoch + 1
+                let epoch = executedSummary.summary.epoch
+                let currentEpoch = executedSummary.summary.endOfEpoch == nil || epoch == .max ? epoch : epoch + 1
                 // An epoch that ends at the executed tip stays until a checkpoint follows it: the
                 // store never prunes its newest checkpoint.
-                guard lowestEpoch + retain <= currentEpoch,
+                // retain is configured (any UInt64): the sum is checked.
+                let (keep, overflow) = lowestEpoch.addingReportingOverflow(retain)
+                guard !overflow, keep <= currentEpoch,
                       let record = try epochSync(lowestEpoch), let last = record.lastCheckpoint, last < executed.seq
                 else { return true }
                 var seq = lowest.seq
                 while seq <= last {
                     let batch = WriteBatch(for: database)
-                    let groupEnd = min(last, seq + 15)
+                    let groupEnd = last - seq > 15 ? seq + 15 : last  // seq <= last
                     for s in seq...groupEnd {
                         guard let data = try checkpointDataSync(s) else { continue }
                         for entry in data.entries {

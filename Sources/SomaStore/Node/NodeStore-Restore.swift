@@ -82,7 +82,12 @@ extension SnapshotManifest {
         } catch {
             throw StoreError(error.code, "\(where_): \(error.message)")
         }
-        let expected = Int(min(chunkSize, objectCount - UInt64(index) * chunkSize))
+        // The manifest passed check(against:) (chunk count and size agree with the object
+        // count), but the arithmetic is checked anyway: the numbers came from a source.
+        let (first, overflow) = UInt64(index).multipliedReportingOverflow(by: chunkSize)
+        guard !overflow, first < objectCount, let expected = Int(exactly: min(chunkSize, objectCount - first)) else {
+            throw StoreError(.verificationFailed, "\(where_): chunk \(index) of \(chunkSize) objects lies beyond the snapshot's \(objectCount) objects")
+        }
         let decoded: ([ObjectRef], [Range<Int>])
         do throws(CoreError) {
             decoded = try BCS.read(from: raw[...]) { (r: inout BCSReader) throws(CoreError) in
@@ -206,8 +211,9 @@ extension NodeStore {
             guard let synced = try watermarkSync(.highestSynced), synced.seq == 0, try restoredEpochSync() == nil else {
                 throw StoreError(.invalidArgument, "a snapshot restore needs a store that holds only its genesis")
             }
-            guard epochEnds.count == Int(manifest.epoch) + 1, let end = epochEnds.last else {
-                throw StoreError(.invalidArgument, "a restore of epoch \(manifest.epoch) needs the \(manifest.epoch + 1) epoch ends before it, got \(epochEnds.count)")
+            // The epoch is the source's: compared as UInt64 (the count converts exactly), never `+ 1`.
+            guard !epochEnds.isEmpty, UInt64(epochEnds.count - 1) == manifest.epoch, let end = epochEnds.last else {
+                throw StoreError(.invalidArgument, "a restore of epoch \(manifest.epoch) needs the epoch ends from 0 to it, got \(epochEnds.count)")
             }
             do throws(CoreError) {
                 _ = try ChainVerifier.verifyEpochChain(genesis: genesis.committee, endOfEpochSummaries: epochEnds)
@@ -374,6 +380,12 @@ extension NodeStore {
             guard root == manifest.stateRoot, count == manifest.objectCount else {
                 throw StoreError(.verificationFailed,
                     "the restored live set's root \(root.short) over \(count) objects is not the certified \(manifest.stateRoot.short) over \(manifest.objectCount)")
+            }
+            // Certified, but read back from the store: every `+ 1` below is checked first.
+            guard manifest.epoch < UInt64.max, state.end.summary.sequenceNumber < UInt64.max,
+                  state.epochEnds.allSatisfy({ $0.summary.epoch < UInt64.max && $0.summary.sequenceNumber < UInt64.max })
+            else {
+                throw StoreError(.badValue, "the restore record names epoch or checkpoint numbers at the largest value")
             }
             let batch = WriteBatch(for: database)
             var first: UInt64 = 0

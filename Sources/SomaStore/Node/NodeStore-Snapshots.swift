@@ -184,9 +184,9 @@ extension NodeStore {
             chunkRoots: chunkRoots)
         batch.put(cf.snapshotChunks, StoreKeys.chunk(epoch, Self.manifestChunk), manifest.bcsBytes)
         batch.delete(cf.meta, Self.pendingSnapshotKey)
-        if epoch + 1 > configuration.retainSnapshots {
-            // Keep epochs (epoch - retainSnapshots, epoch].
-            batch.deleteRange(cf.snapshotChunks, from: StoreKeys.seq(0), to: StoreKeys.seq(epoch + 1 - configuration.retainSnapshots))
+        if configuration.retainSnapshots > 0, epoch >= configuration.retainSnapshots {
+            // Keep epochs (epoch - retainSnapshots, epoch]; no `epoch + 1` (a certified epoch may be any number).
+            batch.deleteRange(cf.snapshotChunks, from: StoreKeys.seq(0), to: StoreKeys.seq(epoch - configuration.retainSnapshots + 1))
         }
         try database.write(batch, sync: configuration.syncWrites)
     }

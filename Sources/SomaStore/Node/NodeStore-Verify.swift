@@ -47,7 +47,9 @@ extension NodeStore {
         guard let verified = try watermarkSync(.highestVerified), let synced = try watermarkSync(.highestSynced),
               let executed = try watermarkSync(.highestExecuted), let lowest = try watermarkSync(.lowestAvailable)
         else { throw fault("a watermark is missing") }
-        guard lowest.seq <= executed.seq + 1, executed.seq <= synced.seq, synced.seq <= verified.seq else {
+        // Read back from the store: checked before any `+ 1` (every loop below stops at
+        // highestVerified, which must leave room for one more).
+        guard verified.seq < UInt64.max, lowest.seq <= executed.seq + 1, executed.seq <= synced.seq, synced.seq <= verified.seq else {
             throw fault("watermarks out of order: lowestAvailable \(lowest.seq), highestExecuted \(executed.seq), highestSynced \(synced.seq), highestVerified \(verified.seq)")
         }
 
@@ -74,9 +76,11 @@ extension NodeStore {
         var batch: [CertifiedCheckpointSummary] = []
         var seq: UInt64 = 0
         if let restored {
-            guard Int(restored) < ends.count else { throw fault("restored from epoch \(restored), whose end is not stored") }
-            tip = VerifiedTip(summary: ends[Int(restored)].summary)
-            seq = ends[Int(restored)].summary.sequenceNumber + 1
+            guard let r = Int(exactly: restored), r < ends.count, ends[r].summary.sequenceNumber < UInt64.max else {
+                throw fault("restored from epoch \(restored), whose end is not stored")
+            }
+            tip = VerifiedTip(summary: ends[r].summary)
+            seq = ends[r].summary.sequenceNumber + 1
             report.summaries += 1
         }
         while seq <= verified.seq {
@@ -90,7 +94,7 @@ extension NodeStore {
                 do throws(CoreError) {
                     tip = try ChainVerifier.verifySummaryBatch(
                         allCertificates ? SummaryBatch(certified: batch) : SummaryBatch(lastCertifiedOf: batch), after: tip,
-                        verifyAllCertificates: allCertificates, committee: { $0 < committees.count ? committees[Int($0)] : nil })
+                        verifyAllCertificates: allCertificates, committee: { Int(exactly: $0).flatMap { $0 < committees.count ? committees[$0] : nil } })
                 } catch {
                     throw StoreError(.verificationFailed, error, context: "summaries \(batch[0].summary.sequenceNumber)...\(seq)")
                 }

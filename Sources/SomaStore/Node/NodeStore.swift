@@ -1,5 +1,6 @@
 public import SomaCore
 public import NIOCore
+import Foundation
 import Synchronization
 
 /// How much history a store keeps.
@@ -56,6 +57,15 @@ public final class NodeStore: Sendable {
     /// The configuration the store was opened with.
     public let configuration: StoreConfiguration
     let writer = Mutex(())
+    /// Calls running on the pool now, and whether ``close()`` was called: a call after (or
+    /// racing with) `close()` throws ``StoreError/Code/closed`` instead of touching a freed handle.
+    let usage = Mutex(Usage())
+
+    struct Usage {
+        var closed = false
+        var active = 0
+    }
+
     /// The newest epoch end known to be verified elsewhere (the epoch chain a sync fetched first).
     let knownEpochEnd = Mutex<UInt64?>(nil)
 
@@ -145,19 +155,43 @@ public final class NodeStore: Sendable {
         }
     }
 
-    /// Closes the database, then stops the pool. Call once every user has stopped.
+    /// Closes the database, then stops the pool (idempotent). Call once every user has
+    /// stopped; a call that still comes (or is running) is safe: calls running now finish
+    /// first, and every later one throws ``StoreError/Code/closed``.
     public func close() async {
+        let first = usage.withLock { u -> Bool in
+            defer { u.closed = true }
+            return !u.closed
+        }
+        guard first else { return }
         // Flushing first makes the next open quick: no write-ahead log to replay.
-        _ = try? await pool.run { [database, configuration] in
+        _ = try? await pool.run { [self] in
+            // Calls already running on other pool threads finish before the handles are freed;
+            // none can start any more.
+            while usage.withLock({ $0.active }) > 0 { Thread.sleep(forTimeInterval: 0.001) }
             if !configuration.database.readOnly { try? database.flush() }
             database.close()
         }
         try? await pool.shutdown()
     }
 
+    /// Whether ``close()`` has been called.
+    public var isClosed: Bool { usage.withLock { $0.closed } }
+
     /// Runs blocking store work on the pool.
+    /// - Throws: ``StoreError/Code/closed`` once ``close()`` was called, or what `body` throws.
     func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await pool.run(body)
+        let path = database.path
+        return try await pool.run { [self] in
+            let open = usage.withLock { u -> Bool in
+                guard !u.closed else { return false }
+                u.active += 1
+                return true
+            }
+            guard open else { throw StoreError(.closed, "the store at \(path) is closed") }
+            defer { usage.withLock { $0.active -= 1 } }
+            return try body()
+        }
     }
 
     // MARK: Meta and genesis
