@@ -74,7 +74,8 @@ public struct HistoryService: HistoryServing {
         let marks = try await store.watermarks()
         return Availability(
             lowestAvailable: marks[.lowestAvailable]?.seq ?? 0, highestSynced: marks[.highestSynced]?.seq ?? 0,
-            highestVerified: marks[.highestVerified]?.seq ?? 0, snapshotEpochs: try await store.snapshotEpochs())
+            highestVerified: marks[.highestVerified]?.seq ?? 0,
+            snapshotEpochs: Array(try await store.snapshotEpochs().suffix(Availability.maxSnapshotEpochs)))
     }
 
     func epochEndings(_ r: EpochEndingsRequest) async throws -> Result<[UInt8], RPCError> {

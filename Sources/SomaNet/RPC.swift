@@ -64,8 +64,17 @@ public struct Availability: Hashable, Sendable, BCSCodable {
         lowestAvailable = try reader.readU64()
         highestSynced = try reader.readU64()
         highestVerified = try reader.readU64()
-        snapshotEpochs = try reader.readU64Vector()
+        let n = try reader.readLength(minElementSize: 8)
+        guard n <= Availability.maxSnapshotEpochs else {
+            throw CoreError(.lengthTooLarge, "\(n) snapshot epochs, at most \(Availability.maxSnapshotEpochs)")
+        }
+        snapshotEpochs = []
+        snapshotEpochs.reserveCapacity(n)
+        for _ in 0..<n { snapshotEpochs.append(try reader.readU64()) }
     }
+
+    /// The most snapshot epochs an answer lists (checked before anything is allocated).
+    public static let maxSnapshotEpochs = 64
 }
 
 /// `getEpochEndings` request.

@@ -31,10 +31,11 @@ public enum NodeConfigurationFile {
               blockCacheMiB: \(d.store.database.blockCacheBytes >> 20)       # RocksDB block cache
               syncWrites: \(d.store.syncWrites)        # fsync the write-ahead log on every commit
             net:
+              tls: \(d.net.tls)                        # TLS 1.3 on every connection; false (plaintext) only for tests and loopback baselines
               maxFrameMiB: \(d.net.maxFrameBytes >> 20)          # largest frame accepted
               maxInFlightPerConnection: \(d.net.maxInFlightPerConnection)
-              uploadBytesPerSecondPerPeer: 0   # 0: unlimited
-              uploadBytesPerSecond: 0          # 0: unlimited, whole node
+              uploadBytesPerSecondPerPeer: \(d.net.uploadBytesPerSecondPerPeer ?? 0)   # per connection; 0: unlimited
+              uploadBytesPerSecond: \(d.net.uploadBytesPerSecond ?? 0)         # whole node; 0: unlimited
             sync:
               peers: []                        # seed peers, HOST:PORT: dialled when the node has no connection
               window: \(d.sync.window)                       # block requests in flight over all peers
@@ -110,7 +111,11 @@ public enum NodeConfigurationFile {
             config.store.syncWrites = b
         }
         let net = try section("net")
-        try checkKeys(net, ["maxFrameMiB", "maxInFlightPerConnection", "uploadBytesPerSecondPerPeer", "uploadBytesPerSecond"], source, "net.")
+        try checkKeys(net, ["tls", "maxFrameMiB", "maxInFlightPerConnection", "uploadBytesPerSecondPerPeer", "uploadBytesPerSecond"], source, "net.")
+        if let v = net["tls"] {
+            guard let b = v as? Bool else { throw NodeError("\(source): 'net.tls' must be true or false") }
+            config.net.tls = b
+        }
         if let v = try int(net, "maxFrameMiB", "net.maxFrameMiB", range: 1...256) { config.net.maxFrameBytes = v << 20 }
         if let v = try int(net, "maxInFlightPerConnection", "net.maxInFlightPerConnection", range: 1...100_000) { config.net.maxInFlightPerConnection = v }
         if let v = try int(net, "uploadBytesPerSecondPerPeer", "net.uploadBytesPerSecondPerPeer", range: 0...Int(Int32.max)) {

@@ -66,6 +66,8 @@ struct NodeRunOptions: ParsableArguments {
     var logLevel: String?
     @Option(help: "Serve Prometheus metrics (GET /metrics) on HOST:PORT (replaces metrics.listen of the file).")
     var metrics: String?
+    @Flag(help: "Speak plaintext instead of TLS 1.3 (replaces net.tls of the file; for tests and loopback baselines only).")
+    var plaintext = false
 
     /// The configuration file (if any) with the flags over it.
     func configuration() throws -> NodeConfiguration {
@@ -82,6 +84,7 @@ struct NodeRunOptions: ParsableArguments {
             configuration.listenPort = port
         }
         if let logLevel { configuration.logLevel = logLevel }
+        if plaintext { configuration.net.tls = false }
         if let metrics {
             guard let colon = metrics.lastIndex(of: ":"), colon != metrics.startIndex,
                   let port = Int(metrics[metrics.index(after: colon)...]), (0...65_535).contains(port)

@@ -43,6 +43,8 @@ struct Sync: AsyncParsableCommand {
     var snapshot: String?
     @Flag(help: "Check the signatures of every certificate, not one per batch.")
     var verifyAllCertificates = false
+    @Flag(help: "Speak plaintext instead of TLS 1.3 (only with peers that also run plaintext, for tests and loopback baselines).")
+    var plaintext = false
 
     func validate() throws {
         guard targetConnections >= 1 && targetConnections <= 1_000 else { throw ValidationError("--target-connections must be 1...1000") }
@@ -97,8 +99,10 @@ struct Sync: AsyncParsableCommand {
         settings.targetConnections = targetConnections
         settings.exchangeInterval = .seconds(2)
         settings.role = config.store.mode == .archive ? .archive : .full
+        var net = config.net
+        net.tls = !plaintext
         let discovery = Discovery(
-            key: key, chainID: chainGenesis.chainID, table: table, configuration: settings, group: group, logger: logger)
+            key: key, chainID: chainGenesis.chainID, table: table, configuration: settings, net: net, group: group, logger: logger)
         func shutDown() async {
             await discovery.close()
             try? await group.shutdownGracefully()
