@@ -11,11 +11,12 @@ struct ConfigurationTests {
         let defaults = NodeConfiguration(dataDirectory: "/d")
         #expect(parsed.listenHost == defaults.listenHost && parsed.listenPort == defaults.listenPort)
         #expect(parsed.store.mode == defaults.store.mode && parsed.store.retainEpochs == defaults.store.retainEpochs)
-        #expect(parsed.net.maxFrameBytes == defaults.net.maxFrameBytes && parsed.net.uploadBytesPerSecond == nil)
+        #expect(parsed.net.maxFrameBytes == defaults.net.maxFrameBytes && parsed.net.uploadBytesPerSecond == defaults.net.uploadBytesPerSecond)
+        #expect(parsed.net.tls && parsed.net.uploadBytesPerSecondPerPeer == 64 << 20 && parsed.net.uploadBytesPerSecond == 256 << 20)
         let custom = try NodeConfigurationFile.parse("""
             listen: {host: 127.0.0.1, port: 0}
             store: {mode: pruned, retainEpochs: 3, retainSnapshots: 0, blockCacheMiB: 8, syncWrites: true}
-            net: {maxFrameMiB: 4, maxInFlightPerConnection: 8, uploadBytesPerSecondPerPeer: 1000, uploadBytesPerSecond: 5000}
+            net: {tls: false, maxFrameMiB: 4, maxInFlightPerConnection: 8, uploadBytesPerSecondPerPeer: 1000, uploadBytesPerSecond: 5000}
             drainSeconds: 1
             logLevel: debug
             """, dataDirectory: "/d")
@@ -23,7 +24,7 @@ struct ConfigurationTests {
         #expect(custom.store.mode == .pruned && custom.store.retainEpochs == 3 && custom.store.retainSnapshots == 0)
         #expect(custom.store.database.blockCacheBytes == 8 << 20 && custom.store.syncWrites)
         #expect(custom.net.maxFrameBytes == 4 << 20 && custom.net.maxInFlightPerConnection == 8)
-        #expect(custom.net.uploadBytesPerSecondPerPeer == 1000 && custom.net.uploadBytesPerSecond == 5000)
+        #expect(custom.net.uploadBytesPerSecondPerPeer == 1000 && custom.net.uploadBytesPerSecond == 5000 && !custom.net.tls)
         #expect(custom.drainSeconds == 1 && custom.logLevel == "debug")
         #expect(try NodeConfigurationFile.parse("", dataDirectory: "/d").listenPort == defaults.listenPort)
         #expect(parsed.discovery.targetConnections == defaults.discovery.targetConnections && parsed.role == nil)
