@@ -15,8 +15,20 @@ public struct DiscoveryConfiguration: Sendable {
     public var targetConnections = 8
     /// The most records the peer table holds.
     public var maxPeers = 1_000
-    /// The most introduced records one peer may contribute (default: a sixteenth of `maxPeers`).
+    /// The most introduced records one peer, or one inbound network group, may contribute
+    /// (default: a sixteenth of `maxPeers`, at least 8).
     public var maxPerIntroducer: Int? = nil
+    /// The most self-introduced (inbound) records, all network groups together (default: a
+    /// quarter of `maxPeers`).
+    public var maxInbound: Int? = nil
+    /// The most records per network group of their addresses (default: a sixteenth of `maxPeers`, at least 8).
+    public var maxPerGroup: Int? = nil
+    /// The most outbound connections per network group (IPv4 /16, IPv6 /32) while candidates in
+    /// other groups remain.
+    public var maxOutboundPerGroup = 2
+    /// Feeler dials a round (at most 16): records never reached are dialled once, briefly, so
+    /// that they can be advertised (dial-back).
+    public var feelers = 2
     /// How often the node exchanges known peers and dials.
     public var exchangeInterval: Duration = .seconds(10)
     /// Connected peers asked for their known peers each round.
@@ -59,6 +71,8 @@ public struct RoundReport: Sendable {
     public var dialled = 0
     /// Dials that failed.
     public var dialFailures = 0
+    /// Feeler dials that reached a peer at its address (dial-back), closed at once.
+    public var reached = 0
 }
 
 /// Finds the node's data sources (DESIGN §9): keeps this node's signed ``NodeInfo`` current,
@@ -82,13 +96,13 @@ public final class Discovery: Sendable {
     let onConnect: @Sendable (PeerID) -> Void
     let state = Mutex(State())
     let metrics: DiscoveryMetrics
+    let diversity: OutboundDiversity
 
     struct State {
         var own: SignedNodeInfo?
         var signedAt: ContinuousClock.Instant?
         var advertise: [String] = []
         var connections: [PeerID: Connection] = [:]
-        var dialling: Set<String> = []
         var seedFailures: [String: (count: Int, next: ContinuousClock.Instant, reason: String)] = [:]
         var sourceFailures: [PeerID: Int] = [:]
     }
@@ -124,11 +138,12 @@ public final class Discovery: Sendable {
         self.onConnect = onConnect
         self.identity = HandshakeIdentity(key: key, chainID: chainID, nodeInfoSlot: NodeInfoSlot())
         self.metrics = DiscoveryMetrics()
+        self.diversity = OutboundDiversity(maxPerGroup: configuration.maxOutboundPerGroup)
         state.withLock { $0.advertise = Array(configuration.advertise.prefix(NodeInfo.maxAddresses)) }
     }
 
     /// Milliseconds since 1970 now.
-    public static func nowMs() -> UInt64 { UInt64(max(0, Date().timeIntervalSince1970 * 1_000)) }
+    public static func nowMs() -> UInt64 { UInt64(saturating: Date().timeIntervalSince1970 * 1_000) }
 
     /// The access policy a server of this node applies: everyone for a public node, the
     /// allow-list for a private one.
@@ -164,7 +179,7 @@ public final class Discovery: Sendable {
             return
         }
         let info = NodeInfo(
-            peerID: key.publicKey, addresses: addresses, timestampMs: max(nowMs, (own?.info.timestampMs ?? 0) + 1),
+            peerID: key.publicKey, addresses: addresses, timestampMs: max(nowMs, (own?.info.timestampMs ?? 0).saturatingAdd(1)),
             access: configuration.access, role: configuration.role, holds: Array(holds.prefix(NodeInfo.maxRanges)),
             snapshotEpochs: Array(epochs.suffix(NodeInfo.maxSnapshotEpochs)))
         let signed = SignedNodeInfo(signing: info, with: key)
@@ -189,19 +204,32 @@ public final class Discovery: Sendable {
     // MARK: Learning
 
     /// Takes in the hellos of peers that connected to this node: their records are verified
-    /// (and must be signed by the key the handshake proved) and entered as introduced by
-    /// themselves; they become direct once this node dials them. Returns when `inbound` ends.
+    /// (and must be signed by the key the handshake proved) and entered as self-introduced,
+    /// pooled by the network group of the address they connected from (so fresh keys dialling
+    /// in from one place share one introducer's share); they become direct once this node dials
+    /// them. Returns when `inbound` ends.
     public func consume(inbound: AsyncStream<InboundPeer>) async {
+        await applyAccess()
         for await peer in inbound {
-            guard !peer.hello.nodeInfo.isEmpty else { continue }
             var report = RoundReport()
-            await learn(peer.hello.nodeInfo, from: peer.peerID, direct: false, mustBe: peer.peerID, into: &report)
+            await learnInbound(peer.hello.nodeInfo, peerID: peer.peerID, remoteAddress: peer.remoteAddress, into: &report)
         }
         try? await table.flush()
     }
 
+    /// One inbound peer's hello record: introduced by `inbound(group of remoteAddress)`.
+    func learnInbound(_ bytes: [UInt8], peerID: PeerID, remoteAddress: String?, into report: inout RoundReport) async {
+        guard !bytes.isEmpty else { return }
+        await learn(bytes, from: .inbound(NetworkGroup(remoteAddress: remoteAddress)), direct: false, mustBe: peerID, into: &report)
+    }
+
+    /// A private node's table admits only its allow-listed peers (DESIGN §8: access before the record).
+    func applyAccess() async {
+        await table.restrict(to: configuration.access == .private ? configuration.allowedPeers : nil)
+    }
+
     /// Verifies one received record and offers it to the table.
-    func learn(_ bytes: [UInt8], from introducer: PeerID, direct: Bool, mustBe: PeerID?, into report: inout RoundReport) async {
+    func learn(_ bytes: [UInt8], from introducer: Introducer, direct: Bool, mustBe: PeerID?, into report: inout RoundReport) async {
         do {
             let record = try SignedNodeInfo.verified(bytes, nowMs: Discovery.nowMs())
             await offer(record, from: introducer, direct: direct, mustBe: mustBe, into: &report)
@@ -210,10 +238,16 @@ public final class Discovery: Sendable {
         }
     }
 
-    func offer(_ record: SignedNodeInfo, from introducer: PeerID, direct: Bool, mustBe: PeerID?, into report: inout RoundReport) async {
+    func offer(_ record: SignedNodeInfo, from introducer: Introducer, direct: Bool, mustBe: PeerID?, into report: inout RoundReport) async {
         if let mustBe, record.info.peerID != mustBe {
             reject(DiscoveryError(.wrongPeer, "a record of \(record.info.peerID.raw.short) on the connection of \(mustBe.raw.short)"),
                    from: introducer, into: &report)
+            return
+        }
+        if configuration.access == .private && !configuration.allowedPeers.contains(record.info.peerID) {
+            // Access before the record: whatever the source, a private node keeps only allow-listed peers.
+            report.refused += 1
+            metrics.refused.increment()
             return
         }
         switch await table.admit(record, introducer: introducer, direct: direct, nowMs: Discovery.nowMs()) {
@@ -229,10 +263,10 @@ public final class Discovery: Sendable {
         }
     }
 
-    func reject(_ error: DiscoveryError, from introducer: PeerID, into report: inout RoundReport) {
+    func reject(_ error: DiscoveryError, from introducer: Introducer, into report: inout RoundReport) {
         report.rejected += 1
         metrics.rejected(error.code).increment()
-        logger.debug("record rejected", metadata: ["peer.id": "\(introducer.raw.short)", "reason": "\(error)"])
+        logger.debug("record rejected", metadata: ["peer.introducer": "\(introducer)", "reason": "\(error)"])
     }
 
     /// Verifies a `getKnownPeers` answer from `peer` and offers its records to the table: the
@@ -242,16 +276,16 @@ public final class Discovery: Sendable {
         let nowMs = Discovery.nowMs()
         do {
             try answer.own.verify(nowMs: nowMs)
-            await offer(answer.own, from: peer, direct: true, mustBe: peer, into: &report)
+            await offer(answer.own, from: .peer(peer), direct: true, mustBe: peer, into: &report)
         } catch {
-            reject(error, from: peer, into: &report)
+            reject(error, from: .peer(peer), into: &report)
         }
         for record in answer.peers.prefix(KnownPeers.maxPeers) {
             do {
                 try record.verify(nowMs: nowMs)
-                await offer(record, from: peer, direct: false, mustBe: nil, into: &report)
+                await offer(record, from: .peer(peer), direct: false, mustBe: nil, into: &report)
             } catch {
-                reject(error, from: peer, into: &report)
+                reject(error, from: .peer(peer), into: &report)
             }
         }
     }
@@ -278,8 +312,10 @@ public final class Discovery: Sendable {
         await dialWithReason(address, expected: expected, into: &report) == nil
     }
 
-    /// ``dial(_:expected:into:)``, returning why it failed (`nil`: connected).
-    func dialWithReason(_ address: String, expected: PeerID?, into report: inout RoundReport) async -> String? {
+    /// ``dial(_:expected:into:)``, returning why it failed (`nil`: connected). `keep: false` is
+    /// a feeler: the handshake proves the peer's key at `address` (dial-back), its record is
+    /// entered as direct and reached, and the connection is closed at once.
+    func dialWithReason(_ address: String, expected: PeerID?, keep: Bool = true, into report: inout RoundReport) async -> String? {
         guard let (host, port) = NodeInfo.split(address: address) else { return "\(address) is not HOST:PORT" }
         let started = ContinuousClock.now
         let client: PeerClient
@@ -291,7 +327,7 @@ public final class Discovery: Sendable {
             logger.debug("dial failed", metadata: ["peer.address": "\(address)", "reason": "\(error)"])
             return "\(error)"
         }
-        let latency = UInt32(clamping: Int((ContinuousClock.now - started).inSeconds * 1_000))
+        let latency = UInt32(millisecondsOf: (ContinuousClock.now - started).inSeconds)
         if let expected, client.peerID != expected {
             report.dialFailures += 1
             metrics.dials(false).increment()
@@ -304,10 +340,25 @@ public final class Discovery: Sendable {
             await client.close()
             return "\(address) is this node"
         }
+        if configuration.access == .private && !configuration.allowedPeers.contains(client.peerID) {
+            // A private node talks only to its allow-listed peers, in both directions.
+            await client.close()
+            return "peer \(client.peerID.raw.short) at \(address) is not allow-listed"
+        }
         if let r = await table.record(client.peerID), r.isBanned(nowMs: Discovery.nowMs()) {
             // A seed address whose peer is banned (bad data earlier, remembered across restarts).
             await client.close()
             return "peer \(client.peerID.raw.short) is banned until \(r.bannedUntilMs) ms: \(r.banReason)"
+        }
+        if !keep {
+            if !client.hello.nodeInfo.isEmpty {
+                await learn(client.hello.nodeInfo, from: .peer(client.peerID), direct: true, mustBe: client.peerID, into: &report)
+            }
+            await table.noteConnected(client.peerID, address: address, latencyMs: latency, nowMs: Discovery.nowMs())
+            await client.close()
+            report.reached += 1
+            metrics.feelers(true).increment()
+            return nil
         }
         let kept = state.withLock { s -> Bool in
             if let old = s.connections[client.peerID], old.client.isConnected { return false }
@@ -321,32 +372,36 @@ public final class Discovery: Sendable {
         report.dialled += 1
         metrics.dials(true).increment()
         if !client.hello.nodeInfo.isEmpty {
-            await learn(client.hello.nodeInfo, from: client.peerID, direct: true, mustBe: client.peerID, into: &report)
+            await learn(client.hello.nodeInfo, from: .peer(client.peerID), direct: true, mustBe: client.peerID, into: &report)
         }
-        await table.noteConnected(client.peerID, latencyMs: latency, nowMs: Discovery.nowMs())
+        await table.noteConnected(client.peerID, address: address, latencyMs: latency, nowMs: Discovery.nowMs())
         logger.info("connected to peer", metadata: ["peer.address": "\(address)", "peer.id": "\(client.peerID.raw.short)"])
         onConnect(client.peerID)
         return nil
     }
 
     /// Dials the best table entries until `targetConnections` are open (at most
-    /// `dialConcurrency` at once).
+    /// `dialConcurrency` at once), spread over network groups: at most `maxOutboundPerGroup`
+    /// connections in one group while candidates in other groups remain.
     func dialTowardsTarget(into report: inout RoundReport) async {
         let open = connectedIDs
         let need = configuration.targetConnections - open.count
         guard need > 0 else { return }
+        let concurrency = max(1, configuration.dialConcurrency)
         let nowMs = Discovery.nowMs()
-        let candidates = await table.dialCandidates(nowMs: nowMs, excluding: open.union([key.publicKey]))
-        var index = 0
+        var remaining = await table.dialCandidates(nowMs: nowMs, excluding: open.union([key.publicKey]))
         var connected = 0
-        while connected < need && index < candidates.count {
-            let batch = candidates[index..<min(candidates.count, index + min(configuration.dialConcurrency, need - connected))]
-            index += batch.count
+        while connected < need && !remaining.isEmpty {
+            let groups = OutboundDiversity.groups(of: connections.map(\.address))
+            let batch = diversity.pick(remaining, open: groups, count: min(concurrency, need - connected))
+            guard !batch.isEmpty else { break }
+            let chosen = Set(batch.map(\.record.peerID))
+            remaining.removeAll { chosen.contains($0.peerID) }
             let results = await withTaskGroup(of: (PeerID, Bool, RoundReport).self) { tasks in
-                for record in batch {
+                for (record, addresses) in batch {
                     tasks.addTask {
                         var r = RoundReport()
-                        for address in record.info.info.addresses {
+                        for address in addresses.prefix(NodeInfo.maxAddresses) {
                             if await self.dial(address, expected: record.peerID, into: &r) { return (record.peerID, true, r) }
                         }
                         return (record.peerID, false, r)
@@ -364,6 +419,41 @@ public final class Discovery: Sendable {
                     await table.noteFailure(peerID, nowMs: Discovery.nowMs(), baseMs: configuration.backoffBase.milliseconds,
                                             maxMs: configuration.backoffMax.milliseconds)
                 }
+            }
+        }
+    }
+
+    /// Dial-back: dials up to `feelers` records this node never reached (peers that dialled in,
+    /// records passed on by others) once each, to prove their key at their address; only then
+    /// are they advertised. The connection is closed at once (it is not an outbound slot). A
+    /// failure backs off as any failed dial does.
+    func feel(into report: inout RoundReport) async {
+        guard configuration.feelers > 0 else { return }
+        let nowMs = Discovery.nowMs()
+        let candidates = await table.unreached(nowMs: nowMs, excluding: connectedIDs.union([key.publicKey]))
+            .prefix(min(configuration.feelers, 16))
+        let results = await withTaskGroup(of: (PeerID, Bool, RoundReport).self) { tasks in
+            for record in candidates {
+                tasks.addTask {
+                    var r = RoundReport()
+                    for address in record.info.info.addresses.prefix(NodeInfo.maxAddresses) {
+                        if await self.dialWithReason(address, expected: record.peerID, keep: false, into: &r) == nil {
+                            return (record.peerID, true, r)
+                        }
+                    }
+                    return (record.peerID, false, r)
+                }
+            }
+            var out: [(PeerID, Bool, RoundReport)] = []
+            for await x in tasks { out.append(x) }
+            return out
+        }
+        for (peerID, ok, r) in results {
+            report.merge(r)
+            if !ok {
+                metrics.feelers(false).increment()
+                await table.noteFailure(peerID, nowMs: Discovery.nowMs(), baseMs: configuration.backoffBase.milliseconds,
+                                        maxMs: configuration.backoffMax.milliseconds)
             }
         }
     }
@@ -388,7 +478,9 @@ public final class Discovery: Sendable {
                 state.withLock { s in
                     if let failure {
                         let n = (s.seedFailures[seed]?.count ?? 0) + 1
-                        let wait = min(configuration.backoffMax, configuration.backoffBase * (1 << min(n - 1, 20)))
+                        let shift = UInt64(min(max(n, 1) - 1, 20))
+                        let ms = min(configuration.backoffMax.milliseconds, configuration.backoffBase.milliseconds.saturatingMul(1 << shift))
+                        let wait = Duration.milliseconds(Int64(clamping: min(ms, 86_400_000)))
                         s.seedFailures[seed] = (n, ContinuousClock.now + wait, failure)
                     } else {
                         s.seedFailures[seed] = nil
@@ -408,7 +500,7 @@ public final class Discovery: Sendable {
                     do {
                         let bytes = try await c.client.callBuffer(.getKnownPeers, [], timeout: self.configuration.requestTimeout)
                         let answer = try BCS.decode(KnownPeers.self, fromContiguous: bytes.readableBytesView)
-                        return (c.client.peerID, answer, UInt32(clamping: Int((ContinuousClock.now - started).inSeconds * 1_000)))
+                        return (c.client.peerID, answer, UInt32(millisecondsOf: (ContinuousClock.now - started).inSeconds))
                     } catch {
                         self.logger.debug("getKnownPeers failed", metadata: ["peer.id": "\(c.client.peerID.raw.short)", "reason": "\(error)"])
                         return (c.client.peerID, nil, 0)
@@ -437,6 +529,7 @@ public final class Discovery: Sendable {
     @discardableResult
     public func round() async -> RoundReport {
         var report = RoundReport()
+        await applyAccess()
         await refreshOwnRecord()
         await table.expire(nowMs: Discovery.nowMs())
         state.withLock { s in s.connections = s.connections.filter { $0.value.client.isConnected } }
@@ -444,6 +537,7 @@ public final class Discovery: Sendable {
         if connections.isEmpty { await dialSeeds(into: &report) }
         await exchange(into: &report)
         await dialTowardsTarget(into: &report)
+        await feel(into: &report)
         report.connections = connections.count
         metrics.connections.record(report.connections)
         metrics.knownPeers.record(await table.count)
@@ -477,19 +571,29 @@ public final class Discovery: Sendable {
         }
     }
 
-    /// Notes what sync measured of a connected peer: its throughput, its failed requests in
-    /// all (the difference since the last note is recorded), and a ban with its remaining time.
+    /// Notes what sync measured of a connected peer: its throughput (bytes/s; NaN, infinite or
+    /// negative rates are clamped), its failed requests in all (the difference since the last
+    /// note is recorded), and a ban with its remaining time (saturating).
     public func noteSource(_ peerID: PeerID, throughput: Double?, failures: Int, bannedFor: Duration?, reason: String?) async {
+        let connected = connectedIDs
         let new = state.withLock { s -> Int in
             let old = s.sourceFailures[peerID] ?? 0
-            s.sourceFailures[peerID] = failures
-            return max(0, failures - old)
+            if s.sourceFailures[peerID] == nil && s.sourceFailures.count >= Discovery.maxSourceNotes {
+                // Bounded: forget the counts of peers no longer connected.
+                s.sourceFailures = s.sourceFailures.filter { connected.contains($0.key) }
+            }
+            s.sourceFailures[peerID] = max(0, failures)
+            let (d, overflow) = failures.subtractingReportingOverflow(old)
+            return overflow ? 0 : max(0, d)
         }
-        await table.noteTransfer(peerID, throughput: throughput.map { UInt64(max(0, $0)) }, newFailures: UInt32(clamping: new))
+        await table.noteTransfer(peerID, throughput: throughput.map { UInt64(saturating: $0) }, newFailures: UInt32(clamping: new))
         if let bannedFor, bannedFor > .zero {
-            await table.ban(peerID, untilMs: Discovery.nowMs() + bannedFor.milliseconds, reason: reason ?? "banned by sync")
+            await table.ban(peerID, untilMs: Discovery.nowMs().saturatingAdd(bannedFor.milliseconds), reason: reason ?? "banned by sync")
         }
     }
+
+    /// The most peers whose failure counts ``noteSource(_:throughput:failures:bannedFor:reason:)`` remembers.
+    static let maxSourceNotes = 4_096
 
     /// Closes every outbound connection and persists the table.
     public func close() async {
@@ -510,18 +614,8 @@ extension RoundReport {
         refused += other.refused
         dialled += other.dialled
         dialFailures += other.dialFailures
+        reached += other.reached
     }
-}
-
-extension Duration {
-    /// Whole milliseconds (negative durations count as zero).
-    var milliseconds: UInt64 {
-        let c = components
-        guard c.seconds >= 0 else { return 0 }
-        return UInt64(c.seconds) * 1_000 + UInt64(c.attoseconds / 1_000_000_000_000_000)
-    }
-
-    var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }
 
 /// Discovery's metrics (swift-metrics; whatever backend the process bootstrapped).
@@ -537,6 +631,10 @@ struct DiscoveryMetrics: Sendable {
 
     func dials(_ ok: Bool) -> Counter {
         Counter(label: "soma_discovery_dials_total", dimensions: [("outcome", ok ? "connected" : "failed")])
+    }
+
+    func feelers(_ ok: Bool) -> Counter {
+        Counter(label: "soma_discovery_feelers_total", dimensions: [("outcome", ok ? "reached" : "failed")])
     }
 
     func exchanges(_ ok: Bool) -> Counter {

@@ -162,12 +162,15 @@ public struct NodeInfo: Hashable, Sendable, BCSCodable, DomainDigestible {
             addresses.append(a)
         }
         timestampMs = try reader.readU64()
-        access = Access(rawValue: UInt8(try reader.readTag(count: 2, type: "Access")))!
-        role = Role(rawValue: UInt8(try reader.readTag(count: 3, type: "Role")))!
-        let r = try reader.readLength(minElementSize: 16)
-        guard r <= NodeInfo.maxRanges else { throw CoreError(.lengthTooLarge, "\(r) ranges (at most \(NodeInfo.maxRanges))") }
+        guard let a = Access(rawValue: UInt8(truncatingIfNeeded: try reader.readTag(count: 2, type: "Access"))),
+              let r = Role(rawValue: UInt8(truncatingIfNeeded: try reader.readTag(count: 3, type: "Role")))
+        else { throw CoreError(.unknownTag, "access or role") }
+        access = a
+        role = r
+        let n2 = try reader.readLength(minElementSize: 16)
+        guard n2 <= NodeInfo.maxRanges else { throw CoreError(.lengthTooLarge, "\(n2) ranges (at most \(NodeInfo.maxRanges))") }
         holds = []
-        for _ in 0..<r { holds.append(try reader.read(HeldRange.self)) }
+        for _ in 0..<n2 { holds.append(try reader.read(HeldRange.self)) }
         let e = try reader.readLength(minElementSize: 8)
         guard e <= NodeInfo.maxSnapshotEpochs else {
             throw CoreError(.lengthTooLarge, "\(e) snapshot epochs (at most \(NodeInfo.maxSnapshotEpochs))")
@@ -176,8 +179,14 @@ public struct NodeInfo: Hashable, Sendable, BCSCodable, DomainDigestible {
         for _ in 0..<e { snapshotEpochs.append(try reader.readU64()) }
     }
 
-    /// The highest checkpoint it says it holds, if any.
+    /// The highest checkpoint it says it holds, if any: a claim, never a reason to prefer it.
     public var highestHeld: UInt64? { holds.map(\.highest).max() }
+
+    /// The held ranges as `ClosedRange`s, inverted ones left out (a decoded record has none; one
+    /// built in memory might).
+    public var heldRanges: [ClosedRange<UInt64>] {
+        holds.prefix(NodeInfo.maxRanges).compactMap { $0.lowest <= $0.highest ? $0.lowest...$0.highest : nil }
+    }
 
     /// Splits `HOST:PORT` (IPv6 hosts in brackets); `nil` unless the port is 1...65535 and the host non-empty.
     public static func split(address: String) -> (host: String, port: Int)? {
@@ -249,9 +258,33 @@ public struct SignedNodeInfo: Hashable, Sendable, BCSCodable {
         return record
     }
 
-    /// Checks a decoded record: bounds, addresses, signature and age.
+    /// Checks a decoded record: bounds, addresses, ranges, signature and age (a timestamp of 0
+    /// or near `UInt64.max` is stale or future, never an overflow).
     /// - Throws: ``DiscoveryError``.
     public func verify(nowMs: UInt64) throws(DiscoveryError) {
+        try verifyContents()
+        try SignedNodeInfo.checkAge(info, nowMs: nowMs)
+    }
+
+    /// Whether a record signed at `timestampMs` is neither stale nor future at `nowMs`.
+    public static func isFresh(timestampMs: UInt64, nowMs: UInt64) -> Bool {
+        timestampMs <= nowMs.saturatingAdd(maxSkewMs) && nowMs.saturatingSub(timestampMs) <= maxAgeMs
+    }
+
+    static func checkAge(_ info: NodeInfo, nowMs: UInt64) throws(DiscoveryError) {
+        if info.timestampMs > nowMs.saturatingAdd(SignedNodeInfo.maxSkewMs) {
+            throw DiscoveryError(.future, "the record of \(info.peerID.raw.short) is dated \(info.timestampMs.saturatingSub(nowMs)) ms ahead")
+        }
+        let age = nowMs.saturatingSub(info.timestampMs)
+        if age > SignedNodeInfo.maxAgeMs {
+            throw DiscoveryError(.stale, "the record of \(info.peerID.raw.short) is \(age / 1_000) s old")
+        }
+    }
+
+    /// Checks everything but the age: size, bounds, addresses, ranges (none inverted), signature.
+    /// (A stored table's records are checked so when loaded: a file is outside data too.)
+    /// - Throws: ``DiscoveryError``.
+    public func verifyContents() throws(DiscoveryError) {
         let size = bcsBytes.count
         guard size <= SignedNodeInfo.maxBytes else {
             throw DiscoveryError(.malformed, "a record of \(size) bytes (at most \(SignedNodeInfo.maxBytes))")
@@ -264,14 +297,11 @@ public struct SignedNodeInfo: Hashable, Sendable, BCSCodable {
                 throw DiscoveryError(.malformed, "address \(a.prefix(40)) is not HOST:PORT")
             }
         }
+        for r in info.holds where r.lowest > r.highest {
+            throw DiscoveryError(.malformed, "range \(r.lowest)...\(r.highest) is inverted")
+        }
         guard info.peerID.isValidSignature(signature, for: info.digest.bytes) else {
             throw DiscoveryError(.badSignature, "the record of \(info.peerID.raw.short) is not signed by its key")
-        }
-        if info.timestampMs > nowMs + SignedNodeInfo.maxSkewMs {
-            throw DiscoveryError(.future, "the record of \(info.peerID.raw.short) is dated \(info.timestampMs - nowMs) ms ahead")
-        }
-        if nowMs > info.timestampMs + SignedNodeInfo.maxAgeMs {
-            throw DiscoveryError(.stale, "the record of \(info.peerID.raw.short) is \((nowMs - info.timestampMs) / 1_000) s old")
         }
     }
 }

@@ -1,14 +1,56 @@
 public import SomaCore
 
+/// Who passed a record on to this node: whose share of the table it counts against.
+public enum Introducer: Hashable, Sendable, CustomStringConvertible, BCSCodable {
+    /// A peer that passed it on in a `getKnownPeers` answer (or, for a direct record, the peer itself).
+    case peer(PeerID)
+    /// The peer itself, in the hello of a connection it made to this node: such
+    /// self-introductions are pooled by the network group of the address they came from, so
+    /// fresh keys dialling in from one place share one introducer's share.
+    case inbound(NetworkGroup)
+
+    /// The peer's hex id, or `inbound from GROUP`.
+    public var description: String {
+        switch self {
+        case .peer(let p): p.raw.hex
+        case .inbound(let g): "inbound from \(g)"
+        }
+    }
+
+    /// Writes a tag (peer 0, inbound 1), then the value.
+    public func encode(to writer: inout BCSWriter) {
+        switch self {
+        case .peer(let p):
+            writer.writeULEB128(0)
+            writer.write(p)
+        case .inbound(let g):
+            writer.writeULEB128(1)
+            writer.write(g)
+        }
+    }
+
+    /// Reads what ``encode(to:)`` wrote.
+    public init(from reader: inout BCSReader) throws(CoreError) {
+        switch try reader.readTag(count: 2, type: "Introducer") {
+        case 0: self = .peer(try reader.read(PeerID.self))
+        default: self = .inbound(try reader.read(NetworkGroup.self))
+        }
+    }
+}
+
 /// What the table keeps about one peer: its newest signed record, who told us about it, and how
 /// it has served us. Stored in the `peers` column family under its peer id.
 public struct PeerRecord: Sendable, BCSCodable {
     /// Its newest signed record (newest timestamp wins).
     public var info: SignedNodeInfo
-    /// The peer that told us about it (itself, when it came on its own connection).
-    public var introducer: PeerID
-    /// Whether this node has completed a handshake with it (it proved its key to us).
+    /// Who told us about it: a peer, or (`inbound`) the peer itself on a connection it made to
+    /// us, pooled by the network group it came from; for a direct record, the peer itself.
+    public var introducer: Introducer
+    /// Whether this node has dialled it and completed a handshake (it proved its key to us).
     public var direct: Bool
+    /// The address this node last reached it at (dialled, key proven); empty: never. Only a
+    /// record whose current addresses include it is advertised to others (dial-back).
+    public var reachedAddress: String
     /// When it entered the table (ms since 1970).
     public var firstSeenMs: UInt64
     /// When we last heard from it or about it with a newer record (ms since 1970).
@@ -31,13 +73,14 @@ public struct PeerRecord: Sendable, BCSCodable {
     public var nextDialMs: UInt64
 
     /// The version of the stored encoding.
-    static let version: UInt8 = 1
+    static let version: UInt8 = 2
 
     /// A new record for `info`, learnt from `introducer` at `nowMs`.
-    public init(info: SignedNodeInfo, introducer: PeerID, direct: Bool, nowMs: UInt64) {
+    public init(info: SignedNodeInfo, introducer: Introducer, direct: Bool, nowMs: UInt64) {
         self.info = info
-        self.introducer = introducer
+        self.introducer = direct ? .peer(info.info.peerID) : introducer
         self.direct = direct
+        reachedAddress = ""
         firstSeenMs = nowMs
         lastSeenMs = nowMs
         lastConnectedMs = direct ? nowMs : 0
@@ -52,6 +95,12 @@ public struct PeerRecord: Sendable, BCSCodable {
 
     /// Its peer id.
     public var peerID: PeerID { info.info.peerID }
+
+    /// Whether it counts against an introducer's share (it is not direct): that introducer.
+    var share: Introducer? { direct ? nil : introducer }
+
+    /// Whether it was reached at one of the addresses its current record names (dial-back).
+    public var isReached: Bool { direct && !reachedAddress.isEmpty && info.info.addresses.contains(reachedAddress) }
 
     /// Whether it is banned at `nowMs`.
     public func isBanned(nowMs: UInt64) -> Bool { bannedUntilMs > nowMs }
@@ -72,15 +121,28 @@ public struct PeerRecord: Sendable, BCSCodable {
         writer.write(bannedUntilMs)
         writer.write(banReason)
         writer.write(nextDialMs)
+        writer.write(reachedAddress)
     }
 
-    /// Reads what ``encode(to:)`` wrote.
+    /// Reads what ``encode(to:)`` wrote (version 2), or a version 1 record (an introducer peer
+    /// id, no reached address: a self-introduced one becomes `inbound` from ``NetworkGroup/unknown``,
+    /// a direct one is advertised again only after this node reaches it again).
     public init(from reader: inout BCSReader) throws(CoreError) {
         let v = try reader.readU8()
-        guard v == PeerRecord.version else { throw CoreError(.invalidValue, "peer record version \(v)") }
+        guard v == 1 || v == PeerRecord.version else { throw CoreError(.invalidValue, "peer record version \(v)") }
         info = try reader.read(SignedNodeInfo.self)
-        introducer = try reader.read(PeerID.self)
+        let legacyIntroducer: PeerID?
+        if v == 1 {
+            legacyIntroducer = try reader.read(PeerID.self)
+            introducer = .peer(info.info.peerID)
+        } else {
+            legacyIntroducer = nil
+            introducer = try reader.read(Introducer.self)
+        }
         direct = try reader.readBool()
+        if let legacyIntroducer {
+            introducer = direct || legacyIntroducer != info.info.peerID ? .peer(legacyIntroducer) : .inbound(.unknown)
+        }
         firstSeenMs = try reader.readU64()
         lastSeenMs = try reader.readU64()
         lastConnectedMs = try reader.readU64()
@@ -91,6 +153,16 @@ public struct PeerRecord: Sendable, BCSCodable {
         bannedUntilMs = try reader.readU64()
         banReason = try reader.readString()
         nextDialMs = try reader.readU64()
+        if v == 1 {
+            reachedAddress = ""
+        } else {
+            let a = try reader.readString()
+            guard a.utf8.count <= NodeInfo.maxAddressBytes else {
+                throw CoreError(.lengthTooLarge, "a reached address of \(a.utf8.count) bytes")
+            }
+            reachedAddress = a
+        }
+        if direct { introducer = .peer(info.info.peerID) }
     }
 }
 
@@ -110,9 +182,11 @@ public struct PeerSummary: Sendable, Codable {
     public var snapshotEpochs: [UInt64]
     /// The signing time of its record (ms since 1970).
     public var recordTimestampMs: UInt64
-    /// Whether this node has had a handshake with it.
+    /// Whether this node has dialled it and had a handshake with it.
     public var direct: Bool
-    /// Who told us about it (hex peer id).
+    /// Whether its current record names the address this node reached it at (it is advertised).
+    public var reached: Bool
+    /// Who told us about it (hex peer id, or `inbound from GROUP`).
     public var introducer: String
     /// Last heard of (ms since 1970).
     public var lastSeenMs: UInt64
@@ -142,7 +216,8 @@ public struct PeerSummary: Sendable, Codable {
         snapshotEpochs = i.snapshotEpochs
         recordTimestampMs = i.timestampMs
         direct = record.direct
-        introducer = record.introducer.raw.hex
+        reached = record.isReached
+        introducer = record.introducer.description
         lastSeenMs = record.lastSeenMs
         lastConnectedMs = record.lastConnectedMs
         throughput = record.throughput

@@ -3,14 +3,19 @@ import SomaCore
 @testable import SomaDiscovery
 import Testing
 
-/// A signed record of a fresh key, dated `offsetMs` from now.
+/// An address in a random IPv4 /16 (so that records made by tests rarely share a network group).
+func randomAddress(port: Int = 9100) -> String {
+    "\(UInt8.random(in: 1...223)).\(UInt8.random(in: 0...255)).\(UInt8.random(in: 0...255)).1:\(port)"
+}
+
+/// A signed record of a fresh key, dated `offsetMs` from now (by default at one random address).
 func record(
-    key: SigningKey = SigningKey.generate(), addresses: [String] = ["127.0.0.1:9100"], offsetMs: Int64 = 0,
+    key: SigningKey = SigningKey.generate(), addresses: [String]? = nil, offsetMs: Int64 = 0,
     access: Access = .public, holds: [HeldRange] = [HeldRange(lowest: 0, highest: 10)]
 ) -> SignedNodeInfo {
     let now = Int64(Discovery.nowMs())
     let info = NodeInfo(
-        peerID: key.publicKey, addresses: addresses, timestampMs: UInt64(now + offsetMs), access: access, role: .archive,
+        peerID: key.publicKey, addresses: addresses ?? [randomAddress()], timestampMs: UInt64(now + offsetMs), access: access, role: .archive,
         holds: holds, snapshotEpochs: [3, 4])
     return SignedNodeInfo(signing: info, with: key)
 }

@@ -116,6 +116,7 @@ struct PeerTableTests {
         #expect(await table.admit(priv, introducer: priv.info.peerID, direct: false, nowMs: now) == .added)
         let pub = record()
         _ = await table.admit(pub, introducer: pub.info.peerID, direct: true, nowMs: now)
+        await table.noteConnected(pub.info.peerID, address: pub.info.addresses[0], latencyMs: 5, nowMs: now)
         let banned = record()
         _ = await table.admit(banned, introducer: third, direct: false, nowMs: now)
         await table.ban(banned.info.peerID, untilMs: now + 10_000_000, reason: "bad block")
@@ -173,7 +174,7 @@ struct PeerTableTests {
         let ra = try #require(await table.record(a.info.peerID))
         #expect(ra.direct && ra.throughput == 12_345_678 && ra.failures == 2 && ra.info == a)
         let rb = try #require(await table.record(b.info.peerID))
-        #expect(!rb.direct && rb.introducer == a.info.peerID && rb.banReason == "forged certificate" && rb.isBanned(nowMs: now))
+        #expect(!rb.direct && rb.introducer == .peer(a.info.peerID) && rb.banReason == "forged certificate" && rb.isBanned(nowMs: now))
         #expect(await table.introducedCount(by: a.info.peerID) == 1)
         #expect(await table.dialCandidates(nowMs: now, excluding: []).map(\.peerID) == [a.info.peerID])
         // A read-only open beside the writer sees the same records.
