@@ -203,3 +203,19 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// Fuzz targets (docs/RELIABILITY.md): one executable, `soma-fuzz`, dispatching on the target name
+// in SOMA_FUZZ_TARGET. `tools/fuzz` builds it with `-DSOMA_FUZZ -sanitize=fuzzer,address`
+// (libFuzzer's entry point); a normal build compiles it as a replay tool, `soma-fuzz TARGET FILE...`.
+package.products.append(.executable(name: "soma-fuzz", targets: ["soma-fuzz"]))
+package.targets.append(
+    .executableTarget(
+        name: "soma-fuzz",
+        dependencies: [
+            "SomaCore", "SomaStore", "SomaNet", "SomaDiscovery", "SomaNode", "SomaDevnet",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+        ],
+        swiftSettings: strict
+    )
+)
