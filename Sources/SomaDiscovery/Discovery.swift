@@ -320,7 +320,7 @@ public final class Discovery: Sendable {
         let started = ContinuousClock.now
         let client: PeerClient
         do {
-            client = try await PeerClient.connect(host: host, port: port, identity: identity, configuration: net, group: group, pushes: pushes)
+            client = try await PeerClient.connect(host: host, port: port, identity: identity, configuration: net, group: group, pushes: pushes, expectedPeer: expected)
         } catch {
             report.dialFailures += 1
             metrics.dials(false).increment()

@@ -362,7 +362,7 @@ final class ServerState: Sendable {
     /// network group already holds its limit of connections.
     func add(_ channel: any Channel, configuration: NetConfiguration) -> Bool {
         let address = channel.remoteAddress?.ipAddress
-        let group = channel.remoteAddress.map(NetworkGroup.init)
+        let group = channel.remoteAddress.map(ConnectionGroup.init)
         let admitted = connections.withLock { open -> Bool in
             guard open.count < configuration.maxConnections else { return false }
             var sameAddress = 0
@@ -370,7 +370,7 @@ final class ServerState: Sendable {
             for other in open.values {
                 guard let remote = other.remoteAddress else { continue }
                 if remote.ipAddress == address { sameAddress += 1 }
-                if NetworkGroup(remote) == group { sameGroup += 1 }
+                if ConnectionGroup(remote) == group { sameGroup += 1 }
             }
             guard sameAddress < configuration.maxConnectionsPerAddress, sameGroup < configuration.maxConnectionsPerGroup else { return false }
             open[ObjectIdentifier(channel)] = channel
@@ -388,12 +388,12 @@ final class ServerState: Sendable {
 
 /// The network group of an address, for connection caps: an IPv4 /24, an IPv6 /48, or the
 /// address itself for other kinds.
-public struct NetworkGroup: Hashable, Sendable, CustomStringConvertible {
+struct ConnectionGroup: Hashable, Sendable, CustomStringConvertible {
     /// The group's prefix bytes (or the address's text for other kinds).
-    public let prefix: [UInt8]
+    let prefix: [UInt8]
 
     /// The group of `address`.
-    public init(_ address: SocketAddress) {
+    init(_ address: SocketAddress) {
         switch address {
         case .v4(let a):
             let ip = UInt32(bigEndian: a.address.sin_addr.s_addr)
@@ -408,7 +408,7 @@ public struct NetworkGroup: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// `4:a.b.c/24`, `6:hex/48`, or the address.
-    public var description: String {
+    var description: String {
         switch prefix.first {
         case 4 where prefix.count == 4: return "\(prefix[1]).\(prefix[2]).\(prefix[3]).0/24"
         case 6: return prefix.dropFirst().map { String($0, radix: 16) }.joined(separator: ":") + "::/48"

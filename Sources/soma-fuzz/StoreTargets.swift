@@ -59,7 +59,7 @@ let nodeInfoTarget = FuzzTarget(
         let other = SignedNodeInfo(signing: NodeInfo(peerID: DevnetKeys.validator(seed: 77, index: 1).publicKey,
                                                      addresses: ["node.example:80"], timestampMs: now - 1_000, access: .private),
                                    with: DevnetKeys.validator(seed: 77, index: 1))
-        let record = PeerRecord(info: other, introducer: key.publicKey, direct: false, nowMs: now)
+        let record = PeerRecord(info: other, introducer: .peer(key.publicKey), direct: false, nowMs: now)
         return [
             [0] + le(now + 5) + signed.bcsBytes, [1] + KnownPeers(own: signed, peers: [other]).bcsBytes,
             [2] + record.bcsBytes, [3] + other.bcsBytes, [4] + Array("[2001:db8::1]:65535".utf8),

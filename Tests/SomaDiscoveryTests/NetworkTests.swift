@@ -179,16 +179,19 @@ struct NetworkTests {
         #expect(await b.discovery.table.record(hidden.id) == nil)
         // Asked directly, it answers the allow-listed seed only.
         let port = hidden.server.port
-        let stranger = try await PeerClient.connect(
-            host: "127.0.0.1", port: port, identity: HandshakeIdentity(key: SigningKey.generate(), chainID: testChain), group: group)
-        await #expect(throws: RPCError.self) { try await stranger.call(.getKnownPeers) }
-        await #expect(throws: RPCError.self) { try await stranger.availability() }
+        // A stranger is refused at the handshake, with the reason, before it sees the record.
+        do {
+            _ = try await PeerClient.connect(
+                host: "127.0.0.1", port: port, identity: HandshakeIdentity(key: SigningKey.generate(), chainID: testChain), group: group)
+            Issue.record("a stranger completed a handshake with a private node")
+        } catch let e as WireError {
+            #expect(e.message.contains("allow-list"), "\(e)")
+        }
         let friend = try await PeerClient.connect(
             host: "127.0.0.1", port: port, identity: HandshakeIdentity(key: seed.key, chainID: testChain), group: group)
         let known = try BCS.decode(KnownPeers.self, from: try await friend.call(.getKnownPeers))
         #expect(known.own.info.peerID == hidden.id && known.own.info.access == .private)
         _ = try await friend.availability()
-        await stranger.close()
         await friend.close()
         for n in [hidden, a, b, seed] { await n.stop() }
         try await group.shutdownGracefully()
