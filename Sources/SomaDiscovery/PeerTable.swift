@@ -279,7 +279,7 @@ public actor PeerTable {
             if inboundOnly, case .peer = key { return false }
             return true
         }
-        if let (biggest, held) = shares.max(by: { ($0.value, $0.key.description) < ($1.value, $1.key.description) }) {
+        if let (biggest, held) = shares.max(by: { $0.value < $1.value }) {
             if let newShare, newShare == biggest || introducedCount(by: newShare) + 1 > held { return nil }
             return worst(records.values.filter { $0.share == biggest })
         }
