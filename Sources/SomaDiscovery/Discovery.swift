@@ -229,7 +229,7 @@ public final class Discovery: Sendable {
     /// One inbound peer's hello record: introduced by `inbound(group of remoteAddress)`.
     func learnInbound(_ bytes: [UInt8], peerID: PeerID, remoteAddress: String?, into report: inout RoundReport) async {
         guard !bytes.isEmpty else { return }
-        await learn(bytes, from: .inbound(NetworkGroup(remoteAddress: remoteAddress)), direct: false, mustBe: peerID, into: &report)
+        await learn(bytes, from: .inbound(AddressGroup(remoteAddress: remoteAddress)), direct: false, mustBe: peerID, into: &report)
     }
 
     /// A private node's table admits only its allow-listed peers (DESIGN §8: access before the record).
