@@ -139,7 +139,14 @@ public final class Discovery: Sendable {
         self.identity = HandshakeIdentity(key: key, chainID: chainID, nodeInfoSlot: NodeInfoSlot())
         self.metrics = DiscoveryMetrics()
         self.diversity = OutboundDiversity(maxPerGroup: configuration.maxOutboundPerGroup)
-        state.withLock { $0.advertise = Array(configuration.advertise.prefix(NodeInfo.maxAddresses)) }
+        state.withLock { $0.advertise = Discovery.advertisable(configuration.advertise) }
+    }
+
+    /// The addresses a record can carry: `HOST:PORT` of at most 128 bytes, at most 8 of them
+    /// (others would make this node's record fail verification at every peer).
+    static func advertisable(_ addresses: [String]) -> [String] {
+        Array(addresses.filter { $0.utf8.count <= NodeInfo.maxAddressBytes && NodeInfo.split(address: $0) != nil }
+            .prefix(NodeInfo.maxAddresses))
     }
 
     /// Milliseconds since 1970 now.
@@ -155,7 +162,7 @@ public final class Discovery: Sendable {
 
     /// Replaces the advertised addresses (once the listening port is known) and re-signs.
     public func setAddresses(_ addresses: [String]) async {
-        state.withLock { $0.advertise = Array(addresses.prefix(NodeInfo.maxAddresses)) }
+        state.withLock { $0.advertise = Discovery.advertisable(addresses) }
         await refreshOwnRecord(force: true)
     }
 
@@ -169,7 +176,9 @@ public final class Discovery: Sendable {
     /// Re-signs this node's record when what it holds or where it listens changed, or when the
     /// record is older than `resignInterval`; hellos carry the new one from then on.
     public func refreshOwnRecord(force: Bool = false) async {
-        let (holds, epochs) = await held()
+        let (allHolds, epochs) = await held()
+        // Our own record must verify at every peer: no inverted range.
+        let holds = Array(allHolds.filter { $0.lowest <= $0.highest }.prefix(NodeInfo.maxRanges))
         let now = ContinuousClock.now
         let nowMs = Discovery.nowMs()
         let (own, signedAt, addresses) = state.withLock { ($0.own, $0.signedAt, $0.advertise) }
@@ -220,7 +229,7 @@ public final class Discovery: Sendable {
     /// One inbound peer's hello record: introduced by `inbound(group of remoteAddress)`.
     func learnInbound(_ bytes: [UInt8], peerID: PeerID, remoteAddress: String?, into report: inout RoundReport) async {
         guard !bytes.isEmpty else { return }
-        await learn(bytes, from: .inbound(NetworkGroup(remoteAddress: remoteAddress)), direct: false, mustBe: peerID, into: &report)
+        await learn(bytes, from: .inbound(AddressGroup(remoteAddress: remoteAddress)), direct: false, mustBe: peerID, into: &report)
     }
 
     /// A private node's table admits only its allow-listed peers (DESIGN §8: access before the record).
@@ -492,7 +501,7 @@ public final class Discovery: Sendable {
 
     /// Asks up to `exchangeFanout` connected peers (chosen at random) for their known peers.
     func exchange(into report: inout RoundReport) async {
-        let chosen = connections.shuffled().prefix(configuration.exchangeFanout)
+        let chosen = connections.shuffled().prefix(max(0, configuration.exchangeFanout))
         let answers = await withTaskGroup(of: (PeerID, KnownPeers?, UInt32).self) { tasks in
             for c in chosen {
                 tasks.addTask {
@@ -553,7 +562,7 @@ public final class Discovery: Sendable {
     /// new (at most `maxRounds`): a quick start before a one-shot sync.
     @discardableResult
     public func bootstrap(maxRounds: Int = 8) async -> Int {
-        for _ in 0..<maxRounds {
+        for _ in 0..<max(0, maxRounds) {
             let r = await round()
             if r.connections >= configuration.targetConnections || (r.admitted == 0 && r.dialled == 0) { break }
         }

@@ -7,7 +7,7 @@ public enum Introducer: Hashable, Sendable, CustomStringConvertible, BCSCodable 
     /// The peer itself, in the hello of a connection it made to this node: such
     /// self-introductions are pooled by the network group of the address they came from, so
     /// fresh keys dialling in from one place share one introducer's share.
-    case inbound(NetworkGroup)
+    case inbound(AddressGroup)
 
     /// The peer's hex id, or `inbound from GROUP`.
     public var description: String {
@@ -33,7 +33,7 @@ public enum Introducer: Hashable, Sendable, CustomStringConvertible, BCSCodable 
     public init(from reader: inout BCSReader) throws(CoreError) {
         switch try reader.readTag(count: 2, type: "Introducer") {
         case 0: self = .peer(try reader.read(PeerID.self))
-        default: self = .inbound(try reader.read(NetworkGroup.self))
+        default: self = .inbound(try reader.read(AddressGroup.self))
         }
     }
 }
@@ -125,7 +125,7 @@ public struct PeerRecord: Sendable, BCSCodable {
     }
 
     /// Reads what ``encode(to:)`` wrote (version 2), or a version 1 record (an introducer peer
-    /// id, no reached address: a self-introduced one becomes `inbound` from ``NetworkGroup/unknown``,
+    /// id, no reached address: a self-introduced one becomes `inbound` from ``AddressGroup/unknown``,
     /// a direct one is advertised again only after this node reaches it again).
     public init(from reader: inout BCSReader) throws(CoreError) {
         let v = try reader.readU8()

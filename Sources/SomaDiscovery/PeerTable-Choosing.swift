@@ -134,18 +134,18 @@ public struct OutboundDiversity: Sendable {
     /// in order, given the groups of the connections `open` now: first the best candidates with
     /// an address in a group below the bound (each pick counts towards its group), and only
     /// when those run out, the rest with all their addresses.
-    public func pick(_ candidates: [PeerRecord], open: [NetworkGroup: Int], count: Int)
+    public func pick(_ candidates: [PeerRecord], open: [AddressGroup: Int], count: Int)
         -> [(record: PeerRecord, addresses: [String])] {
         guard count > 0 else { return [] }
         var counts = open
         var picked: [(record: PeerRecord, addresses: [String])] = []
         var taken: Set<PeerID> = []
         for c in candidates where picked.count < count {
-            let fit = c.info.info.addresses.filter { counts[NetworkGroup(address: $0), default: 0] < maxPerGroup }
+            let fit = c.info.info.addresses.filter { counts[AddressGroup(address: $0), default: 0] < maxPerGroup }
             guard let first = fit.first else { continue }
             picked.append((c, fit))
             taken.insert(c.peerID)
-            counts[NetworkGroup(address: first), default: 0] += 1
+            counts[AddressGroup(address: first), default: 0] += 1
         }
         for c in candidates where picked.count < count && !taken.contains(c.peerID) {
             picked.append((c, c.info.info.addresses))
@@ -155,9 +155,9 @@ public struct OutboundDiversity: Sendable {
     }
 
     /// How many of the `addresses` of open connections fall into each group.
-    public static func groups(of addresses: [String]) -> [NetworkGroup: Int] {
-        var out: [NetworkGroup: Int] = [:]
-        for a in addresses { out[NetworkGroup(address: a), default: 0] += 1 }
+    public static func groups(of addresses: [String]) -> [AddressGroup: Int] {
+        var out: [AddressGroup: Int] = [:]
+        for a in addresses { out[AddressGroup(address: a), default: 0] += 1 }
         return out
     }
 }

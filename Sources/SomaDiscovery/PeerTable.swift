@@ -51,7 +51,7 @@ public actor PeerTable {
     var records: [PeerID: PeerRecord] = [:]
     var perIntroducer: [Introducer: Int] = [:]
     var inboundCount = 0
-    var perGroup: [NetworkGroup: Int] = [:]
+    var perGroup: [AddressGroup: Int] = [:]
     var dirty: Set<PeerID> = []
     var removed: Set<PeerID> = []
     /// Salt of the tie-break between candidates that are equal on every measured score, so that
@@ -151,7 +151,7 @@ public actor PeerTable {
     public var inboundRecords: Int { inboundCount }
 
     /// How many records have an address in `group`.
-    public func records(in group: NetworkGroup) -> Int { perGroup[group] ?? 0 }
+    public func records(in group: AddressGroup) -> Int { perGroup[group] ?? 0 }
 
     /// Restricts the table to `allowed` (`nil`: lifts the restriction); records of other peers
     /// are dropped at once.
@@ -188,7 +188,7 @@ public actor PeerTable {
                 remove(victim)
             }
         }
-        if let why = makeRoom(in: NetworkGroup.groups(of: info.info), direct: direct) { return .refused(why) }
+        if let why = makeRoom(in: AddressGroup.groups(of: info.info), direct: direct) { return .refused(why) }
         if records.count >= maxPeers {
             guard let victim = evictionVictim(newShare: newcomer.share, inboundOnly: false) else {
                 return .refused("the table is full (\(maxPeers) records)")
@@ -214,8 +214,8 @@ public actor PeerTable {
         let id = old.peerID
         var changed = false
         if info.info.timestampMs > r.info.info.timestampMs {
-            let before = NetworkGroup.groups(of: r.info.info)
-            let entering = NetworkGroup.groups(of: info.info).subtracting(before)
+            let before = AddressGroup.groups(of: r.info.info)
+            let entering = AddressGroup.groups(of: info.info).subtracting(before)
             // Take it out of the counts while room is made, so that it cannot evict itself.
             remove(id, persist: false)
             if let why = makeRoom(in: entering, direct: direct || r.direct, sparing: id) {
@@ -250,11 +250,11 @@ public actor PeerTable {
     /// Makes room for one more record in each of `groups`: a full group refuses an introduced
     /// newcomer, and gives a direct one the place of its worst introduced record.
     /// - Returns: why there is no room, or `nil`.
-    func makeRoom(in groups: Set<NetworkGroup>, direct: Bool, sparing: PeerID? = nil) -> String? {
+    func makeRoom(in groups: Set<AddressGroup>, direct: Bool, sparing: PeerID? = nil) -> String? {
         for g in groups.sorted() where records(in: g) >= maxPerGroup {
             guard direct else { return "network group \(g) holds its share of \(maxPerGroup) records" }
             guard let victim = worst(records.values.filter {
-                !$0.direct && $0.peerID != sparing && NetworkGroup.groups(of: $0.info.info).contains(g)
+                !$0.direct && $0.peerID != sparing && AddressGroup.groups(of: $0.info.info).contains(g)
             }) else { return "network group \(g) holds \(maxPerGroup) direct records" }
             remove(victim)
         }
@@ -267,7 +267,7 @@ public actor PeerTable {
             if introducedCount(by: share) >= maxPerIntroducer { return false }
             if case .inbound = share, inboundCount >= maxInbound { return false }
         }
-        return NetworkGroup.groups(of: r.info.info).allSatisfy { records(in: $0) < maxPerGroup }
+        return AddressGroup.groups(of: r.info.info).allSatisfy { records(in: $0) < maxPerGroup }
     }
 
     /// The record to evict for a newcomer counted against `newShare` (`nil`: a direct one):
@@ -279,7 +279,7 @@ public actor PeerTable {
             if inboundOnly, case .peer = key { return false }
             return true
         }
-        if let (biggest, held) = shares.max(by: { ($0.value, $0.key.description) < ($1.value, $1.key.description) }) {
+        if let (biggest, held) = shares.max(by: { $0.value < $1.value }) {
             if let newShare, newShare == biggest || introducedCount(by: newShare) + 1 > held { return nil }
             return worst(records.values.filter { $0.share == biggest })
         }
@@ -301,7 +301,7 @@ public actor PeerTable {
             perIntroducer[share, default: 0] += 1
             if case .inbound = share { inboundCount += 1 }
         }
-        for g in NetworkGroup.groups(of: r.info.info) { perGroup[g, default: 0] += 1 }
+        for g in AddressGroup.groups(of: r.info.info) { perGroup[g, default: 0] += 1 }
         removed.remove(r.peerID)
     }
 
@@ -313,7 +313,7 @@ public actor PeerTable {
             if perIntroducer[share, default: 0] <= 0 { perIntroducer[share] = nil }
             if case .inbound = share { inboundCount = max(0, inboundCount - 1) }
         }
-        for g in NetworkGroup.groups(of: r.info.info) {
+        for g in AddressGroup.groups(of: r.info.info) {
             perGroup[g, default: 1] -= 1
             if perGroup[g, default: 0] <= 0 { perGroup[g] = nil }
         }

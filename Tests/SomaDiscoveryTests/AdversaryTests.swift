@@ -22,10 +22,10 @@ func candidate(_ addresses: [String]) -> PeerRecord {
 }
 
 @Suite("network groups")
-struct NetworkGroupTests {
+struct AddressGroupTests {
     @Test("hosts map to their group: IPv4 /16, IPv6 /32, IPv4-mapped IPv6 as IPv4, names by their last two labels",
           arguments: [
-              ("1.2.3.4", NetworkGroup.ipv4(0x0102)),
+              ("1.2.3.4", AddressGroup.ipv4(0x0102)),
               ("1.2.200.9", .ipv4(0x0102)),
               ("[2001:db8:aa::1]", .ipv6(0x2001_0DB8)),
               ("2001:db8::", .ipv6(0x2001_0DB8)),
@@ -36,13 +36,13 @@ struct NetworkGroupTests {
               ("localhost", .name("localhost")),
               ("", .unknown),
           ])
-    func hosts(host: String, group: NetworkGroup) {
-        #expect(NetworkGroup(host: host) == group)
+    func hosts(host: String, group: AddressGroup) {
+        #expect(AddressGroup(host: host) == group)
     }
 
     @Test("remote addresses as the transport describes them",
           arguments: [
-              ("[IPv4]127.0.0.1/127.0.0.1:54321", NetworkGroup.ipv4(0x7F00)),
+              ("[IPv4]127.0.0.1/127.0.0.1:54321", AddressGroup.ipv4(0x7F00)),
               ("[IPv6]::1/::1:54321", .ipv6(0)),
               ("[IPv6]2001:db8::5/2001:db8::5:443", .ipv6(0x2001_0DB8)),
               ("6.6.6.6:4000", .ipv4(0x0606)),
@@ -50,23 +50,23 @@ struct NetworkGroupTests {
               ("10.1.2.3", .ipv4(0x0A01)),
               ("garbage", .unknown),
           ])
-    func remotes(remote: String, group: NetworkGroup) {
-        #expect(NetworkGroup(remoteAddress: remote) == group)
+    func remotes(remote: String, group: AddressGroup) {
+        #expect(AddressGroup(remoteAddress: remote) == group)
     }
 
     @Test("no remote address, malformed literals and advertised addresses that do not parse")
     func malformed() throws {
-        #expect(NetworkGroup(remoteAddress: nil) == .unknown)
-        #expect(NetworkGroup(remoteAddress: String(repeating: "9", count: 10_000)) == .unknown)
-        #expect(NetworkGroup(address: "no-port") == .unknown)
-        #expect(NetworkGroup(address: "1.2.3.4:80") == .ipv4(0x0102))
-        #expect(NetworkGroup.parseIPv6("1::2::3") == nil)
-        #expect(NetworkGroup.parseIPv6("1:2:3:4:5:6:7:8:9") == nil)
-        #expect(NetworkGroup.parseIPv6("12345::") == nil)
-        #expect(NetworkGroup.parseIPv4("1.2.3.256") == nil)
+        #expect(AddressGroup(remoteAddress: nil) == .unknown)
+        #expect(AddressGroup(remoteAddress: String(repeating: "9", count: 10_000)) == .unknown)
+        #expect(AddressGroup(address: "no-port") == .unknown)
+        #expect(AddressGroup(address: "1.2.3.4:80") == .ipv4(0x0102))
+        #expect(AddressGroup.parseIPv6("1::2::3") == nil)
+        #expect(AddressGroup.parseIPv6("1:2:3:4:5:6:7:8:9") == nil)
+        #expect(AddressGroup.parseIPv6("12345::") == nil)
+        #expect(AddressGroup.parseIPv4("1.2.3.256") == nil)
         // Round trip of the persisted form.
-        for g in [NetworkGroup.ipv4(7), .ipv6(9), .name("example.com"), .unknown] {
-            #expect(try NetworkGroup(bcsBytes: g.bcsBytes) == g)
+        for g in [AddressGroup.ipv4(7), .ipv6(9), .name("example.com"), .unknown] {
+            #expect(try AddressGroup(bcsBytes: g.bcsBytes) == g)
         }
     }
 }
@@ -165,7 +165,7 @@ struct AdversaryTests {
         let others = [candidate(["3.3.3.3:1"]), candidate(["[2001:db8::1]:1"]), candidate(["4.4.4.4:1"])]
         let picked = policy.pick(crowd + others, open: [:], count: 4)
         #expect(picked.count == 4)
-        let groups = picked.map { NetworkGroup(address: $0.addresses[0]) }
+        let groups = picked.map { AddressGroup(address: $0.addresses[0]) }
         #expect(groups.filter { $0 == .ipv4(0x0102) }.count == 2)
         #expect(Set(picked.map(\.record.peerID)) == Set(crowd.prefix(2).map(\.peerID) + others.prefix(2).map(\.peerID)))
         // With 1.2.0.0/16 already holding two connections, none more from it while others remain.

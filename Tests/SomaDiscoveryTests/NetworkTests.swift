@@ -128,6 +128,14 @@ struct NetworkTests {
         }
         // The seed, which knew nobody, learnt everyone from their hellos and dialled some of them.
         #expect(await nodes[0].discovery.table.count == 5)
+        // Dial-back: those it did not keep a connection to it reached with feeler dials; only
+        // then does it advertise them, and every node advertises only peers it reached.
+        #expect(await eventually { await nodes[0].discovery.knownPeers().peers.count == 5 })
+        for n in nodes {
+            for ad in await n.discovery.knownPeers().peers {
+                #expect(await n.discovery.table.record(ad.info.peerID)?.isReached == true)
+            }
+        }
         for n in nodes { await n.stop() }
         try await group.shutdownGracefully()
     }

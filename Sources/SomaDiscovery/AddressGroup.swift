@@ -1,6 +1,7 @@
 public import SomaCore
 
-/// The network group of an address (DESIGN §9, as Bitcoin Core's netgroups): addresses one
+/// The network group of an address for discovery (DESIGN §9, as Bitcoin Core's netgroups;
+/// coarser than SomaNet's `NetworkGroup` of connection caps, /24 and /48): addresses one
 /// operator can easily hold many of share a group, so bounds per group keep one operator from
 /// filling the peer table or every outbound slot.
 ///
@@ -10,7 +11,7 @@ public import SomaCore
 ///   one operator can mint any number of names under its domain.
 /// - ``unknown``: an address that does not parse, or none (an inbound connection whose remote
 ///   address the transport did not give): all of them share one group.
-public enum NetworkGroup: Hashable, Sendable, Comparable, CustomStringConvertible, BCSCodable {
+public enum AddressGroup: Hashable, Sendable, Comparable, CustomStringConvertible, BCSCodable {
     /// The first two octets of an IPv4 address.
     case ipv4(UInt16)
     /// The first 32 bits of an IPv6 address.
@@ -25,9 +26,9 @@ public enum NetworkGroup: Hashable, Sendable, Comparable, CustomStringConvertibl
         var h = Substring(host)
         if h.hasPrefix("[") && h.hasSuffix("]") { h = h.dropFirst().dropLast() }
         if let zone = h.firstIndex(of: "%") { h = h[..<zone] }
-        if let v4 = NetworkGroup.parseIPv4(h) {
+        if let v4 = AddressGroup.parseIPv4(h) {
             self = .ipv4(UInt16(v4[0]) << 8 | UInt16(v4[1]))
-        } else if let v6 = NetworkGroup.parseIPv6(h) {
+        } else if let v6 = AddressGroup.parseIPv6(h) {
             if v6[0...4].allSatisfy({ $0 == 0 }) && v6[5] == 0xFFFF {
                 self = .ipv4(v6[6])
             } else {
@@ -63,7 +64,7 @@ public enum NetworkGroup: Hashable, Sendable, Comparable, CustomStringConvertibl
         var s = Substring(remote)
         for tag in ["[IPv4]", "[IPv6]"] where s.hasPrefix(tag) { s = s.dropFirst(tag.count) }
         if let slash = s.lastIndex(of: "/") { s = s[s.index(after: slash)...] }
-        if NetworkGroup.parseIPv4(s) != nil || NetworkGroup.parseIPv6(s) != nil {
+        if AddressGroup.parseIPv4(s) != nil || AddressGroup.parseIPv6(s) != nil {
             self.init(host: String(s))
             return
         }
@@ -79,8 +80,8 @@ public enum NetworkGroup: Hashable, Sendable, Comparable, CustomStringConvertibl
     }
 
     /// The groups of a record's addresses (distinct; at most ``NodeInfo/maxAddresses``).
-    public static func groups(of info: NodeInfo) -> Set<NetworkGroup> {
-        Set(info.addresses.prefix(NodeInfo.maxAddresses).map { NetworkGroup(address: $0) })
+    public static func groups(of info: NodeInfo) -> Set<AddressGroup> {
+        Set(info.addresses.prefix(NodeInfo.maxAddresses).map { AddressGroup(address: $0) })
     }
 
     /// `1.2.0.0/16`, `2001:db8::/32`, `example.com`, `unknown`.
@@ -94,7 +95,7 @@ public enum NetworkGroup: Hashable, Sendable, Comparable, CustomStringConvertibl
     }
 
     /// Orders by kind, then value (for stable listings).
-    public static func < (a: NetworkGroup, b: NetworkGroup) -> Bool {
+    public static func < (a: AddressGroup, b: AddressGroup) -> Bool {
         switch (a, b) {
         case (.ipv4(let x), .ipv4(let y)): x < y
         case (.ipv6(let x), .ipv6(let y)): x < y
@@ -131,7 +132,7 @@ public enum NetworkGroup: Hashable, Sendable, Comparable, CustomStringConvertibl
 
     /// Reads what ``encode(to:)`` wrote; a name longer than 128 bytes is refused.
     public init(from reader: inout BCSReader) throws(CoreError) {
-        switch try reader.readTag(count: 4, type: "NetworkGroup") {
+        switch try reader.readTag(count: 4, type: "AddressGroup") {
         case 0: self = .ipv4(try reader.readU16())
         case 1: self = .ipv6(try reader.readU32())
         case 2:
