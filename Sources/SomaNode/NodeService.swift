@@ -65,7 +65,9 @@ public final class NodeService: Service, Sendable {
             }
             let table = PeerTable(
                 selfID: key.publicKey, store: store, maxPeers: config.discovery.maxPeers,
-                maxPerIntroducer: config.discovery.maxPerIntroducer)
+                maxPerIntroducer: config.discovery.maxPerIntroducer, maxInbound: config.discovery.maxInbound,
+                maxPerGroup: config.discovery.maxPerGroup,
+                admitOnly: config.discovery.access == .private ? config.discovery.allowedPeers : nil)
             let known = try await table.load()
             var settings = config.discovery
             settings.seeds = Array(Set(config.peers + config.discovery.seeds)).sorted()

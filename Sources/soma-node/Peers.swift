@@ -64,7 +64,7 @@ struct Peers: AsyncParsableCommand {
         for s in summaries {
             let seen = now > s.lastSeenMs ? ago((now - s.lastSeenMs) / 1_000) : "now"
             let status = s.bannedUntilMs.map { "banned \(ago(($0 - min($0, now)) / 1_000)): \(s.banReason ?? "")" }
-                ?? (s.direct ? "dialled" : "introduced by \(s.introducer.prefix(8))")
+                ?? (s.direct ? "dialled" : s.introducer.hasPrefix("inbound") ? s.introducer : "introduced by \(s.introducer.prefix(8))")
             let mbps = s.throughput > 0 ? format(Double(s.throughput) / 1e6) : "-"
             let rtt = s.latencyMs > 0 ? "\(s.latencyMs)ms" : "-"
             print([
