@@ -328,6 +328,9 @@ final class SyncRun {
                 guard let event = await iterator.next() else { break }
                 try await handle(event)
             }
+            // The event stream ends early only when this task is cancelled: a cancelled run
+            // throws, it does not report a catch-up it did not finish.
+            try Task.checkCancellation()
         } catch {
             await stopAll()
             throw error
@@ -735,7 +738,8 @@ final class SyncRun {
                 guard answer.summaries.count == Int(count), answer.certificates.count == Int(count),
                       answer.summaries.first?.sequenceNumber == from
                 else {
-                    throw SyncError("asked for summaries \(from)...\(last), got \(answer.summaries.count) from \(answer.summaries.first?.sequenceNumber ?? 0)")
+                    // It was picked because it claims this range: a short answer is a claim it cannot back.
+                    throw SyncError("claims checkpoints \(from)...\(last) but sent \(answer.summaries.count) summaries from \(answer.summaries.first.map { "\($0.sequenceNumber)" } ?? "none")")
                 }
                 var certified: [CertifiedCheckpointSummary] = []
                 certified.reserveCapacity(Int(count))
