@@ -143,7 +143,7 @@ extension SummariesRequest {
     /// `1...maxCount` and no sequence number past `UInt64.max`.
     /// - Throws: ``RPCError/badRequest(_:)`` otherwise.
     public func range() throws(RPCError) -> ClosedRange<UInt64> {
-        guard count >= 1, count <= Self.maxCount else { throw .badRequest("count must be 1...\(Self.maxCount), got \(count)") }
+        guard count >= 1, count <= Self.maxCount else { throw .badRequest("count must be 1...\(Self.maxCount)") }
         return try RequestRange.checked(from: from, count: count)
     }
 }

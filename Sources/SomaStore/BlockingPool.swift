@@ -1,9 +1,11 @@
 import NIOPosix
+import Synchronization
 
 /// The dedicated threads on which every RocksDB call runs (never an event loop, never the
 /// cooperative pool). A thin owner of an `NIOThreadPool`.
 public final class BlockingPool: Sendable {
     private let pool: NIOThreadPool
+    private let stopped = Atomic<Bool>(false)
 
     /// Starts `threads` threads.
     public init(threads: Int = 4) {
@@ -18,11 +20,15 @@ public final class BlockingPool: Sendable {
             return try await pool.runIfActive(body)
         } catch is NIOThreadPoolError.ThreadPoolInactive {
             throw StoreError(.closed, "the store's thread pool is stopped (the store is closed)")
+        } catch is CancellationError where stopped.load(ordering: .relaxed) {
+            // A pool that is shut down refuses new work with a cancellation.
+            throw StoreError(.closed, "the store's thread pool is stopped (the store is closed)")
         }
     }
 
     /// Stops the threads once the queued work is done.
     public func shutdown() async throws {
+        stopped.store(true, ordering: .relaxed)
         try await pool.shutdownGracefully()
     }
 }

@@ -234,7 +234,7 @@ final class SyncRun {
 
     enum Event: Sendable {
         case summaries(Result<SummaryBatchDone, any Error>)
-        case span(first: UInt64, source: Int, started: ContinuousClock.Instant, Result<([(VerifiedCheckpoint, Int)], Int), any Error>)
+        case span(first: UInt64, source: Int, task: Int, started: ContinuousClock.Instant, Result<([(VerifiedCheckpoint, Int)], Int), any Error>)
         case committed(Result<CommitDone, any Error>)
         case tick
     }
@@ -275,7 +275,8 @@ final class SyncRun {
     var stuckRefreshes = 0
     var runningSpans = 0
     /// Every span request task started, and the requests each source has not answered yet.
-    var spanTasks: [Task<Void, Never>] = []
+    var spanTasks: [Int: Task<Void, Never>] = [:]
+    var nextTaskID = 0
     var outstanding: [Int: Int] = [:]
     var iterator: AsyncStream<Event>.Iterator
     var quorumChecks = 0
@@ -328,6 +329,9 @@ final class SyncRun {
                 guard let event = await iterator.next() else { break }
                 try await handle(event)
             }
+            // The event stream ends early only when this task is cancelled: a cancelled run
+            // throws, it does not report a catch-up it did not finish.
+            try Task.checkCancellation()
         } catch {
             await stopAll()
             throw error
@@ -343,23 +347,24 @@ final class SyncRun {
     /// the pool before it returns. The slots are counted here (``outstanding``), not read from
     /// the event stream: a cancelled run's stream ends at once, with events still in it.
     func stopAll() async {
-        for t in spanTasks { t.cancel() }
+        for t in spanTasks.values { t.cancel() }
         summaryTask?.cancel()
-        for t in spanTasks { await t.value }
+        for t in spanTasks.values { await t.value }
         await summaryTask?.value
         await commitTask?.value
         post.finish()
         for (source, n) in outstanding { for _ in 0..<max(0, n) { await pool.released(source) } }
         outstanding = [:]
-        spanTasks = []
+        spanTasks = [:]
         runningSpans = 0
     }
 
-    /// Lowers (or raises) the target to what sources that are not banned claim now, capped by
+    /// Lowers (or raises) the target to what sources not banned for bad data claim now
+    /// (``SourcePool/highestCredible``: a source paused for a stall still counts), capped by
     /// `until`, never below what is committed: called after a poll and after a source was found
     /// to claim more than it can back.
     func retarget() async {
-        let held = await pool.highestHeld
+        let held = await pool.highestCredible
         target = Self.clampTarget(max(syncedSeq, min(until ?? held, held)))
     }
 
@@ -469,12 +474,14 @@ final class SyncRun {
     }
 
     func spanTask(_ span: Span, source: Int) -> Task<Void, Never> {
-        let task = makeSpanTask(span, source: source)
-        spanTasks.append(task)
+        let id = nextTaskID
+        nextTaskID += 1
+        let task = makeSpanTask(span, source: source, id: id)
+        spanTasks[id] = task
         return task
     }
 
-    func makeSpanTask(_ span: Span, source: Int) -> Task<Void, Never> {
+    func makeSpanTask(_ span: Span, source: Int, id: Int) -> Task<Void, Never> {
         let pool = self.pool
         let post = self.post
         let timeout = config.requestTimeout
@@ -487,9 +494,9 @@ final class SyncRun {
                 let items = try await client.blocks(from: span.first, count: UInt32(span.summaries.count), timeout: timeout)
                 let bytes = items.reduce(0) { $0 + $1.block.frame.count }
                 let verified = try SyncRun.verify(span, items: items, userSignatures: userSignatures, limit: limit)
-                post.yield(.span(first: span.first, source: source, started: started, .success((verified, bytes))))
+                post.yield(.span(first: span.first, source: source, task: id, started: started, .success((verified, bytes))))
             } catch {
-                post.yield(.span(first: span.first, source: source, started: started, .failure(error)))
+                post.yield(.span(first: span.first, source: source, task: id, started: started, .failure(error)))
             }
         }
     }
@@ -574,8 +581,9 @@ final class SyncRun {
                 await pool.refresh()
                 await retarget()
             }
-        case .span(let first, let source, let started, let result):
+        case .span(let first, let source, let task, let started, let result):
             runningSpans -= 1
+            spanTasks.removeValue(forKey: task)
             outstanding[source, default: 1] -= 1
             try await spanDone(first: first, source: source, started: started, result)
         case .committed(let result):
@@ -735,7 +743,8 @@ final class SyncRun {
                 guard answer.summaries.count == Int(count), answer.certificates.count == Int(count),
                       answer.summaries.first?.sequenceNumber == from
                 else {
-                    throw SyncError("asked for summaries \(from)...\(last), got \(answer.summaries.count) from \(answer.summaries.first?.sequenceNumber ?? 0)")
+                    // It was picked because it claims this range: a short answer is a claim it cannot back.
+                    throw SyncError("claims checkpoints \(from)...\(last) but sent \(answer.summaries.count) summaries from \(answer.summaries.first.map { "\($0.sequenceNumber)" } ?? "none")")
                 }
                 var certified: [CertifiedCheckpointSummary] = []
                 certified.reserveCapacity(Int(count))

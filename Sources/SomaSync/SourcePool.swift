@@ -176,6 +176,15 @@ public actor SourcePool {
         return entries.filter { $0.bannedUntil.map { $0 <= now } ?? true }.compactMap { $0.availability?.highestSynced }.max() ?? 0
     }
 
+    /// The highest checkpoint a source not banned for bad data says it holds: a source set aside
+    /// for a stall (or disconnected) still counts, as it will be asked again; a source that sent
+    /// bad data or could not back its claim does not. What a run re-aims at after a lie.
+    public var highestCredible: UInt64 {
+        let now = ContinuousClock.now
+        return entries.filter { e in !(e.badData && (e.bannedUntil.map { $0 > now } ?? false)) }
+            .compactMap { $0.availability?.highestSynced }.max() ?? 0
+    }
+
     /// Sources that are not banned, are connected and answered the last availability poll.
     public var usable: [Int] {
         let now = ContinuousClock.now

@@ -255,3 +255,89 @@ struct StreamTests {
         await store.close()
     }
 }
+
+/// Requests with the extreme value of every field, answered by ``HistoryService`` over a small
+/// store: each is an error answer (or an empty one), never a trap. Before the checked ranges,
+/// `from + count - 1` and `part + 1` trapped the server.
+@Suite("History service: extreme request fields", .serialized)
+struct HistoryBoundsTests {
+    func ask(_ service: HistoryService, _ method: Method, _ payload: [UInt8]) async -> Result<ByteBuffer, RPCError> {
+        await service.handle(method: method.rawValue, payload: payload)
+    }
+
+    func isBadRequest(_ r: Result<ByteBuffer, RPCError>) -> Bool {
+        if case .failure(.badRequest) = r { return true }
+        return false
+    }
+
+    func isNotFound(_ r: Result<ByteBuffer, RPCError>) -> Bool {
+        if case .failure(.notFound) = r { return true }
+        return false
+    }
+
+    @Test("the checked range helper refuses what passes UInt64.max and a zero count")
+    func rangeHelper() throws {
+        #expect(try RequestRange.checked(from: 5, count: 3) == 5...7)
+        #expect(try RequestRange.checked(from: UInt64.max, count: 1) == UInt64.max...UInt64.max)
+        #expect(throws: RPCError.self) { try RequestRange.checked(from: UInt64.max, count: 2) }
+        #expect(throws: RPCError.self) { try RequestRange.checked(from: UInt64.max - 10, count: UInt32.max) }
+        #expect(throws: RPCError.self) { try RequestRange.checked(from: 0, count: 0) }
+        #expect(RequestRange.of(from: UInt64.max, count: 32) == nil)
+        #expect(throws: RPCError.self) { try BlocksRequest(from: UInt64.max - 3, count: 32).range() }
+        #expect(throws: RPCError.self) { try BlocksRequest(from: 0, count: 33).range() }
+        #expect(try BlocksRequest(from: 10, count: 32).range() == 10...41)
+    }
+
+    @Test("summaries, blocks, manifests and chunks at the extremes answer badRequest or notFound")
+    func extremes() async throws {
+        let served = try await ServedChain.start()
+        let service = HistoryService(store: served.store)
+
+        // getSummaries
+        for (from, count) in [(UInt64.max, UInt32(1_000)), (UInt64.max - 1, UInt32(3)), (UInt64.max, UInt32.max), (0, UInt32.max), (0, 0)] {
+            let r = await ask(service, .getSummaries, SummariesRequest(from: from, count: count, allCertificates: true).bcsBytes)
+            #expect(isBadRequest(r), "from \(from) count \(count): \(r)")
+        }
+        #expect(isNotFound(await ask(service, .getSummaries, SummariesRequest(from: UInt64.max, count: 1, allCertificates: false).bcsBytes)))
+        #expect(isNotFound(await ask(service, .getSummaries, SummariesRequest(from: 1 << 63, count: 1_000, allCertificates: false).bcsBytes)))
+        guard case .success(let ok) = await ask(service, .getSummaries, SummariesRequest(from: 20, count: 1_000, allCertificates: false).bcsBytes) else {
+            Issue.record("an in-range request failed")
+            return
+        }
+        let answer = try BCS.decode(SummariesResponse.self, fromContiguous: ok.readableBytesView)
+        #expect(answer.summaries.map(\.sequenceNumber) == Array(20...29), "capped at highestVerified")
+
+        // getBlock
+        #expect(isNotFound(await ask(service, .getBlock, BlockRequest(seq: UInt64.max, part: UInt32.max).bcsBytes)))
+        #expect(isNotFound(await ask(service, .getBlock, BlockRequest(seq: UInt64.max, part: 0).bcsBytes)))
+        let beyondParts = await ask(service, .getBlock, BlockRequest(seq: 3, part: UInt32.max).bcsBytes)
+        #expect(isBadRequest(beyondParts), "\(beyondParts)")
+        if case .success(let item) = await service.blockItem(seq: UInt64.max, part: UInt32.max) { #expect(item == nil) }
+
+        // getSnapshotManifest / getSnapshotChunk
+        #expect(isNotFound(await ask(service, .getSnapshotManifest, SnapshotRequest(epoch: UInt64.max).bcsBytes)))
+        #expect(isNotFound(await ask(service, .getSnapshotChunk, SnapshotRequest(epoch: UInt64.max, index: UInt32.max).bcsBytes)))
+        for index in [UInt32.max, UInt32.max - 1, 1 << 31] {
+            let r = await ask(service, .getSnapshotChunk, SnapshotRequest(epoch: 1, index: index).bcsBytes)
+            #expect(isBadRequest(r), "chunk \(index): \(r)")
+        }
+        guard case .success = await ask(service, .getSnapshotChunk, SnapshotRequest(epoch: 1, index: 0).bcsBytes) else {
+            Issue.record("chunk 0 of epoch 1 is served")
+            return
+        }
+
+        // getEpochEndings
+        guard case .success(let none) = await ask(service, .getEpochEndings, EpochEndingsRequest(fromEpoch: UInt64.max, max: UInt32.max).bcsBytes) else {
+            Issue.record("epoch endings from the last epoch fail")
+            return
+        }
+        #expect(try BCS.read(from: Array(none.readableBytesView)[...]) { (r: inout BCSReader) throws(CoreError) in
+            try r.readVector(CertifiedCheckpointSummary.self, minElementSize: 64)
+        }.isEmpty)
+
+        // The same over the wire: the server answers and keeps serving.
+        await #expect(throws: RPCError.self) { _ = try await served.client.summaries(from: UInt64.max, count: 1_000, allCertificates: true) }
+        #expect(try await served.client.availability().highestSynced == 29)
+        await served.stop()
+    }
+}

@@ -182,6 +182,7 @@ public final class NodeStore: Sendable {
     /// - Throws: ``StoreError/Code/closed`` once ``close()`` was called, or what `body` throws.
     func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         let path = database.path
+        guard !isClosed else { throw StoreError(.closed, "the store at \(path) is closed") }
         return try await pool.run { [self] in
             let open = usage.withLock { u -> Bool in
                 guard !u.closed else { return false }
