@@ -131,7 +131,7 @@ public struct HistoryService: HistoryServing {
     func block(_ r: BlockRequest) async throws -> Result<ByteBuffer, RPCError> {
         guard let (payload, _) = try await provenBlock(r.seq, r.part) else {
             if r.part > 0, try await store.encodedBlock(at: r.seq, part: 0) != nil {
-                return .failure(.badRequest("checkpoint \(r.seq) has fewer than \(r.part + 1) parts"))
+                return .failure(.badRequest("checkpoint \(r.seq) has no part \(r.part)"))
             }
             return .failure(.notFound("block \(r.seq) is not held (pruned or not yet synced)"))
         }
