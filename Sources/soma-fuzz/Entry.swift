@@ -87,7 +87,7 @@ struct ReplayMain {
         var count = 0
         for path in args.dropFirst() {
             var isDir: ObjCBool = false
-            FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { fail("no such input: \(path)") }
             let files = isDir.boolValue
                 ? ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().map { (path as NSString).appendingPathComponent($0) }
                 : [path]
