@@ -329,7 +329,8 @@ public final class Discovery: Sendable {
         let started = ContinuousClock.now
         let client: PeerClient
         do {
-            client = try await PeerClient.connect(host: host, port: port, identity: identity, configuration: net, group: group, pushes: pushes, expectedPeer: expected)
+            client = try await PeerClient.connect(host: host, port: port, identity: identity, configuration: net, group: group, pushes: pushes, expectedPeer: expected,
+                                                 allowed: configuration.access == .private ? configuration.allowedPeers : nil)
         } catch {
             report.dialFailures += 1
             metrics.dials(false).increment()

@@ -109,7 +109,8 @@ public struct PeerRecord: Sendable, BCSCodable {
     public func encode(to writer: inout BCSWriter) {
         writer.write(PeerRecord.version)
         writer.write(info)
-        writer.write(introducer)
+        // A direct record is its own introducer (the decoder refuses anything else).
+        writer.write(direct ? .peer(info.info.peerID) : introducer)
         writer.write(direct)
         writer.write(firstSeenMs)
         writer.write(lastSeenMs)
@@ -140,6 +141,10 @@ public struct PeerRecord: Sendable, BCSCodable {
             introducer = try reader.read(Introducer.self)
         }
         direct = try reader.readBool()
+        if v == PeerRecord.version, direct, introducer != .peer(info.info.peerID) {
+            // One value, one encoding: the encoder writes a direct record as its own introducer.
+            throw CoreError(.invalidValue, "a direct peer record introduced by \(introducer), not by the peer itself")
+        }
         if let legacyIntroducer {
             introducer = direct || legacyIntroducer != info.info.peerID ? .peer(legacyIntroducer) : .inbound(.unknown)
         }

@@ -232,11 +232,15 @@ public final class PeerClient: Sendable {
     /// `pushes`, if given.
     /// - Parameter expectedPeer: the peer id dialled, if known: any other key is refused
     ///   (`wrongPeer`, or `tlsFailed` when its certificate names another key).
-    /// - Throws: ``WireError`` (wrong chain, wrong version, bad proof, wrong peer, TLS, timeout)
+    /// - Parameter allowed: a private node's allow-list: a peer not on it is refused
+    ///   (`notAllowed`) before this node's hello leaves (under TLS: as soon as its certificate
+    ///   names its key), and in plaintext the hello carries no record.
+    /// - Throws: ``WireError`` (wrong chain, wrong version, bad proof, wrong peer, not allowed, TLS, timeout)
     ///   or a socket error.
     public static func connect(
         host: String, port: Int, identity: HandshakeIdentity, configuration: NetConfiguration = NetConfiguration(),
-        group: any EventLoopGroup, pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil, expectedPeer: PeerID? = nil
+        group: any EventLoopGroup, pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil, expectedPeer: PeerID? = nil,
+        allowed: Set<PeerID>? = nil
     ) async throws -> PeerClient {
         let loop = group.next()
         let handshake = loop.makePromise(of: HandshakeCompleted.self)
@@ -246,7 +250,7 @@ public final class PeerClient: Sendable {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try configureDialer(channel, identity: identity, tls: tls, configuration: configuration, expectedPeer: expectedPeer)
+                    try configureDialer(channel, identity: identity, tls: tls, configuration: configuration, expectedPeer: expectedPeer, allowed: allowed)
                     try channel.pipeline.syncOperations.addHandler(ResponseHandler(handshake: handshake, pushes: pushes, configuration: configuration))
                 }
             }
@@ -271,10 +275,12 @@ public final class PeerClient: Sendable {
     }
 
     /// Adds a dialer's transport to a new channel's pipeline, on its event loop: TLS 1.3 (when
-    /// `tls` is given) pinning `expectedPeer` if known, the frame codec and the handshake. The
+    /// `tls` is given) pinning `expectedPeer` if known, the frame codec and the handshake (a
+    /// private node passes its allow-list as `allowed`). The
     /// caller adds the handler that takes the frames after ``HandshakeCompleted``.
     public static func configureDialer(
-        _ channel: any Channel, identity: HandshakeIdentity, tls: TLSIdentity?, configuration: NetConfiguration, expectedPeer: PeerID? = nil
+        _ channel: any Channel, identity: HandshakeIdentity, tls: TLSIdentity?, configuration: NetConfiguration, expectedPeer: PeerID? = nil,
+        allowed: Set<PeerID>? = nil
     ) throws {
         let ops = channel.pipeline.syncOperations
         if let tls {
@@ -284,7 +290,7 @@ public final class PeerClient: Sendable {
         }
         try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
         try ops.addHandler(FrameEncoder())
-        let policy = HandshakePolicy(tls: tls != nil, expectedPeer: expectedPeer)
+        let policy = HandshakePolicy(tls: tls != nil, expectedPeer: expectedPeer, allowed: allowed)
         try ops.addHandler(HandshakeHandler(identity: identity, role: .dialer, policy: policy, timeout: configuration.handshakeTimeout))
     }
 

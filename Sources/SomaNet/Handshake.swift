@@ -1,5 +1,6 @@
 public import NIOCore
 import NIOSSL
+import NIOTLS
 public import NIOPosix
 public import SomaCore
 import Synchronization
@@ -240,7 +241,7 @@ public final class HandshakeHandler: ChannelDuplexHandler {
     private let role: HandshakeRole
     private let policy: HandshakePolicy
     private let timeout: TimeAmount
-    private let pool: NIOThreadPool
+    private let pool: NIOThreadPool?
     private let nonce: Digest
     private var state = State.waitingForHello
     private var timer: Scheduled<Void>?
@@ -251,9 +252,11 @@ public final class HandshakeHandler: ChannelDuplexHandler {
     private var working = false
 
     /// A handler for `identity` on the `role` end, giving up after `timeout`.
-    /// - Parameter pool: where signatures are made and checked (default: NIO's shared pool).
+    /// - Parameter pool: where signatures are made and checked (default: NIO's shared pool);
+    ///   `nil` does that work inline on the event loop, for embedded channels (tests, fuzzing)
+    ///   only: a node keeps Ed25519 work off its event loops.
     public init(identity: HandshakeIdentity, role: HandshakeRole, policy: HandshakePolicy, timeout: TimeAmount = .seconds(5),
-                pool: NIOThreadPool = .singleton) {
+                pool: NIOThreadPool? = .singleton) {
         self.identity = identity
         self.role = role
         self.policy = policy
@@ -274,12 +277,35 @@ public final class HandshakeHandler: ChannelDuplexHandler {
             if case .established = handler.state { return }
             handler.fail(context, WireError(.handshakeFailed, "no completed handshake within \(millis) ms"))
         }
-        if role == .dialer {
-            ownHello = makeHello(nodeInfo: identity.nodeInfo).bcsBytes
-            send(context, .hello, ownHello)
-            context.flush()
-        }
+        // A private dialer under TLS waits for the certificate to name an allow-listed key
+        // before its hello (and record) leaves; everyone else speaks first at once.
+        if role == .dialer && !(policy.allowed != nil && policy.tls) { sendDialerHello(context) }
         context.fireChannelActive()
+    }
+
+    private func sendDialerHello(_ context: ChannelHandlerContext) {
+        // In plaintext a private node's record waits for a proven key it never gets: not sent.
+        let record = policy.allowed != nil && !policy.tls ? [] : identity.nodeInfo
+        ownHello = makeHello(nodeInfo: record).bcsBytes
+        send(context, .hello, ownHello)
+        context.flush()
+    }
+
+    /// A private dialer's TLS session is up: the listener's certificate must name an
+    /// allow-listed key before this node's hello goes out.
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if role == .dialer, ownHello.isEmpty, case .waitingForHello = state, let allowed = policy.allowed, policy.tls,
+           let tls = event as? TLSUserEvent, case .handshakeCompleted = tls {
+            let certificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()
+            guard let certificate, let proven = TLSIdentity.peerID(of: certificate) else {
+                return fail(context, WireError(.tlsFailed, "no Ed25519 certificate from the peer in the TLS session"))
+            }
+            guard allowed.contains(proven) else {
+                return fail(context, WireError(.notAllowed, "this node is private: peer \(proven.raw.short) is not on its allow-list"))
+            }
+            sendDialerHello(context)
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     /// Cancels the timeout.
@@ -348,6 +374,11 @@ public final class HandshakeHandler: ChannelDuplexHandler {
 
     /// Runs `work` on the pool, then `done` on the event loop; frames wait meanwhile.
     private func offload<T: Sendable>(_ context: ChannelHandlerContext, _ work: @escaping @Sendable () -> T, then done: @escaping (HandshakeHandler, ChannelHandlerContext, T) -> Void) {
+        guard let pool else {
+            // Inline: the caller, `drain`, goes on with the held frames.
+            done(self, context, work())
+            return
+        }
         working = true
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         pool.runIfActive(eventLoop: context.eventLoop, work).whenComplete { result in
@@ -367,6 +398,9 @@ public final class HandshakeHandler: ChannelDuplexHandler {
     private func handshake(_ context: ChannelHandlerContext, _ frame: Frame) {
         switch state {
         case .waitingForHello:
+            if role == .dialer && ownHello.isEmpty {
+                return fail(context, WireError(.handshakeFailed, "the listener spoke before this node's hello"))
+            }
             guard frame.kind == .oneWay, frame.method == Method.hello.rawValue else {
                 return fail(context, WireError(.handshakeFailed, "expected a hello (one-way, method 0), got kind \(frame.kind) method \(frame.method)"))
             }

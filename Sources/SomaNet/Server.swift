@@ -172,7 +172,7 @@ final class RequestHandler: ChannelInboundHandler {
             streamNext(context, frame, end: end, seq: request.from, part: 0, sent: 0)
             return
         }
-        context.eventLoop.makeFutureWithTask {
+        serverInFlight.run(on: context.eventLoop) {
             await service.handle(method: method, payload: payload)
         }.whenComplete { result in
             let (handler, context) = bound.value
@@ -192,7 +192,7 @@ final class RequestHandler: ChannelInboundHandler {
         guard seq < end else { return finishStream(context, request) }
         let service = self.service
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        context.eventLoop.makeFutureWithTask {
+        serverInFlight.run(on: context.eventLoop) {
             await service.blockItem(seq: seq, part: part)
         }.whenComplete { result in
             let (handler, context) = bound.value
@@ -354,6 +354,43 @@ final class IdleCloser: ChannelInboundHandler {
 /// What a server shares across its connections: open connections and requests in flight.
 final class ServerState: Sendable {
     let requests = Atomic<Int>(0)
+    /// The tasks running service calls, so a stop can cancel and await them before the store
+    /// they read closes; `nil` once stopping (new calls are refused).
+    private let tasks = Mutex<(next: UInt64, running: [UInt64: Task<Void, Never>])?>((0, [:]))
+
+    /// Runs `work` (a service call) as a tracked task; its result completes the returned
+    /// future on `loop`. Once the server is stopping, fails at once (the node is going away).
+    func run<T: Sendable>(on loop: any EventLoop, _ work: @escaping @Sendable () async -> T) -> EventLoopFuture<T> {
+        let promise = loop.makePromise(of: T.self)
+        let started = tasks.withLock { state -> Bool in
+            guard var current = state else { return false }
+            let id = current.next
+            current.next += 1
+            current.running[id] = Task { [weak self] in
+                promise.succeed(await work())
+                self?.finished(id)
+            }
+            state = current
+            return true
+        }
+        if !started { promise.fail(WireError(.connectionClosed, "the node is stopping")) }
+        return promise.futureResult
+    }
+
+    private func finished(_ id: UInt64) {
+        tasks.withLock { state in _ = state?.running.removeValue(forKey: id) }
+    }
+
+    /// Refuses new service calls, cancels the running ones and waits for them to return.
+    func cancelAndAwaitTasks() async {
+        let running = tasks.withLock { state -> [Task<Void, Never>] in
+            let all = state.map { Array($0.running.values) } ?? []
+            state = nil
+            return all
+        }
+        for t in running { t.cancel() }
+        for t in running { await t.value }
+    }
     let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
     /// The peer of each connection whose handshake completed.
     let peers = Mutex<[ObjectIdentifier: PeerID]>([:])
@@ -449,13 +486,15 @@ public final class NetServer: Sendable {
     }
 
     /// A graceful stop: stops accepting, lets the requests in flight finish (up to `drain`),
-    /// then closes every connection.
+    /// then refuses new service calls, cancels those still running and waits for them to
+    /// return (so none reaches the store after this returns), and closes every connection.
     public func shutdown(drain: Duration) async {
         try? await channel.close()
         let deadline = ContinuousClock.now + drain
         while requestsInFlight > 0 && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(10))
         }
+        await state.cancelAndAwaitTasks()
         let open = state.connections.withLock { Array($0.values) }
         for c in open { try? await c.close() }
     }

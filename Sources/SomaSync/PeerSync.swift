@@ -278,6 +278,9 @@ final class SyncRun {
     var spanTasks: [Int: Task<Void, Never>] = [:]
     var nextTaskID = 0
     var outstanding: [Int: Int] = [:]
+    /// At most this many spans are decompressed and verified at once (each block may take up to
+    /// `maxBlockBytes`), whatever the window: one per core, at least two.
+    let verifying = Gate(permits: max(2, System.coreCount))
     var iterator: AsyncStream<Event>.Iterator
     var quorumChecks = 0
     var hedges = 0
@@ -487,13 +490,17 @@ final class SyncRun {
         let timeout = config.requestTimeout
         let userSignatures = config.verifyUserSignatures
         let limit = store.configuration.maxBlockBytes
+        let gate = verifying
         return Task {
             let started = ContinuousClock.now
             do {
                 let client = await pool.client(source)
                 let items = try await client.blocks(from: span.first, count: UInt32(span.summaries.count), timeout: timeout)
                 let bytes = items.reduce(0) { $0 + $1.block.frame.count }
-                let verified = try SyncRun.verify(span, items: items, userSignatures: userSignatures, limit: limit)
+                await gate.acquire()
+                let checked = Result { try SyncRun.verify(span, items: items, userSignatures: userSignatures, limit: limit) }
+                await gate.release()
+                let verified = try checked.get()
                 post.yield(.span(first: span.first, source: source, task: id, started: started, .success((verified, bytes))))
             } catch {
                 post.yield(.span(first: span.first, source: source, task: id, started: started, .failure(error)))

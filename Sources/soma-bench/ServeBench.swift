@@ -17,6 +17,8 @@ struct Serve: AsyncParsableCommand {
     var clients: [Int] = [1, 4, 16]
     @Option(help: "Requests each client keeps in flight.")
     var window = 4
+    @Option(help: "Transports to measure, each against nginx over the same: tls, plaintext (repeat for both).")
+    var transport: [BenchTransport] = [.tls, .plaintext]
 
     mutating func run() async throws {
         let fm = FileManager.default
@@ -54,44 +56,48 @@ struct Serve: AsyncParsableCommand {
             fm.createFile(atPath: files + "/done", contents: Data())
         }
         let genesis = try Genesis(bcsBytes: Array(try Data(contentsOf: URL(fileURLWithPath: data + "/genesis.bcs"))))
-
-        // The node, as a separate process, so its peak RSS is its own.
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: node)
-        server.arguments = ["run", "--data", data, "--listen", "127.0.0.1:0", "--log-level", "warning"]
-        let out = Pipe()
-        server.standardOutput = out
-        try server.run()
-        defer { if server.isRunning { server.terminate(); server.waitUntilExit() } }
-        var line = ""
-        while !line.contains("\n") {
-            let chunk = out.fileHandleForReading.availableData
-            guard !chunk.isEmpty else { break }
-            line += String(decoding: chunk, as: UTF8.self)
-        }
-        guard let port = line.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
-            throw ValidationError("soma-node run did not report its port: \(line)")
-        }
-
-        // nginx on the block files.
-        let nginx = try startNginx(root: files, scratch: cache + "/nginx")
-        defer { nginx.process.terminate(); nginx.process.waitUntilExit() }
-
-        print("soma-bench serve: \(checkpoints - 1) blocks, \(ProcessInfo.processInfo.activeProcessorCount) cores, soma-node on :\(port), nginx on :\(nginx.port)")
+        print("soma-bench serve: \(checkpoints - 1) blocks, \(ProcessInfo.processInfo.activeProcessorCount) cores")
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        for c in clients {
-            print("\n\(c) client\(c == 1 ? "" : "s")")
-            let ours = try await fetchAll(port: port, clients: c, last: last, chainID: genesis.chainID, group: group)
-            line2("soma-node getBlock", "\(fmt(ours.mbps)) MB/s, \(fmt(ours.rps, 0)) req/s", "\(fmt(ours.seconds)) s")
-            let streamed = try await streamAll(port: port, clients: c, last: last, chainID: genesis.chainID, group: group)
-            line2("soma-node getBlocks (streams of 32)", "\(fmt(streamed.mbps)) MB/s, \(fmt(streamed.rps, 0)) blocks/s", "\(fmt(streamed.seconds)) s")
-            let base = try curlAll(port: nginx.port, clients: c, last: last, files: files)
-            line2("nginx + curl (baseline)", "\(fmt(base.mbps)) MB/s, \(fmt(base.rps, 0)) req/s", "\(fmt(base.seconds)) s")
-            line2("ratio soma-node getBlock / nginx", fmt(ours.mbps / base.mbps, 2), "goal >= 0.8")
-            line2("ratio soma-node getBlocks / nginx", fmt(streamed.mbps / base.mbps, 2), "goal >= 0.8")
+        for mode in transport {
+            // The node, as a separate process, so its peak RSS is its own; no upload budgets.
+            let config = try benchNodeConfig(cache: cache, transport: mode)
+            let server = Process()
+            server.executableURL = URL(fileURLWithPath: node)
+            server.arguments = ["run", "--data", data, "--config", config, "--listen", "127.0.0.1:0", "--log-level", "warning"]
+            let out = Pipe()
+            server.standardOutput = out
+            try server.run()
+            defer { if server.isRunning { server.terminate(); server.waitUntilExit() } }
+            var line = ""
+            while !line.contains("\n") {
+                let chunk = out.fileHandleForReading.availableData
+                guard !chunk.isEmpty else { break }
+                line += String(decoding: chunk, as: UTF8.self)
+            }
+            guard let port = line.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
+                throw ValidationError("soma-node run did not report its port: \(line)")
+            }
+            // nginx on the block files, over the same transport.
+            let nginx = try startNginx(root: files, scratch: cache + "/nginx", tls: mode == .tls)
+            defer { nginx.process.terminate(); nginx.process.waitUntilExit() }
+            var net = NetConfiguration()
+            net.tls = mode == .tls
+
+            print("\n== \(mode.label): soma-node on :\(port), nginx on :\(nginx.port)\(mode == .tls ? " (TLS 1.3, TLS_AES_128_GCM_SHA256)" : "")")
+            for c in clients {
+                print("\n\(c) client\(c == 1 ? "" : "s"), \(mode.label)")
+                let ours = try await fetchAll(port: port, clients: c, last: last, chainID: genesis.chainID, net: net, group: group)
+                line2("soma-node getBlock", "\(fmt(ours.mbps)) MB/s, \(fmt(ours.rps, 0)) req/s", "\(fmt(ours.seconds)) s")
+                let streamed = try await streamAll(port: port, clients: c, last: last, chainID: genesis.chainID, net: net, group: group)
+                line2("soma-node getBlocks (streams of 32)", "\(fmt(streamed.mbps)) MB/s, \(fmt(streamed.rps, 0)) blocks/s", "\(fmt(streamed.seconds)) s")
+                let base = try curlAll(port: nginx.port, clients: c, last: last, files: files, tls: mode == .tls)
+                line2("nginx + curl (baseline)", "\(fmt(base.mbps)) MB/s, \(fmt(base.rps, 0)) req/s", "\(fmt(base.seconds)) s")
+                line2("ratio soma-node getBlock / nginx", fmt(ours.mbps / base.mbps, 2), "goal >= 0.8")
+                line2("ratio soma-node getBlocks / nginx", fmt(streamed.mbps / base.mbps, 2), "goal >= 0.8")
+            }
+            line2("peak RSS of the soma-node server", "\(fmt(peakRSS(pid: server.processIdentifier), 0)) MiB", "goal <= 512")
         }
         try await group.shutdownGracefully()
-        line2("peak RSS of the soma-node server", "\(fmt(peakRSS(pid: server.processIdentifier), 0)) MiB", "goal <= 512")
     }
 
     struct Rate { var bytes: Int; var requests: Int; var seconds: Double
@@ -99,10 +105,10 @@ struct Serve: AsyncParsableCommand {
         var rps: Double { Double(requests) / seconds }
     }
 
-    func fetchAll(port: Int, clients: Int, last: UInt64, chainID: Digest, group: MultiThreadedEventLoopGroup) async throws -> Rate {
+    func fetchAll(port: Int, clients: Int, last: UInt64, chainID: Digest, net: NetConfiguration, group: MultiThreadedEventLoopGroup) async throws -> Rate {
         var peers: [PeerClient] = []
         for _ in 0..<clients {
-            peers.append(try await PeerClient.connect(host: "127.0.0.1", port: port, identity: HandshakeIdentity(key: SigningKey.generate(), chainID: chainID), group: group))
+            peers.append(try await PeerClient.connect(host: "127.0.0.1", port: port, identity: HandshakeIdentity(key: SigningKey.generate(), chainID: chainID), configuration: net, group: group))
         }
         let window = self.window
         let start = ContinuousClock.now
@@ -131,10 +137,10 @@ struct Serve: AsyncParsableCommand {
         return Rate(bytes: bytes, requests: requests, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
     }
 
-    func streamAll(port: Int, clients: Int, last: UInt64, chainID: Digest, group: MultiThreadedEventLoopGroup) async throws -> Rate {
+    func streamAll(port: Int, clients: Int, last: UInt64, chainID: Digest, net: NetConfiguration, group: MultiThreadedEventLoopGroup) async throws -> Rate {
         var peers: [PeerClient] = []
         for _ in 0..<clients {
-            peers.append(try await PeerClient.connect(host: "127.0.0.1", port: port, identity: HandshakeIdentity(key: SigningKey.generate(), chainID: chainID), group: group))
+            peers.append(try await PeerClient.connect(host: "127.0.0.1", port: port, identity: HandshakeIdentity(key: SigningKey.generate(), chainID: chainID), configuration: net, group: group))
         }
         let window = self.window
         let start = ContinuousClock.now
@@ -164,7 +170,7 @@ struct Serve: AsyncParsableCommand {
         return Rate(bytes: bytes, requests: blocks, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
     }
 
-    func curlAll(port: Int, clients: Int, last: UInt64, files: String) throws -> Rate {
+    func curlAll(port: Int, clients: Int, last: UInt64, files: String, tls: Bool) throws -> Rate {
         let fm = FileManager.default
         let names = (try fm.contentsOfDirectory(atPath: files)).filter { $0.hasSuffix(".lz4") }.sorted()
         var bytes = 0
@@ -174,7 +180,7 @@ struct Serve: AsyncParsableCommand {
         for (i, list) in lists.enumerated() {
             var text = ""
             for (k, n) in names.enumerated() where k % clients == i {
-                text += "url = \"http://127.0.0.1:\(port)/\(n)\"\noutput = \"/dev/null\"\n"
+                text += "url = \"\(tls ? "https" : "http")://127.0.0.1:\(port)/\(n)\"\noutput = \"/dev/null\"\n"
             }
             fm.createFile(atPath: list, contents: Data(text.utf8))
         }
@@ -182,7 +188,7 @@ struct Serve: AsyncParsableCommand {
         for list in lists {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-            p.arguments = ["-s", "--fail", "-K", list]
+            p.arguments = ["-s", "--fail"] + curlTLSArguments(tls) + ["-K", list]
             try p.run()
             processes.append(p)
         }
@@ -192,13 +198,24 @@ struct Serve: AsyncParsableCommand {
         return Rate(bytes: bytes, requests: names.count, seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
     }
 
-    func startNginx(root: String, scratch relativeScratch: String, index: Int = 0) throws -> (process: Process, port: Int) {
+    func startNginx(root: String, scratch relativeScratch: String, index: Int = 0, tls: Bool = false) throws -> (process: Process, port: Int) {
         let fm = FileManager.default
         let scratch = URL(fileURLWithPath: relativeScratch).standardizedFileURL.path
         guard fm.isExecutableFile(atPath: "/usr/sbin/nginx") else { throw ValidationError("nginx is not installed (tools/bench installs it)") }
         try fm.createDirectory(atPath: scratch + "/logs", withIntermediateDirectories: true)
         let port = 20_000 + Int(ProcessInfo.processInfo.processIdentifier % 10_000) * 3 % 30_000 + index
         let absRoot = URL(fileURLWithPath: root).standardizedFileURL.path
+        var listen = "listen 127.0.0.1:\(port);"
+        if tls {
+            // TLS 1.3 with the cipher suite soma-node negotiates (BoringSSL picks AES-128-GCM
+            // where the CPU has AES instructions) and an Ed25519 certificate, as a node's.
+            let (cert, key) = try benchCertificate(scratch: scratch)
+            listen = """
+                listen 127.0.0.1:\(port) ssl; ssl_certificate \(cert); ssl_certificate_key \(key);
+                    ssl_protocols TLSv1.3; ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;
+                    ssl_session_cache shared:SSL:1m;
+                """
+        }
         let conf = """
             worker_processes 2;
             error_log \(scratch)/logs/error.log;
@@ -211,7 +228,7 @@ struct Serve: AsyncParsableCommand {
               keepalive_requests 1000000;
               client_body_temp_path \(scratch)/body; proxy_temp_path \(scratch)/proxy;
               fastcgi_temp_path \(scratch)/fastcgi; uwsgi_temp_path \(scratch)/uwsgi; scgi_temp_path \(scratch)/scgi;
-              server { listen 127.0.0.1:\(port); root \(absRoot); }
+              server { \(listen) root \(absRoot); }
             }
             """
         fm.createFile(atPath: scratch + "/nginx.conf", contents: Data(conf.utf8))
@@ -224,6 +241,43 @@ struct Serve: AsyncParsableCommand {
         return (p, port)
     }
 }
+
+/// How the benchmarks' peers talk: TLS 1.3 (a node's default) or plaintext (`net.tls: false`),
+/// each measured against a baseline over the same transport.
+enum BenchTransport: String, ExpressibleByArgument, CaseIterable, Sendable {
+    case tls, plaintext
+    var label: String { self == .tls ? "TLS 1.3" : "plaintext" }
+}
+
+/// The configuration file of the benchmark's serving nodes, written into `cache`: the transport,
+/// no upload budgets (a node's defaults, 64 MiB/s per peer and 256 MiB/s in all, would be what is
+/// measured). Its path.
+func benchNodeConfig(cache: String, transport: BenchTransport) throws -> String {
+    let path = URL(fileURLWithPath: cache).standardizedFileURL.path + "/bench-node-\(transport.rawValue).yaml"
+    let text = """
+        # soma-bench: the serving nodes' configuration (written by every run).
+        net:
+          tls: \(transport == .tls)
+          uploadBytesPerSecondPerPeer: 0
+          uploadBytesPerSecond: 0
+
+        """
+    guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8)) else { throw ValidationError("cannot write \(path)") }
+    return path
+}
+
+/// An Ed25519 self-signed certificate and its key for nginx (made once in `scratch` with openssl).
+func benchCertificate(scratch: String) throws -> (cert: String, key: String) {
+    let cert = scratch + "/bench-cert.pem", key = scratch + "/bench-key.pem"
+    if !FileManager.default.fileExists(atPath: cert) {
+        try runProcess("/usr/bin/openssl", ["req", "-x509", "-newkey", "ed25519", "-keyout", key, "-out", cert, "-days", "3650",
+                                            "-nodes", "-subj", "/CN=soma-bench"], quiet: true)
+    }
+    return (cert, key)
+}
+
+/// curl's flags for the TLS baseline: TLS 1.3 only, the self-signed certificate accepted.
+func curlTLSArguments(_ tls: Bool) -> [String] { tls ? ["-k", "--tlsv1.3"] : [] }
 
 func runProcess(_ path: String, _ args: [String], quiet: Bool = false) throws {
     let p = Process()

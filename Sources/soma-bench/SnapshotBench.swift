@@ -56,7 +56,7 @@ struct SnapshotBench: AsyncParsableCommand {
         for name in try fm.contentsOfDirectory(atPath: files) where name.hasSuffix(".lz4") {
             chunkBytes += (try fm.attributesOfItem(atPath: files + "/" + name)[.size] as? Int) ?? 0
         }
-        let (servers, peers) = try startServingNodes(node: node, store: served)
+        let (servers, peers) = try startServingNodes(node: node, store: served, config: try benchNodeConfig(cache: cache, transport: .tls))
         defer { for s in servers where s.isRunning { s.terminate(); s.waitUntilExit() } }
         let fresh = (cache as NSString).appendingPathComponent("snapshot-fresh")
         try? fm.removeItem(atPath: fresh)

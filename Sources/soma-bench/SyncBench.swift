@@ -10,6 +10,8 @@ struct SyncBench: AsyncParsableCommand {
     var checkpoints = 10_000
     @Option(help: "Where the chain file, the served stores and the block files are kept between runs.")
     var cache = ".build-bench"
+    @Option(help: "Transports to measure, each against a baseline over the same: tls, plaintext (repeat for both).")
+    var transport: [BenchTransport] = [.tls, .plaintext]
 
     mutating func run() async throws {
         let fm = FileManager.default
@@ -22,39 +24,44 @@ struct SyncBench: AsyncParsableCommand {
             print("preparing the served store and block files (once) with `soma-bench serve --clients 1`")
             try runProcess(CommandLine.arguments[0], ["serve", "--checkpoints", "\(checkpoints)", "--cache", cache, "--clients", "1"], quiet: true)
         }
-        let (servers, peers) = try startServingNodes(node: node, store: served)
-        defer { for s in servers where s.isRunning { s.terminate(); s.waitUntilExit() } }
         let fresh = (cache as NSString).appendingPathComponent("sync-fresh")
-        try? fm.removeItem(atPath: fresh)
-        print("soma-bench sync: \(checkpoints - 1) checkpoints from 3 serving nodes \(peers.joined(separator: ", "))")
+        for mode in transport {
+            let (servers, peers) = try startServingNodes(node: node, store: served, config: try benchNodeConfig(cache: cache, transport: mode))
+            defer { for s in servers where s.isRunning { s.terminate(); s.waitUntilExit() } }
+            try? fm.removeItem(atPath: fresh)
+            print("\n== \(mode.label): soma-bench sync: \(checkpoints - 1) checkpoints from 3 serving nodes \(peers.joined(separator: ", "))")
 
-        // soma-node sync, as a process: its wall time, CPU and peak RSS.
-        let start = ContinuousClock.now
-        let (outText, timing) = try timedRun(node, ["sync", "--data", fresh, "--genesis", served + "/genesis.bcs"] + peers.flatMap { ["--peer", $0] })
-        let secs = seconds(from: start)
-        let raw = outText.components(separatedBy: "checkpoints (").last?.components(separatedBy: " MB)").first?.components(separatedBy: ", ").last.flatMap { Double($0) } ?? 0
-        line("soma-node sync (verify, execute, store)", "\(fmt(raw / secs)) MB/s raw", "\(fmt(secs)) s, \(fmt(Double(checkpoints - 1) / secs)) checkpoints/s")
-        timing.report(over: secs)
+            // soma-node sync, as a process: its wall time, CPU and peak RSS.
+            let start = ContinuousClock.now
+            let (outText, timing) = try timedRun(node, ["sync", "--data", fresh, "--genesis", served + "/genesis.bcs"]
+                                                 + (mode == .plaintext ? ["--plaintext"] : []) + peers.flatMap { ["--peer", $0] })
+            let secs = seconds(from: start)
+            let raw = outText.components(separatedBy: "checkpoints (").last?.components(separatedBy: " MB)").first?.components(separatedBy: ", ").last.flatMap { Double($0) } ?? 0
+            line("soma-node sync (verify, execute, store)", "\(fmt(raw / secs)) MB/s raw", "\(fmt(secs)) s, \(fmt(Double(checkpoints - 1) / secs)) checkpoints/s")
+            timing.report(over: secs)
 
-        // Baseline: nginx on 3 ports, the faster of 8 parallel curls and aria2c -j 16, then
-        // lz4 -d | sha256sum as one stream.
-        let scratch = cache + "/sync-baseline"
-        let curl = try downloadBaseline(files: files, scratch: scratch, tool: "curl")
-        line("baseline A: nginx x3 + 8 curl + lz4 -d | sha256sum", "\(fmt(raw / curl)) MB/s raw", "\(fmt(curl)) s")
-        let aria = try downloadBaseline(files: files, scratch: scratch, tool: "aria2c")
-        line("baseline B: nginx x3 + aria2c -j 16 + lz4 -d | sha256sum", "\(fmt(raw / aria)) MB/s raw", "\(fmt(aria)) s")
-        let base = min(curl, aria)
-        line("baseline (the faster; verifies and stores nothing)", "\(fmt(raw / base)) MB/s raw", "\(fmt(base)) s")
-        line("ratio soma-node time / baseline time", fmt(secs / base, 2), "goal <= 1.0")
+            // Baseline: nginx on 3 ports over the same transport, the faster of 8 parallel
+            // curls and aria2c -j 16, then lz4 -d | sha256sum as one stream.
+            let scratch = cache + "/sync-baseline"
+            let tls = mode == .tls
+            let curl = try downloadBaseline(files: files, scratch: scratch, tool: "curl", tls: tls)
+            line("baseline A: nginx x3 + 8 curl + lz4 -d | sha256sum", "\(fmt(raw / curl)) MB/s raw", "\(fmt(curl)) s")
+            let aria = try downloadBaseline(files: files, scratch: scratch, tool: "aria2c", tls: tls)
+            line("baseline B: nginx x3 + aria2c -j 16 + lz4 -d | sha256sum", "\(fmt(raw / aria)) MB/s raw", "\(fmt(aria)) s")
+            let base = min(curl, aria)
+            line("baseline (the faster; verifies and stores nothing)", "\(fmt(raw / base)) MB/s raw", "\(fmt(base)) s")
+            line("ratio soma-node time / baseline time (\(mode.label))", fmt(secs / base, 2), "goal <= 1.0")
+        }
         try? fm.removeItem(atPath: fresh)
     }
 
 }
 
 /// Three `soma-node run` nodes on loopback serving `store` and two copies of it (made once:
-/// RocksDB allows one process per store; each copy gets a node key of its own). Their
-/// processes and `HOST:PORT`s.
-func startServingNodes(node: String, store: String) throws -> ([Process], [String]) {
+/// RocksDB allows one process per store; each copy gets a node key of its own), with the
+/// configuration file `config` (``benchNodeConfig(cache:transport:)``). Their processes and
+/// `HOST:PORT`s.
+func startServingNodes(node: String, store: String, config: String) throws -> ([Process], [String]) {
     let fm = FileManager.default
     var dirs = [store]
     for copy in ["b", "c"] {
@@ -74,7 +81,7 @@ func startServingNodes(node: String, store: String) throws -> ([Process], [Strin
         for dir in dirs {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: node)
-            p.arguments = ["run", "--data", dir, "--listen", "127.0.0.1:0", "--log-level", "warning"]
+            p.arguments = ["run", "--data", dir, "--config", config, "--listen", "127.0.0.1:0", "--log-level", "warning"]
             let out = Pipe()
             p.standardOutput = out
             try p.run()
@@ -131,9 +138,10 @@ func seconds(from start: ContinuousClock.Instant) -> Double {
 }
 
 /// The do-it-yourself baseline of the sync and snapshot benchmarks: the `.lz4` files of `files`
-/// served by nginx on 3 ports, fetched by 8 parallel curl processes or by aria2c -j 16 (`tool`),
-/// then decompressed and hashed in order as one stream (`lz4 -d | sha256sum`). Its wall time.
-func downloadBaseline(files: String, scratch relativeScratch: String, tool: String) throws -> Double {
+/// served by nginx on 3 ports (over TLS 1.3 when `tls`), fetched by 8 parallel curl processes or
+/// by aria2c -j 16 (`tool`), then decompressed and hashed in order as one stream
+/// (`lz4 -d | sha256sum`). Its wall time.
+func downloadBaseline(files: String, scratch relativeScratch: String, tool: String, tls: Bool = false) throws -> Double {
     let fm = FileManager.default
     let scratch = URL(fileURLWithPath: relativeScratch).standardizedFileURL.path
     try? fm.removeItem(atPath: scratch)
@@ -141,7 +149,8 @@ func downloadBaseline(files: String, scratch relativeScratch: String, tool: Stri
     let serve = Serve()
     var nginxes: [(process: Process, port: Int)] = []
     defer { for n in nginxes { n.process.terminate(); n.process.waitUntilExit() } }
-    for i in 0..<3 { nginxes.append(try serve.startNginx(root: files, scratch: scratch + "/nginx-\(i)", index: i)) }
+    for i in 0..<3 { nginxes.append(try serve.startNginx(root: files, scratch: scratch + "/nginx-\(i)", index: i, tls: tls)) }
+    let scheme = tls ? "https" : "http"
     let names = (try fm.contentsOfDirectory(atPath: files)).filter { $0.hasSuffix(".lz4") }.sorted { a, b in
         let x = a.split(separator: "-").compactMap { Int($0.split(separator: ".")[0]) }
         let y = b.split(separator: "-").compactMap { Int($0.split(separator: ".")[0]) }
@@ -153,26 +162,26 @@ func downloadBaseline(files: String, scratch relativeScratch: String, tool: Stri
         // One input file: each block from one of the three ports, 16 downloads at once.
         var text = ""
         for (i, n) in names.enumerated() {
-            text += "http://127.0.0.1:\(nginxes[i % 3].port)/\(n)\n  out=\(n)\n"
+            text += "\(scheme)://127.0.0.1:\(nginxes[i % 3].port)/\(n)\n  out=\(n)\n"
         }
         fm.createFile(atPath: scratch + "/aria.txt", contents: Data(text.utf8))
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/aria2c")
         p.arguments = ["-q", "-j", "16", "--max-connection-per-server=16", "--allow-overwrite=true", "--auto-file-renaming=false",
-                       "--file-allocation=none", "-d", scratch + "/out", "-i", scratch + "/aria.txt"]
+                       "--file-allocation=none"] + (tls ? ["--check-certificate=false"] : []) + ["-d", scratch + "/out", "-i", scratch + "/aria.txt"]
         try p.run()
         processes.append(p)
     }
     for k in 0..<8 where tool == "curl" {
         var text = ""
         for (i, n) in names.enumerated() where i % 8 == k {
-            text += "url = \"http://127.0.0.1:\(nginxes[i % 3].port)/\(n)\"\noutput = \"\(scratch)/out/\(n)\"\n"
+            text += "url = \"\(scheme)://127.0.0.1:\(nginxes[i % 3].port)/\(n)\"\noutput = \"\(scratch)/out/\(n)\"\n"
         }
         let list = scratch + "/list-\(k).txt"
         fm.createFile(atPath: list, contents: Data(text.utf8))
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        p.arguments = ["-s", "--fail", "-K", list]
+        p.arguments = ["-s", "--fail"] + curlTLSArguments(tls) + ["-K", list]
         try p.run()
         processes.append(p)
     }

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOEmbedded
 import SomaCore
+import SomaDevnet
 import SomaNet
 import SomaStore
 
@@ -114,3 +115,145 @@ let dispatchTarget = FuzzTarget(
         if !ok { fail("method \(method) answered \(bytes.count) bytes that are not its answer type") }
     }
 )
+
+/// The handshake (protocol 2, plaintext: TLS itself is BoringSSL's) over an EmbeddedChannel,
+/// Ed25519 work inline: input `[mode] ‖ ops`. Mode bit 0 picks the dialer end (else the
+/// listener), bit 1 pins the peer key, bit 2 makes the node private (allow-list: the peer key).
+/// Each op is `[op] ‖ method u16 ‖ length u16 ‖ payload`: op 0xF0 sends a hello of the peer key
+/// for this chain with the payload as its node info, 0xF1 the peer's valid proof over the real
+/// transcript, 0xF2 a hello naming another key; any other op sends a frame of kind `op % 6`.
+/// Invariants: no application frame before the handshake completes; it completes only with the
+/// proof the target signed, for the key the hello named, within the policy; a private listener
+/// sends nothing signed to a peer not on its list; a refusal sends a goodbye and closes.
+let handshakeTarget = FuzzTarget(
+    name: "handshake",
+    summary: "HandshakeHandler, either end, open, pinned or private: fuzzed frames, a real proof on demand; completes only as the protocol allows",
+    seeds: {
+        func op(_ code: UInt8, _ method: UInt16 = 0, _ payload: [UInt8] = []) -> [UInt8] {
+            [code] + le(method) + le(UInt16(payload.count)) + payload
+        }
+        let request = op(FrameKind.request.rawValue, Method.getAvailability.rawValue) // after the handshake: passes on
+        return [
+            [0] + op(0xF0) + op(0xF1) + request,
+            [1] + op(0xF0, 0, [1, 2, 3]) + op(0xF1) + request,
+            [2] + op(0xF2) + op(0xF1),
+            [4] + op(0xF0) + op(0xF1) + request,
+            [5] + op(0xF2),
+            [0] + op(FrameKind.oneWay.rawValue, Method.hello.rawValue, [UInt8](repeating: 7, count: 120)),
+            [0] + op(0xF0) + op(FrameKind.oneWay.rawValue, Method.helloProof.rawValue, [UInt8](repeating: 1, count: 64)),
+            [1] + op(FrameKind.oneWay.rawValue, Method.goodbye.rawValue, Array("bye".utf8)),
+            [0] + op(FrameKind.request.rawValue, 9) + op(0xF0) + op(0xF1),
+        ]
+    },
+    run: { input in
+        let fx = HandshakeFixture.shared
+        var r = FuzzInput(input)
+        let mode = r.u8()
+        let role: HandshakeRole = mode & 1 == 0 ? .listener : .dialer
+        let policy = HandshakePolicy(tls: false, expectedPeer: mode & 2 != 0 ? fx.peer.publicKey : nil,
+                                     allowed: mode & 4 != 0 ? [fx.peer.publicKey] : nil)
+        let recorder = HandshakeRecorder()
+        let channel = EmbeddedChannel()
+        do {
+            try channel.pipeline.syncOperations.addHandler(HandshakeHandler(identity: fx.identity, role: role, policy: policy, pool: nil))
+            try channel.pipeline.syncOperations.addHandler(recorder)
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        } catch { fail("embedded channel set-up: \(error)") }
+        var outbound: [Frame] = []
+        func collect() { while let f = try? channel.readOutbound(as: Frame.self) { outbound.append(f) } }
+        var peerHello: [UInt8]?
+        var signedProof = false
+        var ops = 0
+        collect()
+        while r.remaining > 0, channel.isActive, ops < 64 {
+            ops += 1
+            let code = r.u8(), method = r.u16(), payload = r.take(Int(r.u16()) % 8_192)
+            let frame: Frame
+            switch code {
+            case 0xF0, 0xF2:
+                let key = code == 0xF0 ? fx.peer : fx.stranger
+                let hello = Hello(protocolVersion: SomaNet.protocolVersion, chainID: fx.identity.chainID, peerID: key.publicKey,
+                                  nonce: Digest(bytes: (payload + [UInt8](repeating: 0, count: 32)).prefix(32)) ?? .zero,
+                                  nodeInfo: Array(payload.prefix(Hello.maxNodeInfoBytes)))
+                if peerHello == nil { peerHello = hello.bcsBytes }
+                frame = Frame(kind: .oneWay, method: Method.hello.rawValue, requestID: 0, payload: ByteBuffer(bytes: hello.bcsBytes))
+            case 0xF1:
+                // The proof of the peer key over the transcript as this end sees it.
+                collect()
+                let own = outbound.first { $0.kind == .oneWay && $0.method == Method.hello.rawValue }.map { Array($0.payload.readableBytesView) }
+                guard let own, let peerHello else { continue }
+                let (peerRole, dialer, listener): (HandshakeRole, [UInt8], [UInt8]) =
+                    role == .dialer ? (.listener, own, peerHello) : (.dialer, peerHello, own)
+                let proof = fx.peer.sign(Hello.proofMessage(role: peerRole, dialerHello: dialer, listenerHello: listener))
+                signedProof = true
+                frame = Frame(kind: .oneWay, method: Method.helloProof.rawValue, requestID: 0, payload: ByteBuffer(bytes: proof.bytes))
+            default:
+                guard let kind = FrameKind(rawValue: code % 6) else { fail("frame kind \(code % 6)") }
+                if kind == .oneWay, method == Method.hello.rawValue, peerHello == nil { peerHello = payload }
+                frame = Frame(kind: kind, method: method, requestID: UInt64(method), payload: ByteBuffer(bytes: payload))
+            }
+            do { try channel.writeInbound(frame) } catch { break }
+            collect()
+        }
+        collect()
+        let completed = recorder.completed
+        if let completed {
+            guard signedProof else { fail("the handshake completed without the peer's proof") }
+            guard completed.peerID == fx.peer.publicKey else { fail("completed for \(completed.peerID.raw.short), not the key that signed") }
+        } else if recorder.framesPassed > 0 {
+            fail("\(recorder.framesPassed) frames passed on before the handshake completed")
+        }
+        if recorder.completedAfterFrame { fail("a frame passed on before the handshake completed") }
+        if role == .listener, mode & 4 != 0 {
+            // A private listener: nothing it signs goes to a stranger, and it never completes with one.
+            let sentHello = outbound.contains { $0.kind == .oneWay && $0.method == Method.hello.rawValue }
+            let sentProof = outbound.contains { $0.kind == .oneWay && $0.method == Method.helloProof.rawValue }
+            if sentProof || sentHello, let peerHello, (try? Hello(bcsBytes: peerHello))?.peerID != fx.peer.publicKey {
+                fail("a private listener answered a hello not from its allow-list")
+            }
+        }
+        if completed == nil, !channel.isActive {
+            guard outbound.contains(where: { $0.kind == .oneWay && $0.method == Method.goodbye.rawValue }) else {
+                fail("closed without a goodbye")
+            }
+        }
+        _ = try? channel.finish(acceptAlreadyClosed: true)
+    }
+)
+
+/// The keys and identity of the handshake target, made once.
+final class HandshakeFixture: Sendable {
+    static let shared = HandshakeFixture()
+    let identity: HandshakeIdentity
+    let peer: SigningKey
+    let stranger: SigningKey
+
+    private init() {
+        let own = DevnetKeys.validator(seed: 91, index: 0)
+        identity = HandshakeIdentity(key: own, chainID: Digest(bytes: [UInt8](repeating: 0x5a, count: 32)) ?? .zero, nodeInfo: [9, 9, 9])
+        peer = DevnetKeys.validator(seed: 91, index: 1)
+        stranger = DevnetKeys.validator(seed: 91, index: 2)
+    }
+}
+
+/// The inbound end after the handshake handler: what completed, what passed on, and in which order.
+final class HandshakeRecorder: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Frame
+    private(set) var completed: HandshakeCompleted?
+    private(set) var framesPassed = 0
+    private(set) var completedAfterFrame = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        framesPassed += 1
+        if completed == nil { completedAfterFrame = true }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let done = event as? HandshakeCompleted {
+            if completed != nil { fail("the handshake completed twice") }
+            completed = done
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {}
+}

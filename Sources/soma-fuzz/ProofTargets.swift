@@ -29,8 +29,11 @@ let merkleTarget = FuzzTarget(
             let index = r.u64(), size = r.u64()
             let proof = r.digests(Int(r.u8() % 70))
             let leaf = r.digest(), root = r.digest()
-            _ = Merkle.rootFromInclusionProof(leafHash: leaf, index: index, treeSize: size, proof: proof)
-            if (try? Merkle.verifyInclusion(leafHash: leaf, index: index, treeSize: size, proof: proof, root: root)) != nil {
+            let computed = Merkle.rootFromInclusionProof(leafHash: leaf, index: index, treeSize: size, proof: proof)
+            let verified = (try? Merkle.verifyInclusion(leafHash: leaf, index: index, treeSize: size, proof: proof, root: root)) != nil
+            if verified != (computed == root) { fail("verifyInclusion disagrees with rootFromInclusionProof") }
+            // Only the one-leaf tree verifies without a preimage: its root is the leaf itself.
+            if verified, !(proof.isEmpty && size == 1 && index == 0 && leaf == root) {
                 fail("a fuzzed inclusion proof verified")
             }
         case 1:
@@ -46,8 +49,10 @@ let merkleTarget = FuzzTarget(
             let leaves = r.digests(Int(r.u8() % 40))
             let proof = r.digests(Int(r.u8() % 70))
             let root = r.digest()
+            // Only a one-leaf tree whose root is that leaf verifies without a preimage.
             if (try? Merkle.verifySubtree(chunkLeafHashes: leaves, chunk: chunk, chunkSize: chunkSize, treeSize: size,
-                                          proof: proof, root: root)) != nil {
+                                          proof: proof, root: root)) != nil,
+               !(proof.isEmpty && size == 1 && leaves == [root]) {
                 fail("a fuzzed subtree proof verified")
             }
         default:

@@ -168,5 +168,21 @@ struct ExtremesTests {
         var bad = p.bcsBytes
         bad[0] = 3
         #expect(throws: CoreError.self) { try PeerRecord(bcsBytes: bad) }
+        // Fuzz finding (nodeinfo): a version 2 direct record naming another introducer decoded
+        // (normalised to the peer itself), so two encodings meant one record. It is refused now,
+        // and the encoder writes a direct record as its own introducer whatever it holds.
+        var mixed = p
+        mixed.direct = true
+        let canonical = mixed.bcsBytes
+        #expect(try PeerRecord(bcsBytes: canonical).bcsBytes == canonical)
+        #expect(try PeerRecord(bcsBytes: canonical).introducer == .peer(r.info.peerID))
+        var w = BCSWriter()
+        w.write(UInt8(2))
+        w.write(r)
+        w.write(Introducer.peer(other))
+        w.write(true)
+        let tail = Array(canonical.suffix(canonical.count - (1 + r.bcsBytes.count + Introducer.peer(r.info.peerID).bcsBytes.count + 1)))
+        let forged = w.bytes + tail
+        #expect(throws: CoreError.self) { try PeerRecord(bcsBytes: forged) }
     }
 }

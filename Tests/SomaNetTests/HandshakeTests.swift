@@ -200,6 +200,27 @@ struct HandshakeTests {
         }
     }
 
+    @Test("a private node dialling a peer not on its list stops before its hello (TLS) or sends no record (plaintext)", arguments: [true, false])
+    func privateDialer(tls: Bool) async throws {
+        let config = tls ? NetConfiguration() : Self.plaintext()
+        let record: [UInt8] = Array("the private dialer's record".utf8)
+        let identity = HandshakeIdentity(key: Self.key(6), chainID: Self.chain, nodeInfo: record)
+        try await Self.withServer(configuration: config) { server, group in
+            do {
+                _ = try await PeerClient.connect(host: "127.0.0.1", port: server.port, identity: identity, configuration: config,
+                                                 group: group, allowed: [Self.key(5).publicKey])
+                Issue.record("a private node completed a handshake with a peer not on its list")
+            } catch let e as WireError {
+                #expect(e.code == .notAllowed, "\(e)")
+                #expect(e.message.contains("allow-list"), "\(e)")
+            }
+            let friend = try await PeerClient.connect(host: "127.0.0.1", port: server.port, identity: identity, configuration: config,
+                                                      group: group, allowed: [Self.key(1).publicKey])
+            #expect(friend.peerID == Self.key(1).publicKey)
+            await friend.close()
+        }
+    }
+
     @Test("a proof made for another session (relayed) or over the wrong bytes is refused")
     func relayedProof() async throws {
         try await Self.withServer(configuration: Self.plaintext()) { server, group in
@@ -242,5 +263,52 @@ extension Array where Element == UInt8 {
     func containsRun(_ run: [UInt8]) -> Bool {
         guard run.count <= count else { return false }
         return (0...(count - run.count)).contains { Array(self[$0..<($0 + run.count)]) == run }
+    }
+}
+
+/// A service whose every call waits until cancelled (or 30 s), recording what happened.
+final class SlowService: HistoryServing, Sendable {
+    let started = Atomic<Int>(0)
+    let cancelled = Atomic<Int>(0)
+    let returned = Atomic<Int>(0)
+
+    func handle(method: UInt16, payload: [UInt8]) async -> Result<ByteBuffer, RPCError> {
+        started.add(1, ordering: .sequentiallyConsistent)
+        try? await Task.sleep(for: .seconds(30))
+        if Task.isCancelled { cancelled.add(1, ordering: .sequentiallyConsistent) }
+        returned.add(1, ordering: .sequentiallyConsistent)
+        return .failure(.unavailable("stopping"))
+    }
+
+    func blockItem(seq: UInt64, part: UInt32) async -> Result<(ByteBuffer, UInt32)?, RPCError> { .success(nil) }
+}
+
+@Suite("Clean stop of a server")
+struct ServerStopTests {
+    @Test("shutdown cancels the service calls still running after the drain and waits for them to return")
+    func cancelsAndAwaits() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let service = SlowService()
+        let server = try await NetServer.start(host: "127.0.0.1", port: 0, identity: HandshakeIdentity(key: HandshakeTests.key(1), chainID: HandshakeTests.chain),
+                                               service: service, group: group)
+        let client = try await PeerClient.connect(host: "127.0.0.1", port: server.port,
+                                                  identity: HandshakeIdentity(key: HandshakeTests.key(2), chainID: HandshakeTests.chain), group: group)
+        let calls = Task { for _ in 0..<3 { _ = try? await client.call(.getAvailability, []) } }
+        let pending = (0..<3).map { _ in Task { _ = try? await client.call(.getEpochEndings, EpochEndingsRequest(fromEpoch: 0, max: 1).bcsBytes) } }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while service.started.load(ordering: .sequentiallyConsistent) < 4 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(service.started.load(ordering: .sequentiallyConsistent) >= 4)
+        let began = ContinuousClock.now
+        await server.shutdown(drain: .milliseconds(200))
+        // Every call that started has returned, cancelled, well before its 30 s sleep.
+        #expect(service.returned.load(ordering: .sequentiallyConsistent) == service.started.load(ordering: .sequentiallyConsistent))
+        #expect(service.cancelled.load(ordering: .sequentiallyConsistent) == service.started.load(ordering: .sequentiallyConsistent))
+        #expect(ContinuousClock.now - began < .seconds(10))
+        calls.cancel()
+        for p in pending { p.cancel() }
+        await client.close()
+        try await group.shutdownGracefully()
     }
 }
