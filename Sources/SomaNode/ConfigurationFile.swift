@@ -60,6 +60,31 @@ public enum NodeConfigurationFile {
             """
     }
 
+    /// The document as plain values: mappings with string keys, sequences and scalars (Int,
+    /// Bool, Double, String, NSNull by YAML's core schema), walked from Yams' node tree. Yams'
+    /// own untyped loader traps on a mapping key that is not a scalar (`? {a: 1}: 2`); here that
+    /// is an error naming the file, as is nesting deeper than 64 levels (aliases arrive resolved).
+    static func plain(_ node: Node, _ source: String, depth: Int = 0) throws -> Any {
+        guard depth < 64 else { throw NodeError("\(source): nested deeper than 64 levels") }
+        switch node {
+        case .scalar:
+            return node.any
+        case .mapping(let mapping):
+            var out: [String: Any] = [:]
+            for (key, value) in mapping {
+                guard case .scalar(let scalar) = key else {
+                    throw NodeError("\(source): a mapping key must be a plain string (line \(key.mark.map { "\($0.line)" } ?? "?"))")
+                }
+                out[scalar.string] = try plain(value, source, depth: depth + 1)
+            }
+            return out
+        case .sequence(let sequence):
+            return try sequence.map { try plain($0, source, depth: depth + 1) }
+        case .alias:
+            throw NodeError("\(source): YAML aliases are not supported")
+        }
+    }
+
     /// Reads `path` over the defaults for `dataDirectory`.
     /// - Throws: ``NodeError`` naming the key for a malformed file or value.
     public static func load(path: String, dataDirectory: String) throws -> NodeConfiguration {
@@ -70,9 +95,10 @@ public enum NodeConfigurationFile {
     /// Parses YAML text over the defaults.
     public static func parse(_ text: String, dataDirectory: String, source: String = "configuration") throws -> NodeConfiguration {
         var config = NodeConfiguration(dataDirectory: dataDirectory)
-        let root: Any?
-        do { root = try Yams.load(yaml: text) } catch { throw NodeError("\(source): not YAML: \(error)") }
-        guard let root else { return config }
+        let node: Node?
+        do { node = try Yams.compose(yaml: text) } catch { throw NodeError("\(source): not YAML: \(error)") }
+        guard let node else { return config }
+        let root = try plain(node, source)
         guard let top = root as? [String: Any] else { throw NodeError("\(source): the top level must be a mapping") }
         func section(_ name: String) throws -> [String: Any] {
             guard let v = top[name] else { return [:] }

@@ -58,6 +58,11 @@ struct ConfigurationTests {
         ("discovery: {allowedPeers: [abc]}", "discovery.allowedPeers"),
         ("discovery: {targetConnections: 0}", "discovery.targetConnections"),
         ("discovery: {advertise: [\"a:1\", \"a:2\", \"a:3\", \"a:4\", \"a:5\", \"a:6\", \"a:7\", \"a:8\", \"a:9\"]}", "discovery.advertise"),
+        // Fuzz finding (config): a mapping key that is itself a mapping trapped in Yams' untyped loader.
+        ("net:\n  tls: true\n? uploadBytesPerSecond: 1000\n", "a mapping key must be a plain string"),
+        ("store:\n  ? [1, 2]\n  : 3\n", "a mapping key must be a plain string"),
+        ("store: &x {mode: archive}\nnet: *x\n", "net.mode"),
+        (String(repeating: "[", count: 80) + String(repeating: "]", count: 80), "nested deeper"),
     ])
     func badFiles(text: String, named: String) {
         do {
