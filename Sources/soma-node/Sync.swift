@@ -124,7 +124,7 @@ struct Sync: AsyncParsableCommand {
             await shutDown()
             throw CLIError("no peer could be reached (seeds: \(peer.isEmpty ? "none" : peer.joined(separator: ", ")))")
         }
-        print("discovery: connected to \(connected) peers (\(await table.count) known)")
+        print("discovery: connected to \(connected) peers over \(net.tls ? "TLS 1.3" : "plaintext") (\(await table.count) known)")
         let display = ProgressDisplay()
         do {
             var syncSettings = SyncConfiguration()
