@@ -221,6 +221,33 @@ struct HandshakeTests {
         }
     }
 
+    /// What a relay over TLS would need: a hello of the impersonated key (here even with its
+    /// valid proof, as if relayed in real time) inside a TLS session whose certificate is the
+    /// relay's own, since it cannot present the impersonated key's. The listener refuses it on
+    /// the certificate before any proof counts.
+    @Test("over TLS a hello naming another key than the session's certificate (a relay) is refused")
+    func relayedOverTLS() async throws {
+        try await Self.withServer { server, group in
+            let loop = group.next()
+            let impersonated = HandshakeIdentity(key: Self.key(4), chainID: Self.chain)
+            let relay = HandshakeIdentity(key: Self.key(7), chainID: Self.chain)
+            let closed = loop.makePromise(of: Void.self)
+            let goodbye = GoodbyeCatcher(closed: closed)
+            let tls = try relay.tls()
+            _ = try await ClientBootstrap(group: loop)
+                .channelInitializer { c in
+                    c.eventLoop.makeCompletedFuture {
+                        try PeerClient.configureDialer(c, identity: impersonated, tls: tls, configuration: NetConfiguration())
+                        try c.pipeline.syncOperations.addHandler(goodbye)
+                    }
+                }
+                .connect(host: "127.0.0.1", port: server.port).get()
+            try await closed.futureResult.get()
+            let reasons = goodbye.reasons.withLock { $0 }
+            #expect(reasons.contains { $0.contains("wrongPeer") && $0.contains("TLS certificate") }, "\(reasons)")
+        }
+    }
+
     @Test("a proof made for another session (relayed) or over the wrong bytes is refused")
     func relayedProof() async throws {
         try await Self.withServer(configuration: Self.plaintext()) { server, group in
@@ -264,6 +291,22 @@ extension Array where Element == UInt8 {
         guard run.count <= count else { return false }
         return (0...(count - run.count)).contains { Array(self[$0..<($0 + run.count)]) == run }
     }
+}
+
+/// Records the goodbye reasons and errors a dialer's pipeline sees until the connection closes.
+final class GoodbyeCatcher: ChannelInboundHandler, Sendable {
+    typealias InboundIn = Frame
+    let reasons = Mutex<[String]>([])
+    let closed: EventLoopPromise<Void>
+
+    init(closed: EventLoopPromise<Void>) { self.closed = closed }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        reasons.withLock { $0.append("\(error)") }
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) { closed.succeed() }
 }
 
 /// A service whose every call waits until cancelled (or 30 s), recording what happened.
