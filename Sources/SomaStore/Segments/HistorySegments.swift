@@ -1,0 +1,526 @@
+import Glibc
+import Synchronization
+
+/// Immutable history outside RocksDB (DESIGN §6.1): the frames of each checkpoint (its LZ4
+/// blocks exactly as received, one per part, or LZ4 skippable frames), appended to segment files
+/// with an offset index beside each.
+///
+/// Files, in one directory: `<first>.seg` holds the frames back to back (a concatenation of
+/// standard LZ4 frames, so `lz4 -dc` reads a segment whole) and `<first>.idx` one 24-byte
+/// record per frame (little-endian: checkpoint u64, part u32, length u32, offset u64), where
+/// `<first>` is the segment's first checkpoint as 20 decimal digits. Frames are in checkpoint
+/// order, parts from 0 without a gap, each starting where the previous one ended. The last
+/// segment takes appends until it is sealed (at an epoch end) or passes `maxSegmentBytes`; the
+/// others are immutable.
+///
+/// Crash order: an append writes the data, `fdatasync`s it, then writes the index records and
+/// `fdatasync`s them; only then does the caller commit its RocksDB batch with the watermark. On
+/// open every segment is checked record by record: the index is cut at its first record that is
+/// malformed, out of order or points past the data, and the data is cut to the end of the last
+/// record kept (a partial frame or frames never indexed go). The caller then calls
+/// ``truncate(after:)`` with its watermark (frames a crash left ahead of it go) or lowers its
+/// watermark to ``lastSeq``. Pruning deletes whole segments.
+///
+/// Every number read from a file is checked before arithmetic or allocation. Reads (`pread`)
+/// run concurrently with an append; appends are serialized.
+public final class HistorySegments: Sendable {
+    /// Limits of a segment directory.
+    public struct Configuration: Sendable {
+        /// A segment is closed once its data passes this size (the frame that passes it stays).
+        public var maxSegmentBytes: UInt64 = 1 << 30
+        /// The largest frame accepted, written or read.
+        public var maxFrameBytes: Int = 256 << 20
+        /// Whether appends `fdatasync` (off only for tests and bulk loads that can re-apply).
+        public var sync = true
+
+        /// The defaults: 1 GiB segments, frames up to 256 MiB, synced appends.
+        public init() {}
+    }
+
+    /// Where one frame lives.
+    struct Entry: Sendable {
+        var seq: UInt64
+        var part: UInt32
+        var length: UInt32
+        var offset: UInt64
+        var end: UInt64 { offset + UInt64(length) }
+    }
+
+    /// One segment: its files and its index in memory.
+    final class Segment: @unchecked Sendable {
+        let first: UInt64
+        let dataFD: Int32
+        let indexFD: Int32
+        // Guarded by the owner's mutex (appends and truncation); reads copy an entry out under it.
+        var entries: [Entry]
+        var dataSize: UInt64
+
+        init(first: UInt64, dataFD: Int32, indexFD: Int32, entries: [Entry], dataSize: UInt64) {
+            self.first = first
+            self.dataFD = dataFD
+            self.indexFD = indexFD
+            self.entries = entries
+            self.dataSize = dataSize
+        }
+
+        var lastSeq: UInt64? { entries.last?.seq }
+
+        func closeFiles() {
+            _ = Glibc.close(dataFD)
+            _ = Glibc.close(indexFD)
+        }
+    }
+
+    struct State: @unchecked Sendable {
+        var segments: [Segment] = []
+        /// The last segment takes no more appends (sealed at an epoch end, or full).
+        var sealed = false
+        var closed = false
+    }
+
+    /// The size of one index record.
+    public static let indexRecordBytes = 24
+
+    /// The directory of the segments.
+    public let directory: String
+    /// Its limits.
+    public let configuration: Configuration
+    private let state: Mutex<State>
+    /// What `open` repaired: bytes cut from data files and index records dropped.
+    public let repairs: [String]
+
+    private init(directory: String, configuration: Configuration, segments: [Segment], repairs: [String]) {
+        self.directory = directory
+        self.configuration = configuration
+        self.state = Mutex(State(segments: segments))
+        self.repairs = repairs
+    }
+
+    deinit {
+        state.withLock { s in
+            if !s.closed { for seg in s.segments { seg.closeFiles() } }
+        }
+    }
+
+    /// Opens (creating if needed) the segments in `directory`, repairing what a crash left: each
+    /// index is cut at its first bad record and each data file to the end of its last record.
+    /// - Throws: ``StoreError`` `ioError` for a file that cannot be opened, read or cut.
+    public static func open(directory: String, configuration: Configuration = Configuration()) throws(StoreError) -> HistorySegments {
+        if mkdir(directory, 0o755) != 0 && errno != EEXIST {
+            throw StoreError(.ioError, "cannot create \(directory): \(String(cString: strerror(errno)))")
+        }
+        var firsts: [UInt64] = []
+        guard let dir = opendir(directory) else {
+            throw StoreError(.ioError, "cannot read \(directory): \(String(cString: strerror(errno)))")
+        }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            guard name.hasSuffix(".seg"), name.utf8.count == 24, let first = UInt64(name.dropLast(4)) else { continue }
+            firsts.append(first)
+        }
+        closedir(dir)
+        firsts.sort()
+        var segments: [Segment] = []
+        var repairs: [String] = []
+        do throws(StoreError) {
+            for first in firsts {
+                let (segment, repaired) = try openSegment(directory: directory, first: first, configuration: configuration)
+                repairs += repaired
+                // Segments must follow each other; one that overlaps its predecessor (only a
+                // foreign file could) is refused rather than guessed at.
+                if let previous = segments.last?.lastSeq, let start = segment.entries.first?.seq, start <= previous {
+                    segment.closeFiles()
+                    throw StoreError(.inconsistent, "segment \(name(first)) starts at checkpoint \(start), not after \(previous)")
+                }
+                segments.append(segment)
+            }
+        } catch {
+            for s in segments { s.closeFiles() }
+            throw error
+        }
+        // Empty segments other than the last hold nothing: drop them.
+        var kept: [Segment] = []
+        for (i, s) in segments.enumerated() {
+            if s.entries.isEmpty && i != segments.count - 1 {
+                s.closeFiles()
+                unlink(path(directory, s.first, "seg"))
+                unlink(path(directory, s.first, "idx"))
+                repairs.append("removed empty segment \(name(s.first))")
+            } else {
+                kept.append(s)
+            }
+        }
+        return HistorySegments(directory: directory, configuration: configuration, segments: kept, repairs: repairs)
+    }
+
+    static func name(_ first: UInt64) -> String {
+        let digits = String(first)
+        return String(repeating: "0", count: 20 - digits.count) + digits
+    }
+
+    static func path(_ directory: String, _ first: UInt64, _ ext: String) -> String {
+        "\(directory)/\(name(first)).\(ext)"
+    }
+
+    private static func openSegment(directory: String, first: UInt64, configuration: Configuration) throws(StoreError) -> (Segment, [String]) {
+        let dataPath = path(directory, first, "seg"), indexPath = path(directory, first, "idx")
+        let dataFD = Glibc.open(dataPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard dataFD >= 0 else { throw StoreError(.ioError, "cannot open \(dataPath): \(String(cString: strerror(errno)))") }
+        let indexFD = Glibc.open(indexPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard indexFD >= 0 else {
+            _ = Glibc.close(dataFD)
+            throw StoreError(.ioError, "cannot open \(indexPath): \(String(cString: strerror(errno)))")
+        }
+        do throws(StoreError) {
+            let dataSize = try fileSize(dataFD, dataPath)
+            let indexSize = try fileSize(indexFD, indexPath)
+            let records = indexSize / UInt64(indexRecordBytes)
+            // 24 bytes per record in memory as on disk: the index file is read whole.
+            guard indexSize <= UInt64(Int.max) else { throw StoreError(.ioError, "\(indexPath) is too large") }
+            var bytes = [UInt8](repeating: 0, count: Int(records) * indexRecordBytes)
+            try readFully(indexFD, into: &bytes, at: 0, indexPath)
+            var entries: [Entry] = []
+            entries.reserveCapacity(Int(records))
+            var reason: String?
+            for r in 0..<Int(records) {
+                let b = r * indexRecordBytes
+                let seq = le64(bytes, b), part = le32(bytes, b + 8), length = le32(bytes, b + 12), offset = le64(bytes, b + 16)
+                let expectedOffset = entries.last?.end ?? 0
+                let inOrder: Bool
+                if let last = entries.last {
+                    inOrder = (seq == last.seq && last.part < UInt32.max && part == last.part + 1) || (seq > last.seq && part == 0)
+                } else {
+                    inOrder = part == 0 && seq >= first
+                }
+                let (end, overflow) = offset.addingReportingOverflow(UInt64(length))
+                guard inOrder, offset == expectedOffset, !overflow, length > 0, Int(length) <= configuration.maxFrameBytes else {
+                    reason = "record \(r) (checkpoint \(seq) part \(part), \(length) bytes at \(offset)) is out of order or malformed"
+                    break
+                }
+                guard end <= dataSize else {
+                    reason = "record \(r) (checkpoint \(seq) part \(part)) points past the data (\(end) > \(dataSize) bytes)"
+                    break
+                }
+                entries.append(Entry(seq: seq, part: part, length: length, offset: offset))
+            }
+            var repairs: [String] = []
+            let keptIndex = UInt64(entries.count * indexRecordBytes)
+            if keptIndex != indexSize {
+                try cut(indexFD, to: keptIndex, indexPath)
+                repairs.append("\(name(first)).idx: cut to \(entries.count) records" + (reason.map { ": \($0)" } ?? " (a partial record)"))
+            }
+            let keptData = entries.last?.end ?? 0
+            if keptData != dataSize {
+                try cut(dataFD, to: keptData, dataPath)
+                repairs.append("\(name(first)).seg: cut \(dataSize - keptData) bytes after the last indexed frame")
+            }
+            return (Segment(first: first, dataFD: dataFD, indexFD: indexFD, entries: entries, dataSize: keptData), repairs)
+        } catch {
+            _ = Glibc.close(dataFD)
+            _ = Glibc.close(indexFD)
+            throw error
+        }
+    }
+
+    // MARK: Reading
+
+    /// The first and last checkpoint held (nil when empty).
+    public var firstSeq: UInt64? { state.withLock { s in s.segments.first { !$0.entries.isEmpty }?.entries.first?.seq } }
+
+    /// The last checkpoint held.
+    public var lastSeq: UInt64? { state.withLock { s in s.segments.last { !$0.entries.isEmpty }?.lastSeq } }
+
+    /// The number of frames (parts) held for checkpoint `seq` (0: none).
+    public func partCount(_ seq: UInt64) -> Int {
+        state.withLock { s in
+            guard let seg = Self.segment(holding: seq, in: s.segments) else { return 0 }
+            let i = Self.firstIndex(of: seq, in: seg.entries)
+            var n = 0
+            while i + n < seg.entries.count && seg.entries[i + n].seq == seq { n += 1 }
+            return n
+        }
+    }
+
+    /// Frame `part` of checkpoint `seq`, exactly as appended, or nil if not held.
+    /// - Throws: ``StoreError`` `ioError` or `closed`.
+    public func frame(_ seq: UInt64, part: UInt32) throws(StoreError) -> [UInt8]? {
+        let found: (Int32, Entry)? = try state.withLock { s throws(StoreError) in
+            guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
+            guard let seg = Self.segment(holding: seq, in: s.segments) else { return nil }
+            let i = Self.firstIndex(of: seq, in: seg.entries)
+            guard i < seg.entries.count, seg.entries[i].seq == seq else { return nil }
+            let (j, overflow) = i.addingReportingOverflow(Int(part))
+            guard !overflow, j < seg.entries.count, seg.entries[j].seq == seq else { return nil }
+            return (seg.dataFD, seg.entries[j])
+        }
+        guard let (fd, entry) = found else { return nil }
+        var bytes = [UInt8](repeating: 0, count: Int(entry.length))
+        try Self.readFully(fd, into: &bytes, at: entry.offset, "segment frame \(seq)/\(part)")
+        return bytes
+    }
+
+    /// Every frame of checkpoint `seq`, in part order (empty if not held).
+    public func frames(_ seq: UInt64) throws(StoreError) -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        var part: UInt32 = 0
+        while let f = try frame(seq, part: part) {
+            out.append(f)
+            guard part < UInt32.max else { break }
+            part += 1
+        }
+        return out
+    }
+
+    /// The segment files (data and index paths) whose every checkpoint is at most `seq`, oldest
+    /// first: the closed segments an archive may copy.
+    public func closedSegments() -> [(first: UInt64, last: UInt64, data: String, index: String)] {
+        state.withLock { s in
+            s.segments.enumerated().compactMap { i, seg in
+                guard i < s.segments.count - 1 || s.sealed, let first = seg.entries.first?.seq, let last = seg.lastSeq else { return nil }
+                return (first, last, Self.path(directory, seg.first, "seg"), Self.path(directory, seg.first, "idx"))
+            }
+        }
+    }
+
+    private static func segment(holding seq: UInt64, in segments: [Segment]) -> Segment? {
+        // The last segment whose first checkpoint is at most seq.
+        var lo = 0, hi = segments.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if segments[mid].first <= seq { lo = mid + 1 } else { hi = mid }
+        }
+        return lo == 0 ? nil : segments[lo - 1]
+    }
+
+    private static func firstIndex(of seq: UInt64, in entries: [Entry]) -> Int {
+        var lo = 0, hi = entries.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if entries[mid].seq < seq { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+
+    // MARK: Writing
+
+    /// Appends the frames of checkpoints, in order, each after ``lastSeq``; the data is synced,
+    /// then the index (with `sync`). A checkpoint's frames are its parts 0, 1, ….
+    /// - Throws: ``StoreError`` `outOfOrder` (a checkpoint not after the last, or without a
+    ///   frame), `frameTooLarge`, `ioError`, `closed`. On an I/O error nothing of the batch is
+    ///   indexed (the data written is cut again on the next open).
+    public func append(_ checkpoints: [(seq: UInt64, frames: [[UInt8]])]) throws(StoreError) {
+        try state.withLock { s throws(StoreError) in
+            guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
+            var last = s.segments.last { !$0.entries.isEmpty }?.lastSeq
+            for c in checkpoints {
+                if let l = last, c.seq <= l { throw StoreError(.outOfOrder, "checkpoint \(c.seq) appended after \(l)") }
+                guard !c.frames.isEmpty else { throw StoreError(.outOfOrder, "checkpoint \(c.seq) has no frame") }
+                for f in c.frames where f.isEmpty || f.count > configuration.maxFrameBytes {
+                    throw StoreError(.frameTooLarge, "a frame of \(f.count) bytes for checkpoint \(c.seq) (1...\(configuration.maxFrameBytes))")
+                }
+                last = c.seq
+            }
+            var pending = checkpoints[...]
+            while let next = pending.first {
+                let seg = try writable(&s, startingAt: next.seq)
+                // As many checkpoints as fit before the size bound (at least one).
+                var take = 0
+                var size = seg.dataSize
+                for c in pending {
+                    if take > 0 && size >= configuration.maxSegmentBytes { break }
+                    size += c.frames.reduce(UInt64(0)) { $0 + UInt64($1.count) }
+                    take += 1
+                }
+                try write(Array(pending.prefix(take)), to: seg)
+                pending = pending.dropFirst(take)
+                if seg.dataSize >= configuration.maxSegmentBytes { s.sealed = true }
+            }
+        }
+    }
+
+    /// Closes the current segment (at an epoch end): the next append starts a new one.
+    public func seal() {
+        state.withLock { s in
+            if let last = s.segments.last, !last.entries.isEmpty { s.sealed = true }
+        }
+    }
+
+    /// The segment the next append goes to: the last one unless it is sealed, else a new one
+    /// named after `seq`.
+    private func writable(_ s: inout State, startingAt seq: UInt64) throws(StoreError) -> Segment {
+        if let last = s.segments.last, !s.sealed {
+            if !last.entries.isEmpty || last.first == seq { return last }
+            // An empty segment named after another checkpoint (a crash right after creating
+            // it, then a re-apply from elsewhere): replaced by one named after `seq`.
+            last.closeFiles()
+            try remove(last.first)
+            s.segments.removeLast()
+        }
+        let (seg, _) = try Self.openSegment(directory: directory, first: seq, configuration: configuration)
+        try syncDirectory()
+        s.segments.append(seg)
+        s.sealed = false
+        return seg
+    }
+
+    private func write(_ batch: [(seq: UInt64, frames: [[UInt8]])], to seg: Segment) throws(StoreError) {
+        var data: [UInt8] = []
+        var index: [UInt8] = []
+        var added: [Entry] = []
+        var offset = seg.dataSize
+        for c in batch {
+            for (part, f) in c.frames.enumerated() {
+                data += f
+                let e = Entry(seq: c.seq, part: UInt32(part), length: UInt32(f.count), offset: offset)
+                index += Self.bytes(e.seq) + Self.bytes(e.part) + Self.bytes(e.length) + Self.bytes(e.offset)
+                added.append(e)
+                offset += UInt64(f.count)
+            }
+        }
+        let dataPath = Self.path(directory, seg.first, "seg"), indexPath = Self.path(directory, seg.first, "idx")
+        try Self.writeFully(seg.dataFD, data, at: seg.dataSize, dataPath)
+        if configuration.sync { try Self.dataSync(seg.dataFD, dataPath) }
+        try Self.writeFully(seg.indexFD, index, at: UInt64(seg.entries.count * Self.indexRecordBytes), indexPath)
+        if configuration.sync { try Self.dataSync(seg.indexFD, indexPath) }
+        seg.entries += added
+        seg.dataSize = offset
+    }
+
+    /// Drops every frame of the checkpoints after `seq` (what a crash left ahead of the
+    /// watermark), deleting whole segments and cutting the one that holds `seq`.
+    public func truncate(after seq: UInt64) throws(StoreError) {
+        try state.withLock { s throws(StoreError) in
+            guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
+            while let last = s.segments.last, let start = last.entries.first?.seq, start > seq {
+                last.closeFiles()
+                try remove(last.first)
+                s.segments.removeLast()
+                s.sealed = true
+            }
+            guard let last = s.segments.last else { return }
+            let keep = Self.firstIndex(of: seq &+ 1, in: last.entries)
+            guard seq < UInt64.max, keep < last.entries.count else { return }
+            let dataEnd = last.entries[keep].offset
+            let indexPath = Self.path(directory, last.first, "idx"), dataPath = Self.path(directory, last.first, "seg")
+            // The index first: a crash in between leaves data past the index, cut on open.
+            try Self.cut(last.indexFD, to: UInt64(keep * Self.indexRecordBytes), indexPath)
+            try Self.cut(last.dataFD, to: dataEnd, dataPath)
+            last.entries.removeSubrange(keep...)
+            last.dataSize = dataEnd
+            if last.entries.isEmpty && s.segments.count > 1 {
+                last.closeFiles()
+                try remove(last.first)
+                s.segments.removeLast()
+                s.sealed = true
+            } else if !last.entries.isEmpty {
+                // Appends may go on in it unless it had been sealed as full.
+                s.sealed = last.dataSize >= configuration.maxSegmentBytes
+            }
+        }
+    }
+
+    /// Deletes every whole segment whose checkpoints are all below `seq` (never the one that
+    /// takes appends). Returns how many were deleted.
+    @discardableResult
+    public func prune(below seq: UInt64) throws(StoreError) -> Int {
+        try state.withLock { s throws(StoreError) in
+            guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
+            var removed = 0
+            while s.segments.count > 1, (s.segments[0].lastSeq ?? 0) < seq {
+                let seg = s.segments.removeFirst()
+                seg.closeFiles()
+                try remove(seg.first)
+                removed += 1
+            }
+            return removed
+        }
+    }
+
+    /// Closes the files; later calls throw `closed`.
+    public func close() {
+        state.withLock { s in
+            guard !s.closed else { return }
+            for seg in s.segments { seg.closeFiles() }
+            s.closed = true
+        }
+    }
+
+    private func remove(_ first: UInt64) throws(StoreError) {
+        for ext in ["idx", "seg"] {
+            let p = Self.path(directory, first, ext)
+            if unlink(p) != 0 && errno != ENOENT { throw StoreError(.ioError, "cannot delete \(p): \(String(cString: strerror(errno)))") }
+        }
+        try syncDirectory()
+    }
+
+    private func syncDirectory() throws(StoreError) {
+        guard configuration.sync else { return }
+        let fd = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw StoreError(.ioError, "cannot open \(directory): \(String(cString: strerror(errno)))") }
+        defer { _ = Glibc.close(fd) }
+        guard fsync(fd) == 0 else { throw StoreError(.ioError, "fsync \(directory): \(String(cString: strerror(errno)))") }
+    }
+
+    // MARK: Files
+
+    private static func fileSize(_ fd: Int32, _ path: String) throws(StoreError) -> UInt64 {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw StoreError(.ioError, "stat \(path): \(String(cString: strerror(errno)))") }
+        return UInt64(max(0, st.st_size))
+    }
+
+    private static func readFully(_ fd: Int32, into bytes: inout [UInt8], at offset: UInt64, _ what: String) throws(StoreError) {
+        var done = 0
+        let total = bytes.count
+        while done < total {
+            let n = bytes.withUnsafeMutableBytes { raw in
+                pread(fd, raw.baseAddress! + done, total - done, off_t(offset + UInt64(done)))
+            }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                throw StoreError(.ioError, "read \(what): \(n == 0 ? "unexpected end of file" : String(cString: strerror(errno)))")
+            }
+            done += n
+        }
+    }
+
+    private static func writeFully(_ fd: Int32, _ bytes: [UInt8], at offset: UInt64, _ path: String) throws(StoreError) {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { raw in
+                pwrite(fd, raw.baseAddress! + done, bytes.count - done, off_t(offset + UInt64(done)))
+            }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw StoreError(.ioError, "write \(path): \(String(cString: strerror(errno)))") }
+            done += n
+        }
+    }
+
+    private static func dataSync(_ fd: Int32, _ path: String) throws(StoreError) {
+        guard fdatasync(fd) == 0 else { throw StoreError(.ioError, "fdatasync \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    private static func cut(_ fd: Int32, to size: UInt64, _ path: String) throws(StoreError) {
+        guard ftruncate(fd, off_t(size)) == 0, fdatasync(fd) == 0 else {
+            throw StoreError(.ioError, "cannot cut \(path) to \(size) bytes: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    private static func le64(_ b: [UInt8], _ i: Int) -> UInt64 {
+        var v: UInt64 = 0
+        for k in 0..<8 { v |= UInt64(b[i + k]) << (8 * k) }
+        return v
+    }
+
+    private static func le32(_ b: [UInt8], _ i: Int) -> UInt32 {
+        var v: UInt32 = 0
+        for k in 0..<4 { v |= UInt32(b[i + k]) << (8 * k) }
+        return v
+    }
+
+    private static func bytes<T: FixedWidthInteger>(_ v: T) -> [UInt8] {
+        withUnsafeBytes(of: v.littleEndian) { Array($0) }
+    }
+}
