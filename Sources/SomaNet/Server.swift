@@ -196,7 +196,11 @@ final class RequestHandler: ChannelInboundHandler {
             await service.blockItem(seq: seq, part: part)
         }.whenComplete { result in
             let (handler, context) = bound.value
-            guard case .success(let answer) = result else { return handler.finishStream(context, request) }
+            guard case .success(let answer) = result else {
+                // The node is stopping: say so rather than end a stream that sent nothing.
+                return sent == 0 ? handler.paced(context, request, .failure(.unavailable("the node is stopping")))
+                                 : handler.finishStream(context, request)
+            }
             switch answer {
             case .failure(let e):
                 handler.paced(context, request, .failure(e))
@@ -363,14 +367,12 @@ final class ServerState: Sendable {
     func run<T: Sendable>(on loop: any EventLoop, _ work: @escaping @Sendable () async -> T) -> EventLoopFuture<T> {
         let promise = loop.makePromise(of: T.self)
         let started = tasks.withLock { state -> Bool in
-            guard var current = state else { return false }
-            let id = current.next
-            current.next += 1
-            current.running[id] = Task { [weak self] in
+            guard let id = state?.next else { return false }
+            state?.next += 1
+            state?.running[id] = Task { [weak self] in
                 promise.succeed(await work())
                 self?.finished(id)
             }
-            state = current
             return true
         }
         if !started { promise.fail(WireError(.connectionClosed, "the node is stopping")) }

@@ -63,9 +63,19 @@ public enum NodeConfigurationFile {
     /// The document as plain values: mappings with string keys, sequences and scalars (Int,
     /// Bool, Double, String, NSNull by YAML's core schema), walked from Yams' node tree. Yams'
     /// own untyped loader traps on a mapping key that is not a scalar (`? {a: 1}: 2`); here that
-    /// is an error naming the file, as is nesting deeper than 64 levels (aliases arrive resolved).
-    static func plain(_ node: Node, _ source: String, depth: Int = 0) throws -> Any {
+    /// is an error naming the file, as are nesting deeper than 64 levels and more than 100,000
+    /// values (aliases arrive resolved, so each use counts).
+    static func plain(_ node: Node, _ source: String) throws -> Any {
+        var budget = 100_000
+        return try plain(node, source, depth: 0, budget: &budget)
+    }
+
+    /// One node; `budget` counts the nodes visited, so aliases expanded over and over (a
+    /// "billion laughs" file) are refused instead of walked.
+    private static func plain(_ node: Node, _ source: String, depth: Int, budget: inout Int) throws -> Any {
         guard depth < 64 else { throw NodeError("\(source): nested deeper than 64 levels") }
+        budget -= 1
+        guard budget >= 0 else { throw NodeError("\(source): more than 100000 values (aliases expanded)") }
         switch node {
         case .scalar:
             return node.any
@@ -75,11 +85,13 @@ public enum NodeConfigurationFile {
                 guard case .scalar(let scalar) = key else {
                     throw NodeError("\(source): a mapping key must be a plain string (line \(key.mark.map { "\($0.line)" } ?? "?"))")
                 }
-                out[scalar.string] = try plain(value, source, depth: depth + 1)
+                out[scalar.string] = try plain(value, source, depth: depth + 1, budget: &budget)
             }
             return out
         case .sequence(let sequence):
-            return try sequence.map { try plain($0, source, depth: depth + 1) }
+            var out: [Any] = []
+            for item in sequence { out.append(try plain(item, source, depth: depth + 1, budget: &budget)) }
+            return out
         case .alias:
             throw NodeError("\(source): YAML aliases are not supported")
         }

@@ -498,7 +498,10 @@ final class SyncRun {
                 let items = try await client.blocks(from: span.first, count: UInt32(span.summaries.count), timeout: timeout)
                 let bytes = items.reduce(0) { $0 + $1.block.frame.count }
                 await gate.acquire()
-                let checked = Result { try SyncRun.verify(span, items: items, userSignatures: userSignatures, limit: limit) }
+                // A span cancelled while it waited (the run is stopping) is not verified.
+                let checked: Result<[(VerifiedCheckpoint, Int)], any Error> = Task.isCancelled
+                    ? .failure(CancellationError())
+                    : Result { try SyncRun.verify(span, items: items, userSignatures: userSignatures, limit: limit) }
                 await gate.release()
                 let verified = try checked.get()
                 post.yield(.span(first: span.first, source: source, task: id, started: started, .success((verified, bytes))))

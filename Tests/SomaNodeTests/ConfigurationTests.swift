@@ -63,6 +63,8 @@ struct ConfigurationTests {
         ("store:\n  ? [1, 2]\n  : 3\n", "a mapping key must be a plain string"),
         ("store: &x {mode: archive}\nnet: *x\n", "net.mode"),
         (String(repeating: "[", count: 80) + String(repeating: "]", count: 80), "nested deeper"),
+        ("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+            + "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n", "more than 100000 values"),
     ])
     func badFiles(text: String, named: String) {
         do {

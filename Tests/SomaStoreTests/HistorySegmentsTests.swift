@@ -88,7 +88,7 @@ struct HistorySegmentsTests {
         config.maxSegmentBytes = 10_000
         let segments = try HistorySegments.open(directory: dir.path, configuration: config)
         try segments.append((1...12).map { ($0, Self.frames($0)) })
-        segments.seal()
+        try segments.seal()
         try segments.append((13...14).map { ($0, Self.frames($0)) })
         let closed = segments.closedSegments()
         #expect(closed.count >= 2, "\(closed)")
@@ -112,15 +112,34 @@ struct HistorySegmentsTests {
         #expect(after.allSatisfy { $0.last >= 6 })
         for gone in before where gone.last < 6 { #expect(!FileManager.default.fileExists(atPath: gone.data)) }
         #expect(try segments.frames(6) == Self.frames(6))
+        let firstKept = segments.firstSeq
         segments.close()
 
         // All of it again after a reopen.
         let again = try HistorySegments.open(directory: dir.path, configuration: config)
         #expect(again.repairs.isEmpty, "\(again.repairs)")
-        #expect(again.lastSeq == 9 && again.firstSeq == segments.firstSeq)
+        #expect(again.lastSeq == 9 && again.firstSeq == firstKept)
         for seq in (again.firstSeq ?? 1)...9 { #expect(try again.frames(seq) == Self.frames(seq)) }
-        try again.truncate(after: 0)
-        #expect(again.lastSeq == nil)
+        // The seal holds across a reopen: the next append starts a new segment.
+        try again.seal()
+        again.close()
+        let sealed = try HistorySegments.open(directory: dir.path, configuration: config)
+        let segmentsBefore = sealed.closedSegments().count
+        try sealed.append([(10, Self.frames(10))])
+        #expect(sealed.closedSegments().count == segmentsBefore)
+        #expect(FileManager.default.fileExists(atPath: dir.file("00000000000000000010.seg")))
+        // An empty segment left at the end (a crash right after it was created) does not stop
+        // a truncation of the one before it.
+        sealed.close()
+        FileManager.default.createFile(atPath: dir.file("00000000000000000011.seg"), contents: Data())
+        FileManager.default.createFile(atPath: dir.file("00000000000000000011.idx"), contents: Data())
+        let withEmpty = try HistorySegments.open(directory: dir.path, configuration: config)
+        try withEmpty.truncate(after: 7)
+        #expect(withEmpty.lastSeq == 7)
+        try withEmpty.append([(8, Self.frames(8))])
+        #expect(try withEmpty.frames(8) == Self.frames(8))
+        try withEmpty.truncate(after: 0)
+        #expect(withEmpty.lastSeq == nil)
     }
 
     @Test("after a torn write the data is cut to the last indexed frame and the index to its last good record")

@@ -65,7 +65,9 @@ public final class HistorySegments: Sendable {
 
         var lastSeq: UInt64? { entries.last?.seq }
 
-        func closeFiles() {
+        /// The files close with the last reference: a read in flight keeps its segment (and
+        /// its descriptors) alive even if the segment is pruned or the directory closed meanwhile.
+        deinit {
             _ = Glibc.close(dataFD)
             _ = Glibc.close(indexFD)
         }
@@ -80,6 +82,9 @@ public final class HistorySegments: Sendable {
 
     /// The size of one index record.
     public static let indexRecordBytes = 24
+    /// The smallest frame: an LZ4 frame (header and end mark) or a skippable frame is at least
+    /// 8 bytes. It also bounds the index held in memory to 3 times the data it indexes.
+    public static let minFrameBytes = 8
 
     /// The directory of the segments.
     public let directory: String
@@ -94,12 +99,6 @@ public final class HistorySegments: Sendable {
         self.configuration = configuration
         self.state = Mutex(State(segments: segments))
         self.repairs = repairs
-    }
-
-    deinit {
-        state.withLock { s in
-            if !s.closed { for seg in s.segments { seg.closeFiles() } }
-        }
     }
 
     /// Opens (creating if needed) the segments in `directory`, repairing what a crash left: each
@@ -117,42 +116,43 @@ public final class HistorySegments: Sendable {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                 String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
             }
-            guard name.hasSuffix(".seg"), name.utf8.count == 24, let first = UInt64(name.dropLast(4)) else { continue }
+            let stem = name.utf8.dropLast(4)
+            guard name.hasSuffix(".seg"), stem.count == 20, stem.allSatisfy({ (0x30...0x39).contains($0) }),
+                  let first = UInt64(String(decoding: stem, as: UTF8.self))
+            else { continue }
             firsts.append(first)
         }
         closedir(dir)
         firsts.sort()
         var segments: [Segment] = []
         var repairs: [String] = []
-        do throws(StoreError) {
-            for first in firsts {
-                let (segment, repaired) = try openSegment(directory: directory, first: first, configuration: configuration)
-                repairs += repaired
-                // Segments must follow each other; one that overlaps its predecessor (only a
-                // foreign file could) is refused rather than guessed at.
-                if let previous = segments.last?.lastSeq, let start = segment.entries.first?.seq, start <= previous {
-                    segment.closeFiles()
-                    throw StoreError(.inconsistent, "segment \(name(first)) starts at checkpoint \(start), not after \(previous)")
-                }
-                segments.append(segment)
+        for first in firsts {
+            let (segment, repaired) = try openSegment(directory: directory, first: first, configuration: configuration)
+            repairs += repaired
+            // Segments must follow each other; one that overlaps its predecessor (only a
+            // foreign file could) is refused rather than guessed at.
+            if let previous = segments.last?.lastSeq, let start = segment.entries.first?.seq, start <= previous {
+                throw StoreError(.inconsistent, "segment \(name(first)) starts at checkpoint \(start), not after \(previous)")
             }
-        } catch {
-            for s in segments { s.closeFiles() }
-            throw error
+            segments.append(segment)
         }
         // Empty segments other than the last hold nothing: drop them.
         var kept: [Segment] = []
         for (i, s) in segments.enumerated() {
             if s.entries.isEmpty && i != segments.count - 1 {
-                s.closeFiles()
-                unlink(path(directory, s.first, "seg"))
-                unlink(path(directory, s.first, "idx"))
+                for ext in ["seg", "idx", "sealed"] { unlink(path(directory, s.first, ext)) }
                 repairs.append("removed empty segment \(name(s.first))")
             } else {
                 kept.append(s)
             }
         }
-        return HistorySegments(directory: directory, configuration: configuration, segments: kept, repairs: repairs)
+        let result = HistorySegments(directory: directory, configuration: configuration, segments: kept, repairs: repairs)
+        // The last segment takes appends unless it was sealed (a marker file) or is full.
+        if let last = kept.last, !last.entries.isEmpty,
+           access(path(directory, last.first, "sealed"), F_OK) == 0 || last.dataSize >= configuration.maxSegmentBytes {
+            result.state.withLock { $0.sealed = true }
+        }
+        return result
     }
 
     static func name(_ first: UInt64) -> String {
@@ -176,17 +176,22 @@ public final class HistorySegments: Sendable {
         do throws(StoreError) {
             let dataSize = try fileSize(dataFD, dataPath)
             let indexSize = try fileSize(indexFD, indexPath)
-            let records = indexSize / UInt64(indexRecordBytes)
-            // 24 bytes per record in memory as on disk: the index file is read whole.
-            guard indexSize <= UInt64(Int.max) else { throw StoreError(.ioError, "\(indexPath) is too large") }
-            var bytes = [UInt8](repeating: 0, count: Int(records) * indexRecordBytes)
-            try readFully(indexFD, into: &bytes, at: 0, indexPath)
+            // Every good record indexes at least minFrameBytes of data: no more are read
+            // (a forged or sparse index cannot make this allocate beyond its data), in chunks.
+            let records = min(indexSize / UInt64(indexRecordBytes), dataSize / UInt64(minFrameBytes))
             var entries: [Entry] = []
-            entries.reserveCapacity(Int(records))
             var reason: String?
-            for r in 0..<Int(records) {
-                let b = r * indexRecordBytes
-                let seq = le64(bytes, b), part = le32(bytes, b + 8), length = le32(bytes, b + 12), offset = le64(bytes, b + 16)
+            var chunk: [UInt8] = []
+            var chunkStart: UInt64 = 0
+            let chunkRecords: UInt64 = 4_096
+            for r in 0..<records {
+                if chunk.isEmpty || r == chunkStart + UInt64(chunk.count / indexRecordBytes) {
+                    chunkStart = r
+                    chunk = [UInt8](repeating: 0, count: Int(min(chunkRecords, records - r)) * indexRecordBytes)
+                    try readFully(indexFD, into: &chunk, at: r * UInt64(indexRecordBytes), indexPath)
+                }
+                let b = Int(r - chunkStart) * indexRecordBytes
+                let seq = le64(chunk, b), part = le32(chunk, b + 8), length = le32(chunk, b + 12), offset = le64(chunk, b + 16)
                 let expectedOffset = entries.last?.end ?? 0
                 let inOrder: Bool
                 if let last = entries.last {
@@ -195,7 +200,7 @@ public final class HistorySegments: Sendable {
                     inOrder = part == 0 && seq >= first
                 }
                 let (end, overflow) = offset.addingReportingOverflow(UInt64(length))
-                guard inOrder, offset == expectedOffset, !overflow, length > 0, Int(length) <= configuration.maxFrameBytes else {
+                guard inOrder, offset == expectedOffset, !overflow, length >= UInt32(minFrameBytes), Int(length) <= configuration.maxFrameBytes else {
                     reason = "record \(r) (checkpoint \(seq) part \(part), \(length) bytes at \(offset)) is out of order or malformed"
                     break
                 }
@@ -204,6 +209,9 @@ public final class HistorySegments: Sendable {
                     break
                 }
                 entries.append(Entry(seq: seq, part: part, length: length, offset: offset))
+            }
+            if reason == nil, records < indexSize / UInt64(indexRecordBytes) {
+                reason = "more records than its data can hold"
             }
             var repairs: [String] = []
             let keptIndex = UInt64(entries.count * indexRecordBytes)
@@ -246,18 +254,19 @@ public final class HistorySegments: Sendable {
     /// Frame `part` of checkpoint `seq`, exactly as appended, or nil if not held.
     /// - Throws: ``StoreError`` `ioError` or `closed`.
     public func frame(_ seq: UInt64, part: UInt32) throws(StoreError) -> [UInt8]? {
-        let found: (Int32, Entry)? = try state.withLock { s throws(StoreError) in
+        // The segment itself comes out of the lock: it keeps its descriptor open for the read.
+        let found: (Segment, Entry)? = try state.withLock { s throws(StoreError) in
             guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
             guard let seg = Self.segment(holding: seq, in: s.segments) else { return nil }
             let i = Self.firstIndex(of: seq, in: seg.entries)
             guard i < seg.entries.count, seg.entries[i].seq == seq else { return nil }
             let (j, overflow) = i.addingReportingOverflow(Int(part))
             guard !overflow, j < seg.entries.count, seg.entries[j].seq == seq else { return nil }
-            return (seg.dataFD, seg.entries[j])
+            return (seg, seg.entries[j])
         }
-        guard let (fd, entry) = found else { return nil }
+        guard let (segment, entry) = found else { return nil }
         var bytes = [UInt8](repeating: 0, count: Int(entry.length))
-        try Self.readFully(fd, into: &bytes, at: entry.offset, "segment frame \(seq)/\(part)")
+        try Self.readFully(segment.dataFD, into: &bytes, at: entry.offset, "segment frame \(seq)/\(part)")
         return bytes
     }
 
@@ -308,8 +317,10 @@ public final class HistorySegments: Sendable {
     /// Appends the frames of checkpoints, in order, each after ``lastSeq``; the data is synced,
     /// then the index (with `sync`). A checkpoint's frames are its parts 0, 1, ….
     /// - Throws: ``StoreError`` `outOfOrder` (a checkpoint not after the last, or without a
-    ///   frame), `frameTooLarge`, `ioError`, `closed`. On an I/O error nothing of the batch is
-    ///   indexed (the data written is cut again on the next open).
+    ///   frame), `frameTooLarge` (a frame outside `minFrameBytes...maxFrameBytes`), `ioError`,
+    ///   `closed`; those found in the arguments before anything is written. After an I/O error
+    ///   the checkpoints of the batch that went to an earlier segment stay indexed: the caller
+    ///   calls ``truncate(after:)`` with its watermark before it appends again.
     public func append(_ checkpoints: [(seq: UInt64, frames: [[UInt8]])]) throws(StoreError) {
         try state.withLock { s throws(StoreError) in
             guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
@@ -317,8 +328,8 @@ public final class HistorySegments: Sendable {
             for c in checkpoints {
                 if let l = last, c.seq <= l { throw StoreError(.outOfOrder, "checkpoint \(c.seq) appended after \(l)") }
                 guard !c.frames.isEmpty else { throw StoreError(.outOfOrder, "checkpoint \(c.seq) has no frame") }
-                for f in c.frames where f.isEmpty || f.count > configuration.maxFrameBytes {
-                    throw StoreError(.frameTooLarge, "a frame of \(f.count) bytes for checkpoint \(c.seq) (1...\(configuration.maxFrameBytes))")
+                for f in c.frames where f.count < Self.minFrameBytes || f.count > configuration.maxFrameBytes {
+                    throw StoreError(.frameTooLarge, "a frame of \(f.count) bytes for checkpoint \(c.seq) (\(Self.minFrameBytes)...\(configuration.maxFrameBytes))")
                 }
                 last = c.seq
             }
@@ -340,10 +351,19 @@ public final class HistorySegments: Sendable {
         }
     }
 
-    /// Closes the current segment (at an epoch end): the next append starts a new one.
-    public func seal() {
-        state.withLock { s in
-            if let last = s.segments.last, !last.entries.isEmpty { s.sealed = true }
+    /// Closes the current segment (at an epoch end): the next append starts a new one. The seal
+    /// is a marker file (`<first>.sealed`), so it holds across a restart.
+    /// - Throws: ``StoreError`` `ioError` if the marker cannot be written, `closed`.
+    public func seal() throws(StoreError) {
+        try state.withLock { s throws(StoreError) in
+            guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
+            guard let last = s.segments.last, !last.entries.isEmpty, !s.sealed else { return }
+            let marker = Self.path(directory, last.first, "sealed")
+            let fd = Glibc.open(marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw StoreError(.ioError, "cannot create \(marker): \(String(cString: strerror(errno)))") }
+            _ = Glibc.close(fd)
+            try syncDirectory()
+            s.sealed = true
         }
     }
 
@@ -354,14 +374,15 @@ public final class HistorySegments: Sendable {
             if !last.entries.isEmpty || last.first == seq { return last }
             // An empty segment named after another checkpoint (a crash right after creating
             // it, then a re-apply from elsewhere): replaced by one named after `seq`.
-            last.closeFiles()
-            try remove(last.first)
             s.segments.removeLast()
+            try remove(last.first)
         }
         let (seg, _) = try Self.openSegment(directory: directory, first: seq, configuration: configuration)
-        try syncDirectory()
+        // In the list before the directory sync: if that fails, the (empty) segment is still
+        // owned, and dropped or reused by the next append or open.
         s.segments.append(seg)
         s.sealed = false
+        try syncDirectory()
         return seg
     }
 
@@ -393,11 +414,11 @@ public final class HistorySegments: Sendable {
     public func truncate(after seq: UInt64) throws(StoreError) {
         try state.withLock { s throws(StoreError) in
             guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
-            while let last = s.segments.last, let start = last.entries.first?.seq, start > seq {
-                last.closeFiles()
-                try remove(last.first)
+            // Whole segments after seq go, and empty ones (a crash right after one was created).
+            while let last = s.segments.last, (last.entries.first?.seq).map({ $0 > seq }) ?? true {
                 s.segments.removeLast()
                 s.sealed = true
+                try remove(last.first)
             }
             guard let last = s.segments.last else { return }
             let keep = Self.firstIndex(of: seq &+ 1, in: last.entries)
@@ -409,13 +430,16 @@ public final class HistorySegments: Sendable {
             try Self.cut(last.dataFD, to: dataEnd, dataPath)
             last.entries.removeSubrange(keep...)
             last.dataSize = dataEnd
-            if last.entries.isEmpty && s.segments.count > 1 {
-                last.closeFiles()
-                try remove(last.first)
+            // Cut, it is no longer what was sealed: appends go on in it (unless it is full).
+            let marker = Self.path(directory, last.first, "sealed")
+            if unlink(marker) != 0 && errno != ENOENT {
+                throw StoreError(.ioError, "cannot delete \(marker): \(String(cString: strerror(errno)))")
+            }
+            if last.entries.isEmpty {
                 s.segments.removeLast()
                 s.sealed = true
-            } else if !last.entries.isEmpty {
-                // Appends may go on in it unless it had been sealed as full.
+                try remove(last.first)
+            } else {
                 s.sealed = last.dataSize >= configuration.maxSegmentBytes
             }
         }
@@ -430,7 +454,6 @@ public final class HistorySegments: Sendable {
             var removed = 0
             while s.segments.count > 1, (s.segments[0].lastSeq ?? 0) < seq {
                 let seg = s.segments.removeFirst()
-                seg.closeFiles()
                 try remove(seg.first)
                 removed += 1
             }
@@ -438,17 +461,18 @@ public final class HistorySegments: Sendable {
         }
     }
 
-    /// Closes the files; later calls throw `closed`.
+    /// Closes the files (once reads in flight are done with them); later calls throw `closed`.
     public func close() {
         state.withLock { s in
-            guard !s.closed else { return }
-            for seg in s.segments { seg.closeFiles() }
+            s.segments = []
             s.closed = true
         }
     }
 
+    /// Deletes a segment's files (index first, so a crash in between leaves data without an
+    /// index, which open cuts to nothing).
     private func remove(_ first: UInt64) throws(StoreError) {
-        for ext in ["idx", "seg"] {
+        for ext in ["idx", "sealed", "seg"] {
             let p = Self.path(directory, first, ext)
             if unlink(p) != 0 && errno != ENOENT { throw StoreError(.ioError, "cannot delete \(p): \(String(cString: strerror(errno)))") }
         }
