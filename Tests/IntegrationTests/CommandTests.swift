@@ -16,6 +16,20 @@ func withStore(_ dir: String, _ body: (NodeStore) async throws -> Void) async th
     await store.close()
 }
 
+/// Where frame `part` of checkpoint `seq` lives in a store's history segments, read from the
+/// index files as docs/ARCHITECTURE.md lays them out: (data file, offset, length).
+func segmentRecord(_ dir: String, seq: UInt64, part: UInt32) throws -> (String, UInt64, UInt64)? {
+    let segments = dir + "/db/segments"
+    for name in try FileManager.default.contentsOfDirectory(atPath: segments).sorted() where name.hasSuffix(".idx") {
+        let index = [UInt8](try Data(contentsOf: URL(fileURLWithPath: segments + "/" + name)))
+        func le(_ at: Int, _ n: Int) -> UInt64 { (0..<n).reduce(UInt64(0)) { $0 | UInt64(index[at + $1]) << (8 * $1) } }
+        for r in stride(from: 0, to: index.count - 23, by: 24) where le(r, 8) == seq && le(r + 8, 4) == UInt64(part) {
+            return (segments + "/" + name.dropLast(4) + ".seg", le(r + 16, 8), le(r + 12, 4))
+        }
+    }
+    return nil
+}
+
 @Suite("soma-node commands on real stores", .serialized)
 struct CommandTests {
     @Test("`verify` passes on a generated store and names a corrupted block, a missing checkpoint and a tampered object")
@@ -30,23 +44,26 @@ struct CommandTests {
         #expect(ok == 0)
         #expect(okOut.contains("verify: OK"), "\(okOut)")
 
-        // A corrupted block: one byte flipped inside checkpoint 5's LZ4 frame.
-        try await withStore(base.file("corrupt")) { store in
-            let blocks = store.database.columnFamily("blocks")!
-            var frame = try #require(try store.database.get(blocks, StoreKeys.block(5, part: 0)))
-            frame[frame.count / 2] ^= 0x20
-            try store.database.put(blocks, StoreKeys.block(5, part: 0), frame)
-        }
+        // A corrupted block: one byte flipped inside checkpoint 5's LZ4 frame, in its segment
+        // file (found through the documented index: 24-byte records, checkpoint u64, part u32,
+        // length u32, offset u64, little-endian).
+        let (segment, offset, length) = try #require(try segmentRecord(base.file("corrupt"), seq: 5, part: 0))
+        let file = try #require(FileHandle(forUpdatingAtPath: segment))
+        try file.seek(toOffset: offset + length / 2)
+        var byte = try #require(try file.read(upToCount: 1))
+        byte[0] ^= 0x20
+        try file.seek(toOffset: offset + length / 2)
+        try file.write(contentsOf: byte)
+        try file.close()
         let (s1, o1) = try somaNode(["verify", "--data", base.file("corrupt")])
         #expect(s1 == 1)
         #expect(o1.contains("FAILED") && o1.contains("checkpoint 5") && o1.contains("corrupt block"), "\(o1)")
 
-        // A missing checkpoint: checkpoint 7's block deleted.
-        try await withStore(base.file("missing")) { store in
-            let batch = WriteBatch(for: store.database)
-            batch.delete(store.database.columnFamily("blocks")!, StoreKeys.block(7, part: 0))
-            try store.database.write(batch)
-        }
+        // A missing checkpoint: the history segments lost everything after checkpoint 6 (the
+        // store has executed past it, so the watermark cannot come back: the open says so).
+        let segments = try HistorySegments.open(directory: base.file("missing") + "/db/segments")
+        try segments.truncate(after: 6)
+        segments.close()
         let (s2, o2) = try somaNode(["verify", "--data", base.file("missing")])
         #expect(s2 == 1)
         #expect(o2.contains("checkpoint 7: block missing"), "\(o2)")
@@ -79,19 +96,34 @@ struct CommandTests {
         let listed = String(decoding: out, as: UTF8.self)
         #expect(s == 0, "\(err)")
         for name in NodeStore.columnFamilyNames { #expect(listed.contains(name), "\(name) not in \(listed)") }
-        // The watermarks as ldb sees them, and a block through ldb and lz4 -d.
+        // The watermarks and a summary as ldb sees them (the RocksDB part of the store).
         let (s2, out2, _) = try run(ldb, ["--db=\(dir.path)/db", "--column_family=watermarks", "scan"])
         #expect(s2 == 0)
         #expect(String(decoding: out2, as: UTF8.self).contains("highestExecuted"))
-        let (s3, out3, err3) = try run(ldb, ["--db=\(dir.path)/db", "--column_family=blocks", "--key_hex", "--value_hex", "get", "0x000000000000000300000000"])
+        let (s3, out3, err3) = try run(ldb, ["--db=\(dir.path)/db", "--column_family=summaries", "--key_hex", "--value_hex", "get", "0x0000000000000003"])
         #expect(s3 == 0, "\(err3)")
         let hexValue = String(decoding: out3, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: "0x", with: "")
-        let frame = try #require(HexCoding.decode(hexValue))
+        let summary = try CertifiedCheckpointSummary(bcsBytes: try #require(HexCoding.decode(hexValue)))
+        #expect(summary.summary.sequenceNumber == 3)
+        // The blocks live in history segments: `lz4 -dc` reads a closed one whole, and what it
+        // prints is every block of its checkpoints, decompressed, in order.
         guard let lz4 = tool("lz4") else { return }
-        let (s4, raw, _) = try run(lz4, ["-d", "-c"], input: Data(frame))
-        #expect(s4 == 0)
-        let data = try CheckpointData(bcsBytes: Array(raw))
-        #expect(data.sequenceNumber == 3)
+        var closed: [(first: UInt64, last: UInt64, data: String)] = []
+        var expected: [[UInt8]] = []
+        try await withStore(dir.path) { store in
+            closed = store.segments.closedSegments().map { ($0.first, $0.last, $0.data) }
+            guard let first = closed.first else { return }
+            for seq in first.first...first.last {
+                for frame in try await store.blockFrames(at: seq) { expected.append(try LZ4Frame.decompress(frame, limit: 1 << 28)) }
+            }
+        }
+        #expect(closed.count >= 3, "the tiny chain's 4 epochs close 3 segments at least: \(closed)")
+        let segment = try #require(closed.first)
+        let (s4, raw, err4) = try run(lz4, ["-dc", segment.data])
+        #expect(s4 == 0, "\(err4)")
+        #expect(Array(raw) == expected.flatMap { $0 } && !expected.isEmpty)
+        let data = try CheckpointData(bcsBytes: try #require(expected.first))
+        #expect(data.sequenceNumber == segment.first)
     }
 
     @Test("`inspect` shows watermarks, a checkpoint, a transaction and an object, as text and JSON")

@@ -66,8 +66,8 @@ enum KillOutcome {
 
 /// Starts `soma-node arguments` up to `attempts` times and SIGKILLs each run after a random
 /// delay (`delayMs`, plus `stepMs` more each attempt), until `maxKills` kills were caught
-/// mid-work; a run that ends by itself stops the loop. After each kill `afterKill` inspects the
-/// store. Returns the number of kills caught.
+/// mid-work; a run that ends by itself stops the loop. After each kill, and after a run that
+/// ended by itself, `afterKill` inspects the store. Returns the number of kills caught.
 func killRepeatedly(
     _ arguments: [String], attempts: Int, maxKills: Int, delayMs: ClosedRange<Int>, stepMs: Int,
     afterKill: () async throws -> KillOutcome
@@ -81,7 +81,13 @@ func killRepeatedly(
         p.standardError = FileHandle.nullDevice
         try p.run()
         try await Task.sleep(for: .milliseconds(Int.random(in: delayMs) + attempt * stepMs))
-        guard p.isRunning else { break }
+        guard p.isRunning else {
+            // It ended by itself: the store is complete; let the test read it once more (a
+            // watermark it keeps must be the final one), but it is no kill.
+            p.waitUntilExit()
+            _ = try await afterKill()
+            return kills
+        }
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
         switch try await afterKill() {

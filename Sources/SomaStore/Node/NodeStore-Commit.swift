@@ -97,6 +97,12 @@ extension NodeStore {
                 let digest = s.digest
                 batch.put(cf.summaries, StoreKeys.seq(s.summary.sequenceNumber), s.bcsBytes)
                 batch.put(cf.summaryByDigest, digest.bytes, StoreKeys.seq(s.summary.sequenceNumber))
+                if let end = s.summary.endOfEpoch {
+                    // The committee this certified end names goes with it: the store never holds a
+                    // verified summary whose committee it does not hold (verify after a crash).
+                    let next = try StoreKeys.successor(s.summary.epoch, "the epoch of checkpoint \(s.summary.sequenceNumber)")
+                    batch.put(cf.committees, StoreKeys.seq(next), end.nextCommittee.bcsBytes)
+                }
                 verified = WatermarkValue(seq: s.summary.sequenceNumber, digest: digest)
             }
             setWatermark(.highestVerified, verified, in: batch)
@@ -124,6 +130,7 @@ extension NodeStore {
             guard state.synced != nil else { throw StoreError(.inconsistent, "the store has no genesis") }
             let executing = execute && state.executed == state.synced
             for group in Self.groups(checkpoints, splitAtEpochEnds: executing) {
+                let committed = state.synced
                 let batch = WriteBatch(for: database)
                 for cp in group { try stage(cp, into: batch, state: &state) }
                 var endOfEpoch: (UInt64, EpochRecord)? = nil
@@ -131,7 +138,16 @@ extension NodeStore {
                     var (view, touched) = try loadView(for: group.map(\.data))
                     endOfEpoch = try stageExecution(group, view: &view, touched: touched, into: batch, state: &state)
                 }
-                try database.write(batch, sync: configuration.syncWrites)
+                // Crash order (DESIGN §6.1): the frames reach the disk, then the batch with the
+                // watermark; on open, frames ahead of highestSynced are cut.
+                do {
+                    try appendHistory(group)
+                    try database.write(batch, sync: configuration.syncWrites)
+                } catch {
+                    dropHistory(after: committed)
+                    throw error
+                }
+                if let synced = state.synced { held.withLock { $0.synced = synced.seq } }
                 if let (epoch, record) = endOfEpoch { try afterEpochEnd(epoch, record) }
             }
         }
@@ -152,8 +168,9 @@ extension NodeStore {
         return out
     }
 
-    /// Adds one checkpoint's synced data to `batch`: summary (unless already stored), blocks,
-    /// part proofs, transaction index, object versions, committee and epoch records.
+    /// Adds one checkpoint's synced data to `batch`: summary (unless already stored),
+    /// transaction index, object versions, committee and epoch records. Its blocks and part
+    /// proofs go to the history segments (``appendHistory(_:)``), before the batch.
     func stage(_ cp: VerifiedCheckpoint, into batch: WriteBatch, state: inout WriterState) throws {
         let summary = cp.certified.summary
         let seq = summary.sequenceNumber
@@ -173,14 +190,6 @@ extension NodeStore {
             batch.put(cf.summaries, StoreKeys.seq(seq), cp.certified.bcsBytes)
             batch.put(cf.summaryByDigest, digest.bytes, StoreKeys.seq(seq))
             state.verified = WatermarkValue(seq: seq, digest: digest)
-        }
-        for (part, frame) in cp.frames.enumerated() {
-            batch.put(cf.blocks, StoreKeys.block(seq, part: UInt32(part)), frame)
-            if cp.frames.count > 1 {
-                var w = BCSWriter(capacity: 8 + 32 * cp.proofs[part].count)
-                w.write(cp.proofs[part])
-                batch.put(cf.partProofs, StoreKeys.block(seq, part: UInt32(part)), w.bytes)
-            }
         }
         for (index, digest) in cp.transactionDigests.enumerated() {
             batch.put(cf.transactions, digest.bytes, StoreKeys.position(seq, UInt32(index)))

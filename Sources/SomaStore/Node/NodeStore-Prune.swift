@@ -14,9 +14,9 @@ public struct PruneReport: Sendable, Equatable {
 
 extension NodeStore {
     /// Prunes a pruned-mode store: for every completed and executed epoch older than the last
-    /// `retainEpochs`, removes its blocks, part proofs, transaction index entries and the object
-    /// versions its transactions superseded (inputs of its effects), then advances
-    /// `lowestAvailable` past it. Summaries, committees and epoch records stay. An archive store
+    /// `retainEpochs`, removes its transaction index entries and the object versions its
+    /// transactions superseded (inputs of its effects) and advances `lowestAvailable` past it,
+    /// then deletes its history segments (blocks and part proofs). Summaries, committees and epoch records stay. An archive store
     /// is left alone.
     ///
     /// Each checkpoint's removals and the watermark advance are one write batch, so an
@@ -78,16 +78,18 @@ extension NodeStore {
                         }
                         report.checkpoints += 1
                     }
-                    batch.deleteRange(cf.blocks, from: StoreKeys.seq(seq), to: StoreKeys.seq(groupEnd + 1))
-                    batch.deleteRange(cf.partProofs, from: StoreKeys.seq(seq), to: StoreKeys.seq(groupEnd + 1))
                     let nextSeq = groupEnd + 1
                     guard let nextSummary = try summarySync(nextSeq) else {
                         throw StoreError(.inconsistent, "checkpoint \(nextSeq) after pruned epoch \(lowestEpoch) has no summary")
                     }
                     setWatermark(.lowestAvailable, WatermarkValue(seq: nextSeq, digest: nextSummary.digest), in: batch)
                     try database.write(batch, sync: configuration.syncWrites)
+                    held.withLock { $0.lowest = nextSeq }
                     seq = nextSeq
                 }
+                // The blocks go with whole segments (one per epoch), after the watermark: a
+                // crash in between leaves a segment below lowestAvailable, deleted on open.
+                try segments.prune(below: seq)
                 report.epochs.append(lowestEpoch)
                 return false
             }

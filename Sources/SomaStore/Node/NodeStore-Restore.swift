@@ -414,6 +414,10 @@ extension NodeStore {
             batch.put(cf.meta, Self.restoredEpochKey, StoreKeys.seq(manifest.epoch))
             batch.deleteRange(cf.restore, from: [], to: [UInt8](repeating: 0xFF, count: 16))
             try database.write(batch, sync: true)
+            // Nothing below the snapshot is held (the genesis block goes); a crash before this
+            // leaves segments below lowestAvailable, deleted on open.
+            held.withLock { $0 = HeldRange(lowest: tip.seq + 1, synced: tip.seq) }
+            try segments.removeAll()
             return tip
         }
     }

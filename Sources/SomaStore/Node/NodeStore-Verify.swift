@@ -35,6 +35,15 @@ extension NodeStore {
 
     func fault(_ message: String) -> StoreError { StoreError(.verificationFailed, message) }
 
+    /// The blocks of `seq`, or a fault that names the checkpoint.
+    func verifiableFrames(_ seq: UInt64) throws(StoreError) -> [[UInt8]] {
+        do throws(StoreError) {
+            return try blockFramesSync(seq)
+        } catch {
+            throw fault("checkpoint \(seq): block unreadable (\(error.message))")
+        }
+    }
+
     func verifyAllSync(allCertificates: Bool, userSignatures: Bool, progress: (@Sendable (UInt64) -> Void)?) throws -> StoreVerification {
         var report = StoreVerification()
         guard let genesis = try genesisSync() else { throw fault("the store has no genesis") }
@@ -59,6 +68,14 @@ extension NodeStore {
             guard let last = record.lastCheckpoint else { continue }
             guard let s = try summarySync(last) else { throw fault("epoch \(record.epoch): end-of-epoch summary \(last) is missing") }
             ends.append(s)
+        }
+        // Summaries are verified (and stored) ahead of their blocks, across epoch ends whose
+        // records do not exist yet: those ends extend the chain too.
+        var next = try ends.last.map { try StoreKeys.successor($0.summary.sequenceNumber, "an epoch's last checkpoint") } ?? 0
+        while next <= verified.seq {
+            guard let s = try summarySync(next) else { break }
+            if s.summary.endOfEpoch != nil { ends.append(s) }
+            next += 1
         }
         let committees: [Committee]
         do throws(CoreError) {
@@ -115,7 +132,7 @@ extension NodeStore {
             guard let certified = try summarySync(seq) else { throw fault("checkpoint \(seq): summary missing") }
             let summary = certified.summary
             let entryCount = try ChainVerifier.entryCount(of: summary, previous: previous)
-            let frames = try blockFramesSync(seq)
+            let frames = try verifiableFrames(seq)
             guard !frames.isEmpty else { throw fault("checkpoint \(seq): block missing") }
             guard UInt64(frames.count) == BlockVerifier.partCount(entryCount: entryCount) else {
                 throw fault("checkpoint \(seq): \(frames.count) block parts, expected \(BlockVerifier.partCount(entryCount: entryCount))")

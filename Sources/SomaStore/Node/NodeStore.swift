@@ -32,14 +32,18 @@ public struct StoreConfiguration: Sendable {
     public var blockingThreads = 4
     /// The largest decompressed block the store accepts (bytes).
     public var maxBlockBytes = 256 << 20
+    /// The history segments' limits (DESIGN §6.1); `readOnly` follows `database.readOnly`.
+    public var segments = HistorySegments.Configuration()
+    /// Where the history segments live; `nil`: `segments/` inside the store's directory.
+    public var segmentsDirectory: String? = nil
 
     /// The defaults.
     public init() {}
 }
 
-/// The node's store (DESIGN §6): certified summaries, LZ4 blocks, transactions, object
-/// versions, the live object set, committees, epochs, snapshots and watermarks, in one RocksDB
-/// database.
+/// The node's store (DESIGN §6): certified summaries, transactions, object versions, the live
+/// object set, committees, epochs, snapshots and watermarks in one RocksDB database; the LZ4
+/// blocks and part proofs in append-only ``HistorySegments`` beside it (DESIGN §6.1).
 ///
 /// Every public method is `async` and runs its RocksDB calls on the store's ``BlockingPool``.
 /// Writes (commit, execute, prune, snapshots) are serialised by a writer lock; each
@@ -52,6 +56,18 @@ public struct StoreConfiguration: Sendable {
 public final class NodeStore: Sendable {
     /// The database (for tools and tests that read column families directly).
     public let database: RocksDatabase
+    /// The history segments: every held checkpoint's blocks, and part proofs.
+    public let segments: HistorySegments
+    /// The checkpoints whose blocks readers see: `lowestAvailable...highestSynced` as last
+    /// committed (frames appended ahead of their batch, or left behind by a pruning that deletes
+    /// whole segments, stay invisible).
+    let held = Mutex(HeldRange())
+
+    struct HeldRange {
+        var lowest: UInt64 = 0
+        var synced: UInt64? = nil
+        func contains(_ seq: UInt64) -> Bool { seq >= lowest && synced.map { seq <= $0 } ?? false }
+    }
     let pool: BlockingPool
     let cf: Families
     /// The configuration the store was opened with.
@@ -110,8 +126,9 @@ public final class NodeStore: Sendable {
         }
     }
 
-    private init(database: RocksDatabase, pool: BlockingPool, configuration: StoreConfiguration) throws(StoreError) {
+    private init(database: RocksDatabase, segments: HistorySegments, pool: BlockingPool, configuration: StoreConfiguration) throws(StoreError) {
         self.database = database
+        self.segments = segments
         self.pool = pool
         self.configuration = configuration
         func family(_ name: String) throws(StoreError) -> ColumnFamily {
@@ -139,13 +156,29 @@ public final class NodeStore: Sendable {
                    let mode = StoreMode(rawValue: String(decoding: bytes, as: UTF8.self)) {
                     configuration.mode = mode
                 }
-                let store = try NodeStore(database: db, pool: pool, configuration: configuration)
-                if let mode = try db.get(store.cf.meta, Array("mode".utf8)) {
-                    let stored = String(decoding: mode, as: UTF8.self)
-                    if stored != configuration.mode.rawValue && !configuration.database.readOnly {
-                        db.close()
-                        throw StoreError(.invalidArgument, "the store at \(path) is a \(stored) store, opened as \(configuration.mode.rawValue)")
+                var segmentOptions = configuration.segments
+                segmentOptions.readOnly = configuration.database.readOnly
+                let segments: HistorySegments
+                do {
+                    segments = try HistorySegments.open(directory: configuration.segmentsDirectory ?? path + "/segments", configuration: segmentOptions)
+                } catch {
+                    db.close()
+                    throw error
+                }
+                let store: NodeStore
+                do {
+                    store = try NodeStore(database: db, segments: segments, pool: pool, configuration: configuration)
+                    if let mode = try db.get(store.cf.meta, Array("mode".utf8)) {
+                        let stored = String(decoding: mode, as: UTF8.self)
+                        if stored != configuration.mode.rawValue && !configuration.database.readOnly {
+                            throw StoreError(.invalidArgument, "the store at \(path) is a \(stored) store, opened as \(configuration.mode.rawValue)")
+                        }
                     }
+                    try store.reconcileHistory()
+                } catch {
+                    segments.close()
+                    db.close()
+                    throw error
                 }
                 return store
             }
@@ -171,6 +204,7 @@ public final class NodeStore: Sendable {
             while usage.withLock({ $0.active }) > 0 { Thread.sleep(forTimeInterval: 0.001) }
             if !configuration.database.readOnly { try? database.flush() }
             database.close()
+            segments.close()
         }
         try? await pool.shutdown()
     }
@@ -254,7 +288,12 @@ public final class NodeStore: Sendable {
             var (view, touched) = try loadView(for: [genesis.contents])
             try stageExecution([checkpoint], view: &view, touched: touched, into: batch, state: &state)
             setWatermark(.lowestAvailable, WatermarkValue(seq: 0, digest: genesis.checkpoint.digest), in: batch)
+            batch.put(cf.meta, Self.layoutKey, Self.layout)
+            // A crash before the batch leaves no chain id: the next open deletes the segment.
+            try segments.removeAll()
+            try appendHistory([checkpoint])
             try database.write(batch, sync: true)
+            held.withLock { $0 = HeldRange(lowest: 0, synced: 0) }
         }
     }
 
@@ -313,50 +352,30 @@ public final class NodeStore: Sendable {
     }
 
     /// One stored block part of checkpoint `seq` and the number of parts, or `nil` if the
-    /// checkpoint (or that part) is not held. Point reads only: no iterator on the serving path.
+    /// checkpoint (or that part) is not held.
     public func block(at seq: UInt64, part: UInt32) async throws -> (frame: [UInt8], parts: UInt32)? {
         try await blocking {
-            let values = try self.database.multiGet(self.cf.blocks, [StoreKeys.block(seq, part: part), StoreKeys.block(seq, part: 1)])
-            guard let frame = values[0] else { return nil }
-            guard values[1] != nil else { return (frame, 1) }
-            return (frame, UInt32(try self.blockFramesSync(seq).count))
+            let parts = try self.blockPartCountSync(seq)
+            guard part < parts, let frame = try self.segments.frame(seq, part: part) else { return nil }
+            return (frame, parts)
         }
     }
 
     /// The serving path: one stored block part as its BCS `bytes` encoding (ULEB128 length, then
-    /// the LZ4 frame as stored) in a new buffer, copied once from RocksDB's pinned value; and the
-    /// number of parts. `nil` if not held.
+    /// the LZ4 frame as stored) in a new buffer, read once from the segment file into it
+    /// (RocksDB is not involved); and the number of parts. `nil` if not held.
     public func encodedBlock(at seq: UInt64, part: UInt32) async throws -> (payload: ByteBuffer, parts: UInt32)? {
         try await blocking {
-            let payload: ByteBuffer? = try self.database.withValue(self.cf.blocks, StoreKeys.block(seq, part: part)) { frame in
+            let parts = try self.blockPartCountSync(seq)
+            guard part < parts else { return nil }
+            var buffer = ByteBuffer()
+            let found = try self.segments.read(seq, part: part, into: &buffer) { length, buffer in
                 var w = BCSWriter(capacity: 10)
-                w.writeLength(frame.count)
-                var buffer = ByteBufferAllocator().buffer(capacity: w.count + frame.count + 64)
+                w.writeLength(length)
+                buffer.reserveCapacity(w.count + length + 64)
                 buffer.writeBytes(w.bytes)
-                buffer.writeBytes(frame)
-                return buffer
             }
-            guard let payload else { return nil }
-            let more = try self.database.get(self.cf.blocks, StoreKeys.block(seq, part: 1)) != nil
-            return (payload, more ? UInt32(try self.blockFramesSync(seq).count) : 1)
-        }
-    }
-
-    func blockFramesSync(_ seq: UInt64) throws -> [[UInt8]] {
-        try database.scan(cf.blocks, from: StoreKeys.block(seq, part: 0), to: StoreKeys.seq(seq &+ 1)).map(\.value)
-    }
-
-    /// The part proof of part `part` of checkpoint `seq` (empty for single-part checkpoints).
-    public func partProof(at seq: UInt64, part: UInt32) async throws -> [Digest] {
-        try await blocking { try self.partProofSync(seq, part) }
-    }
-
-    func partProofSync(_ seq: UInt64, _ part: UInt32) throws(StoreError) -> [Digest] {
-        guard let bytes = try database.get(cf.partProofs, StoreKeys.block(seq, part: part)) else { return [] }
-        do {
-            return try BCS.read(from: bytes[...]) { (r: inout BCSReader) throws(CoreError) in try r.readVector(Digest.self, minElementSize: 32) }
-        } catch {
-            throw StoreError(.badValue, error, context: "part proof \(seq)/\(part)")
+            return found ? (buffer, parts) : nil
         }
     }
 

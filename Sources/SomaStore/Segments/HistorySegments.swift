@@ -1,4 +1,5 @@
 import Glibc
+public import NIOCore
 import Synchronization
 
 /// Immutable history outside RocksDB (DESIGN §6.1): the frames of each checkpoint (its LZ4
@@ -32,6 +33,10 @@ public final class HistorySegments: Sendable {
         public var maxFrameBytes: Int = 256 << 20
         /// Whether appends `fdatasync` (off only for tests and bulk loads that can re-apply).
         public var sync = true
+        /// Open for reading only, beside a process that may be appending: nothing is created,
+        /// cut or deleted (a partial record at the end is left out of the index in memory), and
+        /// every write throws `invalidArgument`.
+        public var readOnly = false
 
         /// The defaults: 1 GiB segments, frames up to 256 MiB, synced appends.
         public init() {}
@@ -105,7 +110,11 @@ public final class HistorySegments: Sendable {
     /// index is cut at its first bad record and each data file to the end of its last record.
     /// - Throws: ``StoreError`` `ioError` for a file that cannot be opened, read or cut.
     public static func open(directory: String, configuration: Configuration = Configuration()) throws(StoreError) -> HistorySegments {
-        if mkdir(directory, 0o755) != 0 && errno != EEXIST {
+        if configuration.readOnly {
+            guard access(directory, F_OK) == 0 else {
+                return HistorySegments(directory: directory, configuration: configuration, segments: [], repairs: [])
+            }
+        } else if mkdir(directory, 0o755) != 0 && errno != EEXIST {
             throw StoreError(.ioError, "cannot create \(directory): \(String(cString: strerror(errno)))")
         }
         var firsts: [UInt64] = []
@@ -139,7 +148,7 @@ public final class HistorySegments: Sendable {
         // Empty segments other than the last hold nothing: drop them.
         var kept: [Segment] = []
         for (i, s) in segments.enumerated() {
-            if s.entries.isEmpty && i != segments.count - 1 {
+            if s.entries.isEmpty && i != segments.count - 1 && !configuration.readOnly {
                 for ext in ["seg", "idx", "sealed"] { unlink(path(directory, s.first, ext)) }
                 repairs.append("removed empty segment \(name(s.first))")
             } else {
@@ -166,9 +175,10 @@ public final class HistorySegments: Sendable {
 
     private static func openSegment(directory: String, first: UInt64, configuration: Configuration) throws(StoreError) -> (Segment, [String]) {
         let dataPath = path(directory, first, "seg"), indexPath = path(directory, first, "idx")
-        let dataFD = Glibc.open(dataPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        let flags = configuration.readOnly ? O_RDONLY | O_CLOEXEC : O_RDWR | O_CREAT | O_CLOEXEC
+        let dataFD = Glibc.open(dataPath, flags, 0o644)
         guard dataFD >= 0 else { throw StoreError(.ioError, "cannot open \(dataPath): \(String(cString: strerror(errno)))") }
-        let indexFD = Glibc.open(indexPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        let indexFD = Glibc.open(indexPath, flags, 0o644)
         guard indexFD >= 0 else {
             _ = Glibc.close(dataFD)
             throw StoreError(.ioError, "cannot open \(indexPath): \(String(cString: strerror(errno)))")
@@ -215,6 +225,10 @@ public final class HistorySegments: Sendable {
             }
             var repairs: [String] = []
             let keptIndex = UInt64(entries.count * indexRecordBytes)
+            if configuration.readOnly {
+                // Nothing is cut: what a writer has not finished is simply not indexed here.
+                return (Segment(first: first, dataFD: dataFD, indexFD: indexFD, entries: entries, dataSize: entries.last?.end ?? 0), [])
+            }
             if keptIndex != indexSize {
                 try cut(indexFD, to: keptIndex, indexPath)
                 repairs.append("\(name(first)).idx: cut to \(entries.count) records" + (reason.map { ": \($0)" } ?? " (a partial record)"))
@@ -254,8 +268,41 @@ public final class HistorySegments: Sendable {
     /// Frame `part` of checkpoint `seq`, exactly as appended, or nil if not held.
     /// - Throws: ``StoreError`` `ioError` or `closed`.
     public func frame(_ seq: UInt64, part: UInt32) throws(StoreError) -> [UInt8]? {
+        guard let (segment, entry) = try locate(seq, part: part) else { return nil }
+        var bytes = [UInt8](repeating: 0, count: Int(entry.length))
+        try Self.readFully(segment.dataFD, into: &bytes, at: entry.offset, "segment frame \(seq)/\(part)")
+        return bytes
+    }
+
+    /// Appends frame `part` of checkpoint `seq` to `buffer` straight from the file (one copy,
+    /// kernel to buffer), after `prefix(length)` bytes the caller writes first (a length
+    /// header); returns false if the frame is not held.
+    public func read(_ seq: UInt64, part: UInt32, into buffer: inout ByteBuffer, prefix: (Int, inout ByteBuffer) -> Void = { _, _ in }) throws(StoreError) -> Bool {
+        guard let (segment, entry) = try locate(seq, part: part) else { return false }
+        let length = Int(entry.length)
+        prefix(length, &buffer)
+        var failure: StoreError?
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
+            var done = 0
+            while done < length {
+                let n = pread(segment.dataFD, raw.baseAddress! + done, length - done, off_t(entry.offset) + off_t(done))
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else {
+                    failure = StoreError(.ioError, "segment frame \(seq)/\(part): " + (n == 0 ? "the file ends early" : String(cString: strerror(errno))))
+                    return 0
+                }
+                done += n
+            }
+            return length
+        }
+        if let failure { throw failure }
+        return true
+    }
+
+    /// The segment and index entry of frame `part` of checkpoint `seq`.
+    private func locate(_ seq: UInt64, part: UInt32) throws(StoreError) -> (Segment, Entry)? {
         // The segment itself comes out of the lock: it keeps its descriptor open for the read.
-        let found: (Segment, Entry)? = try state.withLock { s throws(StoreError) in
+        try state.withLock { s throws(StoreError) in
             guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
             guard let seg = Self.segment(holding: seq, in: s.segments) else { return nil }
             let i = Self.firstIndex(of: seq, in: seg.entries)
@@ -264,10 +311,6 @@ public final class HistorySegments: Sendable {
             guard !overflow, j < seg.entries.count, seg.entries[j].seq == seq else { return nil }
             return (seg, seg.entries[j])
         }
-        guard let (segment, entry) = found else { return nil }
-        var bytes = [UInt8](repeating: 0, count: Int(entry.length))
-        try Self.readFully(segment.dataFD, into: &bytes, at: entry.offset, "segment frame \(seq)/\(part)")
-        return bytes
     }
 
     /// Every frame of checkpoint `seq`, in part order (empty if not held).
@@ -324,6 +367,7 @@ public final class HistorySegments: Sendable {
     public func append(_ checkpoints: [(seq: UInt64, frames: [[UInt8]])]) throws(StoreError) {
         try state.withLock { s throws(StoreError) in
             guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
+            try refuseReadOnly()
             var last = s.segments.last { !$0.entries.isEmpty }?.lastSeq
             for c in checkpoints {
                 if let l = last, c.seq <= l { throw StoreError(.outOfOrder, "checkpoint \(c.seq) appended after \(l)") }
@@ -357,6 +401,7 @@ public final class HistorySegments: Sendable {
     public func seal() throws(StoreError) {
         try state.withLock { s throws(StoreError) in
             guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
+            try refuseReadOnly()
             guard let last = s.segments.last, !last.entries.isEmpty, !s.sealed else { return }
             let marker = Self.path(directory, last.first, "sealed")
             let fd = Glibc.open(marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
@@ -414,6 +459,7 @@ public final class HistorySegments: Sendable {
     public func truncate(after seq: UInt64) throws(StoreError) {
         try state.withLock { s throws(StoreError) in
             guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
+            try refuseReadOnly()
             // Whole segments after seq go, and empty ones (a crash right after one was created).
             while let last = s.segments.last, (last.entries.first?.seq).map({ $0 > seq }) ?? true {
                 s.segments.removeLast()
@@ -451,6 +497,7 @@ public final class HistorySegments: Sendable {
     public func prune(below seq: UInt64) throws(StoreError) -> Int {
         try state.withLock { s throws(StoreError) in
             guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
+            try refuseReadOnly()
             var removed = 0
             while s.segments.count > 1, (s.segments[0].lastSeq ?? 0) < seq {
                 let seg = s.segments.removeFirst()
@@ -459,6 +506,20 @@ public final class HistorySegments: Sendable {
             }
             return removed
         }
+    }
+
+    /// Deletes every segment (a store that rebuilds its history from elsewhere).
+    public func removeAll() throws(StoreError) {
+        try state.withLock { s throws(StoreError) in
+            guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
+            try refuseReadOnly()
+            while let last = s.segments.popLast() { try remove(last.first) }
+            s.sealed = false
+        }
+    }
+
+    private func refuseReadOnly() throws(StoreError) {
+        if configuration.readOnly { throw StoreError(.invalidArgument, "the history segments in \(directory) are open read-only") }
     }
 
     /// Closes the files (once reads in flight are done with them); later calls throw `closed`.

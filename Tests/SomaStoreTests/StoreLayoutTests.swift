@@ -1,0 +1,178 @@
+import Foundation
+import SomaCore
+import SomaDevnet
+import SomaStore
+import SomaTestSupport
+import Testing
+
+/// The store's history in segments beside RocksDB (DESIGN §6.1): crash order, repair on open,
+/// the old layout's migration, part proofs, pruning by whole segments.
+@Suite("NodeStore: history segments and watermarks agree")
+struct StoreLayoutTests {
+    @Test("frames a crash appended ahead of highestSynced are cut on open; the next commit appends them again")
+    func framesAheadAreCut() async throws {
+        let dir = TempDir("layout-ahead")
+        defer { dir.cleanup() }
+        let (generator, checkpoints) = await makeChain()
+        do {
+            let store = try await NodeStore.open(path: dir.path)
+            try await store.initialize(genesis: generator.genesis)
+            try await store.commit(Array(checkpoints[0..<10]))
+            // The crash: frames of 11...13 reached the segment, their batch never ran.
+            try store.segments.append(checkpoints[10..<13].map { (seq: $0.certified.summary.sequenceNumber, frames: $0.frames) })
+            #expect(store.segments.lastSeq == 13)
+            #expect(try await store.blockFrames(at: 11).isEmpty, "frames ahead of the watermark are not visible")
+            await store.close()
+        }
+        let store = try await NodeStore.open(path: dir.path)
+        #expect(store.segments.lastSeq == 10)
+        #expect(try await store.watermark(.highestSynced)?.seq == 10)
+        try await store.commit(Array(checkpoints[10...]))
+        #expect(try await store.blockFrames(at: 12) == checkpoints[11].frames)
+        let report = try await store.verifyAll()
+        #expect(report.replayedFromGenesis && report.checkpoints == UInt64(checkpoints.count + 1))
+        await store.close()
+    }
+
+    @Test("segments that lost their tail lower highestSynced when nothing past it is executed; otherwise the open names the missing checkpoint")
+    func lostTail() async throws {
+        let dir = TempDir("layout-lost")
+        defer { dir.cleanup() }
+        let (generator, checkpoints) = await makeChain()
+        do {
+            let store = try await NodeStore.open(path: dir.path)
+            try await store.initialize(genesis: generator.genesis)
+            try await store.commit(Array(checkpoints[0..<5]))
+            try await store.commit(Array(checkpoints[5..<20]), execute: false)
+            await store.close()
+        }
+        let segments = try HistorySegments.open(directory: dir.path + "/segments")
+        try segments.truncate(after: 12)
+        segments.close()
+        do {
+            let store = try await NodeStore.open(path: dir.path)
+            #expect(try await store.watermark(.highestSynced)?.seq == 12)
+            #expect(try await store.watermark(.highestExecuted)?.seq == 5)
+            try await store.commit(Array(checkpoints[12...]))
+            #expect(try await store.verifyAll().replayedFromGenesis)
+            await store.close()
+        }
+        // Below highestExecuted the watermark cannot come back.
+        let again = try HistorySegments.open(directory: dir.path + "/segments")
+        try again.truncate(after: 3)
+        again.close()
+        do {
+            _ = try await NodeStore.open(path: dir.path)
+            Issue.record("a store whose executed blocks are gone opened")
+        } catch let error as StoreError {
+            #expect(error.code == .inconsistent && error.message.contains("checkpoint 4: block missing"), "\(error)")
+        }
+    }
+
+    @Test("a multi-part checkpoint keeps its part proofs in a skippable frame after its blocks; a store of the old layout (blocks in RocksDB) is moved into segments on open, and a read-only open says what to do")
+    func partsAndMigration() async throws {
+        let dir = TempDir("layout-old")
+        defer { dir.cleanup() }
+        let profile = DevnetProfile(name: "wide", validators: 4, epochs: 1, checkpoints: 3, transactionsPerCheckpoint: 2_100, accounts: 50)
+        let (generator, checkpoints) = await makeChain(profile, seed: 2)
+        #expect(checkpoints[0].frames.count == 3)
+        var framesBefore: [[[UInt8]]] = []
+        do {
+            let store = try await NodeStore.open(path: dir.path)
+            try await store.initialize(genesis: generator.genesis)
+            try await store.commit(checkpoints)
+            // Parts 0, 1, 2 and the proofs frame.
+            #expect(store.segments.partCount(1) == 4)
+            for part in UInt32(0)..<3 {
+                #expect(try await store.partProof(at: 1, part: part) == checkpoints[0].proofs[Int(part)])
+                #expect(try await store.block(at: 1, part: part)?.parts == 3)
+            }
+            #expect(try await store.block(at: 1, part: 3) == nil)
+            #expect(try await store.checkpointData(at: 1) == checkpoints[0].data)
+            // Back to the old layout: every block and part proof into RocksDB, no layout key.
+            let db = store.database
+            let blocks = try #require(db.columnFamily("blocks")), proofs = try #require(db.columnFamily("partProofs"))
+            let meta = try #require(db.columnFamily("meta"))
+            for seq in UInt64(0)...UInt64(checkpoints.count) {
+                let frames = try await store.blockFrames(at: seq)
+                framesBefore.append(frames)
+                for (part, frame) in frames.enumerated() {
+                    try db.put(blocks, StoreKeys.block(seq, part: UInt32(part)), frame)
+                    if frames.count > 1 {
+                        var w = BCSWriter()
+                        w.write(try await store.partProof(at: seq, part: UInt32(part)))
+                        try db.put(proofs, StoreKeys.block(seq, part: UInt32(part)), w.bytes)
+                    }
+                }
+            }
+            let batch = WriteBatch(for: db)
+            batch.delete(meta, Array("layout".utf8))
+            try db.write(batch)
+            await store.close()
+            try FileManager.default.removeItem(atPath: dir.path + "/segments")
+        }
+        var readOnly = StoreConfiguration()
+        readOnly.database.readOnly = true
+        do {
+            _ = try await NodeStore.open(path: dir.path, configuration: readOnly)
+            Issue.record("a store of the old layout opened read-only")
+        } catch let error as StoreError {
+            #expect(error.message.contains("open it once read-write"), "\(error)")
+        }
+        let store = try await NodeStore.open(path: dir.path)
+        for seq in UInt64(0)...UInt64(checkpoints.count) {
+            #expect(try await store.blockFrames(at: seq) == framesBefore[Int(seq)])
+        }
+        #expect(try await store.partProof(at: 2, part: 1) == checkpoints[1].proofs[1] && !checkpoints[1].proofs[1].isEmpty)
+        #expect(try store.database.scan(try #require(store.database.columnFamily("blocks"))).isEmpty)
+        #expect(try store.database.scan(try #require(store.database.columnFamily("partProofs"))).isEmpty)
+        let report = try await store.verifyAll()
+        #expect(report.replayedFromGenesis && report.checkpoints == UInt64(checkpoints.count + 1))
+        await store.close()
+        // A read-only open beside it now reads the segments.
+        let reader = try await NodeStore.open(path: dir.path, configuration: readOnly)
+        #expect(try await reader.blockFrames(at: UInt64(checkpoints.count)) == framesBefore.last)
+        await reader.close()
+    }
+
+    @Test("summaries verified ahead of their blocks across epoch ends leave a store that verifies at every point")
+    func verifiesWithSummariesAhead() async throws {
+        let dir = TempDir("layout-ahead-summaries")
+        defer { dir.cleanup() }
+        let (generator, checkpoints) = await makeChain()
+        let store = try await NodeStore.open(path: dir.path)
+        try await store.initialize(genesis: generator.genesis)
+        try await store.commitSummaries(checkpoints.map(\.certified))
+        #expect(try await store.verifyAll().summaries == UInt64(checkpoints.count + 1))
+        try await store.commit(Array(checkpoints[0..<4]))
+        #expect(try await store.verifyAll().checkpoints == 5)
+        try await store.commit(Array(checkpoints[4...]))
+        #expect(try await store.verifyAll().replayedFromGenesis)
+        await store.close()
+    }
+
+    @Test("pruning deletes whole segments, one per epoch, after lowestAvailable passes them")
+    func pruningDeletesSegments() async throws {
+        let dir = TempDir("layout-prune")
+        defer { dir.cleanup() }
+        let profile = DevnetProfile(name: "prune", validators: 4, epochs: 5, checkpoints: 50, transactionsPerCheckpoint: 5, accounts: 8)
+        let (generator, checkpoints) = await makeChain(profile)
+        var config = StoreConfiguration()
+        config.mode = .pruned
+        config.retainEpochs = 2
+        let store = try await NodeStore.open(path: dir.path, configuration: config)
+        try await store.initialize(genesis: generator.genesis)
+        try await store.commit(checkpoints)
+        #expect(store.segments.closedSegments().count == 5)
+        let report = try await store.prune()
+        let firstKept = profile.lastCheckpoint(ofEpoch: 3) + 1
+        #expect(report.lowestAvailable == firstKept)
+        #expect(store.segments.firstSeq == firstKept)
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/segments").filter { $0.hasSuffix(".seg") }
+        #expect(files.count == 1, "\(files)")
+        await store.close()
+        let reopened = try await NodeStore.open(path: dir.path, configuration: config)
+        #expect(try await reopened.verifyAll().checkpoints == UInt64(checkpoints.count) + 1 - firstKept)
+        await reopened.close()
+    }
+}
