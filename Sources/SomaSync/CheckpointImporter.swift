@@ -133,7 +133,8 @@ public final class CheckpointImporter {
             try CheckpointImporter.verifyBlocks(item, entryCount: count, userSignatures: userSignatures, limit: limit)
         }
         if let store {
-            try await store.commit(verified.map(\.0))
+            // An import is a catch-up by definition: indexes as sorted runs (DESIGN §6.2).
+            try await store.commit(verified.map(\.0), bulk: verified.count >= 64)
         } else {
             for (cp, _) in verified {
                 try live.apply(cp.data)

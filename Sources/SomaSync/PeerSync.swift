@@ -547,9 +547,12 @@ final class SyncRun {
         }
         let store = self.store
         let post = self.post
+        // Far behind the tip (more left than the pipeline holds), the store takes the group in
+        // bulk: indexes as sorted SST files instead of memtable inserts (DESIGN §6.2).
+        let bulk = Self.count(after: syncedSeq, through: target, limit: config.maxUncommitted + 1) > config.maxUncommitted
         commitTask = Task {
             do {
-                try await store.commit(batch.map(\.0))
+                try await store.commit(batch.map(\.0), bulk: bulk)
                 let done = CommitDone(
                     last: batch[batch.count - 1].0.certified, checkpoints: batch.count,
                     transactions: batch.reduce(0) { $0 + $1.0.data.entries.count }, rawBytes: batch.reduce(0) { $0 + $1.1 },

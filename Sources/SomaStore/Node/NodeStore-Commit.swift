@@ -1,4 +1,6 @@
 public import SomaCore
+import Foundation
+import Synchronization
 
 /// A checkpoint whose summary and contents have been verified (DESIGN §5), ready to commit,
 /// with its blocks: LZ4 frames of `bcs(CheckpointData)`, one per part of ≤ 1,024 entries.
@@ -65,6 +67,12 @@ public struct VerifiedCheckpoint: Sendable {
     public var storedBytes: Int { frames.reduce(0) { $0 + $1.count } }
 }
 
+/// The random-key index entries of a bulk group, collected for sorted SST files.
+struct IndexRuns {
+    var transactions: [(digest: Digest, seq: UInt64, index: UInt32)] = []
+    var objects: [(key: [UInt8], value: [UInt8])] = []
+}
+
 /// Watermarks and epoch records as a write in progress sees them.
 struct WriterState {
     var synced: WatermarkValue?
@@ -116,11 +124,17 @@ extension NodeStore {
     /// - Throws: ``StoreError`` `outOfOrder` for a checkpoint that does not follow
     ///   `highestSynced`, `executionFailed` naming the checkpoint whose execution failed
     ///   (everything before it is committed, nothing after).
-    public func commit(_ checkpoints: [VerifiedCheckpoint], execute: Bool = true) async throws {
-        try await blocking { try self.commitSync(checkpoints, execute: execute) }
+    ///
+    /// With `bulk` (a catch-up far behind the tip, DESIGN §6.2) the whole call is one group
+    /// (split only at epoch ends when executing), and the random-key indexes (transactions,
+    /// object versions) are not inserted through the memtable: each is sorted and written as
+    /// one SST file, ingested before the batch. Ingestion is idempotent (the same keys and
+    /// values), so a crash before the batch re-applies the group from the segments' source.
+    public func commit(_ checkpoints: [VerifiedCheckpoint], execute: Bool = true, bulk: Bool = false) async throws {
+        try await blocking { try self.commitSync(checkpoints, execute: execute, bulk: bulk) }
     }
 
-    func commitSync(_ checkpoints: [VerifiedCheckpoint], execute: Bool) throws {
+    func commitSync(_ checkpoints: [VerifiedCheckpoint], execute: Bool, bulk: Bool = false) throws {
         try writer.withLock { _ throws in
             try refuseDuringRestore()
             try finishInterruptedWork()
@@ -129,10 +143,11 @@ extension NodeStore {
                 executed: try watermarkSync(.highestExecuted))
             guard state.synced != nil else { throw StoreError(.inconsistent, "the store has no genesis") }
             let executing = execute && state.executed == state.synced
-            for group in Self.groups(checkpoints, splitAtEpochEnds: executing) {
+            for group in Self.groups(checkpoints, splitAtEpochEnds: executing, maxGroup: bulk ? Self.maxBulkGroup : Self.maxGroup) {
                 let committed = state.synced
                 let batch = WriteBatch(for: database)
-                for cp in group { try stage(cp, into: batch, state: &state) }
+                var runs: IndexRuns? = bulk ? IndexRuns() : nil
+                for cp in group { try stage(cp, into: batch, state: &state, runs: &runs) }
                 var endOfEpoch: (UInt64, EpochRecord)? = nil
                 if executing {
                     var (view, touched) = try loadView(for: group.map(\.data))
@@ -142,6 +157,7 @@ extension NodeStore {
                 // watermark; on open, frames ahead of highestSynced are cut.
                 do {
                     try appendHistory(group)
+                    if let runs { try ingest(runs) }
                     try database.write(batch, sync: configuration.syncWrites)
                 } catch {
                     dropHistory(after: committed)
@@ -155,7 +171,7 @@ extension NodeStore {
 
     /// Splits checkpoints into write groups of at most ``maxGroup``, ending a group after each
     /// epoch end when executing (so the state root is checked against a committed base).
-    static func groups(_ checkpoints: [VerifiedCheckpoint], splitAtEpochEnds: Bool) -> [ArraySlice<VerifiedCheckpoint>] {
+    static func groups(_ checkpoints: [VerifiedCheckpoint], splitAtEpochEnds: Bool, maxGroup: Int = maxGroup) -> [ArraySlice<VerifiedCheckpoint>] {
         var out: [ArraySlice<VerifiedCheckpoint>] = []
         var start = checkpoints.startIndex
         for i in checkpoints.indices {
@@ -172,6 +188,13 @@ extension NodeStore {
     /// transaction index, object versions, committee and epoch records. Its blocks and part
     /// proofs go to the history segments (``appendHistory(_:)``), before the batch.
     func stage(_ cp: VerifiedCheckpoint, into batch: WriteBatch, state: inout WriterState) throws {
+        var runs: IndexRuns? = nil
+        try stage(cp, into: batch, state: &state, runs: &runs)
+    }
+
+    /// As ``stage(_:into:state:)``; with `runs`, the transaction index and object versions are
+    /// collected there (for ``ingest(_:)``) instead of put in the batch.
+    func stage(_ cp: VerifiedCheckpoint, into batch: WriteBatch, state: inout WriterState, runs: inout IndexRuns?) throws {
         let summary = cp.certified.summary
         let seq = summary.sequenceNumber
         let expected = try state.synced.map { (w) throws(StoreError) in try StoreKeys.successor(w.seq, "highestSynced") } ?? 0
@@ -191,11 +214,18 @@ extension NodeStore {
             batch.put(cf.summaryByDigest, digest.bytes, StoreKeys.seq(seq))
             state.verified = WatermarkValue(seq: seq, digest: digest)
         }
-        for (index, digest) in cp.transactionDigests.enumerated() {
-            batch.put(cf.transactions, digest.bytes, StoreKeys.position(seq, UInt32(index)))
-        }
-        for record in cp.objectRecords {
-            batch.put(cf.objects, record.key, record.value)
+        if runs != nil {
+            for (index, digest) in cp.transactionDigests.enumerated() {
+                runs!.transactions.append((digest, seq, UInt32(index)))
+            }
+            runs!.objects.append(contentsOf: cp.objectRecords)
+        } else {
+            for (index, digest) in cp.transactionDigests.enumerated() {
+                batch.put(cf.transactions, digest.bytes, StoreKeys.position(seq, UInt32(index)))
+            }
+            for record in cp.objectRecords {
+                batch.put(cf.objects, record.key, record.value)
+            }
         }
         if let end = summary.endOfEpoch {
             let nextEpoch = try StoreKeys.successor(summary.epoch, "the epoch of checkpoint \(seq)")
@@ -212,6 +242,45 @@ extension NodeStore {
         state.synced = WatermarkValue(seq: seq, digest: digest)
         setWatermark(.highestSynced, WatermarkValue(seq: seq, digest: digest), in: batch)
         if let verified = state.verified { setWatermark(.highestVerified, verified, in: batch) }
+    }
+
+    /// Most checkpoints in one bulk group.
+    static let maxBulkGroup = 1_024
+
+    /// Writes collected index entries as one sorted SST file per column family (the two built
+    /// at once) and ingests them. Keys repeated within the runs keep their last value.
+    func ingest(_ runs: IndexRuns) throws {
+        let dir = database.path + "/ingest"
+        try Self.freshDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let transactions = runs.transactions.sorted { $0.digest < $1.digest }
+        let objects = runs.objects.sorted { $0.key.lexicographicallyPrecedes($1.key) }
+        let paths = [dir + "/transactions.sst", dir + "/objects.sst"]
+        let failures = Mutex<[StoreError]>([])
+        DispatchQueue.concurrentPerform(iterations: 2) { i in
+            do throws(StoreError) {
+                if i == 0 {
+                    guard !transactions.isEmpty else { return }
+                    let w = try database.sstWriter(cf.transactions, path: paths[0])
+                    for (k, t) in transactions.enumerated() where k + 1 == transactions.count || transactions[k + 1].digest != t.digest {
+                        try w.put(t.digest.bytes, StoreKeys.position(t.seq, t.index))
+                    }
+                    try w.finish()
+                } else {
+                    guard !objects.isEmpty else { return }
+                    let w = try database.sstWriter(cf.objects, path: paths[1])
+                    for (k, o) in objects.enumerated() where k + 1 == objects.count || objects[k + 1].key != o.key {
+                        try w.put(o.key, o.value)
+                    }
+                    try w.finish()
+                }
+            } catch {
+                failures.withLock { $0.append(error) }
+            }
+        }
+        if let failure = failures.withLock({ $0.first }) { throw failure }
+        if !transactions.isEmpty { try database.ingest(cf.transactions, files: [paths[0]]) }
+        if !objects.isEmpty { try database.ingest(cf.objects, files: [paths[1]]) }
     }
 
     func epochRecord(_ epoch: UInt64, state: inout WriterState) throws(StoreError) -> EpochRecord? {
