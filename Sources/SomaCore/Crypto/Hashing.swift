@@ -19,7 +19,8 @@ public enum Hashing {
         bytes.withUnsafeBytes { sha256(domain: domain, raw: $0) }
     }
 
-    static func sha256(domain: DomainPrefix, raw: UnsafeRawBufferPointer) -> Digest {
+    /// SHA-256 of `domain ‖ bytes`, for bytes that are not an array (a pinned value).
+    public static func sha256(domain: DomainPrefix, raw: UnsafeRawBufferPointer) -> Digest {
         var hasher = SHA256Hasher()
         domain.bytes.withUnsafeBytes { hasher.update($0) }
         hasher.update(raw)

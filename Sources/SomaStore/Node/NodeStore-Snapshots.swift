@@ -1,4 +1,5 @@
 public import SomaCore
+import Foundation
 
 /// What a snapshot of an epoch's live object set holds: enough to verify every chunk on its
 /// own against the certified state root.
@@ -129,60 +130,78 @@ extension NodeStore {
     /// `snapshotChunkSize` objects sorted by id, checks every object against its live digest,
     /// checks the chunk roots against the certified state root, stores chunks and manifest, and
     /// drops snapshots older than `retainSnapshots` epochs.
+    ///
+    /// One ordered pass: the live set is read in id order and each object version found with a
+    /// forward seek of one iterator over `objects` (keys `id ‖ version` are in the same order),
+    /// so each stored block is read once. The chunks and the manifest go to one SST file
+    /// (keys `epoch ‖ chunk`, new to the store), ingested at the bottom level: no write-ahead
+    /// log, memtable, flush or compaction. The pending marker goes after the ingestion, so a
+    /// crash in between builds the snapshot again (the same keys and values).
     func buildSnapshotSync(epoch: UInt64, record: EpochRecord) throws {
         guard let lastCheckpoint = record.lastCheckpoint, let root = record.stateRoot else { return }
         let k = configuration.snapshotChunkSize
         var chunkRoots: [Digest] = []
         var count: UInt64 = 0
-        var batch = WriteBatch(for: database)
         var pendingRefs: [(ObjectID, VersionDigest)] = []
         pendingRefs.reserveCapacity(k)
+        let dir = database.path + "/ingest-snapshot"
+        try Self.freshDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = try database.sstWriter(cf.snapshotChunks, path: dir + "/chunks.sst")
+        var key = [UInt8](repeating: 0, count: 40)
 
-        func flushChunk() throws {
+        func flushChunk(_ objects: borrowing RocksIterator) throws {
             guard !pendingRefs.isEmpty else { return }
-            let values = try database.multiGet(cf.objects, pendingRefs.map { StoreKeys.object($0.0, version: $0.1.version) })
             // A chunk is bcs(Vec<Object>): the count, then the stored encodings back to back.
             // Each stored encoding is checked against the live digest by hashing it as it is
             // (digest(Object) = SHA256("Object::" ‖ bcs(Object))), without decoding.
-            var w = BCSWriter(capacity: values.reduce(16) { $0 + ($1?.count ?? 0) })
-            w.writeLength(values.count)
+            var w = BCSWriter(capacity: 64 + pendingRefs.count * 512)
+            w.writeLength(pendingRefs.count)
             var leaves: [Digest] = []
-            leaves.reserveCapacity(values.count)
-            for ((id, vd), value) in zip(pendingRefs, values) {
-                guard let value else {
+            leaves.reserveCapacity(pendingRefs.count)
+            for (id, vd) in pendingRefs {
+                StoreKeys.writeObjectKey(id, vd.version, into: &key)
+                objects.seek(key)
+                let found = objects.isValid && objects.withKey { $0.elementsEqual(key) }
+                guard found else {
                     throw StoreError(.inconsistent, "snapshot of epoch \(epoch): live object \(id.short) v\(vd.version) is not stored")
                 }
-                guard Hashing.sha256(domain: .object, value) == vd.digest else {
+                let matches = objects.withValue { value -> Bool in
+                    guard Hashing.sha256(domain: .object, raw: value) == vd.digest else { return false }
+                    w.writeRaw(value)
+                    return true
+                }
+                guard matches else {
                     throw StoreError(.inconsistent, "snapshot of epoch \(epoch): object \(id.short) v\(vd.version) does not match its live digest")
                 }
-                w.writeRaw(value)
                 leaves.append(ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
             }
             chunkRoots.append(Merkle.root(leafHashes: leaves))
-            batch.put(cf.snapshotChunks, StoreKeys.chunk(epoch, UInt32(chunkRoots.count - 1)), LZ4Frame.compress(w.bytes))
+            try file.put(StoreKeys.chunk(epoch, UInt32(chunkRoots.count - 1)), LZ4Frame.compress(w.bytes))
             count += UInt64(pendingRefs.count)
             pendingRefs.removeAll(keepingCapacity: true)
-            if batch.byteCount > 8 << 20 {
-                try database.write(batch, sync: false)
-                batch = WriteBatch(for: database)
-            }
         }
 
-        try database.withIterator(cf.liveObjects) { it in
-            while it.isValid {
-                pendingRefs.append(try liveEntry(it))
-                if pendingRefs.count == k { try flushChunk() }
-                it.next()
+        try database.withIterator(cf.objects) { objects in
+            try database.withIterator(cf.liveObjects) { it in
+                while it.isValid {
+                    pendingRefs.append(try liveEntry(it))
+                    if pendingRefs.count == k { try flushChunk(objects) }
+                    it.next()
+                }
             }
+            try flushChunk(objects)
         }
-        try flushChunk()
         guard Merkle.root(leafHashes: chunkRoots) == root, count == record.liveObjectCount else {
             throw StoreError(.inconsistent, "snapshot of epoch \(epoch) does not reproduce the certified state root")
         }
         let manifest = SnapshotManifest(
             epoch: epoch, lastCheckpoint: lastCheckpoint, stateRoot: root, objectCount: count, chunkSize: UInt64(k),
             chunkRoots: chunkRoots)
-        batch.put(cf.snapshotChunks, StoreKeys.chunk(epoch, Self.manifestChunk), manifest.bcsBytes)
+        try file.put(StoreKeys.chunk(epoch, Self.manifestChunk), manifest.bcsBytes)
+        try file.finish()
+        try database.ingest(cf.snapshotChunks, files: [file.path])
+        let batch = WriteBatch(for: database)
         batch.delete(cf.meta, Self.pendingSnapshotKey)
         if configuration.retainSnapshots > 0, epoch >= configuration.retainSnapshots {
             // Keep epochs (epoch - retainSnapshots, epoch]; no `epoch + 1` (a certified epoch may be any number).
