@@ -150,7 +150,14 @@ struct StoreLayoutTests {
             runs.objects += cp.objectRecords
         }
         try store.ingest(runs)
-        try await store.commit(Array(checkpoints[12...]), bulk: true)
+        try await store.commit(Array(checkpoints[12..<20]), bulk: true)
+        // Execution read the live set held in memory; near the tip it is released again.
+        let stored = try store.database.scan(try #require(store.database.columnFamily("liveObjects")))
+        let cached = try #require(store.liveCache.withLock { $0 })
+        #expect(cached.count == stored.count && stored.count > 0)
+        for (k, v) in stored { #expect(cached[try #require(Digest(bytes: k))].map { StoreKeys.versionDigest($0) } == v) }
+        try await store.commit(Array(checkpoints[20...]))
+        #expect(store.liveCache.withLock { $0 == nil })
         let report = try await store.verifyAll()
         #expect(report.replayedFromGenesis && report.checkpoints == UInt64(checkpoints.count + 1))
         let entry = checkpoints[20].data.entries[1]

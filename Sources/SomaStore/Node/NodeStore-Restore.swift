@@ -233,6 +233,7 @@ extension NodeStore {
             batch.deleteRange(cf.liveObjects, from: [], to: all)
             batch.deleteRange(cf.objects, from: [], to: all)
             batch.deleteRange(cf.snapshotChunks, from: [], to: all)
+            liveCache.withLock { $0 = nil }
             try database.write(batch, sync: true)
             try emptyRestoredFamiliesSync()
         }

@@ -62,6 +62,9 @@ public final class NodeStore: Sendable {
     /// committed (frames appended ahead of their batch, or left behind by a pruning that deletes
     /// whole segments, stay invisible).
     let held = Mutex(HeldRange())
+    /// The whole live object set in memory while a bulk catch-up executes (DESIGN §6.2), equal
+    /// to `liveObjects` as committed; `nil` otherwise. Changed under the writer lock only.
+    let liveCache = Mutex<[ObjectID: VersionDigest]?>(nil)
 
     struct HeldRange {
         var lowest: UInt64 = 0
