@@ -118,10 +118,14 @@ public final class NodeStore: Sendable {
                 o.writeBufferBytes = 32 << 20
             case "objects":
                 o.writeBufferBytes = 64 << 20
+                // Bulk catch-ups ingest one file of random ids per group (DESIGN §6.2).
+                o.universalCompaction = true
             case "liveObjects", "transactions", "summaryByDigest":
                 // Digests and versions: random bytes that do not compress.
                 o.compression = .none
                 o.writeBufferBytes = 32 << 20
+                o.universalCompaction = name == "transactions"
+
             default:
                 o.writeBufferBytes = 4 << 20
             }

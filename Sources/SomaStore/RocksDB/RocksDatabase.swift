@@ -118,6 +118,9 @@ public final class RocksDatabase: @unchecked Sendable {
             rocksdb_options_set_write_buffer_size(o, c.writeBufferBytes)
             rocksdb_options_set_target_file_size_base(o, UInt64(c.targetFileBytes))
             rocksdb_options_set_max_bytes_for_level_base(o, UInt64(c.targetFileBytes) * 8)
+            if c.universalCompaction {
+                rocksdb_options_set_compaction_style(o, Int32(rocksdb_universal_compaction))
+            }
             if let blob = c.blobMinBytes {
                 rocksdb_options_set_enable_blob_files(o, 1)
                 rocksdb_options_set_min_blob_size(o, UInt64(blob))
@@ -406,6 +409,10 @@ public struct ColumnFamilyOptions: Sendable {
     public var writeBufferBytes = 64 << 20
     /// Target SST file size.
     public var targetFileBytes = 64 << 20
+    /// Universal compaction (sorted runs merged by size) instead of levels: for a family whose
+    /// keys are random and that is loaded by ingesting files that each span the whole key
+    /// space, where leveled compaction rewrites all of level 1 for every few files.
+    public var universalCompaction = false
     /// Values at least this large go to blob files (BlobDB); `nil`: off.
     public var blobMinBytes: Int? = nil
 
