@@ -401,7 +401,9 @@ extension NodeStore {
             }
             state.executed = WatermarkValue(seq: summary.sequenceNumber, digest: cp.certified.digest)
         }
-        for id in touched {
+        // In key order: the memtable's skip list then reuses its insertion point from one key to
+        // the next instead of searching from the top for each (a third of a bulk commit's time).
+        for id in touched.sorted() {
             if let vd = view.objects[id] {
                 batch.put(cf.liveObjects, id.bytes, StoreKeys.versionDigest(vd))
             } else {
