@@ -118,13 +118,16 @@ public final class NodeStore: Sendable {
                 o.writeBufferBytes = 32 << 20
             case "objects":
                 o.writeBufferBytes = 64 << 20
-                // Bulk catch-ups ingest one file of random ids per group (DESIGN §6.2).
+                // Bulk catch-ups ingest one file of random ids per group (DESIGN §6.2): merged
+                // 24 at a time, not 4 (each merge rewrites all it merges).
                 o.universalCompaction = true
+                o.compactionTriggerFiles = 24
             case "liveObjects", "transactions", "summaryByDigest":
                 // Digests and versions: random bytes that do not compress.
                 o.compression = .none
                 o.writeBufferBytes = 32 << 20
                 o.universalCompaction = name == "transactions"
+                o.compactionTriggerFiles = name == "transactions" ? 24 : nil
 
             default:
                 o.writeBufferBytes = 4 << 20

@@ -121,6 +121,12 @@ public final class RocksDatabase: @unchecked Sendable {
             if c.universalCompaction {
                 rocksdb_options_set_compaction_style(o, Int32(rocksdb_universal_compaction))
             }
+            if let runs = c.compactionTriggerFiles {
+                // Writes slow down and stop only well past the trigger (ingested files count).
+                rocksdb_options_set_level0_file_num_compaction_trigger(o, Int32(runs))
+                rocksdb_options_set_level0_slowdown_writes_trigger(o, Int32(runs * 8))
+                rocksdb_options_set_level0_stop_writes_trigger(o, Int32(runs * 16))
+            }
             if let blob = c.blobMinBytes {
                 rocksdb_options_set_enable_blob_files(o, 1)
                 rocksdb_options_set_min_blob_size(o, UInt64(blob))
@@ -413,6 +419,9 @@ public struct ColumnFamilyOptions: Sendable {
     /// keys are random and that is loaded by ingesting files that each span the whole key
     /// space, where leveled compaction rewrites all of level 1 for every few files.
     public var universalCompaction = false
+    /// Files (sorted runs) at level 0 that start a compaction; `nil`: RocksDB's 4. Higher means
+    /// fewer, larger merges (each rewrites what it merges) and more files per point read.
+    public var compactionTriggerFiles: Int? = nil
     /// Values at least this large go to blob files (BlobDB); `nil`: off.
     public var blobMinBytes: Int? = nil
 
