@@ -184,11 +184,17 @@ struct NodeStoreTests {
         let store = try await NodeStore.open(path: dir.path, configuration: config)
         try await store.initialize(genesis: generator.genesis)
         try await store.commit(checkpoints)
+        // One history segment per epoch, sealed at its end.
+        #expect(store.segments.closedSegments().count == 5)
         let report = try await store.prune()
         // The chain ends with epoch 4's end, so epoch 5 is current: keep 4 and 5, prune 0...3.
         #expect(report.epochs == [0, 1, 2, 3])
         let firstKept = profile.lastCheckpoint(ofEpoch: 3) + 1
         #expect(report.lowestAvailable == firstKept)
+        // Their segments went whole: epoch 4's is the only one left.
+        #expect(store.segments.firstSeq == firstKept)
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/segments").filter { $0.hasSuffix(".seg") }
+        #expect(files.count == 1, "\(files)")
         #expect(try await store.watermark(.lowestAvailable)?.seq == firstKept)
         #expect(try await store.checkpointData(at: firstKept - 1) == nil)
         #expect(try await store.checkpointData(at: firstKept) != nil)
@@ -205,6 +211,9 @@ struct NodeStoreTests {
         }
         #expect(try await store.prune().epochs.isEmpty)
         await store.close()
+        let reopened = try await NodeStore.open(path: dir.path, configuration: config)
+        #expect(try await reopened.verifyAll().checkpoints == UInt64(checkpoints.count) + 1 - firstKept)
+        await reopened.close()
         // Archive stores refuse to open as pruned and are never pruned.
         await #expect(throws: StoreError.self) { _ = try await NodeStore.open(path: dir.path) }
     }

@@ -184,29 +184,4 @@ struct StoreLayoutTests {
         #expect(try await store.verifyAll().replayedFromGenesis)
         await store.close()
     }
-
-    @Test("pruning deletes whole segments, one per epoch, after lowestAvailable passes them")
-    func pruningDeletesSegments() async throws {
-        let dir = TempDir("layout-prune")
-        defer { dir.cleanup() }
-        let profile = DevnetProfile(name: "prune", validators: 4, epochs: 5, checkpoints: 50, transactionsPerCheckpoint: 5, accounts: 8)
-        let (generator, checkpoints) = await makeChain(profile)
-        var config = StoreConfiguration()
-        config.mode = .pruned
-        config.retainEpochs = 2
-        let store = try await NodeStore.open(path: dir.path, configuration: config)
-        try await store.initialize(genesis: generator.genesis)
-        try await store.commit(checkpoints)
-        #expect(store.segments.closedSegments().count == 5)
-        let report = try await store.prune()
-        let firstKept = profile.lastCheckpoint(ofEpoch: 3) + 1
-        #expect(report.lowestAvailable == firstKept)
-        #expect(store.segments.firstSeq == firstKept)
-        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/segments").filter { $0.hasSuffix(".seg") }
-        #expect(files.count == 1, "\(files)")
-        await store.close()
-        let reopened = try await NodeStore.open(path: dir.path, configuration: config)
-        #expect(try await reopened.verifyAll().checkpoints == UInt64(checkpoints.count) + 1 - firstKept)
-        await reopened.close()
-    }
 }
