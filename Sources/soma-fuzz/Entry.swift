@@ -2,7 +2,7 @@ import Foundation
 
 /// Every target, by name (`tools/fuzz` and docs/RELIABILITY.md list the same).
 let allTargets: [FuzzTarget] = [
-    bcsChainTarget, bcsWireTarget, frameTarget, handshakeTarget, lz4Target, nodeInfoTarget, merkleTarget, blockProofTarget,
+    bcsChainTarget, bcsWireTarget, frameTarget, handshakeTarget, lz4Target, segmentsTarget, nodeInfoTarget, merkleTarget, blockProofTarget,
     snapshotChunkTarget, configTarget, dispatchTarget,
 ]
 

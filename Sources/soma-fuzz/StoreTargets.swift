@@ -1,3 +1,4 @@
+import Foundation
 import SomaCore
 import SomaDiscovery
 import SomaDevnet
@@ -138,3 +139,72 @@ let snapshotChunkTarget = FuzzTarget(
         else { fail("chunk \(index) verified but is not the stored chunk") }
     }
 )
+
+/// History segment files as a crash or a disk might leave them: input `index length u16 LE ‖
+/// index bytes ‖ data bytes` written as one segment's `.idx` and `.seg`. Opening repairs them
+/// without a trap; every frame still indexed is then readable and within the data; a second
+/// open repairs nothing more; and a read-only open beside them sees the same frames.
+let segmentsTarget = FuzzTarget(
+    name: "segments",
+    summary: "HistorySegments.open on fuzzed index and data files: repair, reads, idempotent reopen",
+    seeds: {
+        let frames = (1...3).map { LZ4Frame.compress(Array(repeating: UInt8($0), count: 40 * $0)) }
+        func index(_ records: [(UInt64, UInt32, UInt32, UInt64)]) -> [UInt8] {
+            records.flatMap { le($0.0) + le($0.1) + le($0.2) + le($0.3) }
+        }
+        let lengths = frames.map { UInt32($0.count) }
+        let good = index([(5, 0, lengths[0], 0), (5, 1, lengths[1], UInt64(lengths[0])), (6, 0, lengths[2], UInt64(lengths[0] + lengths[1]))])
+        let data = frames.flatMap { $0 }
+        return [
+            le(UInt16(good.count)) + good + data,
+            le(UInt16(good.count)) + good + data.prefix(data.count - 5),
+            le(UInt16(good.count - 7)) + good.prefix(good.count - 7) + data,
+            le(UInt16(24)) + index([(9, 0, UInt32.max, 0)]) + data,
+        ]
+    },
+    run: { input in
+        var r = FuzzInput(input)
+        let indexLength = Int(r.u8()) | Int(r.u8()) << 8
+        let rest = r.rest()
+        let index = Array(rest.prefix(indexLength)), data = Array(rest.dropFirst(min(indexLength, rest.count)))
+        let dir = NSTemporaryDirectory() + "soma-fuzz-segments-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let name = dir + "/00000000000000000005"
+        FileManager.default.createFile(atPath: name + ".idx", contents: Data(index))
+        FileManager.default.createFile(atPath: name + ".seg", contents: Data(data))
+        var config = HistorySegments.Configuration()
+        config.sync = false
+        config.maxFrameBytes = 1 << 16
+        var readOnly = config
+        readOnly.readOnly = true
+        guard let reader = try? HistorySegments.open(directory: dir, configuration: readOnly) else { return }
+        let seen = frames(of: reader)
+        reader.close()
+        guard let segments = try? HistorySegments.open(directory: dir, configuration: config) else { return }
+        let held = frames(of: segments)
+        if held != seen { fail("a read-only open sees other frames than a repairing one") }
+        for (seq, parts) in held {
+            for f in parts where f.count < HistorySegments.minFrameBytes || f.count > config.maxFrameBytes {
+                fail("checkpoint \(seq) holds a frame of \(f.count) bytes")
+            }
+        }
+        segments.close()
+        guard let again = try? HistorySegments.open(directory: dir, configuration: config) else { fail("a repaired segment does not reopen") }
+        if !again.repairs.isEmpty { fail("a second open repaired again: \(again.repairs)") }
+        if frames(of: again) != held { fail("reopening changed the frames") }
+        again.close()
+    }
+)
+
+/// Every frame a segment directory holds, by checkpoint (first to last held).
+private func frames(of segments: HistorySegments) -> [UInt64: [[UInt8]]] {
+    guard let first = segments.firstSeq, let last = segments.lastSeq, last >= first, last - first < 100_000 else { return [:] }
+    var out: [UInt64: [[UInt8]]] = [:]
+    for seq in first...last {
+        let parts = (try? segments.frames(seq)) ?? []
+        if !parts.isEmpty { out[seq] = parts }
+    }
+    return out
+}
