@@ -199,9 +199,10 @@ public struct PeerSync: Sendable {
     }
 }
 
-/// One catch-up's state, driven by a single coordinator loop; requests, verification and
-/// commits run as tasks that report back as ``SyncRun/Event``s.
-final class SyncRun {
+/// One catch-up's state: the block job of the state-sync event loop (``StateSyncLoop``).
+/// Summary batches, span requests (through its ``FetchScheduler``), verification and commits
+/// run as tasks that report back as ``SyncRun/Event``s.
+final class SyncRun: StateSyncJob {
     struct Span: Sendable {
         var first: UInt64
         /// Never empty (a span is made of at least one verified summary).
@@ -209,13 +210,6 @@ final class SyncRun {
         var previousTotal: UInt64
         /// The last checkpoint: the last verified summary's sequence number (no arithmetic on it).
         var last: UInt64 { summaries.last?.summary.sequenceNumber ?? first }
-    }
-
-    struct Flight {
-        var span: Span
-        var sources: Set<Int>
-        var started: ContinuousClock.Instant
-        var tasks: [Task<Void, Never>] = []
     }
 
     struct SummaryBatchDone: Sendable {
@@ -250,8 +244,12 @@ final class SyncRun {
     let until: UInt64?
     let progress: (@Sendable (SyncProgress) -> Void)?
     let started = ContinuousClock.now
-    let events: AsyncStream<Event>
-    let post: AsyncStream<Event>.Continuation
+    let loop = StateSyncLoop<Event>(tick: .tick)
+    /// The block spans' requests, keyed by their first checkpoint.
+    lazy var scheduler = FetchScheduler<UInt64, Span>(
+        sources: .pool(pool) { span, _, a in a.lowestAvailable <= span.first && a.highestSynced >= span.last },
+        window: config.window, minHedgeDelay: config.minHedgeDelay, requestTimeout: .nanoseconds(config.requestTimeout.nanoseconds)
+    ) { [unowned self] _, span, source, id in self.makeSpanTask(span, source: source, id: id) }
 
     var committees: [Committee]
     /// Committed (`highestSynced`).
@@ -266,24 +264,13 @@ final class SyncRun {
     var knownStart = 0
     var lastScheduledTotal: UInt64
     var nextToSchedule: UInt64
-    var queue: [Span] = []
-    var flights: [UInt64: Flight] = [:]
     var ready: [UInt64: (VerifiedCheckpoint, Int)] = [:]
     var summaryTask: Task<Void, Never>?
     var commitTask: Task<Void, Never>?
-    var spanSeconds: Double?
-    var stuckRefreshes = 0
-    var runningSpans = 0
-    /// Every span request task started, and the requests each source has not answered yet.
-    var spanTasks: [Int: Task<Void, Never>] = [:]
-    var nextTaskID = 0
-    var outstanding: [Int: Int] = [:]
     /// At most this many spans are decompressed and verified at once (each block may take up to
     /// `maxBlockBytes`), whatever the window: one per core, at least two.
     let verifying = Gate(permits: max(2, System.coreCount))
-    var iterator: AsyncStream<Event>.Iterator
     var quorumChecks = 0
-    var hedges = 0
     var checkpoints = 0
     var transactions = 0
     var rawBytes = 0
@@ -296,8 +283,6 @@ final class SyncRun {
         self.store = sync.store
         self.committees = committees
         self.progress = progress
-        (events, post) = AsyncStream.makeStream(of: Event.self)
-        iterator = events.makeAsyncIterator()
         guard let s = try await store.watermark(.highestSynced), let synced = try await store.summary(at: s.seq),
               let v = try await store.watermark(.highestVerified), let verified = try await store.summary(at: v.seq)
         else { throw SyncError("the store has no genesis") }
@@ -317,49 +302,23 @@ final class SyncRun {
 
     var syncedSeq: UInt64 { synced.summary.sequenceNumber }
 
+    var isFinished: Bool { syncedSeq >= target && commitTask == nil }
+
     func run() async throws -> CatchUpReport {
-        let ticker = Task { [post] in
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(100))
-                post.yield(.tick)
-            }
-        }
-        defer { ticker.cancel() }
-        do {
-            while syncedSeq < target || commitTask != nil {
-                try Task.checkCancellation()
-                try await schedule()
-                guard let event = await iterator.next() else { break }
-                try await handle(event)
-            }
-            // The event stream ends early only when this task is cancelled: a cancelled run
-            // throws, it does not report a catch-up it did not finish.
-            try Task.checkCancellation()
-        } catch {
-            await stopAll()
-            throw error
-        }
-        await stopAll()
+        try await loop.run(self)
         return CatchUpReport(
             tip: syncedSeq, checkpoints: checkpoints, transactions: transactions, rawBytes: rawBytes,
-            storedBytes: storedBytes, quorumChecks: quorumChecks, hedges: hedges, sources: await pool.stats)
+            storedBytes: storedBytes, quorumChecks: quorumChecks, hedges: scheduler.hedges, sources: await pool.stats)
     }
 
     /// Cancels requests in flight, waits for every task this run started (requests, the summary
     /// batch, a commit in progress: none is left running) and gives every request's slot back to
-    /// the pool before it returns. The slots are counted here (``outstanding``), not read from
-    /// the event stream: a cancelled run's stream ends at once, with events still in it.
+    /// the pool before it returns.
     func stopAll() async {
-        for t in spanTasks.values { t.cancel() }
         summaryTask?.cancel()
-        for t in spanTasks.values { await t.value }
+        await scheduler.stopAll()
         await summaryTask?.value
         await commitTask?.value
-        post.finish()
-        for (source, n) in outstanding { for _ in 0..<max(0, n) { await pool.released(source) } }
-        outstanding = [:]
-        spanTasks = [:]
-        runningSpans = 0
     }
 
     /// Lowers (or raises) the target to what sources not banned for bad data claim now
@@ -395,35 +354,20 @@ final class SyncRun {
 
     func schedule() async throws {
         // Stragglers first: a hedge for the oldest span takes a free slot before a new span.
-        await hedge()
+        await scheduler.hedge()
         try await readStoredSummaries()
         if summaryTask == nil, summaryTip.summary.sequenceNumber < target,
            known.count - knownStart < Int(config.summaryBatch) / 2 + Int(config.spanLength) * config.window {
             startSummaries()
         }
         // A span no free source holds waits; later spans may still go to other sources.
-        var waiting: [Span] = []
-        while flights.count < config.window && waiting.count < 4 {
-            guard let span = nextSpan() else { break }
-            guard let source = await pool.pick(covering: span.first...span.last) else {
-                waiting.append(span)
-                continue
-            }
-            start(span, on: source)
-        }
-        if !waiting.isEmpty {
-            queue.insert(contentsOf: waiting, at: 0)
-            queue.sort { $0.first < $1.first }
-        }
+        await scheduler.fill(next: { nextSpan().map { ($0.first, $0) } })
         if commitTask == nil { startCommit() }
-        if flights.isEmpty && summaryTask == nil && commitTask == nil && syncedSeq < target {
+        if scheduler.isIdle && summaryTask == nil && commitTask == nil && syncedSeq < target {
             // Nothing can move: poll the sources again; give up after a few tries.
-            stuckRefreshes += 1
-            if stuckRefreshes > 20 {
-                let needed = syncedSeq + 1
-                throw SyncError("no usable source holds checkpoint \(needed): " + (await pool.stats).map(\.description).joined(separator: "; "))
+            try await scheduler.backOff { [self] in
+                SyncError("no usable source holds checkpoint \(syncedSeq + 1): " + (await pool.stats).map(\.description).joined(separator: "; "))
             }
-            try await Task.sleep(for: .milliseconds(min(100 * stuckRefreshes, 1_000)))
             await pool.refresh()
             await retarget()
         }
@@ -443,9 +387,9 @@ final class SyncRun {
     /// The last summary in `known` (or scheduled).
     var lastKnown: UInt64 { known.last?.summary.sequenceNumber ?? (nextToSchedule - 1) }
 
-    /// The next span: a requeued one first, else the next summaries, within the memory bound.
+    /// The next new span from the verified summaries, within the memory bound (requeued spans
+    /// come from the scheduler's queue first).
     func nextSpan() -> Span? {
-        if !queue.isEmpty { return queue.removeFirst() }
         let available = known.count - knownStart
         guard available > 0, nextToSchedule <= target else { return nil }
         // Beyond the committed watermark: at most maxUncommitted + spanLength (bounded by this loop).
@@ -467,26 +411,9 @@ final class SyncRun {
         return span
     }
 
-    func start(_ span: Span, on source: Int) {
-        var flight = flights[span.first] ?? Flight(span: span, sources: [], started: .now)
-        flight.sources.insert(source)
-        flight.tasks.append(spanTask(span, source: source))
-        runningSpans += 1
-        outstanding[source, default: 0] += 1
-        flights[span.first] = flight
-    }
-
-    func spanTask(_ span: Span, source: Int) -> Task<Void, Never> {
-        let id = nextTaskID
-        nextTaskID += 1
-        let task = makeSpanTask(span, source: source, id: id)
-        spanTasks[id] = task
-        return task
-    }
-
     func makeSpanTask(_ span: Span, source: Int, id: Int) -> Task<Void, Never> {
         let pool = self.pool
-        let post = self.post
+        let post = loop.post
         let timeout = config.requestTimeout
         let userSignatures = config.verifyUserSignatures
         let limit = store.configuration.maxBlockBytes
@@ -518,7 +445,7 @@ final class SyncRun {
         let tip = summaryTip
         let committees = self.committees
         let sync = self.sync
-        let post = self.post
+        let post = loop.post
         let all = config.verifyAllCertificates
         summaryTask = Task {
             do {
@@ -541,12 +468,12 @@ final class SyncRun {
         // Small commits cost more per checkpoint (a write batch, watermarks, a live-set read
         // each): wait for a fuller one while more is on its way.
         let remaining = Self.count(after: syncedSeq, through: target, limit: config.commitGroup)
-        if batch.count < min(config.commitGroup / 2, remaining) && !flights.isEmpty {
+        if batch.count < min(config.commitGroup / 2, remaining) && !scheduler.isIdle {
             for item in batch { ready[item.0.certified.summary.sequenceNumber] = item }
             return
         }
         let store = self.store
-        let post = self.post
+        let post = loop.post
         // Far behind the tip (more left than the pipeline holds), the store takes the group in
         // bulk: indexes as sorted SST files instead of memtable inserts (DESIGN §6.2).
         let bulk = Self.count(after: syncedSeq, through: target, limit: config.maxUncommitted + 1) > config.maxUncommitted
@@ -581,24 +508,19 @@ final class SyncRun {
                 summaryTip = done.tip
                 committees = done.committees
                 storedAhead = done.tip.summary.sequenceNumber
-                stuckRefreshes = 0
+                scheduler.progressed()
             case .failure(let error):
                 if error is CancellationError { throw error }
                 if error is StoreError { throw error }
                 // Every source failed this batch (or the only ones that claimed it could not back
                 // the claim and are banned now): poll again, aim at what the others claim, give up
                 // after a few tries.
-                stuckRefreshes += 1
-                if stuckRefreshes > 20 { throw error }
-                try await Task.sleep(for: .milliseconds(min(100 * stuckRefreshes, 1_000)))
+                try await scheduler.backOff { error }
                 await pool.refresh()
                 await retarget()
             }
         case .span(let first, let source, let task, let started, let result):
-            runningSpans -= 1
-            spanTasks.removeValue(forKey: task)
-            outstanding[source, default: 1] -= 1
-            try await spanDone(first: first, source: source, started: started, result)
+            try await spanDone(first: first, source: source, task: task, started: started, result)
         case .committed(let result):
             commitTask = nil
             let done = try result.get()
@@ -607,7 +529,7 @@ final class SyncRun {
             transactions += done.transactions
             rawBytes += done.rawBytes
             storedBytes += done.storedBytes
-            stuckRefreshes = 0
+            scheduler.progressed()
             sync.onCommit?(done.last)
             if let progress {
                 let usable = await pool.usable.count
@@ -620,8 +542,10 @@ final class SyncRun {
         }
     }
 
-    func spanDone(first: UInt64, source: Int, started: ContinuousClock.Instant, _ result: Result<([(VerifiedCheckpoint, Int)], Int), any Error>) async throws {
-        guard var flight = flights[first], flight.sources.contains(source) else {
+    func spanDone(
+        first: UInt64, source: Int, task: Int, started: ContinuousClock.Instant, _ result: Result<([(VerifiedCheckpoint, Int)], Int), any Error>
+    ) async throws {
+        guard let flight = scheduler.answered(task: task, key: first, source: source) else {
             // A hedge that lost (the span was already delivered) or a cancelled request.
             switch result {
             case .success((_, let bytes)): await pool.succeeded(source, bytes: bytes, duration: .now - started, used: 0)
@@ -633,60 +557,23 @@ final class SyncRun {
         case .success((let verified, let bytes)):
             let took = ContinuousClock.now - started
             await pool.succeeded(source, bytes: bytes, duration: took, used: verified.count)
-            let seconds = took.inSeconds
-            if verified.count == flight.span.summaries.count {
-                spanSeconds = spanSeconds.map { 0.8 * $0 + 0.2 * seconds } ?? seconds
-            }
             for item in verified { ready[item.0.certified.summary.sequenceNumber] = item }
-            flights.removeValue(forKey: first)
             // Other sources still on this span lose: cancelled, each accounted when it reports.
-            for t in flight.tasks { t.cancel() }
-            if verified.count < flight.span.summaries.count {
+            scheduler.delivered(first, seconds: verified.count == flight.work.summaries.count ? took.inSeconds : nil)
+            if verified.count < flight.work.summaries.count {
                 // A short stream: the source stopped holding the rest; ask for it again.
-                var rest = flight.span
+                var rest = flight.work
                 let taken = verified.count
                 rest.first += UInt64(taken)
                 if taken > 0 { rest.previousTotal = verified[taken - 1].0.certified.summary.networkTotalTransactions }
                 rest.summaries.removeFirst(taken)
                 if taken == 0 { await pool.noteLacks(source) }
-                queue.insert(rest, at: 0)
-                queue.sort { $0.first < $1.first }
+                scheduler.enqueue(rest.first, rest)
             }
         case .failure(let error):
-            await SyncRun.judge(error, source: source, pool: pool, what: "blocks \(first)...\(flight.span.last)")
-            flight.sources.remove(source)
-            if flight.sources.isEmpty {
-                flights.removeValue(forKey: first)
-                queue.append(flight.span)
-                queue.sort { $0.first < $1.first }
-            } else {
-                flights[first] = flight
-            }
+            await SyncRun.judge(error, source: source, pool: pool, what: "blocks \(first)...\(flight.work.last)")
+            scheduler.failed(first, source: source)
         }
-    }
-
-    /// Asks a straggling span of a second source once it has waited past the adaptive delay;
-    /// the oldest spans first (they hold up the in-order commit).
-    func hedge() async {
-        let delay = Self.hedgeDelay(usual: spanSeconds, minimum: config.minHedgeDelay, timeout: config.requestTimeout)
-        let now = ContinuousClock.now
-        var extra = flights.values.filter { $0.sources.count > 1 }.count
-        for first in flights.keys.sorted() where extra < max(2, config.window / 2) {
-            guard let flight = flights[first], flight.sources.count == 1, now - flight.started > delay else { continue }
-            guard let source = await pool.pick(covering: flight.span.first...flight.span.last, excluding: flight.sources) else { continue }
-            await pool.hedged(source)
-            hedges += 1
-            extra += 1
-            start(flight.span, on: source)
-        }
-    }
-
-    /// How long a request waits before it is also asked of another source: three times the
-    /// usual time of such a request (twice `minimum` before any was measured), never less than
-    /// `minimum`, and always before half the request timeout.
-    static func hedgeDelay(usual seconds: Double?, minimum: Duration, timeout: TimeAmount) -> Duration {
-        let usual: Duration = seconds.map { .seconds(3 * $0) } ?? minimum * 2
-        return max(minimum, min(usual, .nanoseconds(timeout.nanoseconds / 2)))
     }
 
     // MARK: verification

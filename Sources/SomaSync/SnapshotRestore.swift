@@ -275,19 +275,14 @@ public struct SnapshotRestore: Sendable {
     }
 }
 
-/// One restore's chunk downloads, driven by a single coordinator loop; requests,
-/// verification and writes run as tasks that report back as events.
-final class RestoreRun {
+/// One restore's chunk downloads: the snapshot job of the state-sync event loop
+/// (``StateSyncLoop``). Chunk requests (through its ``FetchScheduler``), verification and writes
+/// run as tasks that report back as events.
+final class RestoreRun: StateSyncJob {
     enum Event: Sendable {
-        case chunk(index: UInt32, source: Int, started: ContinuousClock.Instant, Result<(RestoredChunk, Int), any Error>)
+        case chunk(index: UInt32, source: Int, task: Int, started: ContinuousClock.Instant, Result<(RestoredChunk, Int), any Error>)
         case written(Result<[RestoredChunk], any Error>)
         case tick
-    }
-
-    struct Flight {
-        var sources: Set<Int>
-        var started: ContinuousClock.Instant
-        var tasks: [Task<Void, Never>] = []
     }
 
     let restore: SnapshotRestore
@@ -297,25 +292,21 @@ final class RestoreRun {
     let allowed: Set<Int>
     let progress: (@Sendable (RestoreProgress) -> Void)?
     let started = ContinuousClock.now
-    let events: AsyncStream<Event>
-    let post: AsyncStream<Event>.Continuation
-    var iterator: AsyncStream<Event>.Iterator
+    let loop = StateSyncLoop<Event>(tick: .tick)
+    /// The chunks' requests, keyed by chunk index; only the sources that sent the agreed
+    /// manifest and serve its epoch are picked.
+    lazy var scheduler = FetchScheduler<UInt32, UInt32>(
+        sources: .pool(pool) { [allowed, epoch = manifest.epoch] _, i, a in allowed.contains(i) && a.snapshotEpochs.contains(epoch) },
+        window: config.window, minHedgeDelay: config.minHedgeDelay, requestTimeout: .nanoseconds(config.requestTimeout.nanoseconds)
+    ) { [unowned self] index, _, source, id in self.chunkTask(index, source: source, id: id) }
 
-    var queue: [UInt32]
-    var flights: [UInt32: Flight] = [:]
     var ready: [RestoredChunk] = []
     var writeTask: Task<Void, Never>?
-    /// Every request task started, and the requests each source has not answered yet.
-    var tasks: [Task<Void, Never>] = []
-    var outstanding: [Int: Int] = [:]
     var chunksDone: Int
     let fetchedAtStart: Int
     var objects = 0
     var rawBytes = 0
     var frameBytes = 0
-    var hedges = 0
-    var chunkSeconds: Double?
-    var stuck = 0
     /// At most this many chunks are decompressed and verified at once (each may take up to
     /// `maxChunkBytes`), whatever the window.
     let verifying = Gate(permits: 2)
@@ -327,43 +318,23 @@ final class RestoreRun {
         self.manifest = manifest
         self.allowed = allowed
         self.progress = progress
-        // A checked manifest lists at most SnapshotManifest.maxChunks chunks.
-        queue = (0..<UInt32(clamping: manifest.chunkRoots.count)).filter { !done.contains($0) }
         chunksDone = done.count
         fetchedAtStart = done.count
-        (events, post) = AsyncStream.makeStream(of: Event.self)
-        iterator = events.makeAsyncIterator()
+        // A checked manifest lists at most SnapshotManifest.maxChunks chunks.
+        for index in 0..<UInt32(clamping: manifest.chunkRoots.count) where !done.contains(index) { scheduler.enqueue(index, index) }
     }
 
     var total: Int { manifest.chunkRoots.count }
 
+    var isFinished: Bool { chunksDone >= total }
+
     func run() async throws -> RestoreReport {
-        let ticker = Task { [post] in
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(100))
-                post.yield(.tick)
-            }
-        }
-        defer { ticker.cancel() }
-        do {
-            while chunksDone < total {
-                try Task.checkCancellation()
-                try await schedule()
-                guard let event = await iterator.next() else { break }
-                try await handle(event)
-            }
-            // The event stream ends early only when this task is cancelled.
-            try Task.checkCancellation()
-        } catch {
-            await stopAll()
-            throw error
-        }
-        await stopAll()
+        try await loop.run(self)
         var report = Self.report(manifest: manifest, fetched: total - fetchedAtStart)
         report.objects = objects
         report.rawBytes = rawBytes
         report.frameBytes = frameBytes
-        report.hedges = hedges
+        report.hedges = scheduler.hedges
         return report
     }
 
@@ -375,14 +346,11 @@ final class RestoreRun {
             agreeingSources: 0, sources: [])
     }
 
-    /// Cancels requests in flight and waits for a write in progress; every request's slot goes
-    /// back to the pool (counted here: a cancelled task's event stream may already be closed).
+    /// Cancels requests in flight and waits for them and for a write in progress; every
+    /// request's slot goes back to the pool.
     func stopAll() async {
-        for t in tasks { t.cancel() }
+        await scheduler.stopAll()
         await writeTask?.value
-        post.finish()
-        for (source, n) in outstanding { for _ in 0..<n { await pool.released(source) } }
-        outstanding = [:]
     }
 
     func settle(source: Int, started: ContinuousClock.Instant, _ result: Result<(RestoredChunk, Int), any Error>, index: UInt32, used: Bool) async {
@@ -393,39 +361,22 @@ final class RestoreRun {
     }
 
     func schedule() async throws {
-        await hedge()
-        let allowed = self.allowed
-        let epoch = manifest.epoch
-        while flights.count < config.window && flights.count + ready.count < config.maxUncommitted, !queue.isEmpty {
-            guard let source = await pool.pick(excluding: [], where: { i, a in allowed.contains(i) && a.snapshotEpochs.contains(epoch) }) else { break }
-            start(queue.removeFirst(), on: source)
-        }
+        await scheduler.hedge()
+        await scheduler.fill(room: { [self] in scheduler.flights.count + ready.count < config.maxUncommitted })
         if writeTask == nil { startWrite() }
-        if flights.isEmpty && writeTask == nil && ready.isEmpty && !queue.isEmpty {
+        if scheduler.isIdle && writeTask == nil && ready.isEmpty && scheduler.hasQueued {
             // Nothing can move: poll the sources again; give up after a few tries.
-            stuck += 1
-            if stuck > 20 {
-                throw SyncError("no usable source serves epoch \(manifest.epoch)'s snapshot any more (\(total - chunksDone) chunks left): "
+            try await scheduler.backOff { [self] in
+                SyncError("no usable source serves epoch \(manifest.epoch)'s snapshot any more (\(total - chunksDone) chunks left): "
                     + (await pool.stats).map(\.description).joined(separator: "; "))
             }
-            try await Task.sleep(for: .milliseconds(min(100 * stuck, 1_000)))
             await pool.refresh()
         }
     }
 
-    func start(_ index: UInt32, on source: Int) {
-        var flight = flights[index] ?? Flight(sources: [], started: .now)
-        flight.sources.insert(source)
-        let task = chunkTask(index, source: source)
-        flight.tasks.append(task)
-        tasks.append(task)
-        outstanding[source, default: 0] += 1
-        flights[index] = flight
-    }
-
-    func chunkTask(_ index: UInt32, source: Int) -> Task<Void, Never> {
+    func chunkTask(_ index: UInt32, source: Int, id: Int) -> Task<Void, Never> {
         let pool = self.pool
-        let post = self.post
+        let post = loop.post
         let manifest = self.manifest
         let timeout = config.requestTimeout
         let limit = config.maxChunkBytes
@@ -442,9 +393,9 @@ final class RestoreRun {
                 let verified = Result { () throws(StoreError) in try manifest.verifyChunk(index: index, frame: answer.frame, proof: answer.proof, limit: limit) }
                 await gate.release()
                 let chunk = try verified.get()
-                post.yield(.chunk(index: index, source: source, started: started, .success((chunk, answer.frame.count))))
+                post.yield(.chunk(index: index, source: source, task: id, started: started, .success((chunk, answer.frame.count))))
             } catch {
-                post.yield(.chunk(index: index, source: source, started: started, .failure(error)))
+                post.yield(.chunk(index: index, source: source, task: id, started: started, .failure(error)))
             }
         }
     }
@@ -452,11 +403,11 @@ final class RestoreRun {
     func startWrite() {
         guard !ready.isEmpty else { return }
         // Small writes cost more per chunk: wait for a fuller batch while more is on its way.
-        if ready.count < config.commitGroup && !flights.isEmpty && ready.count + chunksDone < total { return }
+        if ready.count < config.commitGroup && !scheduler.isIdle && ready.count + chunksDone < total { return }
         let batch = Array(ready.prefix(config.commitGroup))
         ready.removeFirst(batch.count)
         let store = restore.store
-        let post = self.post
+        let post = loop.post
         writeTask = Task {
             do {
                 try await store.commitRestored(batch)
@@ -479,58 +430,36 @@ final class RestoreRun {
                 objects += c.count
                 rawBytes += c.rawBytes
             }
-            stuck = 0
+            scheduler.progressed()
             if let progress {
                 progress(RestoreProgress(
                     epoch: manifest.epoch, chunksDone: chunksDone, chunks: total, objects: objects, rawBytes: rawBytes,
                     sources: await pool.usable.count, elapsed: .now - started))
             }
-        case .chunk(let index, let source, let started, let result):
-            outstanding[source, default: 1] -= 1
-            guard var flight = flights[index], flight.sources.contains(source) else {
+        case .chunk(let index, let source, let task, let started, let result):
+            guard scheduler.answered(task: task, key: index, source: source) != nil else {
                 // A hedge that lost, or a cancelled request.
                 await settle(source: source, started: started, result, index: index, used: false)
                 return
             }
+            await settle(source: source, started: started, result, index: index, used: result.isSuccess)
             switch result {
             case .success((let chunk, let bytes)):
-                await settle(source: source, started: started, result, index: index, used: true)
-                let seconds = (ContinuousClock.now - started).inSeconds
-                chunkSeconds = chunkSeconds.map { 0.8 * $0 + 0.2 * seconds } ?? seconds
                 frameBytes += bytes
-                flights.removeValue(forKey: index)
-                for t in flight.tasks { t.cancel() }
+                scheduler.delivered(index, seconds: (ContinuousClock.now - started).inSeconds)
                 ready.append(chunk)
             case .failure(let error):
-                await settle(source: source, started: started, result, index: index, used: false)
                 // A source that fails fast and again (refusals, errors) is set aside for a while.
                 if !(error is CancellationError) { await pool.banIfFailing(source, after: 3, reason: "snapshot chunks: \(error)") }
-                flight.sources.remove(source)
-                if flight.sources.isEmpty {
-                    flights.removeValue(forKey: index)
-                    queue.insert(index, at: 0)
-                } else {
-                    flights[index] = flight
-                }
+                scheduler.failed(index, source: source)
             }
         }
     }
+}
 
-    /// Asks a straggling chunk of a second source once it has waited past the adaptive delay.
-    func hedge() async {
-        let delay = SyncRun.hedgeDelay(usual: chunkSeconds, minimum: config.minHedgeDelay, timeout: config.requestTimeout)
-        let now = ContinuousClock.now
-        var extra = flights.values.filter { $0.sources.count > 1 }.count
-        let allowed = self.allowed
-        let epoch = manifest.epoch
-        for index in flights.keys.sorted() where extra < max(2, config.window / 2) {
-            guard let flight = flights[index], flight.sources.count == 1, now - flight.started > delay else { continue }
-            guard let source = await pool.pick(excluding: flight.sources, where: { i, a in allowed.contains(i) && a.snapshotEpochs.contains(epoch) }) else { continue }
-            await pool.hedged(source)
-            hedges += 1
-            extra += 1
-            start(index, on: source)
-        }
+extension Result {
+    var isSuccess: Bool {
+        if case .success = self { true } else { false }
     }
 }
 

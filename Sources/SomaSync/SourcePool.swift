@@ -210,8 +210,8 @@ public actor SourcePool {
     /// The best source for `range` that has a free request slot and is not in `excluding`, and
     /// takes the slot; `nil` if none.
     public func pick(covering range: ClosedRange<UInt64>, excluding: Set<Int> = []) -> Int? {
-        let now = ContinuousClock.now
-        return pick(excluding: excluding) { i, _ in eligible(i, range, now) }
+        // pick checks bans, the connection and the poll's answer; this, the range.
+        pick(excluding: excluding) { _, a in a.lowestAvailable <= range.lowerBound && a.highestSynced >= range.upperBound }
     }
 
     /// What source `i` said it holds at the last poll, if it answered.
@@ -219,7 +219,7 @@ public actor SourcePool {
 
     /// The best source that is not banned, answered the last poll, satisfies `wanted` (its index
     /// and availability), has a free request slot and is not in `excluding`; takes the slot.
-    public func pick(excluding: Set<Int> = [], where wanted: (Int, Availability) -> Bool) -> Int? {
+    public func pick(excluding: Set<Int> = [], where wanted: @Sendable (Int, Availability) -> Bool) -> Int? {
         let now = ContinuousClock.now
         var best: (Int, Double)? = nil
         for i in entries.indices where !excluding.contains(i) && entries[i].inFlight < perSourceInFlight {
