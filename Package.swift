@@ -145,7 +145,7 @@ let package = Package(
         ),
         .target(
             name: "SomaTestSupport",
-            dependencies: ["SomaStore"],
+            dependencies: ["SomaStore", "SomaDevnet"],
             path: "Tests/SomaTestSupport",
             swiftSettings: strict
         ),

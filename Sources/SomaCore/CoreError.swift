@@ -70,6 +70,8 @@ public struct CoreError: Error, Hashable, Sendable, CustomStringConvertible {
         case outputObjectMismatch
         /// An empty batch, or a batch that does not fit the request.
         case invalidBatch
+        /// A snapshot manifest or chunk that disagrees with the certified state.
+        case snapshotMismatch
     }
 
     /// What went wrong.

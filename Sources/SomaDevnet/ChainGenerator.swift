@@ -33,6 +33,12 @@ public struct GeneratedCheckpoint: Hashable, Sendable {
         self.certified = certified
         self.data = data
     }
+
+    /// The previous checkpoint's transaction total (what the verifier counts entries from).
+    public var previousTotal: UInt64 {
+        let (total, underflow) = certified.summary.networkTotalTransactions.subtractingReportingOverflow(UInt64(data.entries.count))
+        return underflow ? 0 : total
+    }
 }
 
 /// Generates a deterministic chain from a seed: the genesis (committee with keys, genesis

@@ -122,65 +122,49 @@ public final class CheckpointImporter {
         var previousTotal = tip.summary.networkTotalTransactions
         var jobs: [(SourceCheckpoint, UInt64)] = []
         for item in pending {
-            let (count, underflow) = item.certified.summary.networkTotalTransactions.subtractingReportingOverflow(previousTotal)
-            guard !underflow else { throw SyncError("checkpoint \(item.certified.summary.sequenceNumber): the transaction total goes down") }
-            jobs.append((item, count))
+            jobs.append((item, previousTotal))
             previousTotal = item.certified.summary.networkTotalTransactions
         }
         let userSignatures = self.userSignatures
         let limit = maxBlockBytes
-        let verified = try await parallelMap(jobs, parallelism: parallelism) { item, count in
-            try CheckpointImporter.verifyBlocks(item, entryCount: count, userSignatures: userSignatures, limit: limit)
+        let verified = try await parallelMap(jobs, parallelism: parallelism) { item, previousTotal in
+            try CheckpointImporter.verifyBlocks(item, previousTotal: previousTotal, userSignatures: userSignatures, limit: limit)
         }
         if let store {
             // An import is a catch-up by definition: indexes as sorted runs (DESIGN §6.2).
-            try await store.commit(verified.map(\.0), bulk: verified.count >= 64)
+            try await store.commit(verified, bulk: verified.count >= 64)
         } else {
-            for (cp, _) in verified {
+            for cp in verified {
                 try live.apply(cp.data)
                 if let end = cp.certified.summary.endOfEpoch { try live.verify(endOfEpoch: end, at: cp.certified.summary.sequenceNumber) }
             }
         }
-        for (cp, raw) in verified {
+        for cp in verified {
             checkpoints += 1
             transactions += cp.data.entries.count
-            rawBytes += raw
+            rawBytes += cp.rawBytes
             storedBytes += cp.storedBytes
         }
         tip = newTip
         pending.removeAll(keepingCapacity: true)
     }
 
-    /// Verifies one checkpoint's blocks against its verified summary; returns it ready to commit
-    /// with the size of its raw contents.
-    static func verifyBlocks(_ item: SourceCheckpoint, entryCount: UInt64, userSignatures: Bool, limit: Int) throws -> (VerifiedCheckpoint, Int) {
-        let summary = item.certified.summary
-        if let frames = item.frames {
-            let proofs = item.proofs ?? Array(repeating: [], count: frames.count)
-            guard UInt64(frames.count) == BlockVerifier.partCount(entryCount: entryCount), proofs.count == frames.count else {
-                throw SyncError("checkpoint \(summary.sequenceNumber): \(frames.count) blocks for \(entryCount) entries")
+    /// Verifies one checkpoint's blocks (or contents) against its verified summary, through
+    /// the transaction verifier.
+    static func verifyBlocks(_ item: SourceCheckpoint, previousTotal: UInt64, userSignatures: Bool, limit: Int) throws -> VerifiedCheckpoint {
+        let seq = item.certified.summary.sequenceNumber
+        do {
+            if let frames = item.frames {
+                let proofs = item.proofs ?? Array(repeating: [], count: frames.count)
+                return try CheckpointVerifier.verify(
+                    blocks: frames, proofs: proofs, of: item.certified, previousTotal: previousTotal, verifyUserSignatures: userSignatures,
+                    limit: limit)
             }
-            var entries: [ExecutionData] = []
-            var raw = 0
-            for (part, frame) in frames.enumerated() {
-                let bytes = try LZ4Frame.decompress(frame, limit: limit)
-                raw += bytes.count
-                let data = try CheckpointData(bcsBytes: bytes)
-                if frames.count == 1 {
-                    try BlockVerifier.verify(data, summary: summary, entryCount: entryCount, verifyUserSignatures: userSignatures)
-                } else {
-                    try BlockVerifier.verifyPart(data, part: UInt64(part), proof: proofs[part], summary: summary,
-                                                 entryCount: entryCount, verifyUserSignatures: userSignatures)
-                }
-                entries += data.entries
-            }
-            let data = CheckpointData(sequenceNumber: summary.sequenceNumber, entries: entries)
-            return (VerifiedCheckpoint(certified: item.certified, data: data, frames: frames, proofs: proofs), raw)
+            guard let data = item.data else { throw SyncError("checkpoint \(seq) has no contents") }
+            return try CheckpointVerifier.verify(contents: data, of: item.certified, previousTotal: previousTotal, verifyUserSignatures: userSignatures)
+        } catch let e as CoreError {
+            throw SyncError("checkpoint \(seq): \(e.message)")
         }
-        guard let data = item.data else { throw SyncError("checkpoint \(summary.sequenceNumber) has no contents") }
-        try BlockVerifier.verify(data, summary: summary, entryCount: entryCount, verifyUserSignatures: userSignatures)
-        let cp = VerifiedCheckpoint(certified: item.certified, data: data)
-        return (cp, BCS.encode(data, capacity: 1 << 16).count)
     }
 }
 

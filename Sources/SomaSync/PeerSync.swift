@@ -228,7 +228,7 @@ final class SyncRun: StateSyncJob {
 
     enum Event: Sendable {
         case summaries(Result<SummaryBatchDone, any Error>)
-        case span(first: UInt64, source: Int, task: Int, started: ContinuousClock.Instant, Result<([(VerifiedCheckpoint, Int)], Int), any Error>)
+        case span(first: UInt64, source: Int, task: Int, started: ContinuousClock.Instant, Result<([VerifiedCheckpoint], Int), any Error>)
         case committed(Result<CommitDone, any Error>)
         case tick
     }
@@ -264,7 +264,7 @@ final class SyncRun: StateSyncJob {
     var knownStart = 0
     var lastScheduledTotal: UInt64
     var nextToSchedule: UInt64
-    var ready: [UInt64: (VerifiedCheckpoint, Int)] = [:]
+    var ready: [UInt64: VerifiedCheckpoint] = [:]
     var summaryTask: Task<Void, Never>?
     var commitTask: Task<Void, Never>?
     /// At most this many spans are decompressed and verified at once (each block may take up to
@@ -426,7 +426,7 @@ final class SyncRun: StateSyncJob {
                 let bytes = items.reduce(0) { $0 + $1.block.frame.count }
                 await gate.acquire()
                 // A span cancelled while it waited (the run is stopping) is not verified.
-                let checked: Result<[(VerifiedCheckpoint, Int)], any Error> = Task.isCancelled
+                let checked: Result<[VerifiedCheckpoint], any Error> = Task.isCancelled
                     ? .failure(CancellationError())
                     : Result { try SyncRun.verify(span, items: items, userSignatures: userSignatures, limit: limit) }
                 await gate.release()
@@ -458,7 +458,7 @@ final class SyncRun: StateSyncJob {
     }
 
     func startCommit() {
-        var batch: [(VerifiedCheckpoint, Int)] = []
+        var batch: [VerifiedCheckpoint] = []
         var seq = syncedSeq + 1
         while batch.count < config.commitGroup, let item = ready.removeValue(forKey: seq) {
             batch.append(item)
@@ -469,7 +469,7 @@ final class SyncRun: StateSyncJob {
         // each): wait for a fuller one while more is on its way.
         let remaining = Self.count(after: syncedSeq, through: target, limit: config.commitGroup)
         if batch.count < min(config.commitGroup / 2, remaining) && !scheduler.isIdle {
-            for item in batch { ready[item.0.certified.summary.sequenceNumber] = item }
+            for item in batch { ready[item.certified.summary.sequenceNumber] = item }
             return
         }
         let store = self.store
@@ -479,11 +479,11 @@ final class SyncRun: StateSyncJob {
         let bulk = Self.count(after: syncedSeq, through: target, limit: config.maxUncommitted + 1) > config.maxUncommitted
         commitTask = Task {
             do {
-                try await store.commit(batch.map(\.0), bulk: bulk)
+                try await store.commit(batch, bulk: bulk)
                 let done = CommitDone(
-                    last: batch[batch.count - 1].0.certified, checkpoints: batch.count,
-                    transactions: batch.reduce(0) { $0 + $1.0.data.entries.count }, rawBytes: batch.reduce(0) { $0 + $1.1 },
-                    storedBytes: batch.reduce(0) { $0 + $1.0.storedBytes })
+                    last: batch[batch.count - 1].certified, checkpoints: batch.count,
+                    transactions: batch.reduce(0) { $0 + $1.data.entries.count }, rawBytes: batch.reduce(0) { $0 + $1.rawBytes },
+                    storedBytes: batch.reduce(0) { $0 + $1.storedBytes })
                 post.yield(.committed(.success(done)))
             } catch {
                 post.yield(.committed(.failure(error)))
@@ -543,7 +543,7 @@ final class SyncRun: StateSyncJob {
     }
 
     func spanDone(
-        first: UInt64, source: Int, task: Int, started: ContinuousClock.Instant, _ result: Result<([(VerifiedCheckpoint, Int)], Int), any Error>
+        first: UInt64, source: Int, task: Int, started: ContinuousClock.Instant, _ result: Result<([VerifiedCheckpoint], Int), any Error>
     ) async throws {
         guard let flight = scheduler.answered(task: task, key: first, source: source) else {
             // A hedge that lost (the span was already delivered) or a cancelled request.
@@ -557,7 +557,7 @@ final class SyncRun: StateSyncJob {
         case .success((let verified, let bytes)):
             let took = ContinuousClock.now - started
             await pool.succeeded(source, bytes: bytes, duration: took, used: verified.count)
-            for item in verified { ready[item.0.certified.summary.sequenceNumber] = item }
+            for item in verified { ready[item.certified.summary.sequenceNumber] = item }
             // Other sources still on this span lose: cancelled, each accounted when it reports.
             scheduler.delivered(first, seconds: verified.count == flight.work.summaries.count ? took.inSeconds : nil)
             if verified.count < flight.work.summaries.count {
@@ -565,7 +565,7 @@ final class SyncRun: StateSyncJob {
                 var rest = flight.work
                 let taken = verified.count
                 rest.first += UInt64(taken)
-                if taken > 0 { rest.previousTotal = verified[taken - 1].0.certified.summary.networkTotalTransactions }
+                if taken > 0 { rest.previousTotal = verified[taken - 1].certified.summary.networkTotalTransactions }
                 rest.summaries.removeFirst(taken)
                 if taken == 0 { await pool.noteLacks(source) }
                 scheduler.enqueue(rest.first, rest)
@@ -580,8 +580,9 @@ final class SyncRun: StateSyncJob {
 
     /// Verifies a span's stream against its verified summaries: the verified prefix (a source
     /// may stop early), each with its raw size.
-    static func verify(_ span: Span, items: [BlockItem], userSignatures: Bool, limit: Int) throws -> [(VerifiedCheckpoint, Int)] {
-        var out: [(VerifiedCheckpoint, Int)] = []
+    static func verify(_ span: Span, items: [BlockItem], userSignatures: Bool, limit: Int) throws -> [VerifiedCheckpoint] {
+        var out: [VerifiedCheckpoint] = []
+        out.reserveCapacity(span.summaries.count)
         var k = 0
         var previousTotal = span.previousTotal
         for certified in span.summaries {
@@ -593,16 +594,20 @@ final class SyncRun: StateSyncJob {
             // The part count is the source's (a UInt32: it converts exactly), checked against the
             // certified entry count before it sizes anything.
             let parts = Int(items[k].block.count)
-            let (entryCount, underflow) = certified.summary.networkTotalTransactions.subtractingReportingOverflow(previousTotal)
-            guard !underflow else {
-                throw SyncError("checkpoint \(seq): certified total \(certified.summary.networkTotalTransactions) below the previous \(previousTotal)")
+            let expected: UInt64
+            do {
+                expected = try CheckpointVerifier.partCount(of: certified.summary, previousTotal: previousTotal)
+            } catch {
+                throw SyncError("checkpoint \(seq): \(error.message)")
             }
-            guard UInt64(parts) == BlockVerifier.partCount(entryCount: entryCount) else {
-                throw SyncError("checkpoint \(seq): \(parts) parts announced for \(entryCount) entries")
+            guard UInt64(parts) == expected else {
+                throw SyncError("checkpoint \(seq): \(parts) parts announced for \(expected) parts certified")
             }
             guard k + parts <= items.count else { break }
             var frames: [[UInt8]] = []
             var proofs: [[Digest]] = []
+            frames.reserveCapacity(min(parts, items.count - k))
+            proofs.reserveCapacity(min(parts, items.count - k))
             for p in 0..<parts {
                 let item = items[k + p]
                 guard item.seq == seq, item.part == UInt32(p) else {
@@ -612,9 +617,13 @@ final class SyncRun: StateSyncJob {
                 proofs.append(item.block.proof)
             }
             k += parts
-            out.append(try CheckpointImporter.verifyBlocks(
-                SourceCheckpoint(certified: certified, frames: frames, proofs: proofs), entryCount: entryCount,
-                userSignatures: userSignatures, limit: limit))
+            do {
+                out.append(try CheckpointVerifier.verify(
+                    blocks: frames, proofs: proofs, of: certified, previousTotal: previousTotal, verifyUserSignatures: userSignatures,
+                    limit: limit))
+            } catch let e as CoreError {
+                throw SyncError("checkpoint \(seq): \(e.message)")
+            }
             previousTotal = certified.summary.networkTotalTransactions
         }
         guard k == items.count || out.count < span.summaries.count else {

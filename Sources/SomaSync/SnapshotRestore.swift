@@ -280,8 +280,8 @@ public struct SnapshotRestore: Sendable {
 /// run as tasks that report back as events.
 final class RestoreRun: StateSyncJob {
     enum Event: Sendable {
-        case chunk(index: UInt32, source: Int, task: Int, started: ContinuousClock.Instant, Result<(RestoredChunk, Int), any Error>)
-        case written(Result<[RestoredChunk], any Error>)
+        case chunk(index: UInt32, source: Int, task: Int, started: ContinuousClock.Instant, Result<(VerifiedChunk, Int), any Error>)
+        case written(Result<[VerifiedChunk], any Error>)
         case tick
     }
 
@@ -300,7 +300,7 @@ final class RestoreRun: StateSyncJob {
         window: config.window, minHedgeDelay: config.minHedgeDelay, requestTimeout: .nanoseconds(config.requestTimeout.nanoseconds)
     ) { [unowned self] index, _, source, id in self.chunkTask(index, source: source, id: id) }
 
-    var ready: [RestoredChunk] = []
+    var ready: [VerifiedChunk] = []
     var writeTask: Task<Void, Never>?
     var chunksDone: Int
     let fetchedAtStart: Int
@@ -353,7 +353,7 @@ final class RestoreRun: StateSyncJob {
         await writeTask?.value
     }
 
-    func settle(source: Int, started: ContinuousClock.Instant, _ result: Result<(RestoredChunk, Int), any Error>, index: UInt32, used: Bool) async {
+    func settle(source: Int, started: ContinuousClock.Instant, _ result: Result<(VerifiedChunk, Int), any Error>, index: UInt32, used: Bool) async {
         switch result {
         case .success((_, let bytes)): await pool.succeeded(source, bytes: bytes, duration: .now - started, used: used ? 1 : 0)
         case .failure(let error): await SyncRun.judge(error, source: source, pool: pool, what: "snapshot chunk \(index) of epoch \(manifest.epoch)")

@@ -22,15 +22,16 @@ struct ExportChain: AsyncParsableCommand {
         let cores = ProcessInfo.processInfo.activeProcessorCount
         while !generator.isFinished {
             let batch = await generator.next(count: 100, parallelism: cores)
-            let records = await withTaskGroup(of: (Int, ChainRecord).self) { group in
+            let records = try await withThrowingTaskGroup(of: (Int, ChainRecord).self) { group in
                 for (i, cp) in batch.enumerated() {
                     group.addTask {
-                        let v = VerifiedCheckpoint(certified: cp.certified, data: cp.data)
+                        // The blocks are built by the verifier, from contents it checked.
+                        let v = try CheckpointVerifier.verify(contents: cp.data, of: cp.certified, previousTotal: cp.previousTotal)
                         return (i, ChainRecord(certified: v.certified, frames: v.frames, proofs: v.proofs))
                     }
                 }
                 var out = [ChainRecord?](repeating: nil, count: batch.count)
-                for await (i, r) in group { out[i] = r }
+                for try await (i, r) in group { out[i] = r }
                 return out.compactMap { $0 }
             }
             for r in records { try writer.write(r) }
@@ -145,23 +146,23 @@ struct Store: AsyncParsableCommand {
         try await store.initialize(genesis: reader.genesis)
         var result = IngestResult()
 
-        @Sendable func decode(_ records: [ChainRecord]) async throws -> [(VerifiedCheckpoint, Int)] {
-            try await withThrowingTaskGroup(of: (Int, VerifiedCheckpoint, Int).self) { group in
+        /// The records verified against their summaries (in parallel), as the store takes them.
+        @Sendable func decode(_ records: [ChainRecord], after previousTotal: UInt64) async throws -> [VerifiedCheckpoint] {
+            var totals: [UInt64] = []
+            var total = previousTotal
+            for r in records {
+                totals.append(total)
+                total = r.certified.summary.networkTotalTransactions
+            }
+            return try await withThrowingTaskGroup(of: (Int, VerifiedCheckpoint).self) { group in
                 for (i, r) in records.enumerated() {
+                    let before = totals[i]
                     group.addTask {
-                        var entries: [ExecutionData] = []
-                        var raw = 0
-                        for frame in r.frames {
-                            let bytes = try LZ4Frame.decompress(frame, limit: 256 << 20)
-                            raw += bytes.count
-                            entries += try CheckpointData(bcsBytes: bytes).entries
-                        }
-                        let data = CheckpointData(sequenceNumber: r.certified.summary.sequenceNumber, entries: entries)
-                        return (i, VerifiedCheckpoint(certified: r.certified, data: data, frames: r.frames, proofs: r.proofs), raw)
+                        (i, try CheckpointVerifier.verify(blocks: r.frames, proofs: r.proofs, of: r.certified, previousTotal: before, limit: 256 << 20))
                     }
                 }
-                var out = [(VerifiedCheckpoint, Int)?](repeating: nil, count: records.count)
-                for try await (i, v, raw) in group { out[i] = (v, raw) }
+                var out = [VerifiedCheckpoint?](repeating: nil, count: records.count)
+                for try await (i, v) in group { out[i] = v }
                 return out.compactMap { $0 }
             }
         }
@@ -184,18 +185,19 @@ struct Store: AsyncParsableCommand {
         } : nil
 
         let start = ContinuousClock.now
-        var current = try await decode(try readChunk())
+        var current = try await decode(try readChunk(), after: reader.genesis.checkpoint.summary.networkTotalTransactions)
         while !current.isEmpty {
             let next = try readChunk()
-            async let decoding = decode(next)
+            let after = current[current.count - 1].certified.summary.networkTotalTransactions
+            async let decoding = decode(next, after: after)
             let commitStart = ContinuousClock.now
-            try await store.commit(current.map(\.0))
+            try await store.commit(current)
             let d = ContinuousClock.now - commitStart
             result.commitSeconds += Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
-            for (v, raw) in current {
+            for v in current {
                 result.checkpoints += 1
                 result.transactions += v.data.entries.count
-                result.rawBytes += raw
+                result.rawBytes += v.rawBytes
             }
             current = try await decoding
         }

@@ -45,7 +45,7 @@ final class Fixture: Sendable {
             config.snapshotChunkSize = 16
             let store = try await NodeStore.open(path: path, configuration: config)
             try await store.initialize(genesis: generator.genesis)
-            try await store.commit(checkpoints.map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+            try await store.commit(checkpoints.map { try CheckpointVerifier.verify(contents: $0.data, of: $0.certified, previousTotal: $0.previousTotal) })
             guard let manifest = try await store.snapshotManifest(epoch: 1),
                   let end = try await store.summary(at: manifest.lastCheckpoint)
             else { fail("the fixture store has no snapshot of epoch 1") }

@@ -241,7 +241,7 @@ struct Export: AsyncParsableCommand {
         while !generator.isFinished {
             let batch = await generator.next(count: 100, parallelism: chain.parallelism)
             let records = try await parallelMap(batch, parallelism: chain.parallelism) { cp in
-                let v = VerifiedCheckpoint(certified: cp.certified, data: cp.data)
+                let v = try CheckpointVerifier.verify(contents: cp.data, of: cp.certified, previousTotal: cp.previousTotal)
                 return ChainRecord(certified: v.certified, frames: v.frames, proofs: v.proofs)
             }
             for r in records {

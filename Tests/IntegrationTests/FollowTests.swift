@@ -20,7 +20,7 @@ struct FollowTests {
         // The source: a store that grows while the others follow it.
         let store = try await NodeStore.open(path: base.file("source"))
         try await store.initialize(genesis: genesis)
-        try await store.commit(chain[..<150].map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+        try await store.commit(chain[..<150].map(\.verified))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let server = try await NetServer.start(
             host: "127.0.0.1", port: 0, identity: HandshakeIdentity(key: SigningKey.generate(), chainID: genesis.chainID),
@@ -59,7 +59,7 @@ struct FollowTests {
         let caughtUp = try await waitFor(150)
         #expect(caughtUp == [150, 150])
         // The chain grows; the source pushes its new tip to f only.
-        try await store.commit(chain[150...].map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+        try await store.commit(chain[150...].map(\.verified))
         let pusher = try await PeerClient.connect(
             host: "127.0.0.1", port: Int(followers[0].address.split(separator: ":").last!)!,
             identity: HandshakeIdentity(key: SigningKey.generate(), chainID: genesis.chainID), group: group)

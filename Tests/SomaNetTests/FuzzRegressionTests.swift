@@ -17,7 +17,7 @@ struct FuzzRegressionTests {
         let checkpoints = await generator.generateAll(parallelism: 2)
         let store = try await NodeStore.open(path: dir.path)
         try await store.initialize(genesis: generator.genesis)
-        try await store.commit(checkpoints.map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+        try await store.commit(checkpoints.map(\.verified))
         try await body(HistoryService(store: store))
         await store.close()
     }

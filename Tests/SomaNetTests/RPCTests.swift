@@ -24,7 +24,7 @@ struct ServedChain {
         config.snapshotChunkSize = 16
         let store = try await NodeStore.open(path: dir.path, configuration: config)
         try await store.initialize(genesis: generator.genesis)
-        try await store.commit(checkpoints.map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+        try await store.commit(checkpoints.map(\.verified))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let chainID = generator.genesis.chainID
         let server = try await NetServer.start(
@@ -228,7 +228,7 @@ struct StreamTests {
         let checkpoints = await generator.generateAll(parallelism: 2)
         let store = try await NodeStore.open(path: dir.path)
         try await store.initialize(genesis: generator.genesis)
-        try await store.commit(checkpoints.map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+        try await store.commit(checkpoints.map(\.verified))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let chainID = generator.genesis.chainID
         let server = try await NetServer.start(

@@ -15,7 +15,7 @@ struct CloseTests {
         let checkpoints = await generator.generateAll(parallelism: 2)
         let store = try await NodeStore.open(path: dir.path)
         try await store.initialize(genesis: generator.genesis)
-        try await store.commit(checkpoints.map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+        try await store.commit(checkpoints.map(\.verified))
 
         // Readers hammering the store while it closes: each read answers or throws `closed`.
         let readers = (0..<8).map { k in

@@ -9,7 +9,7 @@ import Testing
 func makeChain(_ profile: DevnetProfile = .tiny, seed: UInt64 = 3) async -> (ChainGenerator, [VerifiedCheckpoint]) {
     let generator = ChainGenerator(profile: profile, seed: seed)
     let checkpoints = await generator.generateAll(parallelism: 2)
-    return (generator, checkpoints.map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+    return (generator, checkpoints.map(\.verified))
 }
 
 @Suite("NodeStore: commit, execution, reads, snapshots, pruning")

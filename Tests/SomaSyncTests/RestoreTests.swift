@@ -258,7 +258,7 @@ struct RestoreTests {
             ends.append(try #require(try await source.summary(at: last)))
         }
         try await other.beginRestore(manifest: manifest, epochEnds: ends)
-        var chunks: [RestoredChunk] = []
+        var chunks: [VerifiedChunk] = []
         for i in 0..<UInt32(manifest.chunkRoots.count) {
             let frame = try #require(try await source.snapshotChunk(epoch: 2, index: i))
             chunks.append(try manifest.verifyChunk(index: i, frame: frame, proof: try manifest.proof(chunk: Int(i)), limit: 1 << 26))

@@ -93,7 +93,7 @@ final class SyncNetwork {
         }
         let store = try await NodeStore.open(path: dir.file(name), configuration: config)
         try await store.initialize(genesis: genesis)
-        try await store.commit(checkpoints.map { VerifiedCheckpoint(certified: $0.certified, data: $0.data) })
+        try await store.commit(checkpoints.map(\.verified))
         if retainEpochs != nil { _ = try await store.prune() }
         stores.append(store)
         return store

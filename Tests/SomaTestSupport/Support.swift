@@ -1,5 +1,6 @@
 public import Foundation
-import SomaCore
+public import SomaCore
+public import SomaDevnet
 public import SomaStore
 public import Testing
 
@@ -60,4 +61,17 @@ public func tool(_ names: String...) -> String? {
         }
     }
     return nil
+}
+
+extension GeneratedCheckpoint {
+    /// This checkpoint through the transaction verifier, its blocks built by it. A generated
+    /// chain always verifies: a failure is a bug of the generator or the verifier, and stops
+    /// the test run.
+    public var verified: VerifiedCheckpoint {
+        do {
+            return try CheckpointVerifier.verify(contents: data, of: certified, previousTotal: previousTotal)
+        } catch {
+            preconditionFailure("generated checkpoint \(certified.summary.sequenceNumber) fails verification: \(error)")
+        }
+    }
 }

@@ -10,11 +10,22 @@ public enum BlockVerifier {
 
     /// The leaf hashes of `entries`, checking each entry on the way.
     static func leafHashes(of data: CheckpointData, verifyUserSignatures: Bool) throws(CoreError) -> [Digest] {
+        var digests: [Digest] = []
+        var encodings: [[UInt8]] = []
+        return try leafHashes(of: data, verifyUserSignatures: verifyUserSignatures, digests: &digests, encodings: &encodings)
+    }
+
+    /// The leaf hashes of `entries`, checking each entry on the way; appends each transaction's
+    /// digest to `digests` and each output object's encoding to `encodings` (what the checks
+    /// compute anyway, kept so that nobody computes them again).
+    static func leafHashes(
+        of data: CheckpointData, verifyUserSignatures: Bool, digests: inout [Digest], encodings: inout [[UInt8]]
+    ) throws(CoreError) -> [Digest] {
         var hashes: [Digest] = []
         hashes.reserveCapacity(data.entries.count)
         for (i, entry) in data.entries.enumerated() {
             let txDigest = entry.transaction.digest
-            try checkEntry(entry, transactionDigest: txDigest, checkpoint: data.sequenceNumber, index: i)
+            try checkEntry(entry, transactionDigest: txDigest, checkpoint: data.sequenceNumber, index: i, encodings: &encodings)
             if verifyUserSignatures && !(data.sequenceNumber == 0 && entry.transaction.data.kind == TransactionData.genesisKind) {
                 do {
                     try entry.transaction.verifyUserSignatures()
@@ -25,6 +36,7 @@ public enum BlockVerifier {
             let leaf = ExecutionLeaf(
                 transaction: txDigest, effects: entry.effects.digest, signatures: entry.transaction.signaturesDigest)
             hashes.append(leaf.leafHash)
+            digests.append(txDigest)
         }
         return hashes
     }
@@ -33,6 +45,15 @@ public enum BlockVerifier {
     /// unique, versions grow, and every written output has its object (in order), nothing more.
     public static func checkEntry(
         _ entry: ExecutionData, transactionDigest: Digest, checkpoint: UInt64, index: Int
+    ) throws(CoreError) {
+        var encodings: [[UInt8]] = []
+        try checkEntry(entry, transactionDigest: transactionDigest, checkpoint: checkpoint, index: index, encodings: &encodings)
+    }
+
+    /// ``checkEntry(_:transactionDigest:checkpoint:index:)``, appending each output object's
+    /// encoding (the bytes its digest is computed from) to `encodings`.
+    static func checkEntry(
+        _ entry: ExecutionData, transactionDigest: Digest, checkpoint: UInt64, index: Int, encodings: inout [[UInt8]]
     ) throws(CoreError) {
         let effects = entry.effects
         guard effects.transactionDigest == transactionDigest else {
@@ -56,12 +77,14 @@ public enum BlockVerifier {
             }
             let object = entry.outputObjects[objectIndex]
             objectIndex += 1
+            let encoding = object.bcsBytes
             guard object.id == change.id, object.version == out.version, object.previousTransaction == transactionDigest,
-                  object.digest == out.digest
+                  Hashing.sha256(domain: Object.domain, encoding) == out.digest
             else {
                 throw CoreError(.outputObjectMismatch,
                     "checkpoint \(checkpoint) entry \(index): output object \(object.id.short) v\(object.version) does not match the effects")
             }
+            encodings.append(encoding)
         }
         guard objectIndex == entry.outputObjects.count else {
             throw CoreError(.outputObjectMismatch,
@@ -84,7 +107,19 @@ public enum BlockVerifier {
             throw CoreError(.contentMismatch,
                 "checkpoint \(data.sequenceNumber) has \(data.entries.count) entries, the summaries say \(entryCount)")
         }
-        let hashes = try leafHashes(of: data, verifyUserSignatures: verifyUserSignatures)
+        try checkRoot(try leafHashes(of: data, verifyUserSignatures: verifyUserSignatures), of: data, summary: summary, entryCount: entryCount)
+    }
+
+    /// Checks a whole checkpoint's leaf hashes against the certified content digest (and the
+    /// entry count, if known).
+    static func checkRoot(_ hashes: [Digest], of data: CheckpointData, summary: CheckpointSummary, entryCount: UInt64?) throws(CoreError) {
+        guard data.sequenceNumber == summary.sequenceNumber else {
+            throw CoreError(.contentMismatch, "block of checkpoint \(data.sequenceNumber) offered for \(summary.sequenceNumber)")
+        }
+        if let entryCount, UInt64(data.entries.count) != entryCount {
+            throw CoreError(.contentMismatch,
+                "checkpoint \(data.sequenceNumber) has \(data.entries.count) entries, the summaries say \(entryCount)")
+        }
         guard Merkle.root(leafHashes: hashes) == summary.contentDigest else {
             throw CoreError(.contentMismatch, "checkpoint \(data.sequenceNumber): contents do not match the certified content digest")
         }
@@ -101,7 +136,18 @@ public enum BlockVerifier {
         guard data.sequenceNumber == summary.sequenceNumber else {
             throw CoreError(.contentMismatch, "part of checkpoint \(data.sequenceNumber) offered for \(summary.sequenceNumber)")
         }
-        let hashes = try leafHashes(of: data, verifyUserSignatures: verifyUserSignatures)
+        try checkPart(
+            try leafHashes(of: data, verifyUserSignatures: verifyUserSignatures), of: data, part: part, proof: proof, summary: summary,
+            entryCount: entryCount)
+    }
+
+    /// Checks one part's leaf hashes with its subtree proof against the certified content digest.
+    static func checkPart(
+        _ hashes: [Digest], of data: CheckpointData, part: UInt64, proof: [Digest], summary: CheckpointSummary, entryCount: UInt64
+    ) throws(CoreError) {
+        guard data.sequenceNumber == summary.sequenceNumber else {
+            throw CoreError(.contentMismatch, "part of checkpoint \(data.sequenceNumber) offered for \(summary.sequenceNumber)")
+        }
         do {
             try Merkle.verifySubtree(
                 chunkLeafHashes: hashes, chunk: part, chunkSize: UInt64(partSize), treeSize: entryCount, proof: proof,
@@ -115,7 +161,12 @@ public enum BlockVerifier {
     /// A checkpoint of at most ``partSize`` entries is one part with an empty proof.
     public static func parts(of data: CheckpointData) -> [(data: CheckpointData, proof: [Digest])] {
         guard data.entries.count > partSize else { return [(data, [])] }
-        let hashes = data.entries.map { $0.leaf.leafHash }
+        return parts(of: data, leafHashes: data.entries.map { $0.leaf.leafHash })
+    }
+
+    /// ``parts(of:)`` with the entries' leaf hashes already computed.
+    static func parts(of data: CheckpointData, leafHashes hashes: [Digest]) -> [(data: CheckpointData, proof: [Digest])] {
+        guard data.entries.count > partSize else { return [(data, [])] }
         let roots = Merkle.chunkRoots(leafHashes: hashes, chunkSize: partSize)
         return roots.indices.map { p in
             let lo = p * partSize

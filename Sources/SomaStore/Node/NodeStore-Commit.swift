@@ -2,75 +2,48 @@ public import SomaCore
 import Foundation
 import Synchronization
 
-/// A checkpoint whose summary and contents have been verified (DESIGN §5), ready to commit,
-/// with its blocks: LZ4 frames of `bcs(CheckpointData)`, one per part of ≤ 1,024 entries.
-public struct VerifiedCheckpoint: Sendable {
-    /// The certified summary.
-    public let certified: CertifiedCheckpointSummary
-    /// The contents.
-    public let data: CheckpointData
-    /// The stored blocks, one LZ4 frame per part.
-    public let frames: [[UInt8]]
-    /// Each part's subtree proof (empty for a single-part checkpoint).
-    public let proofs: [[Digest]]
-    /// Derived once, where the checkpoint is built (in parallel with other checkpoints), so the
-    /// single writer only copies: each entry's transaction digest, and each output object's
-    /// key and encoding.
-    let transactionDigests: [Digest]
-    let objectRecords: [(key: [UInt8], value: [UInt8])]
-
-    /// Builds the blocks by encoding and compressing the contents (done once, by whoever
-    /// first builds them; from then on the same bytes are stored, served and archived).
-    public init(certified: CertifiedCheckpointSummary, data: CheckpointData) {
-        self.certified = certified
-        self.data = data
-        let parts = BlockVerifier.parts(of: data)
-        frames = parts.map { LZ4Frame.compress(BCS.encode($0.data, capacity: 1 << 16)) }
-        proofs = parts.count > 1 ? parts.map(\.proof) : [[]]
-        (transactionDigests, objectRecords) = Self.derive(data)
-    }
-
-    static func derive(_ data: CheckpointData) -> ([Digest], [(key: [UInt8], value: [UInt8])]) {
-        var digests: [Digest] = []
-        digests.reserveCapacity(data.entries.count)
-        var records: [(key: [UInt8], value: [UInt8])] = []
-        for entry in data.entries {
-            digests.append(entry.transaction.digest)
-            for object in entry.outputObjects {
-                records.append((StoreKeys.object(object.id, version: object.version), object.bcsBytes))
-            }
+extension CheckpointVerifier {
+    /// ``verify(blocks:proofs:of:previousTotal:verifyUserSignatures:decompress:)`` with LZ4
+    /// frames of at most `limit` decompressed bytes each.
+    public static func verify(
+        blocks frames: [[UInt8]], proofs: [[Digest]], of certified: CertifiedCheckpointSummary, previousTotal: UInt64,
+        verifyUserSignatures: Bool = false, limit: Int
+    ) throws -> VerifiedCheckpoint {
+        try verify(blocks: frames, proofs: proofs, of: certified, previousTotal: previousTotal, verifyUserSignatures: verifyUserSignatures) {
+            frame throws(StoreError) in try LZ4Frame.decompress(frame, limit: limit)
         }
-        return (digests, records)
     }
 
-    /// Wraps blocks received as they are (from a peer or an archive), with their contents.
-    public init(certified: CertifiedCheckpointSummary, data: CheckpointData, frames: [[UInt8]], proofs: [[Digest]]) {
-        precondition(!frames.isEmpty && frames.count == proofs.count, "one proof per frame")
-        self.certified = certified
-        self.data = data
-        self.frames = frames
-        self.proofs = proofs
-        (transactionDigests, objectRecords) = Self.derive(data)
+    /// ``verify(contents:of:previousTotal:verifyUserSignatures:compress:)`` building LZ4 frames.
+    public static func verify(
+        contents data: CheckpointData, of certified: CertifiedCheckpointSummary, previousTotal: UInt64, verifyUserSignatures: Bool = false
+    ) throws(CoreError) -> VerifiedCheckpoint {
+        try verify(contents: data, of: certified, previousTotal: previousTotal, verifyUserSignatures: verifyUserSignatures) {
+            LZ4Frame.compress($0)
+        }
     }
-
-    /// A checkpoint read back from the store for execution only (no blocks to write).
-    init(executing certified: CertifiedCheckpointSummary, data: CheckpointData) {
-        self.certified = certified
-        self.data = data
-        frames = []
-        proofs = []
-        transactionDigests = []
-        objectRecords = []
-    }
-
-    /// The bytes of the blocks.
-    public var storedBytes: Int { frames.reduce(0) { $0 + $1.count } }
 }
 
 /// The random-key index entries of a bulk group, collected for sorted SST files.
 struct IndexRuns {
     var transactions: [(digest: Digest, seq: UInt64, index: UInt32)] = []
-    var objects: [(key: [UInt8], value: [UInt8])] = []
+    /// Object versions: id, version and encoding (the key `id ‖ version` is written when the
+    /// sorted file is built, off the commit thread).
+    var objects: [(id: ObjectID, version: UInt64, value: [UInt8])] = []
+}
+
+/// What execution needs of a checkpoint: its summary and contents.
+protocol ExecutableCheckpoint {
+    var certified: CertifiedCheckpointSummary { get }
+    var data: CheckpointData { get }
+}
+
+extension VerifiedCheckpoint: ExecutableCheckpoint {}
+
+/// A checkpoint read back from the store for execution (verified before it was stored).
+struct StoredCheckpoint: ExecutableCheckpoint {
+    let certified: CertifiedCheckpointSummary
+    let data: CheckpointData
 }
 
 /// Watermarks and epoch records as a write in progress sees them.
@@ -223,13 +196,25 @@ extension NodeStore {
             for (index, digest) in cp.transactionDigests.enumerated() {
                 runs!.transactions.append((digest, seq, UInt32(index)))
             }
-            runs!.objects.append(contentsOf: cp.objectRecords)
+            var k = 0
+            for entry in cp.data.entries {
+                for object in entry.outputObjects where k < cp.objectEncodings.count {
+                    runs!.objects.append((object.id, object.version, cp.objectEncodings[k]))
+                    k += 1
+                }
+            }
         } else {
             for (index, digest) in cp.transactionDigests.enumerated() {
                 batch.put(cf.transactions, digest.bytes, StoreKeys.position(seq, UInt32(index)))
             }
-            for record in cp.objectRecords {
-                batch.put(cf.objects, record.key, record.value)
+            var k = 0
+            var key = [UInt8](repeating: 0, count: 40)
+            for entry in cp.data.entries {
+                for object in entry.outputObjects where k < cp.objectEncodings.count {
+                    StoreKeys.writeObjectKey(object.id, object.version, into: &key)
+                    batch.put(cf.objects, key, cp.objectEncodings[k])
+                    k += 1
+                }
             }
         }
         if let end = summary.endOfEpoch {
@@ -259,7 +244,8 @@ extension NodeStore {
         try Self.freshDirectory(dir)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let transactions = runs.transactions.sorted { $0.digest < $1.digest }
-        let objects = runs.objects.sorted { $0.key.lexicographicallyPrecedes($1.key) }
+        // Sorted as their keys `id ‖ version (BE)` sort.
+        let objects = runs.objects.sorted { $0.id < $1.id || ($0.id == $1.id && $0.version < $1.version) }
         let paths = [dir + "/transactions.sst", dir + "/objects.sst"]
         let failures = Mutex<[StoreError]>([])
         DispatchQueue.concurrentPerform(iterations: 2) { i in
@@ -274,8 +260,10 @@ extension NodeStore {
                 } else {
                     guard !objects.isEmpty else { return }
                     let w = try database.sstWriter(cf.objects, path: paths[1])
-                    for (k, o) in objects.enumerated() where k + 1 == objects.count || objects[k + 1].key != o.key {
-                        try w.put(o.key, o.value)
+                    var key = [UInt8](repeating: 0, count: 40)
+                    for (k, o) in objects.enumerated() where k + 1 == objects.count || objects[k + 1].id != o.id || objects[k + 1].version != o.version {
+                        StoreKeys.writeObjectKey(o.id, o.version, into: &key)
+                        try w.put(key, o.value)
                     }
                     try w.finish()
                 }
@@ -364,9 +352,9 @@ extension NodeStore {
     /// `highestExecuted` watermark to `batch`, and checks the state root if the last one ends
     /// an epoch. Returns that epoch and its completed record.
     @discardableResult
-    func stageExecution<C: BidirectionalCollection<VerifiedCheckpoint>>(
+    func stageExecution<C: BidirectionalCollection>(
         _ checkpoints: C, view: inout LiveObjectSet, touched: [ObjectID], into batch: WriteBatch, state: inout WriterState
-    ) throws -> (UInt64, EpochRecord)? {
+    ) throws -> (UInt64, EpochRecord)? where C.Element: ExecutableCheckpoint {
         var endOfEpoch: (UInt64, EpochRecord)? = nil
         for cp in checkpoints {
             let summary = cp.certified.summary
@@ -525,12 +513,13 @@ extension NodeStore {
             var next = try StoreKeys.successor(executed.seq, "highestExecuted")
             var done = 0
             while next <= synced.seq && done < maxCheckpoints {
-                var group: [VerifiedCheckpoint] = []
+                var group: [StoredCheckpoint] = []
                 while next <= synced.seq && group.count < Self.maxGroup && done < maxCheckpoints {
                     guard let summary = try summarySync(next), let data = try checkpointDataSync(next) else {
                         throw StoreError(.inconsistent, "checkpoint \(next) is below highestSynced but not stored")
                     }
-                    group.append(VerifiedCheckpoint(executing: summary, data: data))
+                    // Verified before it was stored; read back from the store's own blocks.
+                    group.append(StoredCheckpoint(certified: summary, data: data))
                     next += 1
                     done += 1
                     if summary.summary.endOfEpoch != nil { break }

@@ -1,30 +1,6 @@
 public import SomaCore
 import Foundation
 
-/// One snapshot chunk received from a source and verified on its own
-/// (``SnapshotManifest/verifyChunk(index:frame:proof:limit:)``), ready to store.
-public struct RestoredChunk: Sendable {
-    /// The chunk's index.
-    public let index: UInt32
-    /// The LZ4 frame as received (stored as it is, so the restored node serves the snapshot too).
-    public let frame: [UInt8]
-    /// The objects' references, in id order.
-    public let references: [ObjectRef]
-    /// The decompressed chunk, `bcs(Vec<Object>)`: the objects' encodings, as certified, lie in
-    /// it at ``spans`` (kept in one buffer, not one array an object).
-    let raw: [UInt8]
-    /// Where each object's encoding lies in `raw`.
-    let spans: [Range<Int>]
-
-    /// The number of objects.
-    public var count: Int { references.count }
-    /// The objects' encoded bytes.
-    public var rawBytes: Int { spans.reduce(0) { $0 + $1.count } }
-
-    /// The encoding of object `k`, as certified.
-    public func encoding(_ k: Int) -> [UInt8] { Array(raw[spans[k]]) }
-}
-
 /// A snapshot restore the store is part-way through (the `restore` column family).
 public struct RestoreState: Sendable {
     /// The manifest being restored, checked against the certified epoch end.
@@ -39,90 +15,25 @@ public struct RestoreState: Sendable {
 }
 
 extension SnapshotManifest {
-    /// The most chunks a manifest may list, and the largest chunk size: bounds on what a source
-    /// can make a restore allocate.
-    public static let maxChunks = 1 << 20
-    /// The smallest and the largest chunk size a restore accepts.
-    public static let chunkSizes: ClosedRange<UInt64> = 64...(1 << 16)
-
-    /// Checks the manifest against the certified end-of-epoch summary `end`: same epoch and
-    /// checkpoint, the certified state root and live object count, a power-of-two chunk size,
-    /// one root per chunk, and chunk roots whose tree is the certified state root.
-    /// - Throws: ``StoreError/Code/verificationFailed`` naming the first disagreement.
-    public func check(against end: CheckpointSummary) throws(StoreError) {
-        func bad(_ m: String) -> StoreError { StoreError(.verificationFailed, "snapshot manifest of epoch \(epoch): \(m)") }
-        guard let eoe = end.endOfEpoch else { throw bad("checkpoint \(end.sequenceNumber) does not end an epoch") }
-        guard epoch == end.epoch, lastCheckpoint == end.sequenceNumber else {
-            throw bad("names epoch \(epoch) ending at \(lastCheckpoint), the certified end is epoch \(end.epoch) at \(end.sequenceNumber)")
-        }
-        guard stateRoot == eoe.stateRoot else { throw bad("state root \(stateRoot.short) is not the certified \(eoe.stateRoot.short)") }
-        guard objectCount == eoe.liveObjectCount else { throw bad("\(objectCount) objects, certified \(eoe.liveObjectCount)") }
-        guard Self.chunkSizes.contains(chunkSize), chunkSize & (chunkSize - 1) == 0 else {
-            throw bad("chunk size \(chunkSize) is not a power of two in \(Self.chunkSizes.lowerBound)...\(Self.chunkSizes.upperBound)")
-        }
-        let chunks = Merkle.chunkCount(treeSize: objectCount, chunkSize: chunkSize)
-        guard chunks <= UInt64(Self.maxChunks), UInt64(chunkRoots.count) == chunks else {
-            throw bad("\(chunkRoots.count) chunk roots for \(objectCount) objects in chunks of \(chunkSize)")
-        }
-        guard Merkle.root(leafHashes: chunkRoots) == stateRoot else { throw bad("the chunk roots do not make the certified state root") }
-    }
-
-    /// Verifies chunk `index` as a source sent it, on its own: the frame decompresses within
-    /// `limit` bytes to `bcs(Vec<Object>)` of exactly the chunk's object count, ids strictly
-    /// increasing; each object is hashed as received; the leaves' root with `proof` rebuilds the
-    /// certified state root over `objectCount` objects (RFC 9162 subtree proof), and equals the
-    /// manifest's root for the chunk. Call on a manifest that passed ``check(against:)``.
+    /// ``verifyChunk(index:frame:proof:decompress:)`` of an LZ4 frame of at most `limit`
+    /// decompressed bytes.
     /// - Throws: ``StoreError`` (`corruptFrame`, `frameTooLarge`, `badValue`, `verificationFailed`).
-    public func verifyChunk(index: UInt32, frame: [UInt8], proof: [Digest], limit: Int) throws(StoreError) -> RestoredChunk {
-        let where_ = "snapshot chunk \(index) of epoch \(epoch)"
-        guard Int(index) < chunkRoots.count else { throw StoreError(.verificationFailed, "\(where_): the snapshot has \(chunkRoots.count) chunks") }
-        let raw: [UInt8]
+    public func verifyChunk(index: UInt32, frame: [UInt8], proof: [Digest], limit: Int) throws(StoreError) -> VerifiedChunk {
         do {
-            raw = try LZ4Frame.decompress(frame, limit: limit)
-        } catch {
-            throw StoreError(error.code, "\(where_): \(error.message)")
-        }
-        // The manifest passed check(against:) (chunk count and size agree with the object
-        // count), but the arithmetic is checked anyway: the numbers came from a source.
-        let (first, overflow) = UInt64(index).multipliedReportingOverflow(by: chunkSize)
-        guard !overflow, first < objectCount, let expected = Int(exactly: min(chunkSize, objectCount - first)) else {
-            throw StoreError(.verificationFailed, "\(where_): chunk \(index) of \(chunkSize) objects lies beyond the snapshot's \(objectCount) objects")
-        }
-        let decoded: ([ObjectRef], [Range<Int>])
-        do throws(CoreError) {
-            decoded = try BCS.read(from: raw[...]) { (r: inout BCSReader) throws(CoreError) in
-                // Each object takes at least 32 + 8 + 1 + 1 + 1 + 32 bytes.
-                let n = try r.readLength(minElementSize: 75)
-                guard n == expected else { throw CoreError(.invalidProof, "\(n) objects, the chunk holds \(expected)") }
-                var refs: [ObjectRef] = []
-                var spans: [Range<Int>] = []
-                refs.reserveCapacity(n)
-                spans.reserveCapacity(n)
-                for _ in 0..<n {
-                    let (ref, span) = try r.readObjectSpan()
-                    if let previous = refs.last, !(previous.id < ref.id) {
-                        throw CoreError(.invalidProof, "object \(ref.id.short) is out of id order")
-                    }
-                    refs.append(ref)
-                    spans.append(span)
+            return try verifyChunk(index: index, frame: frame, proof: proof) { frame throws(StoreError) in
+                do throws(StoreError) {
+                    return try LZ4Frame.decompress(frame, limit: limit)
+                } catch {
+                    throw StoreError(error.code, "snapshot chunk \(index) of epoch \(epoch): \(error.message)")
                 }
-                return (refs, spans)
             }
+        } catch let e as StoreError {
+            throw e
+        } catch let e as CoreError {
+            throw StoreError(e.code == .snapshotMismatch ? .verificationFailed : .badValue, e)
         } catch {
-            throw StoreError(error.code == .invalidProof ? .verificationFailed : .badValue, error, context: where_)
+            throw StoreError(.verificationFailed, "snapshot chunk \(index) of epoch \(epoch): \(error)")
         }
-        let leaves = decoded.0.map(\.leafHash)
-        do throws(CoreError) {
-            try Merkle.verifySubtree(
-                chunkLeafHashes: leaves, chunk: UInt64(index), chunkSize: chunkSize, treeSize: objectCount, proof: proof, root: stateRoot)
-        } catch {
-            throw StoreError(.verificationFailed, error, context: where_)
-        }
-        // The proof ties the chunk to the certified root; the manifest's root was checked against it too.
-        guard Merkle.root(leafHashes: leaves) == chunkRoots[Int(index)] else {
-            throw StoreError(.verificationFailed, "\(where_): its root differs from the manifest's")
-        }
-        return RestoredChunk(index: index, frame: frame, references: decoded.0, raw: raw, spans: decoded.1)
     }
 }
 
@@ -220,7 +131,11 @@ extension NodeStore {
             } catch {
                 throw StoreError(.verificationFailed, error, context: "epoch chain of the restore")
             }
-            try manifest.check(against: end.summary)
+            do throws(CoreError) {
+                try manifest.check(against: end.summary)
+            } catch {
+                throw StoreError(.verificationFailed, error)
+            }
             let batch = WriteBatch(for: database)
             batch.deleteRange(cf.restore, from: [], to: [UInt8](repeating: 0xFF, count: 16))
             var w = BCSWriter(capacity: epochEnds.count * 4_096)
@@ -272,7 +187,7 @@ extension NodeStore {
     /// file lands at the bottom level. The markers follow in a write batch once every file is
     /// in; a crash in between leaves objects without markers, and those chunks are fetched and
     /// ingested again: the same keys with the same values.
-    public func commitRestored(_ chunks: [RestoredChunk]) async throws {
+    public func commitRestored(_ chunks: [VerifiedChunk]) async throws {
         guard let (epoch, runs) = try await blocking({ try self.restoreRunsSync(chunks) }) else { return }
         let dir = database.path + "/restore-ingest"
         try await blocking { try Self.freshDirectory(dir) }
@@ -303,7 +218,7 @@ extension NodeStore {
 
     /// The snapshot's epoch and the chunks not written yet, sorted and cut into runs of
     /// consecutive indices (one file a column family each); `nil` if none is left to write.
-    func restoreRunsSync(_ chunks: [RestoredChunk]) throws -> (UInt64, [[RestoredChunk]])? {
+    func restoreRunsSync(_ chunks: [VerifiedChunk]) throws -> (UInt64, [[VerifiedChunk]])? {
         guard let m = try database.get(cf.restore, Self.restoreManifestKey) else {
             throw StoreError(.outOfOrder, "no snapshot restore is in progress")
         }
@@ -316,7 +231,7 @@ extension NodeStore {
         for chunk in todo where Int(chunk.index) >= manifest.chunkRoots.count {
             throw StoreError(.outOfOrder, "chunk \(chunk.index) is not part of epoch \(manifest.epoch)'s snapshot")
         }
-        var runs: [[RestoredChunk]] = []
+        var runs: [[VerifiedChunk]] = []
         for chunk in todo {
             if let last = runs.last?.last, last.index + 1 == chunk.index { runs[runs.count - 1].append(chunk) } else { runs.append([chunk]) }
         }
@@ -334,8 +249,8 @@ extension NodeStore {
 
     /// One SST file of `family` per run, filled by `fill` chunk by chunk (keys in order).
     func buildRestoreFiles(
-        _ runs: [[RestoredChunk]], into dir: String, name: String, _ family: ColumnFamily,
-        _ fill: (RestoredChunk, SSTFileWriter) throws -> Void
+        _ runs: [[VerifiedChunk]], into dir: String, name: String, _ family: ColumnFamily,
+        _ fill: (VerifiedChunk, SSTFileWriter) throws -> Void
     ) throws -> [String] {
         var paths: [String] = []
         for (r, run) in runs.enumerated() {

@@ -1,58 +1,6 @@
 public import SomaCore
 import Foundation
 
-/// What a snapshot of an epoch's live object set holds: enough to verify every chunk on its
-/// own against the certified state root.
-public struct SnapshotManifest: Hashable, Sendable, BCSCodable {
-    /// The epoch.
-    public var epoch: UInt64
-    /// Its last checkpoint (the snapshot is the live set after it).
-    public var lastCheckpoint: UInt64
-    /// The certified state root.
-    public var stateRoot: Digest
-    /// Live objects.
-    public var objectCount: UInt64
-    /// Objects per chunk (a power of two).
-    public var chunkSize: UInt64
-    /// The Merkle root of each chunk's leaves; the tree over them is the state tree.
-    public var chunkRoots: [Digest]
-
-    /// Creates a manifest.
-    public init(epoch: UInt64, lastCheckpoint: UInt64, stateRoot: Digest, objectCount: UInt64, chunkSize: UInt64, chunkRoots: [Digest]) {
-        self.epoch = epoch
-        self.lastCheckpoint = lastCheckpoint
-        self.stateRoot = stateRoot
-        self.objectCount = objectCount
-        self.chunkSize = chunkSize
-        self.chunkRoots = chunkRoots
-    }
-
-    /// The subtree proof of chunk `index`.
-    public func proof(chunk index: Int) throws(CoreError) -> [Digest] {
-        try Merkle.subtreeProof(chunk: index, chunkRoots: chunkRoots)
-    }
-
-    /// Writes the fields in order.
-    public func encode(to writer: inout BCSWriter) {
-        writer.write(epoch)
-        writer.write(lastCheckpoint)
-        writer.write(stateRoot)
-        writer.write(objectCount)
-        writer.write(chunkSize)
-        writer.write(chunkRoots)
-    }
-
-    /// Reads the fields in order.
-    public init(from reader: inout BCSReader) throws(CoreError) {
-        epoch = try reader.readU64()
-        lastCheckpoint = try reader.readU64()
-        stateRoot = try reader.readDigest()
-        objectCount = try reader.readU64()
-        chunkSize = try reader.readU64()
-        chunkRoots = try reader.readVector(Digest.self, minElementSize: 32)
-    }
-}
-
 extension NodeStore {
     static let manifestChunk = UInt32.max
 

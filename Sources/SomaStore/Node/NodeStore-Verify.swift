@@ -131,44 +131,44 @@ extension NodeStore {
         while seq <= synced.seq {
             guard let certified = try summarySync(seq) else { throw fault("checkpoint \(seq): summary missing") }
             let summary = certified.summary
-            let entryCount = try ChainVerifier.entryCount(of: summary, previous: previous)
             let frames = try verifiableFrames(seq)
             guard !frames.isEmpty else { throw fault("checkpoint \(seq): block missing") }
-            guard UInt64(frames.count) == BlockVerifier.partCount(entryCount: entryCount) else {
-                throw fault("checkpoint \(seq): \(frames.count) block parts, expected \(BlockVerifier.partCount(entryCount: entryCount))")
+            var proofs: [[Digest]] = [[]]
+            if frames.count > 1 {
+                proofs = try (0..<frames.count).map { try partProofSync(seq, UInt32($0)) }
             }
-            var entries: [ExecutionData] = []
-            for (part, frame) in frames.enumerated() {
-                let data: CheckpointData
-                do {
-                    data = try decodeBlock(frame, seq: seq, part: part)
-                } catch let e as StoreError {
-                    throw fault("checkpoint \(seq) part \(part): corrupt block (\(e.message))")
-                }
-                do {
-                    if frames.count == 1 {
-                        try BlockVerifier.verify(data, summary: summary, entryCount: entryCount, verifyUserSignatures: userSignatures)
-                    } else {
-                        try BlockVerifier.verifyPart(data, part: UInt64(part), proof: try partProofSync(seq, UInt32(part)),
-                                                     summary: summary, entryCount: entryCount, verifyUserSignatures: userSignatures)
+            let checked: VerifiedCheckpoint
+            do {
+                let limit = configuration.maxBlockBytes
+                checked = try CheckpointVerifier.verify(
+                    blocks: frames, proofs: proofs, of: certified, previousTotal: previous?.networkTotalTransactions ?? 0,
+                    verifyUserSignatures: userSignatures
+                ) { frame in
+                    do throws(StoreError) {
+                        return try LZ4Frame.decompress(frame, limit: limit)
+                    } catch {
+                        throw fault("checkpoint \(seq): corrupt block (\(error.message))")
                     }
-                } catch let e as CoreError {
-                    throw StoreError(.verificationFailed, e, context: "checkpoint \(seq) part \(part)")
                 }
-                entries += data.entries
+            } catch let e as CoreError {
+                throw StoreError(.verificationFailed, e, context: "checkpoint \(seq)")
             }
-            for (index, entry) in entries.enumerated() {
-                let txDigest = entry.transaction.digest
-                guard let location = try transactionLocationSync(txDigest), location.0 == seq, location.1 == UInt32(index) else {
-                    throw fault("checkpoint \(seq): transaction \(txDigest.short) is not indexed at entry \(index)")
+            let entries = checked.data.entries
+            for (index, digest) in checked.transactionDigests.enumerated() {
+                guard let location = try transactionLocationSync(digest), location.0 == seq, location.1 == UInt32(index) else {
+                    throw fault("checkpoint \(seq): transaction \(digest.short) is not indexed at entry \(index)")
                 }
+            }
+            var k = 0
+            for entry in entries {
                 for object in entry.outputObjects {
                     guard let stored = try database.get(cf.objects, StoreKeys.object(object.id, version: object.version)) else {
                         throw fault("checkpoint \(seq): object \(object.id.hex) v\(object.version) is missing")
                     }
-                    guard stored == object.bcsBytes else {
+                    guard stored == checked.objectEncodings[k] else {
                         throw fault("checkpoint \(seq): object \(object.id.hex) v\(object.version) is tampered (does not match its certified digest)")
                     }
+                    k += 1
                 }
             }
             report.transactions += UInt64(entries.count)

@@ -281,8 +281,10 @@ public final class NodeStore: Sendable {
                 }
                 return
             }
+            let checkpoint: VerifiedCheckpoint
             do throws(CoreError) {
                 try genesis.verify()
+                checkpoint = try CheckpointVerifier.verify(contents: genesis.contents, of: genesis.checkpoint, previousTotal: 0)
             } catch {
                 throw StoreError(.verificationFailed, error, context: "genesis")
             }
@@ -292,7 +294,6 @@ public final class NodeStore: Sendable {
             batch.put(cf.meta, Array("mode".utf8), Array(configuration.mode.rawValue.utf8))
             batch.put(cf.committees, StoreKeys.seq(0), genesis.committee.bcsBytes)
             batch.put(cf.epochs, StoreKeys.seq(0), EpochRecord(epoch: 0, firstCheckpoint: 0).bcsBytes)
-            let checkpoint = VerifiedCheckpoint(certified: genesis.checkpoint, data: genesis.contents)
             var state = WriterState(synced: nil, verified: nil, executed: nil)
             try stage(checkpoint, into: batch, state: &state)
             var (view, touched) = try loadView(for: [genesis.contents])

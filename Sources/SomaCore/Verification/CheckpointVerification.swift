@@ -1,0 +1,150 @@
+/// A checkpoint whose contents the transaction verifier (``CheckpointVerifier``) checked against
+/// its certified summary, with its blocks: ready to store, execute and serve (DESIGN §5.3).
+///
+/// Only ``CheckpointVerifier`` makes one: there is no other initializer, so holding a
+/// `VerifiedCheckpoint` means its contents match the summary's content digest entry by entry
+/// (and part by part, with each part's subtree proof). The summary itself is verified by
+/// ``ChainVerifier`` (a quorum of the epoch's committee, chained by digest) before its contents
+/// are checked against it.
+public struct VerifiedCheckpoint: Sendable {
+    /// The certified summary.
+    public let certified: CertifiedCheckpointSummary
+    /// The contents (all parts' entries, in order).
+    public let data: CheckpointData
+    /// The blocks as received or built: one LZ4 frame of `bcs(CheckpointData)` per part.
+    public let frames: [[UInt8]]
+    /// Each part's subtree proof (one empty proof for a single-part checkpoint).
+    public let proofs: [[Digest]]
+    /// The decompressed size of the blocks (the raw checkpoint data).
+    public let rawBytes: Int
+    /// Each entry's transaction digest, in order (computed once, by the verification).
+    public let transactionDigests: [Digest]
+    /// `bcs(Object)` of every output object, in entry order then output order: the bytes whose
+    /// digests the verification checked against the effects.
+    public let objectEncodings: [[UInt8]]
+
+    /// The bytes of the blocks.
+    public var storedBytes: Int { frames.reduce(0) { $0 + $1.count } }
+
+    fileprivate init(
+        certified: CertifiedCheckpointSummary, data: CheckpointData, frames: [[UInt8]], proofs: [[Digest]], rawBytes: Int,
+        transactionDigests: [Digest], objectEncodings: [[UInt8]]
+    ) {
+        self.certified = certified
+        self.data = data
+        self.frames = frames
+        self.proofs = proofs
+        self.rawBytes = rawBytes
+        self.transactionDigests = transactionDigests
+        self.objectEncodings = objectEncodings
+    }
+}
+
+/// The transaction verifier of checkpoint contents (DESIGN §2, §5.3): every check of blocks and
+/// contents from outside (a peer, an archive, a chain file) is made here, and a
+/// ``VerifiedCheckpoint`` comes out of nothing else.
+///
+/// Decompression and compression are the caller's (SomaCore does no I/O and links no codec):
+/// they are passed in and applied here to exactly the bytes that are checked and kept.
+public enum CheckpointVerifier {
+    /// Verifies blocks as received against their certified summary.
+    /// - Parameters:
+    ///   - frames: one LZ4 frame per part, as received (kept as they are).
+    ///   - proofs: each part's subtree proof (ignored for a single part).
+    ///   - certified: the summary, already verified by ``ChainVerifier``.
+    ///   - previousTotal: the previous checkpoint's `networkTotalTransactions` (the entry count
+    ///     is the difference, checked here).
+    ///   - verifyUserSignatures: also re-check every user signature.
+    ///   - decompress: the frame's bytes, bounded by the caller's limit.
+    /// - Throws: ``CoreError`` (`contentMismatch`, `effectsMismatch`, `outputObjectMismatch`,
+    ///   `invalidSignature`, codec errors), or what `decompress` throws.
+    public static func verify(
+        blocks frames: [[UInt8]], proofs: [[Digest]], of certified: CertifiedCheckpointSummary, previousTotal: UInt64,
+        verifyUserSignatures: Bool = false, decompress: ([UInt8]) throws -> [UInt8]
+    ) throws -> VerifiedCheckpoint {
+        let summary = certified.summary
+        let seq = summary.sequenceNumber
+        let entryCount = try entryCount(of: summary, previousTotal: previousTotal)
+        guard UInt64(frames.count) == BlockVerifier.partCount(entryCount: entryCount), proofs.count == frames.count else {
+            throw CoreError(.contentMismatch, "checkpoint \(seq): \(frames.count) parts (with \(proofs.count) proofs) for \(entryCount) entries")
+        }
+        var collected = Collected(entryCount: entryCount)
+        var entries: [ExecutionData] = []
+        var raw = 0
+        for (part, frame) in frames.enumerated() {
+            let bytes = try decompress(frame)
+            raw += bytes.count
+            let data = try CheckpointData(bcsBytes: bytes)
+            guard data.sequenceNumber == seq else {
+                throw CoreError(.contentMismatch, "checkpoint \(seq) part \(part): the block is of checkpoint \(data.sequenceNumber)")
+            }
+            let hashes = try collected.leafHashes(of: data, verifyUserSignatures: verifyUserSignatures)
+            if frames.count == 1 {
+                try BlockVerifier.checkRoot(hashes, of: data, summary: summary, entryCount: entryCount)
+            } else {
+                try BlockVerifier.checkPart(hashes, of: data, part: UInt64(part), proof: proofs[part], summary: summary, entryCount: entryCount)
+            }
+            if frames.count == 1 { entries = data.entries } else { entries += data.entries }
+        }
+        return VerifiedCheckpoint(
+            certified: certified, data: CheckpointData(sequenceNumber: seq, entries: entries), frames: frames, proofs: proofs,
+            rawBytes: raw, transactionDigests: collected.digests, objectEncodings: collected.encodings)
+    }
+
+    /// Verifies contents without blocks (built locally, or read from a chain file that holds
+    /// contents) against their certified summary, then builds the blocks with `compress`: from
+    /// then on the same bytes are stored, served and archived.
+    /// - Parameters: as ``verify(blocks:proofs:of:previousTotal:verifyUserSignatures:decompress:)``;
+    ///   `compress` makes one LZ4 frame of the bytes given.
+    public static func verify(
+        contents data: CheckpointData, of certified: CertifiedCheckpointSummary, previousTotal: UInt64,
+        verifyUserSignatures: Bool = false, compress: ([UInt8]) -> [UInt8]
+    ) throws(CoreError) -> VerifiedCheckpoint {
+        let summary = certified.summary
+        let entryCount = try entryCount(of: summary, previousTotal: previousTotal)
+        var collected = Collected(entryCount: entryCount)
+        let hashes = try collected.leafHashes(of: data, verifyUserSignatures: verifyUserSignatures)
+        try BlockVerifier.checkRoot(hashes, of: data, summary: summary, entryCount: entryCount)
+        let parts = BlockVerifier.parts(of: data, leafHashes: hashes)
+        var raw = 0
+        let frames = parts.map { part in
+            let bytes = BCS.encode(part.data, capacity: 1 << 16)
+            raw += bytes.count
+            return compress(bytes)
+        }
+        return VerifiedCheckpoint(
+            certified: certified, data: data, frames: frames, proofs: parts.count > 1 ? parts.map(\.proof) : [[]], rawBytes: raw,
+            transactionDigests: collected.digests, objectEncodings: collected.encodings)
+    }
+
+    /// The number of parts (blocks) the summary's checkpoint has after a checkpoint whose total
+    /// was `previousTotal`: what a stream of its blocks must announce.
+    public static func partCount(of summary: CheckpointSummary, previousTotal: UInt64) throws(CoreError) -> UInt64 {
+        BlockVerifier.partCount(entryCount: try entryCount(of: summary, previousTotal: previousTotal))
+    }
+
+    /// The entry count a summary certifies after a checkpoint whose total was `previousTotal`.
+    static func entryCount(of summary: CheckpointSummary, previousTotal: UInt64) throws(CoreError) -> UInt64 {
+        let (count, underflow) = summary.networkTotalTransactions.subtractingReportingOverflow(previousTotal)
+        guard !underflow else {
+            throw CoreError(.contentMismatch,
+                "checkpoint \(summary.sequenceNumber): certified total \(summary.networkTotalTransactions) below the previous \(previousTotal)")
+        }
+        return count
+    }
+
+    /// What the verification computes once and keeps: transaction digests and object encodings.
+    struct Collected {
+        var digests: [Digest] = []
+        var encodings: [[UInt8]] = []
+
+        init(entryCount: UInt64) {
+            // A hint only: the count is certified but can be anything; the arrays grow as needed.
+            digests.reserveCapacity(Int(min(entryCount, 1 << 16)))
+        }
+
+        mutating func leafHashes(of data: CheckpointData, verifyUserSignatures: Bool) throws(CoreError) -> [Digest] {
+            try BlockVerifier.leafHashes(of: data, verifyUserSignatures: verifyUserSignatures, digests: &digests, encodings: &encodings)
+        }
+    }
+}
