@@ -88,6 +88,7 @@ struct Core: AsyncParsableCommand {
         print("soma-bench core: \(ProcessInfo.processInfo.activeProcessorCount) cores, parallelism \(parallelism)")
         try await merkle()
         try await codec()
+        try await verification()
         try certificates()
         try await generation()
         print("  peak RSS: \(fmt(peakRSSMiB(), 0)) MiB")
@@ -176,6 +177,62 @@ struct Core: AsyncParsableCommand {
         line("encode", "\(fmt(bytes / encode / 1e6)) MB/s")
         line("decode (strict)", "\(fmt(bytes / decode / 1e6)) MB/s", "goal >= 400")
         line("content digest (leaves + Merkle root)", "\(fmt(bytes / leafTime / 1e6)) MB/s")
+    }
+
+    /// The cost of verifying blocks on their own (DESIGN §5.3) against the work it cannot avoid:
+    /// LZ4 decompression, strict decoding, the content digest (every leaf, the Merkle root) and
+    /// every output object's digest, each measured alone on the same blocks.
+    func verification() async throws {
+        print("\nBlock verification of the bench profile's checkpoints (\(codecCheckpoints) checkpoints, 1 core)")
+        let generator = ChainGenerator(profile: .bench, seed: 1)
+        var checkpoints: [GeneratedCheckpoint] = []
+        while checkpoints.count < codecCheckpoints && !generator.isFinished {
+            checkpoints += await generator.next(count: min(100, codecCheckpoints - checkpoints.count), parallelism: parallelism)
+        }
+        let built = try checkpoints.map { try CheckpointVerifier.verify(contents: $0.data, of: $0.certified, previousTotal: $0.previousTotal) }
+        let frames = built.flatMap(\.frames)
+        let raw = Double(built.reduce(0) { $0 + $1.rawBytes })
+        let mb = raw / 1e6
+        let limit = 256 << 20
+        var plain: [[UInt8]] = []
+        let decompress = try best(3) { plain = try frames.map { try LZ4Frame.decompress($0, limit: limit) } }
+        var parts: [CheckpointData] = []
+        let decode = try best(3) { parts = try plain.map { try CheckpointData(bcsBytes: $0) } }
+        let digest = try best(3) {
+            for part in parts where BlockVerifier.contentDigest(of: part.entries) == .zero { throw ValidationError("zero root") }
+        }
+        var objects = 0
+        let objectDigests = best(3) {
+            objects = 0
+            for part in parts {
+                for entry in part.entries {
+                    for object in entry.outputObjects where object.digest != .zero { objects += 1 }
+                }
+            }
+        }
+        let stream = best(3) {
+            var h = SHA256Hasher()
+            for p in plain { p.withUnsafeBytes { h.update($0) } }
+            _ = h.finalize()
+        }
+        var verified = 0
+        let verify = try best(3) {
+            verified = 0
+            for (cp, v) in zip(checkpoints, built) {
+                let again = try CheckpointVerifier.verify(blocks: v.frames, proofs: v.proofs, of: cp.certified, previousTotal: cp.previousTotal, limit: limit)
+                verified += again.data.entries.count
+            }
+        }
+        let floor = decompress + decode + digest + objectDigests
+        line("raw checkpoint data", "\(fmt(mb)) MB", "\(frames.count) blocks, \(verified) entries, \(objects) output objects")
+        line("LZ4 decompression", "\(fmt(mb / decompress)) MB/s", "\(fmt(decompress / mb * 1e3, 2)) ms/MB")
+        line("strict decoding", "\(fmt(mb / decode)) MB/s", "\(fmt(decode / mb * 1e3, 2)) ms/MB")
+        line("content digest (leaves + root)", "\(fmt(mb / digest)) MB/s", "\(fmt(digest / mb * 1e3, 2)) ms/MB")
+        line("output object digests", "\(fmt(mb / objectDigests)) MB/s", "\(fmt(objectDigests / mb * 1e3, 2)) ms/MB")
+        line("sum of the four (the floor)", "\(fmt(mb / floor)) MB/s", "\(fmt(floor / mb * 1e3, 2)) ms/MB")
+        line("raw SHA-256, one stream (reference)", "\(fmt(mb / stream)) MB/s", "\(fmt(stream / mb * 1e3, 2)) ms/MB")
+        line("CheckpointVerifier.verify(blocks:)", "\(fmt(mb / verify)) MB/s", "\(fmt(verify / mb * 1e3, 2)) ms/MB")
+        line("ratio verify / floor", fmt(verify / floor, 2), "goal <= 1.10")
     }
 
     func certificates() throws {

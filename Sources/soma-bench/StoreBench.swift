@@ -55,8 +55,14 @@ struct Store: AsyncParsableCommand {
     var reads = 20_000
     @Option(help: "Epoch snapshots the stores keep during the ingests (0: build none; the snapshot of the last epoch is timed on its own).")
     var snapshots: UInt64 = 0
+    @Option(help: "Only time the snapshot build of the last executed epoch end of the store at this path (rebuilt in place), then stop.")
+    var snapshotOf: String?
 
     mutating func run() async throws {
+        if let snapshotOf {
+            try await snapshot(path: snapshotOf)
+            return
+        }
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         let chain = (cache as NSString).appendingPathComponent("bench-\(checkpoints).chain")
         if !FileManager.default.fileExists(atPath: chain) {

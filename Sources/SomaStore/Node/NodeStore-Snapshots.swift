@@ -1,5 +1,6 @@
 public import SomaCore
 import Foundation
+import Synchronization
 
 extension NodeStore {
     static let manifestChunk = UInt32.max
@@ -79,23 +80,94 @@ extension NodeStore {
     /// checks the chunk roots against the certified state root, stores chunks and manifest, and
     /// drops snapshots older than `retainSnapshots` epochs.
     ///
-    /// One ordered pass: the live set is read in id order and each object version found by
-    /// stepping one iterator over `objects` forward (keys `id ‖ version` are in the same order;
-    /// a seek after 16 steps), so each stored block is read once. The chunks and the manifest go to one SST file
-    /// (keys `epoch ‖ chunk`, new to the store), ingested at the bottom level: no write-ahead
-    /// log, memtable, flush or compaction. The pending marker goes after the ingestion, so a
-    /// crash in between builds the snapshot again (the same keys and values).
+    /// Ordered passes, one per core over its own range of chunks: the live set is read in id
+    /// order and each object version found by stepping one iterator over `objects` forward
+    /// (keys `id ‖ version` are in the same order; a seek after 16 steps), so each stored block
+    /// is read once. Each range's chunks go to their own SST file (keys `epoch ‖ chunk`, new to
+    /// the store; the ranges do not overlap), the manifest to one more, all ingested at once at
+    /// the bottom level: no write-ahead log, memtable, flush or compaction. The pending marker
+    /// goes after the ingestion, so a crash in between builds the snapshot again (the same keys
+    /// and values).
     func buildSnapshotSync(epoch: UInt64, record: EpochRecord) throws {
         guard let lastCheckpoint = record.lastCheckpoint, let root = record.stateRoot else { return }
         let k = configuration.snapshotChunkSize
+        let dir = database.path + "/ingest-snapshot"
+        try Self.freshDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Where each range starts: the live ids at chunk boundaries, one range per core (a
+        // pass over the live set's keys only).
+        // The certified count, a hint for the split only (the pass below counts for itself).
+        let live = Int(clamping: record.liveObjectCount ?? 0)
+        let parts = max(1, min(Self.snapshotParallelism, live / max(1, k * 8)))
+        let perPart = (live + parts - 1) / parts
+        let chunksPerPart = max(1, (perPart + k - 1) / k)
+        let starts: [(chunk: Int, id: [UInt8])] = try database.withIterator(cf.liveObjects) { it in
+            var found: [(chunk: Int, id: [UInt8])] = []
+            var n = 0
+            while it.isValid {
+                if n % (chunksPerPart * k) == 0 { found.append((n / k, it.withKey { Array($0) })) }
+                n += 1
+                it.next()
+            }
+            return found
+        }
+        let results = Mutex<[Int: (roots: [Digest], count: UInt64, file: String?)]>([:])
+        let failures = Mutex<[any Error]>([])
+        DispatchQueue.concurrentPerform(iterations: starts.count) { p in
+            do {
+                let end = p + 1 < starts.count ? starts[p + 1].id : nil
+                let path = dir + "/chunks-\(p).sst"
+                let part = try buildSnapshotRange(
+                    epoch: epoch, firstChunk: starts[p].chunk, from: starts[p].id, to: end, chunkSize: k, path: path)
+                results.withLock { $0[p] = part }
+            } catch {
+                failures.withLock { $0.append(error) }
+            }
+        }
+        if let failure = failures.withLock({ $0.first }) { throw failure }
+        var chunkRoots: [Digest] = []
+        var count: UInt64 = 0
+        var files: [String] = []
+        let built = results.withLock { $0 }
+        for p in starts.indices {
+            guard let part = built[p] else { throw StoreError(.inconsistent, "snapshot of epoch \(epoch): range \(p) was not built") }
+            chunkRoots += part.roots
+            count += part.count
+            if let f = part.file { files.append(f) }
+        }
+        guard Merkle.root(leafHashes: chunkRoots) == root, count == record.liveObjectCount else {
+            throw StoreError(.inconsistent, "snapshot of epoch \(epoch) does not reproduce the certified state root")
+        }
+        let manifest = SnapshotManifest(
+            epoch: epoch, lastCheckpoint: lastCheckpoint, stateRoot: root, objectCount: count, chunkSize: UInt64(k),
+            chunkRoots: chunkRoots)
+        let file = try database.sstWriter(cf.snapshotChunks, path: dir + "/manifest.sst")
+        try file.put(StoreKeys.chunk(epoch, Self.manifestChunk), manifest.bcsBytes)
+        try file.finish()
+        try database.ingest(cf.snapshotChunks, files: files + [file.path])
+        let batch = WriteBatch(for: database)
+        batch.delete(cf.meta, Self.pendingSnapshotKey)
+        if configuration.retainSnapshots > 0, epoch >= configuration.retainSnapshots {
+            // Keep epochs (epoch - retainSnapshots, epoch]; no `epoch + 1` (a certified epoch may be any number).
+            batch.deleteRange(cf.snapshotChunks, from: StoreKeys.seq(0), to: StoreKeys.seq(epoch - configuration.retainSnapshots + 1))
+        }
+        try database.write(batch, sync: configuration.syncWrites)
+    }
+
+    /// Cores a snapshot build uses.
+    static let snapshotParallelism = max(1, min(4, ProcessInfo.processInfo.activeProcessorCount))
+
+    /// Builds the chunks of the live objects with ids in `[from, to)` (to the end without
+    /// `to`), numbered from `firstChunk`, into an SST file at `path` (none for an empty range):
+    /// their roots and object count.
+    func buildSnapshotRange(
+        epoch: UInt64, firstChunk: Int, from: [UInt8], to: [UInt8]?, chunkSize k: Int, path: String
+    ) throws -> (roots: [Digest], count: UInt64, file: String?) {
         var chunkRoots: [Digest] = []
         var count: UInt64 = 0
         var pendingRefs: [(ObjectID, VersionDigest)] = []
         pendingRefs.reserveCapacity(k)
-        let dir = database.path + "/ingest-snapshot"
-        try Self.freshDirectory(dir)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let file = try database.sstWriter(cf.snapshotChunks, path: dir + "/chunks.sst")
+        var file: SSTFileWriter? = nil
         var key = [UInt8](repeating: 0, count: 40)
 
         func flushChunk(_ objects: borrowing RocksIterator) throws {
@@ -133,13 +205,14 @@ extension NodeStore {
                 leaves.append(ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
             }
             chunkRoots.append(Merkle.root(leafHashes: leaves))
-            try file.put(StoreKeys.chunk(epoch, UInt32(chunkRoots.count - 1)), LZ4Frame.compress(w.bytes))
+            if file == nil { file = try database.sstWriter(cf.snapshotChunks, path: path) }
+            try file?.put(StoreKeys.chunk(epoch, UInt32(firstChunk + chunkRoots.count - 1)), LZ4Frame.compress(w.bytes))
             count += UInt64(pendingRefs.count)
             pendingRefs.removeAll(keepingCapacity: true)
         }
 
-        try database.withIterator(cf.objects) { objects in
-            try database.withIterator(cf.liveObjects) { it in
+        try database.withIterator(cf.objects, from: from) { objects in
+            try database.withIterator(cf.liveObjects, from: from, to: to) { it in
                 while it.isValid {
                     pendingRefs.append(try liveEntry(it))
                     if pendingRefs.count == k { try flushChunk(objects) }
@@ -148,21 +221,7 @@ extension NodeStore {
             }
             try flushChunk(objects)
         }
-        guard Merkle.root(leafHashes: chunkRoots) == root, count == record.liveObjectCount else {
-            throw StoreError(.inconsistent, "snapshot of epoch \(epoch) does not reproduce the certified state root")
-        }
-        let manifest = SnapshotManifest(
-            epoch: epoch, lastCheckpoint: lastCheckpoint, stateRoot: root, objectCount: count, chunkSize: UInt64(k),
-            chunkRoots: chunkRoots)
-        try file.put(StoreKeys.chunk(epoch, Self.manifestChunk), manifest.bcsBytes)
-        try file.finish()
-        try database.ingest(cf.snapshotChunks, files: [file.path])
-        let batch = WriteBatch(for: database)
-        batch.delete(cf.meta, Self.pendingSnapshotKey)
-        if configuration.retainSnapshots > 0, epoch >= configuration.retainSnapshots {
-            // Keep epochs (epoch - retainSnapshots, epoch]; no `epoch + 1` (a certified epoch may be any number).
-            batch.deleteRange(cf.snapshotChunks, from: StoreKeys.seq(0), to: StoreKeys.seq(epoch - configuration.retainSnapshots + 1))
-        }
-        try database.write(batch, sync: configuration.syncWrites)
+        try file?.finish()
+        return (chunkRoots, count, file == nil ? nil : path)
     }
 }
