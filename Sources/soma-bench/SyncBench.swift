@@ -39,6 +39,12 @@ struct SyncBench: AsyncParsableCommand {
             let raw = outText.components(separatedBy: "checkpoints (").last?.components(separatedBy: " MB)").first?.components(separatedBy: ", ").last.flatMap { Double($0) } ?? 0
             line("soma-node sync (verify, execute, store)", "\(fmt(raw / secs)) MB/s raw", "\(fmt(secs)) s, \(fmt(Double(checkpoints - 1) / secs)) checkpoints/s")
             timing.report(over: secs)
+            if let quarters = outText.split(separator: "\n").first(where: { $0.contains("by quarter") }) {
+                let rates = quarters.split(separator: "(").first?.replacingOccurrences(of: "by quarter", with: "").trimmingCharacters(in: .whitespaces) ?? ""
+                let ratio = quarters.components(separatedBy: "last / first ").last?.replacingOccurrences(of: ")", with: "") ?? "?"
+                line("rate by quarter of the chain", rates)
+                line("flat cost: last quarter / first quarter", ratio, "goal >= 0.8")
+            }
 
             // Baseline: nginx on 3 ports over the same transport, the faster of 8 parallel
             // curls and aria2c -j 16, then lz4 -d | sha256sum as one stream.

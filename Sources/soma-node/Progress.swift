@@ -8,6 +8,8 @@ final class ProgressDisplay: Sendable {
     let terminal: Bool
     let logEvery: Duration
     private let last = Mutex<(ContinuousClock.Instant, Bool)>((.now - .seconds(3_600), false))
+    /// When each quarter of a checkpoint sync's range was committed: elapsed time and raw bytes.
+    private let quarterMarks = Mutex<[(seconds: Double, rawBytes: Int)]>([])
 
     init(terminal: Bool = isatty(STDOUT_FILENO) == 1, logEvery: Duration = .seconds(5)) {
         self.terminal = terminal
@@ -18,6 +20,11 @@ final class ProgressDisplay: Sendable {
     /// per `logEvery` otherwise (and always at 100%).
     func update(_ p: SyncProgress) {
         let total = max(1, Double(p.target) - Double(p.first) + 1)
+        quarterMarks.withLock { marks in
+            while marks.count < 4 && Double(p.checkpoints) >= total * Double(marks.count + 1) / 4 {
+                marks.append((p.elapsed.inSeconds, p.rawBytes))
+            }
+        }
         show(fraction: min(1, Double(p.checkpoints) / total), done: p.synced >= p.target, line: Self.describe(p), prefix: "sync")
     }
 
@@ -44,7 +51,23 @@ final class ProgressDisplay: Sendable {
             if done { FileHandle.standardOutput.write(Data("\n".utf8)) }
         } else {
             print("\(prefix): " + line)
+            // A pipe or a file is block-buffered: a log line is due now, not at exit.
+            fflush(nil)
         }
+    }
+
+    /// The raw MB/s of each quarter of the sync's range, once all four are committed (the flat
+    /// cost of a catch-up: the last quarter against the first).
+    var quarterRates: [Double]? {
+        let marks = quarterMarks.withLock { $0 }
+        guard marks.count == 4 else { return nil }
+        var out: [Double] = []
+        var before = (seconds: 0.0, rawBytes: 0)
+        for m in marks {
+            out.append(Double(m.rawBytes - before.rawBytes) / 1e6 / max(1e-3, m.seconds - before.seconds))
+            before = m
+        }
+        return out
     }
 
     /// Ends the bar's line (a sync that stopped before 100%).

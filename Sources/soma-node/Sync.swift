@@ -176,6 +176,9 @@ struct Sync: AsyncParsableCommand {
             let used = report.sources.filter { $0.checkpoints > 0 }.count
             print("synced \(report.checkpoints) checkpoints (\(report.transactions) transactions, \(format(Double(report.rawBytes) / 1e6)) MB) from \(used) of \(report.sources.count) peers in \(format(secs)) s (\(format(Double(report.checkpoints) / secs, 0)) checkpoints/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s); tip \(report.tip)")
             print("  \(report.quorumChecks) summary batches quorum-checked, \(report.hedges) hedged requests")
+            if let q = display.quarterRates, q[0] > 0 {
+                print("  by quarter    \(q.map { format($0) }.joined(separator: ", ")) MB/s (last / first \(format(q[3] / q[0], 2)))")
+            }
             for s in report.sources { print("  peer \(s)") }
             if let root = try await store.epochs().last(where: { $0.stateRoot != nil }) {
                 print("  state root    \(root.stateRoot!.hex) (epoch \(root.epoch), \(root.liveObjectCount ?? 0) live objects)")
