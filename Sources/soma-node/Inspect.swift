@@ -199,6 +199,10 @@ struct Verify: AsyncParsableCommand {
                 print("  verified up to checkpoint \(seq)")
             }
             await store.close()
+            if let restore = r.restoreInProgress {
+                print("verify: OK in \(format(elapsed(since: start))) s: a snapshot restore of epoch \(restore.epoch) is in progress, \(restore.written) of \(restore.chunks) chunks written, each verified against the certified state root; \(r.summaries) epoch ends verified from the genesis, \(r.liveObjects) live objects stored as certified (finish it with soma-node sync --snapshot)")
+                return
+            }
             print("verify: OK in \(format(elapsed(since: start))) s: \(r.summaries) summaries, \(r.checkpoints) checkpoints, \(r.transactions) transactions, state roots of epochs \(r.stateRoots.map(String.init).joined(separator: ", ")), \(r.liveObjects) live objects \(r.replayedFromGenesis ? "matching a replay from genesis" : "matching the last epoch's root")")
         } catch let e as StoreError {
             await store.close()

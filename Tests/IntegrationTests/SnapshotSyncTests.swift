@@ -18,7 +18,7 @@ struct SnapshotSyncTests {
         return (0, nil, restored != nil)
     }
 
-    @Test("a restore killed (SIGKILL) at random moments resumes each time with the chunks it wrote, fetches none of them again, and ends at the certified state root")
+    @Test("a restore killed (SIGKILL) at random moments verifies right after each kill, resumes with the chunks it wrote, fetches none of them again, and ends at the certified state root")
     func killAndRestart() async throws {
         let base = TempDir("snapshot-kill")
         defer { base.cleanup() }
@@ -40,6 +40,10 @@ struct SnapshotSyncTests {
             chunks = now.chunks
             #expect(now.done >= previous, "written chunks went back from \(previous) to \(now.done)")
             previous = now.done
+            // The store right after the kill verifies: the restore's chain, manifest and every
+            // chunk written so far, against the certified state root.
+            let (vs, vo) = try somaNode(["verify", "--data", fresh])
+            #expect(vs == 0 && vo.contains("restore of epoch 2 is in progress") && vo.contains("\(now.done) of"), "\(vo)")
             return .caught
         }
         #expect(kills >= 2, "the restore was caught mid-way only \(kills) times")

@@ -297,6 +297,15 @@ struct RestoreTests {
         #expect(done.count >= 4 && done.count < state.manifest.chunkRoots.count)
         // Nothing can be committed on a partial live set.
         await #expect(throws: StoreError.self) { try await fresh.commitSummaries([]) }
+        // The partial store verifies: the chain, the manifest, every written chunk and its objects.
+        let partial = try await fresh.verifyAll()
+        #expect(partial.restoreInProgress?.written == done.count && partial.restoreInProgress?.chunks == state.manifest.chunkRoots.count)
+        // One object of a written chunk altered in place: verify names it, and the original comes back.
+        let objects = try #require(try fresh.database.columnFamily("objects"))
+        let (key, original) = try #require(try fresh.database.scan(objects, limit: 1).first)
+        try fresh.database.put(objects, key, original.map { $0 ^ 0x5A })
+        await #expect(throws: StoreError.self) { _ = try await fresh.verifyAll() }
+        try fresh.database.put(objects, key, original)
         service.asked.withLock { $0.removeAll() }
         let report = try #require(try await restore.restore(.latest))
         let asked = service.asked.withLock { $0 }

@@ -14,6 +14,9 @@ public struct StoreVerification: Sendable {
     public var liveObjects: UInt64 = 0
     /// Whether execution was replayed from genesis (archive stores) or only checked at the tip.
     public var replayedFromGenesis = false
+    /// A snapshot restore in progress (after a stop or a crash part-way): its epoch, the chunks
+    /// written (each re-verified) and the chunks of the snapshot.
+    public var restoreInProgress: (epoch: UInt64, written: Int, chunks: Int)?
 }
 
 extension NodeStore {
@@ -44,13 +47,72 @@ extension NodeStore {
         }
     }
 
+    /// A store part-way through a snapshot restore holds the restore's epoch chain, its manifest
+    /// and the chunks written so far: the chain is verified again from the genesis committee,
+    /// the manifest against the certified epoch end, every written chunk (as stored) against the
+    /// certified state root, and every object of those chunks against the live set and the
+    /// stored object versions; nothing else may be in the live set.
+    func verifyRestoreInProgress(_ state: RestoreState, genesis: Genesis) throws -> StoreVerification {
+        var report = StoreVerification()
+        let manifest = state.manifest
+        do throws(CoreError) {
+            _ = try ChainVerifier.verifyEpochChain(genesis: genesis.committee, endOfEpochSummaries: state.epochEnds)
+            try manifest.check(against: state.end.summary)
+        } catch {
+            throw StoreError(.verificationFailed, error, context: "the restore in progress")
+        }
+        report.summaries = UInt64(state.epochEnds.count)
+        var objects: UInt64 = 0
+        let framesKept = configuration.retainSnapshots > 0
+        for index in state.done.sorted() {
+            guard Int(index) < manifest.chunkRoots.count else { throw fault("restore: chunk \(index) is marked written but the snapshot has \(manifest.chunkRoots.count)") }
+            guard framesKept else { continue }
+            guard let frame = try database.get(cf.snapshotChunks, StoreKeys.chunk(manifest.epoch, index)) else {
+                throw fault("restore: chunk \(index) of epoch \(manifest.epoch) is marked written but not stored")
+            }
+            let proof: [Digest]
+            do throws(CoreError) { proof = try manifest.proof(chunk: Int(index)) } catch {
+                throw StoreError(.verificationFailed, error, context: "restore: chunk \(index)")
+            }
+            let chunk = try manifest.verifyChunk(index: index, frame: frame, proof: proof, limit: 64 << 20)
+            for (k, ref) in chunk.references.enumerated() {
+                guard let live = try database.get(cf.liveObjects, ref.id.bytes), let vd = StoreKeys.readVersionDigest(live),
+                      vd.version == ref.version, vd.digest == ref.digest
+                else { throw fault("restore: object \(ref.id.hex) of chunk \(index) is not in the live set as certified") }
+                guard try database.get(cf.objects, StoreKeys.object(ref.id, version: ref.version)) == chunk.encoding(k) else {
+                    throw fault("restore: object \(ref.id.hex) v\(ref.version) of chunk \(index) is not stored as certified")
+                }
+            }
+            objects += UInt64(chunk.count)
+        }
+        // Each live entry's object is stored with its certified digest; with the frames kept,
+        // the live set holds exactly the written chunks' objects.
+        var live: UInt64 = 0
+        try database.withIterator(cf.liveObjects) { it in
+            while it.isValid {
+                let (id, vd) = try liveEntry(it)
+                guard let bytes = try database.get(cf.objects, StoreKeys.object(id, version: vd.version)),
+                      Hashing.sha256(domain: .object, bytes) == vd.digest
+                else { throw fault("restore: live object \(id.hex) v\(vd.version) is missing or does not match its digest") }
+                live += 1
+                it.next()
+            }
+        }
+        if framesKept && live != objects {
+            throw fault("restore: the live set holds \(live) objects, the written chunks \(objects)")
+        }
+        report.liveObjects = live
+        report.restoreInProgress = (manifest.epoch, state.done.count, manifest.chunkRoots.count)
+        return report
+    }
+
     func verifyAllSync(allCertificates: Bool, userSignatures: Bool, progress: (@Sendable (UInt64) -> Void)?) throws -> StoreVerification {
         var report = StoreVerification()
         guard let genesis = try genesisSync() else { throw fault("the store has no genesis") }
         do throws(CoreError) { try genesis.verify() } catch { throw StoreError(.verificationFailed, error, context: "genesis") }
         guard try chainIDSync() == genesis.chainID else { throw fault("the stored chain id is not the genesis's") }
         if let state = try restoreStateSync() {
-            throw fault("a snapshot restore of epoch \(state.manifest.epoch) is in progress (\(state.done.count) of \(state.manifest.chunkRoots.count) chunks written): finish it with soma-node sync --snapshot")
+            return try verifyRestoreInProgress(state, genesis: genesis)
         }
         let restored = try restoredEpochSync()
         guard let verified = try watermarkSync(.highestVerified), let synced = try watermarkSync(.highestSynced),
