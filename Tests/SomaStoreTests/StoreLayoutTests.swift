@@ -147,13 +147,7 @@ struct StoreLayoutTests {
         var runs = IndexRuns()
         for cp in checkpoints[12...] {
             for (i, d) in cp.transactionDigests.enumerated() { runs.transactions.append((d, cp.certified.summary.sequenceNumber, UInt32(i))) }
-            var k = 0
-            for entry in cp.data.entries {
-                for object in entry.outputObjects {
-                    runs.objects.append((object.id, object.version, cp.objectEncodings[k]))
-                    k += 1
-                }
-            }
+            cp.forEachOutput { object, encoding in runs.objects.append((object.id, object.version, encoding)) }
         }
         try store.ingest(runs)
         try await store.commit(Array(checkpoints[12..<20]), bulk: true)

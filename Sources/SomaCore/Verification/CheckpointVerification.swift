@@ -26,6 +26,18 @@ public struct VerifiedCheckpoint: Sendable {
     /// The bytes of the blocks.
     public var storedBytes: Int { frames.reduce(0) { $0 + $1.count } }
 
+    /// Calls `body` with every output object and its encoding, in entry order then output
+    /// order (the verification appended exactly one encoding per output object, in this order).
+    public func forEachOutput(_ body: (Object, [UInt8]) throws -> Void) rethrows {
+        var k = 0
+        for entry in data.entries {
+            for object in entry.outputObjects {
+                try body(object, objectEncodings[k])
+                k += 1
+            }
+        }
+    }
+
     fileprivate init(
         certified: CertifiedCheckpointSummary, data: CheckpointData, frames: [[UInt8]], proofs: [[Digest]], rawBytes: Int,
         transactionDigests: [Digest], objectEncodings: [[UInt8]]

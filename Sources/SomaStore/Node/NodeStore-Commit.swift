@@ -196,25 +196,15 @@ extension NodeStore {
             for (index, digest) in cp.transactionDigests.enumerated() {
                 runs!.transactions.append((digest, seq, UInt32(index)))
             }
-            var k = 0
-            for entry in cp.data.entries {
-                for object in entry.outputObjects where k < cp.objectEncodings.count {
-                    runs!.objects.append((object.id, object.version, cp.objectEncodings[k]))
-                    k += 1
-                }
-            }
+            cp.forEachOutput { object, encoding in runs!.objects.append((object.id, object.version, encoding)) }
         } else {
             for (index, digest) in cp.transactionDigests.enumerated() {
                 batch.put(cf.transactions, digest.bytes, StoreKeys.position(seq, UInt32(index)))
             }
-            var k = 0
             var key = [UInt8](repeating: 0, count: 40)
-            for entry in cp.data.entries {
-                for object in entry.outputObjects where k < cp.objectEncodings.count {
-                    StoreKeys.writeObjectKey(object.id, object.version, into: &key)
-                    batch.put(cf.objects, key, cp.objectEncodings[k])
-                    k += 1
-                }
+            cp.forEachOutput { object, encoding in
+                StoreKeys.writeObjectKey(object.id, object.version, into: &key)
+                batch.put(cf.objects, key, encoding)
             }
         }
         if let end = summary.endOfEpoch {

@@ -221,16 +221,12 @@ extension NodeStore {
                     throw fault("checkpoint \(seq): transaction \(digest.short) is not indexed at entry \(index)")
                 }
             }
-            var k = 0
-            for entry in entries {
-                for object in entry.outputObjects {
-                    guard let stored = try database.get(cf.objects, StoreKeys.object(object.id, version: object.version)) else {
-                        throw fault("checkpoint \(seq): object \(object.id.hex) v\(object.version) is missing")
-                    }
-                    guard stored == checked.objectEncodings[k] else {
-                        throw fault("checkpoint \(seq): object \(object.id.hex) v\(object.version) is tampered (does not match its certified digest)")
-                    }
-                    k += 1
+            try checked.forEachOutput { object, encoding in
+                guard let stored = try database.get(cf.objects, StoreKeys.object(object.id, version: object.version)) else {
+                    throw fault("checkpoint \(seq): object \(object.id.hex) v\(object.version) is missing")
+                }
+                guard stored == encoding else {
+                    throw fault("checkpoint \(seq): object \(object.id.hex) v\(object.version) is tampered (does not match its certified digest)")
                 }
             }
             report.transactions += UInt64(entries.count)
