@@ -151,13 +151,29 @@ struct StoreLayoutTests {
         }
         try store.ingest(runs)
         try await store.commit(Array(checkpoints[12..<20]), bulk: true)
-        // Execution read the live set held in memory; near the tip it is released again.
-        let stored = try store.database.scan(try #require(store.database.columnFamily("liveObjects")))
+        // Execution ran on the live set held in memory (checkpoints 13-20 of the tiny chain,
+        // whose epoch ends at 19): written back at the epoch end only, so the stored set and
+        // highestExecuted are checkpoint 19's, and checkpoint 20's changes are held in memory.
         let cached = try #require(store.liveCache.withLock { $0 })
-        #expect(cached.count == stored.count && stored.count > 0)
-        for (k, v) in stored { #expect(cached[try #require(Digest(bytes: k))].map { StoreKeys.versionDigest($0) } == v) }
-        try await store.commit(Array(checkpoints[20...]))
+        #expect(cached.executed?.seq == 20 && cached.pending == 1 && !cached.dirty.isEmpty)
+        #expect(try await store.watermark(.highestExecuted)?.seq == 19)
+        #expect(try await store.watermark(.highestSynced)?.seq == 20)
+        let stored = try store.database.scan(try #require(store.database.columnFamily("liveObjects")))
+        #expect(stored.count > 0)
+        for (k, v) in stored {
+            let id = try #require(Digest(bytes: k))
+            if !cached.dirty.contains(id) { #expect(cached.set.objects[id].map { StoreKeys.versionDigest($0) } == v) }
+        }
+        // A crash now loses what memory held: the next execution starts again from the stored
+        // checkpoint 19 and reads checkpoint 20 back from the segments.
+        store.liveCache.withLock { $0 = nil }
+        #expect(try await store.executePending() == 20)
+        try await store.commit(Array(checkpoints[20..<24]), bulk: true)
+        #expect(store.liveCache.withLock { $0?.executed?.seq } == 24)
+        // Near the tip the held set is written back and released.
+        try await store.commit(Array(checkpoints[24...]))
         #expect(store.liveCache.withLock { $0 == nil })
+        #expect(try await store.watermark(.highestExecuted)?.seq == UInt64(checkpoints.count))
         let report = try await store.verifyAll()
         #expect(report.replayedFromGenesis && report.checkpoints == UInt64(checkpoints.count + 1))
         let entry = checkpoints[20].data.entries[1]
@@ -167,6 +183,25 @@ struct StoreLayoutTests {
         let files = try store.database.integerProperty("rocksdb.num-files-at-level0", of: try #require(store.database.columnFamily("transactions")))
         #expect(files ?? 0 > 0, "the index arrived as files, not through the memtable")
         await store.close()
+    }
+
+    @Test("a store closed during a bulk catch-up writes the live set it holds in memory back: the next open executes nothing again")
+    func bulkCloseWritesBack() async throws {
+        let dir = TempDir("layout-bulk-close")
+        defer { dir.cleanup() }
+        let (generator, checkpoints) = await makeChain()
+        let store = try await NodeStore.open(path: dir.path)
+        try await store.initialize(genesis: generator.genesis)
+        try await store.commit(Array(checkpoints[0..<12]), bulk: true)
+        #expect(try await store.watermark(.highestExecuted)?.seq == 9)
+        await store.close()
+        let reopened = try await NodeStore.open(path: dir.path)
+        #expect(try await reopened.watermark(.highestExecuted)?.seq == 12)
+        #expect(try await reopened.executePending() == 12)
+        try await reopened.commit(Array(checkpoints[12...]), bulk: true)
+        let report = try await reopened.verifyAll()
+        #expect(report.replayedFromGenesis && report.checkpoints == UInt64(checkpoints.count + 1))
+        await reopened.close()
     }
 
     @Test("summaries verified ahead of their blocks across epoch ends leave a store that verifies at every point")

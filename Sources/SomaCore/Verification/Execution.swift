@@ -50,6 +50,40 @@ public struct LiveObjectSet: Sendable {
         for (id, state) in staged { objects[id] = state }
     }
 
+    /// ``apply(_:)`` without staging: each change is checked and applied to the set at once
+    /// (one lookup of its id), and `changed` is told its id. The checks and the result are
+    /// those of ``apply(_:)``; on error the set is left partly changed, so a caller that cannot
+    /// discard it must use ``apply(_:)`` (a bulk catch-up drops its whole in-memory set).
+    /// - Throws: ``CoreError/Code/effectsMismatch`` naming the checkpoint, entry and object.
+    public mutating func applyInPlace(_ data: CheckpointData, changed: (ObjectID) -> Void) throws(CoreError) {
+        for (index, entry) in data.entries.enumerated() {
+            for change in entry.effects.changes {
+                let slot = objects.index(forKey: change.id)
+                let current = slot.map { objects.values[$0] }
+                if let input = change.input {
+                    guard let current, current == input else {
+                        throw CoreError(.effectsMismatch,
+                            "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) input v\(input.version) is not the live version\(current.map { " v\($0.version)" } ?? " (absent)")")
+                    }
+                } else if current != nil {
+                    throw CoreError(.effectsMismatch,
+                        "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) created but already live")
+                }
+                switch change.output {
+                case .written(let out):
+                    if let input = change.input, out.version <= input.version {
+                        throw CoreError(.effectsMismatch,
+                            "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) version does not grow")
+                    }
+                    if let slot { objects.values[slot] = out } else { objects[change.id] = out }
+                case .deleted:
+                    if let slot { objects.remove(at: slot) }
+                }
+                changed(change.id)
+            }
+        }
+    }
+
     /// The state root: the Merkle root over `bcs(ObjectRef)` of the live objects sorted by id.
     public func stateRoot() -> Digest {
         var stream = StreamingMerkleRoot()

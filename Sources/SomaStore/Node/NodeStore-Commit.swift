@@ -54,6 +54,18 @@ struct WriterState {
     var epochRecords: [UInt64: EpochRecord] = [:]
 }
 
+/// The live object set held in memory during a bulk catch-up (DESIGN §6.2): the stored
+/// `liveObjects` with the changes of the checkpoints executed since the last write-back.
+struct LiveCache {
+    var set: LiveObjectSet
+    /// Ids changed since the last write-back.
+    var dirty: Set<ObjectID> = []
+    /// The last checkpoint applied to `set`.
+    var executed: WatermarkValue?
+    /// Checkpoints applied since the last write-back.
+    var pending = 0
+}
+
 extension NodeStore {
     /// Most checkpoints in one write batch.
     static let maxGroup = 64
@@ -110,24 +122,34 @@ extension NodeStore {
     func commitSync(_ checkpoints: [VerifiedCheckpoint], execute: Bool, bulk: Bool = false) throws {
         try writer.withLock { _ throws in
             try refuseDuringRestore()
+            // Leaving a bulk catch-up (near the tip, or storing without execution): the live set
+            // held in memory is written back and released first.
+            if !(bulk && execute) { try writeBackLiveCache() }
             try finishInterruptedWork()
             var state = WriterState(
                 synced: try watermarkSync(.highestSynced), verified: try watermarkSync(.highestVerified),
                 executed: try watermarkSync(.highestExecuted))
             guard state.synced != nil else { throw StoreError(.inconsistent, "the store has no genesis") }
+            // Owned here until the end: a failure anywhere drops it (the stored live set and
+            // highestExecuted stay as last written back; what it held is executed again).
+            var cache: LiveCache? = liveCache.withLock { $0.take() }
+            if let cache { state.executed = cache.executed }
             let executing = execute && state.executed == state.synced
-            if executing { try prepareLiveCache(bulk: bulk) }
+            if executing && bulk && cache == nil { cache = try loadLiveCache(executed: state.executed) }
             for group in Self.groups(checkpoints, splitAtEpochEnds: executing, maxGroup: bulk ? Self.maxBulkGroup : Self.maxGroup) {
                 let committed = state.synced
                 let batch = WriteBatch(for: database)
                 var runs: IndexRuns? = bulk ? IndexRuns() : nil
                 for cp in group { try stage(cp, into: batch, state: &state, runs: &runs) }
                 var endOfEpoch: (UInt64, EpochRecord)? = nil
-                var executed: (view: LiveObjectSet, touched: [ObjectID])? = nil
+                var wroteBack = false
                 if executing {
-                    var (view, touched) = try loadView(for: group.map(\.data))
-                    endOfEpoch = try stageExecution(group, view: &view, touched: touched, into: batch, state: &state)
-                    executed = (view, touched)
+                    if cache != nil {
+                        (endOfEpoch, wroteBack) = try stageCachedExecution(group, cache: &cache!, into: batch, state: &state)
+                    } else {
+                        var (view, touched) = try loadView(for: group.map(\.data))
+                        endOfEpoch = try stageExecution(group, view: &view, touched: touched, into: batch, state: &state)
+                    }
                 }
                 // Crash order (DESIGN §6.1): the frames reach the disk, then the batch with the
                 // watermark; on open, frames ahead of highestSynced are cut.
@@ -137,13 +159,16 @@ extension NodeStore {
                     try database.write(batch, sync: configuration.syncWrites)
                 } catch {
                     dropHistory(after: committed)
-                    liveCache.withLock { $0 = nil }
                     throw error
                 }
                 if let synced = state.synced { held.withLock { $0.synced = synced.seq } }
-                if let executed { updateLiveCache(executed.view, executed.touched) }
+                if wroteBack {
+                    cache!.dirty.removeAll()
+                    cache!.pending = 0
+                }
                 if let (epoch, record) = endOfEpoch { try afterEpochEnd(epoch, record) }
             }
+            if let cache, executing { liveCache.withLock { $0 = cache } }
         }
     }
 
@@ -276,16 +301,15 @@ extension NodeStore {
     /// Most live objects held in memory during a bulk catch-up (about 120 bytes each: 1.24 M
     /// take about 150 MB); a larger live set is read from RocksDB instead.
     static let maxCachedLiveObjects = 4_000_000
+    /// Most checkpoints a bulk catch-up executes in memory before it writes the live set back
+    /// (it also does at every epoch end): what a crash makes it execute again.
+    static let maxPendingExecution = 4_096
+    /// Most changed ids held before the live set is written back.
+    static let maxDirtyLiveObjects = 2_000_000
 
-    /// Before an executing commit: a bulk commit loads the whole live set into memory once (one
-    /// ordered scan), so that execution reads it there instead of one multi-get per group; a
-    /// commit near the tip releases it. Called with the writer lock held.
-    func prepareLiveCache(bulk: Bool) throws {
-        guard bulk else {
-            liveCache.withLock { $0 = nil }
-            return
-        }
-        guard liveCache.withLock({ $0 == nil }) else { return }
+    /// The whole live set, loaded for a bulk catch-up by one ordered scan; `nil` if it holds
+    /// more than ``maxCachedLiveObjects``. Called with the writer lock held.
+    func loadLiveCache(executed: WatermarkValue?) throws -> LiveCache? {
         var objects: [ObjectID: VersionDigest] = [:]
         let fits: Bool = try database.withIterator(cf.liveObjects) { it in
             while it.isValid {
@@ -296,19 +320,34 @@ extension NodeStore {
             }
             return true
         }
-        if fits { liveCache.withLock { $0 = objects } }
+        return fits ? LiveCache(set: LiveObjectSet(consume objects), executed: executed) : nil
     }
 
-    /// After a committed execution: the cached live set takes the group's changes.
-    func updateLiveCache(_ view: LiveObjectSet, _ touched: [ObjectID]) {
-        liveCache.withLock { cache in
-            guard cache != nil else { return }
-            for id in touched { cache![id] = view.objects[id] }
+    /// Writes the changes a bulk catch-up executed in memory to `liveObjects`, with
+    /// `highestExecuted`, in one batch, and releases the cached set. Called with the writer
+    /// lock held.
+    func writeBackLiveCache() throws {
+        guard let cache = liveCache.withLock({ $0.take() }), cache.pending > 0, let executed = cache.executed else { return }
+        let batch = WriteBatch(for: database)
+        stageLiveEntries(cache.dirty, of: cache.set, into: batch)
+        setWatermark(.highestExecuted, executed, in: batch)
+        try database.write(batch, sync: configuration.syncWrites)
+    }
+
+    /// Puts the entries of `ids` as `set` holds them (deleted when absent) into `batch`.
+    func stageLiveEntries(_ ids: some Collection<ObjectID>, of set: LiveObjectSet, into batch: WriteBatch) {
+        // In key order: the memtable's skip list then reuses its insertion point from one key to
+        // the next instead of searching from the top for each (a third of a bulk commit's time).
+        for id in ids.sorted() {
+            if let vd = set.objects[id] {
+                batch.put(cf.liveObjects, id.bytes, StoreKeys.versionDigest(vd))
+            } else {
+                batch.delete(cf.liveObjects, id.bytes)
+            }
         }
     }
 
-    /// Loads the live entries of every object the checkpoints touch: from the cached live set
-    /// during a bulk catch-up, else with one multi-get.
+    /// Loads the live entries of every object the checkpoints touch, with one multi-get.
     func loadView(for data: [CheckpointData]) throws(StoreError) -> (LiveObjectSet, [ObjectID]) {
         var seen = Set<ObjectID>()
         var touched: [ObjectID] = []
@@ -317,14 +356,6 @@ extension NodeStore {
                 for c in e.effects.changes where seen.insert(c.id).inserted { touched.append(c.id) }
             }
         }
-        let cached: [ObjectID: VersionDigest]? = liveCache.withLock { cache in
-            guard let cache else { return nil }
-            var objects: [ObjectID: VersionDigest] = [:]
-            objects.reserveCapacity(touched.count)
-            for id in touched { if let vd = cache[id] { objects[id] = vd } }
-            return objects
-        }
-        if let cached { return (LiveObjectSet(cached), touched) }
         let values = try database.multiGet(cf.liveObjects, touched.map(\.bytes))
         var objects: [ObjectID: VersionDigest] = [:]
         objects.reserveCapacity(touched.count)
@@ -338,6 +369,78 @@ extension NodeStore {
         return (LiveObjectSet(objects), touched)
     }
 
+    /// Bulk execution (DESIGN §6.2): applies a group to the cached live set in place. The
+    /// changes are written back to `liveObjects` with `highestExecuted` only at an epoch end
+    /// (after its state root is checked: the stored set merged with the changed ids) or past
+    /// ``maxPendingExecution`` checkpoints or ``maxDirtyLiveObjects`` changed ids; between,
+    /// `highestExecuted` stays where the last write-back left it, and a crash executes those
+    /// checkpoints again from the segments. Returns the epoch end, if any, and whether the
+    /// batch writes the set back.
+    func stageCachedExecution(
+        _ group: ArraySlice<VerifiedCheckpoint>, cache: inout LiveCache, into batch: WriteBatch, state: inout WriterState
+    ) throws -> (endOfEpoch: (UInt64, EpochRecord)?, wroteBack: Bool) {
+        var endOfEpoch: (UInt64, EpochRecord)? = nil
+        // Moved out while execution changes the set (one owner each, no copy).
+        var dirty = cache.dirty
+        cache.dirty = []
+        defer { cache.dirty = dirty }
+        for cp in group {
+            let summary = cp.certified.summary
+            try checkExecutionOrder(summary, state: state)
+            do {
+                // Unstaged: on a failure the caller drops the whole cached set.
+                try cache.set.applyInPlace(cp.data) { dirty.insert($0) }
+            } catch {
+                throw StoreError(.executionFailed, error, context: "checkpoint \(summary.sequenceNumber)")
+            }
+            cache.pending += 1
+            if let end = summary.endOfEpoch {
+                precondition(group.last?.certified.summary.sequenceNumber == summary.sequenceNumber,
+                             "an epoch end closes its execution group")
+                let (root, count) = try stateRoot(overlay: cache.set, touched: Array(dirty))
+                endOfEpoch = try stageEpochEnd(summary, end, root: root, count: count, into: batch, state: &state)
+            }
+            state.executed = WatermarkValue(seq: summary.sequenceNumber, digest: cp.certified.digest)
+        }
+        cache.executed = state.executed
+        let writeBack = endOfEpoch != nil || cache.pending >= Self.maxPendingExecution || dirty.count >= Self.maxDirtyLiveObjects
+        if writeBack, let executed = state.executed {
+            stageLiveEntries(dirty, of: cache.set, into: batch)
+            setWatermark(.highestExecuted, executed, in: batch)
+        }
+        return (endOfEpoch, writeBack)
+    }
+
+    /// Checks that `summary` is the next checkpoint to execute.
+    func checkExecutionOrder(_ summary: CheckpointSummary, state: WriterState) throws(StoreError) {
+        let expected = try state.executed.map { (w) throws(StoreError) in try StoreKeys.successor(w.seq, "highestExecuted") } ?? 0
+        guard summary.sequenceNumber == expected else {
+            throw StoreError(.outOfOrder, "checkpoint \(summary.sequenceNumber) executed after \(state.executed.map { "\($0.seq)" } ?? "none")")
+        }
+    }
+
+    /// Checks an executed epoch end's state root and object count against the certified ones
+    /// and adds its completed record (and the pending-snapshot marker) to `batch`.
+    func stageEpochEnd(
+        _ summary: CheckpointSummary, _ end: EndOfEpochData, root: Digest, count: UInt64, into batch: WriteBatch, state: inout WriterState
+    ) throws -> (UInt64, EpochRecord) {
+        guard root == end.stateRoot, count == end.liveObjectCount else {
+            throw StoreError(.executionFailed,
+                "checkpoint \(summary.sequenceNumber): state root \(root.short) over \(count) objects, certified \(end.stateRoot.short) over \(end.liveObjectCount); execution stops here")
+        }
+        var record = try epochRecord(summary.epoch, state: &state) ?? EpochRecord(epoch: summary.epoch, firstCheckpoint: summary.sequenceNumber)
+        record.lastCheckpoint = summary.sequenceNumber
+        record.stateRoot = root
+        record.liveObjectCount = count
+        state.epochRecords[summary.epoch] = record
+        batch.put(cf.epochs, StoreKeys.seq(summary.epoch), record.bcsBytes)
+        if configuration.retainSnapshots > 0 {
+            // The snapshot is built after this batch; the marker makes that survive a crash.
+            batch.put(cf.meta, Self.pendingSnapshotKey, StoreKeys.seq(summary.epoch))
+        }
+        return (summary.epoch, record)
+    }
+
     /// Applies checkpoints to `view` in order (DESIGN §5.4), adds the live-set changes and the
     /// `highestExecuted` watermark to `batch`, and checks the state root if the last one ends
     /// an epoch. Returns that epoch and its completed record.
@@ -348,10 +451,7 @@ extension NodeStore {
         var endOfEpoch: (UInt64, EpochRecord)? = nil
         for cp in checkpoints {
             let summary = cp.certified.summary
-            let expected = try state.executed.map { (w) throws(StoreError) in try StoreKeys.successor(w.seq, "highestExecuted") } ?? 0
-            guard summary.sequenceNumber == expected else {
-                throw StoreError(.outOfOrder, "checkpoint \(summary.sequenceNumber) executed after \(state.executed.map { "\($0.seq)" } ?? "none")")
-            }
+            try checkExecutionOrder(summary, state: state)
             do {
                 try view.apply(cp.data)
             } catch {
@@ -361,33 +461,11 @@ extension NodeStore {
                 precondition(checkpoints.last?.certified.summary.sequenceNumber == summary.sequenceNumber,
                              "an epoch end closes its execution group")
                 let (root, count) = try stateRoot(overlay: view, touched: touched)
-                guard root == end.stateRoot, count == end.liveObjectCount else {
-                    throw StoreError(.executionFailed,
-                        "checkpoint \(summary.sequenceNumber): state root \(root.short) over \(count) objects, certified \(end.stateRoot.short) over \(end.liveObjectCount); execution stops here")
-                }
-                var record = try epochRecord(summary.epoch, state: &state) ?? EpochRecord(epoch: summary.epoch, firstCheckpoint: summary.sequenceNumber)
-                record.lastCheckpoint = summary.sequenceNumber
-                record.stateRoot = root
-                record.liveObjectCount = count
-                state.epochRecords[summary.epoch] = record
-                batch.put(cf.epochs, StoreKeys.seq(summary.epoch), record.bcsBytes)
-                if configuration.retainSnapshots > 0 {
-                    // The snapshot is built after this batch; the marker makes that survive a crash.
-                    batch.put(cf.meta, Self.pendingSnapshotKey, StoreKeys.seq(summary.epoch))
-                }
-                endOfEpoch = (summary.epoch, record)
+                endOfEpoch = try stageEpochEnd(summary, end, root: root, count: count, into: batch, state: &state)
             }
             state.executed = WatermarkValue(seq: summary.sequenceNumber, digest: cp.certified.digest)
         }
-        // In key order: the memtable's skip list then reuses its insertion point from one key to
-        // the next instead of searching from the top for each (a third of a bulk commit's time).
-        for id in touched.sorted() {
-            if let vd = view.objects[id] {
-                batch.put(cf.liveObjects, id.bytes, StoreKeys.versionDigest(vd))
-            } else {
-                batch.delete(cf.liveObjects, id.bytes)
-            }
-        }
+        stageLiveEntries(touched, of: view, into: batch)
         if let executed = state.executed { setWatermark(.highestExecuted, executed, in: batch) }
         return endOfEpoch
     }
@@ -492,7 +570,7 @@ extension NodeStore {
 
     func executePendingSync(maxCheckpoints: Int) throws -> UInt64? {
         try writer.withLock { _ throws in
-            liveCache.withLock { $0 = nil }
+            try writeBackLiveCache()
             try finishInterruptedWork()
             var state = WriterState(
                 synced: try watermarkSync(.highestSynced), verified: try watermarkSync(.highestVerified),

@@ -62,9 +62,10 @@ public final class NodeStore: Sendable {
     /// committed (frames appended ahead of their batch, or left behind by a pruning that deletes
     /// whole segments, stay invisible).
     let held = Mutex(HeldRange())
-    /// The whole live object set in memory while a bulk catch-up executes (DESIGN §6.2), equal
-    /// to `liveObjects` as committed; `nil` otherwise. Changed under the writer lock only.
-    let liveCache = Mutex<[ObjectID: VersionDigest]?>(nil)
+    /// The whole live object set in memory while a bulk catch-up executes (DESIGN §6.2), ahead
+    /// of `liveObjects` by the changes not yet written back; `nil` otherwise. Changed under the
+    /// writer lock only.
+    let liveCache = Mutex<LiveCache?>(nil)
 
     struct HeldRange {
         var lowest: UInt64 = 0
@@ -212,6 +213,9 @@ public final class NodeStore: Sendable {
             // Calls already running on other pool threads finish before the handles are freed;
             // none can start any more.
             while usage.withLock({ $0.active }) > 0 { Thread.sleep(forTimeInterval: 0.001) }
+            // Execution a bulk catch-up held in memory is written back (else the next open
+            // executes it again from the segments).
+            if !configuration.database.readOnly { try? writer.withLock { _ throws in try writeBackLiveCache() } }
             if !configuration.database.readOnly { try? database.flush() }
             database.close()
             segments.close()
