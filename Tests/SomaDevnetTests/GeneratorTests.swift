@@ -157,6 +157,37 @@ struct ExecutionTests {
         #expect(live.stateRoot() == chain.generator.stateRoot())
     }
 
+    @Test("applying in place (a bulk catch-up's in-memory set) gives the staged apply's set and roots, names every changed id, and rejects the same violations")
+    func replayInPlace() async throws {
+        let chain = await Chain.make(.tiny)
+        var staged = LiveObjectSet()
+        var inPlace = LiveObjectSet()
+        for cp in chain.all {
+            try staged.apply(cp.data)
+            var changed = Set<ObjectID>()
+            try inPlace.applyInPlace(cp.data) { changed.insert($0) }
+            #expect(inPlace.objects == staged.objects)
+            #expect(changed == Set(cp.data.entries.flatMap { $0.effects.changes.map(\.id) }))
+            if let end = cp.certified.summary.endOfEpoch {
+                try inPlace.verify(endOfEpoch: end, at: cp.certified.summary.sequenceNumber)
+            }
+        }
+        var live = LiveObjectSet()
+        try live.applyInPlace(chain.all[0].data) { _ in }
+        try live.applyInPlace(chain.all[1].data) { _ in }
+        // Checkpoint 1 again: its inputs are no longer live, its creations already are.
+        expectCodes([.effectsMismatch]) { try live.applyInPlace(chain.all[1].data) { _ in } }
+        // A change whose version does not grow.
+        var data = chain.all[2].data
+        let i = data.entries[0].effects.changes.firstIndex { $0.input != nil }!
+        let input = data.entries[0].effects.changes[i].input!
+        data.entries[0].effects.changes[i].output = .written(VersionDigest(version: input.version, digest: input.digest))
+        var other = LiveObjectSet()
+        try other.applyInPlace(chain.all[0].data) { _ in }
+        try other.applyInPlace(chain.all[1].data) { _ in }
+        expectCodes([.effectsMismatch]) { try other.applyInPlace(data) { _ in } }
+    }
+
     @Test("out-of-order, repeated and stale effects are rejected and leave the set unchanged")
     func violations() async throws {
         let chain = await Chain.make(.tiny)

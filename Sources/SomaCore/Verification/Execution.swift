@@ -26,25 +26,7 @@ public struct LiveObjectSet: Sendable {
         for (index, entry) in data.entries.enumerated() {
             for change in entry.effects.changes {
                 let current: VersionDigest? = staged[change.id] ?? objects[change.id]
-                if let input = change.input {
-                    guard let current, current == input else {
-                        throw CoreError(.effectsMismatch,
-                            "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) input v\(input.version) is not the live version\(current.map { " v\($0.version)" } ?? " (absent)")")
-                    }
-                } else if current != nil {
-                    throw CoreError(.effectsMismatch,
-                        "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) created but already live")
-                }
-                switch change.output {
-                case .written(let out):
-                    if let input = change.input, out.version <= input.version {
-                        throw CoreError(.effectsMismatch,
-                            "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) version does not grow")
-                    }
-                    staged[change.id] = .some(out)
-                case .deleted:
-                    staged[change.id] = .some(nil)
-                }
+                staged[change.id] = .some(try Self.check(change, current: current, checkpoint: data.sequenceNumber, index: index))
             }
         }
         for (id, state) in staged { objects[id] = state }
@@ -59,28 +41,40 @@ public struct LiveObjectSet: Sendable {
         for (index, entry) in data.entries.enumerated() {
             for change in entry.effects.changes {
                 let slot = objects.index(forKey: change.id)
-                let current = slot.map { objects.values[$0] }
-                if let input = change.input {
-                    guard let current, current == input else {
-                        throw CoreError(.effectsMismatch,
-                            "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) input v\(input.version) is not the live version\(current.map { " v\($0.version)" } ?? " (absent)")")
-                    }
-                } else if current != nil {
-                    throw CoreError(.effectsMismatch,
-                        "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) created but already live")
-                }
-                switch change.output {
-                case .written(let out):
-                    if let input = change.input, out.version <= input.version {
-                        throw CoreError(.effectsMismatch,
-                            "checkpoint \(data.sequenceNumber) entry \(index): object \(change.id.short) version does not grow")
-                    }
-                    if let slot { objects.values[slot] = out } else { objects[change.id] = out }
-                case .deleted:
-                    if let slot { objects.remove(at: slot) }
+                let next = try Self.check(change, current: slot.map { objects.values[$0] }, checkpoint: data.sequenceNumber, index: index)
+                switch (slot, next) {
+                case (let slot?, let next?): objects.values[slot] = next
+                case (let slot?, nil): objects.remove(at: slot)
+                case (nil, let next?): objects[change.id] = next
+                case (nil, nil): break
                 }
                 changed(change.id)
             }
+        }
+    }
+
+    /// The §5.4 checks of one change against the object's `current` live state: the input must
+    /// equal it (or the object must be absent for a creation), a written version must exceed
+    /// the input's. Returns the object's state after the change (`nil`: deleted).
+    static func check(_ change: ObjectChange, current: VersionDigest?, checkpoint: UInt64, index: Int) throws(CoreError) -> VersionDigest? {
+        if let input = change.input {
+            guard let current, current == input else {
+                throw CoreError(.effectsMismatch,
+                    "checkpoint \(checkpoint) entry \(index): object \(change.id.short) input v\(input.version) is not the live version\(current.map { " v\($0.version)" } ?? " (absent)")")
+            }
+        } else if current != nil {
+            throw CoreError(.effectsMismatch,
+                "checkpoint \(checkpoint) entry \(index): object \(change.id.short) created but already live")
+        }
+        switch change.output {
+        case .written(let out):
+            if let input = change.input, out.version <= input.version {
+                throw CoreError(.effectsMismatch,
+                    "checkpoint \(checkpoint) entry \(index): object \(change.id.short) version does not grow")
+            }
+            return out
+        case .deleted:
+            return nil
         }
     }
 
