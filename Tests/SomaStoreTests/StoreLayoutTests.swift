@@ -135,6 +135,80 @@ struct StoreLayoutTests {
         await reader.close()
     }
 
+    @Test("an archive stores each object version once, as a 20-byte locator into its block (a pruned store keeps the encoding); reads, verify and the snapshot give the exact bytes; a tampered locator is named and never read past its block")
+    func objectLocators() async throws {
+        let dir = TempDir("layout-locators")
+        defer { dir.cleanup() }
+        // Three parts per checkpoint: locators name parts other than the first.
+        let profile = DevnetProfile(name: "wide", validators: 4, epochs: 1, checkpoints: 3, transactionsPerCheckpoint: 2_100, accounts: 50)
+        let (generator, checkpoints) = await makeChain(profile, seed: 2)
+        let store = try await NodeStore.open(path: dir.path)
+        try await store.initialize(genesis: generator.genesis)
+        try await store.commit(Array(checkpoints[0..<2]), bulk: true)
+        try await store.commit(Array(checkpoints[2...]))
+        let objects = try #require(store.database.columnFamily("objects"))
+        var parts = Set<UInt32>()
+        var sample: (id: ObjectID, version: UInt64, locator: ObjectLocator)? = nil
+        for cp in checkpoints {
+            let seq = cp.certified.summary.sequenceNumber
+            let blocks = try cp.frames.map { try LZ4Frame.decompress($0, limit: 1 << 28) }
+            try cp.forEachOutput { object, encoding, location in
+                let value = try #require(try store.database.get(objects, StoreKeys.object(object.id, version: object.version)))
+                let locator = try #require(StoreKeys.readObjectLocator(value))
+                #expect(locator == ObjectLocator(seq: seq, part: location.part, offset: location.offset, length: UInt32(encoding.count)))
+                let block = blocks[Int(location.part)]
+                #expect(Array(block[Int(location.offset)..<Int(location.offset) + encoding.count]) == encoding)
+                parts.insert(location.part)
+                if sample == nil || location.part == 2 { sample = (object.id, object.version, locator) }
+            }
+        }
+        #expect(parts == [0, 1, 2])
+        let s = try #require(sample)
+        let read = try #require(try await store.object(s.id, version: s.version))
+        #expect(read.bcsBytes == Array(try LZ4Frame.decompress(checkpoints[Int(s.locator.seq) - 1].frames[Int(s.locator.part)], limit: 1 << 28)[Int(s.locator.offset)..<Int(s.locator.offset + s.locator.length)]))
+        // The epoch end's snapshot was built from the blocks (it reproduces the certified root or is not written).
+        #expect(try await store.snapshotEpochs() == [0])
+        let manifest = try #require(try await store.snapshotManifest(epoch: 0))
+        #expect(manifest.objectCount > 0)
+        #expect(try await store.verifyAll().replayedFromGenesis)
+        let key = StoreKeys.object(s.id, version: s.version)
+        // A locator moved by one byte: verify names the object; the read fails cleanly.
+        var moved = s.locator
+        moved.offset += 1
+        try store.database.put(objects, key, StoreKeys.objectLocator(moved))
+        await #expect(throws: StoreError.self) { try await store.verifyAll() }
+        await #expect(throws: StoreError.self) { _ = try await store.object(s.id, version: s.version) }
+        // Past the end of its block, or into a checkpoint not held: a clear error, no read.
+        for bad in [ObjectLocator(seq: s.locator.seq, part: s.locator.part, offset: UInt32.max, length: UInt32.max),
+                    ObjectLocator(seq: 1 << 40, part: 0, offset: 0, length: 10),
+                    ObjectLocator(seq: s.locator.seq, part: 9, offset: 0, length: 10)] {
+            try store.database.put(objects, key, StoreKeys.objectLocator(bad))
+            do {
+                _ = try await store.object(s.id, version: s.version)
+                Issue.record("a bad locator was followed")
+            } catch let error as StoreError {
+                #expect(error.message.contains("checkpoint"))
+            }
+        }
+        try store.database.put(objects, key, StoreKeys.objectLocator(s.locator))
+        #expect(try await store.verifyAll().replayedFromGenesis)
+        await store.close()
+
+        // A pruned store drops blocks before their live objects go: it keeps the encodings.
+        let prunedDir = TempDir("layout-locators-pruned")
+        defer { prunedDir.cleanup() }
+        var config = StoreConfiguration()
+        config.mode = .pruned
+        let pruned = try await NodeStore.open(path: prunedDir.path, configuration: config)
+        try await pruned.initialize(genesis: generator.genesis)
+        try await pruned.commit(checkpoints, bulk: true)
+        try checkpoints[0].forEachOutput { object, encoding, _ in
+            let value = try pruned.database.get(try #require(pruned.database.columnFamily("objects")), StoreKeys.object(object.id, version: object.version))
+            #expect(value == encoding)
+        }
+        await pruned.close()
+    }
+
     @Test("a bulk commit ingests the transaction index and object versions as sorted SST files: the store reads and verifies as one committed batch by batch, and a re-applied group changes nothing")
     func bulkCommit() async throws {
         let dir = TempDir("layout-bulk")
@@ -147,7 +221,9 @@ struct StoreLayoutTests {
         var runs = IndexRuns()
         for cp in checkpoints[12...] {
             for (i, d) in cp.transactionDigests.enumerated() { runs.transactions.append((d, cp.certified.summary.sequenceNumber, UInt32(i))) }
-            cp.forEachOutput { object, encoding in runs.objects.append((object.id, object.version, encoding)) }
+            try cp.forEachOutput { object, encoding, location in
+                runs.objects.append((object.id, object.version, try store.storedObject(cp.certified.summary.sequenceNumber, encoding, location)))
+            }
         }
         try store.ingest(runs)
         try await store.commit(Array(checkpoints[12..<20]), bulk: true)

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A checkpoint whose contents the transaction verifier (``CheckpointVerifier``) checked against
 /// its certified summary, with its blocks: ready to store, execute and serve (DESIGN §5.3).
 ///
@@ -22,17 +28,21 @@ public struct VerifiedCheckpoint: Sendable {
     /// `bcs(Object)` of every output object, in entry order then output order: the bytes whose
     /// digests the verification checked against the effects.
     public let objectEncodings: [[UInt8]]
+    /// Where each of those encodings lies in the blocks (same order): an archive stores this
+    /// instead of a second copy of the bytes (DESIGN §6.1).
+    public let objectLocations: [ObjectLocation]
 
     /// The bytes of the blocks.
     public var storedBytes: Int { frames.reduce(0) { $0 + $1.count } }
 
-    /// Calls `body` with every output object and its encoding, in entry order then output
-    /// order (the verification appended exactly one encoding per output object, in this order).
-    public func forEachOutput(_ body: (Object, [UInt8]) throws -> Void) rethrows {
+    /// Calls `body` with every output object, its encoding and where the encoding lies in the
+    /// blocks, in entry order then output order (the verification appended exactly one encoding
+    /// and one location per output object, in this order).
+    public func forEachOutput(_ body: (Object, [UInt8], ObjectLocation) throws -> Void) rethrows {
         var k = 0
         for entry in data.entries {
             for object in entry.outputObjects {
-                try body(object, objectEncodings[k])
+                try body(object, objectEncodings[k], objectLocations[k])
                 k += 1
             }
         }
@@ -40,7 +50,7 @@ public struct VerifiedCheckpoint: Sendable {
 
     fileprivate init(
         certified: CertifiedCheckpointSummary, data: CheckpointData, frames: [[UInt8]], proofs: [[Digest]], rawBytes: Int,
-        transactionDigests: [Digest], objectEncodings: [[UInt8]]
+        transactionDigests: [Digest], objectEncodings: [[UInt8]], objectLocations: [ObjectLocation]
     ) {
         self.certified = certified
         self.data = data
@@ -49,6 +59,23 @@ public struct VerifiedCheckpoint: Sendable {
         self.rawBytes = rawBytes
         self.transactionDigests = transactionDigests
         self.objectEncodings = objectEncodings
+        self.objectLocations = objectLocations
+    }
+}
+
+/// Where an output object's encoding lies in its checkpoint's blocks: the part, and the byte
+/// offset in that part's decompressed block, `bcs(CheckpointData)` (the length is the
+/// encoding's). The bytes there are exactly the encoding whose digest the effects certify.
+public struct ObjectLocation: Sendable, Hashable {
+    /// The part (block) of the checkpoint.
+    public let part: UInt32
+    /// The offset in the part's decompressed bytes.
+    public let offset: UInt32
+
+    /// A location (read back from a store: check it against the block before use).
+    public init(part: UInt32, offset: UInt32) {
+        self.part = part
+        self.offset = offset
     }
 }
 
@@ -91,6 +118,7 @@ public enum CheckpointVerifier {
                 throw CoreError(.contentMismatch, "checkpoint \(seq) part \(part): the block is of checkpoint \(data.sequenceNumber)")
             }
             let hashes = try collected.leafHashes(of: data, verifyUserSignatures: verifyUserSignatures)
+            try collected.locate(in: bytes, part: part, checkpoint: seq)
             if frames.count == 1 {
                 try BlockVerifier.checkRoot(hashes, of: data, summary: summary, entryCount: entryCount)
             } else {
@@ -100,7 +128,8 @@ public enum CheckpointVerifier {
         }
         return VerifiedCheckpoint(
             certified: certified, data: CheckpointData(sequenceNumber: seq, entries: entries), frames: frames, proofs: proofs,
-            rawBytes: raw, transactionDigests: collected.digests, objectEncodings: collected.encodings)
+            rawBytes: raw, transactionDigests: collected.digests, objectEncodings: collected.encodings,
+            objectLocations: collected.locations)
     }
 
     /// Verifies contents without blocks (built locally, or read from a chain file that holds
@@ -119,14 +148,24 @@ public enum CheckpointVerifier {
         try BlockVerifier.checkRoot(hashes, of: data, summary: summary, entryCount: entryCount)
         let parts = BlockVerifier.parts(of: data, leafHashes: hashes)
         var raw = 0
-        let frames = parts.map { part in
+        var frames: [[UInt8]] = []
+        // The encodings were collected in entry order: each part takes its entries' outputs.
+        let encodings = collected.encodings
+        var first = 0
+        for (p, part) in parts.enumerated() {
             let bytes = BCS.encode(part.data, capacity: 1 << 16)
             raw += bytes.count
-            return compress(bytes)
+            let count = part.data.entries.reduce(0) { $0 + $1.outputObjects.count }
+            guard first + count <= encodings.count else {
+                throw CoreError(.outputObjectMismatch, "checkpoint \(summary.sequenceNumber): \(first + count) output objects, \(encodings.count) verified")
+            }
+            try Collected.locate(encodings[first..<first + count], in: bytes, part: p, checkpoint: summary.sequenceNumber, into: &collected.locations)
+            first += count
+            frames.append(compress(bytes))
         }
         return VerifiedCheckpoint(
             certified: certified, data: data, frames: frames, proofs: parts.count > 1 ? parts.map(\.proof) : [[]], rawBytes: raw,
-            transactionDigests: collected.digests, objectEncodings: collected.encodings)
+            transactionDigests: collected.digests, objectEncodings: collected.encodings, objectLocations: collected.locations)
     }
 
     /// The number of parts (blocks) the summary's checkpoint has after a checkpoint whose total
@@ -145,10 +184,12 @@ public enum CheckpointVerifier {
         return count
     }
 
-    /// What the verification computes once and keeps: transaction digests and object encodings.
+    /// What the verification computes once and keeps: transaction digests, object encodings
+    /// and where each encoding lies in the blocks.
     struct Collected {
         var digests: [Digest] = []
         var encodings: [[UInt8]] = []
+        var locations: [ObjectLocation] = []
 
         init(entryCount: UInt64) {
             // A hint only: the count is certified but can be anything; the arrays grow as needed.
@@ -157,6 +198,58 @@ public enum CheckpointVerifier {
 
         mutating func leafHashes(of data: CheckpointData, verifyUserSignatures: Bool) throws(CoreError) -> [Digest] {
             try BlockVerifier.leafHashes(of: data, verifyUserSignatures: verifyUserSignatures, digests: &digests, encodings: &encodings)
+        }
+
+        /// Locates the encodings collected from one part (those without a location yet) in
+        /// that part's decompressed bytes.
+        mutating func locate(in bytes: [UInt8], part: Int, checkpoint: UInt64) throws(CoreError) {
+            try Self.locate(encodings[locations.count...], in: bytes, part: part, checkpoint: checkpoint, into: &locations)
+        }
+
+        /// Finds each encoding in `bytes`, in order, each at or after the end of the one
+        /// before. The decoder accepts canonical BCS only, so an object decoded from the block
+        /// re-encodes to the very bytes it was read from, in order: the search always finds it,
+        /// at its own place or at an earlier copy of the same bytes (as good: the bytes are
+        /// what count), scanning the block about once. Not finding one means the block holds
+        /// an object in a form other than its certified encoding.
+        static func locate(
+            _ encodings: ArraySlice<[UInt8]>, in bytes: [UInt8], part: Int, checkpoint: UInt64, into locations: inout [ObjectLocation]
+        ) throws(CoreError) {
+            guard !encodings.isEmpty else { return }
+            guard bytes.count <= Int(UInt32.max), let p = UInt32(exactly: part) else {
+                throw CoreError(.contentMismatch, "checkpoint \(checkpoint) part \(part): a block of \(bytes.count) bytes is too large to locate objects in")
+            }
+            var cursor = 0
+            for encoding in encodings {
+                guard let found = find(encoding, in: bytes, from: cursor) else {
+                    throw CoreError(.outputObjectMismatch,
+                        "checkpoint \(checkpoint) part \(part): an output object's certified encoding is not in the block")
+                }
+                // found + count <= bytes.count <= UInt32.max.
+                locations.append(ObjectLocation(part: p, offset: UInt32(found)))
+                cursor = found + encoding.count
+            }
+        }
+
+        /// The first offset at or after `from` where `needle` lies in `haystack`.
+        static func find(_ needle: [UInt8], in haystack: [UInt8], from: Int) -> Int? {
+            let m = needle.count
+            guard m > 0, from >= 0, haystack.count >= m, from <= haystack.count - m else { return nil }
+            return haystack.withUnsafeBytes { h -> Int? in
+                needle.withUnsafeBytes { n -> Int? in
+                    let base = h.baseAddress!
+                    var i = from
+                    let last = h.count - m
+                    while i <= last {
+                        // The next place the first byte occurs, then the whole needle there.
+                        guard let hit = memchr(base + i, Int32(n[0]), last - i + 1) else { return nil }
+                        let at = base.distance(to: UnsafeRawPointer(hit))
+                        if memcmp(base + at, n.baseAddress!, m) == 0 { return at }
+                        i = at + 1
+                    }
+                    return nil
+                }
+            }
         }
     }
 }

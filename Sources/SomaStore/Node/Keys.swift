@@ -78,6 +78,37 @@ public enum StoreKeys {
         return v
     }
 
+    /// An object version stored as a locator into its block (archive stores, DESIGN §6.1):
+    /// `seq (BE) ‖ part (u32 BE) ‖ offset (u32 BE) ‖ length (u32 BE)`, 20 bytes. An object
+    /// version stored as its encoding is never 20 bytes long (`bcs(Object)` starts with a
+    /// 32-byte id), so the length tells the two apart.
+    static func objectLocator(_ locator: ObjectLocator) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: objectLocatorSize)
+        writeObjectLocator(locator, into: &bytes)
+        return bytes
+    }
+
+    /// Writes a locator into a 20-byte buffer (no allocation).
+    static func writeObjectLocator(_ locator: ObjectLocator, into bytes: inout [UInt8]) {
+        precondition(bytes.count == objectLocatorSize)
+        bytes.withUnsafeMutableBytes { b in
+            b.storeBytes(of: locator.seq.bigEndian, toByteOffset: 0, as: UInt64.self)
+            b.storeBytes(of: locator.part.bigEndian, toByteOffset: 8, as: UInt32.self)
+            b.storeBytes(of: locator.offset.bigEndian, toByteOffset: 12, as: UInt32.self)
+            b.storeBytes(of: locator.length.bigEndian, toByteOffset: 16, as: UInt32.self)
+        }
+    }
+
+    static let objectLocatorSize = 20
+
+    /// Reads a locator, or `nil` for a value of another length (an encoding).
+    static func readObjectLocator(_ bytes: [UInt8]) -> ObjectLocator? {
+        guard bytes.count == objectLocatorSize, let seq = readU64(bytes), let part = readU32(bytes, at: 8),
+              let offset = readU32(bytes, at: 12), let length = readU32(bytes, at: 16)
+        else { return nil }
+        return ObjectLocator(seq: seq, part: part, offset: offset, length: length)
+    }
+
     static func readVersionDigest(_ bytes: [UInt8]) -> VersionDigest? {
         bytes.withUnsafeBytes { readVersionDigest(raw: $0) }
     }
@@ -88,6 +119,16 @@ public enum StoreKeys {
         guard let d = Digest(bytes: UnsafeRawBufferPointer(rebasing: raw[8..<40])) else { return nil }
         return VersionDigest(version: v, digest: d)
     }
+}
+
+/// Where an object version's encoding lies in the history segments: checkpoint, part, and the
+/// byte range in that part's decompressed block. Read back from the store, so checked against
+/// the block before use.
+struct ObjectLocator: Hashable, Sendable {
+    var seq: UInt64
+    var part: UInt32
+    var offset: UInt32
+    var length: UInt32
 }
 
 /// The persisted heights (DESIGN §1).

@@ -27,9 +27,16 @@ extension CheckpointVerifier {
 /// The random-key index entries of a bulk group, collected for sorted SST files.
 struct IndexRuns {
     var transactions: [(digest: Digest, seq: UInt64, index: UInt32)] = []
-    /// Object versions: id, version and encoding (the key `id ‖ version` is written when the
-    /// sorted file is built, off the commit thread).
-    var objects: [(id: ObjectID, version: UInt64, value: [UInt8])] = []
+    /// Object versions: id, version and what is stored of it (the key `id ‖ version` and the
+    /// value are written when the sorted file is built, off the commit thread).
+    var objects: [(id: ObjectID, version: UInt64, value: StoredObject)] = []
+}
+
+/// What `objects` holds of an object version: its encoding, or (archive stores, DESIGN §6.1)
+/// a locator into its block in the history segments, which hold the same bytes.
+enum StoredObject {
+    case encoding([UInt8])
+    case locator(ObjectLocator)
 }
 
 /// What execution needs of a checkpoint: its summary and contents.
@@ -221,15 +228,23 @@ extension NodeStore {
             for (index, digest) in cp.transactionDigests.enumerated() {
                 runs!.transactions.append((digest, seq, UInt32(index)))
             }
-            cp.forEachOutput { object, encoding in runs!.objects.append((object.id, object.version, encoding)) }
+            try cp.forEachOutput { object, encoding, location in
+                runs!.objects.append((object.id, object.version, try storedObject(seq, encoding, location)))
+            }
         } else {
             for (index, digest) in cp.transactionDigests.enumerated() {
                 batch.put(cf.transactions, digest.bytes, StoreKeys.position(seq, UInt32(index)))
             }
             var key = [UInt8](repeating: 0, count: 40)
-            cp.forEachOutput { object, encoding in
+            var value = [UInt8](repeating: 0, count: StoreKeys.objectLocatorSize)
+            try cp.forEachOutput { object, encoding, location in
                 StoreKeys.writeObjectKey(object.id, object.version, into: &key)
-                batch.put(cf.objects, key, encoding)
+                switch try storedObject(seq, encoding, location) {
+                case .encoding(let bytes): batch.put(cf.objects, key, bytes)
+                case .locator(let locator):
+                    StoreKeys.writeObjectLocator(locator, into: &value)
+                    batch.put(cf.objects, key, value)
+                }
             }
         }
         if let end = summary.endOfEpoch {
@@ -247,6 +262,17 @@ extension NodeStore {
         state.synced = WatermarkValue(seq: seq, digest: digest)
         setWatermark(.highestSynced, WatermarkValue(seq: seq, digest: digest), in: batch)
         if let verified = state.verified { setWatermark(.highestVerified, verified, in: batch) }
+    }
+
+    /// What `objects` stores of an output object: in an archive, which never drops a block, a
+    /// locator into the block (each byte stored once, DESIGN §6.1); in a pruned store, whose
+    /// blocks go before its live objects do, the encoding.
+    func storedObject(_ seq: UInt64, _ encoding: [UInt8], _ location: ObjectLocation) throws(StoreError) -> StoredObject {
+        guard configuration.mode == .archive else { return .encoding(encoding) }
+        guard let length = UInt32(exactly: encoding.count) else {
+            throw StoreError(.badValue, "checkpoint \(seq): an object of \(encoding.count) bytes")
+        }
+        return .locator(ObjectLocator(seq: seq, part: location.part, offset: location.offset, length: length))
     }
 
     /// Most checkpoints in one bulk group.
@@ -276,9 +302,15 @@ extension NodeStore {
                     guard !objects.isEmpty else { return }
                     let w = try database.sstWriter(cf.objects, path: paths[1])
                     var key = [UInt8](repeating: 0, count: 40)
+                    var value = [UInt8](repeating: 0, count: StoreKeys.objectLocatorSize)
                     for (k, o) in objects.enumerated() where k + 1 == objects.count || objects[k + 1].id != o.id || objects[k + 1].version != o.version {
                         StoreKeys.writeObjectKey(o.id, o.version, into: &key)
-                        try w.put(key, o.value)
+                        switch o.value {
+                        case .encoding(let bytes): try w.put(key, bytes)
+                        case .locator(let locator):
+                            StoreKeys.writeObjectLocator(locator, into: &value)
+                            try w.put(key, value)
+                        }
                     }
                     try w.finish()
                 }

@@ -219,3 +219,27 @@ extension NodeStore {
         return try PartProofFrame.decode(frame, parts: Int(parts), seq: seq)[Int(part)]
     }
 }
+
+extension NodeStore {
+    /// The encoding of an object version from what `objects` stores of it: the value itself,
+    /// or the bytes its locator names in a held block (archive stores, DESIGN §6.1). A locator
+    /// is read back from the store: its range is checked against the decompressed block.
+    func objectEncoding(_ value: [UInt8], _ id: ObjectID, _ version: UInt64) throws(StoreError) -> [UInt8] {
+        guard let locator = StoreKeys.readObjectLocator(value) else { return value }
+        let bytes = try locatedBlock(locator, id, version)
+        let start = Int(locator.offset)
+        let (end, overflow) = start.addingReportingOverflow(Int(locator.length))
+        guard !overflow, end <= bytes.count else {
+            throw StoreError(.badValue, "object \(id.short) v\(version): its locator runs past the end of checkpoint \(locator.seq) part \(locator.part)")
+        }
+        return Array(bytes[start..<end])
+    }
+
+    /// The decompressed block a locator names.
+    func locatedBlock(_ locator: ObjectLocator, _ id: ObjectID, _ version: UInt64) throws(StoreError) -> [UInt8] {
+        guard held.withLock({ $0.contains(locator.seq) }), let frame = try segments.frame(locator.seq, part: locator.part) else {
+            throw StoreError(.inconsistent, "object \(id.short) v\(version) lies in checkpoint \(locator.seq) part \(locator.part), whose block is not held")
+        }
+        return try LZ4Frame.decompress(frame, limit: configuration.maxBlockBytes)
+    }
+}

@@ -79,7 +79,9 @@ extension NodeStore {
                 guard let live = try database.get(cf.liveObjects, ref.id.bytes), let vd = StoreKeys.readVersionDigest(live),
                       vd.version == ref.version, vd.digest == ref.digest
                 else { throw fault("restore: object \(ref.id.hex) of chunk \(index) is not in the live set as certified") }
-                guard try database.get(cf.objects, StoreKeys.object(ref.id, version: ref.version)) == chunk.encoding(k) else {
+                guard let value = try database.get(cf.objects, StoreKeys.object(ref.id, version: ref.version)),
+                      try objectEncoding(value, ref.id, ref.version) == chunk.encoding(k)
+                else {
                     throw fault("restore: object \(ref.id.hex) v\(ref.version) of chunk \(index) is not stored as certified")
                 }
             }
@@ -91,8 +93,8 @@ extension NodeStore {
         try database.withIterator(cf.liveObjects) { it in
             while it.isValid {
                 let (id, vd) = try liveEntry(it)
-                guard let bytes = try database.get(cf.objects, StoreKeys.object(id, version: vd.version)),
-                      Hashing.sha256(domain: .object, bytes) == vd.digest
+                guard let value = try database.get(cf.objects, StoreKeys.object(id, version: vd.version)),
+                      Hashing.sha256(domain: .object, try objectEncoding(value, id, vd.version)) == vd.digest
                 else { throw fault("restore: live object \(id.hex) v\(vd.version) is missing or does not match its digest") }
                 live += 1
                 it.next()
@@ -221,11 +223,19 @@ extension NodeStore {
                     throw fault("checkpoint \(seq): transaction \(digest.short) is not indexed at entry \(index)")
                 }
             }
-            try checked.forEachOutput { object, encoding in
+            try checked.forEachOutput { object, encoding, location in
                 guard let stored = try database.get(cf.objects, StoreKeys.object(object.id, version: object.version)) else {
                     throw fault("checkpoint \(seq): object \(object.id.hex) v\(object.version) is missing")
                 }
-                guard stored == encoding else {
+                // Stored as its encoding, or as a locator naming where this very checkpoint's
+                // verified blocks hold it.
+                let matches: Bool
+                if let locator = StoreKeys.readObjectLocator(stored) {
+                    matches = locator == ObjectLocator(seq: seq, part: location.part, offset: location.offset, length: UInt32(encoding.count))
+                } else {
+                    matches = stored == encoding
+                }
+                guard matches else {
                     throw fault("checkpoint \(seq): object \(object.id.hex) v\(object.version) is tampered (does not match its certified digest)")
                 }
             }

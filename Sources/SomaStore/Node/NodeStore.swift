@@ -462,12 +462,18 @@ public final class NodeStore: Sendable {
             guard let live = try liveVersionSync(id) else { return nil }
             v = live.version
         }
-        guard let v, let bytes = try database.get(cf.objects, StoreKeys.object(id, version: v)) else { return nil }
+        guard let v, let value = try database.get(cf.objects, StoreKeys.object(id, version: v)) else { return nil }
+        let bytes = try objectEncoding(value, id, v)
+        let object: Object
         do {
-            return try Object(bcsBytes: bytes)
+            object = try Object(bcsBytes: bytes)
         } catch {
             throw StoreError(.badValue, error, context: "object \(id.short) v\(v)")
         }
+        guard object.id == id, object.version == v else {
+            throw StoreError(.badValue, "object \(id.short) v\(v): the stored bytes are of object \(object.id.short) v\(object.version)")
+        }
+        return object
     }
 
     /// The live version and digest of an object, or `nil` if it does not exist now.
