@@ -80,19 +80,24 @@ extension NodeStore {
     /// checks the chunk roots against the certified state root, stores chunks and manifest, and
     /// drops snapshots older than `retainSnapshots` epochs.
     ///
-    /// The live set is split at chunk boundaries into ranges, one per core. Three passes, each
-    /// on every core, put each range's objects' bytes, in id order, into a spill file of its
-    /// own beside the store (memory stays bounded whatever the live set's size):
-    /// 1. per range, the live set in id order with one iterator stepping forward over
-    ///    `objects` (keys `id ‖ version` are in the same order; a seek after 16 steps): an
-    ///    encoding stored as such goes to its place in the spill file; a locator into a block
-    ///    (archive stores) is collected;
-    /// 2. the locators of all ranges sorted by block: each block is read and decompressed once
-    ///    and each located object copied to its place;
-    /// 3. per range, the spill file read in order a chunk at a time: each object hashed against
-    ///    its live digest, the chunk (`bcs(Vec<Object>)`: the count, then the encodings back to
-    ///    back) compressed into the range's own SST file (keys `epoch ‖ chunk`, new to the
-    ///    store; the ranges do not overlap).
+    /// An archive stores object versions as locators into their blocks, which lie in checkpoint
+    /// order, not id order; the build regroups the bytes through **bucket files** (runs of
+    /// whole chunks of about 32 MB each, written with large sequential writes beside the store)
+    /// so that memory stays bounded whatever the live set's size. Passes, each on every core:
+    /// 1. **scan**: the live set split at chunk boundaries into one range per core; per range,
+    ///    `liveObjects` in id order beside one iterator stepped forward over `objects` (keys
+    ///    `id ‖ version` are in the same order; a seek after 16 steps): each object's length,
+    ///    the first id of each chunk, and the locators;
+    /// 2. **spill**: the locators sorted by block and split between the cores at block
+    ///    boundaries: each block is read and decompressed once and each located object's bytes
+    ///    appended to its bucket's file, tagged with its place (encodings stored as such, after
+    ///    a snapshot restore, are appended by a second scan);
+    /// 3. **chunks**: per bucket, its files read in order and each object put at its place in
+    ///    the bucket's buffer (each exactly once); then each chunk (`bcs(Vec<Object>)`: the
+    ///    count, then the encodings back to back) with every object hashed as it is against its
+    ///    live digest (digest(Object) = SHA256("Object::" ‖ bcs(Object)), no decoding),
+    ///    compressed into the bucket's own SST file (keys `epoch ‖ chunk`, new to the store; the
+    ///    buckets do not overlap).
     /// The files and the manifest's are ingested at once at the bottom level: no write-ahead
     /// log, memtable, flush or compaction. The pending marker goes after the ingestion, so a
     /// crash in between builds the snapshot again (the same keys and values).
@@ -120,22 +125,43 @@ extension NodeStore {
             return found
         }
         let ranges = starts.indices.map { p in
-            SnapshotRange(
-                index: p, firstChunk: starts[p].chunk, from: starts[p].id, to: p + 1 < starts.count ? starts[p + 1].id : nil,
-                spill: dir + "/range-\(p).bin", file: dir + "/chunks-\(p).sst")
+            SnapshotRange(index: p, firstChunk: starts[p].chunk, from: starts[p].id, to: p + 1 < starts.count ? starts[p + 1].id : nil)
         }
-        let spills = try ranges.map { (r) throws(StoreError) in try SpillFile(path: r.spill) }
-        // 1. Object versions: encodings to their places, locators collected.
-        let gathered = try Self.onEveryCore(ranges) { r in try self.gatherSnapshotRange(epoch: epoch, r, spill: spills[r.index]) }
-        // 2. Located objects, block by block.
-        let located = gathered.flatMap(\.located).sorted {
-            ($0.locator.seq, $0.locator.part) < ($1.locator.seq, $1.locator.part)
+        // 1. Scan.
+        let scanned = try Self.onEveryCore(ranges) { r in try self.scanSnapshotRange(epoch: epoch, r, chunkSize: k) }
+        var lengths: [UInt32] = []
+        var chunkIDs: [[UInt8]] = []
+        var located: [LocatedObject] = []
+        var inline = false
+        for (p, part) in scanned.enumerated() {
+            guard ranges[p].firstChunk * k == lengths.count else {
+                throw StoreError(.inconsistent, "snapshot of epoch \(epoch): the live set changed during the build")
+            }
+            lengths += part.lengths
+            chunkIDs += part.chunkIDs
+            located += part.located
+            inline = inline || part.inline
         }
-        let slices = Self.blockAlignedSlices(located, count: Self.snapshotParallelism)
-        _ = try Self.onEveryCore(slices) { slice in try self.copyLocated(located[slice], epoch: epoch, spills: spills) }
-        // 3. Chunks, range by range.
-        let built = try Self.onEveryCore(ranges) { r in
-            try self.buildSnapshotChunks(epoch: epoch, r, chunkSize: k, lengths: gathered[r.index].lengths, spill: spills[r.index])
+        let layout = SnapshotLayout(lengths: lengths, chunkSize: k, bucketBytes: Self.snapshotBucketBytes)
+        lengths = []
+        // 2. Spill.
+        var tags: [String] = []
+        if inline {
+            let inlineTags = try Self.onEveryCore(ranges) { r in try self.spillInline(epoch: epoch, r, layout, dir: dir) }
+            tags += inlineTags
+        }
+        located.sort { ($0.locator.seq, $0.locator.part) < ($1.locator.seq, $1.locator.part) }
+        let slices = Array(Self.blockAlignedSlices(located, count: Self.snapshotParallelism).enumerated())
+        let sorted = located
+        located = []
+        tags += try Self.onEveryCore(slices) { t, slice in
+            try self.spillLocated(sorted[slice], epoch: epoch, layout, dir: dir, tag: "l\(t)")
+        }
+        // 3. Chunks.
+        let bucketTags = tags
+        let firstIDs = chunkIDs
+        let built = try Self.onEveryCore(Array(layout.buckets.indices)) { b in
+            try self.buildSnapshotBucket(epoch: epoch, b, layout, firstID: firstIDs[layout.buckets[b].lowerBound], dir: dir, tags: bucketTags)
         }
         var chunkRoots: [Digest] = []
         var count: UInt64 = 0
@@ -143,7 +169,7 @@ extension NodeStore {
         for part in built {
             chunkRoots += part.roots
             count += part.count
-            if let f = part.file { files.append(f) }
+            files.append(part.file)
         }
         guard Merkle.root(leafHashes: chunkRoots) == root, count == record.liveObjectCount else {
             throw StoreError(.inconsistent, "snapshot of epoch \(epoch) does not reproduce the certified state root")
@@ -166,23 +192,68 @@ extension NodeStore {
 
     /// Cores a snapshot build uses.
     static let snapshotParallelism = max(1, min(4, ProcessInfo.processInfo.activeProcessorCount))
+    /// About how many bytes of objects a bucket of a snapshot build holds (whole chunks, at
+    /// least one): the memory of pass 3 on each core.
+    static let snapshotBucketBytes = 32 << 20
 
-    /// One range of a snapshot build: the live ids `[from, to)` (to the end without `to`),
-    /// whose chunks are numbered from `firstChunk`.
+    /// One range of a snapshot build's scan: the live ids `[from, to)` (to the end without
+    /// `to`), whose chunks are numbered from `firstChunk`.
     struct SnapshotRange: Sendable {
         var index: Int
         var firstChunk: Int
         var from: [UInt8]
         var to: [UInt8]?
-        var spill: String
-        var file: String
     }
 
-    /// An object of a snapshot stored as a locator: where its bytes go in its range's spill file.
+    /// A live object stored as a locator, and its index in the live set's id order.
     struct LocatedObject: Sendable {
         var locator: ObjectLocator
-        var range: Int
-        var at: UInt64
+        var index: Int
+    }
+
+    /// The live set's objects in id order as a snapshot build lays them out: their lengths,
+    /// and the buckets (runs of whole chunks) their bytes are regrouped in.
+    struct SnapshotLayout: Sendable {
+        let chunkSize: Int
+        let lengths: [UInt32]
+        /// Each bucket's chunks.
+        let buckets: [Range<Int>]
+        let bucketOfChunk: [Int]
+
+        init(lengths: [UInt32], chunkSize k: Int, bucketBytes: Int) {
+            self.chunkSize = k
+            self.lengths = lengths
+            let chunks = (lengths.count + k - 1) / k
+            var buckets: [Range<Int>] = []
+            var bucketOfChunk: [Int] = []
+            bucketOfChunk.reserveCapacity(chunks)
+            var first = 0
+            var bytes = 0
+            for c in 0..<chunks {
+                let size = lengths[(c * k)..<min((c + 1) * k, lengths.count)].reduce(0) { $0 + Int($1) }
+                if c > first && bytes + size > bucketBytes {
+                    buckets.append(first..<c)
+                    first = c
+                    bytes = 0
+                }
+                bytes += size
+                bucketOfChunk.append(buckets.count)
+            }
+            if chunks > first { buckets.append(first..<chunks) }
+            self.buckets = buckets
+            self.bucketOfChunk = bucketOfChunk
+        }
+
+        /// The objects (indices in id order) of bucket `b`.
+        func objects(of b: Int) -> Range<Int> {
+            (buckets[b].lowerBound * chunkSize)..<min(buckets[b].upperBound * chunkSize, lengths.count)
+        }
+
+        /// The bucket of object `index` and its place in that bucket.
+        func place(of index: Int) -> (bucket: Int, index: Int) {
+            let b = bucketOfChunk[index / chunkSize]
+            return (b, index - buckets[b].lowerBound * chunkSize)
+        }
     }
 
     /// `body` on every element at once (one thread each); the results in order, or the first error.
@@ -223,16 +294,13 @@ extension NodeStore {
         return slices
     }
 
-    /// Pass 1 of a snapshot build over one range: each live object's stored version, in id
-    /// order; its length in the spill file; its encoding written there, or its locator collected.
-    func gatherSnapshotRange(
-        epoch: UInt64, _ r: SnapshotRange, spill: SpillFile
-    ) throws -> (lengths: [UInt32], located: [LocatedObject]) {
-        var lengths: [UInt32] = []
-        var located: [LocatedObject] = []
-        var at: UInt64 = 0
+    /// Calls `body` with each live object of range `r` in id order (its index in the range, id,
+    /// live version) and what `objects` stores of that version.
+    func walkLiveVersions(
+        epoch: UInt64, _ r: SnapshotRange, _ body: (Int, ObjectID, VersionDigest, UnsafeRawBufferPointer) throws -> Void
+    ) throws {
         var key = [UInt8](repeating: 0, count: 40)
-        var writer = spill.sequentialWriter()
+        var n = 0
         try database.withIterator(cf.objects, from: r.from) { objects in
             try database.withIterator(cf.liveObjects, from: r.from, to: r.to) { it in
                 while it.isValid {
@@ -250,30 +318,63 @@ extension NodeStore {
                     guard objects.isValid && objects.withKey({ $0.elementsEqual(key) }) else {
                         throw StoreError(.inconsistent, "snapshot of epoch \(epoch): live object \(id.short) v\(vd.version) is not stored")
                     }
-                    let length: UInt32 = try objects.withValue { (value) throws(StoreError) -> UInt32 in
-                        if value.count == StoreKeys.objectLocatorSize, let locator = StoreKeys.readObjectLocator(Array(value)) {
-                            located.append(LocatedObject(locator: locator, range: r.index, at: at))
-                            return locator.length
-                        }
-                        guard let n = UInt32(exactly: value.count) else {
-                            throw StoreError(.badValue, "snapshot of epoch \(epoch): object \(id.short) v\(vd.version) is \(value.count) bytes")
-                        }
-                        try writer.write(value, at: at)
-                        return n
-                    }
-                    lengths.append(length)
-                    at += UInt64(length)
+                    try objects.withValue { value in try body(n, id, vd, value) }
+                    n += 1
                     it.next()
                 }
             }
         }
-        try writer.flush()
-        return (lengths, located)
+    }
+
+    /// Pass 1 of a snapshot build over one range: each live object's length, the first id of
+    /// each chunk, the locators, and whether any object is stored as its encoding.
+    func scanSnapshotRange(
+        epoch: UInt64, _ r: SnapshotRange, chunkSize k: Int
+    ) throws -> (lengths: [UInt32], chunkIDs: [[UInt8]], located: [LocatedObject], inline: Bool) {
+        var lengths: [UInt32] = []
+        var chunkIDs: [[UInt8]] = []
+        var located: [LocatedObject] = []
+        var inline = false
+        let first = r.firstChunk * k
+        try walkLiveVersions(epoch: epoch, r) { n, id, vd, value in
+            if n % k == 0 { chunkIDs.append(id.bytes) }
+            if value.count == StoreKeys.objectLocatorSize, let locator = StoreKeys.readObjectLocator(Array(value)) {
+                located.append(LocatedObject(locator: locator, index: first + n))
+                lengths.append(locator.length)
+            } else {
+                guard let length = UInt32(exactly: value.count) else {
+                    throw StoreError(.badValue, "snapshot of epoch \(epoch): object \(id.short) v\(vd.version) is \(value.count) bytes")
+                }
+                lengths.append(length)
+                inline = true
+            }
+        }
+        return (lengths, chunkIDs, located, inline)
+    }
+
+    /// Pass 2 for objects stored as their encodings (after a snapshot restore): range `r`'s
+    /// appended to their buckets' files. Returns the files' tag.
+    func spillInline(epoch: UInt64, _ r: SnapshotRange, _ layout: SnapshotLayout, dir: String) throws -> String {
+        let tag = "i\(r.index)"
+        var writer = BucketWriter(dir: dir, tag: tag)
+        let first = r.firstChunk * layout.chunkSize
+        try walkLiveVersions(epoch: epoch, r) { n, _, _, value in
+            // Locators were spilled block by block.
+            guard value.count != StoreKeys.objectLocatorSize else { return }
+            guard first + n < layout.lengths.count else {
+                throw StoreError(.inconsistent, "snapshot of epoch \(epoch): the live set changed during the build")
+            }
+            let place = layout.place(of: first + n)
+            try writer.append(bucket: place.bucket, index: place.index, value)
+        }
+        try writer.finish()
+        return tag
     }
 
     /// Pass 2 of a snapshot build: each block of `located` read and decompressed once, each
-    /// located object's bytes copied to its place in its range's spill file.
-    func copyLocated(_ located: ArraySlice<LocatedObject>, epoch: UInt64, spills: [SpillFile]) throws {
+    /// located object's bytes appended to its bucket's file. Returns the files' tag.
+    func spillLocated(_ located: ArraySlice<LocatedObject>, epoch: UInt64, _ layout: SnapshotLayout, dir: String, tag: String) throws -> String {
+        var writer = BucketWriter(dir: dir, tag: tag)
         var i = located.startIndex
         while i < located.endIndex {
             let first = located[i].locator
@@ -289,90 +390,166 @@ extension NodeStore {
                     guard end <= bytes.count else {
                         throw StoreError(.badValue, "snapshot of epoch \(epoch): a locator runs past the end of checkpoint \(first.seq) part \(first.part)")
                     }
-                    try spills[o.range].write(UnsafeRawBufferPointer(rebasing: bytes[start..<end]), at: o.at)
+                    let place = layout.place(of: o.index)
+                    try writer.append(bucket: place.bucket, index: place.index, UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
                     i += 1
                 }
             }
         }
+        try writer.finish()
+        return tag
     }
 
-    /// Pass 3 of a snapshot build over one range: the chunks from the spill file, each object
-    /// checked against its live digest by hashing its encoding as it is (digest(Object) =
-    /// SHA256("Object::" ‖ bcs(Object))), without decoding; their roots and object count.
-    func buildSnapshotChunks(
-        epoch: UInt64, _ r: SnapshotRange, chunkSize k: Int, lengths: [UInt32], spill: SpillFile
-    ) throws -> (roots: [Digest], count: UInt64, file: String?) {
+    /// Pass 3 of a snapshot build over bucket `b`: its objects put in order from its files,
+    /// then its chunks (each object checked against its live digest by hashing its encoding
+    /// as it is), compressed into the bucket's SST file; their roots and object count.
+    func buildSnapshotBucket(
+        epoch: UInt64, _ b: Int, _ layout: SnapshotLayout, firstID: [UInt8], dir: String, tags: [String]
+    ) throws -> (roots: [Digest], count: UInt64, file: String) {
+        let objects = layout.objects(of: b)
+        var offsets: [Int] = [0]
+        offsets.reserveCapacity(objects.count + 1)
+        for i in objects { offsets.append(offsets[offsets.count - 1] + Int(layout.lengths[i])) }
+        var bytes = [UInt8](repeating: 0, count: offsets[objects.count])
+        var placed = [Bool](repeating: false, count: objects.count)
+        var placedCount = 0
+        let changed = StoreError(.inconsistent, "snapshot of epoch \(epoch): a bucket file does not match the live set")
+        for tag in tags {
+            let path = BucketWriter.path(dir: dir, bucket: b, tag: tag)
+            guard FileManager.default.fileExists(atPath: path) else { continue }
+            let file = try SpillFile(reading: path)
+            try file.forEachRecord { index, object throws(StoreError) in
+                guard index < objects.count, !placed[index], object.count == Int(layout.lengths[objects.lowerBound + index]) else { throw changed }
+                bytes.withUnsafeMutableBytes { out in
+                    UnsafeMutableRawBufferPointer(rebasing: out[offsets[index]..<offsets[index + 1]]).copyMemory(from: object)
+                }
+                placed[index] = true
+                placedCount += 1
+            }
+        }
+        guard placedCount == objects.count else { throw changed }
+
+        let k = layout.chunkSize
         var chunkRoots: [Digest] = []
-        var count: UInt64 = 0
-        var file: SSTFileWriter? = nil
+        let path = dir + "/chunks-\(b).sst"
+        let file = try database.sstWriter(cf.snapshotChunks, path: path)
         var refs: [(ObjectID, VersionDigest)] = []
         refs.reserveCapacity(k)
-        var at: UInt64 = 0
         var n = 0
-
         func flushChunk() throws {
             guard !refs.isEmpty else { return }
-            guard n + refs.count <= lengths.count else {
-                throw StoreError(.inconsistent, "snapshot of epoch \(epoch): the live set changed during the build")
-            }
-            // bcs(Vec<Object>): the count, then the encodings back to back, as the spill file has them.
-            var w = BCSWriter(capacity: 16)
+            // bcs(Vec<Object>): the count, then the encodings back to back, as the bucket has them.
+            var w = BCSWriter(capacity: 16 + offsets[n + refs.count] - offsets[n])
             w.writeLength(refs.count)
-            let span = lengths[n..<n + refs.count].reduce(0) { $0 + Int($1) }
-            var chunk = w.bytes
-            let prefix = chunk.count
-            chunk += repeatElement(0, count: span)
-            try chunk.withUnsafeMutableBytes { b in
-                try spill.read(into: UnsafeMutableRawBufferPointer(rebasing: b[prefix...]), at: at)
-            }
             var leaves: [Digest] = []
             leaves.reserveCapacity(refs.count)
-            try chunk.withUnsafeBytes { b in
-                var offset = prefix
+            try bytes.withUnsafeBytes { all in
                 for (j, (id, vd)) in refs.enumerated() {
-                    let length = Int(lengths[n + j])
-                    guard Hashing.sha256(domain: .object, raw: UnsafeRawBufferPointer(rebasing: b[offset..<offset + length])) == vd.digest else {
+                    let object = UnsafeRawBufferPointer(rebasing: all[offsets[n + j]..<offsets[n + j + 1]])
+                    guard Hashing.sha256(domain: .object, raw: object) == vd.digest else {
                         throw StoreError(.inconsistent, "snapshot of epoch \(epoch): object \(id.short) v\(vd.version) does not match its live digest")
                     }
-                    offset += length
                     leaves.append(ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
                 }
+                w.writeRaw(UnsafeRawBufferPointer(rebasing: all[offsets[n]..<offsets[n + refs.count]]))
             }
             chunkRoots.append(Merkle.root(leafHashes: leaves))
-            if file == nil { file = try database.sstWriter(cf.snapshotChunks, path: r.file) }
-            try file?.put(StoreKeys.chunk(epoch, UInt32(r.firstChunk + chunkRoots.count - 1)), LZ4Frame.compress(chunk))
-            count += UInt64(refs.count)
+            let chunk = layout.buckets[b].lowerBound + chunkRoots.count - 1
+            guard let index = UInt32(exactly: chunk), index != Self.manifestChunk else {
+                throw StoreError(.badValue, "snapshot of epoch \(epoch): more chunks than a snapshot can number")
+            }
+            try file.put(StoreKeys.chunk(epoch, index), LZ4Frame.compress(w.bytes))
             n += refs.count
-            at += UInt64(span)
             refs.removeAll(keepingCapacity: true)
         }
-
-        try database.withIterator(cf.liveObjects, from: r.from, to: r.to) { it in
-            while it.isValid {
+        try database.withIterator(cf.liveObjects, from: firstID) { it in
+            while it.isValid && n + refs.count < objects.count {
                 refs.append(try liveEntry(it))
                 if refs.count == k { try flushChunk() }
                 it.next()
             }
         }
         try flushChunk()
-        guard n == lengths.count else {
-            throw StoreError(.inconsistent, "snapshot of epoch \(epoch): the live set changed during the build")
-        }
-        try file?.finish()
-        return (chunkRoots, count, file == nil ? nil : r.file)
+        guard n == objects.count else { throw changed }
+        try file.finish()
+        return (chunkRoots, UInt64(n), path)
     }
 }
 
-/// A scratch file of a snapshot build, written and read at offsets (`pwrite`/`pread`, safe
-/// from several threads at once); removed with its directory.
+/// Appends records `index (u32 LE) ‖ length (u32 LE) ‖ bytes` to one file per bucket of a
+/// snapshot build (`DIR/b<bucket>-<tag>.bin`), through a buffer per bucket: large sequential
+/// writes, whatever the order the records come in.
+struct BucketWriter {
+    let dir: String
+    let tag: String
+    var buffers: [Int: [UInt8]] = [:]
+    var files: [Int: (file: SpillFile, end: UInt64)] = [:]
+    static let flushBytes = 512 << 10
+
+    init(dir: String, tag: String) {
+        self.dir = dir
+        self.tag = tag
+    }
+
+    static func path(dir: String, bucket: Int, tag: String) -> String { dir + "/b\(bucket)-\(tag).bin" }
+
+    mutating func append(bucket: Int, index: Int, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
+        guard let i = UInt32(exactly: index), let n = UInt32(exactly: bytes.count) else {
+            throw StoreError(.badValue, "a snapshot record of \(bytes.count) bytes at \(index)")
+        }
+        var buffer = buffers.removeValue(forKey: bucket) ?? []
+        withUnsafeBytes(of: i.littleEndian) { buffer.append(contentsOf: $0) }
+        withUnsafeBytes(of: n.littleEndian) { buffer.append(contentsOf: $0) }
+        buffer.append(contentsOf: bytes)
+        if buffer.count >= Self.flushBytes {
+            try write(bucket, buffer)
+            buffer.removeAll(keepingCapacity: true)
+        }
+        buffers[bucket] = buffer
+    }
+
+    mutating func finish() throws(StoreError) {
+        for (bucket, buffer) in buffers where !buffer.isEmpty { try write(bucket, buffer) }
+        buffers = [:]
+        files = [:]
+    }
+
+    private mutating func write(_ bucket: Int, _ buffer: [UInt8]) throws(StoreError) {
+        var entry: (file: SpillFile, end: UInt64)
+        if let existing = files[bucket] {
+            entry = existing
+        } else {
+            entry = (try SpillFile(path: Self.path(dir: dir, bucket: bucket, tag: tag)), 0)
+        }
+        let (file, end) = entry
+        let failure: StoreError? = buffer.withUnsafeBytes { b in
+            do throws(StoreError) { try file.write(b, at: end) } catch { return error }
+            return nil
+        }
+        if let failure { throw failure }
+        entry.end += UInt64(buffer.count)
+        files[bucket] = entry
+    }
+}
+
+/// A scratch file of a snapshot build, written and read at offsets (`pwrite`/`pread`);
+/// removed with its directory.
 final class SpillFile: Sendable {
     let path: String
     let fd: Int32
 
+    /// Creates (or empties) the file for writing.
     init(path: String) throws(StoreError) {
         self.path = path
         fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw StoreError(.ioError, "cannot create \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    /// Opens the file for reading.
+    init(reading path: String) throws(StoreError) {
+        self.path = path
+        fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw StoreError(.ioError, "cannot open \(path): \(String(cString: strerror(errno)))") }
     }
 
     deinit { close(fd) }
@@ -388,44 +565,37 @@ final class SpillFile: Sendable {
         }
     }
 
-    /// Fills `bytes` from `offset`.
-    func read(into bytes: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(StoreError) {
-        var done = 0
-        while done < bytes.count {
-            let n = pread(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+    /// Reads the file's records (`index (u32 LE) ‖ length (u32 LE) ‖ bytes`) in order, 1 MiB
+    /// at a time; a record cut short by the end of the file is an error.
+    func forEachRecord(_ body: (Int, UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
+        var pending: [UInt8] = []
+        var offset: off_t = 0
+        var piece = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = piece.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, $0.count, offset) }
             if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                throw StoreError(.ioError, "cannot read \(path): " + (n == 0 ? "the file ends early" : String(cString: strerror(errno))))
-            }
-            done += n
-        }
-    }
-
-    /// A writer that joins writes each starting where the one before ended into one.
-    func sequentialWriter() -> SequentialWriter { SequentialWriter(file: self) }
-
-    struct SequentialWriter {
-        let file: SpillFile
-        var buffer: [UInt8] = []
-        var start: UInt64 = 0
-
-        mutating func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws(StoreError) {
-            if buffer.isEmpty || start + UInt64(buffer.count) != offset || buffer.count >= 1 << 20 {
-                try flush()
-                start = offset
-            }
-            buffer.append(contentsOf: bytes)
-        }
-
-        mutating func flush() throws(StoreError) {
-            guard !buffer.isEmpty else { return }
-            let (file, start) = (self.file, self.start)
-            let failure: StoreError? = buffer.withUnsafeBytes { b in
-                do throws(StoreError) { try file.write(b, at: start) } catch { return error }
+            guard n >= 0 else { throw StoreError(.ioError, "cannot read \(path): \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            offset += off_t(n)
+            pending.append(contentsOf: piece[0..<n])
+            var at = 0
+            let failure: StoreError? = pending.withUnsafeBytes { p in
+                while p.count - at >= 8 {
+                    let index = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt32.self)))
+                    let length = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at + 4, as: UInt32.self)))
+                    guard p.count - at - 8 >= length else { break }
+                    do throws(StoreError) {
+                        try body(index, UnsafeRawBufferPointer(rebasing: p[(at + 8)..<(at + 8 + length)]))
+                    } catch {
+                        return error
+                    }
+                    at += 8 + length
+                }
                 return nil
             }
             if let failure { throw failure }
-            buffer.removeAll(keepingCapacity: true)
+            pending.removeFirst(at)
         }
+        guard pending.isEmpty else { throw StoreError(.ioError, "\(path) ends in the middle of a record") }
     }
 }
