@@ -103,10 +103,17 @@ public enum StoreKeys {
 
     /// Reads a locator, or `nil` for a value of another length (an encoding).
     static func readObjectLocator(_ bytes: [UInt8]) -> ObjectLocator? {
-        guard bytes.count == objectLocatorSize, let seq = readU64(bytes), let part = readU32(bytes, at: 8),
-              let offset = readU32(bytes, at: 12), let length = readU32(bytes, at: 16)
-        else { return nil }
-        return ObjectLocator(seq: seq, part: part, offset: offset, length: length)
+        bytes.withUnsafeBytes { readObjectLocator(raw: $0) }
+    }
+
+    /// ``readObjectLocator(_:)`` over borrowed bytes (an iterator's value, no copy).
+    static func readObjectLocator(raw: UnsafeRawBufferPointer) -> ObjectLocator? {
+        guard raw.count == objectLocatorSize else { return nil }
+        return ObjectLocator(
+            seq: UInt64(bigEndian: raw.loadUnaligned(as: UInt64.self)),
+            part: UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
+            offset: UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 12, as: UInt32.self)),
+            length: UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt32.self)))
     }
 
     static func readVersionDigest(_ bytes: [UInt8]) -> VersionDigest? {

@@ -226,7 +226,7 @@ extension NodeStore {
     /// is read back from the store: its range is checked against the decompressed block.
     func objectEncoding(_ value: [UInt8], _ id: ObjectID, _ version: UInt64) throws(StoreError) -> [UInt8] {
         guard let locator = StoreKeys.readObjectLocator(value) else { return value }
-        let bytes = try locatedBlock(locator, id, version)
+        let bytes = try heldBlock(locator.seq, part: locator.part, for: "object \(id.short) v\(version)")
         let start = Int(locator.offset)
         let (end, overflow) = start.addingReportingOverflow(Int(locator.length))
         guard !overflow, end <= bytes.count else {
@@ -235,10 +235,11 @@ extension NodeStore {
         return Array(bytes[start..<end])
     }
 
-    /// The decompressed block a locator names.
-    func locatedBlock(_ locator: ObjectLocator, _ id: ObjectID, _ version: UInt64) throws(StoreError) -> [UInt8] {
-        guard held.withLock({ $0.contains(locator.seq) }), let frame = try segments.frame(locator.seq, part: locator.part) else {
-            throw StoreError(.inconsistent, "object \(id.short) v\(version) lies in checkpoint \(locator.seq) part \(locator.part), whose block is not held")
+    /// The decompressed block of a held checkpoint part that a locator names; `what` (the
+    /// object, or the build) opens the error when it is not held.
+    func heldBlock(_ seq: UInt64, part: UInt32, for what: @autoclosure () -> String) throws(StoreError) -> [UInt8] {
+        guard held.withLock({ $0.contains(seq) }), let frame = try segments.frame(seq, part: part) else {
+            throw StoreError(.inconsistent, "\(what()) lies in checkpoint \(seq) part \(part), whose block is not held")
         }
         return try LZ4Frame.decompress(frame, limit: configuration.maxBlockBytes)
     }

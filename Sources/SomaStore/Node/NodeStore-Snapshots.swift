@@ -338,7 +338,7 @@ extension NodeStore {
         let first = r.firstChunk * k
         try walkLiveVersions(epoch: epoch, r) { n, id, vd, value in
             if n % k == 0 { chunkIDs.append(id.bytes) }
-            if value.count == StoreKeys.objectLocatorSize, let locator = StoreKeys.readObjectLocator(Array(value)) {
+            if let locator = StoreKeys.readObjectLocator(raw: value) {
                 located.append(LocatedObject(locator: locator, index: first + n))
                 lengths.append(locator.length)
             } else {
@@ -378,10 +378,7 @@ extension NodeStore {
         var i = located.startIndex
         while i < located.endIndex {
             let first = located[i].locator
-            guard held.withLock({ $0.contains(first.seq) }), let frame = try segments.frame(first.seq, part: first.part) else {
-                throw StoreError(.inconsistent, "snapshot of epoch \(epoch): a live object lies in checkpoint \(first.seq) part \(first.part), whose block is not held")
-            }
-            let block = try LZ4Frame.decompress(frame, limit: configuration.maxBlockBytes)
+            let block = try heldBlock(first.seq, part: first.part, for: "snapshot of epoch \(epoch): a live object")
             try block.withUnsafeBytes { bytes in
                 while i < located.endIndex && located[i].locator.seq == first.seq && located[i].locator.part == first.part {
                     let o = located[i]
@@ -521,19 +518,14 @@ struct BucketWriter {
         } else {
             entry = (try SpillFile(path: Self.path(dir: dir, bucket: bucket, tag: tag)), 0)
         }
-        let (file, end) = entry
-        let failure: StoreError? = buffer.withUnsafeBytes { b in
-            do throws(StoreError) { try file.write(b, at: end) } catch { return error }
-            return nil
-        }
-        if let failure { throw failure }
+        try HistorySegments.writeFully(entry.file.fd, buffer, at: entry.end, entry.file.path)
         entry.end += UInt64(buffer.count)
         files[bucket] = entry
     }
 }
 
-/// A scratch file of a snapshot build, written and read at offsets (`pwrite`/`pread`);
-/// removed with its directory.
+/// A scratch file of a snapshot build (a bucket file), appended to with
+/// `HistorySegments.writeFully` and read back record by record; removed with its directory.
 final class SpillFile: Sendable {
     let path: String
     let fd: Int32
@@ -553,17 +545,6 @@ final class SpillFile: Sendable {
     }
 
     deinit { close(fd) }
-
-    /// Writes all of `bytes` at `offset`.
-    func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws(StoreError) {
-        var done = 0
-        while done < bytes.count {
-            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw StoreError(.ioError, "cannot write \(path): \(String(cString: strerror(errno)))") }
-            done += n
-        }
-    }
 
     /// Reads the file's records (`index (u32 LE) ‖ length (u32 LE) ‖ bytes`) in order, 1 MiB
     /// at a time; a record cut short by the end of the file is an error.

@@ -571,7 +571,8 @@ public final class HistorySegments: Sendable {
         }
     }
 
-    private static func writeFully(_ fd: Int32, _ bytes: [UInt8], at offset: UInt64, _ path: String) throws(StoreError) {
+    /// Writes all of `bytes` at `offset` (also the snapshot build's bucket files).
+    static func writeFully(_ fd: Int32, _ bytes: [UInt8], at offset: UInt64, _ path: String) throws(StoreError) {
         var done = 0
         while done < bytes.count {
             let n = bytes.withUnsafeBytes { raw in
