@@ -246,10 +246,23 @@ struct StoreLayoutTests {
         #expect(try await store.executePending() == 20)
         try await store.commit(Array(checkpoints[20..<24]), bulk: true)
         #expect(store.liveCache.withLock { $0?.executed?.seq } == 24)
-        // Near the tip the held set is written back and released.
-        try await store.commit(Array(checkpoints[24...]))
+        // Near the tip the held set is written back and kept, then written through: after
+        // each commit the stored set and highestExecuted are the held set's, nothing pending.
+        let liveCF = try #require(store.database.columnFamily("liveObjects"))
+        for range in [24..<26, 26..<checkpoints.count] {
+            try await store.commit(Array(checkpoints[range]))
+            let held = try #require(store.liveCache.withLock { $0 })
+            #expect(held.pending == 0 && held.dirty.isEmpty && held.executed?.seq == UInt64(range.upperBound))
+            #expect(try await store.watermark(.highestExecuted)?.seq == UInt64(range.upperBound))
+            let stored = try store.database.scan(liveCF)
+            #expect(stored.count == held.set.objects.count)
+            for (k, v) in stored {
+                #expect(held.set.objects[try #require(Digest(bytes: k))].map { StoreKeys.versionDigest($0) } == v)
+            }
+        }
+        // Storing without execution releases it.
+        try await store.commit([], execute: false)
         #expect(store.liveCache.withLock { $0 == nil })
-        #expect(try await store.watermark(.highestExecuted)?.seq == UInt64(checkpoints.count))
         let report = try await store.verifyAll()
         #expect(report.replayedFromGenesis && report.checkpoints == UInt64(checkpoints.count + 1))
         let entry = checkpoints[20].data.entries[1]

@@ -129,9 +129,11 @@ extension NodeStore {
     func commitSync(_ checkpoints: [VerifiedCheckpoint], execute: Bool, bulk: Bool = false) throws {
         try writer.withLock { _ throws in
             try refuseDuringRestore()
-            // Leaving a bulk catch-up (near the tip, or storing without execution): the live set
-            // held in memory is written back and released first.
-            if !(bulk && execute) { try writeBackLiveCache() }
+            // Storing without execution: the live set held in memory is written back and
+            // released first. Near the tip (not bulk) it is written back and kept, and from then
+            // on written through: every batch carries its live entries and highestExecuted, as
+            // without a cache, but execution reads the set from memory instead of RocksDB.
+            if !execute { try writeBackLiveCache() } else if !bulk { try writeBackLiveCache(keep: true) }
             try finishInterruptedWork()
             var state = WriterState(
                 synced: try watermarkSync(.highestSynced), verified: try watermarkSync(.highestVerified),
@@ -152,7 +154,8 @@ extension NodeStore {
                 var wroteBack = false
                 if executing {
                     if cache != nil {
-                        (endOfEpoch, wroteBack) = try stageCachedExecution(group, cache: &cache!, into: batch, state: &state)
+                        (endOfEpoch, wroteBack) = try stageCachedExecution(
+                            group, cache: &cache!, writeThrough: !bulk, into: batch, state: &state)
                     } else {
                         var (view, touched) = try loadView(for: group.map(\.data))
                         endOfEpoch = try stageExecution(group, view: &view, touched: touched, into: batch, state: &state)
@@ -172,6 +175,9 @@ extension NodeStore {
                 if wroteBack {
                     cache!.dirty.removeAll()
                     cache!.pending = 0
+                    // A live set grown past the bound is read from RocksDB from now on (what
+                    // it holds was just written back).
+                    if cache!.set.objects.count > Self.maxCachedLiveObjects { cache = nil }
                 }
                 if let (epoch, record) = endOfEpoch { try afterEpochEnd(epoch, record) }
             }
@@ -356,14 +362,19 @@ extension NodeStore {
     }
 
     /// Writes the changes a bulk catch-up executed in memory to `liveObjects`, with
-    /// `highestExecuted`, in one batch, and releases the cached set. Called with the writer
-    /// lock held.
-    func writeBackLiveCache() throws {
-        guard let cache = liveCache.withLock({ $0.take() }), cache.pending > 0, let executed = cache.executed else { return }
-        let batch = WriteBatch(for: database)
-        stageLiveEntries(cache.dirty, of: cache.set, into: batch)
-        setWatermark(.highestExecuted, executed, in: batch)
-        try database.write(batch, sync: configuration.syncWrites)
+    /// `highestExecuted`, in one batch, and releases the cached set, or with `keep` holds on
+    /// to it (then clean). Called with the writer lock held.
+    func writeBackLiveCache(keep: Bool = false) throws {
+        guard var cache = liveCache.withLock({ $0.take() }) else { return }
+        if cache.pending > 0, let executed = cache.executed {
+            let batch = WriteBatch(for: database)
+            stageLiveEntries(cache.dirty, of: cache.set, into: batch)
+            setWatermark(.highestExecuted, executed, in: batch)
+            try database.write(batch, sync: configuration.syncWrites)
+            cache.dirty.removeAll()
+            cache.pending = 0
+        }
+        if keep { liveCache.withLock { $0 = cache } }
     }
 
     /// Puts the entries of `ids` as `set` holds them (deleted when absent) into `batch`.
@@ -406,10 +417,12 @@ extension NodeStore {
     /// (after its state root is checked: the stored set merged with the changed ids) or past
     /// ``maxPendingExecution`` checkpoints or ``maxDirtyLiveObjects`` changed ids; between,
     /// `highestExecuted` stays where the last write-back left it, and a crash executes those
-    /// checkpoints again from the segments. Returns the epoch end, if any, and whether the
+    /// checkpoints again from the segments. With `writeThrough` (near the tip) every batch
+    /// writes the set back. Returns the epoch end, if any, and whether the
     /// batch writes the set back.
     func stageCachedExecution(
-        _ group: ArraySlice<VerifiedCheckpoint>, cache: inout LiveCache, into batch: WriteBatch, state: inout WriterState
+        _ group: ArraySlice<VerifiedCheckpoint>, cache: inout LiveCache, writeThrough: Bool = false, into batch: WriteBatch,
+        state: inout WriterState
     ) throws -> (endOfEpoch: (UInt64, EpochRecord)?, wroteBack: Bool) {
         var endOfEpoch: (UInt64, EpochRecord)? = nil
         // Moved out while execution changes the set (one owner each, no copy).
@@ -435,7 +448,8 @@ extension NodeStore {
             state.executed = WatermarkValue(seq: summary.sequenceNumber, digest: cp.certified.digest)
         }
         cache.executed = state.executed
-        let writeBack = endOfEpoch != nil || cache.pending >= Self.maxPendingExecution || dirty.count >= Self.maxDirtyLiveObjects
+        let writeBack = writeThrough || endOfEpoch != nil || cache.pending >= Self.maxPendingExecution
+            || dirty.count >= Self.maxDirtyLiveObjects
         if writeBack, let executed = state.executed {
             stageLiveEntries(dirty, of: cache.set, into: batch)
             setWatermark(.highestExecuted, executed, in: batch)

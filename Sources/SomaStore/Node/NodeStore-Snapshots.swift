@@ -114,7 +114,7 @@ extension NodeStore {
         let parts = max(1, min(Self.snapshotParallelism, live / max(1, k * 8)))
         let perPart = (live + parts - 1) / parts
         let chunksPerPart = max(1, (perPart + k - 1) / k)
-        let starts: [(chunk: Int, id: [UInt8])] = try database.withIterator(cf.liveObjects) { it in
+        let starts: [(chunk: Int, id: [UInt8])] = try database.withIterator(cf.liveObjects, fillCache: false) { it in
             var found: [(chunk: Int, id: [UInt8])] = []
             var n = 0
             while it.isValid {
@@ -301,8 +301,8 @@ extension NodeStore {
     ) throws {
         var key = [UInt8](repeating: 0, count: 40)
         var n = 0
-        try database.withIterator(cf.objects, from: r.from) { objects in
-            try database.withIterator(cf.liveObjects, from: r.from, to: r.to) { it in
+        try database.withIterator(cf.objects, from: r.from, fillCache: false) { objects in
+            try database.withIterator(cf.liveObjects, from: r.from, to: r.to, fillCache: false) { it in
                 while it.isValid {
                     let (id, vd) = try liveEntry(it)
                     StoreKeys.writeObjectKey(id, vd.version, into: &key)
@@ -459,7 +459,7 @@ extension NodeStore {
             n += refs.count
             refs.removeAll(keepingCapacity: true)
         }
-        try database.withIterator(cf.liveObjects, from: firstID) { it in
+        try database.withIterator(cf.liveObjects, from: firstID, fillCache: false) { it in
             while it.isValid && n + refs.count < objects.count {
                 refs.append(try liveEntry(it))
                 if refs.count == k { try flushChunk() }

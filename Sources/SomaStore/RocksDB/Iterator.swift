@@ -73,10 +73,12 @@ public struct RocksIterator: ~Copyable {
 }
 
 extension RocksDatabase {
-    /// Runs `body` with a cursor over `cf`, bounded to `[from, to)` when given.
+    /// Runs `body` with a cursor over `cf`, bounded to `[from, to)` when given. A scan that
+    /// reads much once passes `fillCache: false`, so that the blocks it reads do not push what
+    /// the writer reads again (filters, indexes, hot blocks) out of the block cache.
     /// - Throws: the iterator's own error (corruption, I/O) after `body`, or what `body` throws.
     public func withIterator<R>(
-        _ cf: ColumnFamily, from: [UInt8]? = nil, to: [UInt8]? = nil, snapshot: Snapshot? = nil,
+        _ cf: ColumnFamily, from: [UInt8]? = nil, to: [UInt8]? = nil, snapshot: Snapshot? = nil, fillCache: Bool = true,
         _ body: (borrowing RocksIterator) throws -> R
     ) throws -> R {
         let db = try handle()
@@ -84,6 +86,7 @@ extension RocksDatabase {
         let ro = rocksdb_readoptions_create()!
         defer { rocksdb_readoptions_destroy(ro) }
         if let snapshot { rocksdb_readoptions_set_snapshot(ro, snapshot.raw) }
+        if !fillCache { rocksdb_readoptions_set_fill_cache(ro, 0) }
         // The upper bound's bytes must outlive the iterator.
         let upper = to.map { bytes -> UnsafeMutableBufferPointer<CChar> in
             let b = UnsafeMutableBufferPointer<CChar>.allocate(capacity: max(bytes.count, 1))
