@@ -19,6 +19,15 @@ extension BCSReader {
     /// ``readObjectEncoding()`` without the copy: the reference, and where the encoding lies in
     /// the buffer being read (byte offsets).
     public mutating func readObjectSpan() throws(CoreError) -> (reference: ObjectRef, range: Range<Int>) {
+        let (id, version, range) = try skipObject()
+        let digest = Hashing.sha256(domain: .object, raw: UnsafeRawBufferPointer(rebasing: buffer[range]))
+        return (ObjectRef(id: id, version: version, digest: digest), range)
+    }
+
+    /// Steps over one encoded ``Object`` without hashing or copying it: its id, version, and
+    /// where the encoding lies in the buffer being read. Lengths are checked as in
+    /// ``readObjectSpan()``; the type tag's UTF-8 is not.
+    public mutating func skipObject() throws(CoreError) -> (id: ObjectID, version: UInt64, range: Range<Int>) {
         let start = offset
         let id = try readDigest()
         let version = try readU64()
@@ -30,7 +39,6 @@ extension BCSReader {
         try skip(try readLength())  // type tag
         try skip(try readLength())  // contents
         try skip(32)  // previous transaction
-        let digest = Hashing.sha256(domain: .object, raw: UnsafeRawBufferPointer(rebasing: buffer[start..<offset]))
-        return (ObjectRef(id: id, version: version, digest: digest), start..<offset)
+        return (id, version, start..<offset)
     }
 }

@@ -101,8 +101,27 @@ extension NodeStore {
     /// The files and the manifest's are ingested at once at the bottom level: no write-ahead
     /// log, memtable, flush or compaction. The pending marker goes after the ingestion, so a
     /// crash in between builds the snapshot again (the same keys and values).
+    ///
+    /// After the previous epoch's snapshot, the objects that did not change since are taken
+    /// from its chunks instead (see ``ReusedObject``); if that build fails, the snapshot is
+    /// built again from the blocks alone.
     func buildSnapshotSync(epoch: UInt64, record: EpochRecord) throws {
-        guard let lastCheckpoint = record.lastCheckpoint, let root = record.stateRoot else { return }
+        if let previous = previousSnapshot(before: epoch, chunkSize: configuration.snapshotChunkSize) {
+            do {
+                try buildSnapshotSync(epoch: epoch, record: record, previous: previous)
+                return
+            } catch {
+                // A previous snapshot that does not hold what it should is not this one's
+                // problem: built again without it.
+            }
+        }
+        try buildSnapshotSync(epoch: epoch, record: record, previous: nil)
+    }
+
+    /// Returns how many objects came from `previous`'s chunks.
+    @discardableResult
+    func buildSnapshotSync(epoch: UInt64, record: EpochRecord, previous: PreviousSnapshot?) throws -> Int {
+        guard let lastCheckpoint = record.lastCheckpoint, let root = record.stateRoot else { return 0 }
         let k = configuration.snapshotChunkSize
         let dir = database.path + "/ingest-snapshot"
         try Self.freshDirectory(dir)
@@ -128,10 +147,11 @@ extension NodeStore {
             SnapshotRange(index: p, firstChunk: starts[p].chunk, from: starts[p].id, to: p + 1 < starts.count ? starts[p + 1].id : nil)
         }
         // 1. Scan.
-        let scanned = try Self.onEveryCore(ranges) { r in try self.scanSnapshotRange(epoch: epoch, r, chunkSize: k) }
+        let scanned = try Self.onEveryCore(ranges) { r in try self.scanSnapshotRange(epoch: epoch, r, chunkSize: k, previous: previous) }
         var lengths: [UInt32] = []
         var chunkIDs: [[UInt8]] = []
         var located: [LocatedObject] = []
+        var reused: [ReusedObject] = []
         var inline = false
         for (p, part) in scanned.enumerated() {
             guard ranges[p].firstChunk * k == lengths.count else {
@@ -140,6 +160,7 @@ extension NodeStore {
             lengths += part.lengths
             chunkIDs += part.chunkIDs
             located += part.located
+            reused += part.reused
             inline = inline || part.inline
         }
         let layout = SnapshotLayout(lengths: lengths, chunkSize: k, bucketBytes: Self.snapshotBucketBytes)
@@ -147,7 +168,9 @@ extension NodeStore {
         // 2. Spill.
         var tags: [String] = []
         if inline {
-            let inlineTags = try Self.onEveryCore(ranges) { r in try self.spillInline(epoch: epoch, r, layout, dir: dir) }
+            let inlineTags = try Self.onEveryCore(ranges) { r in
+                try self.spillInline(epoch: epoch, r, layout, reused: scanned[r.index].reused, dir: dir)
+            }
             tags += inlineTags
         }
         located.sort { ($0.locator.seq, $0.locator.part) < ($1.locator.seq, $1.locator.part) }
@@ -160,8 +183,17 @@ extension NodeStore {
         // 3. Chunks.
         let bucketTags = tags
         let firstIDs = chunkIDs
+        let reusedObjects = reused
+        reused = []
+        let reusedCount = reusedObjects.count
         let built = try Self.onEveryCore(Array(layout.buckets.indices)) { b in
-            try self.buildSnapshotBucket(epoch: epoch, b, layout, firstID: firstIDs[layout.buckets[b].lowerBound], dir: dir, tags: bucketTags)
+            // Reused objects are in index order: the bucket's are one slice.
+            let objects = layout.objects(of: b)
+            let lo = Self.firstReused(reusedObjects, atOrAfter: objects.lowerBound)
+            let hi = Self.firstReused(reusedObjects, atOrAfter: objects.upperBound)
+            return try self.buildSnapshotBucket(
+                epoch: epoch, b, layout, firstID: firstIDs[layout.buckets[b].lowerBound], dir: dir, tags: bucketTags,
+                reused: reusedObjects[lo..<hi], previous: previous)
         }
         var chunkRoots: [Digest] = []
         var count: UInt64 = 0
@@ -188,6 +220,7 @@ extension NodeStore {
             batch.deleteRange(cf.snapshotChunks, from: StoreKeys.seq(0), to: StoreKeys.seq(epoch - configuration.retainSnapshots + 1))
         }
         try database.write(batch, sync: configuration.syncWrites)
+        return reusedCount
     }
 
     /// Cores a snapshot build uses.
@@ -296,8 +329,10 @@ extension NodeStore {
 
     /// Calls `body` with each live object of range `r` in id order (its index in the range, id,
     /// live version) and what `objects` stores of that version.
+    /// With `reuse`, an object for which it answers `true` is passed over: `objects` is not read.
     func walkLiveVersions(
-        epoch: UInt64, _ r: SnapshotRange, _ body: (Int, ObjectID, VersionDigest, UnsafeRawBufferPointer) throws -> Void
+        epoch: UInt64, _ r: SnapshotRange, reuse: ((Int, ObjectID, VersionDigest) throws -> Bool)? = nil,
+        _ body: (Int, ObjectID, VersionDigest, UnsafeRawBufferPointer) throws -> Void
     ) throws {
         var key = [UInt8](repeating: 0, count: 40)
         var n = 0
@@ -305,6 +340,11 @@ extension NodeStore {
             try database.withIterator(cf.liveObjects, from: r.from, to: r.to, fillCache: false) { it in
                 while it.isValid {
                     let (id, vd) = try liveEntry(it)
+                    if let reuse, try reuse(n, id, vd) {
+                        n += 1
+                        it.next()
+                        continue
+                    }
                     StoreKeys.writeObjectKey(id, vd.version, into: &key)
                     // The next live version is usually a few entries ahead (the versions between
                     // are superseded ones): stepping is far cheaper than a seek, which repositions
@@ -329,15 +369,26 @@ extension NodeStore {
     /// Pass 1 of a snapshot build over one range: each live object's length, the first id of
     /// each chunk, the locators, and whether any object is stored as its encoding.
     func scanSnapshotRange(
-        epoch: UInt64, _ r: SnapshotRange, chunkSize k: Int
-    ) throws -> (lengths: [UInt32], chunkIDs: [[UInt8]], located: [LocatedObject], inline: Bool) {
+        epoch: UInt64, _ r: SnapshotRange, chunkSize k: Int, previous: PreviousSnapshot? = nil
+    ) throws -> (lengths: [UInt32], chunkIDs: [[UInt8]], located: [LocatedObject], reused: [ReusedObject], inline: Bool) {
         var lengths: [UInt32] = []
         var chunkIDs: [[UInt8]] = []
         var located: [LocatedObject] = []
+        var reused: [ReusedObject] = []
         var inline = false
         let first = r.firstChunk * k
-        try walkLiveVersions(epoch: epoch, r) { n, id, vd, value in
-            if n % k == 0 { chunkIDs.append(id.bytes) }
+        let cursor = try previous.map { try PreviousSnapshotCursor(self, $0, from: Digest(bytes: r.from)) }
+        let reuse: ((Int, ObjectID, VersionDigest) throws -> Bool)? = cursor.map { cursor in
+            { n, id, vd in
+                if n % k == 0 { chunkIDs.append(id.bytes) }
+                guard let place = try cursor.find(id, version: vd.version) else { return false }
+                reused.append(ReusedObject(chunk: place.chunk, offset: place.offset, length: place.length, index: first + n))
+                lengths.append(place.length)
+                return true
+            }
+        }
+        try walkLiveVersions(epoch: epoch, r, reuse: reuse) { n, id, vd, value in
+            if cursor == nil && n % k == 0 { chunkIDs.append(id.bytes) }
             if let locator = StoreKeys.readObjectLocator(raw: value) {
                 located.append(LocatedObject(locator: locator, index: first + n))
                 lengths.append(locator.length)
@@ -349,16 +400,23 @@ extension NodeStore {
                 inline = true
             }
         }
-        return (lengths, chunkIDs, located, inline)
+        return (lengths, chunkIDs, located, reused, inline)
     }
 
     /// Pass 2 for objects stored as their encodings (after a snapshot restore): range `r`'s
     /// appended to their buckets' files. Returns the files' tag.
-    func spillInline(epoch: UInt64, _ r: SnapshotRange, _ layout: SnapshotLayout, dir: String) throws -> String {
+    func spillInline(epoch: UInt64, _ r: SnapshotRange, _ layout: SnapshotLayout, reused: [ReusedObject], dir: String) throws -> String {
         let tag = "i\(r.index)"
         var writer = BucketWriter(dir: dir, tag: tag)
         let first = r.firstChunk * layout.chunkSize
-        try walkLiveVersions(epoch: epoch, r) { n, _, _, value in
+        // The range's reused objects, in index order, are passed over.
+        var next = 0
+        let reuse: (Int, ObjectID, VersionDigest) -> Bool = { n, _, _ in
+            guard next < reused.count, reused[next].index == first + n else { return false }
+            next += 1
+            return true
+        }
+        try walkLiveVersions(epoch: epoch, r, reuse: reused.isEmpty ? nil : reuse) { n, _, _, value in
             // Locators were spilled block by block.
             guard value.count != StoreKeys.objectLocatorSize else { return }
             guard first + n < layout.lengths.count else {
@@ -401,7 +459,8 @@ extension NodeStore {
     /// then its chunks (each object checked against its live digest by hashing its encoding
     /// as it is), compressed into the bucket's SST file; their roots and object count.
     func buildSnapshotBucket(
-        epoch: UInt64, _ b: Int, _ layout: SnapshotLayout, firstID: [UInt8], dir: String, tags: [String]
+        epoch: UInt64, _ b: Int, _ layout: SnapshotLayout, firstID: [UInt8], dir: String, tags: [String],
+        reused: ArraySlice<ReusedObject> = [], previous: PreviousSnapshot? = nil
     ) throws -> (roots: [Digest], count: UInt64, file: String) {
         let objects = layout.objects(of: b)
         var offsets: [Int] = [0]
@@ -419,6 +478,27 @@ extension NodeStore {
                 guard index < objects.count, !placed[index], object.count == Int(layout.lengths[objects.lowerBound + index]) else { throw changed }
                 bytes.withUnsafeMutableBytes { out in
                     UnsafeMutableRawBufferPointer(rebasing: out[offsets[index]..<offsets[index + 1]]).copyMemory(from: object)
+                }
+                placed[index] = true
+                placedCount += 1
+            }
+        }
+        if let previous {
+            // Each previous chunk decompressed once (reused objects are in id order).
+            var chunk: (index: UInt32, bytes: [UInt8])? = nil
+            for o in reused {
+                if chunk?.index != o.chunk { chunk = (o.chunk, try previousChunkBytes(previous, Int(o.chunk))) }
+                let index = o.index - objects.lowerBound
+                let start = Int(o.offset)
+                let end = start + Int(o.length)  // two u32s: no overflow
+                guard objects.contains(o.index), !placed[index], Int(o.length) == Int(layout.lengths[o.index]),
+                      end <= chunk!.bytes.count
+                else { throw changed }
+                chunk!.bytes.withUnsafeBytes { from in
+                    bytes.withUnsafeMutableBytes { out in
+                        UnsafeMutableRawBufferPointer(rebasing: out[offsets[index]..<offsets[index + 1]])
+                            .copyMemory(from: UnsafeRawBufferPointer(rebasing: from[start..<end]))
+                    }
                 }
                 placed[index] = true
                 placedCount += 1
