@@ -18,14 +18,41 @@ public enum BlockVerifier {
     /// The leaf hashes of `entries`, checking each entry on the way; appends each transaction's
     /// digest to `digests` and each output object's encoding to `encodings` (what the checks
     /// compute anyway, kept so that nobody computes them again).
+    ///
+    /// With `block` (the bytes `data` was decoded from, and where each part of each entry lies
+    /// in them), the digests are computed over those bytes instead of encodings made again from
+    /// the decoded values: BCS decoding is canonical, so they are the same bytes.
     static func leafHashes(
-        of data: CheckpointData, verifyUserSignatures: Bool, digests: inout [Digest], encodings: inout [[UInt8]]
+        of data: CheckpointData, verifyUserSignatures: Bool, digests: inout [Digest], encodings: inout [[UInt8]],
+        block: (bytes: [UInt8], spans: BlockSpans)? = nil
     ) throws(CoreError) -> [Digest] {
         var hashes: [Digest] = []
         hashes.reserveCapacity(data.entries.count)
+        var objectBase = 0
         for (i, entry) in data.entries.enumerated() {
-            let txDigest = entry.transaction.digest
-            try checkEntry(entry, transactionDigest: txDigest, checkpoint: data.sequenceNumber, index: i, encodings: &encodings)
+            let txDigest: Digest
+            let leaf: ExecutionLeaf
+            if let block {
+                let span = block.spans.entries[i]
+                let base = objectBase
+                (txDigest, leaf) = block.bytes.withUnsafeBytes { raw in
+                    let tx = Hashing.sha256(domain: .transactionData, raw: UnsafeRawBufferPointer(rebasing: raw[span.data]))
+                    return (tx, ExecutionLeaf(
+                        transaction: tx, effects: Hashing.sha256(domain: .transactionEffects, raw: UnsafeRawBufferPointer(rebasing: raw[span.effects])),
+                        signatures: Hashing.sha256(domain: .signatures, raw: UnsafeRawBufferPointer(rebasing: raw[span.signatures]))))
+                }
+                try checkEntry(entry, transactionDigest: txDigest, checkpoint: data.sequenceNumber, index: i, encodings: &encodings) { k, _ in
+                    // The decoder recorded one range per output object, in this order.
+                    Array(block.bytes[block.spans.objects[base + k]])
+                }
+            } else {
+                txDigest = entry.transaction.digest
+                leaf = ExecutionLeaf(transaction: txDigest, effects: entry.effects.digest, signatures: entry.transaction.signaturesDigest)
+                try checkEntry(entry, transactionDigest: txDigest, checkpoint: data.sequenceNumber, index: i, encodings: &encodings) { _, object in
+                    object.bcsBytes
+                }
+            }
+            objectBase += entry.outputObjects.count
             if verifyUserSignatures && !(data.sequenceNumber == 0 && entry.transaction.data.kind == TransactionData.genesisKind) {
                 do {
                     try entry.transaction.verifyUserSignatures()
@@ -33,8 +60,6 @@ public enum BlockVerifier {
                     throw CoreError(error.code, "checkpoint \(data.sequenceNumber) entry \(i): \(error.message)")
                 }
             }
-            let leaf = ExecutionLeaf(
-                transaction: txDigest, effects: entry.effects.digest, signatures: entry.transaction.signaturesDigest)
             hashes.append(leaf.leafHash)
             digests.append(txDigest)
         }
@@ -47,13 +72,17 @@ public enum BlockVerifier {
         _ entry: ExecutionData, transactionDigest: Digest, checkpoint: UInt64, index: Int
     ) throws(CoreError) {
         var encodings: [[UInt8]] = []
-        try checkEntry(entry, transactionDigest: transactionDigest, checkpoint: checkpoint, index: index, encodings: &encodings)
+        try checkEntry(entry, transactionDigest: transactionDigest, checkpoint: checkpoint, index: index, encodings: &encodings) { _, object in
+            object.bcsBytes
+        }
     }
 
     /// ``checkEntry(_:transactionDigest:checkpoint:index:)``, appending each output object's
-    /// encoding (the bytes its digest is computed from) to `encodings`.
+    /// encoding (the bytes its digest is computed from) to `encodings`; `encoding` gives the
+    /// encoding of the entry's `k`-th output object.
     static func checkEntry(
-        _ entry: ExecutionData, transactionDigest: Digest, checkpoint: UInt64, index: Int, encodings: inout [[UInt8]]
+        _ entry: ExecutionData, transactionDigest: Digest, checkpoint: UInt64, index: Int, encodings: inout [[UInt8]],
+        encoding encodingOf: (Int, Object) -> [UInt8]
     ) throws(CoreError) {
         let effects = entry.effects
         guard effects.transactionDigest == transactionDigest else {
@@ -76,8 +105,8 @@ public enum BlockVerifier {
                     "checkpoint \(checkpoint) entry \(index): written object \(change.id.short) has no output object")
             }
             let object = entry.outputObjects[objectIndex]
+            let encoding = encodingOf(objectIndex, object)
             objectIndex += 1
-            let encoding = object.bcsBytes
             guard object.id == change.id, object.version == out.version, object.previousTransaction == transactionDigest,
                   Hashing.sha256(domain: Object.domain, encoding) == out.digest
             else {
@@ -190,4 +219,58 @@ extension TransactionData {
     public static let genesisKind: UInt8 = 0
     /// The kind of an ordinary user transaction.
     public static let userKind: UInt8 = 1
+}
+
+/// Where each entry's encoded parts lie in a decompressed block (byte ranges), recorded while
+/// decoding it (``CheckpointData/decodeRecordingSpans(_:)``).
+struct BlockSpans {
+    struct Entry {
+        /// `bcs(TransactionData)`.
+        var data: Range<Int>
+        /// `bcs(Vec<UserSignature>)`.
+        var signatures: Range<Int>
+        /// `bcs(TransactionEffects)`.
+        var effects: Range<Int>
+    }
+
+    var entries: [Entry] = []
+    /// Every output object's `bcs(Object)`, in entry order then output order.
+    var objects: [Range<Int>] = []
+}
+
+extension CheckpointData {
+    /// Decodes `bcs(CheckpointData)` exactly as ``init(bcsBytes:)`` does (the same reads, the
+    /// same checks, nothing trailing) and records where each entry's transaction data,
+    /// signatures, effects and output objects lie in `bytes`.
+    static func decodeRecordingSpans(_ bytes: [UInt8]) throws(CoreError) -> (CheckpointData, BlockSpans) {
+        try BCS.read(from: bytes[...]) { (r: inout BCSReader) throws(CoreError) -> (CheckpointData, BlockSpans) in
+            let sequenceNumber = try r.readU64()
+            // As CheckpointData, ExecutionData and Transaction read themselves.
+            let count = try r.readLength(minElementSize: 96)
+            var entries: [ExecutionData] = []
+            entries.reserveCapacity(count)
+            var spans = BlockSpans()
+            spans.entries.reserveCapacity(count)
+            for _ in 0..<count {
+                let a = r.offset
+                let data = try r.read(TransactionData.self)
+                let b = r.offset
+                let signatures = try r.readVector(UserSignature.self, minElementSize: UserSignature.encodedSize)
+                let c = r.offset
+                let effects = try r.read(TransactionEffects.self)
+                let d = r.offset
+                let n = try r.readLength(minElementSize: 32 + 8 + 1 + 1 + 1 + 32)
+                var objects: [Object] = []
+                objects.reserveCapacity(n)
+                for _ in 0..<n {
+                    let start = r.offset
+                    objects.append(try r.read(Object.self))
+                    spans.objects.append(start..<r.offset)
+                }
+                entries.append(ExecutionData(transaction: Transaction(data: data, signatures: signatures), effects: effects, outputObjects: objects))
+                spans.entries.append(BlockSpans.Entry(data: a..<b, signatures: b..<c, effects: c..<d))
+            }
+            return (CheckpointData(sequenceNumber: sequenceNumber, entries: entries), spans)
+        }
+    }
 }

@@ -113,12 +113,16 @@ public enum CheckpointVerifier {
         for (part, frame) in frames.enumerated() {
             let bytes = try decompress(frame)
             raw += bytes.count
-            let data = try CheckpointData(bcsBytes: bytes)
+            let (data, spans) = try CheckpointData.decodeRecordingSpans(bytes)
             guard data.sequenceNumber == seq else {
                 throw CoreError(.contentMismatch, "checkpoint \(seq) part \(part): the block is of checkpoint \(data.sequenceNumber)")
             }
-            let hashes = try collected.leafHashes(of: data, verifyUserSignatures: verifyUserSignatures)
-            try collected.locate(in: bytes, part: part, checkpoint: seq)
+            let hashes = try collected.leafHashes(of: data, verifyUserSignatures: verifyUserSignatures, block: (bytes, spans))
+            // Each output object lies where the decoder read it.
+            guard bytes.count <= Int(UInt32.max), let p = UInt32(exactly: part) else {
+                throw CoreError(.contentMismatch, "checkpoint \(seq) part \(part): a block of \(bytes.count) bytes is too large to locate objects in")
+            }
+            collected.locations += spans.objects.map { ObjectLocation(part: p, offset: UInt32($0.lowerBound)) }
             if frames.count == 1 {
                 try BlockVerifier.checkRoot(hashes, of: data, summary: summary, entryCount: entryCount)
             } else {
@@ -196,14 +200,11 @@ public enum CheckpointVerifier {
             digests.reserveCapacity(Int(min(entryCount, 1 << 16)))
         }
 
-        mutating func leafHashes(of data: CheckpointData, verifyUserSignatures: Bool) throws(CoreError) -> [Digest] {
-            try BlockVerifier.leafHashes(of: data, verifyUserSignatures: verifyUserSignatures, digests: &digests, encodings: &encodings)
-        }
-
-        /// Locates the encodings collected from one part (those without a location yet) in
-        /// that part's decompressed bytes.
-        mutating func locate(in bytes: [UInt8], part: Int, checkpoint: UInt64) throws(CoreError) {
-            try Self.locate(encodings[locations.count...], in: bytes, part: part, checkpoint: checkpoint, into: &locations)
+        mutating func leafHashes(
+            of data: CheckpointData, verifyUserSignatures: Bool, block: (bytes: [UInt8], spans: BlockSpans)? = nil
+        ) throws(CoreError) -> [Digest] {
+            try BlockVerifier.leafHashes(
+                of: data, verifyUserSignatures: verifyUserSignatures, digests: &digests, encodings: &encodings, block: block)
         }
 
         /// Finds each encoding in `bytes`, in order, each at or after the end of the one
