@@ -46,4 +46,24 @@ struct BlockSpansTests {
         }
         #expect(objects > 0)
     }
+
+    @Test("a checkpoint verified from its blocks gives the same digests, locations and encodings as one verified from its contents")
+    func blocksAndContents() async throws {
+        let generator = ChainGenerator(profile: .tiny, seed: 12)
+        for item in await generator.generateAll(parallelism: 2) {
+            let built = item.verified
+            let received = try CheckpointVerifier.verify(
+                blocks: built.frames, proofs: built.proofs, of: built.certified, previousTotal: item.previousTotal
+            ) { try LZ4Frame.decompress($0, limit: 1 << 26) }
+            #expect(received.transactionDigests == built.transactionDigests)
+            #expect(received.objectLocations == built.objectLocations)
+            #expect(received.decompressedParts == built.decompressedParts)
+            var k = 0
+            received.forEachOutput { object, encoding, _ in
+                #expect(Array(encoding) == object.bcsBytes)
+                #expect(built.objectEncoding(k) == encoding)
+                k += 1
+            }
+        }
+    }
 }

@@ -157,7 +157,7 @@ struct StoreLayoutTests {
                 let locator = try #require(StoreKeys.readObjectLocator(value))
                 #expect(locator == ObjectLocator(seq: seq, part: location.part, offset: location.offset, length: UInt32(encoding.count)))
                 let block = blocks[Int(location.part)]
-                #expect(Array(block[Int(location.offset)..<Int(location.offset) + encoding.count]) == encoding)
+                #expect(Array(block[Int(location.offset)..<Int(location.offset) + encoding.count]) == Array(encoding))
                 parts.insert(location.part)
                 if sample == nil || location.part == 2 { sample = (object.id, object.version, locator) }
             }
@@ -204,7 +204,7 @@ struct StoreLayoutTests {
         try await pruned.commit(checkpoints, bulk: true)
         try checkpoints[0].forEachOutput { object, encoding, _ in
             let value = try pruned.database.get(try #require(pruned.database.columnFamily("objects")), StoreKeys.object(object.id, version: object.version))
-            #expect(value == encoding)
+            #expect(value == Array(encoding))
         }
         await pruned.close()
     }

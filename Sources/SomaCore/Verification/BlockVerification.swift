@@ -16,8 +16,8 @@ public enum BlockVerifier {
     }
 
     /// The leaf hashes of `entries`, checking each entry on the way; appends each transaction's
-    /// digest to `digests` and each output object's encoding to `encodings` (what the checks
-    /// compute anyway, kept so that nobody computes them again).
+    /// digest to `digests` and, without `block`, each output object's encoding to `encodings`
+    /// (what the checks compute anyway, kept so that nobody computes them again).
     ///
     /// With `block` (the bytes `data` was decoded from, and where each part of each entry lies
     /// in them), the digests are computed over those bytes instead of encodings made again from
@@ -41,15 +41,19 @@ public enum BlockVerifier {
                         transaction: tx, effects: Hashing.sha256(domain: .transactionEffects, raw: UnsafeRawBufferPointer(rebasing: raw[span.effects])),
                         signatures: Hashing.sha256(domain: .signatures, raw: UnsafeRawBufferPointer(rebasing: raw[span.signatures]))))
                 }
-                try checkEntry(entry, transactionDigest: txDigest, checkpoint: data.sequenceNumber, index: i, encodings: &encodings) { k, _ in
+                try checkEntry(entry, transactionDigest: txDigest, checkpoint: data.sequenceNumber, index: i) { k, _ in
                     // The decoder recorded one range per output object, in this order.
-                    Array(block.bytes[block.spans.objects[base + k]])
+                    block.bytes.withUnsafeBytes { raw in
+                        Hashing.sha256(domain: Object.domain, raw: UnsafeRawBufferPointer(rebasing: raw[block.spans.objects[base + k]]))
+                    }
                 }
             } else {
                 txDigest = entry.transaction.digest
                 leaf = ExecutionLeaf(transaction: txDigest, effects: entry.effects.digest, signatures: entry.transaction.signaturesDigest)
-                try checkEntry(entry, transactionDigest: txDigest, checkpoint: data.sequenceNumber, index: i, encodings: &encodings) { _, object in
-                    object.bcsBytes
+                try checkEntry(entry, transactionDigest: txDigest, checkpoint: data.sequenceNumber, index: i) { _, object in
+                    let encoding = object.bcsBytes
+                    encodings.append(encoding)
+                    return Hashing.sha256(domain: Object.domain, encoding)
                 }
             }
             objectBase += entry.outputObjects.count
@@ -71,18 +75,17 @@ public enum BlockVerifier {
     public static func checkEntry(
         _ entry: ExecutionData, transactionDigest: Digest, checkpoint: UInt64, index: Int
     ) throws(CoreError) {
-        var encodings: [[UInt8]] = []
-        try checkEntry(entry, transactionDigest: transactionDigest, checkpoint: checkpoint, index: index, encodings: &encodings) { _, object in
-            object.bcsBytes
+        try checkEntry(entry, transactionDigest: transactionDigest, checkpoint: checkpoint, index: index) { _, object in
+            object.digest
         }
     }
 
-    /// ``checkEntry(_:transactionDigest:checkpoint:index:)``, appending each output object's
-    /// encoding (the bytes its digest is computed from) to `encodings`; `encoding` gives the
-    /// encoding of the entry's `k`-th output object.
+    /// ``checkEntry(_:transactionDigest:checkpoint:index:)`` with `digestOf` giving the digest
+    /// of the entry's `k`-th output object (computed over the bytes it was decoded from, or
+    /// over its encoding).
     static func checkEntry(
-        _ entry: ExecutionData, transactionDigest: Digest, checkpoint: UInt64, index: Int, encodings: inout [[UInt8]],
-        encoding encodingOf: (Int, Object) -> [UInt8]
+        _ entry: ExecutionData, transactionDigest: Digest, checkpoint: UInt64, index: Int,
+        digest digestOf: (Int, Object) -> Digest
     ) throws(CoreError) {
         let effects = entry.effects
         guard effects.transactionDigest == transactionDigest else {
@@ -105,15 +108,14 @@ public enum BlockVerifier {
                     "checkpoint \(checkpoint) entry \(index): written object \(change.id.short) has no output object")
             }
             let object = entry.outputObjects[objectIndex]
-            let encoding = encodingOf(objectIndex, object)
+            let objectDigest = digestOf(objectIndex, object)
             objectIndex += 1
             guard object.id == change.id, object.version == out.version, object.previousTransaction == transactionDigest,
-                  Hashing.sha256(domain: Object.domain, encoding) == out.digest
+                  objectDigest == out.digest
             else {
                 throw CoreError(.outputObjectMismatch,
                     "checkpoint \(checkpoint) entry \(index): output object \(object.id.short) v\(object.version) does not match the effects")
             }
-            encodings.append(encoding)
         }
         guard objectIndex == entry.outputObjects.count else {
             throw CoreError(.outputObjectMismatch,

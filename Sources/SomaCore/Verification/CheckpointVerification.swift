@@ -25,24 +25,35 @@ public struct VerifiedCheckpoint: Sendable {
     public let rawBytes: Int
     /// Each entry's transaction digest, in order (computed once, by the verification).
     public let transactionDigests: [Digest]
-    /// `bcs(Object)` of every output object, in entry order then output order: the bytes whose
-    /// digests the verification checked against the effects.
-    public let objectEncodings: [[UInt8]]
-    /// Where each of those encodings lies in the blocks (same order): an archive stores this
-    /// instead of a second copy of the bytes (DESIGN §6.1).
+    /// Each block decompressed (`bcs(CheckpointData)` of each part): the bytes every output
+    /// object's encoding lies in.
+    public let decompressedParts: [[UInt8]]
+    /// Where the encoding of every output object lies in those bytes, in entry order then
+    /// output order: the bytes whose digests the verification checked against the effects. An
+    /// archive stores this instead of a second copy of the bytes (DESIGN §6.1).
     public let objectLocations: [ObjectLocation]
+    /// The length of each of those encodings (same order).
+    let objectLengths: [UInt32]
 
     /// The bytes of the blocks.
     public var storedBytes: Int { frames.reduce(0) { $0 + $1.count } }
 
+    /// `bcs(Object)` of output object `k` (entry order then output order), as the block holds it.
+    public func objectEncoding(_ k: Int) -> ArraySlice<UInt8> {
+        let location = objectLocations[k]
+        let start = Int(location.offset)
+        // Recorded by the verification inside the part's bytes.
+        return decompressedParts[Int(location.part)][start..<start + Int(objectLengths[k])]
+    }
+
     /// Calls `body` with every output object, its encoding and where the encoding lies in the
-    /// blocks, in entry order then output order (the verification appended exactly one encoding
-    /// and one location per output object, in this order).
-    public func forEachOutput(_ body: (Object, [UInt8], ObjectLocation) throws -> Void) rethrows {
+    /// blocks, in entry order then output order (the verification recorded exactly one location
+    /// per output object, in this order).
+    public func forEachOutput(_ body: (Object, ArraySlice<UInt8>, ObjectLocation) throws -> Void) rethrows {
         var k = 0
         for entry in data.entries {
             for object in entry.outputObjects {
-                try body(object, objectEncodings[k], objectLocations[k])
+                try body(object, objectEncoding(k), objectLocations[k])
                 k += 1
             }
         }
@@ -50,7 +61,7 @@ public struct VerifiedCheckpoint: Sendable {
 
     fileprivate init(
         certified: CertifiedCheckpointSummary, data: CheckpointData, frames: [[UInt8]], proofs: [[Digest]], rawBytes: Int,
-        transactionDigests: [Digest], objectEncodings: [[UInt8]], objectLocations: [ObjectLocation]
+        transactionDigests: [Digest], decompressedParts: [[UInt8]], objectLocations: [ObjectLocation], objectLengths: [UInt32]
     ) {
         self.certified = certified
         self.data = data
@@ -58,8 +69,9 @@ public struct VerifiedCheckpoint: Sendable {
         self.proofs = proofs
         self.rawBytes = rawBytes
         self.transactionDigests = transactionDigests
-        self.objectEncodings = objectEncodings
+        self.decompressedParts = decompressedParts
         self.objectLocations = objectLocations
+        self.objectLengths = objectLengths
     }
 }
 
@@ -110,8 +122,11 @@ public enum CheckpointVerifier {
         var collected = Collected(entryCount: entryCount)
         var entries: [ExecutionData] = []
         var raw = 0
+        var parts: [[UInt8]] = []
+        var lengths: [UInt32] = []
         for (part, frame) in frames.enumerated() {
             let bytes = try decompress(frame)
+            parts.append(bytes)
             raw += bytes.count
             let (data, spans) = try CheckpointData.decodeRecordingSpans(bytes)
             guard data.sequenceNumber == seq else {
@@ -123,6 +138,7 @@ public enum CheckpointVerifier {
                 throw CoreError(.contentMismatch, "checkpoint \(seq) part \(part): a block of \(bytes.count) bytes is too large to locate objects in")
             }
             collected.locations += spans.objects.map { ObjectLocation(part: p, offset: UInt32($0.lowerBound)) }
+            lengths += spans.objects.map { UInt32($0.count) }
             if frames.count == 1 {
                 try BlockVerifier.checkRoot(hashes, of: data, summary: summary, entryCount: entryCount)
             } else {
@@ -132,8 +148,8 @@ public enum CheckpointVerifier {
         }
         return VerifiedCheckpoint(
             certified: certified, data: CheckpointData(sequenceNumber: seq, entries: entries), frames: frames, proofs: proofs,
-            rawBytes: raw, transactionDigests: collected.digests, objectEncodings: collected.encodings,
-            objectLocations: collected.locations)
+            rawBytes: raw, transactionDigests: collected.digests, decompressedParts: parts, objectLocations: collected.locations,
+            objectLengths: lengths)
     }
 
     /// Verifies contents without blocks (built locally, or read from a chain file that holds
@@ -153,12 +169,14 @@ public enum CheckpointVerifier {
         let parts = BlockVerifier.parts(of: data, leafHashes: hashes)
         var raw = 0
         var frames: [[UInt8]] = []
+        var decompressed: [[UInt8]] = []
         // The encodings were collected in entry order: each part takes its entries' outputs.
         let encodings = collected.encodings
         var first = 0
         for (p, part) in parts.enumerated() {
             let bytes = BCS.encode(part.data, capacity: 1 << 16)
             raw += bytes.count
+            decompressed.append(bytes)
             let count = part.data.entries.reduce(0) { $0 + $1.outputObjects.count }
             guard first + count <= encodings.count else {
                 throw CoreError(.outputObjectMismatch, "checkpoint \(summary.sequenceNumber): \(first + count) output objects, \(encodings.count) verified")
@@ -169,7 +187,8 @@ public enum CheckpointVerifier {
         }
         return VerifiedCheckpoint(
             certified: certified, data: data, frames: frames, proofs: parts.count > 1 ? parts.map(\.proof) : [[]], rawBytes: raw,
-            transactionDigests: collected.digests, objectEncodings: collected.encodings, objectLocations: collected.locations)
+            transactionDigests: collected.digests, decompressedParts: decompressed, objectLocations: collected.locations,
+            objectLengths: encodings.map { UInt32($0.count) })
     }
 
     /// The number of parts (blocks) the summary's checkpoint has after a checkpoint whose total

@@ -273,8 +273,8 @@ extension NodeStore {
     /// What `objects` stores of an output object: in an archive, which never drops a block, a
     /// locator into the block (each byte stored once, DESIGN §6.1); in a pruned store, whose
     /// blocks go before its live objects do, the encoding.
-    func storedObject(_ seq: UInt64, _ encoding: [UInt8], _ location: ObjectLocation) throws(StoreError) -> StoredObject {
-        guard configuration.mode == .archive else { return .encoding(encoding) }
+    func storedObject(_ seq: UInt64, _ encoding: ArraySlice<UInt8>, _ location: ObjectLocation) throws(StoreError) -> StoredObject {
+        guard configuration.mode == .archive else { return .encoding(Array(encoding)) }
         guard let length = UInt32(exactly: encoding.count) else {
             throw StoreError(.badValue, "checkpoint \(seq): an object of \(encoding.count) bytes")
         }

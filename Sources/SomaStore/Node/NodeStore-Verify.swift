@@ -233,7 +233,7 @@ extension NodeStore {
                 if let locator = StoreKeys.readObjectLocator(stored) {
                     matches = locator == ObjectLocator(seq: seq, part: location.part, offset: location.offset, length: UInt32(encoding.count))
                 } else {
-                    matches = stored == encoding
+                    matches = stored.elementsEqual(encoding)
                 }
                 guard matches else {
                     throw fault("checkpoint \(seq): object \(object.id.hex) v\(object.version) is tampered (does not match its certified digest)")
