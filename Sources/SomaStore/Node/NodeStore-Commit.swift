@@ -173,7 +173,8 @@ extension NodeStore {
                 }
                 if let synced = state.synced { held.withLock { $0.synced = synced.seq } }
                 if wroteBack {
-                    cache!.dirty.removeAll()
+                    // Kept: the next groups fill it again to about the same size.
+                    cache!.dirty.removeAll(keepingCapacity: true)
                     cache!.pending = 0
                     // A live set grown past the bound is read from RocksDB from now on (what
                     // it holds was just written back).

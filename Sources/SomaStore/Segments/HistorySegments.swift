@@ -432,15 +432,23 @@ public final class HistorySegments: Sendable {
     }
 
     private func write(_ batch: [(seq: UInt64, frames: [[UInt8]])], to seg: Segment) throws(StoreError) {
+        // One buffer each, sized once: the frames are copied once, the records written in place.
+        let frames = batch.reduce(0) { $0 + $1.frames.count }
         var data: [UInt8] = []
+        data.reserveCapacity(batch.reduce(0) { $0 + $1.frames.reduce(0) { $0 + $1.count } })
         var index: [UInt8] = []
+        index.reserveCapacity(frames * Self.indexRecordBytes)
         var added: [Entry] = []
+        added.reserveCapacity(frames)
         var offset = seg.dataSize
         for c in batch {
             for (part, f) in c.frames.enumerated() {
                 data += f
                 let e = Entry(seq: c.seq, part: UInt32(part), length: UInt32(f.count), offset: offset)
-                index += Self.bytes(e.seq) + Self.bytes(e.part) + Self.bytes(e.length) + Self.bytes(e.offset)
+                Self.append(e.seq, to: &index)
+                Self.append(e.part, to: &index)
+                Self.append(e.length, to: &index)
+                Self.append(e.offset, to: &index)
                 added.append(e)
                 offset += UInt64(f.count)
             }
@@ -606,7 +614,7 @@ public final class HistorySegments: Sendable {
         return v
     }
 
-    private static func bytes<T: FixedWidthInteger>(_ v: T) -> [UInt8] {
-        withUnsafeBytes(of: v.littleEndian) { Array($0) }
+    private static func append<T: FixedWidthInteger>(_ v: T, to out: inout [UInt8]) {
+        withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) }
     }
 }
