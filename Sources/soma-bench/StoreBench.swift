@@ -197,7 +197,8 @@ struct Store: AsyncParsableCommand {
             let after = current[current.count - 1].certified.summary.networkTotalTransactions
             async let decoding = decode(next, after: after)
             let commitStart = ContinuousClock.now
-            try await store.commit(current)
+            // As `soma-node import` commits (CheckpointImporter): groups of 64 go in bulk.
+            try await store.commit(current, bulk: current.count >= 64)
             let d = ContinuousClock.now - commitStart
             result.commitSeconds += Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
             for v in current {
