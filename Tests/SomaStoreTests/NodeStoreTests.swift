@@ -12,6 +12,20 @@ func makeChain(_ profile: DevnetProfile = .tiny, seed: UInt64 = 3) async -> (Cha
     return (generator, checkpoints.map(\.verified))
 }
 
+/// A store of the tiny chain, committed whole, that keeps the last 2 epochs' snapshots in
+/// chunks of 16 objects.
+func storeWithSnapshots(at path: String, mode: StoreMode = .archive) async throws -> (ChainGenerator, NodeStore) {
+    let (generator, checkpoints) = await makeChain()
+    var config = StoreConfiguration()
+    config.snapshotChunkSize = 16
+    config.retainSnapshots = 2
+    config.mode = mode
+    let store = try await NodeStore.open(path: path, configuration: config)
+    try await store.initialize(genesis: generator.genesis)
+    try await store.commit(checkpoints)
+    return (generator, store)
+}
+
 @Suite("NodeStore: commit, execution, reads, snapshots, pruning")
 struct NodeStoreTests {
     @Test("a tiny chain commits and executes in one pass; every read answers")
@@ -143,13 +157,7 @@ struct NodeStoreTests {
     func snapshots() async throws {
         let dir = TempDir()
         defer { dir.cleanup() }
-        let (generator, checkpoints) = await makeChain()
-        var config = StoreConfiguration()
-        config.snapshotChunkSize = 16
-        config.retainSnapshots = 2
-        let store = try await NodeStore.open(path: dir.path, configuration: config)
-        try await store.initialize(genesis: generator.genesis)
-        try await store.commit(checkpoints)
+        let (generator, store) = try await storeWithSnapshots(at: dir.path)
         #expect(try await store.snapshotEpochs() == [1, 2])
         let manifest = try #require(try await store.snapshotManifest(epoch: 2))
         let end = generator.endOfEpochSummaries[2].summary.endOfEpoch!

@@ -314,14 +314,7 @@ struct StoreLayoutTests {
     func snapshotReusesPrevious(mode: StoreMode) async throws {
         let dir = TempDir()
         defer { dir.cleanup() }
-        let (generator, checkpoints) = await makeChain()
-        var config = StoreConfiguration()
-        config.snapshotChunkSize = 16
-        config.retainSnapshots = 2
-        config.mode = mode
-        let store = try await NodeStore.open(path: dir.path, configuration: config)
-        try await store.initialize(genesis: generator.genesis)
-        try await store.commit(checkpoints)
+        let (_, store) = try await storeWithSnapshots(at: dir.path, mode: mode)
         #expect(try await store.snapshotEpochs() == [1, 2])
         let chunksCF = try #require(store.database.columnFamily("snapshotChunks"))
         func chunks(_ epoch: UInt64) throws -> [[UInt8]] {

@@ -189,11 +189,14 @@ public struct ExecutionData: Hashable, Sendable, BCSCodable {
         writer.write(outputObjects)
     }
 
+    /// The fewest bytes an entry's encoding takes (what a decoder checks a sequence length against).
+    public static let minEncodedSize = 96
+
     /// Reads transaction, effects, objects.
     public init(from reader: inout BCSReader) throws(CoreError) {
         transaction = try reader.read(Transaction.self)
         effects = try reader.read(TransactionEffects.self)
-        outputObjects = try reader.readVector(Object.self, minElementSize: 32 + 8 + 1 + 1 + 1 + 32)
+        outputObjects = try reader.readVector(Object.self, minElementSize: Object.minEncodedSize)
     }
 }
 
@@ -261,6 +264,6 @@ public struct CheckpointData: Hashable, Sendable, BCSCodable {
     /// Reads sequence number, entries.
     public init(from reader: inout BCSReader) throws(CoreError) {
         sequenceNumber = try reader.readU64()
-        entries = try reader.readVector(ExecutionData.self, minElementSize: 96)
+        entries = try reader.readVector(ExecutionData.self, minElementSize: ExecutionData.minEncodedSize)
     }
 }

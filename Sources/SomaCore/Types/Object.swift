@@ -59,6 +59,10 @@ public struct Object: Hashable, Sendable, BCSCodable, DomainDigestible {
     /// `"Object::"`.
     public static var domain: DomainPrefix { .object }
 
+    /// The fewest bytes an encoding can take: id, version, an owner tag, two empty lengths,
+    /// the previous transaction (what a decoder checks a sequence length against).
+    public static let minEncodedSize = 32 + 8 + 1 + 1 + 1 + 32
+
     /// The reference to this version: id, version, digest.
     public var reference: ObjectRef { ObjectRef(id: id, version: version, digest: digest) }
 

@@ -248,7 +248,7 @@ extension CheckpointData {
         try BCS.read(from: bytes[...]) { (r: inout BCSReader) throws(CoreError) -> (CheckpointData, BlockSpans) in
             let sequenceNumber = try r.readU64()
             // As CheckpointData, ExecutionData and Transaction read themselves.
-            let count = try r.readLength(minElementSize: 96)
+            let count = try r.readLength(minElementSize: ExecutionData.minEncodedSize)
             var entries: [ExecutionData] = []
             entries.reserveCapacity(count)
             var spans = BlockSpans()
@@ -261,7 +261,7 @@ extension CheckpointData {
                 let c = r.offset
                 let effects = try r.read(TransactionEffects.self)
                 let d = r.offset
-                let n = try r.readLength(minElementSize: 32 + 8 + 1 + 1 + 1 + 32)
+                let n = try r.readLength(minElementSize: Object.minEncodedSize)
                 var objects: [Object] = []
                 objects.reserveCapacity(n)
                 for _ in 0..<n {

@@ -132,8 +132,7 @@ extension SnapshotManifest {
         let decoded: ([ObjectRef], [Range<Int>])
         do throws(CoreError) {
             decoded = try BCS.read(from: raw[...]) { (r: inout BCSReader) throws(CoreError) in
-                // Each object takes at least 32 + 8 + 1 + 1 + 1 + 32 bytes.
-                let n = try r.readLength(minElementSize: 75)
+                let n = try r.readLength(minElementSize: Object.minEncodedSize)
                 guard n == expected else { throw CoreError(.snapshotMismatch, "\(n) objects, the chunk holds \(expected)") }
                 var refs: [ObjectRef] = []
                 var spans: [Range<Int>] = []

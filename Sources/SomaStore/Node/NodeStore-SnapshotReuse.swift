@@ -61,8 +61,7 @@ extension NodeStore {
         var entries: [PreviousChunk.Entry] = []
         do {
             try BCS.read(from: bytes[...]) { (reader) throws(CoreError) in
-                // An object's encoding is at least 32 + 8 + 1 + 1 + 1 + 32 bytes.
-                let count = try reader.readLength(minElementSize: 75)
+                let count = try reader.readLength(minElementSize: Object.minEncodedSize)
                 entries.reserveCapacity(count)
                 for _ in 0..<count {
                     let (id, version, range) = try reader.skipObject()
