@@ -61,6 +61,49 @@ struct HistorySegmentsTests {
         #expect(throws: StoreError.self) { try segments.append([(6, Self.frames(6))]) }
     }
 
+    @Test("appends go through a staging buffer (direct I/O where allowed) and keep the file exactly the frames back to back: frames across the buffer's bound, partial blocks written again, a reopen mid-block, a truncate")
+    func stagedAppends() throws {
+        let dir = TempDir("segments-staged")
+        defer { dir.cleanup() }
+        // Incompressible content, so frame sizes are odd and one spans the 4 MiB buffer.
+        func frame(_ seq: UInt64, size: Int) -> [UInt8] {
+            var rng = SplitMix(seed: seq)
+            return LZ4Frame.compress((0..<size).map { _ in UInt8(truncatingIfNeeded: rng.next()) })
+        }
+        var expected: [UInt8] = []
+        var segments = try HistorySegments.open(directory: dir.file("segments"))
+        let sizes = [1, 5_000, 4_093, 6 << 20, 77, 4_096, 300_001]
+        for (i, size) in sizes.enumerated() {
+            let f = frame(UInt64(i + 1), size: size)
+            try segments.append([(UInt64(i + 1), [f])])
+            expected += f
+        }
+        let data = dir.file("segments/00000000000000000001.seg")
+        #expect(try Array(Data(contentsOf: URL(fileURLWithPath: data))) == expected)
+        // Reopened with a partial last block: the next append reads it back and extends it.
+        segments.close()
+        segments = try HistorySegments.open(directory: dir.file("segments"))
+        #expect(segments.repairs.isEmpty)
+        let more = [(UInt64(8), [frame(8, size: 10_000)]), (9, [frame(9, size: 123)])]
+        try segments.append(more)
+        expected += more[0].1[0] + more[1].1[0]
+        #expect(try Array(Data(contentsOf: URL(fileURLWithPath: data))) == expected)
+        // Truncated in the middle, then appended again: the appender starts from the cut.
+        try segments.truncate(after: 4)
+        expected = []
+        for (i, size) in sizes.prefix(4).enumerated() { expected += frame(UInt64(i + 1), size: size) }
+        let again = frame(50, size: 9_999)
+        try segments.append([(5, [again])])
+        expected += again
+        #expect(try Array(Data(contentsOf: URL(fileURLWithPath: data))) == expected)
+        for seq in UInt64(1)...4 { #expect(try segments.frame(seq, part: 0) == frame(seq, size: sizes[Int(seq) - 1])) }
+        #expect(try segments.frame(5, part: 0) == again)
+        let (status, out, err) = try run("/usr/bin/lz4", ["-dc", data])
+        #expect(status == 0, "\(err)")
+        #expect(out.count == sizes.prefix(4).reduce(0, +) + 9_999)
+        segments.close()
+    }
+
     @Test("appends out of order, without a frame or with an oversized frame are refused; nothing is written")
     func refusals() throws {
         let dir = TempDir("segments")

@@ -58,6 +58,13 @@ public enum LZ4Frame {
         return try result.get()
     }
 
+    /// ``decompress(_:limit:)`` of a frame in memory the caller owns.
+    public static func decompress(_ frame: UnsafeRawBufferPointer, limit: Int) throws(StoreError) -> [UInt8] {
+        let context = try makeContext()
+        defer { LZ4F_freeDecompressionContext(context) }
+        return try decode(frame, context: context, limit: limit)
+    }
+
     private static func errorName(_ code: Int) -> String { String(cString: LZ4F_getErrorName(code)) }
 
     private static func decode(_ src: UnsafeRawBufferPointer, context: OpaquePointer, limit: Int) throws(StoreError) -> [UInt8] {

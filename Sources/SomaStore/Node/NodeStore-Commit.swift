@@ -129,12 +129,19 @@ extension NodeStore {
     func commitSync(_ checkpoints: [VerifiedCheckpoint], execute: Bool, bulk: Bool = false) throws {
         try writer.withLock { _ throws in
             try refuseDuringRestore()
+            // A snapshot build started by a bulk commit runs beside the next commits that execute
+            // on the live set held in memory: they hold their changes there (as bulk commits
+            // do) and write them back only at an epoch end or a bound, waiting for the build
+            // there. Every other commit writes the live set (or may), so it waits first.
+            let holding = bulk || (execute && snapshotBuild.withLock { $0 != nil } && liveCache.withLock { $0 != nil })
+            if !(execute && holding) { try waitForSnapshotBuild() }
             // Storing without execution: the live set held in memory is written back and
             // released first. Near the tip (not bulk) it is written back and kept, and from then
             // on written through: every batch carries its live entries and highestExecuted, as
             // without a cache, but execution reads the set from memory instead of RocksDB.
-            if !execute { try writeBackLiveCache() } else if !bulk { try writeBackLiveCache(keep: true) }
-            try finishInterruptedWork()
+            if !execute { try writeBackLiveCache() } else if !holding { try writeBackLiveCache(keep: true) }
+            // The pending marker of a build still running is that build's.
+            if snapshotBuild.withLock({ $0 == nil }) { try finishInterruptedWork() }
             var state = WriterState(
                 synced: try watermarkSync(.highestSynced), verified: try watermarkSync(.highestVerified),
                 executed: try watermarkSync(.highestExecuted))
@@ -155,12 +162,14 @@ extension NodeStore {
                 if executing {
                     if cache != nil {
                         (endOfEpoch, wroteBack) = try stageCachedExecution(
-                            group, cache: &cache!, writeThrough: !bulk, into: batch, state: &state)
+                            group, cache: &cache!, writeThrough: !holding, into: batch, state: &state)
                     } else {
                         var (view, touched) = try loadView(for: group.map(\.data))
                         endOfEpoch = try stageExecution(group, view: &view, touched: touched, into: batch, state: &state)
                     }
                 }
+                // A batch that writes the live set waits for the snapshot build reading it.
+                if executing && (wroteBack || cache == nil || !holding) { try waitForSnapshotBuild() }
                 // Crash order (DESIGN §6.1): the frames reach the disk, then the batch with the
                 // watermark; on open, frames ahead of highestSynced are cut.
                 do {
@@ -180,7 +189,7 @@ extension NodeStore {
                     // it holds was just written back).
                     if cache!.set.objects.count > Self.maxCachedLiveObjects { cache = nil }
                 }
-                if let (epoch, record) = endOfEpoch { try afterEpochEnd(epoch, record) }
+                if let (epoch, record) = endOfEpoch { try afterEpochEnd(epoch, record, beside: holding) }
             }
             if let cache, executing { liveCache.withLock { $0 = cache } }
         }
@@ -574,8 +583,9 @@ extension NodeStore {
         return entry
     }
 
-    /// Work after an epoch end is committed: its snapshot and the pruning of old snapshots.
-    func afterEpochEnd(_ epoch: UInt64, _ record: EpochRecord) throws {
+    /// Work after an epoch end is committed: its snapshot and the pruning of old snapshots;
+    /// `beside`: the build runs beside the next commits (``startSnapshotBuild(epoch:record:)``).
+    func afterEpochEnd(_ epoch: UInt64, _ record: EpochRecord, beside: Bool = false) throws {
         guard configuration.retainSnapshots > 0 else { return }
         // During a catch-up the verified summaries may already show later epoch ends: a
         // snapshot that would be dropped as soon as it is built is skipped.
@@ -591,7 +601,47 @@ extension NodeStore {
                 return
             }
         }
-        try buildSnapshotSync(epoch: epoch, record: record)
+        if beside {
+            try startSnapshotBuild(epoch: epoch, record: record)
+        } else {
+            try buildSnapshotSync(epoch: epoch, record: record)
+        }
+    }
+
+    /// Builds the snapshot of `epoch` on a thread of its own while commits go on: it reads
+    /// the live set as the epoch end left it, so every write of `liveObjects` (a write-back, a
+    /// write-through batch, a commit that is not a bulk one, `executePending`, `close`) first
+    /// waits for it (``waitForSnapshotBuild()``), and so does the next build. Its pending marker
+    /// stays until its last batch, so a crash meanwhile builds it again at the next start (the
+    /// live set is still that epoch's: nothing wrote it since). Called with the writer lock.
+    func startSnapshotBuild(epoch: UInt64, record: EpochRecord) throws {
+        try waitForSnapshotBuild()
+        let task = SnapshotBuildTask(epoch: epoch)
+        snapshotBuild.withLock { $0 = task }
+        let thread = Thread { [self] in
+            do {
+                try buildSnapshotSync(epoch: epoch, record: record)
+            } catch {
+                task.failure = error
+            }
+            task.done.signal()
+        }
+        thread.name = "snapshot-\(epoch)"
+        thread.start()
+    }
+
+    /// Waits for the snapshot build that a bulk commit left running beside the next commits,
+    /// if any; rethrows its failure (its marker stays: the build runs again at the next start).
+    /// Snapshot reads never wait: until the build ends, its epoch is simply not served.
+    public func finishSnapshotBuild() async throws {
+        try await blocking { try self.writer.withLock { _ throws in try self.waitForSnapshotBuild() } }
+    }
+
+    /// ``finishSnapshotBuild()`` for callers that hold the writer lock.
+    func waitForSnapshotBuild() throws {
+        guard let task = snapshotBuild.withLock({ $0.take() }) else { return }
+        task.done.wait()
+        if let failure = task.failure { throw failure }
     }
 
     /// Finishes work a crash interrupted: a snapshot whose epoch end was committed but whose
@@ -617,6 +667,7 @@ extension NodeStore {
 
     func executePendingSync(maxCheckpoints: Int) throws -> UInt64? {
         try writer.withLock { _ throws in
+            try waitForSnapshotBuild()
             try writeBackLiveCache()
             try finishInterruptedWork()
             var state = WriterState(
@@ -648,4 +699,15 @@ extension NodeStore {
             return state.executed?.seq
         }
     }
+}
+
+/// A snapshot build running on its own thread (``NodeStore/startSnapshotBuild(epoch:record:)``).
+final class SnapshotBuildTask: @unchecked Sendable {
+    let epoch: UInt64
+    /// Signalled once the build has ended.
+    let done = DispatchSemaphore(value: 0)
+    /// Written by the build's thread before `done` is signalled, read only after waiting on it.
+    var failure: (any Error)?
+
+    init(epoch: UInt64) { self.epoch = epoch }
 }

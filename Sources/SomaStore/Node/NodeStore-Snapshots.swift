@@ -61,6 +61,7 @@ extension NodeStore {
     public func buildSnapshot(epoch: UInt64) async throws -> SnapshotManifest {
         try await blocking {
             try self.writer.withLock { _ throws in
+                try self.waitForSnapshotBuild()
                 guard let record = try self.epochSync(epoch), let last = record.lastCheckpoint, record.stateRoot != nil,
                       try self.watermarkSync(.highestExecuted)?.seq == last
                 else {
@@ -433,10 +434,11 @@ extension NodeStore {
     /// located object's bytes appended to its bucket's file. Returns the files' tag.
     func spillLocated(_ located: ArraySlice<LocatedObject>, epoch: UInt64, _ layout: SnapshotLayout, dir: String, tag: String) throws -> String {
         var writer = BucketWriter(dir: dir, tag: tag)
+        var frames = HistorySegments.FrameReader()
         var i = located.startIndex
         while i < located.endIndex {
             let first = located[i].locator
-            let block = try heldBlock(first.seq, part: first.part, for: "snapshot of epoch \(epoch): a live object")
+            let block = try heldBlock(first.seq, part: first.part, through: &frames, for: "snapshot of epoch \(epoch): a live object")
             try block.withUnsafeBytes { bytes in
                 while i < located.endIndex && located[i].locator.seq == first.seq && located[i].locator.part == first.part {
                     let o = located[i]
@@ -554,13 +556,13 @@ extension NodeStore {
 }
 
 /// Appends records `index (u32 LE) ‖ length (u32 LE) ‖ bytes` to one file per bucket of a
-/// snapshot build (`DIR/b<bucket>-<tag>.bin`), through a buffer per bucket: large sequential
-/// writes, whatever the order the records come in.
+/// snapshot build (`DIR/b<bucket>-<tag>.bin`), through a staging buffer per bucket: large
+/// sequential writes (direct where the file system allows: the build reads each file back
+/// once, so the page cache would only cost), whatever the order the records come in.
 struct BucketWriter {
     let dir: String
     let tag: String
-    var buffers: [Int: [UInt8]] = [:]
-    var files: [Int: (file: SpillFile, end: UInt64)] = [:]
+    var files: [Int: (file: SpillFile, appender: DirectAppender)] = [:]
     static let flushBytes = 512 << 10
 
     init(dir: String, tag: String) {
@@ -574,38 +576,28 @@ struct BucketWriter {
         guard let i = UInt32(exactly: index), let n = UInt32(exactly: bytes.count) else {
             throw StoreError(.badValue, "a snapshot record of \(bytes.count) bytes at \(index)")
         }
-        var buffer = buffers.removeValue(forKey: bucket) ?? []
-        withUnsafeBytes(of: i.littleEndian) { buffer.append(contentsOf: $0) }
-        withUnsafeBytes(of: n.littleEndian) { buffer.append(contentsOf: $0) }
-        buffer.append(contentsOf: bytes)
-        if buffer.count >= Self.flushBytes {
-            try write(bucket, buffer)
-            buffer.removeAll(keepingCapacity: true)
+        var entry: (file: SpillFile, appender: DirectAppender)
+        if let existing = files.removeValue(forKey: bucket) {
+            entry = existing
+        } else {
+            let file = try SpillFile(path: Self.path(dir: dir, bucket: bucket, tag: tag))
+            entry = (file, try DirectAppender(fd: file.fd, readFD: file.fd, path: file.path, buffer: AlignedBuffer(capacity: Self.flushBytes), size: 0))
         }
-        buffers[bucket] = buffer
+        let header = UInt64(i.littleEndian) | UInt64(n.littleEndian) << 32
+        try withUnsafeBytes(of: header.littleEndian) { (raw) throws(StoreError) in try entry.appender.append(raw) }
+        try entry.appender.append(bytes)
+        files[bucket] = entry
     }
 
     mutating func finish() throws(StoreError) {
-        for (bucket, buffer) in buffers where !buffer.isEmpty { try write(bucket, buffer) }
-        buffers = [:]
+        for (_, var entry) in files { try entry.appender.flush() }
         files = [:]
-    }
-
-    private mutating func write(_ bucket: Int, _ buffer: [UInt8]) throws(StoreError) {
-        var entry: (file: SpillFile, end: UInt64)
-        if let existing = files[bucket] {
-            entry = existing
-        } else {
-            entry = (try SpillFile(path: Self.path(dir: dir, bucket: bucket, tag: tag)), 0)
-        }
-        try HistorySegments.writeFully(entry.file.fd, buffer, at: entry.end, entry.file.path)
-        entry.end += UInt64(buffer.count)
-        files[bucket] = entry
     }
 }
 
-/// A scratch file of a snapshot build (a bucket file), appended to with
-/// `HistorySegments.writeFully` and read back record by record; removed with its directory.
+/// A scratch file of a snapshot build (a bucket file), opened for direct I/O where the file
+/// system allows, written through a ``DirectAppender`` and read back record by record; removed
+/// with its directory.
 final class SpillFile: Sendable {
     let path: String
     let fd: Int32
@@ -613,14 +605,15 @@ final class SpillFile: Sendable {
     /// Creates (or empties) the file for writing.
     init(path: String) throws(StoreError) {
         self.path = path
-        fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let flags = O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC
+        fd = DirectIO.open(path, flags, 0o600) ?? open(path, flags, 0o600)
         guard fd >= 0 else { throw StoreError(.ioError, "cannot create \(path): \(String(cString: strerror(errno)))") }
     }
 
     /// Opens the file for reading.
     init(reading path: String) throws(StoreError) {
         self.path = path
-        fd = open(path, O_RDONLY | O_CLOEXEC)
+        fd = DirectIO.open(path, O_RDONLY | O_CLOEXEC) ?? open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw StoreError(.ioError, "cannot open \(path): \(String(cString: strerror(errno)))") }
     }
 
@@ -630,15 +623,14 @@ final class SpillFile: Sendable {
     /// at a time; a record cut short by the end of the file is an error.
     func forEachRecord(_ body: (Int, UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
         var pending: [UInt8] = []
-        var offset: off_t = 0
-        var piece = [UInt8](repeating: 0, count: 1 << 20)
+        var offset: UInt64 = 0
+        let piece = AlignedBuffer(capacity: 1 << 20)
         while true {
-            let n = piece.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, $0.count, offset) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw StoreError(.ioError, "cannot read \(path): \(String(cString: strerror(errno)))") }
+            // Whole aligned pieces from aligned offsets: valid direct reads; a short one is the end.
+            let n = try DirectIO.read(fd, piece.pointer, count: piece.capacity, at: offset, path)
             if n == 0 { break }
-            offset += off_t(n)
-            pending.append(contentsOf: piece[0..<n])
+            offset += UInt64(n)
+            pending.append(contentsOf: UnsafeRawBufferPointer(start: piece.pointer, count: n))
             var at = 0
             let failure: StoreError? = pending.withUnsafeBytes { p in
                 while p.count - at >= 8 {
@@ -656,6 +648,7 @@ final class SpillFile: Sendable {
             }
             if let failure { throw failure }
             pending.removeFirst(at)
+            if n < piece.capacity { break }
         }
         guard pending.isEmpty else { throw StoreError(.ioError, "\(path) ends in the middle of a record") }
     }

@@ -32,7 +32,9 @@ extension NodeStore {
         progress: (@Sendable (UInt64) -> Void)? = nil
     ) async throws -> StoreVerification {
         try await blocking {
-            try self.verifyAllSync(allCertificates: allCertificates, userSignatures: userSignatures, progress: progress)
+            // A snapshot build running beside bulk commits is part of what is verified.
+            try self.writer.withLock { _ throws in try self.waitForSnapshotBuild() }
+            return try self.verifyAllSync(allCertificates: allCertificates, userSignatures: userSignatures, progress: progress)
         }
     }
 

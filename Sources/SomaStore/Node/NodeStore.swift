@@ -88,6 +88,9 @@ public final class NodeStore: Sendable {
 
     /// The newest epoch end known to be verified elsewhere (the epoch chain a sync fetched first).
     let knownEpochEnd = Mutex<UInt64?>(nil)
+    /// The snapshot build running beside commits, if any (at most one; see
+    /// ``startSnapshotBuild(epoch:record:)``).
+    let snapshotBuild = Mutex<SnapshotBuildTask?>(nil)
 
     /// Tells the store that the end of `epoch` is verified (by the epoch chain), so that a
     /// catch-up does not build snapshots of epochs that are already too old to keep.
@@ -213,6 +216,9 @@ public final class NodeStore: Sendable {
             // Calls already running on other pool threads finish before the handles are freed;
             // none can start any more.
             while usage.withLock({ $0.active }) > 0 { Thread.sleep(forTimeInterval: 0.001) }
+            // A snapshot build running beside the commits finishes (a failed one resumes at the
+            // next open: its marker stays).
+            try? waitForSnapshotBuild()
             // Execution a bulk catch-up held in memory is written back (else the next open
             // executes it again from the segments).
             if !configuration.database.readOnly { try? writer.withLock { _ throws in try writeBackLiveCache() } }

@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 public import NIOCore
 import Synchronization
@@ -56,14 +57,18 @@ public final class HistorySegments: Sendable {
         let first: UInt64
         let dataFD: Int32
         let indexFD: Int32
+        /// The data file opened with `O_DIRECT` (appends, and bulk reads that should not fill
+        /// the page cache), or -1 where the file system refuses direct I/O.
+        let directFD: Int32
         // Guarded by the owner's mutex (appends and truncation); reads copy an entry out under it.
         var entries: [Entry]
         var dataSize: UInt64
 
-        init(first: UInt64, dataFD: Int32, indexFD: Int32, entries: [Entry], dataSize: UInt64) {
+        init(first: UInt64, dataFD: Int32, indexFD: Int32, directFD: Int32, entries: [Entry], dataSize: UInt64) {
             self.first = first
             self.dataFD = dataFD
             self.indexFD = indexFD
+            self.directFD = directFD
             self.entries = entries
             self.dataSize = dataSize
         }
@@ -75,6 +80,7 @@ public final class HistorySegments: Sendable {
         deinit {
             _ = Glibc.close(dataFD)
             _ = Glibc.close(indexFD)
+            if directFD >= 0 { _ = Glibc.close(directFD) }
         }
     }
 
@@ -83,7 +89,14 @@ public final class HistorySegments: Sendable {
         /// The last segment takes no more appends (sealed at an epoch end, or full).
         var sealed = false
         var closed = false
+        /// The staging buffer of appends (allocated at the first append, then reused).
+        var staging: AlignedBuffer?
+        /// The appender of the last segment written, valid while its size is the segment's.
+        var appender: (first: UInt64, appender: DirectAppender)?
     }
+
+    /// The staging buffer of appends: data is written in pieces of this size.
+    static let stagingBytes = 4 << 20
 
     /// The size of one index record.
     public static let indexRecordBytes = 24
@@ -227,7 +240,8 @@ public final class HistorySegments: Sendable {
             let keptIndex = UInt64(entries.count * indexRecordBytes)
             if configuration.readOnly {
                 // Nothing is cut: what a writer has not finished is simply not indexed here.
-                return (Segment(first: first, dataFD: dataFD, indexFD: indexFD, entries: entries, dataSize: entries.last?.end ?? 0), [])
+                let directFD = DirectIO.open(dataPath, O_RDONLY | O_CLOEXEC) ?? -1
+                return (Segment(first: first, dataFD: dataFD, indexFD: indexFD, directFD: directFD, entries: entries, dataSize: entries.last?.end ?? 0), [])
             }
             if keptIndex != indexSize {
                 try cut(indexFD, to: keptIndex, indexPath)
@@ -238,7 +252,9 @@ public final class HistorySegments: Sendable {
                 try cut(dataFD, to: keptData, dataPath)
                 repairs.append("\(name(first)).seg: cut \(dataSize - keptData) bytes after the last indexed frame")
             }
-            return (Segment(first: first, dataFD: dataFD, indexFD: indexFD, entries: entries, dataSize: keptData), repairs)
+            // Last: nothing after it can fail, so the descriptors above are the only ones to close.
+            let directFD = DirectIO.open(dataPath, O_RDWR | O_CLOEXEC) ?? -1
+            return (Segment(first: first, dataFD: dataFD, indexFD: indexFD, directFD: directFD, entries: entries, dataSize: keptData), repairs)
         } catch {
             _ = Glibc.close(dataFD)
             _ = Glibc.close(indexFD)
@@ -299,8 +315,82 @@ public final class HistorySegments: Sendable {
         return true
     }
 
+    /// Reads frames in file order through windows of the file: one large read covers many
+    /// frames, and the next window is read ahead while the caller works on this one (direct
+    /// where the file system allows, so a bulk read, such as a snapshot build reading most
+    /// blocks once, neither passes through the page cache nor waits on the disk per frame).
+    struct FrameReader {
+        /// A window of one segment's data file.
+        final class Window: @unchecked Sendable {
+            var buffer: AlignedBuffer
+            var segment: Segment?
+            var start: UInt64 = 0
+            var count = 0
+            /// A read ahead: signalled when it is done; its failure, if any.
+            let done = DispatchSemaphore(value: 0)
+            var failure: StoreError?
+
+            init(capacity: Int) { buffer = AlignedBuffer(capacity: capacity) }
+
+            func holds(_ seg: Segment, _ entry: Entry) -> Bool {
+                segment === seg && entry.offset >= start && entry.end <= start + UInt64(count)
+            }
+
+            func fill(_ seg: Segment, from: UInt64, _ what: @autoclosure () -> String) throws(StoreError) {
+                segment = nil
+                let fd = seg.directFD >= 0 ? seg.directFD : seg.dataFD
+                count = try DirectIO.read(fd, buffer.pointer, count: buffer.capacity, at: from, what())
+                segment = seg
+                start = from
+            }
+        }
+
+        private var current = Window(capacity: HistorySegments.stagingBytes)
+        /// The window after `current`, being read on `queue`: set only while that read is in
+        /// flight, so that waiting on it always ends.
+        private var ahead: Window?
+        /// A window with no read in flight, kept for the next read ahead.
+        private var spare: Window?
+        private let queue = DispatchQueue(label: "soma.segments.read-ahead")
+
+        init() {}
+
+        /// Frame `part` of checkpoint `seq`, or nil if not held; valid until the next read.
+        mutating func read(_ seq: UInt64, part: UInt32, in segments: HistorySegments) throws(StoreError) -> UnsafeRawBufferPointer? {
+            guard let (seg, entry) = try segments.locate(seq, part: part) else { return nil }
+            if !current.holds(seg, entry) {
+                if let next = ahead {
+                    ahead = nil
+                    next.done.wait()
+                    if next.failure == nil && next.holds(seg, entry) { (current, spare) = (next, current) } else { spare = next }
+                }
+                if !current.holds(seg, entry) {
+                    let from = DirectIO.alignDown(entry.offset)
+                    let needed = DirectIO.alignUp(Int(entry.end - from))
+                    if current.buffer.capacity < needed { current.buffer = AlignedBuffer(capacity: needed) }
+                    try current.fill(seg, from: from, "segment frame \(seq)/\(part)")
+                    guard current.holds(seg, entry) else { throw StoreError(.ioError, "segment frame \(seq)/\(part): the file ends early") }
+                }
+                // The next window of the same file, read while this one is used.
+                if current.count == current.buffer.capacity {
+                    let reuse = spare.flatMap { $0.buffer.capacity == current.buffer.capacity ? $0 : nil }
+                    let next = reuse ?? Window(capacity: current.buffer.capacity)
+                    spare = nil
+                    next.failure = nil
+                    ahead = next
+                    let from = current.start + UInt64(current.count)
+                    queue.async {
+                        do throws(StoreError) { try next.fill(seg, from: from, "segment \(seg.first) at \(from)") } catch { next.failure = error }
+                        next.done.signal()
+                    }
+                }
+            }
+            return UnsafeRawBufferPointer(start: current.buffer.pointer + Int(entry.offset - current.start), count: Int(entry.length))
+        }
+    }
+
     /// The segment and index entry of frame `part` of checkpoint `seq`.
-    private func locate(_ seq: UInt64, part: UInt32) throws(StoreError) -> (Segment, Entry)? {
+    fileprivate func locate(_ seq: UInt64, part: UInt32) throws(StoreError) -> (Segment, Entry)? {
         // The segment itself comes out of the lock: it keeps its descriptor open for the read.
         try state.withLock { s throws(StoreError) in
             guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
@@ -388,7 +478,7 @@ public final class HistorySegments: Sendable {
                     size += c.frames.reduce(UInt64(0)) { $0 + UInt64($1.count) }
                     take += 1
                 }
-                try write(Array(pending.prefix(take)), to: seg)
+                try write(Array(pending.prefix(take)), to: seg, &s)
                 pending = pending.dropFirst(take)
                 if seg.dataSize >= configuration.maxSegmentBytes { s.sealed = true }
             }
@@ -431,11 +521,24 @@ public final class HistorySegments: Sendable {
         return seg
     }
 
-    private func write(_ batch: [(seq: UInt64, frames: [[UInt8]])], to seg: Segment) throws(StoreError) {
-        // One buffer each, sized once: the frames are copied once, the records written in place.
+    private func write(_ batch: [(seq: UInt64, frames: [[UInt8]])], to seg: Segment, _ s: inout State) throws(StoreError) {
+        let dataPath = Self.path(directory, seg.first, "seg"), indexPath = Self.path(directory, seg.first, "idx")
+        // The data: through the staging buffer, direct where the file system allows (the
+        // last partial block is written padded, the file cut back, and written again with the
+        // next append).
+        var appender: DirectAppender
+        if let held = s.appender, held.first == seg.first, held.appender.size == seg.dataSize {
+            appender = held.appender
+        } else {
+            let buffer = s.staging ?? AlignedBuffer(capacity: Self.stagingBytes)
+            s.staging = buffer
+            appender = try DirectAppender(
+                fd: seg.directFD >= 0 ? seg.directFD : seg.dataFD, readFD: seg.dataFD, path: dataPath, buffer: buffer, size: seg.dataSize)
+        }
+        // Unknown until this write succeeds: a failure leaves the file to the caller's truncate.
+        s.appender = nil
+        // The index records in one buffer, sized once.
         let frames = batch.reduce(0) { $0 + $1.frames.count }
-        var data: [UInt8] = []
-        data.reserveCapacity(batch.reduce(0) { $0 + $1.frames.reduce(0) { $0 + $1.count } })
         var index: [UInt8] = []
         index.reserveCapacity(frames * Self.indexRecordBytes)
         var added: [Entry] = []
@@ -443,7 +546,11 @@ public final class HistorySegments: Sendable {
         var offset = seg.dataSize
         for c in batch {
             for (part, f) in c.frames.enumerated() {
-                data += f
+                var failure: StoreError?
+                f.withUnsafeBytes { raw in
+                    do throws(StoreError) { try appender.append(raw) } catch { failure = error }
+                }
+                if let failure { throw failure }
                 let e = Entry(seq: c.seq, part: UInt32(part), length: UInt32(f.count), offset: offset)
                 Self.append(e.seq, to: &index)
                 Self.append(e.part, to: &index)
@@ -453,13 +560,13 @@ public final class HistorySegments: Sendable {
                 offset += UInt64(f.count)
             }
         }
-        let dataPath = Self.path(directory, seg.first, "seg"), indexPath = Self.path(directory, seg.first, "idx")
-        try Self.writeFully(seg.dataFD, data, at: seg.dataSize, dataPath)
+        try appender.flush()
         if configuration.sync { try Self.dataSync(seg.dataFD, dataPath) }
         try Self.writeFully(seg.indexFD, index, at: UInt64(seg.entries.count * Self.indexRecordBytes), indexPath)
         if configuration.sync { try Self.dataSync(seg.indexFD, indexPath) }
         seg.entries += added
         seg.dataSize = offset
+        s.appender = (seg.first, appender)
     }
 
     /// Drops every frame of the checkpoints after `seq` (what a crash left ahead of the
@@ -468,6 +575,7 @@ public final class HistorySegments: Sendable {
         try state.withLock { s throws(StoreError) in
             guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
             try refuseReadOnly()
+            s.appender = nil
             // Whole segments after seq go, and empty ones (a crash right after one was created).
             while let last = s.segments.last, (last.entries.first?.seq).map({ $0 > seq }) ?? true {
                 s.segments.removeLast()
@@ -521,6 +629,7 @@ public final class HistorySegments: Sendable {
         try state.withLock { s throws(StoreError) in
             guard !s.closed else { throw StoreError(.closed, "the history segments are closed") }
             try refuseReadOnly()
+            s.appender = nil
             while let last = s.segments.popLast() { try remove(last.first) }
             s.sealed = false
         }
@@ -534,6 +643,8 @@ public final class HistorySegments: Sendable {
     public func close() {
         state.withLock { s in
             s.segments = []
+            s.appender = nil
+            s.staging = nil
             s.closed = true
         }
     }
