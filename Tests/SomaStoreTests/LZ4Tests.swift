@@ -19,6 +19,24 @@ struct LZ4Tests {
         #expect(try LZ4Frame.decompress(frame, limit: size) == data)
     }
 
+    @Test("XXH32 gives xxHash's published values (seed 0), which liblz4 writes as a frame's content checksum")
+    func xxh32Vectors() {
+        // The same values come out of liblz4's own XXH32 (the checksum of a frame it writes).
+        let vectors: [(String, UInt32)] = [
+            ("", 0x02CC_5D05), ("a", 0x550D_7456), ("abc", 0x32D1_53FF),
+            ("Nobody inspects the spammish repetition", 0xE229_3B2F),
+        ]
+        for (text, value) in vectors { #expect(XXH32.hash(Array(text.utf8)) == value, "\(text)") }
+        // Every length from 0 to 40 through the lanes and both tails: the frame written with it
+        // decodes, so its header checksum and content checksum are liblz4's.
+        for n in 0...40 {
+            let data = Self.sample(n)
+            let frame = LZ4Frame.compress(data)
+            #expect(Array(frame.suffix(4)) == withUnsafeBytes(of: XXH32.hash(data).littleEndian) { Array($0) })
+            #expect((try? LZ4Frame.decompress(frame, limit: n)) == data, "\(n) bytes")
+        }
+    }
+
     @Test("a declared size beyond the limit is refused before decoding")
     func limit() {
         let frame = LZ4Frame.compress(Self.sample(10_000))
@@ -73,7 +91,7 @@ struct LZ4Tests {
         // lz4 → soma-node, with the content size (as soma-node writes) and without.
         let plain = dir.file("plain.bin")
         try Data(data).write(to: URL(fileURLWithPath: plain))
-        for flags in [["--content-size"], [], ["-9", "--content-size", "-BD"], ["-B4"]] {
+        for flags in [["--content-size"], [], ["-9", "--content-size", "-BD"], ["-B4"], ["-BX", "--content-size"]] {
             let (s, frame, e) = try run(lz4, flags + ["-c", plain])
             #expect(s == 0, "lz4 \(flags): \(e)")
             #expect(try LZ4Frame.decompress(Array(frame), limit: data.count) == data, "lz4 \(flags)")

@@ -6,6 +6,11 @@ import CLZ4
 public enum LZ4Frame {
     /// Compresses `input` into one frame with its content size and content checksum.
     /// - Parameter level: 0 is LZ4's fast default; up to 12 for the high-compression mode.
+    ///
+    /// liblz4 writes the frame without its content checksum, which is then added with
+    /// ``XXH32`` (liblz4's own is several times slower here): the descriptor's flag set, its
+    /// header checksum computed again, the checksum after the end mark. The same bytes as
+    /// liblz4 would write with the checksum on.
     public static func compress(_ input: [UInt8], level: Int32 = 0) -> [UInt8] {
         var prefs = LZ4F_preferences_t()
         prefs.frameInfo.contentSize = UInt64(input.count)
@@ -14,14 +19,32 @@ public enum LZ4Frame {
         prefs.frameInfo.blockMode = LZ4F_blockLinked
         prefs.compressionLevel = level
         let bound = LZ4F_compressFrameBound(input.count, &prefs)
+        prefs.frameInfo.contentChecksumFlag = LZ4F_noContentChecksum
         return [UInt8](unsafeUninitializedCapacity: bound) { out, written in
             let n = input.withUnsafeBytes { src in
                 LZ4F_compressFrame(out.baseAddress, bound, src.baseAddress, input.count, &prefs)
             }
-            // Compressing into a buffer of LZ4F_compressFrameBound bytes cannot fail.
-            precondition(LZ4F_isError(n) == 0, "LZ4F_compressFrame failed: \(String(cString: LZ4F_getErrorName(n)))")
-            written = n
+            // Compressing into a buffer of LZ4F_compressFrameBound bytes (with room for the
+            // checksum) cannot fail.
+            precondition(LZ4F_isError(n) == 0 && n + 4 <= bound, "LZ4F_compressFrame failed: \(String(cString: LZ4F_getErrorName(n)))")
+            // The descriptor after the magic number: FLG, BD, the content size if FLG's C.Size
+            // (an empty input declares none), a dictionary id if DictID (never here), then HC.
+            out[4] |= flagContentChecksum
+            let hc = 6 + (out[4] & 0x08 != 0 ? 8 : 0) + (out[4] & 0x01 != 0 ? 4 : 0)
+            out[hc] = headerChecksum(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: out[4..<hc])))
+            let checksum = input.withUnsafeBytes { XXH32.hash($0) }.littleEndian
+            withUnsafeBytes(of: checksum) { UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: out[n..<(n + 4)])).copyMemory(from: $0) }
+            written = n + 4
         }
+    }
+
+    /// FLG's content-checksum bit (C.Checksum).
+    static let flagContentChecksum: UInt8 = 0x04
+
+    /// A frame descriptor's header checksum: the second byte of the XXH32 of its bytes from
+    /// FLG up to the checksum.
+    static func headerChecksum(_ descriptor: UnsafeRawBufferPointer) -> UInt8 {
+        UInt8(truncatingIfNeeded: XXH32.hash(descriptor) >> 8)
     }
 
     /// The content size a frame declares, or `nil` if it declares none.
@@ -43,7 +66,8 @@ public enum LZ4Frame {
     /// A frame that declares its content size must declare at most `limit` (checked before
     /// anything is allocated) and produce exactly that many bytes; a frame without one is
     /// decoded in steps and refused as soon as it exceeds `limit`. The content checksum, when
-    /// present, is verified. Bytes after the frame are refused.
+    /// present, is verified (with ``XXH32``; liblz4 checks block checksums, if a frame has
+    /// them). Bytes after the frame are refused.
     /// - Throws: ``StoreError/Code/frameTooLarge`` or ``StoreError/Code/corruptFrame``.
     public static func decompress(_ frame: [UInt8], limit: Int) throws(StoreError) -> [UInt8] {
         let context = try makeContext()
@@ -74,6 +98,11 @@ public enum LZ4Frame {
         var hint = LZ4F_getFrameInfo(context, &info, base, &offset)
         guard LZ4F_isError(hint) == 0 else { throw StoreError(.corruptFrame, "LZ4 frame header: \(errorName(hint))") }
         let declared = info.contentSize
+        // The content checksum is checked below with XXH32: liblz4 only reads it. Block
+        // checksums (which this node never writes) are left to liblz4.
+        let ownChecksum = info.blockChecksumFlag == LZ4F_noBlockChecksum
+        var options = LZ4F_decompressOptions_t()
+        options.skipChecksums = ownChecksum ? 1 : 0
         guard declared <= UInt64(limit) else {
             throw StoreError(.frameTooLarge, "LZ4 frame declares \(declared) bytes, the limit is \(limit)")
         }
@@ -90,7 +119,7 @@ public enum LZ4Frame {
                 while hint != 0 {
                     var dstSize = capacity - produced
                     var srcSize = src.count - offset
-                    hint = LZ4F_decompress(context, buffer.baseAddress! + produced, &dstSize, base + offset, &srcSize, nil)
+                    hint = LZ4F_decompress(context, buffer.baseAddress! + produced, &dstSize, base + offset, &srcSize, &options)
                     if LZ4F_isError(hint) != 0 {
                         failure = StoreError(.corruptFrame, "LZ4 frame at byte \(offset): \(errorName(hint))")
                         break
@@ -111,7 +140,7 @@ public enum LZ4Frame {
                 var dstSize = scratch.count
                 var srcSize = src.count - offset
                 hint = scratch.withUnsafeMutableBytes { dst in
-                    LZ4F_decompress(context, dst.baseAddress, &dstSize, base + offset, &srcSize, nil)
+                    LZ4F_decompress(context, dst.baseAddress, &dstSize, base + offset, &srcSize, &options)
                 }
                 guard LZ4F_isError(hint) == 0 else {
                     throw StoreError(.corruptFrame, "LZ4 frame at byte \(offset): \(errorName(hint))")
@@ -133,6 +162,14 @@ public enum LZ4Frame {
         }
         guard offset == src.count else {
             throw StoreError(.corruptFrame, "\(src.count - offset) bytes after the LZ4 frame")
+        }
+        if ownChecksum && info.contentChecksumFlag == LZ4F_contentChecksumEnabled {
+            // The frame ends with the content checksum (after the end mark, which liblz4 read).
+            guard src.count >= 4 else { throw StoreError(.corruptFrame, "LZ4 frame is truncated before its content checksum") }
+            let stored = UInt32(littleEndian: src.loadUnaligned(fromByteOffset: src.count - 4, as: UInt32.self))
+            guard out.withUnsafeBytes({ XXH32.hash($0) }) == stored else {
+                throw StoreError(.corruptFrame, "LZ4 frame at byte \(src.count - 4): ERROR_contentChecksum_invalid")
+            }
         }
         return out
     }
