@@ -555,14 +555,25 @@ extension NodeStore {
     }
 }
 
-/// Appends records `index (u32 LE) ‖ length (u32 LE) ‖ bytes` to one file per bucket of a
-/// snapshot build (`DIR/b<bucket>-<tag>.bin`), through a staging buffer per bucket: large
-/// sequential writes (direct where the file system allows: the build reads each file back
-/// once, so the page cache would only cost), whatever the order the records come in.
+/// The bucket files of one pass of a snapshot build: records `index (u32 LE) ‖ length (u32 LE)
+/// ‖ bytes` appended to `b<bucket>-<tag>.bin`, staged per bucket in aligned buffers of
+/// ``flushBytes``. A full buffer is written by ``BackgroundWrites`` while the pass goes on (a
+/// direct write returns only when the device holds the data: written in line, the pass waited
+/// on the device most of its time); ``finish()`` writes the partial last buffers and waits for
+/// every write.
 struct BucketWriter {
+    struct Bucket {
+        let file: SpillFile
+        var buffer: AlignedBuffer
+        /// The file offset of the buffer's first byte.
+        var base: UInt64 = 0
+        var fill = 0
+    }
+
     let dir: String
     let tag: String
-    var files: [Int: (file: SpillFile, appender: DirectAppender)] = [:]
+    private var buckets: [Bucket?] = []
+    private let writes = BackgroundWrites(bufferBytes: BucketWriter.flushBytes, inFlight: 8)
     static let flushBytes = 512 << 10
 
     init(dir: String, tag: String) {
@@ -573,30 +584,103 @@ struct BucketWriter {
     static func path(dir: String, bucket: Int, tag: String) -> String { dir + "/b\(bucket)-\(tag).bin" }
 
     mutating func append(bucket: Int, index: Int, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
-        guard let i = UInt32(exactly: index), let n = UInt32(exactly: bytes.count) else {
+        guard let i = UInt32(exactly: index), let n = UInt32(exactly: bytes.count), bucket >= 0 else {
             throw StoreError(.badValue, "a snapshot record of \(bytes.count) bytes at \(index)")
         }
-        var entry: (file: SpillFile, appender: DirectAppender)
-        if let existing = files.removeValue(forKey: bucket) {
-            entry = existing
-        } else {
+        if bucket >= buckets.count { buckets.append(contentsOf: repeatElement(nil, count: bucket + 1 - buckets.count)) }
+        if buckets[bucket] == nil {
             let file = try SpillFile(path: Self.path(dir: dir, bucket: bucket, tag: tag))
-            entry = (file, try DirectAppender(fd: file.fd, readFD: file.fd, path: file.path, buffer: AlignedBuffer(capacity: Self.flushBytes), size: 0))
+            buckets[bucket] = Bucket(file: file, buffer: writes.buffer())
         }
-        let header = UInt64(i.littleEndian) | UInt64(n.littleEndian) << 32
-        try withUnsafeBytes(of: header.littleEndian) { (raw) throws(StoreError) in try entry.appender.append(raw) }
-        try entry.appender.append(bytes)
-        files[bucket] = entry
+        let header = UInt64(i) | UInt64(n) << 32
+        try withUnsafeBytes(of: header.littleEndian) { (raw) throws(StoreError) in try stage(bucket, raw) }
+        try stage(bucket, bytes)
     }
 
+    private mutating func stage(_ bucket: Int, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
+        var at = 0
+        while at < bytes.count {
+            let b = buckets[bucket]!
+            let n = min(bytes.count - at, b.buffer.capacity - b.fill)
+            (b.buffer.pointer + b.fill).copyMemory(from: bytes.baseAddress! + at, byteCount: n)
+            at += n
+            buckets[bucket]!.fill += n
+            if b.fill + n == b.buffer.capacity {
+                try writes.write(b.file, b.buffer, count: b.buffer.capacity, at: b.base)
+                buckets[bucket]!.base += UInt64(b.buffer.capacity)
+                buckets[bucket]!.fill = 0
+                buckets[bucket]!.buffer = writes.buffer()
+            }
+        }
+    }
+
+    /// Writes what is staged (the last block padded to the alignment, then the file cut back to
+    /// its length) and waits for every write.
     mutating func finish() throws(StoreError) {
-        for (_, var entry) in files { try entry.appender.flush() }
-        files = [:]
+        defer { buckets = [] }
+        try writes.wait()
+        for case let b? in buckets where b.fill > 0 {
+            let padded = DirectIO.alignUp(b.fill)
+            (b.buffer.pointer + b.fill).initializeMemory(as: UInt8.self, repeating: 0, count: padded - b.fill)
+            try DirectIO.write(b.file.fd, b.buffer.pointer, count: padded, at: b.base, b.file.path)
+            let size = b.base + UInt64(b.fill)
+            if padded != b.fill, ftruncate(b.file.fd, off_t(size)) != 0 {
+                throw StoreError(.ioError, "cannot cut \(b.file.path) to \(size) bytes: \(String(cString: strerror(errno)))")
+            }
+        }
     }
 }
 
+/// Writes whole buffers to files on a queue of its own, at most `inFlight` at a time; each
+/// buffer comes back as a spare when written. A write keeps its file (and so its descriptor)
+/// and its buffer alive until it is done, whatever the writer's owner does meanwhile.
+final class BackgroundWrites: @unchecked Sendable {
+    private let queue = DispatchQueue(label: "soma.snapshot.bucket-writes")
+    private let group = DispatchGroup()
+    private let slots: DispatchSemaphore
+    private let spare = Mutex<[AlignedBuffer]>([])
+    private let failure = Mutex<StoreError?>(nil)
+    let bufferBytes: Int
+
+    init(bufferBytes: Int, inFlight: Int) {
+        self.bufferBytes = bufferBytes
+        slots = DispatchSemaphore(value: inFlight)
+    }
+
+    /// A buffer to fill: a spare one, or a new one.
+    func buffer() -> AlignedBuffer {
+        spare.withLock { $0.popLast() } ?? AlignedBuffer(capacity: bufferBytes)
+    }
+
+    /// Writes `count` bytes of `buffer` at `offset` of `file` in the background (waiting first
+    /// while `inFlight` writes are under way). Throws the failure of an earlier write, if any.
+    func write(_ file: SpillFile, _ buffer: AlignedBuffer, count: Int, at offset: UInt64) throws(StoreError) {
+        if let failed = failure.withLock({ $0 }) { throw failed }
+        slots.wait()
+        group.enter()
+        queue.async { [self] in
+            do throws(StoreError) {
+                try DirectIO.write(file.fd, buffer.pointer, count: count, at: offset, file.path)
+            } catch {
+                failure.withLock { if $0 == nil { $0 = error } }
+            }
+            spare.withLock { $0.append(buffer) }
+            slots.signal()
+            group.leave()
+        }
+    }
+
+    /// Waits for every write; throws the first failure.
+    func wait() throws(StoreError) {
+        group.wait()
+        if let failed = failure.withLock({ $0 }) { throw failed }
+    }
+
+    deinit { group.wait() }
+}
+
 /// A scratch file of a snapshot build (a bucket file), opened for direct I/O where the file
-/// system allows, written through a ``DirectAppender`` and read back record by record; removed
+/// system allows, written by a ``BucketWriter`` and read back record by record; removed
 /// with its directory.
 final class SpillFile: Sendable {
     let path: String

@@ -378,7 +378,13 @@ public final class HistorySegments: Sendable {
                     spare = nil
                     next.failure = nil
                     ahead = next
-                    let from = current.start + UInt64(current.count)
+                    // From the frame that the window's end cuts (aligned down): a window starting at
+                    // its end would not hold that frame, which would then be read again in line
+                    // (half the reads of a snapshot build's block pass were). A frame longer than
+                    // the window is read in line anyway.
+                    let end = current.start + UInt64(current.count)
+                    let cut = DirectIO.alignDown(segments.startOfFrame(endingAfter: end, in: seg) ?? end)
+                    let from = cut > current.start ? cut : end
                     queue.async {
                         do throws(StoreError) { try next.fill(seg, from: from, "segment \(seg.first) at \(from)") } catch { next.failure = error }
                         next.done.signal()
@@ -386,6 +392,18 @@ public final class HistorySegments: Sendable {
                 }
             }
             return UnsafeRawBufferPointer(start: current.buffer.pointer + Int(entry.offset - current.start), count: Int(entry.length))
+        }
+    }
+
+    /// The offset of the first frame of `seg` that ends after `offset`, if any.
+    fileprivate func startOfFrame(endingAfter offset: UInt64, in seg: Segment) -> UInt64? {
+        state.withLock { _ in
+            var lo = 0, hi = seg.entries.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if seg.entries[mid].end <= offset { lo = mid + 1 } else { hi = mid }
+            }
+            return lo < seg.entries.count ? seg.entries[lo].offset : nil
         }
     }
 
