@@ -584,7 +584,7 @@ struct BucketWriter {
     static func path(dir: String, bucket: Int, tag: String) -> String { dir + "/b\(bucket)-\(tag).bin" }
 
     mutating func append(bucket: Int, index: Int, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
-        guard let i = UInt32(exactly: index), let n = UInt32(exactly: bytes.count), bucket >= 0 else {
+        guard let i = UInt32(exactly: index), i != .max, let n = UInt32(exactly: bytes.count), bucket >= 0 else {
             throw StoreError(.badValue, "a snapshot record of \(bytes.count) bytes at \(index)")
         }
         if bucket >= buckets.count { buckets.append(contentsOf: repeatElement(nil, count: bucket + 1 - buckets.count)) }
@@ -614,19 +614,21 @@ struct BucketWriter {
         }
     }
 
-    /// Writes what is staged (the last block padded to the alignment, then the file cut back to
-    /// its length) and waits for every write.
+    /// Writes the end record and what is staged (the last block padded to the alignment) and
+    /// waits for every write.
     mutating func finish() throws(StoreError) {
         defer { buckets = [] }
+        // Each file ends with the end record, then zeros up to the alignment (not cut back: a
+        // cut makes the file system read the last block back to zero its tail).
+        let end = (UInt64(UInt32.max) | 0 << 32).littleEndian
+        for bucket in buckets.indices where buckets[bucket] != nil {
+            try withUnsafeBytes(of: end) { (raw) throws(StoreError) in try stage(bucket, raw) }
+        }
         try writes.wait()
         for case let b? in buckets where b.fill > 0 {
             let padded = DirectIO.alignUp(b.fill)
             (b.buffer.pointer + b.fill).initializeMemory(as: UInt8.self, repeating: 0, count: padded - b.fill)
             try DirectIO.write(b.file.fd, b.buffer.pointer, count: padded, at: b.base, b.file.path)
-            let size = b.base + UInt64(b.fill)
-            if padded != b.fill, ftruncate(b.file.fd, off_t(size)) != 0 {
-                throw StoreError(.ioError, "cannot cut \(b.file.path) to \(size) bytes: \(String(cString: strerror(errno)))")
-            }
         }
     }
 }
@@ -703,26 +705,55 @@ final class SpillFile: Sendable {
 
     deinit { close(fd) }
 
-    /// Reads the file's records (`index (u32 LE) ‖ length (u32 LE) ‖ bytes`) in order, 1 MiB
-    /// at a time; a record cut short by the end of the file is an error.
+    /// Reads the file's records (`index (u32 LE) ‖ length (u32 LE) ‖ bytes`) in order, up to the
+    /// end record (`u32.max ‖ 0`; what follows it, the padding of the last direct write, is not
+    /// read) or the end of the file; a record cut short is an error. Reads 1 MiB at a time, the
+    /// next piece while this one's records are handled.
     func forEachRecord(_ body: (Int, UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
+        final class Read: @unchecked Sendable {
+            let buffer = AlignedBuffer(capacity: 1 << 20)
+            let done = DispatchSemaphore(value: 0)
+            var count = 0
+            var failure: StoreError?
+        }
+        let queue = DispatchQueue(label: "soma.snapshot.bucket-reads")
+        var current = Read()
+        var spare = Read()
+        var inFlight: Read? = nil
+        defer { inFlight?.done.wait() }
         var pending: [UInt8] = []
-        var offset: UInt64 = 0
-        let piece = AlignedBuffer(capacity: 1 << 20)
-        while true {
-            // Whole aligned pieces from aligned offsets: valid direct reads; a short one is the end.
-            let n = try DirectIO.read(fd, piece.pointer, count: piece.capacity, at: offset, path)
-            if n == 0 { break }
-            offset += UInt64(n)
-            pending.append(contentsOf: UnsafeRawBufferPointer(start: piece.pointer, count: n))
+        // Whole aligned pieces from aligned offsets: valid direct reads; a short one is the end.
+        current.count = try DirectIO.read(fd, current.buffer.pointer, count: current.buffer.capacity, at: 0, path)
+        var offset = UInt64(current.count)
+        var ended = false
+        while current.count > 0 && !ended {
+            if current.count == current.buffer.capacity {
+                let next = spare
+                let from = offset
+                inFlight = next
+                queue.async { [self] in
+                    do throws(StoreError) {
+                        next.count = try DirectIO.read(fd, next.buffer.pointer, count: next.buffer.capacity, at: from, path)
+                    } catch {
+                        next.failure = error
+                    }
+                    next.done.signal()
+                }
+            }
+            pending.append(contentsOf: UnsafeRawBufferPointer(start: current.buffer.pointer, count: current.count))
             var at = 0
             let failure: StoreError? = pending.withUnsafeBytes { p in
                 while p.count - at >= 8 {
-                    let index = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt32.self)))
+                    let index = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt32.self))
                     let length = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at + 4, as: UInt32.self)))
+                    if index == UInt32.max && length == 0 {
+                        ended = true
+                        at = p.count
+                        break
+                    }
                     guard p.count - at - 8 >= length else { break }
                     do throws(StoreError) {
-                        try body(index, UnsafeRawBufferPointer(rebasing: p[(at + 8)..<(at + 8 + length)]))
+                        try body(Int(index), UnsafeRawBufferPointer(rebasing: p[(at + 8)..<(at + 8 + length)]))
                     } catch {
                         return error
                     }
@@ -732,7 +763,12 @@ final class SpillFile: Sendable {
             }
             if let failure { throw failure }
             pending.removeFirst(at)
-            if n < piece.capacity { break }
+            guard let next = inFlight else { break }
+            inFlight = nil
+            next.done.wait()
+            if let failure = next.failure { throw failure }
+            offset += UInt64(next.count)
+            (current, spare) = (next, current)
         }
         guard pending.isEmpty else { throw StoreError(.ioError, "\(path) ends in the middle of a record") }
     }

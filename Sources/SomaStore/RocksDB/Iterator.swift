@@ -73,6 +73,9 @@ public struct RocksIterator: ~Copyable {
 }
 
 extension RocksDatabase {
+    /// What each file of a scan (`fillCache: false`) reads ahead.
+    static let scanReadahead = 2 << 20
+
     /// Runs `body` with a cursor over `cf`, bounded to `[from, to)` when given. A scan that
     /// reads much once passes `fillCache: false`, so that the blocks it reads do not push what
     /// the writer reads again (filters, indexes, hot blocks) out of the block cache.
@@ -86,7 +89,11 @@ extension RocksDatabase {
         let ro = rocksdb_readoptions_create()!
         defer { rocksdb_readoptions_destroy(ro) }
         if let snapshot { rocksdb_readoptions_set_snapshot(ro, snapshot.raw) }
-        if !fillCache { rocksdb_readoptions_set_fill_cache(ro, 0) }
+        if !fillCache {
+            // A scan reading much once: also larger reads (each file of the merge reads ahead).
+            rocksdb_readoptions_set_fill_cache(ro, 0)
+            rocksdb_readoptions_set_readahead_size(ro, Self.scanReadahead)
+        }
         // The upper bound's bytes must outlive the iterator.
         let upper = to.map { bytes -> UnsafeMutableBufferPointer<CChar> in
             let b = UnsafeMutableBufferPointer<CChar>.allocate(capacity: max(bytes.count, 1))

@@ -1,0 +1,64 @@
+import Foundation
+@testable import SomaStore
+import SomaTestSupport
+import Testing
+
+/// A snapshot build regroups objects through bucket files: records appended per bucket in
+/// staged buffers written in the background, read back in order up to the end record.
+@Suite("Bucket files of a snapshot build: background writes, end record, read-ahead")
+struct BucketFileTests {
+    struct SplitMix {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    @Test("records of every size (empty, a few bytes, several staging buffers) come back per bucket in order; the padding after the end record is never read as records")
+    func roundTrip() throws {
+        let dir = TempDir("buckets")
+        defer { dir.cleanup() }
+        var rng = SplitMix(state: 11)
+        var written: [Int: [(Int, [UInt8])]] = [:]
+        var writer = BucketWriter(dir: dir.path, tag: "t")
+        for i in 0..<3_000 {
+            let bucket = Int(rng.next() % 5)
+            let size: Int
+            switch rng.next() % 100 {
+            case 0: size = 0
+            case 1: size = 1_300_000  // more than two staging buffers
+            default: size = Int(rng.next() % 3_000) + 1
+            }
+            let bytes = (0..<size).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            try bytes.withUnsafeBytes { try writer.append(bucket: bucket, index: i, $0) }
+            written[bucket, default: []].append((i, bytes))
+        }
+        try writer.finish()
+        for (bucket, records) in written {
+            let path = BucketWriter.path(dir: dir.path, bucket: bucket, tag: "t")
+            let size = try #require(try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
+            #expect(size % DirectIO.alignment == 0, "whole blocks, padded after the end record")
+            var read: [(Int, [UInt8])] = []
+            try SpillFile(reading: path).forEachRecord { index, bytes in read.append((index, Array(bytes))) }
+            #expect(read.count == records.count)
+            #expect(read.map(\.0) == records.map(\.0) && read.map(\.1) == records.map(\.1), "bucket \(bucket)")
+        }
+    }
+
+    @Test("a file cut in the middle of a record is refused")
+    func cut() throws {
+        let dir = TempDir("buckets-cut")
+        defer { dir.cleanup() }
+        var writer = BucketWriter(dir: dir.path, tag: "t")
+        let bytes = [UInt8](repeating: 7, count: 10_000)
+        try bytes.withUnsafeBytes { try writer.append(bucket: 0, index: 3, $0) }
+        try writer.finish()
+        let path = BucketWriter.path(dir: dir.path, bucket: 0, tag: "t")
+        #expect(truncate(path, 4_096) == 0)
+        #expect(throws: StoreError.self) { try SpillFile(reading: path).forEachRecord { _, _ in } }
+    }
+}
