@@ -1,6 +1,7 @@
 public import SomaCore
 import Foundation
 import Synchronization
+import CMalloc
 
 extension CheckpointVerifier {
     /// ``verify(blocks:proofs:of:previousTotal:verifyUserSignatures:decompress:)`` with LZ4
@@ -619,6 +620,9 @@ extension NodeStore {
         let task = SnapshotBuildTask(epoch: epoch)
         snapshotBuild.withLock { $0 = task }
         let thread = Thread { [self] in
+            // Named for `top -H` and profilers (Foundation's `Thread.name` does not reach the
+            // kernel on Linux); at most 15 bytes.
+            _ = String("snapshot-\(epoch)".prefix(15)).withCString { soma_name_thread($0) }
             do {
                 try buildSnapshotSync(epoch: epoch, record: record)
             } catch {
