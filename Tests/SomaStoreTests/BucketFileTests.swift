@@ -7,22 +7,11 @@ import Testing
 /// staged buffers written in the background, read back in order up to the end record.
 @Suite("Bucket files of a snapshot build: background writes, end record, read-ahead")
 struct BucketFileTests {
-    struct SplitMix {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     @Test("records of every size (empty, a few bytes, several staging buffers) come back per bucket in order; the padding after the end record is never read as records")
     func roundTrip() throws {
         let dir = TempDir("buckets")
         defer { dir.cleanup() }
-        var rng = SplitMix(state: 11)
+        var rng = HistorySegmentsTests.SplitMix(seed: 11)
         var written: [Int: [(Int, [UInt8])]] = [:]
         var writer = BucketWriter(dir: dir.path, tag: "t")
         for i in 0..<3_000 {

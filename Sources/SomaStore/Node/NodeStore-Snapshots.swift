@@ -597,19 +597,21 @@ struct BucketWriter {
         try stage(bucket, bytes)
     }
 
+    /// Copies `bytes` into the bucket's buffer, handing each buffer that fills to the writer.
     private mutating func stage(_ bucket: Int, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
+        var b = buckets[bucket]!
+        defer { buckets[bucket] = b }
         var at = 0
         while at < bytes.count {
-            let b = buckets[bucket]!
             let n = min(bytes.count - at, b.buffer.capacity - b.fill)
             (b.buffer.pointer + b.fill).copyMemory(from: bytes.baseAddress! + at, byteCount: n)
             at += n
-            buckets[bucket]!.fill += n
-            if b.fill + n == b.buffer.capacity {
-                try writes.write(b.file, b.buffer, count: b.buffer.capacity, at: b.base)
-                buckets[bucket]!.base += UInt64(b.buffer.capacity)
-                buckets[bucket]!.fill = 0
-                buckets[bucket]!.buffer = writes.buffer()
+            b.fill += n
+            if b.fill == b.buffer.capacity {
+                try writes.write(b.file, b.buffer, count: b.fill, at: b.base)
+                b.base += UInt64(b.fill)
+                b.fill = 0
+                b.buffer = writes.buffer()
             }
         }
     }
@@ -620,7 +622,7 @@ struct BucketWriter {
         defer { buckets = [] }
         // Each file ends with the end record, then zeros up to the alignment (not cut back: a
         // cut makes the file system read the last block back to zero its tail).
-        let end = (UInt64(UInt32.max) | 0 << 32).littleEndian
+        let end = UInt64(UInt32.max).littleEndian  // index u32.max, length 0
         for bucket in buckets.indices where buckets[bucket] != nil {
             try withUnsafeBytes(of: end) { (raw) throws(StoreError) in try stage(bucket, raw) }
         }
