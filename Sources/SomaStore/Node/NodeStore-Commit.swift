@@ -528,25 +528,75 @@ extension NodeStore {
     }
 
     /// The state root of the committed live set with `touched` ids replaced by their state in
-    /// `overlay`: one ordered pass over `liveObjects` merged with the sorted overlay.
+    /// `overlay`: ordered passes over `liveObjects` merged with the sorted overlay, one per
+    /// range of the id space on each core (ids are SHA-256 outputs: the ranges hold about as
+    /// many objects each), their leaf hashes then reduced to chunk roots on each core and the
+    /// chunk roots to the root. Chunks of a power of two are nodes of the RFC 9162 tree, so
+    /// this is the root of the tree over all leaves.
     func stateRoot(overlay: LiveObjectSet, touched: [ObjectID]) throws -> (Digest, UInt64) {
         let changed = touched.sorted()
-        var stream = StreamingMerkleRoot()
-        var k = 0
+        let parts = Self.stateRootParallelism
+        // Range p holds the ids whose first byte is in [256·p/parts, 256·(p+1)/parts).
+        let bounds: [[UInt8]?] = (0...parts).map { p in
+            p == 0 || p == parts ? nil : [UInt8(256 * p / parts)] + [UInt8](repeating: 0, count: 31)
+        }
+        var leaves = try Self.onEveryCore(Array(0..<parts)) { p in
+            try self.liveLeafHashes(from: bounds[p], to: bounds[p + 1], overlay: overlay, changed: changed)
+        }
+        let count = leaves.reduce(0) { $0 + $1.count }
+        guard count > 0 else { return (Merkle.emptyRoot, 0) }
+        var joined: [Digest] = []
+        joined.reserveCapacity(count)
+        for part in leaves { joined += part }
+        leaves = []
+        let all = joined
+        let k = Self.stateRootChunk
+        let chunks = (count + k - 1) / k
+        let perPart = (chunks + parts - 1) / parts
+        let sliceRoots = try Self.onEveryCore(Array(0..<parts)) { p in
+            let lo = min(count, p * perPart * k), hi = min(count, (p + 1) * perPart * k)
+            return stride(from: lo, to: hi, by: k).map { Merkle.root(leafHashes: all[$0..<min($0 + k, hi)]) }
+        }
+        return (Merkle.root(leafHashes: sliceRoots.joined()), UInt64(count))
+    }
+
+    /// Cores a state root uses.
+    static let stateRootParallelism = max(1, min(4, ProcessInfo.processInfo.activeProcessorCount))
+    /// Leaves per chunk root of ``stateRoot(overlay:touched:)`` (a power of two).
+    static let stateRootChunk = 4_096
+
+    /// The leaf hashes of the live set in `[from, to)` in id order: `liveObjects` merged with
+    /// the ids of `changed` (sorted) in that range, as `overlay` holds them (absent: deleted).
+    func liveLeafHashes(from: [UInt8]?, to: [UInt8]?, overlay: LiveObjectSet, changed: [ObjectID]) throws -> [Digest] {
+        let lower = from.flatMap { Digest(bytes: $0) }, upper = to.flatMap { Digest(bytes: $0) }
+        // The first index of `changed` at or after `id`.
+        func firstIndex(atOrAfter id: ObjectID) -> Int {
+            var lo = 0, hi = changed.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if changed[mid] < id { lo = mid + 1 } else { hi = mid }
+            }
+            return lo
+        }
+        var k = lower.map(firstIndex(atOrAfter:)) ?? 0
+        let end = upper.map(firstIndex(atOrAfter:)) ?? changed.count
+        var out: [Digest] = []
+        // A set held whole in memory (a bulk catch-up's) sizes the output.
+        out.reserveCapacity(overlay.count / Self.stateRootParallelism + 1_024)
         func emit(_ id: ObjectID, _ vd: VersionDigest) {
-            stream.append(leafHash: ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
+            out.append(ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
         }
         func emitChanged(_ id: ObjectID) {
             if let vd = overlay.objects[id] { emit(id, vd) }
         }
-        try database.withIterator(cf.liveObjects) { it in
+        try database.withIterator(cf.liveObjects, from: from, to: to) { it in
             while it.isValid {
                 let (id, vd) = try liveEntry(it)
-                while k < changed.count && changed[k] < id {
+                while k < end && changed[k] < id {
                     emitChanged(changed[k])
                     k += 1
                 }
-                if k < changed.count && changed[k] == id {
+                if k < end && changed[k] == id {
                     emitChanged(id)
                     k += 1
                 } else {
@@ -555,11 +605,11 @@ extension NodeStore {
                 it.next()
             }
         }
-        while k < changed.count {
+        while k < end {
             emitChanged(changed[k])
             k += 1
         }
-        return (stream.finalize(), stream.count)
+        return out
     }
 
     static let pendingSnapshotKey = Array("pendingSnapshot".utf8)

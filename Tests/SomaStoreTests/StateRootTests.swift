@@ -1,0 +1,65 @@
+import Foundation
+import SomaCore
+@testable import SomaStore
+import SomaTestSupport
+import Testing
+
+/// The epoch-end state root is computed over ranges of the id space on several cores and
+/// combined through chunk roots: it must equal the RFC 9162 root over the whole sorted set.
+@Suite("State root: ranges on every core, combined through chunk roots")
+struct StateRootTests {
+    /// A random id; with `firstByte`, one that starts with it (the ranges' edges).
+    static func id(_ rng: inout HistorySegmentsTests.SplitMix, firstByte: UInt8? = nil) -> ObjectID {
+        var bytes = (0..<32).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        if let firstByte { bytes[0] = firstByte }
+        return Digest(bytes: bytes)!
+    }
+
+    static func expected(_ set: [ObjectID: VersionDigest]) -> Digest {
+        Merkle.root(leafHashes: set.keys.sorted().map { ObjectRef(id: $0, version: set[$0]!.version, digest: set[$0]!.digest).leafHash })
+    }
+
+    @Test("stored set merged with an overlay of changes, creations and deletions, at every size around the chunk and range edges")
+    func matchesWholeTree() async throws {
+        let dir = TempDir("stateroot")
+        defer { dir.cleanup() }
+        let store = try await NodeStore.open(path: dir.path)
+        let live = store.database.columnFamily("liveObjects")!
+        var rng = HistorySegmentsTests.SplitMix(seed: 5)
+        // Sizes: empty, one, around one chunk, several chunks unevenly split between ranges.
+        for size in [0, 1, 2, NodeStore.stateRootChunk - 1, NodeStore.stateRootChunk, NodeStore.stateRootChunk + 1, 3 * NodeStore.stateRootChunk + 17] {
+            // The stored set, with ids on the edges of the ranges (first bytes 0x00, 0x7f, 0x80, 0xff).
+            var stored: [ObjectID: VersionDigest] = [:]
+            for i in 0..<size {
+                let edge: UInt8? = i % 50 == 0 ? [0x00, 0x7f, 0x80, 0xff][(i / 50) % 4] : nil
+                stored[Self.id(&rng, firstByte: edge)] = VersionDigest(version: rng.next() % 1_000, digest: Self.id(&rng))
+            }
+            let batch = WriteBatch(for: store.database)
+            try store.database.withIterator(live) { it in
+                while it.isValid { batch.delete(live, it.withKey { Array($0) }); it.next() }
+            }
+            for (id, vd) in stored { batch.put(live, id.bytes, StoreKeys.versionDigest(vd)) }
+            try store.database.write(batch, sync: false)
+            // The overlay: a third of the stored ids changed or deleted, new ids created.
+            var current = stored
+            var touched: [ObjectID] = []
+            for (n, id) in stored.keys.enumerated() where n % 3 == 0 {
+                touched.append(id)
+                current[id] = n % 2 == 0 ? VersionDigest(version: 5_000, digest: Self.id(&rng)) : nil
+            }
+            for n in 0..<(size / 4 + 2) {
+                let id = Self.id(&rng, firstByte: n % 7 == 0 ? 0x80 : nil)
+                touched.append(id)
+                current[id] = VersionDigest(version: 1, digest: Self.id(&rng))
+            }
+            var overlay: [ObjectID: VersionDigest] = [:]
+            for id in touched { overlay[id] = current[id] }
+            let (root, count) = try store.stateRoot(overlay: LiveObjectSet(overlay), touched: touched)
+            #expect(count == UInt64(current.count), "size \(size)")
+            #expect(root == Self.expected(current), "size \(size)")
+            let (plain, plainCount) = try store.stateRoot(overlay: LiveObjectSet(), touched: [])
+            #expect(plainCount == UInt64(stored.count) && plain == Self.expected(stored), "size \(size), no overlay")
+        }
+        await store.close()
+    }
+}
