@@ -116,12 +116,34 @@ public enum StoreKeys {
             length: UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt32.self)))
     }
 
+    /// The size of a live entry that carries its version's locator.
+    static let liveEntryWithLocatorSize = 40 + objectLocatorSize
+
+    /// A live entry: version and digest, with the live version's locator when there is one (an
+    /// archive's snapshot builds then read no `objects` entry for it).
+    static func liveEntry(_ vd: VersionDigest, locator: ObjectLocator?) -> [UInt8] {
+        var out = versionDigest(vd)
+        if let locator {
+            var l = [UInt8](repeating: 0, count: objectLocatorSize)
+            writeObjectLocator(locator, into: &l)
+            out += l
+        }
+        return out
+    }
+
+    /// The locator part of a live entry, if it has one.
+    static func liveLocator(raw: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        raw.count == liveEntryWithLocatorSize ? UnsafeRawBufferPointer(rebasing: raw[40...]) : nil
+    }
+
     static func readVersionDigest(_ bytes: [UInt8]) -> VersionDigest? {
         bytes.withUnsafeBytes { readVersionDigest(raw: $0) }
     }
 
+    /// A live entry's version and digest: the entry is those 40 bytes, or (archive stores) those
+    /// followed by the live version's ``ObjectLocator`` (``liveEntry(_:locator:)``).
     static func readVersionDigest(raw: UnsafeRawBufferPointer) -> VersionDigest? {
-        guard raw.count == 40 else { return nil }
+        guard raw.count == 40 || raw.count == liveEntryWithLocatorSize else { return nil }
         let v = UInt64(bigEndian: raw.loadUnaligned(as: UInt64.self))
         guard let d = Digest(bytes: UnsafeRawBufferPointer(rebasing: raw[8..<40])) else { return nil }
         return VersionDigest(version: v, digest: d)

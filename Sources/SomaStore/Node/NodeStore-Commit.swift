@@ -72,6 +72,16 @@ struct LiveCache {
     var executed: WatermarkValue?
     /// Checkpoints applied since the last write-back.
     var pending = 0
+    /// The locators of the object versions stored since the last write-back (archive stores),
+    /// one run per group sorted by id: a live entry written back carries its live version's.
+    var locatorRuns: [[LocatedVersion]] = []
+}
+
+/// An object version stored as a locator into its block.
+struct LocatedVersion: Sendable {
+    var id: ObjectID
+    var version: UInt64
+    var locator: ObjectLocator
 }
 
 extension NodeStore {
@@ -158,26 +168,44 @@ extension NodeStore {
                 let batch = WriteBatch(for: database)
                 var runs: IndexRuns? = bulk ? IndexRuns() : nil
                 for cp in group { try stage(cp, into: batch, state: &state, runs: &runs) }
+                // Executing on the live set held in memory reads nothing that the group's
+                // frames and indexes write: those go to the segments and the SST files on a
+                // thread of their own meanwhile. The batch with the watermark still comes after
+                // both (DESIGN §6.1).
+                let storing = executing && cache != nil ? ThreadJob(name: "store-group") { [self, runs] () throws -> [LocatedVersion] in
+                    try appendHistory(group)
+                    return try runs.map { try ingest($0) } ?? []
+                } : nil
                 var endOfEpoch: (UInt64, EpochRecord)? = nil
                 var wroteBack = false
-                if executing {
-                    if cache != nil {
-                        (endOfEpoch, wroteBack) = try stageCachedExecution(
-                            group, cache: &cache!, writeThrough: !holding, into: batch, state: &state)
-                    } else {
-                        var (view, touched) = try loadView(for: group.map(\.data))
-                        endOfEpoch = try stageExecution(group, view: &view, touched: touched, into: batch, state: &state)
-                    }
-                }
-                // A batch that writes the live set waits for the snapshot build reading it.
-                if executing && (wroteBack || cache == nil || !holding) { try waitForSnapshotBuild() }
-                // Crash order (DESIGN §6.1): the frames reach the disk, then the batch with the
-                // watermark; on open, frames ahead of highestSynced are cut.
                 do {
-                    try appendHistory(group)
-                    if let runs { try ingest(runs) }
+                    if executing {
+                        if cache != nil {
+                            (endOfEpoch, wroteBack) = try stageCachedExecution(
+                                group, cache: &cache!, writeThrough: !holding, into: batch, state: &state)
+                        } else {
+                            var (view, touched) = try loadView(for: group.map(\.data))
+                            endOfEpoch = try stageExecution(group, view: &view, touched: touched, into: batch, state: &state)
+                        }
+                    }
+                    // A batch that writes the live set waits for the snapshot build reading it.
+                    if executing && (wroteBack || cache == nil || !holding) { try waitForSnapshotBuild() }
+                    // Crash order (DESIGN §6.1): the frames reach the disk, then the batch with
+                    // the watermark; on open, frames ahead of highestSynced are cut.
+                    if let storing {
+                        let located = try storing.wait()
+                        if !located.isEmpty, cache != nil { cache!.locatorRuns.append(located) }
+                        // Staged once the group's locators are known.
+                        if wroteBack { stageLiveEntries(cache!.dirty, of: cache!.set, locatorRuns: cache!.locatorRuns, into: batch) }
+                    } else {
+                        try appendHistory(group)
+                        if let runs { try ingest(runs) }
+                    }
                     try database.write(batch, sync: configuration.syncWrites)
                 } catch {
+                    // Nothing of the group is left half stored: its frames go once the thread
+                    // storing them has ended.
+                    _ = try? storing?.wait()
                     dropHistory(after: committed)
                     throw error
                 }
@@ -185,6 +213,7 @@ extension NodeStore {
                 if wroteBack {
                     // Kept: the next groups fill it again to about the same size.
                     cache!.dirty.removeAll(keepingCapacity: true)
+                    cache!.locatorRuns.removeAll()
                     cache!.pending = 0
                     // A live set grown past the bound is read from RocksDB from now on (what
                     // it holds was just written back).
@@ -297,7 +326,9 @@ extension NodeStore {
 
     /// Writes collected index entries as one sorted SST file per column family (the two built
     /// at once) and ingests them. Keys repeated within the runs keep their last value.
-    func ingest(_ runs: IndexRuns) throws {
+    /// Returns the object versions stored as locators, sorted by id (then version).
+    @discardableResult
+    func ingest(_ runs: IndexRuns) throws -> [LocatedVersion] {
         let dir = database.path + "/ingest"
         try Self.freshDirectory(dir)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -338,6 +369,9 @@ extension NodeStore {
         if let failure = failures.withLock({ $0.first }) { throw failure }
         if !transactions.isEmpty { try database.ingest(cf.transactions, files: [paths[0]]) }
         if !objects.isEmpty { try database.ingest(cf.objects, files: [paths[1]]) }
+        return objects.compactMap { o in
+            if case .locator(let l) = o.value { LocatedVersion(id: o.id, version: o.version, locator: l) } else { nil }
+        }
     }
 
     func epochRecord(_ epoch: UInt64, state: inout WriterState) throws(StoreError) -> EpochRecord? {
@@ -379,22 +413,42 @@ extension NodeStore {
         guard var cache = liveCache.withLock({ $0.take() }) else { return }
         if cache.pending > 0, let executed = cache.executed {
             let batch = WriteBatch(for: database)
-            stageLiveEntries(cache.dirty, of: cache.set, into: batch)
+            stageLiveEntries(cache.dirty, of: cache.set, locatorRuns: cache.locatorRuns, into: batch)
             setWatermark(.highestExecuted, executed, in: batch)
             try database.write(batch, sync: configuration.syncWrites)
             cache.dirty.removeAll()
+            cache.locatorRuns.removeAll()
             cache.pending = 0
         }
         if keep { liveCache.withLock { $0 = cache } }
     }
 
-    /// Puts the entries of `ids` as `set` holds them (deleted when absent) into `batch`.
-    func stageLiveEntries(_ ids: some Collection<ObjectID>, of set: LiveObjectSet, into batch: WriteBatch) {
+    /// Puts the entries of `ids` as `set` holds them (deleted when absent) into `batch`, each
+    /// with the locator of its live version when one of `locatorRuns` (each sorted by id) has it.
+    func stageLiveEntries(
+        _ ids: some Collection<ObjectID>, of set: LiveObjectSet, locatorRuns: [[LocatedVersion]] = [], into batch: WriteBatch
+    ) {
         // In key order: the memtable's skip list then reuses its insertion point from one key to
         // the next instead of searching from the top for each (a third of a bulk commit's time).
-        for id in ids.sorted() {
-            if let vd = set.objects[id] {
-                batch.put(cf.liveObjects, id.bytes, StoreKeys.versionDigest(vd))
+        let sorted = ids.sorted()
+        let live = sorted.map { set.objects[$0] }
+        // Each run walked beside the sorted ids: the one version that is live matches once.
+        var locators = [ObjectLocator?](repeating: nil, count: sorted.count)
+        for run in locatorRuns {
+            var j = 0
+            for (i, id) in sorted.enumerated() {
+                while j < run.count && run[j].id < id { j += 1 }
+                guard let vd = live[i] else { continue }
+                var k = j
+                while k < run.count && run[k].id == id {
+                    if run[k].version == vd.version { locators[i] = run[k].locator }
+                    k += 1
+                }
+            }
+        }
+        for (i, id) in sorted.enumerated() {
+            if let vd = live[i] {
+                batch.put(cf.liveObjects, id.bytes, StoreKeys.liveEntry(vd, locator: locators[i]))
             } else {
                 batch.delete(cf.liveObjects, id.bytes)
             }
@@ -462,7 +516,7 @@ extension NodeStore {
         let writeBack = writeThrough || endOfEpoch != nil || cache.pending >= Self.maxPendingExecution
             || dirty.count >= Self.maxDirtyLiveObjects
         if writeBack, let executed = state.executed {
-            stageLiveEntries(dirty, of: cache.set, into: batch)
+            // The caller stages the live entries (with the group's locators, once stored).
             setWatermark(.highestExecuted, executed, in: batch)
         }
         return (endOfEpoch, writeBack)
@@ -667,21 +721,8 @@ extension NodeStore {
     /// live set is still that epoch's: nothing wrote it since). Called with the writer lock.
     func startSnapshotBuild(epoch: UInt64, record: EpochRecord) throws {
         try waitForSnapshotBuild()
-        let task = SnapshotBuildTask(epoch: epoch)
+        let task = ThreadJob<Void>(name: "snapshot-\(epoch)") { [self] in try buildSnapshotSync(epoch: epoch, record: record) }
         snapshotBuild.withLock { $0 = task }
-        let thread = Thread { [self] in
-            // Named for `top -H` and profilers (Foundation's `Thread.name` does not reach the
-            // kernel on Linux); at most 15 bytes.
-            _ = String("snapshot-\(epoch)".prefix(15)).withCString { soma_name_thread($0) }
-            do {
-                try buildSnapshotSync(epoch: epoch, record: record)
-            } catch {
-                task.failure = error
-            }
-            task.done.signal()
-        }
-        thread.name = "snapshot-\(epoch)"
-        thread.start()
     }
 
     /// Waits for the snapshot build that a bulk commit left running beside the next commits,
@@ -693,9 +734,7 @@ extension NodeStore {
 
     /// ``finishSnapshotBuild()`` for callers that hold the writer lock.
     func waitForSnapshotBuild() throws {
-        guard let task = snapshotBuild.withLock({ $0.take() }) else { return }
-        task.done.wait()
-        if let failure = task.failure { throw failure }
+        try snapshotBuild.withLock({ $0.take() })?.wait()
     }
 
     /// Finishes work a crash interrupted: a snapshot whose epoch end was committed but whose
@@ -755,13 +794,34 @@ extension NodeStore {
     }
 }
 
-/// A snapshot build running on its own thread (``NodeStore/startSnapshotBuild(epoch:record:)``).
-final class SnapshotBuildTask: @unchecked Sendable {
-    let epoch: UInt64
-    /// Signalled once the build has ended.
-    let done = DispatchSemaphore(value: 0)
-    /// Written by the build's thread before `done` is signalled, read only after waiting on it.
-    var failure: (any Error)?
+/// Work on a thread of its own (a snapshot build beside the next commits, a group's history
+/// and indexes beside its execution), waited for once for its result.
+final class ThreadJob<Result>: @unchecked Sendable {
+    /// Signalled once the work has ended.
+    private let done = DispatchSemaphore(value: 0)
+    /// Written by the job's thread before `done` is signalled, read only after waiting on it.
+    private var outcome: Swift.Result<Result, any Error>?
+    /// Set once a wait has seen the work end (waits come from one thread at a time).
+    private var ended = false
 
-    init(epoch: UInt64) { self.epoch = epoch }
+    /// Starts `body` on a new thread named `name` (for `top -H` and profilers: Foundation's
+    /// `Thread.name` does not reach the kernel on Linux; at most 15 bytes reach it).
+    init(name: String, _ body: @escaping @Sendable () throws -> Result) {
+        let thread = Thread { [self] in
+            _ = String(name.prefix(15)).withCString { soma_name_thread($0) }
+            outcome = Swift.Result { try body() }
+            done.signal()
+        }
+        thread.name = name
+        thread.start()
+    }
+
+    /// Waits for the work to end; its result, or its failure rethrown (again on later calls).
+    func wait() throws -> Result {
+        if !ended {
+            done.wait()
+            ended = true
+        }
+        return try outcome!.get()
+    }
 }

@@ -329,7 +329,8 @@ extension NodeStore {
     }
 
     /// Calls `body` with each live object of range `r` in id order (its index in the range, id,
-    /// live version) and what `objects` stores of that version.
+    /// live version) and what `objects` stores of that version: the locator its live entry
+    /// carries (archive stores), else the `objects` entry.
     /// With `reuse`, an object for which it answers `true` is passed over: `objects` is not read.
     func walkLiveVersions(
         epoch: UInt64, _ r: SnapshotRange, reuse: ((Int, ObjectID, VersionDigest) throws -> Bool)? = nil,
@@ -342,6 +343,16 @@ extension NodeStore {
                 while it.isValid {
                     let (id, vd) = try liveEntry(it)
                     if let reuse, try reuse(n, id, vd) {
+                        n += 1
+                        it.next()
+                        continue
+                    }
+                    let carried: Bool = try it.withValue { value in
+                        guard let locator = StoreKeys.liveLocator(raw: value) else { return false }
+                        try body(n, id, vd, locator)
+                        return true
+                    }
+                    if carried {
                         n += 1
                         it.next()
                         continue

@@ -268,6 +268,11 @@ extension NodeStore {
                     guard live.objects[id] == vd else {
                         throw fault("live object \(id.hex): stored v\(vd.version), the replay gives \(live.objects[id].map { "v\($0.version)" } ?? "no such object")")
                     }
+                    // A locator carried by the entry is the one `objects` stores for that version.
+                    let carried: [UInt8]? = it.withValue { v in StoreKeys.liveLocator(raw: v).map { Array($0) } }
+                    if let carried, try database.get(cf.objects, StoreKeys.object(id, version: vd.version)) != carried {
+                        throw fault("live object \(id.hex) v\(vd.version): its entry's locator is not the one stored for that version")
+                    }
                     count += 1
                     it.next()
                 }

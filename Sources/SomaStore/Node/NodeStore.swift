@@ -90,7 +90,7 @@ public final class NodeStore: Sendable {
     let knownEpochEnd = Mutex<UInt64?>(nil)
     /// The snapshot build running beside commits, if any (at most one; see
     /// ``startSnapshotBuild(epoch:record:)``).
-    let snapshotBuild = Mutex<SnapshotBuildTask?>(nil)
+    let snapshotBuild = Mutex<ThreadJob<Void>?>(nil)
 
     /// Tells the store that the end of `epoch` is verified (by the epoch chain), so that a
     /// catch-up does not build snapshots of epochs that are already too old to keep.
