@@ -210,6 +210,11 @@ extension NodeStore {
                     throw error
                 }
                 if let synced = state.synced { held.withLock { $0.synced = synced.seq } }
+                if wroteBack && holding {
+                    // The next write-back of a bulk catch-up, an epoch later, inserts its sorted
+                    // entries into an empty memtable (appended, not threaded between these).
+                    try database.flush(cf.liveObjects, wait: false)
+                }
                 if wroteBack {
                     // Kept: the next groups fill it again to about the same size.
                     cache!.dirty.removeAll(keepingCapacity: true)

@@ -330,12 +330,13 @@ public final class RocksDatabase: @unchecked Sendable {
         writtenBytes.add(batch.byteCount, ordering: .relaxed)
     }
 
-    /// Flushes the memtables of `cf` (or of every column family) to SST files.
-    public func flush(_ cf: ColumnFamily? = nil) throws(StoreError) {
+    /// Flushes the memtables of `cf` (or of every column family) to SST files; without `wait`,
+    /// the memtable is only switched for an empty one and written in the background.
+    public func flush(_ cf: ColumnFamily? = nil, wait: Bool = true) throws(StoreError) {
         let db = try handle()
         let fo = rocksdb_flushoptions_create()!
         defer { rocksdb_flushoptions_destroy(fo) }
-        rocksdb_flushoptions_set_wait(fo, 1)
+        rocksdb_flushoptions_set_wait(fo, wait ? 1 : 0)
         for family in cf.map({ [$0] }) ?? columnFamilies {
             let h = try cfHandle(family)
             try rocksCall("flush \(family)") { err in rocksdb_flush_cf(db, fo, h, err) }
