@@ -140,6 +140,8 @@ extension NodeStore {
     func commitSync(_ checkpoints: [VerifiedCheckpoint], execute: Bool, bulk: Bool = false) throws {
         try writer.withLock { _ throws in
             try refuseDuringRestore()
+            // A live-entries file whose ingestion failed after its batch (see below).
+            try finishPendingLiveEntries()
             // A snapshot build started by a bulk commit runs beside the next commits that execute
             // on the live set held in memory: they hold their changes there (as bulk commits
             // do) and write them back only at an epoch end or a bound, waiting for the build
@@ -178,6 +180,7 @@ extension NodeStore {
                 } : nil
                 var endOfEpoch: (UInt64, EpochRecord)? = nil
                 var wroteBack = false
+                var liveFile: String? = nil
                 do {
                     if executing {
                         if cache != nil {
@@ -195,8 +198,18 @@ extension NodeStore {
                     if let storing {
                         let located = try storing.wait()
                         if !located.isEmpty, cache != nil { cache!.locatorRuns.append(located) }
-                        // Staged once the group's locators are known.
-                        if wroteBack { stageLiveEntries(cache!.dirty, of: cache!.set, locatorRuns: cache!.locatorRuns, into: batch) }
+                        // Staged once the group's locators are known: a bulk write-back of many
+                        // entries as a sorted file ingested right after the batch, which
+                        // carries a marker naming it (finished on the next open if a crash
+                        // comes between), instead of that many memtable inserts.
+                        if wroteBack, let executed = state.executed {
+                            if holding && cache!.dirty.count >= configuration.liveFileMinimum {
+                                liveFile = try writeLiveEntriesFile(cache!.dirty, of: cache!.set, locatorRuns: cache!.locatorRuns, at: executed.seq)
+                                batch.put(cf.meta, Self.pendingLiveKey, Array(liveFile!.utf8))
+                            } else {
+                                stageLiveEntries(cache!.dirty, of: cache!.set, locatorRuns: cache!.locatorRuns, into: batch)
+                            }
+                        }
                     } else {
                         try appendHistory(group)
                         if let runs { try ingest(runs) }
@@ -207,8 +220,11 @@ extension NodeStore {
                     // storing them has ended.
                     _ = try? storing?.wait()
                     dropHistory(after: committed)
+                    if let liveFile { try? FileManager.default.removeItem(atPath: liveFileDirectory + "/" + liveFile) }
                     throw error
                 }
+                // Committed: a failure here leaves the marker, and the next commit or open ingests the file.
+                if let liveFile { try finishLiveEntriesFile(liveFile) }
                 if let synced = state.synced { held.withLock { $0.synced = synced.seq } }
                 if wroteBack && holding {
                     // The next write-back of a bulk catch-up, an epoch later, inserts its sorted
@@ -435,6 +451,17 @@ extension NodeStore {
     ) {
         // In key order: the memtable's skip list then reuses its insertion point from one key to
         // the next instead of searching from the top for each (a third of a bulk commit's time).
+        Self.forEachLiveEntry(ids, of: set, locatorRuns: locatorRuns) { id, entry in
+            if let entry { batch.put(cf.liveObjects, id.bytes, entry) } else { batch.delete(cf.liveObjects, id.bytes) }
+        }
+    }
+
+    /// Each id of `ids` in key order with its live entry as `set` holds it (`nil`: deleted),
+    /// carrying its live version's locator when one of `locatorRuns` (each sorted by id) has it.
+    static func forEachLiveEntry<E: Error>(
+        _ ids: some Collection<ObjectID>, of set: LiveObjectSet, locatorRuns: [[LocatedVersion]],
+        _ body: (ObjectID, [UInt8]?) throws(E) -> Void
+    ) throws(E) {
         let sorted = ids.sorted()
         let live = sorted.map { set.objects[$0] }
         // Each run walked beside the sorted ids: the one version that is live matches once.
@@ -452,11 +479,55 @@ extension NodeStore {
             }
         }
         for (i, id) in sorted.enumerated() {
-            if let vd = live[i] {
-                batch.put(cf.liveObjects, id.bytes, StoreKeys.liveEntry(vd, locator: locators[i]))
-            } else {
-                batch.delete(cf.liveObjects, id.bytes)
+            try body(id, live[i].map { StoreKeys.liveEntry($0, locator: locators[i]) })
+        }
+    }
+
+    /// `meta` key naming a live-entries file whose batch is committed and that may not be
+    /// ingested yet (``finishLiveEntriesFile(_:)``).
+    static let pendingLiveKey = Array("pendingLiveEntries".utf8)
+    /// Where live-entries files wait for their ingestion.
+    var liveFileDirectory: String { database.path + "/ingest-live" }
+
+    /// Writes the live entries of `ids` (as ``stageLiveEntries(_:of:locatorRuns:into:)`` puts
+    /// them) as one sorted SST file, synced, in ``liveFileDirectory``; returns its name.
+    func writeLiveEntriesFile(
+        _ ids: some Collection<ObjectID>, of set: LiveObjectSet, locatorRuns: [[LocatedVersion]], at seq: UInt64
+    ) throws(StoreError) -> String {
+        try Self.freshDirectory(liveFileDirectory)
+        let name = "live-\(seq).sst"
+        let file = try database.sstWriter(cf.liveObjects, path: liveFileDirectory + "/" + name)
+        try Self.forEachLiveEntry(ids, of: set, locatorRuns: locatorRuns) { (id, entry) throws(StoreError) in
+            if let entry { try file.put(id.bytes, entry) } else { try file.delete(id.bytes) }
+        }
+        // Finishing syncs the file; its directory entry is synced too, before the batch names it.
+        try file.finish()
+        try DirectIO.syncDirectory(liveFileDirectory)
+        return name
+    }
+
+    /// Ingests the live-entries file `name` if it is still there (an ingestion moves it into
+    /// the database), then deletes the marker naming it.
+    func finishLiveEntriesFile(_ name: String) throws {
+        let path = liveFileDirectory + "/" + name
+        if FileManager.default.fileExists(atPath: path) { try database.ingest(cf.liveObjects, files: [path]) }
+        let batch = WriteBatch(for: database)
+        batch.delete(cf.meta, Self.pendingLiveKey)
+        try database.write(batch, sync: configuration.syncWrites)
+        try? FileManager.default.removeItem(atPath: liveFileDirectory)
+    }
+
+    /// Finishes a live-entries file a crash (or a failed ingestion) left between its committed
+    /// batch and its ingestion; removes files no committed batch names.
+    func finishPendingLiveEntries() throws {
+        if let name = try database.get(cf.meta, Self.pendingLiveKey) {
+            let file = String(decoding: name, as: UTF8.self)
+            guard file.hasPrefix("live-"), !file.contains("/") else {
+                throw StoreError(.badValue, "the pending live-entries marker names \(file)")
             }
+            try finishLiveEntriesFile(file)
+        } else if FileManager.default.fileExists(atPath: liveFileDirectory) {
+            try? FileManager.default.removeItem(atPath: liveFileDirectory)
         }
     }
 
@@ -599,22 +670,34 @@ extension NodeStore {
         let bounds: [[UInt8]?] = (0...parts).map { p in
             p == 0 || p == parts ? nil : [UInt8(256 * p / parts)] + [UInt8](repeating: 0, count: 31)
         }
-        var leaves = try Self.onEveryCore(Array(0..<parts)) { p in
+        let leaves = try Self.onEveryCore(Array(0..<parts)) { p in
             try self.liveLeafHashes(from: bounds[p], to: bounds[p + 1], overlay: overlay, changed: changed)
         }
         let count = leaves.reduce(0) { $0 + $1.count }
         guard count > 0 else { return (Merkle.emptyRoot, 0) }
-        var joined: [Digest] = []
-        joined.reserveCapacity(count)
-        for part in leaves { joined += part }
-        leaves = []
-        let all = joined
+        // The ranges' leaves as one sequence, read in place (no joined copy): where range p starts.
+        let starts = leaves.reduce(into: [0]) { $0.append($0[$0.count - 1] + $1.count) }
         let k = Self.stateRootChunk
         let chunks = (count + k - 1) / k
         let perPart = (chunks + parts - 1) / parts
         let sliceRoots = try Self.onEveryCore(Array(0..<parts)) { p in
             let lo = min(count, p * perPart * k), hi = min(count, (p + 1) * perPart * k)
-            return stride(from: lo, to: hi, by: k).map { Merkle.root(leafHashes: all[$0..<min($0 + k, hi)]) }
+            var chunk: [Digest] = []
+            chunk.reserveCapacity(k)
+            return stride(from: lo, to: hi, by: k).map { first in
+                // A chunk's leaves, gathered across the ranges it straddles.
+                chunk.removeAll(keepingCapacity: true)
+                var i = first
+                let end = min(first + k, hi)
+                while i < end {
+                    var r = 0
+                    while starts[r + 1] <= i { r += 1 }
+                    let upto = min(end, starts[r + 1])
+                    chunk += leaves[r][(i - starts[r])..<(upto - starts[r])]
+                    i = upto
+                }
+                return Merkle.root(leafHashes: chunk)
+            }
         }
         return (Merkle.root(leafHashes: sliceRoots.joined()), UInt64(count))
     }
@@ -765,6 +848,7 @@ extension NodeStore {
 
     func executePendingSync(maxCheckpoints: Int) throws -> UInt64? {
         try writer.withLock { _ throws in
+            try finishPendingLiveEntries()
             try waitForSnapshotBuild()
             try writeBackLiveCache()
             try finishInterruptedWork()

@@ -26,6 +26,9 @@ public struct StoreConfiguration: Sendable {
     public var snapshotChunkSize = 4_096
     /// Wait for the write-ahead log to reach the disk on every commit.
     public var syncWrites = false
+    /// A bulk catch-up writes back at least this many live entries as a sorted file ingested
+    /// into `liveObjects` (fewer go through the write batch).
+    public var liveFileMinimum = 4_096
     /// RocksDB-wide options.
     public var database = DatabaseOptions()
     /// Threads of the blocking pool that runs RocksDB calls.
@@ -189,6 +192,7 @@ public final class NodeStore: Sendable {
                         }
                     }
                     try store.reconcileHistory()
+                    if !configuration.database.readOnly { try store.finishPendingLiveEntries() }
                 } catch {
                     segments.close()
                     db.close()

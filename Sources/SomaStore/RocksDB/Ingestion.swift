@@ -54,6 +54,16 @@ public final class SSTFileWriter {
     }
 
     /// Completes the file (at least one entry must have been added).
+    /// Adds a deletion of `key` (keys still strictly increasing).
+    public func delete(_ key: [UInt8]) throws(StoreError) {
+        try key.withUnsafeBufferPointer { (k) throws(StoreError) in
+            try k.withMemoryRebound(to: CChar.self) { (kc) throws(StoreError) in
+                try rocksCall("sst delete") { err in rocksdb_sstfilewriter_delete(raw, kc.baseAddress, kc.count, err) }
+            }
+        }
+        count += 1
+    }
+
     public func finish() throws(StoreError) {
         guard !finished else { return }
         try rocksCall("finish sst \(path)") { err in rocksdb_sstfilewriter_finish(raw, err) }

@@ -10,6 +10,14 @@ import Glibc
 /// BENCHMARKS.md). A direct write goes from an aligned buffer to the device. Where a file
 /// system refuses `O_DIRECT` (tmpfs), the same code runs buffered.
 enum DirectIO {
+    /// Syncs `directory`'s entries (files created or renamed in it) to the disk.
+    static func syncDirectory(_ directory: String) throws(StoreError) {
+        let fd = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw StoreError(.ioError, "cannot open \(directory): \(String(cString: strerror(errno)))") }
+        defer { _ = Glibc.close(fd) }
+        guard fsync(fd) == 0 else { throw StoreError(.ioError, "fsync \(directory): \(String(cString: strerror(errno)))") }
+    }
+
     /// The alignment of offsets, lengths and buffers of direct transfers (any logical block
     /// size up to 4 KiB).
     static let alignment = 4_096

@@ -679,10 +679,7 @@ public final class HistorySegments: Sendable {
 
     private func syncDirectory() throws(StoreError) {
         guard configuration.sync else { return }
-        let fd = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw StoreError(.ioError, "cannot open \(directory): \(String(cString: strerror(errno)))") }
-        defer { _ = Glibc.close(fd) }
-        guard fsync(fd) == 0 else { throw StoreError(.ioError, "fsync \(directory): \(String(cString: strerror(errno)))") }
+        try DirectIO.syncDirectory(directory)
     }
 
     // MARK: Files
