@@ -274,6 +274,20 @@ struct StoreLayoutTests {
             for (k, v) in stored {
                 #expect(held.set.objects[try #require(Digest(bytes: k))] == StoreKeys.readVersionDigest(v))
             }
+            // The objects these checkpoints wrote that are still live carry their locators too.
+            let byID = Dictionary(stored.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+            var written: [(ObjectID, UInt64, [UInt8])] = []
+            for cp in checkpoints[range] {
+                try cp.forEachOutput { object, _, _ in
+                    guard let v = byID[object.id.bytes], StoreKeys.readVersionDigest(v)?.version == object.version else { return }
+                    written.append((object.id, object.version, v))
+                }
+            }
+            #expect(!written.isEmpty)
+            for (id, version, v) in written {
+                #expect(v.count == StoreKeys.liveEntryWithLocatorSize, "object \(id.short) written near the tip")
+                #expect(try store.database.get(objectsCF, StoreKeys.object(id, version: version)) == Array(v[40...]))
+            }
         }
         // Storing without execution releases it.
         try await store.commit([], execute: false)

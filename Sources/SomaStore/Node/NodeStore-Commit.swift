@@ -60,6 +60,9 @@ struct WriterState {
     var verified: WatermarkValue?
     var executed: WatermarkValue?
     var epochRecords: [UInt64: EpochRecord] = [:]
+    /// The object versions a group staged into its batch as locators (not into index runs),
+    /// in staging order: for the live entries the group writes back.
+    var located: [LocatedVersion] = []
 }
 
 /// The live object set held in memory during a bulk catch-up (DESIGN §6.2): the stored
@@ -170,6 +173,14 @@ extension NodeStore {
                 let batch = WriteBatch(for: database)
                 var runs: IndexRuns? = bulk ? IndexRuns() : nil
                 for cp in group { try stage(cp, into: batch, state: &state, runs: &runs) }
+                // Near the tip the versions went into the batch: their locators, sorted, for the
+                // live entries this group writes back (a bulk group's come from its runs).
+                var located = state.located
+                state.located = []
+                if !located.isEmpty, executing, cache != nil {
+                    located.sort { $0.id < $1.id || ($0.id == $1.id && $0.version < $1.version) }
+                    cache!.locatorRuns.append(located)
+                }
                 // Executing on the live set held in memory reads nothing that the group's
                 // frames and indexes write: those go to the segments and the SST files on a
                 // thread of their own meanwhile. The batch with the watermark still comes after
@@ -311,6 +322,7 @@ extension NodeStore {
                 case .locator(let locator):
                     StoreKeys.writeObjectLocator(locator, into: &value)
                     batch.put(cf.objects, key, value)
+                    state.located.append(LocatedVersion(id: object.id, version: object.version, locator: locator))
                 }
             }
         }
