@@ -123,8 +123,15 @@ struct SyncTests {
         defer { node.stop() }
         let fresh = base.file("fresh")
         let arguments = ["sync", "--data", fresh, "--genesis", source + "/genesis.bcs", "--peer", node.address, "--window", "2"]
+        // The kills land between a fifth and three fifths of an uninterrupted sync's time on this
+        // machine (timed once into another store): a faster sync is still caught mid-way.
+        let probe = ["sync", "--data", base.file("probe"), "--genesis", source + "/genesis.bcs", "--peer", node.address, "--window", "2"]
+        let started = ContinuousClock.now
+        #expect(try somaNode(probe).0 == 0)
+        let d = started.duration(to: .now)
+        let ms = Int(d.components.seconds) * 1_000 + Int(d.components.attoseconds / 1_000_000_000_000_000)
         var previous: UInt64 = 0
-        let kills = try await killRepeatedly(arguments, attempts: 6, maxKills: 3, delayMs: 700...2_500, stepMs: 200) {
+        let kills = try await killRepeatedly(arguments, attempts: 6, maxKills: 3, delayMs: max(100, ms / 5)...max(200, ms * 3 / 5), stepMs: max(50, ms / 10)) {
             let store = try await NodeStore.open(path: fresh + "/db")
             let synced = try await store.watermark(.highestSynced)?.seq ?? 0
             let initialised = try await store.chainID() != nil
