@@ -57,6 +57,8 @@ struct Store: AsyncParsableCommand {
     var snapshots: UInt64 = 0
     @Option(help: "Only time the snapshot build of the last executed epoch end of the store at this path (rebuilt in place), then stop.")
     var snapshotOf: String?
+    @Flag(help: "With --snapshot-of: read every object from its block instead of reusing the previous epoch's snapshot.")
+    var fromBlocks = false
 
     mutating func run() async throws {
         if let snapshotOf {
@@ -238,7 +240,7 @@ struct Store: AsyncParsableCommand {
             return
         }
         let start = ContinuousClock.now
-        let manifest = try await store.buildSnapshot(epoch: epoch)
+        let manifest = try await store.buildSnapshot(epoch: epoch, reusePrevious: !fromBlocks)
         let d = ContinuousClock.now - start
         let secs = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
         var bytes = 0

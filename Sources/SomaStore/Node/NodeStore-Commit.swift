@@ -792,14 +792,14 @@ extension NodeStore {
     /// `beside`: the build runs beside the next commits (``startSnapshotBuild(epoch:record:)``).
     func afterEpochEnd(_ epoch: UInt64, _ record: EpochRecord, beside: Bool = false) throws {
         guard configuration.retainSnapshots > 0 else { return }
-        // During a catch-up the verified summaries may already show later epoch ends: a
-        // snapshot that would be dropped as soon as it is built is skipped.
+        // During a catch-up the verified summaries (or the epoch chain) may already show a
+        // later epoch end: the snapshot of an epoch the node is catching up past is skipped.
+        // Nobody can be restoring it from this node (it never held it), a restore takes the
+        // newest epoch, and the newest is built: the retained window fills again as epochs end.
         if let verified = try watermarkSync(.highestVerified), let tip = try summarySync(verified.seq) {
             var newestEnded: UInt64? = tip.summary.endOfEpoch != nil ? tip.summary.epoch : (tip.summary.epoch > 0 ? tip.summary.epoch - 1 : nil)
             if let hint = knownEpochEnd.withLock({ $0 }) { newestEnded = max(newestEnded ?? 0, hint) }
-            // retainSnapshots is configured (any UInt64): the sum is checked.
-            let (keptFrom, overflow) = epoch.addingReportingOverflow(configuration.retainSnapshots)
-            if let newestEnded, !overflow, newestEnded >= keptFrom {
+            if let newestEnded, newestEnded > epoch {
                 let batch = WriteBatch(for: database)
                 batch.delete(cf.meta, Self.pendingSnapshotKey)
                 try database.write(batch, sync: configuration.syncWrites)

@@ -57,8 +57,11 @@ extension NodeStore {
 
     /// Builds (or rebuilds) the snapshot of `epoch` now. The live set must still be that
     /// epoch's: `highestExecuted` must be its last checkpoint.
+    /// - Parameter reusePrevious: take the objects that did not change since the previous
+    ///   epoch's snapshot from it (if the store holds it); `false` reads every object from its
+    ///   block (what the first build of a catch-up does).
     /// - Throws: ``StoreError/Code/outOfOrder`` otherwise.
-    public func buildSnapshot(epoch: UInt64) async throws -> SnapshotManifest {
+    public func buildSnapshot(epoch: UInt64, reusePrevious: Bool = true) async throws -> SnapshotManifest {
         try await blocking {
             try self.writer.withLock { _ throws in
                 try self.waitForSnapshotBuild()
@@ -67,7 +70,11 @@ extension NodeStore {
                 else {
                     throw StoreError(.outOfOrder, "the live set is not epoch \(epoch)'s end: execute to its last checkpoint and no further")
                 }
-                try self.buildSnapshotSync(epoch: epoch, record: record)
+                if reusePrevious {
+                    try self.buildSnapshotSync(epoch: epoch, record: record)
+                } else {
+                    try self.buildSnapshotSync(epoch: epoch, record: record, previous: nil)
+                }
                 guard let manifest = try self.snapshotManifestSync(epoch) else {
                     throw StoreError(.inconsistent, "the snapshot of epoch \(epoch) was not written")
                 }

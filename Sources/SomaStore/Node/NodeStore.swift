@@ -96,7 +96,7 @@ public final class NodeStore: Sendable {
     let snapshotBuild = Mutex<ThreadJob<Void>?>(nil)
 
     /// Tells the store that the end of `epoch` is verified (by the epoch chain), so that a
-    /// catch-up does not build snapshots of epochs that are already too old to keep.
+    /// catch-up does not build snapshots of epochs it is catching up past.
     public func noteVerifiedEpochEnd(_ epoch: UInt64) {
         knownEpochEnd.withLock { $0 = max($0 ?? 0, epoch) }
     }
