@@ -153,6 +153,36 @@ struct NodeStoreTests {
         await store.close()
     }
 
+    @Test("a catch-up whose verified summaries already show later epoch ends builds the snapshot of the newest end only, from the blocks, reproducing its state root; the epoch chain's hint does the same")
+    func catchUpSkipsPassedSnapshots() async throws {
+        for hinted in [false, true] {
+            let dir = TempDir()
+            defer { dir.cleanup() }
+            let (generator, checkpoints) = await makeChain()
+            var config = StoreConfiguration()
+            config.snapshotChunkSize = 16
+            config.retainSnapshots = 2
+            let store = try await NodeStore.open(path: dir.path, configuration: config)
+            try await store.initialize(genesis: generator.genesis)
+            let ends = generator.endOfEpochSummaries
+            #expect(ends.count >= 3)
+            if hinted {
+                store.noteVerifiedEpochEnd(UInt64(ends.count - 1))
+            } else {
+                // Every summary verified and stored ahead of the blocks, as a sync does.
+                try await store.commitSummaries(checkpoints.map(\.certified))
+            }
+            try await store.commit(checkpoints, bulk: true)
+            try await store.finishSnapshotBuild()
+            let last = UInt64(ends.count - 1)
+            #expect(try await store.snapshotEpochs() == [last], "hinted: \(hinted)")
+            let manifest = try #require(try await store.snapshotManifest(epoch: last))
+            #expect(manifest.stateRoot == ends[Int(last)].summary.endOfEpoch!.stateRoot)
+            #expect(try await store.verifyAll().replayedFromGenesis)
+            await store.close()
+        }
+    }
+
     @Test("snapshots are built at epoch ends, reproduce the state root chunk by chunk, and old ones are dropped")
     func snapshots() async throws {
         let dir = TempDir()
