@@ -6,6 +6,13 @@
 public struct BCSReader: ~Copyable {
     @usableFromInline let buffer: UnsafeRawBufferPointer
     @usableFromInline var offset: Int
+    /// Strings this reader made lately (at most ``recentStringLimit``): the same bytes read
+    /// again (a block's objects repeat a few type tags) give the same string, shared, instead
+    /// of a new allocation and a second UTF-8 validation.
+    @usableFromInline var recentStrings: [String] = []
+
+    /// Most strings a reader keeps for ``readString()`` to share.
+    @usableFromInline static let recentStringLimit = 8
 
     @usableFromInline
     init(_ buffer: UnsafeRawBufferPointer) {
@@ -154,10 +161,21 @@ public struct BCSReader: ~Copyable {
         let start = offset
         let count = try readLength()
         let slice = UnsafeRawBufferPointer(rebasing: buffer[offset..<(offset + count)])
+        // Up to 15 bytes a string is stored inline (no allocation): only longer ones are shared.
+        if count > 15 {
+            for known in recentStrings where known.utf8.count == count {
+                let same = known.utf8.withContiguousStorageIfAvailable { UnsafeRawBufferPointer($0).elementsEqual(slice) } ?? false
+                if same {
+                    offset += count
+                    return known
+                }
+            }
+        }
         guard let s = String(validating: slice.bindMemory(to: UInt8.self), as: UTF8.self) else {
             throw CoreError(.invalidUTF8, "invalid UTF-8 in string at offset \(start)")
         }
         offset += count
+        if count > 15 && recentStrings.count < Self.recentStringLimit { recentStrings.append(s) }
         return s
     }
 

@@ -365,9 +365,12 @@ extension NodeStore {
         let dir = database.path + "/ingest"
         try Self.freshDirectory(dir)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let transactions = runs.transactions.sorted { $0.digest < $1.digest }
-        // Sorted as their keys `id ‖ version (BE)` sort.
+        // Both runs sorted at once, one on each core: the transactions by digest (on a thread
+        // of their own), the object versions as their keys `id ‖ version (BE)` sort.
+        let unsorted = runs.transactions
+        let sortingTransactions = ThreadJob(name: "sort-tx") { unsorted.sorted { $0.digest < $1.digest } }
         let objects = runs.objects.sorted { $0.id < $1.id || ($0.id == $1.id && $0.version < $1.version) }
+        let transactions = try sortingTransactions.wait()
         let paths = [dir + "/transactions.sst", dir + "/objects.sst"]
         let failures = Mutex<[StoreError]>([])
         DispatchQueue.concurrentPerform(iterations: 2) { i in
