@@ -75,6 +75,11 @@ public struct Digest: Hashable, Comparable, Sendable, CustomStringConvertible {
     /// The 32 bytes as an array.
     public var bytes: [UInt8] { withUnsafeBytes { Array($0) } }
 
+    /// The first 8 bytes as a big-endian number: ordering by it orders by the bytes, up to
+    /// values that share their first 8 bytes.
+    @inlinable
+    public var prefix64: UInt64 { w0 }
+
     /// Lowercase hexadecimal, 64 characters.
     public var hex: String { HexCoding.encode(bytes) }
 

@@ -62,4 +62,76 @@ struct StateRootTests {
         }
         await store.close()
     }
+
+    @Test("an epoch end over the cached live set merges the changes into the previous end's leaves and gives the whole tree's root; ids that share their first 8 bytes make the merge wrong and the exact pass answers instead")
+    func leafIndexMerge() async throws {
+        let dir = TempDir("leafindex")
+        defer { dir.cleanup() }
+        let store = try await NodeStore.open(path: dir.path)
+        let live = store.database.columnFamily("liveObjects")!
+        var rng = HistorySegmentsTests.SplitMix(seed: 11)
+        var stored: [ObjectID: VersionDigest] = [:]
+        for i in 0..<(2 * NodeStore.stateRootChunk + 333) {
+            let edge: UInt8? = i % 40 == 0 ? [0x00, 0x7f, 0x80, 0xff][(i / 40) % 4] : nil
+            stored[Self.id(&rng, firstByte: edge)] = VersionDigest(version: rng.next() % 1_000, digest: Self.id(&rng))
+        }
+        let batch = WriteBatch(for: store.database)
+        for (id, vd) in stored { batch.put(live, id.bytes, StoreKeys.versionDigest(vd)) }
+        try store.database.write(batch, sync: false)
+        // The previous epoch end's index, the exact way.
+        let index = try store.stateRootLeaves(overlay: LiveObjectSet(), touched: [])
+        #expect(try NodeStore.root(ofRanges: index.leaves).0 == Self.expected(stored))
+        #expect(index.prefixes.map(\.count) == index.leaves.map(\.count))
+
+        for collide in [false, true] {
+            var current = stored
+            var touched: [ObjectID] = []
+            for (n, id) in stored.keys.sorted().enumerated() where n % 5 == 0 {
+                // Some touched twice (the merge takes an id's state once).
+                touched.append(id)
+                if n % 3 == 0 { touched.append(id) }
+                current[id] = n % 2 == 0 ? VersionDigest(version: 5_000, digest: Self.id(&rng)) : nil
+            }
+            for n in 0..<700 {
+                let id = Self.id(&rng, firstByte: n % 9 == 0 ? 0x80 : (n % 11 == 0 ? 0xff : nil))
+                touched.append(id)
+                current[id] = VersionDigest(version: 1, digest: Self.id(&rng))
+            }
+            if collide {
+                // A new id whose first 8 bytes are those of a live one it does not touch.
+                let victim = stored.keys.sorted()[7]
+                var bytes = victim.bytes
+                bytes[31] ^= 0xff
+                let twin = Digest(bytes: bytes)!
+                touched.append(twin)
+                current[twin] = VersionDigest(version: 1, digest: Self.id(&rng))
+            }
+            let expected = Self.expected(current)
+            let merged = NodeStore.mergeLeaves(index, changed: touched.sorted(), set: LiveObjectSet(current))
+            let (mergedRoot, mergedCount) = try NodeStore.root(ofRanges: merged.leaves)
+            if collide {
+                #expect(mergedRoot != expected, "the shared prefix hides the twin or its neighbour")
+            } else {
+                #expect(mergedRoot == expected && mergedCount == UInt64(current.count))
+            }
+            // The epoch end: fast when the merge gives the certified root, exact otherwise.
+            var cache = LiveCache(set: LiveObjectSet(current), executed: nil)
+            cache.leafIndex = index
+            var changed = touched
+            let (root, count) = try store.epochStateRoot(
+                &cache, dirty: Set(touched), changed: &changed, certified: (expected, UInt64(current.count)))
+            #expect(root == expected && count == UInt64(current.count), "collide: \(collide)")
+            #expect(changed.isEmpty)
+            let kept = try #require(cache.leafIndex, "the index that gave the certified root is kept")
+            #expect(try NodeStore.root(ofRanges: kept.leaves).0 == expected)
+            #expect(kept.prefixes.map(\.count) == kept.leaves.map(\.count))
+        }
+        // A root that is not the certified one (execution went wrong) keeps no index.
+        var cache = LiveCache(set: LiveObjectSet(stored), executed: nil)
+        cache.leafIndex = index
+        var changed: [ObjectID] = []
+        let (root, _) = try store.epochStateRoot(&cache, dirty: [], changed: &changed, certified: (Digest.zero, 1))
+        #expect(root == Self.expected(stored) && cache.leafIndex == nil)
+        await store.close()
+    }
 }
