@@ -437,6 +437,9 @@ extension NodeStore {
     /// Most checkpoints a bulk catch-up executes in memory before it writes the live set back
     /// (it also does at every epoch end): what a crash makes it execute again.
     static let maxPendingExecution = 4_096
+    /// Most changed ids (with repeats) kept for the next epoch end's merge of leaves: about
+    /// 64 MB (an epoch of the bench chain changes about 400,000).
+    static let maxChangesSinceRoot = 2_000_000
     /// Most changed ids held before the live set is written back.
     static let maxDirtyLiveObjects = 2_000_000
 
@@ -628,6 +631,12 @@ extension NodeStore {
             state.executed = WatermarkValue(seq: summary.sequenceNumber, digest: cp.certified.digest)
         }
         cache.executed = state.executed
+        // Near the tip an epoch can last long: past a bound the changes are dropped with the
+        // index they were kept for, and the next epoch end is computed the exact way.
+        if changedSinceRoot.count > Self.maxChangesSinceRoot {
+            cache.leafIndex = nil
+            changedSinceRoot = []
+        }
         let writeBack = writeThrough || endOfEpoch != nil || cache.pending >= Self.maxPendingExecution
             || dirty.count >= Self.maxDirtyLiveObjects
         if writeBack, let executed = state.executed {
