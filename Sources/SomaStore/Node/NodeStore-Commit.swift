@@ -93,7 +93,6 @@ struct LeafIndex: Sendable {
     var leaves: [[Digest]]
 }
 
-
 /// An object version stored as a locator into its block.
 struct LocatedVersion: Sendable {
     var id: ObjectID
@@ -763,8 +762,9 @@ extension NodeStore {
     }
 
     /// The state root at an epoch end executed on the cached live set. With the cache's leaf
-    /// index (the previous epoch end's leaves), the ids changed since are merged into it, on
-    /// every core: only their leaves are hashed and `liveObjects` is not read. Ids are compared
+    /// index (the previous epoch end's leaves), the ids changed since are merged into it (one
+    /// pass; the chunk roots then on every core): only their leaves are hashed and
+    /// `liveObjects` is not read. Ids are compared
     /// by their first 8 bytes there, so two live ids sharing them (never on an honest chain:
     /// SHA-256 outputs) can give a wrong root; a root that is not the certified one is
     /// computed again the exact way before anything is concluded. The exact way (no index
