@@ -15,6 +15,17 @@ struct StateRootTests {
         return Digest(bytes: bytes)!
     }
 
+    /// `size` random live entries; every `edgeEvery`-th id starts on an edge of the ranges
+    /// (first bytes 0x00, 0x7f, 0x80, 0xff in turn).
+    static func randomSet(_ size: Int, edgeEvery: Int, _ rng: inout HistorySegmentsTests.SplitMix) -> [ObjectID: VersionDigest] {
+        var set: [ObjectID: VersionDigest] = [:]
+        for i in 0..<size {
+            let edge: UInt8? = i % edgeEvery == 0 ? [0x00, 0x7f, 0x80, 0xff][(i / edgeEvery) % 4] : nil
+            set[Self.id(&rng, firstByte: edge)] = VersionDigest(version: rng.next() % 1_000, digest: Self.id(&rng))
+        }
+        return set
+    }
+
     static func expected(_ set: [ObjectID: VersionDigest]) -> Digest {
         Merkle.root(leafHashes: set.keys.sorted().map { ObjectRef(id: $0, version: set[$0]!.version, digest: set[$0]!.digest).leafHash })
     }
@@ -28,12 +39,7 @@ struct StateRootTests {
         var rng = HistorySegmentsTests.SplitMix(seed: 5)
         // Sizes: empty, one, around one chunk, several chunks unevenly split between ranges.
         for size in [0, 1, 2, NodeStore.stateRootChunk - 1, NodeStore.stateRootChunk, NodeStore.stateRootChunk + 1, 3 * NodeStore.stateRootChunk + 17] {
-            // The stored set, with ids on the edges of the ranges (first bytes 0x00, 0x7f, 0x80, 0xff).
-            var stored: [ObjectID: VersionDigest] = [:]
-            for i in 0..<size {
-                let edge: UInt8? = i % 50 == 0 ? [0x00, 0x7f, 0x80, 0xff][(i / 50) % 4] : nil
-                stored[Self.id(&rng, firstByte: edge)] = VersionDigest(version: rng.next() % 1_000, digest: Self.id(&rng))
-            }
+            let stored = Self.randomSet(size, edgeEvery: 50, &rng)
             let batch = WriteBatch(for: store.database)
             try store.database.withIterator(live) { it in
                 while it.isValid { batch.delete(live, it.withKey { Array($0) }); it.next() }
@@ -70,11 +76,7 @@ struct StateRootTests {
         let store = try await NodeStore.open(path: dir.path)
         let live = store.database.columnFamily("liveObjects")!
         var rng = HistorySegmentsTests.SplitMix(seed: 11)
-        var stored: [ObjectID: VersionDigest] = [:]
-        for i in 0..<(2 * NodeStore.stateRootChunk + 333) {
-            let edge: UInt8? = i % 40 == 0 ? [0x00, 0x7f, 0x80, 0xff][(i / 40) % 4] : nil
-            stored[Self.id(&rng, firstByte: edge)] = VersionDigest(version: rng.next() % 1_000, digest: Self.id(&rng))
-        }
+        let stored = Self.randomSet(2 * NodeStore.stateRootChunk + 333, edgeEvery: 40, &rng)
         let batch = WriteBatch(for: store.database)
         for (id, vd) in stored { batch.put(live, id.bytes, StoreKeys.versionDigest(vd)) }
         try store.database.write(batch, sync: false)

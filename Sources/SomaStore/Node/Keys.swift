@@ -122,13 +122,18 @@ public enum StoreKeys {
     /// A live entry: version and digest, with the live version's locator when there is one (an
     /// archive's snapshot builds then read no `objects` entry for it).
     static func liveEntry(_ vd: VersionDigest, locator: ObjectLocator?) -> [UInt8] {
-        var out = versionDigest(vd)
-        if let locator {
-            var l = [UInt8](repeating: 0, count: objectLocatorSize)
-            writeObjectLocator(locator, into: &l)
-            out += l
+        guard let locator else { return versionDigest(vd) }
+        // One allocation: each write-back makes one of these per changed object.
+        return [UInt8](unsafeUninitializedCapacity: liveEntryWithLocatorSize) { buf, n in
+            let b = UnsafeMutableRawBufferPointer(buf)
+            b.storeBytes(of: vd.version.bigEndian, as: UInt64.self)
+            vd.digest.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: b[8..<40]).copyMemory(from: $0) }
+            b.storeBytes(of: locator.seq.bigEndian, toByteOffset: 40, as: UInt64.self)
+            b.storeBytes(of: locator.part.bigEndian, toByteOffset: 48, as: UInt32.self)
+            b.storeBytes(of: locator.offset.bigEndian, toByteOffset: 52, as: UInt32.self)
+            b.storeBytes(of: locator.length.bigEndian, toByteOffset: 56, as: UInt32.self)
+            n = liveEntryWithLocatorSize
         }
-        return out
     }
 
     /// The locator part of a live entry, if it has one.
