@@ -474,9 +474,10 @@ final class SyncRun: StateSyncJob {
         }
         let store = self.store
         let post = loop.post
-        // Far behind the tip (more left than the pipeline holds), the store takes the group in
-        // bulk: indexes as sorted SST files instead of memtable inserts (DESIGN §6.2).
-        let bulk = Self.count(after: syncedSeq, through: target, limit: config.maxUncommitted + 1) > config.maxUncommitted
+        // Far behind the tip (more than one commit group left), the store takes the group in
+        // bulk: indexes as sorted SST files instead of memtable inserts (DESIGN §6.2). The
+        // last group goes the per-checkpoint way, with the write-ahead log, as at the tip.
+        let bulk = Self.count(after: syncedSeq, through: target, limit: config.commitGroup + 1) > config.commitGroup
         commitTask = Task {
             do {
                 try await store.commit(batch, bulk: bulk)

@@ -391,6 +391,43 @@ struct StoreLayoutTests {
         await store.close()
     }
 
+    @Test("a snapshot whose scan is split by the epoch end's count of live ids per id range (chunks straddling the ranges) equals one split by a pass over the keys, with and without the previous snapshot; counts that are not the live set's are refused",
+        arguments: [StoreMode.archive, .pruned])
+    func snapshotSplitByRangeCounts(mode: StoreMode) async throws {
+        let dir = TempDir()
+        defer { dir.cleanup() }
+        let (_, store) = try await storeWithSnapshots(at: dir.path, mode: mode)
+        let chunksCF = try #require(store.database.columnFamily("snapshotChunks"))
+        let liveCF = try #require(store.database.columnFamily("liveObjects"))
+        func chunks(_ epoch: UInt64) throws -> [[UInt8]] {
+            try store.database.scan(chunksCF, from: StoreKeys.seq(epoch), to: StoreKeys.seq(epoch + 1)).map(\.value)
+        }
+        let record = try #require(try store.epochSync(2))
+        let built = try chunks(2)
+        let ids = try store.database.scan(liveCF).map(\.key)
+        #expect(ids.count == Int(record.liveObjectCount ?? 0))
+        let previous = try #require(store.previousSnapshot(before: 2, chunkSize: 16))
+        for n in [2, 3, 4] {
+            // Range p: ids whose first byte is in [256·p/n, 256·(p+1)/n).
+            let counts = (0..<n).map { p in ids.filter { Int($0[0]) >= 256 * p / n && Int($0[0]) < 256 * (p + 1) / n }.count }
+            #expect(counts.contains { $0 % 16 != 0 }, "a range starts inside a chunk")
+            #expect(try store.buildSnapshotSync(epoch: 2, record: record, previous: nil, counts: counts) == 0)
+            #expect(try chunks(2) == built)
+            #expect(try store.buildSnapshotSync(epoch: 2, record: record, previous: previous, counts: counts) > 0)
+            #expect(try chunks(2) == built)
+            // One id counted in the wrong range: the scan finds a range that does not start
+            // where the counts say.
+            var wrong = counts
+            wrong[0] += 1
+            wrong[n - 1] -= 1
+            #expect(throws: StoreError.self) { try store.buildSnapshotSync(epoch: 2, record: record, previous: nil, counts: wrong) }
+            // The build as the commits call it falls back to the pass over the keys.
+            try store.buildSnapshotSync(epoch: 2, record: record, counts: wrong)
+            #expect(try chunks(2) == built)
+        }
+        await store.close()
+    }
+
     @Test("a snapshot built after the previous epoch's takes the unchanged objects from its chunks and equals one built from the blocks alone; a previous snapshot that lies is caught and the build falls back to the blocks (archive: objects as locators; pruned: as encodings)",
         arguments: [StoreMode.archive, .pruned])
     func snapshotReusesPrevious(mode: StoreMode) async throws {

@@ -67,14 +67,15 @@ public enum LZ4Frame {
     /// anything is allocated) and produce exactly that many bytes; a frame without one is
     /// decoded in steps and refused as soon as it exceeds `limit`. The content checksum, when
     /// present, is verified (with ``XXH32``; liblz4 checks block checksums, if a frame has
-    /// them). Bytes after the frame are refused.
+    /// them). Bytes after the frame are refused. `checksum: false` leaves the content checksum
+    /// unread: only for the node's own frames whose bytes are checked another way after.
     /// - Throws: ``StoreError/Code/frameTooLarge`` or ``StoreError/Code/corruptFrame``.
-    public static func decompress(_ frame: [UInt8], limit: Int) throws(StoreError) -> [UInt8] {
+    public static func decompress(_ frame: [UInt8], limit: Int, checksum: Bool = true) throws(StoreError) -> [UInt8] {
         let context = try makeContext()
         defer { LZ4F_freeDecompressionContext(context) }
         let result: Result<[UInt8], StoreError> = frame.withUnsafeBytes { src in
             do throws(StoreError) {
-                return .success(try decode(src, context: context, limit: limit))
+                return .success(try decode(src, context: context, limit: limit, checksum: checksum))
             } catch {
                 return .failure(error)
             }
@@ -83,15 +84,15 @@ public enum LZ4Frame {
     }
 
     /// ``decompress(_:limit:)`` of a frame in memory the caller owns.
-    public static func decompress(_ frame: UnsafeRawBufferPointer, limit: Int) throws(StoreError) -> [UInt8] {
+    public static func decompress(_ frame: UnsafeRawBufferPointer, limit: Int, checksum: Bool = true) throws(StoreError) -> [UInt8] {
         let context = try makeContext()
         defer { LZ4F_freeDecompressionContext(context) }
-        return try decode(frame, context: context, limit: limit)
+        return try decode(frame, context: context, limit: limit, checksum: checksum)
     }
 
     private static func errorName(_ code: Int) -> String { String(cString: LZ4F_getErrorName(code)) }
 
-    private static func decode(_ src: UnsafeRawBufferPointer, context: OpaquePointer, limit: Int) throws(StoreError) -> [UInt8] {
+    private static func decode(_ src: UnsafeRawBufferPointer, context: OpaquePointer, limit: Int, checksum: Bool) throws(StoreError) -> [UInt8] {
         guard let base = src.baseAddress, !src.isEmpty else { throw StoreError(.corruptFrame, "empty LZ4 frame") }
         var info = LZ4F_frameInfo_t()
         var offset = src.count
@@ -163,7 +164,7 @@ public enum LZ4Frame {
         guard offset == src.count else {
             throw StoreError(.corruptFrame, "\(src.count - offset) bytes after the LZ4 frame")
         }
-        if ownChecksum && info.contentChecksumFlag == LZ4F_contentChecksumEnabled {
+        if checksum && ownChecksum && info.contentChecksumFlag == LZ4F_contentChecksumEnabled {
             // The frame ends with the content checksum (after the end mark, which liblz4 read).
             guard src.count >= 4 else { throw StoreError(.corruptFrame, "LZ4 frame is truncated before its content checksum") }
             let stored = UInt32(littleEndian: src.loadUnaligned(fromByteOffset: src.count - 4, as: UInt32.self))

@@ -264,7 +264,11 @@ extension NodeStore {
                     // it holds was just written back).
                     if cache!.set.objects.count > Self.maxCachedLiveObjects { cache = nil }
                 }
-                if let (epoch, record) = endOfEpoch { try afterEpochEnd(epoch, record, beside: holding) }
+                if let (epoch, record) = endOfEpoch {
+                    // The epoch end's leaves, when kept, say how many ids each range holds.
+                    let counts = cache?.leafIndex?.prefixes.map(\.count)
+                    try afterEpochEnd(epoch, record, beside: holding, counts: counts)
+                }
             }
             if let cache, executing { liveCache.withLock { $0 = cache } }
         }
@@ -459,15 +463,32 @@ extension NodeStore {
     }
 
     /// Writes the changes a bulk catch-up executed in memory to `liveObjects`, with
-    /// `highestExecuted`, in one batch, and releases the cached set, or with `keep` holds on
-    /// to it (then clean). Called with the writer lock held.
+    /// `highestExecuted`, in one batch (at least `liveFileMinimum` entries: as a sorted file
+    /// that the batch names, ingested right after it), and releases the cached set, or with
+    /// `keep` holds on to it (then clean). Called with the writer lock held, no build running.
     func writeBackLiveCache(keep: Bool = false) throws {
         guard var cache = liveCache.withLock({ $0.take() }) else { return }
         if cache.pending > 0, let executed = cache.executed {
             let batch = WriteBatch(for: database)
-            stageLiveEntries(cache.dirty, of: cache.set, locatorRuns: cache.locatorRuns, into: batch)
+            // Many entries (a bulk catch-up handing over to the tip, a close): one sorted file
+            // ingested after the batch that names it, as a bulk write-back does.
+            var liveFile: String? = nil
+            if cache.dirty.count >= configuration.liveFileMinimum {
+                // An earlier file whose ingestion failed goes in first (its marker is replaced).
+                try finishPendingLiveEntries()
+                liveFile = try writeLiveEntriesFile(cache.dirty, of: cache.set, locatorRuns: cache.locatorRuns, at: executed.seq)
+                batch.put(cf.meta, Self.pendingLiveKey, Array(liveFile!.utf8))
+            } else {
+                stageLiveEntries(cache.dirty, of: cache.set, locatorRuns: cache.locatorRuns, into: batch)
+            }
             setWatermark(.highestExecuted, executed, in: batch)
-            try database.write(batch, sync: configuration.syncWrites)
+            do {
+                try database.write(batch, sync: configuration.syncWrites)
+            } catch {
+                if let liveFile { try? FileManager.default.removeItem(atPath: liveFileDirectory + "/" + liveFile) }
+                throw error
+            }
+            if let liveFile { try finishLiveEntriesFile(liveFile) }
             cache.dirty.removeAll()
             cache.locatorRuns.removeAll()
             cache.pending = 0
@@ -928,8 +949,9 @@ extension NodeStore {
     }
 
     /// Work after an epoch end is committed: its snapshot and the pruning of old snapshots;
-    /// `beside`: the build runs beside the next commits (``startSnapshotBuild(epoch:record:)``).
-    func afterEpochEnd(_ epoch: UInt64, _ record: EpochRecord, beside: Bool = false) throws {
+    /// `beside`: the build runs beside the next commits (``startSnapshotBuild(epoch:record:counts:)``);
+    /// `counts`: the live ids per range of the epoch end (``buildSnapshotSync(epoch:record:counts:)``).
+    func afterEpochEnd(_ epoch: UInt64, _ record: EpochRecord, beside: Bool = false, counts: [Int]? = nil) throws {
         guard configuration.retainSnapshots > 0 else { return }
         // During a catch-up the verified summaries (or the epoch chain) may already show a
         // later epoch end: the snapshot of an epoch the node is catching up past is skipped.
@@ -946,9 +968,9 @@ extension NodeStore {
             }
         }
         if beside {
-            try startSnapshotBuild(epoch: epoch, record: record)
+            try startSnapshotBuild(epoch: epoch, record: record, counts: counts)
         } else {
-            try buildSnapshotSync(epoch: epoch, record: record)
+            try buildSnapshotSync(epoch: epoch, record: record, counts: counts)
         }
     }
 
@@ -958,9 +980,9 @@ extension NodeStore {
     /// waits for it (``waitForSnapshotBuild()``), and so does the next build. Its pending marker
     /// stays until its last batch, so a crash meanwhile builds it again at the next start (the
     /// live set is still that epoch's: nothing wrote it since). Called with the writer lock.
-    func startSnapshotBuild(epoch: UInt64, record: EpochRecord) throws {
+    func startSnapshotBuild(epoch: UInt64, record: EpochRecord, counts: [Int]? = nil) throws {
         try waitForSnapshotBuild()
-        let task = ThreadJob<Void>(name: "snapshot-\(epoch)") { [self] in try buildSnapshotSync(epoch: epoch, record: record) }
+        let task = ThreadJob<Void>(name: "snapshot-\(epoch)") { [self] in try buildSnapshotSync(epoch: epoch, record: record, counts: counts) }
         snapshotBuild.withLock { $0 = task }
     }
 

@@ -244,11 +244,14 @@ extension NodeStore {
         return try LZ4Frame.decompress(frame, limit: configuration.maxBlockBytes)
     }
 
-    /// ``heldBlock(_:part:for:)`` read through `reader` (bulk reads in file order).
-    func heldBlock(_ seq: UInt64, part: UInt32, through reader: inout HistorySegments.FrameReader, for what: @autoclosure () -> String) throws(StoreError) -> [UInt8] {
+    /// ``heldBlock(_:part:for:)`` read through `reader` (bulk reads in file order);
+    /// `checksum: false` for a caller that checks every byte it takes another way.
+    func heldBlock(
+        _ seq: UInt64, part: UInt32, through reader: inout HistorySegments.FrameReader, checksum: Bool = true, for what: @autoclosure () -> String
+    ) throws(StoreError) -> [UInt8] {
         guard held.withLock({ $0.contains(seq) }), let frame = try reader.read(seq, part: part, in: segments) else {
             throw StoreError(.inconsistent, "\(what()) lies in checkpoint \(seq) part \(part), whose block is not held")
         }
-        return try LZ4Frame.decompress(frame, limit: configuration.maxBlockBytes)
+        return try LZ4Frame.decompress(frame, limit: configuration.maxBlockBytes, checksum: checksum)
     }
 }

@@ -113,14 +113,20 @@ extension NodeStore {
     /// After the previous epoch's snapshot, the objects that did not change since are taken
     /// from its chunks instead (see ``ReusedObject``); if that build fails, the snapshot is
     /// built again from the blocks alone.
-    func buildSnapshotSync(epoch: UInt64, record: EpochRecord) throws {
-        if let previous = previousSnapshot(before: epoch, chunkSize: configuration.snapshotChunkSize) {
+    ///
+    /// `counts`: how many live ids the epoch end has in each range of the id space split by
+    /// first byte as its state root split it (range p: first bytes in [256·p/n, 256·(p+1)/n)),
+    /// when the caller holds them (``LeafIndex``): the scan's ranges are those, each knowing
+    /// where it starts, instead of a pass over the live set's keys to find chunk boundaries.
+    func buildSnapshotSync(epoch: UInt64, record: EpochRecord, counts: [Int]? = nil) throws {
+        let previous = previousSnapshot(before: epoch, chunkSize: configuration.snapshotChunkSize)
+        if previous != nil || counts != nil {
             do {
-                try buildSnapshotSync(epoch: epoch, record: record, previous: previous)
+                try buildSnapshotSync(epoch: epoch, record: record, previous: previous, counts: counts)
                 return
             } catch {
-                // A previous snapshot that does not hold what it should is not this one's
-                // problem: built again without it.
+                // A previous snapshot that does not hold what it should (or counts that do not
+                // add up) is not this one's problem: built again without them.
             }
         }
         try buildSnapshotSync(epoch: epoch, record: record, previous: nil)
@@ -128,31 +134,44 @@ extension NodeStore {
 
     /// Returns how many objects came from `previous`'s chunks.
     @discardableResult
-    func buildSnapshotSync(epoch: UInt64, record: EpochRecord, previous: PreviousSnapshot?) throws -> Int {
+    func buildSnapshotSync(epoch: UInt64, record: EpochRecord, previous: PreviousSnapshot?, counts: [Int]? = nil) throws -> Int {
         guard let lastCheckpoint = record.lastCheckpoint, let root = record.stateRoot else { return 0 }
         let k = configuration.snapshotChunkSize
         let dir = database.path + "/ingest-snapshot"
         try Self.freshDirectory(dir)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        // Where each range starts: the live ids at chunk boundaries, one range per core (a
-        // pass over the live set's keys only).
         // The certified count, a hint for the split only (the pass below counts for itself).
         let live = Int(clamping: record.liveObjectCount ?? 0)
-        let parts = max(1, min(Self.snapshotParallelism, live / max(1, k * 8)))
-        let perPart = (live + parts - 1) / parts
-        let chunksPerPart = max(1, (perPart + k - 1) / k)
-        let starts: [(chunk: Int, id: [UInt8])] = try database.withIterator(cf.liveObjects, fillCache: false) { it in
-            var found: [(chunk: Int, id: [UInt8])] = []
-            var n = 0
-            while it.isValid {
-                if n % (chunksPerPart * k) == 0 { found.append((n / k, it.withKey { Array($0) })) }
-                n += 1
-                it.next()
+        let ranges: [SnapshotRange]
+        if let counts, counts.count > 1, counts.count <= 256, counts.allSatisfy({ $0 >= 0 }), counts.reduce(0, &+) == live {
+            // The ranges of the epoch end's state root (id first bytes), each from where the
+            // ranges before it end; a count that is not right is caught by the scan below.
+            let n = counts.count
+            var first = 0
+            ranges = (0..<n).map { p in
+                defer { first += counts[p] }
+                return SnapshotRange(
+                    index: p, firstIndex: first, from: p == 0 ? [] : [UInt8(256 * p / n)], to: p + 1 < n ? [UInt8(256 * (p + 1) / n)] : nil)
             }
-            return found
-        }
-        let ranges = starts.indices.map { p in
-            SnapshotRange(index: p, firstChunk: starts[p].chunk, from: starts[p].id, to: p + 1 < starts.count ? starts[p + 1].id : nil)
+        } else {
+            // Where each range starts: the live ids at chunk boundaries, one range per core (a
+            // pass over the live set's keys only).
+            let parts = max(1, min(Self.snapshotParallelism, live / max(1, k * 8)))
+            let perPart = (live + parts - 1) / parts
+            let chunksPerPart = max(1, (perPart + k - 1) / k)
+            let starts: [(index: Int, id: [UInt8])] = try database.withIterator(cf.liveObjects, fillCache: false) { it in
+                var found: [(index: Int, id: [UInt8])] = []
+                var n = 0
+                while it.isValid {
+                    if n % (chunksPerPart * k) == 0 { found.append((n, it.withKey { Array($0) })) }
+                    n += 1
+                    it.next()
+                }
+                return found
+            }
+            ranges = starts.indices.map { p in
+                SnapshotRange(index: p, firstIndex: starts[p].index, from: starts[p].id, to: p + 1 < starts.count ? starts[p + 1].id : nil)
+            }
         }
         // 1. Scan.
         let scanned = try Self.onEveryCore(ranges) { r in try self.scanSnapshotRange(epoch: epoch, r, chunkSize: k, previous: previous) }
@@ -162,7 +181,7 @@ extension NodeStore {
         var reused: [ReusedObject] = []
         var inline = false
         for (p, part) in scanned.enumerated() {
-            guard ranges[p].firstChunk * k == lengths.count else {
+            guard ranges[p].firstIndex == lengths.count else {
                 throw StoreError(.inconsistent, "snapshot of epoch \(epoch): the live set changed during the build")
             }
             lengths += part.lengths
@@ -238,10 +257,10 @@ extension NodeStore {
     static let snapshotBucketBytes = 32 << 20
 
     /// One range of a snapshot build's scan: the live ids `[from, to)` (to the end without
-    /// `to`), whose chunks are numbered from `firstChunk`.
+    /// `to`), whose first object is the live set's `firstIndex`-th in id order.
     struct SnapshotRange: Sendable {
         var index: Int
-        var firstChunk: Int
+        var firstIndex: Int
         var from: [UInt8]
         var to: [UInt8]?
     }
@@ -395,11 +414,13 @@ extension NodeStore {
         var located: [LocatedObject] = []
         var reused: [ReusedObject] = []
         var inline = false
-        let first = r.firstChunk * k
-        let cursor = try previous.map { try PreviousSnapshotCursor(self, $0, from: Digest(bytes: r.from)) }
+        let first = r.firstIndex
+        // A range's start may be a first byte only: the least id with that prefix.
+        let from = Digest(bytes: r.from + [UInt8](repeating: 0, count: max(0, 32 - r.from.count)))
+        let cursor = try previous.map { try PreviousSnapshotCursor(self, $0, from: from) }
         let reuse: ((Int, ObjectID, VersionDigest) throws -> Bool)? = cursor.map { cursor in
             { n, id, vd in
-                if n % k == 0 { chunkIDs.append(id.bytes) }
+                if (first + n) % k == 0 { chunkIDs.append(id.bytes) }
                 guard let place = try cursor.find(id, version: vd.version) else { return false }
                 reused.append(ReusedObject(chunk: place.chunk, offset: place.offset, length: place.length, index: first + n))
                 lengths.append(place.length)
@@ -407,7 +428,7 @@ extension NodeStore {
             }
         }
         try walkLiveVersions(epoch: epoch, r, reuse: reuse) { n, id, vd, value in
-            if cursor == nil && n % k == 0 { chunkIDs.append(id.bytes) }
+            if cursor == nil && (first + n) % k == 0 { chunkIDs.append(id.bytes) }
             if let locator = StoreKeys.readObjectLocator(raw: value) {
                 located.append(LocatedObject(locator: locator, index: first + n))
                 lengths.append(locator.length)
@@ -427,7 +448,7 @@ extension NodeStore {
     func spillInline(epoch: UInt64, _ r: SnapshotRange, _ layout: SnapshotLayout, reused: [ReusedObject], dir: String) throws -> String {
         let tag = "i\(r.index)"
         var writer = BucketWriter(dir: dir, tag: tag)
-        let first = r.firstChunk * layout.chunkSize
+        let first = r.firstIndex
         // The range's reused objects, in index order, are passed over.
         var next = 0
         let reuse: (Int, ObjectID, VersionDigest) -> Bool = { n, _, _ in
@@ -456,7 +477,9 @@ extension NodeStore {
         var i = located.startIndex
         while i < located.endIndex {
             let first = located[i].locator
-            let block = try heldBlock(first.seq, part: first.part, through: &frames, for: "snapshot of epoch \(epoch): a live object")
+            // The frame's checksum is not read: pass 3 hashes every object taken from it
+            // against its live digest.
+            let block = try heldBlock(first.seq, part: first.part, through: &frames, checksum: false, for: "snapshot of epoch \(epoch): a live object")
             try block.withUnsafeBytes { bytes in
                 while i < located.endIndex && located[i].locator.seq == first.seq && located[i].locator.part == first.part {
                     let o = located[i]

@@ -92,7 +92,7 @@ public final class NodeStore: Sendable {
     /// The newest epoch end known to be verified elsewhere (the epoch chain a sync fetched first).
     let knownEpochEnd = Mutex<UInt64?>(nil)
     /// The snapshot build running beside commits, if any (at most one; see
-    /// ``startSnapshotBuild(epoch:record:)``).
+    /// ``startSnapshotBuild(epoch:record:counts:)``).
     let snapshotBuild = Mutex<ThreadJob<Void>?>(nil)
 
     /// Tells the store that the end of `epoch` is verified (by the epoch chain), so that a
