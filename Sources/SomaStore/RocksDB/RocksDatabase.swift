@@ -81,6 +81,13 @@ public final class RocksDatabase: @unchecked Sendable {
         rocksdb_options_set_max_open_files(options, Int32(config.maxOpenFiles))
         rocksdb_options_set_bytes_per_sync(options, 1 << 20)
         if config.maxTotalWALSize > 0 { rocksdb_options_set_max_total_wal_size(options, config.maxTotalWALSize) }
+        // Flushes and compactions write files read back only by later compactions and lookups
+        // (which have the block cache): direct, where the file system allows, they skip the
+        // page cache, whose fresh pages cost the kernel more than the write itself here.
+        if !config.readOnly && getenv("SOMA_NODIRECT") == nil && DirectIO.supported(in: path) {
+            rocksdb_options_set_use_direct_io_for_flush_and_compaction(options, 1)
+            rocksdb_options_compaction_readahead_size(options, 2 << 20)
+        }
         self.options = options
 
         // Existing column families not in the configuration are opened too (with defaults).

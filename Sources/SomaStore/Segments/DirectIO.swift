@@ -29,6 +29,16 @@ enum DirectIO {
         return fd >= 0 ? fd : nil
     }
 
+    /// Whether files in `directory` (created if missing) can be opened for direct I/O.
+    static func supported(in directory: String) -> Bool {
+        _ = mkdir(directory, 0o755)  // an existing directory is fine; a missing parent fails the probe
+        let probe = directory + "/.direct-io-probe"
+        guard let fd = open(probe, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) else { return false }
+        _ = Glibc.close(fd)
+        _ = unlink(probe)
+        return true
+    }
+
     /// `n` rounded down to the alignment.
     static func alignDown(_ n: UInt64) -> UInt64 { n & ~UInt64(alignment - 1) }
 
