@@ -84,7 +84,7 @@ public final class RocksDatabase: @unchecked Sendable {
         // Flushes and compactions write files read back only by later compactions and lookups
         // (which have the block cache): direct, where the file system allows, they skip the
         // page cache, whose fresh pages cost the kernel more than the write itself here.
-        if !config.readOnly && getenv("SOMA_NODIRECT") == nil && DirectIO.supported(in: path) {
+        if !config.readOnly && DirectIO.supported(in: path) {
             rocksdb_options_set_use_direct_io_for_flush_and_compaction(options, 1)
             rocksdb_options_compaction_readahead_size(options, 2 << 20)
         }
