@@ -59,6 +59,20 @@ public struct VerifiedCheckpoint: Sendable {
         }
     }
 
+    /// ``forEachOutput(_:)`` without copying the objects or slicing their bytes: each output
+    /// object's place `k` (for ``objectEncoding(_:)``), id, version, location and encoded
+    /// length, in the same order. What an index of object versions needs, at no reference
+    /// counting per object.
+    public func forEachOutputPlace(_ body: (_ k: Int, _ id: ObjectID, _ version: UInt64, _ location: ObjectLocation, _ length: UInt32) throws -> Void) rethrows {
+        var k = 0
+        for e in data.entries.indices {
+            for o in data.entries[e].outputObjects.indices {
+                try body(k, data.entries[e].outputObjects[o].id, data.entries[e].outputObjects[o].version, objectLocations[k], objectLengths[k])
+                k += 1
+            }
+        }
+    }
+
     fileprivate init(
         certified: CertifiedCheckpointSummary, data: CheckpointData, frames: [[UInt8]], proofs: [[Digest]], rawBytes: Int,
         transactionDigests: [Digest], decompressedParts: [[UInt8]], objectLocations: [ObjectLocation], objectLengths: [UInt32]

@@ -323,8 +323,8 @@ extension NodeStore {
             for (index, digest) in cp.transactionDigests.enumerated() {
                 runs!.transactions.append((digest, seq, UInt32(index)))
             }
-            try cp.forEachOutput { object, encoding, location in
-                runs!.objects.append((object.id, object.version, try storedObject(seq, encoding, location)))
+            try cp.forEachOutputPlace { k, id, version, location, length in
+                runs!.objects.append((id, version, storedObject(cp, seq, k, location, length)))
             }
         } else {
             for (index, digest) in cp.transactionDigests.enumerated() {
@@ -332,14 +332,14 @@ extension NodeStore {
             }
             var key = [UInt8](repeating: 0, count: 40)
             var value = [UInt8](repeating: 0, count: StoreKeys.objectLocatorSize)
-            try cp.forEachOutput { object, encoding, location in
-                StoreKeys.writeObjectKey(object.id, object.version, into: &key)
-                switch try storedObject(seq, encoding, location) {
+            cp.forEachOutputPlace { k, id, version, location, length in
+                StoreKeys.writeObjectKey(id, version, into: &key)
+                switch storedObject(cp, seq, k, location, length) {
                 case .encoding(let bytes): batch.put(cf.objects, key, bytes)
                 case .locator(let locator):
                     StoreKeys.writeObjectLocator(locator, into: &value)
                     batch.put(cf.objects, key, value)
-                    state.located.append(LocatedVersion(id: object.id, version: object.version, locator: locator))
+                    state.located.append(LocatedVersion(id: id, version: version, locator: locator))
                 }
             }
         }
@@ -363,11 +363,9 @@ extension NodeStore {
     /// What `objects` stores of an output object: in an archive, which never drops a block, a
     /// locator into the block (each byte stored once, DESIGN §6.1); in a pruned store, whose
     /// blocks go before its live objects do, the encoding.
-    func storedObject(_ seq: UInt64, _ encoding: ArraySlice<UInt8>, _ location: ObjectLocation) throws(StoreError) -> StoredObject {
-        guard configuration.mode == .archive else { return .encoding(Array(encoding)) }
-        guard let length = UInt32(exactly: encoding.count) else {
-            throw StoreError(.badValue, "checkpoint \(seq): an object of \(encoding.count) bytes")
-        }
+    /// Output object `k` of `cp`, at `location` and `length` bytes (``VerifiedCheckpoint/forEachOutputPlace(_:)``).
+    func storedObject(_ cp: VerifiedCheckpoint, _ seq: UInt64, _ k: Int, _ location: ObjectLocation, _ length: UInt32) -> StoredObject {
+        guard configuration.mode == .archive else { return .encoding(Array(cp.objectEncoding(k))) }
         return .locator(ObjectLocator(seq: seq, part: location.part, offset: location.offset, length: length))
     }
 
