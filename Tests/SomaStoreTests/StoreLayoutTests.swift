@@ -224,9 +224,16 @@ struct StoreLayoutTests {
         var runs = IndexRuns()
         for cp in checkpoints[12...] {
             for (i, d) in cp.transactionDigests.enumerated() { runs.transactions.append((d, cp.certified.summary.sequenceNumber, UInt32(i))) }
-            try cp.forEachOutput { object, encoding, location in
-                runs.objects.append((object.id, object.version, try store.storedObject(cp.certified.summary.sequenceNumber, encoding, location)))
+            // The lean enumeration names the objects, places and lengths the full one does.
+            var full: [(ObjectID, UInt64, ObjectLocation, Int)] = []
+            cp.forEachOutput { object, encoding, location in full.append((object.id, object.version, location, encoding.count)) }
+            var lean: [(ObjectID, UInt64, ObjectLocation, Int)] = []
+            cp.forEachOutputPlace { k, id, version, location, length in
+                #expect(cp.objectEncoding(k).count == Int(length))
+                lean.append((id, version, location, Int(length)))
+                runs.objects.append((id, version, store.storedObject(cp, cp.certified.summary.sequenceNumber, k, location, length)))
             }
+            #expect(lean.count == full.count && zip(lean, full).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 && $0.2 == $1.2 && $0.3 == $1.3 })
         }
         try store.ingest(runs)
         try await store.commit(Array(checkpoints[12..<20]), bulk: true)
