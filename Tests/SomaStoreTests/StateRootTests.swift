@@ -121,9 +121,22 @@ struct StateRootTests {
             cache.leafIndex = index
             var changed = touched
             let (root, count) = try store.epochStateRoot(
-                &cache, dirty: Set(touched), changed: &changed, certified: (expected, UInt64(current.count)))
+                &cache, dirty: touched, changed: &changed, certified: (expected, UInt64(current.count)))
             #expect(root == expected && count == UInt64(current.count), "collide: \(collide)")
             #expect(changed.isEmpty)
+            // The changes it resolved are the write-back's (the same stream of changes).
+            let resolved = try #require(cache.resolvedDirty)
+            #expect(resolved.ids == Array(Set(touched)).sorted())
+            #expect(resolved.states == resolved.ids.map { current[$0] })
+            if !collide {
+                // A write-back since the last root: fewer dirty ids than changes. The merge
+                // still gives the root; what it resolved is not the write-back's.
+                var again = LiveCache(set: LiveObjectSet(current), executed: nil)
+                again.leafIndex = index
+                var all = touched
+                _ = try store.epochStateRoot(&again, dirty: Array(touched.suffix(10)), changed: &all, certified: (expected, UInt64(current.count)))
+                #expect(again.leafIndex != nil && again.resolvedDirty == nil)
+            }
             let kept = try #require(cache.leafIndex, "the index that gave the certified root is kept")
             #expect(try NodeStore.root(ofRanges: kept.leaves).0 == expected)
             #expect(kept.prefixes.map(\.count) == kept.leaves.map(\.count))

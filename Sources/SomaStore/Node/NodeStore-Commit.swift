@@ -69,8 +69,12 @@ struct WriterState {
 /// `liveObjects` with the changes of the checkpoints executed since the last write-back.
 struct LiveCache {
     var set: LiveObjectSet
-    /// Ids changed since the last write-back.
-    var dirty: Set<ObjectID> = []
+    /// Ids changed since the last write-back, in the order of the changes (with repeats: an
+    /// append per change is cheaper than a hash-set insert; the write-back sorts them anyway).
+    var dirty: [ObjectID] = []
+    /// `dirty` sorted, unique and looked up in `set`, when an epoch end already did that and
+    /// nothing changed since (its write-back then does not do it again).
+    var resolvedDirty: ResolvedChanges?
     /// The last checkpoint applied to `set`.
     var executed: WatermarkValue?
     /// Checkpoints applied since the last write-back.
@@ -83,6 +87,23 @@ struct LiveCache {
     /// instead of reading `liveObjects` and hashing every leaf (``NodeStore/epochStateRoot``).
     var leafIndex: LeafIndex?
     var changedSinceRoot: [ObjectID] = []
+}
+
+/// Changed ids, sorted and unique, each with its state in the live set (`nil`: deleted):
+/// what an epoch-end state root and a write-back both need, worked out once.
+struct ResolvedChanges {
+    var ids: [ObjectID]
+    var states: [VersionDigest?]
+
+    /// `changed` (any order, repeats allowed) resolved against `set`.
+    init(_ changed: some Collection<ObjectID>, in set: LiveObjectSet) {
+        var sorted = Array(changed)
+        sorted.sort()
+        ids = []
+        ids.reserveCapacity(sorted.count)
+        for id in sorted where ids.last != id { ids.append(id) }
+        states = ids.map { set.objects[$0] }
+    }
 }
 
 /// A live set's leaf hashes in id order, per range of the id space as
@@ -227,11 +248,13 @@ extension NodeStore {
                         // carries a marker naming it (finished on the next open if a crash
                         // comes between), instead of that many memtable inserts.
                         if wroteBack, let executed = state.executed {
-                            if holding && cache!.dirty.count >= configuration.liveFileMinimum {
-                                liveFile = try writeLiveEntriesFile(cache!.dirty, of: cache!.set, locatorRuns: cache!.locatorRuns, at: executed.seq)
+                            // Sorted and looked up once (by the epoch end's state root, if any).
+                            let changes = cache!.resolvedDirty ?? ResolvedChanges(cache!.dirty, in: cache!.set)
+                            if holding && changes.ids.count >= configuration.liveFileMinimum {
+                                liveFile = try writeLiveEntriesFile(changes, locatorRuns: cache!.locatorRuns, at: executed.seq)
                                 batch.put(cf.meta, Self.pendingLiveKey, Array(liveFile!.utf8))
                             } else {
-                                stageLiveEntries(cache!.dirty, of: cache!.set, locatorRuns: cache!.locatorRuns, into: batch)
+                                stageLiveEntries(changes, locatorRuns: cache!.locatorRuns, into: batch)
                             }
                         }
                     } else {
@@ -258,6 +281,7 @@ extension NodeStore {
                 if wroteBack {
                     // Kept: the next groups fill it again to about the same size.
                     cache!.dirty.removeAll(keepingCapacity: true)
+                    cache!.resolvedDirty = nil
                     cache!.locatorRuns.removeAll()
                     cache!.pending = 0
                     // A live set grown past the bound is read from RocksDB from now on (what
@@ -471,13 +495,14 @@ extension NodeStore {
             // Many entries (a bulk catch-up handing over to the tip, a close): one sorted file
             // ingested after the batch that names it, as a bulk write-back does.
             var liveFile: String? = nil
-            if cache.dirty.count >= configuration.liveFileMinimum {
+            let changes = cache.resolvedDirty ?? ResolvedChanges(cache.dirty, in: cache.set)
+            if changes.ids.count >= configuration.liveFileMinimum {
                 // An earlier file whose ingestion failed goes in first (its marker is replaced).
                 try finishPendingLiveEntries()
-                liveFile = try writeLiveEntriesFile(cache.dirty, of: cache.set, locatorRuns: cache.locatorRuns, at: executed.seq)
+                liveFile = try writeLiveEntriesFile(changes, locatorRuns: cache.locatorRuns, at: executed.seq)
                 batch.put(cf.meta, Self.pendingLiveKey, Array(liveFile!.utf8))
             } else {
-                stageLiveEntries(cache.dirty, of: cache.set, locatorRuns: cache.locatorRuns, into: batch)
+                stageLiveEntries(changes, locatorRuns: cache.locatorRuns, into: batch)
             }
             setWatermark(.highestExecuted, executed, in: batch)
             do {
@@ -488,6 +513,7 @@ extension NodeStore {
             }
             if let liveFile { try finishLiveEntriesFile(liveFile) }
             cache.dirty.removeAll()
+            cache.resolvedDirty = nil
             cache.locatorRuns.removeAll()
             cache.pending = 0
         }
@@ -499,9 +525,14 @@ extension NodeStore {
     func stageLiveEntries(
         _ ids: some Collection<ObjectID>, of set: LiveObjectSet, locatorRuns: [[LocatedVersion]] = [], into batch: WriteBatch
     ) {
+        stageLiveEntries(ResolvedChanges(ids, in: set), locatorRuns: locatorRuns, into: batch)
+    }
+
+    /// ``stageLiveEntries(_:of:locatorRuns:into:)`` of changes already resolved.
+    func stageLiveEntries(_ changes: ResolvedChanges, locatorRuns: [[LocatedVersion]] = [], into batch: WriteBatch) {
         // In key order: the memtable's skip list then reuses its insertion point from one key to
         // the next instead of searching from the top for each (a third of a bulk commit's time).
-        Self.forEachLiveEntry(ids, of: set, locatorRuns: locatorRuns) { id, entry in
+        Self.forEachLiveEntry(changes, locatorRuns: locatorRuns) { id, entry in
             if let entry { batch.put(cf.liveObjects, id.bytes, entry) } else { batch.delete(cf.liveObjects, id.bytes) }
         }
     }
@@ -509,11 +540,10 @@ extension NodeStore {
     /// Each id of `ids` in key order with its live entry as `set` holds it (`nil`: deleted),
     /// carrying its live version's locator when one of `locatorRuns` (each sorted by id) has it.
     static func forEachLiveEntry<E: Error>(
-        _ ids: some Collection<ObjectID>, of set: LiveObjectSet, locatorRuns: [[LocatedVersion]],
-        _ body: (ObjectID, [UInt8]?) throws(E) -> Void
+        _ changes: ResolvedChanges, locatorRuns: [[LocatedVersion]], _ body: (ObjectID, [UInt8]?) throws(E) -> Void
     ) throws(E) {
-        let sorted = ids.sorted()
-        let live = sorted.map { set.objects[$0] }
+        let sorted = changes.ids
+        let live = changes.states
         // Each run walked beside the sorted ids: the one version that is live matches once.
         var locators = [ObjectLocator?](repeating: nil, count: sorted.count)
         for run in locatorRuns {
@@ -544,10 +574,15 @@ extension NodeStore {
     func writeLiveEntriesFile(
         _ ids: some Collection<ObjectID>, of set: LiveObjectSet, locatorRuns: [[LocatedVersion]], at seq: UInt64
     ) throws(StoreError) -> String {
+        try writeLiveEntriesFile(ResolvedChanges(ids, in: set), locatorRuns: locatorRuns, at: seq)
+    }
+
+    /// ``writeLiveEntriesFile(_:of:locatorRuns:at:)`` of changes already resolved.
+    func writeLiveEntriesFile(_ changes: ResolvedChanges, locatorRuns: [[LocatedVersion]], at seq: UInt64) throws(StoreError) -> String {
         try Self.freshDirectory(liveFileDirectory)
         let name = "live-\(seq).sst"
         let file = try database.sstWriter(cf.liveObjects, path: liveFileDirectory + "/" + name)
-        try Self.forEachLiveEntry(ids, of: set, locatorRuns: locatorRuns) { (id, entry) throws(StoreError) in
+        try Self.forEachLiveEntry(changes, locatorRuns: locatorRuns) { (id, entry) throws(StoreError) in
             if let entry { try file.put(id.bytes, entry) } else { try file.delete(id.bytes) }
         }
         // Finishing syncs the file; its directory entry is synced too, before the batch names it.
@@ -616,6 +651,7 @@ extension NodeStore {
         state: inout WriterState
     ) throws -> (endOfEpoch: (UInt64, EpochRecord)?, wroteBack: Bool) {
         var endOfEpoch: (UInt64, EpochRecord)? = nil
+        cache.resolvedDirty = nil
         // Moved out while execution changes the set (one owner each, no copy).
         var dirty = cache.dirty
         cache.dirty = []
@@ -633,7 +669,7 @@ extension NodeStore {
             do {
                 // Unstaged: on a failure the caller drops the whole cached set.
                 try cache.set.applyInPlace(cp.data) { id in
-                    dirty.insert(id)
+                    dirty.append(id)
                     if tracking { changedSinceRoot.append(id) }
                 }
             } catch {
@@ -789,25 +825,33 @@ extension NodeStore {
     /// computed again the exact way before anything is concluded. The exact way (no index
     /// yet, or that case) reads `liveObjects` beside the changes since the last write-back and
     /// keeps its leaves as the index when they give the certified root.
+    ///
+    /// The changes it resolves (sorted, unique, looked up in the set) are left in
+    /// `cache.resolvedDirty` when they are the write-back's too: `changed` and `dirty` are both
+    /// suffixes of the same stream of changes (appended together, each reset on its own), so
+    /// at equal lengths they are the same ids.
     func epochStateRoot(
-        _ cache: inout LiveCache, dirty: Set<ObjectID>, changed: inout [ObjectID], certified: (root: Digest, count: UInt64)
+        _ cache: inout LiveCache, dirty: [ObjectID], changed: inout [ObjectID], certified: (root: Digest, count: UInt64)
     ) throws -> (Digest, UInt64) {
         if let index = cache.leafIndex {
             cache.leafIndex = nil
-            var ids = changed
+            let resolved = ResolvedChanges(changed, in: cache.set)
+            let same = changed.count == dirty.count
             changed = []
-            ids.sort()
-            let merged = Self.mergeLeaves(index, changed: ids, set: cache.set)
+            let merged = Self.mergeLeaves(index, changed: resolved)
             let (root, count) = try Self.root(ofRanges: merged.leaves)
             if root == certified.root && count == certified.count {
                 cache.leafIndex = merged
+                if same { cache.resolvedDirty = resolved }
                 return (root, count)
             }
         }
         changed = []
-        let index = try stateRootLeaves(overlay: cache.set, touched: Array(dirty))
+        let resolved = ResolvedChanges(dirty, in: cache.set)
+        let index = try stateRootLeaves(overlay: cache.set, touched: resolved.ids)
         let (root, count) = try Self.root(ofRanges: index.leaves)
         if root == certified.root && count == certified.count { cache.leafIndex = index }
+        cache.resolvedDirty = resolved
         return (root, count)
     }
 
@@ -815,9 +859,12 @@ extension NodeStore {
     /// `set` (absent: deleted). One pass over the index (a copy of 40 bytes an object) and a
     /// leaf hash per changed id: tens of milliseconds at 1.24 M objects.
     static func mergeLeaves(_ index: LeafIndex, changed: [ObjectID], set: LiveObjectSet) -> LeafIndex {
-        var ids: [ObjectID] = []
-        ids.reserveCapacity(changed.count)
-        for id in changed where ids.last != id { ids.append(id) }
+        mergeLeaves(index, changed: ResolvedChanges(changed, in: set))
+    }
+
+    /// ``mergeLeaves(_:changed:set:)`` with the changes already resolved.
+    static func mergeLeaves(_ index: LeafIndex, changed: ResolvedChanges) -> LeafIndex {
+        let ids = changed.ids
         let parts = min(index.prefixes.count, index.leaves.count)
         var out = LeafIndex(prefixes: [], leaves: [])
         var start = 0
@@ -830,7 +877,7 @@ extension NodeStore {
             } else {
                 end = ids.count
             }
-            let merged = mergeRange(index.prefixes[p], index.leaves[p], ids[start..<end], set: set)
+            let merged = mergeRange(index.prefixes[p], index.leaves[p], ids[start..<end], changed.states[start..<end])
             out.prefixes.append(merged.prefixes)
             out.leaves.append(merged.leaves)
             start = end
@@ -838,9 +885,9 @@ extension NodeStore {
         return out
     }
 
-    /// One range of ``mergeLeaves(_:changed:set:)``: `ids` sorted and unique.
+    /// One range of ``mergeLeaves(_:changed:)``: `ids` sorted and unique, `states` theirs.
     static func mergeRange(
-        _ basePrefixes: [UInt64], _ baseLeaves: [Digest], _ ids: ArraySlice<ObjectID>, set: LiveObjectSet
+        _ basePrefixes: [UInt64], _ baseLeaves: [Digest], _ ids: ArraySlice<ObjectID>, _ states: ArraySlice<VersionDigest?>
     ) -> (prefixes: [UInt64], leaves: [Digest]) {
         let n = min(basePrefixes.count, baseLeaves.count)
         var prefixes: [UInt64] = []
@@ -848,7 +895,7 @@ extension NodeStore {
         prefixes.reserveCapacity(n + ids.count)
         leaves.reserveCapacity(n + ids.count)
         var i = 0
-        for id in ids {
+        for (id, state) in zip(ids, states) {
             let first = id.prefix64
             while i < n, basePrefixes[i] < first {
                 prefixes.append(basePrefixes[i])
@@ -857,7 +904,7 @@ extension NodeStore {
             }
             // The id's previous leaf, if it was live, gives way to its new one (if still live).
             if i < n, basePrefixes[i] == first { i += 1 }
-            if let vd = set.objects[id] {
+            if let vd = state {
                 prefixes.append(first)
                 leaves.append(ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
             }
