@@ -51,6 +51,11 @@ let package = Package(
         ),
         .systemLibrary(name: "CMalloc"),
         .systemLibrary(
+            name: "CJemalloc",
+            pkgConfig: "jemalloc",
+            providers: [.apt(["libjemalloc-dev"])]
+        ),
+        .systemLibrary(
             name: "CLZ4",
             pkgConfig: "liblz4",
             providers: [.apt(["liblz4-dev"])]
@@ -119,7 +124,7 @@ let package = Package(
         .executableTarget(
             name: "soma-node",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery", "SomaNode", "SomaDevnet",
+                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery", "SomaNode", "SomaDevnet", "CJemalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -131,7 +136,7 @@ let package = Package(
         .executableTarget(
             name: "soma-bench",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaNet", "SomaDevnet",
+                "SomaCore", "SomaStore", "SomaNet", "SomaDevnet", "CJemalloc",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

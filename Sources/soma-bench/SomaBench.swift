@@ -1,4 +1,5 @@
 import ArgumentParser
+import CJemalloc
 import Crypto
 import Foundation
 import SomaStore
@@ -9,7 +10,9 @@ import SomaDevnet
 @main
 struct SomaBench: AsyncParsableCommand {
     static func main() async {
-        MemoryTuning.limitMallocArenas()
+        // jemalloc is linked in and serves every allocation (Package.swift: CJemalloc); glibc's
+        // arena cap matters only where it does not.
+        if soma_jemalloc_serves_malloc() == 0 { MemoryTuning.limitMallocArenas() }
         do {
             var command = try parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {

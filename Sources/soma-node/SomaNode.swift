@@ -1,4 +1,5 @@
 import ArgumentParser
+import CJemalloc
 import Foundation
 import SomaStore
 
@@ -6,7 +7,9 @@ import SomaStore
 @main
 struct SomaNodeCommand: AsyncParsableCommand {
     static func main() async {
-        MemoryTuning.limitMallocArenas()
+        // jemalloc is linked in and serves every allocation (Package.swift: CJemalloc); glibc's
+        // arena cap matters only where it does not.
+        if soma_jemalloc_serves_malloc() == 0 { MemoryTuning.limitMallocArenas() }
         do {
             var command = try parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {

@@ -34,6 +34,17 @@ func segmentRecord(_ dir: String, seq: UInt64, part: UInt32) throws -> (String, 
 
 @Suite("soma-node commands on real stores", .serialized)
 struct CommandTests {
+    @Test("jemalloc serves the node's allocations: the statistics MALLOC_CONF asks it for come out at exit and count what the process allocated")
+    func jemallocServesTheNode() throws {
+        let (status, out, err) = try run(try somaNode(), ["--help"], environment: ["MALLOC_CONF": "stats_print:true"])
+        let text = String(decoding: out, as: UTF8.self) + err
+        #expect(status == 0)
+        #expect(text.contains("Begin jemalloc statistics"), "\(text.prefix(300))")
+        // Linked but not serving malloc, it would have handed out next to nothing.
+        let allocated = text.components(separatedBy: "Allocated: ").dropFirst().first?.prefix { $0.isNumber }
+        #expect((allocated.flatMap { Int($0) } ?? 0) >= 100_000, "allocated: \(allocated ?? "none")")
+    }
+
     @Test("`verify` passes on a generated store and names a corrupted block, a missing checkpoint and a tampered object")
     func verifyFindsFaults() async throws {
         let base = TempDir("verify")

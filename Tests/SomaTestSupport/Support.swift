@@ -34,12 +34,13 @@ public func expectStoreCode(_ code: StoreError.Code, _ comment: String = "", sou
     }
 }
 
-/// Runs a command and returns (status, stdout, stderr).
+/// Runs a command and returns (status, stdout, stderr); `environment` adds to this process's.
 @discardableResult
-public func run(_ executable: String, _ arguments: [String], input: Data? = nil) throws -> (Int32, Data, String) {
+public func run(_ executable: String, _ arguments: [String], input: Data? = nil, environment: [String: String] = [:]) throws -> (Int32, Data, String) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: executable)
     p.arguments = arguments
+    if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     let out = Pipe(), err = Pipe(), inp = Pipe()
     p.standardOutput = out
     p.standardError = err

@@ -347,7 +347,7 @@ extension NodeStore {
             for (index, digest) in cp.transactionDigests.enumerated() {
                 runs!.transactions.append((digest, seq, UInt32(index)))
             }
-            try cp.forEachOutputPlace { k, id, version, location, length in
+            cp.forEachOutputPlace { k, id, version, location, length in
                 runs!.objects.append((id, version, storedObject(cp, seq, k, location, length)))
             }
         } else {
