@@ -261,13 +261,15 @@ extension NodeStore {
                         try appendHistory(group)
                         if let runs { try ingest(runs) }
                     }
-                    try database.write(batch, sync: configuration.syncWrites)
+                    // A batch naming a live-entries file is synced: its ingestion right after is
+                    // durable at once and must never outlive the batch with highestExecuted.
+                    try database.write(batch, sync: configuration.syncWrites || liveFile != nil)
                 } catch {
                     // Nothing of the group is left half stored: its frames go once the thread
-                    // storing them has ended.
+                    // storing them has ended. A live-entries file stays: if its marker reached the
+                    // log after all, the next open ingests it; if not, the next open removes it.
                     _ = try? storing?.wait()
                     dropHistory(after: committed)
-                    if let liveFile { try? FileManager.default.removeItem(atPath: liveFileDirectory + "/" + liveFile) }
                     throw error
                 }
                 // Committed: a failure here leaves the marker, and the next commit or open ingests the file.
@@ -465,7 +467,8 @@ extension NodeStore {
     /// Most changed ids (with repeats) kept for the next epoch end's merge of leaves: about
     /// 64 MB (an epoch of the bench chain changes about 400,000).
     static let maxChangesSinceRoot = 2_000_000
-    /// Most changed ids held before the live set is written back.
+    /// Most changes (ids with repeats, 32 bytes each: about 64 MB) held before the live set is
+    /// written back.
     static let maxDirtyLiveObjects = 2_000_000
 
     /// The whole live set, loaded for a bulk catch-up by one ordered scan; `nil` if it holds
@@ -491,26 +494,26 @@ extension NodeStore {
     func writeBackLiveCache(keep: Bool = false) throws {
         guard var cache = liveCache.withLock({ $0.take() }) else { return }
         if cache.pending > 0, let executed = cache.executed {
+            // An earlier file whose ingestion failed goes in first: ingested after these entries,
+            // it would override them (and a new file's marker would replace its marker).
+            try finishPendingLiveEntries()
             let batch = WriteBatch(for: database)
             // Many entries (a bulk catch-up handing over to the tip, a close): one sorted file
             // ingested after the batch that names it, as a bulk write-back does.
             var liveFile: String? = nil
             let changes = cache.resolvedDirty ?? ResolvedChanges(cache.dirty, in: cache.set)
             if changes.ids.count >= configuration.liveFileMinimum {
-                // An earlier file whose ingestion failed goes in first (its marker is replaced).
-                try finishPendingLiveEntries()
                 liveFile = try writeLiveEntriesFile(changes, locatorRuns: cache.locatorRuns, at: executed.seq)
                 batch.put(cf.meta, Self.pendingLiveKey, Array(liveFile!.utf8))
             } else {
                 stageLiveEntries(changes, locatorRuns: cache.locatorRuns, into: batch)
             }
             setWatermark(.highestExecuted, executed, in: batch)
-            do {
-                try database.write(batch, sync: configuration.syncWrites)
-            } catch {
-                if let liveFile { try? FileManager.default.removeItem(atPath: liveFileDirectory + "/" + liveFile) }
-                throw error
-            }
+            // A batch naming a file is synced: the ingestion after it is durable at once (in
+            // RocksDB's manifest), and must never outlive the batch with highestExecuted. On a
+            // failure the file stays: a marker that did reach the log finds it at the next open
+            // (files no marker names are removed there).
+            try database.write(batch, sync: configuration.syncWrites || liveFile != nil)
             if let liveFile { try finishLiveEntriesFile(liveFile) }
             cache.dirty.removeAll()
             cache.resolvedDirty = nil

@@ -29,14 +29,20 @@ enum DirectIO {
         return fd >= 0 ? fd : nil
     }
 
-    /// Whether files in `directory` (created if missing) can be opened for direct I/O.
+    /// Whether files in `directory` (created if missing) take direct I/O: a probe file opened
+    /// with `O_DIRECT` and written one aligned block (a file system may accept the flag and
+    /// refuse the write), then removed whatever happened.
     static func supported(in directory: String) -> Bool {
         _ = mkdir(directory, 0o755)  // an existing directory is fine; a missing parent fails the probe
         let probe = directory + "/.direct-io-probe"
+        defer { _ = unlink(probe) }
         guard let fd = open(probe, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) else { return false }
-        _ = Glibc.close(fd)
-        _ = unlink(probe)
-        return true
+        defer { _ = Glibc.close(fd) }
+        var block: UnsafeMutableRawPointer? = nil
+        guard posix_memalign(&block, alignment, alignment) == 0, let block else { return false }
+        defer { free(block) }
+        memset(block, 0, alignment)
+        return pwrite(fd, block, alignment, 0) == alignment
     }
 
     /// `n` rounded down to the alignment.
