@@ -166,7 +166,10 @@ public struct PeerSync: Sendable {
             let client = await pool.client(i)
             await pool.take(i)
             do {
-                known = try await Self.extend(known, from: client)
+                let (extended, ends) = try await Self.extendWithEnds(known, from: client)
+                known = extended
+                // The newest verified end says how large the live set grows (a sizing hint).
+                if let count = ends.last?.summary.endOfEpoch?.liveObjectCount { store.noteVerifiedLiveObjectCount(count) }
                 await pool.succeeded(i, bytes: 0, duration: .zero, used: 0)
                 return known
             } catch {

@@ -101,6 +101,17 @@ public final class NodeStore: Sendable {
         knownEpochEnd.withLock { $0 = max($0 ?? 0, epoch) }
     }
 
+    /// The live object count that the newest verified epoch end certifies (the epoch chain a
+    /// sync fetched first): the size a catch-up's live set held in memory grows to.
+    let knownLiveObjectCount = Mutex<UInt64?>(nil)
+
+    /// Tells the store how many live objects a verified epoch end ahead certifies, so that a
+    /// catch-up sizes its in-memory live set once (``loadLiveCache(executed:)``) instead of
+    /// rehashing it at every doubling on the way.
+    public func noteVerifiedLiveObjectCount(_ count: UInt64) {
+        knownLiveObjectCount.withLock { $0 = count }
+    }
+
     /// The column families of DESIGN §6, plus `partProofs` and `meta`.
     public static let columnFamilyNames = [
         "default", "summaries", "summaryByDigest", "blocks", "partProofs", "transactions", "objects", "liveObjects",
