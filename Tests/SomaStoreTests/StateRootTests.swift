@@ -26,6 +26,17 @@ struct StateRootTests {
         return set
     }
 
+    /// Makes `set` the store's whole `liveObjects`.
+    static func storeLive(_ set: [ObjectID: VersionDigest], in store: NodeStore) throws {
+        let live = store.database.columnFamily("liveObjects")!
+        let batch = WriteBatch(for: store.database)
+        try store.database.withIterator(live) { it in
+            while it.isValid { batch.delete(live, it.withKey { Array($0) }); it.next() }
+        }
+        for (id, vd) in set { batch.put(live, id.bytes, StoreKeys.versionDigest(vd)) }
+        try store.database.write(batch, sync: false)
+    }
+
     static func expected(_ set: [ObjectID: VersionDigest]) -> Digest {
         Merkle.root(leafHashes: set.keys.sorted().map { ObjectRef(id: $0, version: set[$0]!.version, digest: set[$0]!.digest).leafHash })
     }
@@ -35,17 +46,11 @@ struct StateRootTests {
         let dir = TempDir("stateroot")
         defer { dir.cleanup() }
         let store = try await NodeStore.open(path: dir.path)
-        let live = store.database.columnFamily("liveObjects")!
         var rng = HistorySegmentsTests.SplitMix(seed: 5)
         // Sizes: empty, one, around one chunk, several chunks unevenly split between ranges.
         for size in [0, 1, 2, NodeStore.stateRootChunk - 1, NodeStore.stateRootChunk, NodeStore.stateRootChunk + 1, 3 * NodeStore.stateRootChunk + 17] {
             let stored = Self.randomSet(size, edgeEvery: 50, &rng)
-            let batch = WriteBatch(for: store.database)
-            try store.database.withIterator(live) { it in
-                while it.isValid { batch.delete(live, it.withKey { Array($0) }); it.next() }
-            }
-            for (id, vd) in stored { batch.put(live, id.bytes, StoreKeys.versionDigest(vd)) }
-            try store.database.write(batch, sync: false)
+            try Self.storeLive(stored, in: store)
             // The overlay: a third of the stored ids changed or deleted, new ids created.
             var current = stored
             var touched: [ObjectID] = []
@@ -74,12 +79,9 @@ struct StateRootTests {
         let dir = TempDir("leafindex")
         defer { dir.cleanup() }
         let store = try await NodeStore.open(path: dir.path)
-        let live = store.database.columnFamily("liveObjects")!
         var rng = HistorySegmentsTests.SplitMix(seed: 11)
         let stored = Self.randomSet(2 * NodeStore.stateRootChunk + 333, edgeEvery: 40, &rng)
-        let batch = WriteBatch(for: store.database)
-        for (id, vd) in stored { batch.put(live, id.bytes, StoreKeys.versionDigest(vd)) }
-        try store.database.write(batch, sync: false)
+        try Self.storeLive(stored, in: store)
         // The previous epoch end's index, the exact way.
         let index = try store.stateRootLeaves(overlay: LiveObjectSet(), touched: [])
         #expect(try NodeStore.root(ofRanges: index.leaves).0 == Self.expected(stored))

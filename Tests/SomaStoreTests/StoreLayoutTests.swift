@@ -407,11 +407,8 @@ struct StoreLayoutTests {
         let dir = TempDir()
         defer { dir.cleanup() }
         let (_, store) = try await storeWithSnapshots(at: dir.path, mode: mode)
-        let chunksCF = try #require(store.database.columnFamily("snapshotChunks"))
         let liveCF = try #require(store.database.columnFamily("liveObjects"))
-        func chunks(_ epoch: UInt64) throws -> [[UInt8]] {
-            try store.database.scan(chunksCF, from: StoreKeys.seq(epoch), to: StoreKeys.seq(epoch + 1)).map(\.value)
-        }
+        func chunks(_ epoch: UInt64) throws -> [[UInt8]] { try snapshotChunkValues(store, epoch) }
         let record = try #require(try store.epochSync(2))
         let built = try chunks(2)
         let ids = try store.database.scan(liveCF).map(\.key)
@@ -446,9 +443,7 @@ struct StoreLayoutTests {
         let (_, store) = try await storeWithSnapshots(at: dir.path, mode: mode)
         #expect(try await store.snapshotEpochs() == [1, 2])
         let chunksCF = try #require(store.database.columnFamily("snapshotChunks"))
-        func chunks(_ epoch: UInt64) throws -> [[UInt8]] {
-            try store.database.scan(chunksCF, from: StoreKeys.seq(epoch), to: StoreKeys.seq(epoch + 1)).map(\.value)
-        }
+        func chunks(_ epoch: UInt64) throws -> [[UInt8]] { try snapshotChunkValues(store, epoch) }
         let record = try #require(try store.epochSync(2))
         let built = try chunks(2)
         // Epoch 2 was built over epoch 1's snapshot; again now, then from the blocks alone.
@@ -482,4 +477,10 @@ struct StoreLayoutTests {
         #expect(try await store.verifyAll().replayedFromGenesis)
         await store.close()
     }
+}
+
+/// The stored chunk values (and manifest) of `epoch`'s snapshot, in key order.
+func snapshotChunkValues(_ store: NodeStore, _ epoch: UInt64) throws -> [[UInt8]] {
+    let chunksCF = try #require(store.database.columnFamily("snapshotChunks"))
+    return try store.database.scan(chunksCF, from: StoreKeys.seq(epoch), to: StoreKeys.seq(epoch + 1)).map(\.value)
 }

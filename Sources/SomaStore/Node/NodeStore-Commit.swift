@@ -249,13 +249,7 @@ extension NodeStore {
                         // comes between), instead of that many memtable inserts.
                         if wroteBack, let executed = state.executed {
                             // Sorted and looked up once (by the epoch end's state root, if any).
-                            let changes = cache!.resolvedDirty ?? ResolvedChanges(cache!.dirty, in: cache!.set)
-                            if holding && changes.ids.count >= configuration.liveFileMinimum {
-                                liveFile = try writeLiveEntriesFile(changes, locatorRuns: cache!.locatorRuns, at: executed.seq)
-                                batch.put(cf.meta, Self.pendingLiveKey, Array(liveFile!.utf8))
-                            } else {
-                                stageLiveEntries(changes, locatorRuns: cache!.locatorRuns, into: batch)
-                            }
+                            liveFile = try stageWriteBack(of: cache!, at: executed.seq, allowFile: holding, into: batch)
                         }
                     } else {
                         try appendHistory(group)
@@ -505,14 +499,7 @@ extension NodeStore {
             let batch = WriteBatch(for: database)
             // Many entries (a bulk catch-up handing over to the tip, a close): one sorted file
             // ingested after the batch that names it, as a bulk write-back does.
-            var liveFile: String? = nil
-            let changes = cache.resolvedDirty ?? ResolvedChanges(cache.dirty, in: cache.set)
-            if changes.ids.count >= configuration.liveFileMinimum {
-                liveFile = try writeLiveEntriesFile(changes, locatorRuns: cache.locatorRuns, at: executed.seq)
-                batch.put(cf.meta, Self.pendingLiveKey, Array(liveFile!.utf8))
-            } else {
-                stageLiveEntries(changes, locatorRuns: cache.locatorRuns, into: batch)
-            }
+            let liveFile = try stageWriteBack(of: cache, at: executed.seq, into: batch)
             setWatermark(.highestExecuted, executed, in: batch)
             // A batch naming a file is synced: the ingestion after it is durable at once (in
             // RocksDB's manifest), and must never outlive the batch with highestExecuted. On a
@@ -526,6 +513,22 @@ extension NodeStore {
             cache.pending = 0
         }
         if keep { liveCache.withLock { $0 = cache } }
+    }
+
+    /// Stages the write-back of `cache`'s changes into `batch` (sorted and looked up once, by
+    /// the epoch end's state root if it did): at least `liveFileMinimum` entries, when
+    /// `allowFile`, as a sorted live-entries file that the batch names (returned: the batch is
+    /// then written synced and the file ingested with ``finishLiveEntriesFile(_:)``), else as
+    /// puts and deletes in the batch.
+    func stageWriteBack(of cache: LiveCache, at seq: UInt64, allowFile: Bool = true, into batch: WriteBatch) throws -> String? {
+        let changes = cache.resolvedDirty ?? ResolvedChanges(cache.dirty, in: cache.set)
+        guard allowFile && changes.ids.count >= configuration.liveFileMinimum else {
+            stageLiveEntries(changes, locatorRuns: cache.locatorRuns, into: batch)
+            return nil
+        }
+        let name = try writeLiveEntriesFile(changes, locatorRuns: cache.locatorRuns, at: seq)
+        batch.put(cf.meta, Self.pendingLiveKey, Array(name.utf8))
+        return name
     }
 
     /// Puts the entries of `ids` as `set` holds them (deleted when absent) into `batch`, each
