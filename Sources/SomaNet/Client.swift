@@ -14,6 +14,9 @@ final class ResponseHandler: ChannelInboundHandler {
     private var pending: [UInt64: (EventLoopPromise<Frame>, Scheduled<Void>?)] = [:]
     private var streams: [UInt64: (EventLoopPromise<[Frame]>, [Frame], Scheduled<Void>?)] = [:]
     private var streamBytes: [UInt64: Int] = [:]
+    /// Streams whose items go to a consumer as they arrive instead of being kept (and how many went).
+    private var consumers: [UInt64: @Sendable (ByteBuffer) -> Void] = [:]
+    private var consumedItems: [UInt64: Int] = [:]
     let handshake: EventLoopPromise<HandshakeCompleted>
     let pushes: AsyncStream<PushedCheckpoint>.Continuation?
     private let maxStreamItems: Int
@@ -48,12 +51,18 @@ final class ResponseHandler: ChannelInboundHandler {
     }
 
     /// A stream fails when no item arrives for `timeout` (a stall), however long it is.
-    func sendStream(id: UInt64, method: UInt16, payload: [UInt8], timeout: TimeAmount, promise: EventLoopPromise<[Frame]>) {
+    /// Sends a stream request; its items are kept and answered at the stream's end, or, with
+    /// `consume`, handed to it one by one as they arrive (on the event loop) and not kept.
+    func sendStream(
+        id: UInt64, method: UInt16, payload: [UInt8], timeout: TimeAmount, promise: EventLoopPromise<[Frame]>,
+        consume: (@Sendable (ByteBuffer) -> Void)? = nil
+    ) {
         guard let context else {
             promise.fail(WireError(.connectionClosed, "the connection is closed"))
             return
         }
         streamTimeouts[id] = timeout
+        if let consume { consumers[id] = consume }
         streams[id] = (promise, [], scheduleStall(id, timeout, context.eventLoop))
         context.writeAndFlush(wrapOutboundOut(Frame(kind: .request, method: method, requestID: id, payload: ByteBuffer(bytes: payload))), promise: nil)
     }
@@ -64,23 +73,20 @@ final class ResponseHandler: ChannelInboundHandler {
         let bound = NIOLoopBound(self, eventLoop: loop)
         return loop.scheduleTask(in: timeout) {
             let handler = bound.value
-            handler.streamTimeouts.removeValue(forKey: id)
-            handler.streamBytes.removeValue(forKey: id)
-            if let (promise, items, _) = handler.streams.removeValue(forKey: id) {
-                promise.fail(WireError(.timedOut, "stream \(id) stalled: no item for \(timeout.nanoseconds / 1_000_000) ms after \(items.count) items"))
+            let consumed = handler.consumedItems[id, default: 0]
+            if let (promise, items, _) = handler.removeStream(id) {
+                promise.fail(WireError(.timedOut, "stream \(id) stalled: no item for \(timeout.nanoseconds / 1_000_000) ms after \(items.count + consumed) items"))
             }
         }
     }
 
     /// Gives up on request `id` (the caller was cancelled): its answer, if it comes, is dropped.
     func cancel(id: UInt64) {
-        streamTimeouts.removeValue(forKey: id)
-        streamBytes.removeValue(forKey: id)
         if let (promise, timer) = pending.removeValue(forKey: id) {
             timer?.cancel()
             promise.fail(CancellationError())
         }
-        if let (promise, _, timer) = streams.removeValue(forKey: id) {
+        if let (promise, _, timer) = removeStream(id) {
             timer?.cancel()
             promise.fail(CancellationError())
         }
@@ -118,31 +124,31 @@ final class ResponseHandler: ChannelInboundHandler {
             switch frame.kind {
             case .streamItem:
                 let bytes = streamBytes[frame.requestID, default: 0] + frame.payload.readableBytes
-                guard entry.1.count < maxStreamItems, bytes <= maxStreamBytes else {
-                    streams.removeValue(forKey: frame.requestID)
-                    streamTimeouts.removeValue(forKey: frame.requestID)
-                    streamBytes.removeValue(forKey: frame.requestID)
+                let items = entry.1.count + consumedItems[frame.requestID, default: 0]
+                guard items < maxStreamItems, bytes <= maxStreamBytes else {
+                    _ = removeStream(frame.requestID)
                     entry.2?.cancel()
                     entry.0.fail(WireError(.tooLarge, "stream \(frame.requestID) exceeded \(maxStreamItems) items or \(maxStreamBytes) bytes"))
                     return
                 }
                 streamBytes[frame.requestID] = bytes
-                entry.1.append(frame)
+                if let consume = consumers[frame.requestID] {
+                    consume(frame.payload)
+                    consumedItems[frame.requestID] = items + 1
+                } else {
+                    entry.1.append(frame)
+                }
                 entry.2?.cancel()
                 if let timeout = streamTimeouts[frame.requestID], let loop = self.context?.eventLoop {
                     entry.2 = scheduleStall(frame.requestID, timeout, loop)
                 }
                 streams[frame.requestID] = entry
             case .streamEnd:
-                streams.removeValue(forKey: frame.requestID)
-                streamBytes.removeValue(forKey: frame.requestID)
-                streamTimeouts.removeValue(forKey: frame.requestID)
+                _ = removeStream(frame.requestID)
                 entry.2?.cancel()
                 entry.0.succeed(entry.1)
             case .error, .response:
-                streams.removeValue(forKey: frame.requestID)
-                streamBytes.removeValue(forKey: frame.requestID)
-                streamTimeouts.removeValue(forKey: frame.requestID)
+                _ = removeStream(frame.requestID)
                 entry.2?.cancel()
                 entry.0.succeed([frame])
             default:
@@ -204,6 +210,17 @@ final class ResponseHandler: ChannelInboundHandler {
         streams.removeAll()
         streamTimeouts.removeAll()
         streamBytes.removeAll()
+        consumers.removeAll()
+        consumedItems.removeAll()
+    }
+
+    /// Forgets stream `id` (its bookkeeping and consumer); returns its entry, if it was open.
+    private func removeStream(_ id: UInt64) -> (EventLoopPromise<[Frame]>, [Frame], Scheduled<Void>?)? {
+        streamTimeouts.removeValue(forKey: id)
+        streamBytes.removeValue(forKey: id)
+        consumers.removeValue(forKey: id)
+        consumedItems.removeValue(forKey: id)
+        return streams.removeValue(forKey: id)
     }
 }
 
@@ -363,21 +380,70 @@ public final class PeerClient: Sendable {
     }
 
     /// `getBlocks`: up to 32 consecutive checkpoints' blocks in one streamed answer (fewer if
-    /// the peer stops holding them), each part with its proof.
+    /// the peer stops holding them), each part with its proof. Each item is decoded as it
+    /// arrives and its buffer let go (not all the stream's buffers held until its end); an item
+    /// that does not decode fails the call once the stream has ended.
     /// - Parameter timeout: the longest wait for the next item (a stall fails the stream with
     ///   ``WireError`` `timedOut`, whatever its length); the request timeout by default.
     public func blocks(from seq: UInt64, count: UInt32, timeout: TimeAmount? = nil) async throws -> [BlockItem] {
+        let decoded = DecodedItems()
+        _ = try await blocks(from: seq, count: count, timeout: timeout) { item in decoded.add(item) }
+        return try decoded.result()
+    }
+
+    /// The items of one stream, decoded as they come; the first failure, if any.
+    private final class DecodedItems: Sendable {
+        private let state = Mutex<(items: [BlockItem], failure: (any Error)?)>(([], nil))
+
+        func add(_ item: ByteBuffer) {
+            state.withLock { s in
+                guard s.failure == nil else { return }
+                do {
+                    s.items.append(try BCS.decode(BlockItem.self, fromContiguous: item.readableBytesView))
+                } catch {
+                    s.failure = error
+                }
+            }
+        }
+
+        func result() throws -> [BlockItem] {
+            try state.withLock { s in
+                if let failure = s.failure { throw failure }
+                return s.items
+            }
+        }
+    }
+
+    /// `getBlocks` with each item handed to `each` as it arrives, as received (`bcs(BlockItem)`,
+    /// not decoded), instead of all kept until the stream ends: a caller that checks, forwards
+    /// or counts items one at a time holds one at a time. `each` runs on the connection's event
+    /// loop: keep it short. Returns how many items came (fewer than `count` if the peer stops
+    /// holding them); the same limits and stall timeout as ``blocks(from:count:timeout:)``.
+    public func blocks(
+        from seq: UInt64, count: UInt32, timeout: TimeAmount? = nil, each: @escaping @Sendable (ByteBuffer) -> Void
+    ) async throws -> Int {
         let promise = channel.eventLoop.makePromise(of: [Frame].self)
         let handler = self.handler
         let t = timeout ?? configuration.requestTimeout
         let payload = BlocksRequest(from: seq, count: count).bcsBytes
         let id = nextID.add(1, ordering: .relaxed).oldValue
-        channel.eventLoop.execute { handler.value.sendStream(id: id, method: Method.getBlocks.rawValue, payload: payload, timeout: t, promise: promise) }
+        let items = ItemCount()
+        let counted: @Sendable (ByteBuffer) -> Void = { item in
+            items.value.add(1, ordering: .relaxed)
+            each(item)
+        }
+        channel.eventLoop.execute {
+            handler.value.sendStream(id: id, method: Method.getBlocks.rawValue, payload: payload, timeout: t, promise: promise, consume: counted)
+        }
         let frames = try await withCancellation(id) { try await promise.futureResult.get() }
         if let first = frames.first, first.kind == .error {
             throw (try? BCS.decode(RPCError.self, fromContiguous: first.payload.readableBytesView)) ?? RPCError.unavailable("an error answer that does not decode")
         }
-        return try frames.map { try BCS.decode(BlockItem.self, fromContiguous: $0.payload.readableBytesView) }
+        return items.value.load(ordering: .relaxed)
+    }
+
+    private final class ItemCount: Sendable {
+        let value = Atomic<Int>(0)
     }
 
     /// Pushes a new certified tip to the peer (one-way; no answer).

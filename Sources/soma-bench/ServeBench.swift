@@ -4,6 +4,7 @@ import NIOPosix
 import SomaCore
 import SomaNet
 import SomaStore
+import Synchronization
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -86,18 +87,24 @@ struct Serve: AsyncParsableCommand {
             print("\n== \(mode.label): soma-node on :\(port), nginx on :\(nginx.port)\(mode == .tls ? " (TLS 1.3, TLS_AES_128_GCM_SHA256)" : "")")
             for c in clients {
                 print("\n\(c) client\(c == 1 ? "" : "s"), \(mode.label)")
+                // Issue 13: at least nginx's rate at 4 and 16 clients; 0.8 of it for one client.
+                let goal = c >= 4 ? "goal >= 1.0" : "goal >= 0.8"
                 let ours = try await fetchAll(port: port, clients: c, last: last, chainID: genesis.chainID, net: net, group: group)
                 line2("soma-node getBlock", "\(fmt(ours.mbps)) MB/s, \(fmt(ours.rps, 0)) req/s", "\(fmt(ours.seconds)) s")
                 let streamed = try await streamAll(port: port, clients: c, last: last, chainID: genesis.chainID, net: net, group: group)
                 line2("soma-node getBlocks (streams of 32)", "\(fmt(streamed.mbps)) MB/s, \(fmt(streamed.rps, 0)) blocks/s", "\(fmt(streamed.seconds)) s")
                 let base = try curlAll(port: nginx.port, clients: c, last: last, files: files, tls: mode == .tls)
                 line2("nginx + curl (baseline)", "\(fmt(base.mbps)) MB/s, \(fmt(base.rps, 0)) req/s", "\(fmt(base.seconds)) s")
-                line2("ratio soma-node getBlock / nginx", fmt(ours.mbps / base.mbps, 2), "goal >= 0.8")
-                line2("ratio soma-node getBlocks / nginx", fmt(streamed.mbps / base.mbps, 2), "goal >= 0.8")
+                line2("ratio soma-node getBlock / nginx", fmt(ours.mbps / base.mbps, 2), goal)
+                line2("ratio soma-node getBlocks / nginx", fmt(streamed.mbps / base.mbps, 2), goal)
             }
             line2("peak RSS of the soma-node server", "\(fmt(peakRSS(pid: server.processIdentifier), 0)) MiB", "goal <= 512")
         }
         try await group.shutdownGracefully()
+    }
+
+    final class Bytes: Sendable {
+        let value = Atomic<Int>(0)
     }
 
     struct Rate { var bytes: Int; var requests: Int; var seconds: Double
@@ -152,9 +159,13 @@ struct Serve: AsyncParsableCommand {
                         var b = 0, n = 0
                         var from = 1 + UInt64(i + w * clients) * span
                         while from <= last {
-                            let items = try await peer.blocks(from: from, count: UInt32(min(span, last - from + 1)))
-                            for item in items { b += item.block.frame.count }
-                            n += items.count
+                            // The items as received, like curl's bytes into /dev/null: no decode
+                            // (what getBlock's clients do too), each dropped as it comes.
+                            let bytes = Bytes()
+                            n += try await peer.blocks(from: from, count: UInt32(min(span, last - from + 1))) { item in
+                                bytes.value.add(item.readableBytes, ordering: .relaxed)
+                            }
+                            b += bytes.value.load(ordering: .relaxed)
                             from += UInt64(clients * window) * span
                         }
                         return (b, n)

@@ -5,6 +5,7 @@ import SomaDevnet
 import SomaNet
 import SomaStore
 import SomaTestSupport
+import Synchronization
 import Testing
 
 /// A served store holding a generated chain, and a connected client.
@@ -217,6 +218,27 @@ struct StreamTests {
         await #expect(throws: RPCError.self) { _ = try await served.client.blocks(from: 500, count: 2) }
         #expect(try await served.client.availability().highestSynced == 29)
         await served.stop()
+    }
+
+    @Test("getBlocks can hand each item to a consumer as it arrives, as received and in order, instead of keeping the stream")
+    func consumed() async throws {
+        let served = try await ServedChain.start()
+        let seen = Collected()
+        let count = try await served.client.blocks(from: 1, count: 32) { seen.append($0) }
+        let kept = try await served.client.blocks(from: 1, count: 32)
+        #expect(count == 29)
+        let handed = try seen.items.map { try BCS.decode(BlockItem.self, fromContiguous: $0.readableBytesView) }
+        #expect(handed.map(\.bcsBytes) == kept.map(\.bcsBytes))
+        #expect(handed.map(\.seq) == Array(1...29))
+        // A missing range is still an error answer, not an empty stream.
+        await #expect(throws: RPCError.self) { _ = try await served.client.blocks(from: 500, count: 2) { _ in } }
+        await served.stop()
+    }
+
+    final class Collected: Sendable {
+        private let state = Mutex<[ByteBuffer]>([])
+        func append(_ b: ByteBuffer) { state.withLock { $0.append(b) } }
+        var items: [ByteBuffer] { state.withLock { $0 } }
     }
 
     @Test("a checkpoint of 2,500 entries is served in 3 parts whose proofs verify against the certified content digest")
