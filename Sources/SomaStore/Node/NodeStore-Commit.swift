@@ -589,9 +589,19 @@ extension NodeStore {
     }
 
     /// ``writeLiveEntriesFile(_:of:locatorRuns:at:)`` of changes already resolved.
+    ///
+    /// Other files in the directory stay: one may be named by a batch whose write failed here
+    /// but whose record reached the log (the next open replays it and ingests that file). A
+    /// file of the same name is replaced: written again at the same checkpoint, from the same
+    /// base or an earlier one, it holds what the first held and any changes re-executed since.
     func writeLiveEntriesFile(_ changes: ResolvedChanges, locatorRuns: [[LocatedVersion]], at seq: UInt64) throws(StoreError) -> String {
-        try Self.freshDirectory(liveFileDirectory)
+        do {
+            try FileManager.default.createDirectory(atPath: liveFileDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw StoreError(.ioError, "cannot create \(liveFileDirectory): \(error)")
+        }
         let name = "live-\(seq).sst"
+        try? FileManager.default.removeItem(atPath: liveFileDirectory + "/" + name)
         let file = try database.sstWriter(cf.liveObjects, path: liveFileDirectory + "/" + name)
         try Self.forEachLiveEntry(changes, locatorRuns: locatorRuns) { (id, entry) throws(StoreError) in
             if let entry { try file.put(id.bytes, entry) } else { try file.delete(id.bytes) }
@@ -603,26 +613,32 @@ extension NodeStore {
     }
 
     /// Ingests the live-entries file `name` if it is still there (an ingestion moves it into
-    /// the database), then deletes the marker naming it.
+    /// the database), then deletes the marker naming it. Only that file goes: another one may
+    /// be named by a batch whose write failed but whose record reached the log.
     func finishLiveEntriesFile(_ name: String) throws {
         let path = liveFileDirectory + "/" + name
         if FileManager.default.fileExists(atPath: path) { try database.ingest(cf.liveObjects, files: [path]) }
         let batch = WriteBatch(for: database)
         batch.delete(cf.meta, Self.pendingLiveKey)
         try database.write(batch, sync: configuration.syncWrites)
-        try? FileManager.default.removeItem(atPath: liveFileDirectory)
+        try? FileManager.default.removeItem(atPath: path)
+        // Gone with its last file (a directory with files left in it stays).
+        _ = rmdir(liveFileDirectory)
     }
 
     /// Finishes a live-entries file a crash (or a failed ingestion) left between its committed
-    /// batch and its ingestion; removes files no committed batch names.
-    func finishPendingLiveEntries() throws {
+    /// batch and its ingestion. `atOpen`: also removes the files no committed batch names,
+    /// which only an open can tell (the log has been replayed: a batch whose write failed in
+    /// a process may still be in it, and name its file).
+    func finishPendingLiveEntries(atOpen: Bool = false) throws {
         if let name = try database.get(cf.meta, Self.pendingLiveKey) {
             let file = String(decoding: name, as: UTF8.self)
             guard file.hasPrefix("live-"), !file.contains("/") else {
                 throw StoreError(.badValue, "the pending live-entries marker names \(file)")
             }
             try finishLiveEntriesFile(file)
-        } else if FileManager.default.fileExists(atPath: liveFileDirectory) {
+        }
+        if atOpen, FileManager.default.fileExists(atPath: liveFileDirectory) {
             try? FileManager.default.removeItem(atPath: liveFileDirectory)
         }
     }

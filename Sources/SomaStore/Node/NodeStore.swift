@@ -203,7 +203,7 @@ public final class NodeStore: Sendable {
                         }
                     }
                     try store.reconcileHistory()
-                    if !configuration.database.readOnly { try store.finishPendingLiveEntries() }
+                    if !configuration.database.readOnly { try store.finishPendingLiveEntries(atOpen: true) }
                 } catch {
                     segments.close()
                     db.close()
