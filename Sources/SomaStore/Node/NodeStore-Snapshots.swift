@@ -213,6 +213,7 @@ extension NodeStore {
         let reusedObjects = reused
         reused = []
         let reusedCount = reusedObjects.count
+        let scratch = ScratchBuffers()
         let built = try Self.onEveryCore(Array(layout.buckets.indices)) { b in
             // Reused objects are in index order: the bucket's are one slice.
             let objects = layout.objects(of: b)
@@ -220,7 +221,7 @@ extension NodeStore {
             let hi = Self.firstReused(reusedObjects, atOrAfter: objects.upperBound)
             return try self.buildSnapshotBucket(
                 epoch: epoch, b, layout, firstID: firstIDs[layout.buckets[b].lowerBound], dir: dir, tags: bucketTags,
-                reused: reusedObjects[lo..<hi], previous: previous)
+                reused: reusedObjects[lo..<hi], previous: previous, scratch: scratch)
         }
         var chunkRoots: [Digest] = []
         var count: UInt64 = 0
@@ -503,13 +504,26 @@ extension NodeStore {
     /// as it is), compressed into the bucket's SST file; their roots and object count.
     func buildSnapshotBucket(
         epoch: UInt64, _ b: Int, _ layout: SnapshotLayout, firstID: [UInt8], dir: String, tags: [String],
-        reused: ArraySlice<ReusedObject> = [], previous: PreviousSnapshot? = nil
+        reused: ArraySlice<ReusedObject> = [], previous: PreviousSnapshot? = nil, scratch: ScratchBuffers = ScratchBuffers()
     ) throws -> (roots: [Digest], count: UInt64, file: String) {
         let objects = layout.objects(of: b)
         var offsets: [Int] = [0]
         offsets.reserveCapacity(objects.count + 1)
         for i in objects { offsets.append(offsets[offsets.count - 1] + Int(layout.lengths[i])) }
-        var bytes = [UInt8](repeating: 0, count: offsets[objects.count])
+        // Every byte of it is written below (each object placed exactly once, at its length).
+        return try scratch.with(count: offsets[objects.count]) { bytes in
+            try buildSnapshotBucket(
+                epoch: epoch, b, layout, objects: objects, offsets: offsets, into: bytes, firstID: firstID, dir: dir, tags: tags,
+                reused: reused, previous: previous)
+        }
+    }
+
+    /// ``buildSnapshotBucket(epoch:_:_:firstID:dir:tags:reused:previous:scratch:)`` with the
+    /// bucket's buffer (`offsets`: each object's place in it).
+    private func buildSnapshotBucket(
+        epoch: UInt64, _ b: Int, _ layout: SnapshotLayout, objects: Range<Int>, offsets: [Int], into bytes: UnsafeMutableRawBufferPointer,
+        firstID: [UInt8], dir: String, tags: [String], reused: ArraySlice<ReusedObject>, previous: PreviousSnapshot?
+    ) throws -> (roots: [Digest], count: UInt64, file: String) {
         var placed = [Bool](repeating: false, count: objects.count)
         var placedCount = 0
         let changed = StoreError(.inconsistent, "snapshot of epoch \(epoch): a bucket file does not match the live set")
@@ -519,9 +533,7 @@ extension NodeStore {
             let file = try SpillFile(reading: path)
             try file.forEachRecord { index, object throws(StoreError) in
                 guard index < objects.count, !placed[index], object.count == Int(layout.lengths[objects.lowerBound + index]) else { throw changed }
-                bytes.withUnsafeMutableBytes { out in
-                    UnsafeMutableRawBufferPointer(rebasing: out[offsets[index]..<offsets[index + 1]]).copyMemory(from: object)
-                }
+                UnsafeMutableRawBufferPointer(rebasing: bytes[offsets[index]..<offsets[index + 1]]).copyMemory(from: object)
                 placed[index] = true
                 placedCount += 1
             }
@@ -538,10 +550,8 @@ extension NodeStore {
                       end <= chunk!.bytes.count
                 else { throw changed }
                 chunk!.bytes.withUnsafeBytes { from in
-                    bytes.withUnsafeMutableBytes { out in
-                        UnsafeMutableRawBufferPointer(rebasing: out[offsets[index]..<offsets[index + 1]])
-                            .copyMemory(from: UnsafeRawBufferPointer(rebasing: from[start..<end]))
-                    }
+                    UnsafeMutableRawBufferPointer(rebasing: bytes[offsets[index]..<offsets[index + 1]])
+                        .copyMemory(from: UnsafeRawBufferPointer(rebasing: from[start..<end]))
                 }
                 placed[index] = true
                 placedCount += 1
@@ -563,7 +573,7 @@ extension NodeStore {
             w.writeLength(refs.count)
             var leaves: [Digest] = []
             leaves.reserveCapacity(refs.count)
-            try bytes.withUnsafeBytes { all in
+            try { (all: UnsafeRawBufferPointer) throws in
                 for (j, (id, vd)) in refs.enumerated() {
                     let object = UnsafeRawBufferPointer(rebasing: all[offsets[n + j]..<offsets[n + j + 1]])
                     guard Hashing.sha256(domain: .object, raw: object) == vd.digest else {
@@ -572,7 +582,7 @@ extension NodeStore {
                     leaves.append(ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
                 }
                 w.writeRaw(UnsafeRawBufferPointer(rebasing: all[offsets[n]..<offsets[n + refs.count]]))
-            }
+            }(UnsafeRawBufferPointer(bytes))
             chunkRoots.append(Merkle.root(leafHashes: leaves))
             let chunk = layout.buckets[b].lowerBound + chunkRoots.count - 1
             guard let index = UInt32(exactly: chunk), index != Self.manifestChunk else {
@@ -593,6 +603,33 @@ extension NodeStore {
         guard n == objects.count else { throw changed }
         try file.finish()
         return (chunkRoots, UInt64(n), path)
+    }
+}
+
+/// Buffers the buckets of one snapshot build take in turn (one per core at a time), so that a
+/// bucket's tens of MB are pages an earlier bucket touched, not fresh ones to fault in and zero.
+final class ScratchBuffers: Sendable {
+    private struct Spare: @unchecked Sendable {
+        var buffers: [UnsafeMutableRawBufferPointer] = []
+    }
+    private let spare = Mutex(Spare())
+
+    /// `body` with a buffer of exactly `count` bytes (their contents undefined).
+    func with<R>(count: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> R) throws -> R {
+        var buffer = spare.withLock { $0.buffers.popLast() } ?? UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        if buffer.count < count {
+            buffer.deallocate()
+            buffer = .allocate(byteCount: count, alignment: 64)
+        }
+        defer { spare.withLock { $0.buffers.append(buffer) } }
+        return try body(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]))
+    }
+
+    deinit {
+        spare.withLock { s in
+            for b in s.buffers { b.deallocate() }
+            s.buffers = []
+        }
     }
 }
 
