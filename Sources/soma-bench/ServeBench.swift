@@ -50,11 +50,11 @@ struct Serve: AsyncParsableCommand {
             for seq in 1...last {
                 let frames = try await store.blockFrames(at: seq)
                 for (part, frame) in frames.enumerated() {
-                    fm.createFile(atPath: "\(files)/\(seq)-\(part).lz4", contents: Data(frame))
+                    try writeFile("\(files)/\(seq)-\(part).lz4", Data(frame))
                 }
             }
             await store.close()
-            fm.createFile(atPath: files + "/done", contents: Data())
+            try writeFile(files + "/done", Data())
         }
         let genesis = try Genesis(bcsBytes: Array(try Data(contentsOf: URL(fileURLWithPath: data + "/genesis.bcs"))))
         print("soma-bench serve: \(checkpoints - 1) blocks, \(ProcessInfo.processInfo.activeProcessorCount) cores")
@@ -193,7 +193,7 @@ struct Serve: AsyncParsableCommand {
             for (k, n) in names.enumerated() where k % clients == i {
                 text += "url = \"\(tls ? "https" : "http")://127.0.0.1:\(port)/\(n)\"\noutput = \"/dev/null\"\n"
             }
-            fm.createFile(atPath: list, contents: Data(text.utf8))
+            try writeFile(list, Data(text.utf8))
         }
         let start = ContinuousClock.now
         for list in lists {
@@ -242,7 +242,7 @@ struct Serve: AsyncParsableCommand {
               server { \(listen) root \(absRoot); }
             }
             """
-        fm.createFile(atPath: scratch + "/nginx.conf", contents: Data(conf.utf8))
+        try writeFile(scratch + "/nginx.conf", Data(conf.utf8))
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/sbin/nginx")
         p.arguments = ["-p", scratch, "-c", scratch + "/nginx.conf", "-g", "daemon off;"]
@@ -309,4 +309,9 @@ func peakRSS(pid: Int32) -> Double {
         return (l.split(separator: " ").compactMap { Double($0) }.first ?? 0) / 1024
     }
     return 0
+}
+
+/// Writes `contents` to `path` (replacing it), or says which file could not be written.
+func writeFile(_ path: String, _ contents: Data) throws {
+    guard FileManager.default.createFile(atPath: path, contents: contents) else { throw ValidationError("cannot write \(path)") }
 }

@@ -34,7 +34,7 @@ struct SnapshotBench: AsyncParsableCommand {
             try? fm.removeItem(atPath: served)
             try runProcess(node, ["import", "--file", chain, "--data", served, "--retain-snapshots", "1"], quiet: true)
             try runProcess(node, ["init", "--data", served], quiet: true)
-            _ = fm.createFile(atPath: served + "/done", contents: Data())
+            try writeFile(served + "/done", Data())
         }
         var config = StoreConfiguration()
         config.retainSnapshots = 1
@@ -51,7 +51,7 @@ struct SnapshotBench: AsyncParsableCommand {
                 guard let frame = try await store.snapshotChunk(epoch: epoch, index: i) else { throw ValidationError("chunk \(i) is missing") }
                 guard fm.createFile(atPath: "\(files)/chunk-\(i).lz4", contents: Data(frame)) else { throw ValidationError("cannot write \(files)/chunk-\(i).lz4") }
             }
-            _ = fm.createFile(atPath: files + "/done", contents: Data())
+            try writeFile(files + "/done", Data())
         }
         await store.close()
         var chunkBytes = 0

@@ -93,12 +93,14 @@ struct Store: AsyncParsableCommand {
         print("\nBaseline A: db_bench fillseq, the same writes: \(ops) values of \(mean) bytes (+16-byte keys) = the \(fmt(Double(archive.writeBytes) / 1e6)) MB soma-node put into its batches")
         let sameWrites = try dbBench(path: root + "/dbbench-a", count: ops, valueSize: mean)
         line("db_bench fillseq", "\(fmt(sameWrites.mbps)) MB/s", "\(fmt(sameWrites.seconds)) s")
-        line("ratio soma-node ingest / db_bench (wall time)", fmt(sameWrites.seconds / archive.seconds, 2), "goal >= 0.6")
+        // What still goes through batches (most of the data now goes to segments and SST files):
+        // a figure to watch, not the goal, which is baseline B's.
+        line("ratio soma-node ingest / db_bench (wall time)", fmt(sameWrites.seconds / archive.seconds, 2))
         try? FileManager.default.removeItem(atPath: root + "/dbbench-a")
         print("\nBaseline B: db_bench fillseq, one value per checkpoint: \(archive.checkpoints) values of \(archive.rawBytes / archive.checkpoints) bytes (the raw checkpoint data)")
         let perCheckpoint = try dbBench(path: root + "/dbbench-b", count: archive.checkpoints, valueSize: archive.rawBytes / archive.checkpoints)
         line("db_bench fillseq", "\(fmt(perCheckpoint.mbps)) MB/s", "\(fmt(perCheckpoint.seconds)) s")
-        line("ratio soma-node ingest / db_bench (raw MB/s)", fmt(archive.rawMBps / perCheckpoint.mbps, 2))
+        line("ratio soma-node ingest / db_bench (raw MB/s)", fmt(archive.rawMBps / perCheckpoint.mbps, 2), "goal >= 1.0")
         try? FileManager.default.removeItem(atPath: root + "/dbbench-b")
 
         // 3. One epoch snapshot of the final live set, on its own.

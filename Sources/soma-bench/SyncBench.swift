@@ -170,7 +170,7 @@ func downloadBaseline(files: String, scratch relativeScratch: String, tool: Stri
         for (i, n) in names.enumerated() {
             text += "\(scheme)://127.0.0.1:\(nginxes[i % 3].port)/\(n)\n  out=\(n)\n"
         }
-        fm.createFile(atPath: scratch + "/aria.txt", contents: Data(text.utf8))
+        try writeFile(scratch + "/aria.txt", Data(text.utf8))
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/aria2c")
         p.arguments = ["-q", "-j", "16", "--max-connection-per-server=16", "--allow-overwrite=true", "--auto-file-renaming=false",
@@ -184,7 +184,7 @@ func downloadBaseline(files: String, scratch relativeScratch: String, tool: Stri
             text += "url = \"\(scheme)://127.0.0.1:\(nginxes[i % 3].port)/\(n)\"\noutput = \"\(scratch)/out/\(n)\"\n"
         }
         let list = scratch + "/list-\(k).txt"
-        fm.createFile(atPath: list, contents: Data(text.utf8))
+        try writeFile(list, Data(text.utf8))
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
         p.arguments = ["-s", "--fail"] + curlTLSArguments(tls) + ["-K", list]
@@ -194,7 +194,7 @@ func downloadBaseline(files: String, scratch relativeScratch: String, tool: Stri
     for p in processes { p.waitUntilExit() }
     guard processes.allSatisfy({ $0.terminationStatus == 0 }) else { throw ValidationError("a \(tool) client failed") }
     // The downloaded blocks in order, as one stream.
-    fm.createFile(atPath: scratch + "/order.txt", contents: Data(names.map { "\(scratch)/out/\($0)\n" }.joined().utf8))
+    try writeFile(scratch + "/order.txt", Data(names.map { "\(scratch)/out/\($0)\n" }.joined().utf8))
     let pipeline = Process()
     pipeline.executableURL = URL(fileURLWithPath: "/bin/sh")
     pipeline.arguments = ["-c", "xargs -a '\(scratch)/order.txt' cat | lz4 -d -c | sha256sum > /dev/null"]
