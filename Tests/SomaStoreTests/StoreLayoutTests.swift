@@ -366,8 +366,16 @@ struct StoreLayoutTests {
         raised[gone] = nil
         let name = try store.writeLiveEntriesFile(Array(raised.keys) + [gone], of: LiveObjectSet(raised), locatorRuns: [], at: 99)
         try store.database.put(meta, NodeStore.pendingLiveKey, Array(name.utf8))
+        #expect(try await store.pendingLiveEntries() == name)
         await store.close()
+        // A read-only look (inspect) is told the live set is behind; it finishes nothing.
+        var readOnly = config
+        readOnly.database.readOnly = true
+        let look = try await NodeStore.open(path: dir.path, configuration: readOnly)
+        #expect(try await look.pendingLiveEntries() == name)
+        await look.close()
         let reopened = try await NodeStore.open(path: dir.path, configuration: config)
+        #expect(try await reopened.pendingLiveEntries() == nil)
         #expect(try reopened.database.get(meta, NodeStore.pendingLiveKey) == nil)
         #expect(!FileManager.default.fileExists(atPath: reopened.liveFileDirectory))
         let after = try reopened.database.scan(live)

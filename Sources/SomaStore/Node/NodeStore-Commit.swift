@@ -626,6 +626,13 @@ extension NodeStore {
         _ = rmdir(liveFileDirectory)
     }
 
+    /// The live-entries file a committed batch names and that is not ingested yet (a crash came
+    /// between the two), if any: until a read-write open ingests it, `liveObjects` is older than
+    /// `highestExecuted` says (what a read-only open shows of the live set).
+    public func pendingLiveEntries() async throws -> String? {
+        try await blocking { try self.database.get(self.cf.meta, Self.pendingLiveKey).map { String(decoding: $0, as: UTF8.self) } }
+    }
+
     /// Finishes a live-entries file a crash (or a failed ingestion) left between its committed
     /// batch and its ingestion. `atOpen`: also removes the files no committed batch names,
     /// which only an open can tell (the log has been replayed: a batch whose write failed in
