@@ -1,4 +1,5 @@
 import Foundation
+import SomaCore
 @testable import SomaStore
 import SomaTestSupport
 import Testing
@@ -23,7 +24,7 @@ struct BucketFileTests {
             default: size = Int(rng.next() % 3_000) + 1
             }
             let bytes = (0..<size).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
-            try bytes.withUnsafeBytes { try writer.append(bucket: bucket, index: i, $0) }
+            try bytes.withUnsafeBytes { try writer.append(bucket: bucket, index: i, digest: Hashing.sha256(domain: .object, raw: $0), $0) }
             written[bucket, default: []].append((i, bytes))
         }
         try writer.finish()
@@ -32,9 +33,14 @@ struct BucketFileTests {
             let size = try #require(try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
             #expect(size % DirectIO.alignment == 0, "whole blocks, padded after the end record")
             var read: [(Int, [UInt8])] = []
-            try SpillFile(reading: path).forEachRecord { index, bytes in read.append((index, Array(bytes))) }
+            var digests: [Digest] = []
+            try SpillFile(reading: path).forEachRecord { index, digest, bytes in
+                read.append((index, Array(bytes)))
+                digests.append(digest)
+            }
             #expect(read.count == records.count)
             #expect(read.map(\.0) == records.map(\.0) && read.map(\.1) == records.map(\.1), "bucket \(bucket)")
+            #expect(digests == records.map { r in r.1.withUnsafeBytes { Hashing.sha256(domain: .object, raw: $0) } }, "each record's digest as written")
         }
     }
 
@@ -44,10 +50,35 @@ struct BucketFileTests {
         defer { dir.cleanup() }
         var writer = BucketWriter(dir: dir.path, tag: "t")
         let bytes = [UInt8](repeating: 7, count: 10_000)
-        try bytes.withUnsafeBytes { try writer.append(bucket: 0, index: 3, $0) }
+        try bytes.withUnsafeBytes { try writer.append(bucket: 0, index: 3, digest: .zero, $0) }
         try writer.finish()
         let path = BucketWriter.path(dir: dir.path, bucket: 0, tag: "t")
         #expect(truncate(path, 4_096) == 0)
-        #expect(throws: StoreError.self) { try SpillFile(reading: path).forEachRecord { _, _ in } }
+        #expect(throws: StoreError.self) { try SpillFile(reading: path).forEachRecord { _, _, _ in } }
+    }
+
+    @Test("a record whose bytes changed on the device after they were written is refused (its checksum), the others before it read")
+    func changed() throws {
+        let dir = TempDir("buckets-changed")
+        defer { dir.cleanup() }
+        var writer = BucketWriter(dir: dir.path, tag: "t")
+        for i in 0..<3 {
+            let bytes = [UInt8](repeating: UInt8(i + 1), count: 1_000)
+            try bytes.withUnsafeBytes { try writer.append(bucket: 0, index: i, digest: .zero, $0) }
+        }
+        try writer.finish()
+        let path = BucketWriter.path(dir: dir.path, bucket: 0, tag: "t")
+        // One byte of the second record's bytes flipped.
+        let fd = open(path, O_RDWR)
+        #expect(fd >= 0)
+        var byte: UInt8 = 0
+        let at = off_t(BucketWriter.headerBytes + 1_000 + BucketWriter.headerBytes + 500)
+        #expect(pread(fd, &byte, 1, at) == 1)
+        byte ^= 0x40
+        #expect(pwrite(fd, &byte, 1, at) == 1)
+        close(fd)
+        var seen: [Int] = []
+        #expect(throws: StoreError.self) { try SpillFile(reading: path).forEachRecord { index, _, _ in seen.append(index) } }
+        #expect(seen == [0])
     }
 }

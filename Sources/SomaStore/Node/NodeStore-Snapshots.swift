@@ -98,12 +98,14 @@ extension NodeStore {
     ///    the first id of each chunk, and the locators;
     /// 2. **spill**: the locators sorted by block and split between the cores at block
     ///    boundaries: each block is read and decompressed once and each located object's bytes
-    ///    appended to its bucket's file, tagged with its place (encodings stored as such, after
-    ///    a snapshot restore, are appended by a second scan);
-    /// 3. **chunks**: per bucket, its files read in order and each object put at its place in
-    ///    the bucket's buffer (each exactly once); then each chunk (`bcs(Vec<Object>)`: the
-    ///    count, then the encodings back to back) with every object hashed as it is against its
-    ///    live digest (digest(Object) = SHA256("Object::" ‖ bcs(Object)), no decoding),
+    ///    hashed (digest(Object) = SHA256("Object::" ‖ bcs(Object)), no decoding: this pass
+    ///    waits on the device with a core to spare) and appended to its bucket's file with the
+    ///    digest, tagged with its place (encodings stored as such, after a snapshot restore,
+    ///    are appended by a second scan, hashed the same way);
+    /// 3. **chunks**: per bucket, its files read in order (each record's bytes checked against
+    ///    the checksum it was written with) and each object put at its place in the bucket's
+    ///    buffer (each exactly once); then each chunk (`bcs(Vec<Object>)`: the count, then the
+    ///    encodings back to back) with every object's digest checked against its live digest,
     ///    compressed into the bucket's own SST file (keys `epoch ‖ chunk`, new to the store; the
     ///    buckets do not overlap).
     /// The files and the manifest's are ingested at once at the bottom level: no write-ahead
@@ -464,22 +466,25 @@ extension NodeStore {
                 throw StoreError(.inconsistent, "snapshot of epoch \(epoch): the live set changed during the build")
             }
             let place = layout.place(of: first + n)
-            try writer.append(bucket: place.bucket, index: place.index, value)
+            // Hashed here, beside the reads, not in pass 3 (see spillLocated).
+            try writer.append(bucket: place.bucket, index: place.index, digest: Hashing.sha256(domain: .object, raw: value), value)
         }
         try writer.finish()
         return tag
     }
 
     /// Pass 2 of a snapshot build: each block of `located` read and decompressed once, each
-    /// located object's bytes appended to its bucket's file. Returns the files' tag.
+    /// located object's bytes appended to its bucket's file with their digest, hashed here:
+    /// this pass waits on the device (its reads of the segments) with a core to spare, where
+    /// pass 3 has none; pass 3 checks the digest against the live one. Returns the files' tag.
     func spillLocated(_ located: ArraySlice<LocatedObject>, epoch: UInt64, _ layout: SnapshotLayout, dir: String, tag: String) throws -> String {
         var writer = BucketWriter(dir: dir, tag: tag)
         var frames = HistorySegments.FrameReader()
         var i = located.startIndex
         while i < located.endIndex {
             let first = located[i].locator
-            // The frame's checksum is not read: pass 3 hashes every object taken from it
-            // against its live digest.
+            // The frame's checksum is not read: every object taken from it is hashed below,
+            // and pass 3 checks that digest against the live one.
             let block = try heldBlock(first.seq, part: first.part, through: &frames, checksum: false, for: "snapshot of epoch \(epoch): a live object")
             try block.withUnsafeBytes { bytes in
                 while i < located.endIndex && located[i].locator.seq == first.seq && located[i].locator.part == first.part {
@@ -490,7 +495,8 @@ extension NodeStore {
                         throw StoreError(.badValue, "snapshot of epoch \(epoch): a locator runs past the end of checkpoint \(first.seq) part \(first.part)")
                     }
                     let place = layout.place(of: o.index)
-                    try writer.append(bucket: place.bucket, index: place.index, UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+                    let object = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
+                    try writer.append(bucket: place.bucket, index: place.index, digest: Hashing.sha256(domain: .object, raw: object), object)
                     i += 1
                 }
             }
@@ -500,8 +506,9 @@ extension NodeStore {
     }
 
     /// Pass 3 of a snapshot build over bucket `b`: its objects put in order from its files,
-    /// then its chunks (each object checked against its live digest by hashing its encoding
-    /// as it is), compressed into the bucket's SST file; their roots and object count.
+    /// then its chunks (each object's digest, from pass 2 or hashed here for an object taken
+    /// from the previous snapshot, checked against its live digest), compressed into the
+    /// bucket's SST file; their roots and object count.
     func buildSnapshotBucket(
         epoch: UInt64, _ b: Int, _ layout: SnapshotLayout, firstID: [UInt8], dir: String, tags: [String],
         reused: ArraySlice<ReusedObject> = [], previous: PreviousSnapshot? = nil, scratch: ScratchBuffers = ScratchBuffers()
@@ -525,15 +532,18 @@ extension NodeStore {
         firstID: [UInt8], dir: String, tags: [String], reused: ArraySlice<ReusedObject>, previous: PreviousSnapshot?
     ) throws -> (roots: [Digest], count: UInt64, file: String) {
         var placed = [Bool](repeating: false, count: objects.count)
+        // The digests pass 2 hashed (objects from bucket files); nil: hashed in the chunk below.
+        var hashed = [Digest?](repeating: nil, count: objects.count)
         var placedCount = 0
         let changed = StoreError(.inconsistent, "snapshot of epoch \(epoch): a bucket file does not match the live set")
         for tag in tags {
             let path = BucketWriter.path(dir: dir, bucket: b, tag: tag)
             guard FileManager.default.fileExists(atPath: path) else { continue }
             let file = try SpillFile(reading: path)
-            try file.forEachRecord { index, object throws(StoreError) in
+            try file.forEachRecord { index, digest, object throws(StoreError) in
                 guard index < objects.count, !placed[index], object.count == Int(layout.lengths[objects.lowerBound + index]) else { throw changed }
                 UnsafeMutableRawBufferPointer(rebasing: bytes[offsets[index]..<offsets[index + 1]]).copyMemory(from: object)
+                hashed[index] = digest
                 placed[index] = true
                 placedCount += 1
             }
@@ -576,7 +586,7 @@ extension NodeStore {
             try { (all: UnsafeRawBufferPointer) throws in
                 for (j, (id, vd)) in refs.enumerated() {
                     let object = UnsafeRawBufferPointer(rebasing: all[offsets[n + j]..<offsets[n + j + 1]])
-                    guard Hashing.sha256(domain: .object, raw: object) == vd.digest else {
+                    guard (hashed[n + j] ?? Hashing.sha256(domain: .object, raw: object)) == vd.digest else {
                         throw StoreError(.inconsistent, "snapshot of epoch \(epoch): object \(id.short) v\(vd.version) does not match its live digest")
                     }
                     leaves.append(ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
@@ -634,7 +644,9 @@ final class ScratchBuffers: Sendable {
 }
 
 /// The bucket files of one pass of a snapshot build: records `index (u32 LE) ‖ length (u32 LE)
-/// ‖ bytes` appended to `b<bucket>-<tag>.bin`, staged per bucket in aligned buffers of
+/// ‖ XXH32 of the bytes (u32 LE) ‖ 0 (u32) ‖ digest (32 bytes) ‖ bytes` appended to
+/// `b<bucket>-<tag>.bin` (the digest is the object's, hashed by the pass that read it; the
+/// checksum catches a scratch file that does not read back as written), staged per bucket in aligned buffers of
 /// ``flushBytes``. A full buffer is written by ``BackgroundWrites`` while the pass goes on (a
 /// direct write returns only when the device holds the data: written in line, the pass waited
 /// on the device most of its time); ``finish()`` writes the partial last buffers and waits for
@@ -661,7 +673,10 @@ struct BucketWriter {
 
     static func path(dir: String, bucket: Int, tag: String) -> String { dir + "/b\(bucket)-\(tag).bin" }
 
-    mutating func append(bucket: Int, index: Int, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
+    /// Bytes before a record's bytes: index, length, checksum, zero, digest.
+    static let headerBytes = 48
+
+    mutating func append(bucket: Int, index: Int, digest: Digest, _ bytes: UnsafeRawBufferPointer) throws(StoreError) {
         guard let i = UInt32(exactly: index), i != .max, let n = UInt32(exactly: bytes.count), bucket >= 0 else {
             throw StoreError(.badValue, "a snapshot record of \(bytes.count) bytes at \(index)")
         }
@@ -670,9 +685,18 @@ struct BucketWriter {
             let file = try SpillFile(path: Self.path(dir: dir, bucket: bucket, tag: tag))
             buckets[bucket] = Bucket(file: file, buffer: writes.buffer())
         }
-        let header = UInt64(i) | UInt64(n) << 32
-        try withUnsafeBytes(of: header.littleEndian) { (raw) throws(StoreError) in try stage(bucket, raw) }
+        try stageHeader(bucket, index: i, length: n, checksum: XXH32.hash(bytes), digest: digest)
         try stage(bucket, bytes)
+    }
+
+    private mutating func stageHeader(_ bucket: Int, index: UInt32, length: UInt32, checksum: UInt32, digest: Digest) throws(StoreError) {
+        var header = (UInt64(index) | UInt64(length) << 32).littleEndian
+        var check = (UInt64(checksum)).littleEndian
+        try withUnsafeBytes(of: &header) { (raw) throws(StoreError) in try stage(bucket, raw) }
+        try withUnsafeBytes(of: &check) { (raw) throws(StoreError) in try stage(bucket, raw) }
+        var bytes: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        digest.withUnsafeBytes { raw in Swift.withUnsafeMutableBytes(of: &bytes) { $0.copyMemory(from: raw) } }
+        try withUnsafeBytes(of: &bytes) { (raw) throws(StoreError) in try stage(bucket, raw) }
     }
 
     /// Copies `bytes` into the bucket's buffer, handing each buffer that fills to the writer.
@@ -700,9 +724,9 @@ struct BucketWriter {
         defer { buckets = [] }
         // Each file ends with the end record, then zeros up to the alignment (not cut back: a
         // cut makes the file system read the last block back to zero its tail).
-        let end = UInt64(UInt32.max).littleEndian  // index u32.max, length 0
         for bucket in buckets.indices where buckets[bucket] != nil {
-            try withUnsafeBytes(of: end) { (raw) throws(StoreError) in try stage(bucket, raw) }
+            // index u32.max, length 0
+            try stageHeader(bucket, index: .max, length: 0, checksum: 0, digest: .zero)
         }
         try writes.wait()
         for case let b? in buckets where b.fill > 0 {
@@ -785,11 +809,12 @@ final class SpillFile: Sendable {
 
     deinit { close(fd) }
 
-    /// Reads the file's records (`index (u32 LE) ‖ length (u32 LE) ‖ bytes`) in order, up to the
-    /// end record (`u32.max ‖ 0`; what follows it, the padding of the last direct write, is not
-    /// read) or the end of the file; a record cut short is an error. Reads 1 MiB at a time, the
-    /// next piece while this one's records are handled.
-    func forEachRecord(_ body: (Int, UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
+    /// Reads the file's records (see ``BucketWriter``) in order, up to the end record (index
+    /// `u32.max`, length 0; what follows it, the padding of the last direct write, is not read)
+    /// or the end of the file: each record's index, digest and bytes. A record cut short, or
+    /// whose bytes fail its checksum, is an error. Reads 1 MiB at a time, the next piece while
+    /// this one's records are handled.
+    func forEachRecord(_ body: (Int, Digest, UnsafeRawBufferPointer) throws(StoreError) -> Void) throws(StoreError) {
         final class Read: @unchecked Sendable {
             let buffer = AlignedBuffer(capacity: 1 << 20)
             let done = DispatchSemaphore(value: 0)
@@ -823,7 +848,8 @@ final class SpillFile: Sendable {
             pending.append(contentsOf: UnsafeRawBufferPointer(start: current.buffer.pointer, count: current.count))
             var at = 0
             let failure: StoreError? = pending.withUnsafeBytes { p in
-                while p.count - at >= 8 {
+                let h = BucketWriter.headerBytes
+                while p.count - at >= h {
                     let index = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt32.self))
                     let length = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at + 4, as: UInt32.self)))
                     if index == UInt32.max && length == 0 {
@@ -831,13 +857,18 @@ final class SpillFile: Sendable {
                         at = p.count
                         break
                     }
-                    guard p.count - at - 8 >= length else { break }
+                    guard p.count - at - h >= length else { break }
+                    let checksum = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at + 8, as: UInt32.self))
+                    let bytes = UnsafeRawBufferPointer(rebasing: p[(at + h)..<(at + h + length)])
+                    guard let digest = Digest(bytes: UnsafeRawBufferPointer(rebasing: p[(at + 16)..<(at + 48)])), XXH32.hash(bytes) == checksum else {
+                        return StoreError(.ioError, "\(path): record \(index) does not read back as written")
+                    }
                     do throws(StoreError) {
-                        try body(Int(index), UnsafeRawBufferPointer(rebasing: p[(at + 8)..<(at + 8 + length)]))
+                        try body(Int(index), digest, bytes)
                     } catch {
                         return error
                     }
-                    at += 8 + length
+                    at += h + length
                 }
                 return nil
             }
