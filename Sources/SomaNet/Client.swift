@@ -439,6 +439,9 @@ public final class PeerClient: Sendable {
         if let first = frames.first, first.kind == .error {
             throw (try? BCS.decode(RPCError.self, fromContiguous: first.payload.readableBytesView)) ?? RPCError.unavailable("an error answer that does not decode")
         }
+        if let first = frames.first, first.kind == .response {
+            throw WireError(.badPayload, "getBlocks was answered with a response, not a stream")
+        }
         return items.value.load(ordering: .relaxed)
     }
 

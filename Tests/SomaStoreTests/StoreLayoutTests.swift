@@ -364,7 +364,9 @@ struct StoreLayoutTests {
         // One more id deleted through the file: the first.
         let gone = try #require(Digest(bytes: before[0].0))
         raised[gone] = nil
-        let name = try store.writeLiveEntriesFile(Array(raised.keys) + [gone], of: LiveObjectSet(raised), locatorRuns: [], at: 99)
+        // Written at highestExecuted, as the batch naming a file sets it.
+        let executed = try #require(try await store.watermark(.highestExecuted)).seq
+        let name = try store.writeLiveEntriesFile(Array(raised.keys) + [gone], of: LiveObjectSet(raised), locatorRuns: [], at: executed)
         try store.database.put(meta, NodeStore.pendingLiveKey, Array(name.utf8))
         #expect(try await store.pendingLiveEntries() == name)
         await store.close()
@@ -389,8 +391,10 @@ struct StoreLayoutTests {
         // replays the log, ingests it if the marker is there.
         var lowered = raised
         for (id, vd) in raised { lowered[id] = VersionDigest(version: vd.version + 1, digest: vd.digest) }
-        let failed = try reopened.writeLiveEntriesFile(Array(lowered.keys), of: LiveObjectSet(lowered), locatorRuns: [], at: 120)
-        let later = try reopened.writeLiveEntriesFile(Array(raised.keys), of: LiveObjectSet(raised), locatorRuns: [], at: 130)
+        let failed = try reopened.writeLiveEntriesFile(Array(lowered.keys), of: LiveObjectSet(lowered), locatorRuns: [], at: executed)
+        // A write-back again at the same checkpoint: a file of its own, the first untouched.
+        let later = try reopened.writeLiveEntriesFile(Array(raised.keys), of: LiveObjectSet(raised), locatorRuns: [], at: executed)
+        #expect(failed != later)
         try reopened.finishPendingLiveEntries()
         #expect(FileManager.default.fileExists(atPath: reopened.liveFileDirectory + "/" + failed))
         #expect(FileManager.default.fileExists(atPath: reopened.liveFileDirectory + "/" + later))
@@ -401,8 +405,16 @@ struct StoreLayoutTests {
         for (k, v) in try replayed.database.scan(live) {
             #expect(StoreKeys.readVersionDigest(v) == lowered[try #require(Digest(bytes: k))])
         }
-        // Reopened again with the marker gone and a stray file left: the file goes, nothing changes.
-        try NodeStore.freshDirectory(replayed.liveFileDirectory)
+        // A marker naming a file written at another checkpoint than highestExecuted (batches after
+        // it hold newer entries): dropped, the file not ingested (it would cover them).
+        let stale = try replayed.writeLiveEntriesFile(Array(raised.keys), of: LiveObjectSet(raised), locatorRuns: [], at: executed - 1)
+        try replayed.database.put(meta, NodeStore.pendingLiveKey, Array(stale.utf8))
+        try replayed.finishPendingLiveEntries()
+        #expect(try await replayed.pendingLiveEntries() == nil)
+        for (k, v) in try replayed.database.scan(live) {
+            #expect(StoreKeys.readVersionDigest(v) == lowered[try #require(Digest(bytes: k))])
+        }
+        // Reopened again with the marker gone and stray files left: they go, nothing changes.
         FileManager.default.createFile(atPath: replayed.liveFileDirectory + "/live-7.sst", contents: Data([1, 2, 3]))
         await replayed.close()
         let again = try await NodeStore.open(path: dir.path, configuration: config)

@@ -590,18 +590,24 @@ extension NodeStore {
 
     /// ``writeLiveEntriesFile(_:of:locatorRuns:at:)`` of changes already resolved.
     ///
-    /// Other files in the directory stay: one may be named by a batch whose write failed here
-    /// but whose record reached the log (the next open replays it and ingests that file). A
-    /// file of the same name is replaced: written again at the same checkpoint, from the same
-    /// base or an earlier one, it holds what the first held and any changes re-executed since.
+    ///
+    /// The name is `live-<seq>-<nonce>.sst`, new each time: other files in the directory stay
+    /// untouched, since one may be named by a batch whose write failed here but whose record
+    /// reached the log (the next open replays it and finds that file as it was written).
     func writeLiveEntriesFile(_ changes: ResolvedChanges, locatorRuns: [[LocatedVersion]], at seq: UInt64) throws(StoreError) -> String {
-        do {
-            try FileManager.default.createDirectory(atPath: liveFileDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw StoreError(.ioError, "cannot create \(liveFileDirectory): \(error)")
+        if !FileManager.default.fileExists(atPath: liveFileDirectory) {
+            do {
+                try FileManager.default.createDirectory(atPath: liveFileDirectory, withIntermediateDirectories: true)
+            } catch {
+                throw StoreError(.ioError, "cannot create \(liveFileDirectory): \(error)")
+            }
+            // Its entry in the database directory outlives a power loss too.
+            try DirectIO.syncDirectory(database.path)
         }
-        let name = "live-\(seq).sst"
-        try? FileManager.default.removeItem(atPath: liveFileDirectory + "/" + name)
+        var name: String
+        repeat {
+            name = "live-\(seq)-\(String(UInt32.random(in: .min ... .max), radix: 16)).sst"
+        } while FileManager.default.fileExists(atPath: liveFileDirectory + "/" + name)
         let file = try database.sstWriter(cf.liveObjects, path: liveFileDirectory + "/" + name)
         try Self.forEachLiveEntry(changes, locatorRuns: locatorRuns) { (id, entry) throws(StoreError) in
             if let entry { try file.put(id.bytes, entry) } else { try file.delete(id.bytes) }
@@ -637,13 +643,24 @@ extension NodeStore {
     /// batch and its ingestion. `atOpen`: also removes the files no committed batch names,
     /// which only an open can tell (the log has been replayed: a batch whose write failed in
     /// a process may still be in it, and name its file).
+    ///
+    /// The file is ingested only while `highestExecuted` is still the checkpoint it was written
+    /// at (the batch naming it set both): past it, later batches hold newer entries (after a
+    /// batch whose write failed here but whose record reached the log, the live set was executed
+    /// again from the write-back before and written through), which the file's must not cover.
     func finishPendingLiveEntries(atOpen: Bool = false) throws {
         if let name = try database.get(cf.meta, Self.pendingLiveKey) {
             let file = String(decoding: name, as: UTF8.self)
-            guard file.hasPrefix("live-"), !file.contains("/") else {
+            guard file.hasPrefix("live-"), !file.contains("/"), let seq = UInt64(file.dropFirst(5).prefix(while: \.isNumber)) else {
                 throw StoreError(.badValue, "the pending live-entries marker names \(file)")
             }
-            try finishLiveEntriesFile(file)
+            if try watermarkSync(.highestExecuted)?.seq == seq {
+                try finishLiveEntriesFile(file)
+            } else {
+                let batch = WriteBatch(for: database)
+                batch.delete(cf.meta, Self.pendingLiveKey)
+                try database.write(batch, sync: configuration.syncWrites)
+            }
         }
         if atOpen, FileManager.default.fileExists(atPath: liveFileDirectory) {
             try? FileManager.default.removeItem(atPath: liveFileDirectory)
