@@ -108,7 +108,15 @@ public final class RocksDatabase: @unchecked Sendable {
         var cfOpts: [OpaquePointer] = []
         var tables: [OpaquePointer] = []
         var caches: [OpaquePointer] = []
-        let sharedCache = rocksdb_cache_create_lru(config.blockCacheBytes)!
+        // Few shards: a shard holds 1/2^bits of the cache, and a block larger than its shard
+        // (the full filter of a large SST file: 1.25 MB per million keys) is never kept, so
+        // with the default 64 shards of 1 MB every lookup read such a filter from the file
+        // again (a `verify` of the bench store ran for over 10 minutes on it).
+        let lru = rocksdb_lru_cache_options_create()!
+        defer { rocksdb_lru_cache_options_destroy(lru) }
+        rocksdb_lru_cache_options_set_capacity(lru, config.blockCacheBytes)
+        rocksdb_lru_cache_options_set_num_shard_bits(lru, 2)
+        let sharedCache = rocksdb_cache_create_lru_opts(lru)!
         caches.append(sharedCache)
         for name in names {
             let c = configs.first { $0.name == name } ?? ColumnFamilyOptions(name: name)
