@@ -590,7 +590,6 @@ extension NodeStore {
 
     /// ``writeLiveEntriesFile(_:of:locatorRuns:at:)`` of changes already resolved.
     ///
-    ///
     /// The name is `live-<seq>-<nonce>.sst`, new each time: other files in the directory stay
     /// untouched, since one may be named by a batch whose write failed here but whose record
     /// reached the log (the next open replays it and finds that file as it was written).

@@ -583,16 +583,15 @@ extension NodeStore {
             w.writeLength(refs.count)
             var leaves: [Digest] = []
             leaves.reserveCapacity(refs.count)
-            try { (all: UnsafeRawBufferPointer) throws in
-                for (j, (id, vd)) in refs.enumerated() {
-                    let object = UnsafeRawBufferPointer(rebasing: all[offsets[n + j]..<offsets[n + j + 1]])
-                    guard (hashed[n + j] ?? Hashing.sha256(domain: .object, raw: object)) == vd.digest else {
-                        throw StoreError(.inconsistent, "snapshot of epoch \(epoch): object \(id.short) v\(vd.version) does not match its live digest")
-                    }
-                    leaves.append(ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
+            let all = UnsafeRawBufferPointer(bytes)
+            for (j, (id, vd)) in refs.enumerated() {
+                let object = UnsafeRawBufferPointer(rebasing: all[offsets[n + j]..<offsets[n + j + 1]])
+                guard (hashed[n + j] ?? Hashing.sha256(domain: .object, raw: object)) == vd.digest else {
+                    throw StoreError(.inconsistent, "snapshot of epoch \(epoch): object \(id.short) v\(vd.version) does not match its live digest")
                 }
-                w.writeRaw(UnsafeRawBufferPointer(rebasing: all[offsets[n]..<offsets[n + refs.count]]))
-            }(UnsafeRawBufferPointer(bytes))
+                leaves.append(ObjectRef(id: id, version: vd.version, digest: vd.digest).leafHash)
+            }
+            w.writeRaw(UnsafeRawBufferPointer(rebasing: all[offsets[n]..<offsets[n + refs.count]]))
             chunkRoots.append(Merkle.root(leafHashes: leaves))
             let chunk = layout.buckets[b].lowerBound + chunkRoots.count - 1
             guard let index = UInt32(exactly: chunk), index != Self.manifestChunk else {
@@ -646,8 +645,8 @@ final class ScratchBuffers: Sendable {
 /// The bucket files of one pass of a snapshot build: records `index (u32 LE) ‖ length (u32 LE)
 /// ‖ XXH32 of the bytes (u32 LE) ‖ 0 (u32) ‖ digest (32 bytes) ‖ bytes` appended to
 /// `b<bucket>-<tag>.bin` (the digest is the object's, hashed by the pass that read it; the
-/// checksum catches a scratch file that does not read back as written), staged per bucket in aligned buffers of
-/// ``flushBytes``. A full buffer is written by ``BackgroundWrites`` while the pass goes on (a
+/// checksum catches a scratch file that does not read back as written), staged per bucket in
+/// aligned buffers of ``flushBytes``. A full buffer is written by ``BackgroundWrites`` while the pass goes on (a
 /// direct write returns only when the device holds the data: written in line, the pass waited
 /// on the device most of its time); ``finish()`` writes the partial last buffers and waits for
 /// every write.
@@ -690,13 +689,14 @@ struct BucketWriter {
     }
 
     private mutating func stageHeader(_ bucket: Int, index: UInt32, length: UInt32, checksum: UInt32, digest: Digest) throws(StoreError) {
-        var header = (UInt64(index) | UInt64(length) << 32).littleEndian
-        var check = (UInt64(checksum)).littleEndian
+        var header: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0)  // headerBytes
+        withUnsafeMutableBytes(of: &header) { h in
+            h.storeBytes(of: index.littleEndian, toByteOffset: 0, as: UInt32.self)
+            h.storeBytes(of: length.littleEndian, toByteOffset: 4, as: UInt32.self)
+            h.storeBytes(of: checksum.littleEndian, toByteOffset: 8, as: UInt32.self)
+            digest.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: h[16..<48]).copyMemory(from: $0) }
+        }
         try withUnsafeBytes(of: &header) { (raw) throws(StoreError) in try stage(bucket, raw) }
-        try withUnsafeBytes(of: &check) { (raw) throws(StoreError) in try stage(bucket, raw) }
-        var bytes: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        digest.withUnsafeBytes { raw in Swift.withUnsafeMutableBytes(of: &bytes) { $0.copyMemory(from: raw) } }
-        try withUnsafeBytes(of: &bytes) { (raw) throws(StoreError) in try stage(bucket, raw) }
     }
 
     /// Copies `bytes` into the bucket's buffer, handing each buffer that fills to the writer.
