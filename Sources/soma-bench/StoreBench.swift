@@ -212,6 +212,8 @@ struct Store: AsyncParsableCommand {
             }
             current = try await decoding
         }
+        // The last epoch end's snapshot build runs beside the commits: part of the ingest.
+        try await store.finishSnapshotBuild()
         let d = ContinuousClock.now - start
         result.seconds = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
         if let pruning {

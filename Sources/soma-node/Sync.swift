@@ -183,6 +183,14 @@ struct Sync: AsyncParsableCommand {
             if let root = try await store.epochs().last(where: { $0.stateRoot != nil }) {
                 print("  state root    \(root.stateRoot!.hex) (epoch \(root.epoch), \(root.liveObjectCount ?? 0) live objects)")
             }
+            // An epoch end's snapshot is built beside the commits after it; the last one may
+            // still be running: it is part of this command's work (a failure is reported here).
+            let building = ContinuousClock.now
+            try await store.finishSnapshotBuild()
+            let waited = elapsed(since: building)
+            if waited >= 0.05, let newest = try await store.snapshotEpochs().last {
+                print("  snapshot      epoch \(newest)'s, built beside the last commits, done \(format(waited)) s after them")
+            }
         } catch {
             display.finish()
             await shutDown()

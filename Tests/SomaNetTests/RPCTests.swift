@@ -26,6 +26,8 @@ struct ServedChain {
         let store = try await NodeStore.open(path: dir.path, configuration: config)
         try await store.initialize(genesis: generator.genesis)
         try await store.commit(checkpoints.map(\.verified))
+        // The last epoch end's snapshot is built beside the commits: served once done.
+        try await store.finishSnapshotBuild()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let chainID = generator.genesis.chainID
         let server = try await NetServer.start(

@@ -23,6 +23,8 @@ func storeWithSnapshots(at path: String, mode: StoreMode = .archive) async throw
     let store = try await NodeStore.open(path: path, configuration: config)
     try await store.initialize(genesis: generator.genesis)
     try await store.commit(checkpoints)
+    // The last epoch end's snapshot is built beside the commits: waited for here.
+    try await store.finishSnapshotBuild()
     return (generator, store)
 }
 

@@ -94,6 +94,8 @@ final class SyncNetwork {
         let store = try await NodeStore.open(path: dir.file(name), configuration: config)
         try await store.initialize(genesis: genesis)
         try await store.commit(checkpoints.map(\.verified))
+        // The last epoch end's snapshot is built beside the commits: served once it is done.
+        try await store.finishSnapshotBuild()
         if retainEpochs != nil { _ = try await store.prune() }
         stores.append(store)
         return store

@@ -179,7 +179,7 @@ extension NodeStore {
             try refuseDuringRestore()
             // A live-entries file whose ingestion failed after its batch (see below).
             try finishPendingLiveEntries()
-            // A snapshot build started by a bulk commit runs beside the next commits that execute
+            // A snapshot build started at an epoch end runs beside the next commits that execute
             // on the live set held in memory: they hold their changes there (as bulk commits
             // do) and write them back only at an epoch end or a bound, waiting for the build
             // there. Every other commit writes the live set (or may), so it waits first.
@@ -285,9 +285,11 @@ extension NodeStore {
                     if cache!.set.objects.count > Self.maxCachedLiveObjects { cache = nil }
                 }
                 if let (epoch, record) = endOfEpoch {
-                    // The epoch end's leaves, when kept, say how many ids each range holds.
+                    // The epoch end's leaves, when kept, say how many ids each range holds. The
+                    // build runs beside (bulk or not): the commit returns with the epoch end
+                    // durable, and a commit that writes the live set waits for the build first.
                     let counts = cache?.leafIndex?.prefixes.map(\.count)
-                    try afterEpochEnd(epoch, record, beside: holding, counts: counts)
+                    try afterEpochEnd(epoch, record, beside: true, counts: counts)
                 }
             }
             if let cache, executing { liveCache.withLock { $0 = cache } }
@@ -1081,7 +1083,7 @@ extension NodeStore {
         snapshotBuild.withLock { $0 = task }
     }
 
-    /// Waits for the snapshot build that a bulk commit left running beside the next commits,
+    /// Waits for the snapshot build that an epoch end's commit left running beside the next commits,
     /// if any; rethrows its failure (its marker stays: the build runs again at the next start).
     /// Snapshot reads never wait: until the build ends, its epoch is simply not served.
     public func finishSnapshotBuild() async throws {
