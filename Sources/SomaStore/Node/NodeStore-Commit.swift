@@ -470,12 +470,9 @@ extension NodeStore {
     /// The whole live set, loaded for a bulk catch-up by one ordered scan; `nil` if it holds
     /// more than ``maxCachedLiveObjects``. Called with the writer lock held.
     func loadLiveCache(executed: WatermarkValue?) throws -> LiveCache? {
-        var objects: [ObjectID: VersionDigest] = [:]
         // Room once for what a verified epoch end ahead certifies (at most the bound): growing
         // by doublings rehashed the whole table each time (a quarter of a second of a catch-up).
-        if let hint = knownLiveObjectCount.withLock({ $0 }) {
-            objects.reserveCapacity(Int(min(hint, UInt64(Self.maxCachedLiveObjects))))
-        }
+        var objects = LiveTable(minimumCapacity: Int(min(knownLiveObjectCount.withLock({ $0 }) ?? 0, UInt64(Self.maxCachedLiveObjects))))
         let fits: Bool = try database.withIterator(cf.liveObjects) { it in
             while it.isValid {
                 guard objects.count < Self.maxCachedLiveObjects else { return false }
@@ -485,7 +482,7 @@ extension NodeStore {
             }
             return true
         }
-        return fits ? LiveCache(set: LiveObjectSet(consume objects), executed: executed) : nil
+        return fits ? LiveCache(set: LiveObjectSet(table: consume objects), executed: executed) : nil
     }
 
     /// Writes the changes a bulk catch-up executed in memory to `liveObjects`, with
@@ -678,8 +675,7 @@ extension NodeStore {
             }
         }
         let values = try database.multiGet(cf.liveObjects, touched.map(\.bytes))
-        var objects: [ObjectID: VersionDigest] = [:]
-        objects.reserveCapacity(touched.count)
+        var objects = LiveTable(minimumCapacity: touched.count)
         for (id, v) in zip(touched, values) {
             guard let v else { continue }
             guard let vd = StoreKeys.readVersionDigest(v) else {
@@ -687,7 +683,7 @@ extension NodeStore {
             }
             objects[id] = vd
         }
-        return (LiveObjectSet(objects), touched)
+        return (LiveObjectSet(table: objects), touched)
     }
 
     /// Bulk execution (DESIGN §6.2): applies a group to the cached live set in place. The

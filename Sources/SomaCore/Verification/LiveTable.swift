@@ -1,0 +1,188 @@
+/// A hash table from object ids to their live version and digest: the live object set held in
+/// memory (about 1.24 M entries on the bench chain, several million on a longer one).
+///
+/// Open addressing with linear probing over a power-of-two number of slots, at most 3/4 full;
+/// a removal shifts the entries after it back (no tombstones). Each slot has a control byte
+/// (empty, or 7 bits of the hash) in a small array of its own, and its id and state side by
+/// side, so a lookup touches about one cache line of the large array where `Dictionary`
+/// touches three (its bitmap, key and value arrays) and hashes its key through `Hasher`.
+/// Ids are SHA-256 outputs: their first 8 bytes, mixed with a seed drawn per table, spread
+/// them (crafting ids that collide would take preimages).
+public struct LiveTable: Sendable, Equatable, Sequence {
+    /// One slot's entry.
+    struct Entry: Sendable {
+        var id: ObjectID
+        var state: VersionDigest
+        init(id: ObjectID, state: VersionDigest) {
+            self.id = id
+            self.state = state
+        }
+    }
+
+    /// 0: empty; otherwise `0x80 | 7 bits of the hash`.
+    var control: [UInt8]
+    var entries: [Entry]
+    var mask: Int
+    var shift: UInt64
+    var seed: UInt64
+    /// The number of entries.
+    public private(set) var count: Int
+
+    /// An empty table with room for `minimumCapacity` entries before it grows.
+    public init(minimumCapacity: Int = 0) {
+        var slots = 16
+        while slots / 4 * 3 < minimumCapacity && slots < (1 << 40) { slots <<= 1 }
+        control = [UInt8](repeating: 0, count: slots)
+        entries = [Entry](repeating: Entry(id: .zero, state: VersionDigest(version: 0, digest: .zero)), count: slots)
+        mask = slots - 1
+        shift = UInt64(64 - slots.trailingZeroBitCount)
+        seed = UInt64.random(in: .min ... .max) | 1
+        count = 0
+    }
+
+    /// A table holding the entries of `dictionary`.
+    public init(_ dictionary: [ObjectID: VersionDigest]) {
+        self.init(minimumCapacity: dictionary.count)
+        for (id, state) in dictionary { self[id] = state }
+    }
+
+    /// Entries the table holds before it grows.
+    public var capacity: Int { control.count / 4 * 3 }
+
+    /// Whether the table is empty.
+    public var isEmpty: Bool { count == 0 }
+
+    func hash(_ id: ObjectID) -> UInt64 { (id.w0 ^ seed) &* 0x9E37_79B9_7F4A_7C15 }
+
+    /// Loads the home slot of `id` (its control byte and entry) and returns something of it:
+    /// called for a batch of ids before looking them up, the loads of the batch overlap (the
+    /// core does not wait on one to start the next), so the lookups find their slots in cache.
+    func touch(_ id: ObjectID) -> UInt64 {
+        let i = Int(truncatingIfNeeded: hash(id) >> shift)
+        return control.withUnsafeBufferPointer { c in entries.withUnsafeBufferPointer { e in UInt64(c[i]) &+ e[i].state.version } }
+    }
+
+    /// The slot of `id` (`found`), or the empty slot where it would go.
+    func find(_ id: ObjectID) -> (slot: Int, found: Bool) {
+        let h = hash(id)
+        let tag = UInt8(truncatingIfNeeded: h >> (shift - 8)) | 0x80
+        var i = Int(truncatingIfNeeded: h >> shift)
+        return control.withUnsafeBufferPointer { c in
+            entries.withUnsafeBufferPointer { e in
+                while true {
+                    let t = c[i]
+                    if t == 0 { return (i, false) }
+                    if t == tag && e[i].id == id { return (i, true) }
+                    i = (i + 1) & mask
+                }
+            }
+        }
+    }
+
+    /// The live version and digest of `id`; setting `nil` removes it.
+    public subscript(id: ObjectID) -> VersionDigest? {
+        get {
+            let (slot, found) = find(id)
+            return found ? entries[slot].state : nil
+        }
+        set {
+            update(id) { $0 = newValue }
+        }
+    }
+
+    /// Calls `body` with the state of `id` (`nil`: absent) and stores what it leaves there
+    /// (`nil`: removed), with one lookup. Nothing changes if `body` throws.
+    public mutating func update<E: Error>(_ id: ObjectID, _ body: (inout VersionDigest?) throws(E) -> Void) throws(E) {
+        var (slot, found) = find(id)
+        var state: VersionDigest? = found ? entries[slot].state : nil
+        try body(&state)
+        switch (found, state) {
+        case (true, let state?):
+            entries[slot].state = state
+        case (true, nil):
+            remove(at: slot)
+        case (false, let state?):
+            if count + 1 > capacity {
+                grow()
+                slot = find(id).slot
+            }
+            let h = hash(id)
+            control[slot] = UInt8(truncatingIfNeeded: h >> (shift - 8)) | 0x80
+            entries[slot] = Entry(id: id, state: state)
+            count += 1
+        case (false, nil):
+            break
+        }
+    }
+
+    /// Empties `slot` and moves back the entries after it that belong before it.
+    mutating func remove(at slot: Int) {
+        var hole = slot
+        var i = (slot + 1) & mask
+        while control[i] != 0 {
+            let home = Int(truncatingIfNeeded: hash(entries[i].id) >> shift)
+            // The entry at i may fill the hole if its home is not in (hole, i] (cyclically).
+            let fromHole = (i - hole) & mask
+            let fromHome = (i - home) & mask
+            if fromHome >= fromHole {
+                control[hole] = control[i]
+                entries[hole] = entries[i]
+                hole = i
+            }
+            i = (i + 1) & mask
+        }
+        control[hole] = 0
+        count -= 1
+    }
+
+    /// Doubles the slots and places every entry again.
+    mutating func grow() {
+        reserveCapacity(capacity * 2 + 1)
+    }
+
+    /// Room for `minimumCapacity` entries without growing.
+    public mutating func reserveCapacity(_ minimumCapacity: Int) {
+        guard minimumCapacity > capacity else { return }
+        var bigger = LiveTable(minimumCapacity: minimumCapacity)
+        bigger.seed = seed
+        for (slot, tag) in control.enumerated() where tag != 0 {
+            let e = entries[slot]
+            let (to, _) = bigger.find(e.id)
+            bigger.control[to] = UInt8(truncatingIfNeeded: bigger.hash(e.id) >> (bigger.shift - 8)) | 0x80
+            bigger.entries[to] = e
+        }
+        bigger.count = count
+        self = bigger
+    }
+
+    /// The same entries (slots and seeds may differ).
+    public static func == (a: LiveTable, b: LiveTable) -> Bool {
+        guard a.count == b.count else { return false }
+        for (id, state) in a where b[id] != state { return false }
+        return true
+    }
+
+    /// The entries in slot order (no particular order of ids).
+    public struct Iterator: IteratorProtocol {
+        let table: LiveTable
+        var slot = 0
+
+        /// The next entry.
+        public mutating func next() -> (key: ObjectID, value: VersionDigest)? {
+            while slot < table.control.count {
+                defer { slot += 1 }
+                if table.control[slot] != 0 {
+                    let e = table.entries[slot]
+                    return (e.id, e.state)
+                }
+            }
+            return nil
+        }
+    }
+
+    /// Iterates the entries.
+    public func makeIterator() -> Iterator { Iterator(table: self) }
+
+    /// The number of entries, for `Sequence` algorithms.
+    public var underestimatedCount: Int { count }
+}
