@@ -46,6 +46,8 @@ final class Fixture: Sendable {
             let store = try await NodeStore.open(path: path, configuration: config)
             try await store.initialize(genesis: generator.genesis)
             try await store.commit(checkpoints.map { try CheckpointVerifier.verify(contents: $0.data, of: $0.certified, previousTotal: $0.previousTotal) })
+            // The last epoch end's snapshot is built beside the commits: done before any input runs.
+            try await store.finishSnapshotBuild()
             guard let manifest = try await store.snapshotManifest(epoch: 1),
                   let end = try await store.summary(at: manifest.lastCheckpoint)
             else { fail("the fixture store has no snapshot of epoch 1") }

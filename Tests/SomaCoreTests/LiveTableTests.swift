@@ -40,7 +40,7 @@ struct LiveTableTests {
         for (seed, heads, steps) in [(UInt64(1), UInt64.max, 40_000), (2, 64, 20_000), (3, 3, 3_000)] {
             // heads: how many distinct first-8-byte values ids draw from (few: long probe runs).
             var rng = SplitMix(state: seed)
-            var table = LiveTable()
+            var table = LiveTable(seed: seed &* 0x9E37_79B9)
             var reference: [ObjectID: VersionDigest] = [:]
             var ids: [ObjectID] = []
             for step in 0..<steps {
@@ -81,6 +81,68 @@ struct LiveTableTests {
             }
             #expect(table.isEmpty && table.count == 0)
         }
+    }
+
+    @Test("ids whose home is the last slot wrap to the first slots, and removing one shifts the others back across the end")
+    func wrapAround() {
+        // The table's hash is (first 8 bytes ^ seed) * C; the inverse of C (odd) modulo 2^64
+        // gives first bytes whose hash lands where wanted.
+        let c: UInt64 = 0x9E37_79B9_7F4A_7C15
+        var inverse = c
+        for _ in 0..<6 { inverse = inverse &* (2 &- c &* inverse) }
+        #expect(c &* inverse == 1)
+        let seed: UInt64 = 0x1234_5678
+        var table = LiveTable(seed: seed)  // 16 slots: the home slot is the hash's top 4 bits
+        var reference: [ObjectID: VersionDigest] = [:]
+        // Five ids at home in slot 15 (top bits all ones), then one at home in slot 0.
+        var ids = (0..<5).map { k in id(head: ((0xFFFF_FFFF_0000_0000 | UInt64(k)) &* inverse) ^ seed, tail: UInt64(k)) }
+        ids.append(id(head: (UInt64(7) &* inverse) ^ seed, tail: 99))
+        for (k, i) in ids.enumerated() {
+            table[i] = state(UInt64(k))
+            reference[i] = state(UInt64(k))
+        }
+        #expect(table.capacity == 12, "still 16 slots")
+        expectSame(table, reference, "filled across the end")
+        for victim in [ids[0], ids[2], ids[5], ids[1]] {
+            table[victim] = nil
+            reference[victim] = nil
+            expectSame(table, reference, "after removing \(victim.short)")
+        }
+    }
+
+    @Test("a table of hundreds of thousands of entries (its entries advised onto huge pages) holds them all, and half removed")
+    func large() {
+        let n = 800_000
+        var table = LiveTable(minimumCapacity: n, seed: 5)
+        #expect(table.capacity >= n)
+        var rng = SplitMix(state: 11)
+        var ids: [ObjectID] = []
+        ids.reserveCapacity(n)
+        for v in 0..<n {
+            let k = id(head: rng.next(), tail: UInt64(v))
+            ids.append(k)
+            table[k] = state(UInt64(v))
+        }
+        #expect(table.count == n)
+        var wrong = 0
+        for (v, k) in ids.enumerated() where table[k]?.version != UInt64(v) { wrong += 1 }
+        #expect(wrong == 0)
+        for k in ids[..<(n / 2)] { table[k] = nil }
+        wrong = 0
+        for (v, k) in ids.enumerated() where table[k]?.version != (v < n / 2 ? nil : UInt64(v)) { wrong += 1 }
+        #expect(wrong == 0 && table.count == n - n / 2)
+    }
+
+    @Test("growth doubles the slots: capacity 12, 24, 48 as entries are added")
+    func growthDoubles() {
+        var table = LiveTable(seed: 1)
+        var seen: [Int] = [table.capacity]
+        var rng = SplitMix(state: 3)
+        for v in 0..<40 {
+            table[id(head: rng.next(), tail: UInt64(v))] = state(UInt64(v))
+            if table.capacity != seen.last { seen.append(table.capacity) }
+        }
+        #expect(seen == [12, 24, 48])
     }
 
     @Test("a table sized ahead does not grow; equality ignores slots and seeds; a Dictionary converts")

@@ -332,6 +332,62 @@ struct StoreLayoutTests {
         await reopened.close()
     }
 
+    @Test("an epoch end near the tip builds its snapshot beside the commits; once the build has ended the next commit writes its live entries through (highestExecuted advances) instead of holding them")
+    func nearTipBuildBeside() async throws {
+        let dir = TempDir("layout-beside")
+        defer { dir.cleanup() }
+        let (generator, checkpoints) = await makeChain()
+        let store = try await NodeStore.open(path: dir.path)
+        try await store.initialize(genesis: generator.genesis)
+        // Bulk (the live set loaded and held), then the epoch end (9) near the tip.
+        try await store.commit(Array(checkpoints[0..<8]), bulk: true)
+        try await store.commit(Array(checkpoints[8..<9]))
+        #expect(try await store.watermark(.highestExecuted)?.seq == 9)
+        // The build ends by itself (nobody waits for it here).
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try await !store.snapshotEpochs().contains(0) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(try await store.snapshotEpochs().contains(0))
+        try await store.commit(Array(checkpoints[9..<10]))
+        #expect(try await store.watermark(.highestExecuted)?.seq == 10, "written through once the build had ended")
+        await store.close()
+    }
+
+    @Test("a snapshot still owed (its build failed: the marker stays) keeps the stored live set at its epoch end: close does not write held changes past it, and the next open builds it first")
+    func owedSnapshotKeepsLiveSet() async throws {
+        let dir = TempDir("layout-owed")
+        defer { dir.cleanup() }
+        let (generator, checkpoints) = await makeChain()
+        let store = try await NodeStore.open(path: dir.path)
+        try await store.initialize(genesis: generator.genesis)
+        try await store.commit(Array(checkpoints[0..<9]), bulk: true)
+        try await store.finishSnapshotBuild()
+        // Held in memory past the epoch end (stored: 9).
+        try await store.commit(Array(checkpoints[9..<12]), bulk: true)
+        // As a failed build leaves it: the epoch's chunks gone, its marker in place.
+        let meta = try #require(store.database.columnFamily("meta"))
+        let chunks = try #require(store.database.columnFamily("snapshotChunks"))
+        let batch = WriteBatch(for: store.database)
+        batch.deleteRange(chunks, from: StoreKeys.seq(0), to: StoreKeys.seq(1))
+        batch.put(meta, NodeStore.pendingSnapshotKey, StoreKeys.seq(0))
+        try store.database.write(batch)
+        #expect(try await store.snapshotEpochs() == [])
+        await store.close()
+        var readOnly = StoreConfiguration()
+        readOnly.database.readOnly = true
+        let peek = try await NodeStore.open(path: dir.path, configuration: readOnly)
+        #expect(try await peek.watermark(.highestExecuted)?.seq == 9, "the held changes were not written past the owed epoch end")
+        await peek.close()
+        let reopened = try await NodeStore.open(path: dir.path)
+        #expect(try await reopened.executePending() == 12)
+        #expect(try await reopened.snapshotEpochs() == [0], "built again before the held changes were executed and written")
+        #expect(try reopened.database.get(try #require(reopened.database.columnFamily("meta")), NodeStore.pendingSnapshotKey) == nil)
+        let report = try await reopened.verifyAll()
+        #expect(report.checkpoints == 13)
+        await reopened.close()
+    }
+
     @Test("a bulk write-back of many live entries is ingested as a sorted file after its batch; a crash between the two leaves a marker, and the next open ingests the file")
     func liveEntriesFile() async throws {
         let dir = TempDir("layout-live-file")

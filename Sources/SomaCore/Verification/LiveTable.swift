@@ -32,8 +32,9 @@ public struct LiveTable: Sendable, Equatable, Sequence {
     /// The number of entries.
     public private(set) var count: Int
 
-    /// An empty table with room for `minimumCapacity` entries before it grows.
-    public init(minimumCapacity: Int = 0) {
+    /// An empty table with room for `minimumCapacity` entries before it grows; `seed` fixes
+    /// the hash's seed (tests that must repeat a layout), drawn at random by default.
+    public init(minimumCapacity: Int = 0, seed fixedSeed: UInt64? = nil) {
         var slots = 16
         while slots / 4 * 3 < minimumCapacity && slots < (1 << 40) { slots <<= 1 }
         control = [UInt8](repeating: 0, count: slots)
@@ -44,7 +45,7 @@ public struct LiveTable: Sendable, Equatable, Sequence {
         }
         mask = slots - 1
         shift = UInt64(64 - slots.trailingZeroBitCount)
-        seed = UInt64.random(in: .min ... .max) | 1
+        seed = fixedSeed ?? UInt64.random(in: .min ... .max)
         count = 0
     }
 
@@ -55,13 +56,16 @@ public struct LiveTable: Sendable, Equatable, Sequence {
     }
 
     /// Asks the kernel for huge pages (2 MiB) under the whole 2 MiB pages of a large
-    /// allocation not yet touched: a lookup in a table of hundreds of megabytes otherwise
+    /// allocation (from 64 MiB) not yet touched: a lookup in a table of hundreds of megabytes otherwise
     /// misses the TLB as well as the cache. Only a hint (transparent huge pages in `madvise`
     /// mode: Debian's default); the table is filled whole at once, so it costs no memory.
     static func adviseHugePages(_ base: UnsafeMutableRawPointer, bytes: Int) {
-        #if os(Linux)
+        #if canImport(Glibc)
+        // From 64 MiB: an allocation this large is a mapping of its own (glibc's mmap threshold
+        // is at most 32 MiB; jemalloc's large extents are page runs), so the advice covers
+        // this table's pages only.
         let huge = 2 << 20
-        guard bytes >= 8 * huge else { return }
+        guard bytes >= 32 * huge else { return }
         let start = (Int(bitPattern: base) + huge - 1) & ~(huge - 1)
         let end = (Int(bitPattern: base) + bytes) & ~(huge - 1)
         guard end > start, let p = UnsafeMutableRawPointer(bitPattern: start) else { return }
@@ -160,7 +164,8 @@ public struct LiveTable: Sendable, Equatable, Sequence {
 
     /// Doubles the slots and places every entry again.
     mutating func grow() {
-        reserveCapacity(capacity * 2 + 1)
+        // The capacity of twice the slots: 3/4 of them.
+        reserveCapacity(control.count / 2 * 3)
     }
 
     /// Room for `minimumCapacity` entries without growing.

@@ -183,15 +183,19 @@ extension NodeStore {
             // on the live set held in memory: they hold their changes there (as bulk commits
             // do) and write them back only at an epoch end or a bound, waiting for the build
             // there. Every other commit writes the live set (or may), so it waits first.
+            // A build that has ended is taken now (its failure surfaces here, not an epoch
+            // later), so that commits hold their changes only while one still runs.
+            if snapshotBuild.withLock({ $0?.isFinished ?? false }) { try waitForSnapshotBuild() }
             let holding = bulk || (execute && snapshotBuild.withLock { $0 != nil } && liveCache.withLock { $0 != nil })
             if !(execute && holding) { try waitForSnapshotBuild() }
+            // The pending marker of a build still running is that build's. Any other (a build
+            // that failed) is built again before held changes move highestExecuted past it.
+            if snapshotBuild.withLock({ $0 == nil }) { try finishInterruptedWork() }
             // Storing without execution: the live set held in memory is written back and
             // released first. Near the tip (not bulk) it is written back and kept, and from then
             // on written through: every batch carries its live entries and highestExecuted, as
             // without a cache, but execution reads the set from memory instead of RocksDB.
             if !execute { try writeBackLiveCache() } else if !holding { try writeBackLiveCache(keep: true) }
-            // The pending marker of a build still running is that build's.
-            if snapshotBuild.withLock({ $0 == nil }) { try finishInterruptedWork() }
             var state = WriterState(
                 synced: try watermarkSync(.highestSynced), verified: try watermarkSync(.highestVerified),
                 executed: try watermarkSync(.highestExecuted))
@@ -1116,8 +1120,10 @@ extension NodeStore {
         try writer.withLock { _ throws in
             try finishPendingLiveEntries()
             try waitForSnapshotBuild()
-            try writeBackLiveCache()
+            // A build owed (its marker left by a failed one) first: it reads the stored live
+            // set, which the write-back would move past the epoch end.
             try finishInterruptedWork()
+            try writeBackLiveCache()
             var state = WriterState(
                 synced: try watermarkSync(.highestSynced), verified: try watermarkSync(.highestVerified),
                 executed: try watermarkSync(.highestExecuted))
@@ -1158,6 +1164,11 @@ final class ThreadJob<Result>: @unchecked Sendable {
     private var outcome: Swift.Result<Result, any Error>?
     /// Set once a wait has seen the work end (waits come from one thread at a time).
     private var ended = false
+    /// Set by the job's thread when the work has ended (a wait then returns at once).
+    private let finished = Atomic<Bool>(false)
+
+    /// Whether the work has ended.
+    var isFinished: Bool { finished.load(ordering: .acquiring) }
 
     /// Starts `body` on a new thread named `name` (for `top -H` and profilers: Foundation's
     /// `Thread.name` does not reach the kernel on Linux; at most 15 bytes reach it).
@@ -1165,6 +1176,7 @@ final class ThreadJob<Result>: @unchecked Sendable {
         let thread = Thread { [self] in
             _ = String(name.prefix(15)).withCString { soma_name_thread($0) }
             outcome = Swift.Result { try body() }
+            finished.store(true, ordering: .releasing)
             done.signal()
         }
         thread.name = name

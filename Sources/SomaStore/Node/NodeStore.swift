@@ -235,8 +235,13 @@ public final class NodeStore: Sendable {
             // next open: its marker stays).
             try? waitForSnapshotBuild()
             // Execution a bulk catch-up held in memory is written back (else the next open
-            // executes it again from the segments).
-            if !configuration.database.readOnly { try? writer.withLock { _ throws in try writeBackLiveCache() } }
+            // executes it again from the segments), unless a snapshot is still owed: its build
+            // at the next open reads the stored live set as the epoch end left it.
+            if !configuration.database.readOnly {
+                let owed: Bool
+                do { owed = try database.get(cf.meta, Self.pendingSnapshotKey) != nil } catch { owed = true }
+                if !owed { try? writer.withLock { _ throws in try writeBackLiveCache() } }
+            }
             if !configuration.database.readOnly { try? database.flush() }
             database.close()
             segments.close()
