@@ -145,7 +145,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SomaCoreTests",
-            dependencies: ["SomaCore", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["SomaCore", "SomaDevnet", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         .target(

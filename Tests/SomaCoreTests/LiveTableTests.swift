@@ -1,20 +1,9 @@
 import SomaCore
+import SomaDevnet
 import Testing
 
 @Suite("LiveTable: the live set's hash table against Dictionary")
 struct LiveTableTests {
-    /// A deterministic generator (SplitMix64), so that a failure repeats.
-    struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     /// An id whose first 8 bytes are `head` (the only bytes the table hashes) and the rest `tail`.
     func id(head: UInt64, tail: UInt64) -> ObjectID {
         var bytes: [UInt8] = []
@@ -39,7 +28,7 @@ struct LiveTableTests {
     func randomOperations() {
         for (seed, heads, steps) in [(UInt64(1), UInt64.max, 40_000), (2, 64, 20_000), (3, 3, 3_000)] {
             // heads: how many distinct first-8-byte values ids draw from (few: long probe runs).
-            var rng = SplitMix(state: seed)
+            var rng = DeterministicRandom(seed: seed)
             var table = LiveTable(seed: seed &* 0x9E37_79B9)
             var reference: [ObjectID: VersionDigest] = [:]
             var ids: [ObjectID] = []
@@ -115,7 +104,7 @@ struct LiveTableTests {
         let n = 800_000
         var table = LiveTable(minimumCapacity: n, seed: 5)
         #expect(table.capacity >= n)
-        var rng = SplitMix(state: 11)
+        var rng = DeterministicRandom(seed: 11)
         var ids: [ObjectID] = []
         ids.reserveCapacity(n)
         for v in 0..<n {
@@ -137,7 +126,7 @@ struct LiveTableTests {
     func growthDoubles() {
         var table = LiveTable(seed: 1)
         var seen: [Int] = [table.capacity]
-        var rng = SplitMix(state: 3)
+        var rng = DeterministicRandom(seed: 3)
         for v in 0..<40 {
             table[id(head: rng.next(), tail: UInt64(v))] = state(UInt64(v))
             if table.capacity != seen.last { seen.append(table.capacity) }
@@ -150,7 +139,7 @@ struct LiveTableTests {
         var a = LiveTable(minimumCapacity: 10_000)
         let capacity = a.capacity
         #expect(capacity >= 10_000)
-        var rng = SplitMix(state: 9)
+        var rng = DeterministicRandom(seed: 9)
         var reference: [ObjectID: VersionDigest] = [:]
         for v in 0..<10_000 {
             let k = id(head: rng.next(), tail: rng.next())

@@ -1,5 +1,6 @@
 import Foundation
 import SomaCore
+import SomaDevnet
 @testable import SomaStore
 import SomaTestSupport
 import Testing
@@ -12,7 +13,7 @@ struct BucketFileTests {
     func roundTrip() throws {
         let dir = TempDir("buckets")
         defer { dir.cleanup() }
-        var rng = HistorySegmentsTests.SplitMix(seed: 11)
+        var rng = DeterministicRandom(seed: 11)
         var written: [Int: [(Int, [UInt8])]] = [:]
         var writer = BucketWriter(dir: dir.path, tag: "t")
         for i in 0..<3_000 {

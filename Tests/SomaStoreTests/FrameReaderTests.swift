@@ -1,5 +1,6 @@
 import Foundation
 import SomaCore
+import SomaDevnet
 @testable import SomaStore
 import SomaTestSupport
 import Testing
@@ -17,7 +18,7 @@ struct FrameReaderTests {
         configuration.maxSegmentBytes = 9 << 20  // a few windows per segment, several segments
         let segments = try HistorySegments.open(directory: dir.file("segments"), configuration: configuration)
         defer { segments.close() }
-        var rng = HistorySegmentsTests.SplitMix(seed: 5)
+        var rng = DeterministicRandom(seed: 5)
         var parts: [UInt64: Int] = [:]
         for seq in UInt64(1)...40 {
             let count = Int(rng.next() % 3) + 1

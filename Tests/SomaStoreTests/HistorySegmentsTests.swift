@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SomaCore
+import SomaDevnet
 import SomaStore
 import SomaTestSupport
 import Testing
@@ -10,20 +11,8 @@ struct HistorySegmentsTests {
     /// A checkpoint's frames: `parts` LZ4 frames of distinct content.
     static func frames(_ seq: UInt64, parts: Int = 1, size: Int = 3_000) -> [[UInt8]] {
         (0..<parts).map { p in
-            var rng = SplitMix(seed: seq &* 31 &+ UInt64(p))
+            var rng = DeterministicRandom(seed: seq &* 31 &+ UInt64(p))
             return LZ4Frame.compress((0..<size).map { _ in UInt8(truncatingIfNeeded: rng.next() % 7) })
-        }
-    }
-
-    struct SplitMix {
-        var state: UInt64
-        init(seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
         }
     }
 
@@ -67,7 +56,7 @@ struct HistorySegmentsTests {
         defer { dir.cleanup() }
         // Incompressible content, so frame sizes are odd and one spans the 4 MiB buffer.
         func frame(_ seq: UInt64, size: Int) -> [UInt8] {
-            var rng = SplitMix(seed: seq)
+            var rng = DeterministicRandom(seed: seq)
             return LZ4Frame.compress((0..<size).map { _ in UInt8(truncatingIfNeeded: rng.next()) })
         }
         var expected: [UInt8] = []

@@ -1,5 +1,6 @@
 import Foundation
 import SomaCore
+import SomaDevnet
 @testable import SomaStore
 import SomaTestSupport
 import Testing
@@ -9,7 +10,7 @@ import Testing
 @Suite("State root: ranges on every core, combined through chunk roots")
 struct StateRootTests {
     /// A random id; with `firstByte`, one that starts with it (the ranges' edges).
-    static func id(_ rng: inout HistorySegmentsTests.SplitMix, firstByte: UInt8? = nil) -> ObjectID {
+    static func id(_ rng: inout DeterministicRandom, firstByte: UInt8? = nil) -> ObjectID {
         var bytes = (0..<32).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
         if let firstByte { bytes[0] = firstByte }
         return Digest(bytes: bytes)!
@@ -17,7 +18,7 @@ struct StateRootTests {
 
     /// `size` random live entries; every `edgeEvery`-th id starts on an edge of the ranges
     /// (first bytes 0x00, 0x7f, 0x80, 0xff in turn).
-    static func randomSet(_ size: Int, edgeEvery: Int, _ rng: inout HistorySegmentsTests.SplitMix) -> [ObjectID: VersionDigest] {
+    static func randomSet(_ size: Int, edgeEvery: Int, _ rng: inout DeterministicRandom) -> [ObjectID: VersionDigest] {
         var set: [ObjectID: VersionDigest] = [:]
         for i in 0..<size {
             let edge: UInt8? = i % edgeEvery == 0 ? [0x00, 0x7f, 0x80, 0xff][(i / edgeEvery) % 4] : nil
@@ -46,7 +47,7 @@ struct StateRootTests {
         let dir = TempDir("stateroot")
         defer { dir.cleanup() }
         let store = try await NodeStore.open(path: dir.path)
-        var rng = HistorySegmentsTests.SplitMix(seed: 5)
+        var rng = DeterministicRandom(seed: 5)
         // Sizes: empty, one, around one chunk, several chunks unevenly split between ranges.
         for size in [0, 1, 2, NodeStore.stateRootChunk - 1, NodeStore.stateRootChunk, NodeStore.stateRootChunk + 1, 3 * NodeStore.stateRootChunk + 17] {
             let stored = Self.randomSet(size, edgeEvery: 50, &rng)
@@ -79,7 +80,7 @@ struct StateRootTests {
         let dir = TempDir("leafindex")
         defer { dir.cleanup() }
         let store = try await NodeStore.open(path: dir.path)
-        var rng = HistorySegmentsTests.SplitMix(seed: 11)
+        var rng = DeterministicRandom(seed: 11)
         let stored = Self.randomSet(2 * NodeStore.stateRootChunk + 333, edgeEvery: 40, &rng)
         try Self.storeLive(stored, in: store)
         // The previous epoch end's index, the exact way.
