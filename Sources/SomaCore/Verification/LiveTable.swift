@@ -55,8 +55,8 @@ public struct LiveTable: Sendable, Equatable, Sequence {
         for (id, state) in dictionary { self[id] = state }
     }
 
-    /// Asks the kernel for huge pages (2 MiB) under the whole 2 MiB pages of a large
-    /// allocation (from 64 MiB) not yet touched: a lookup in a table of hundreds of megabytes otherwise
+    /// Asks the kernel for huge pages (2 MiB) under the whole 2 MiB pages of a large allocation
+    /// (from 64 MiB) not yet touched: a lookup in a table of hundreds of megabytes otherwise
     /// misses the TLB as well as the cache. Only a hint (transparent huge pages in `madvise`
     /// mode: Debian's default); the table is filled whole at once, so it costs no memory.
     static func adviseHugePages(_ base: UnsafeMutableRawPointer, bytes: Int) {
