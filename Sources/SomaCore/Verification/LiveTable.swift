@@ -81,6 +81,9 @@ public struct LiveTable: Sendable, Equatable, Sequence {
 
     func hash(_ id: ObjectID) -> UInt64 { (id.w0 ^ seed) &* 0x9E37_79B9_7F4A_7C15 }
 
+    /// The control byte of hash `h`: the 8 bits below the slot's, the top one set.
+    func tag(_ h: UInt64) -> UInt8 { UInt8(truncatingIfNeeded: h >> (shift - 8)) | 0x80 }
+
     /// Loads the home slot of `id` (its control byte and entry) and returns something of it:
     /// called for a batch of ids before looking them up, the loads of the batch overlap (the
     /// core does not wait on one to start the next), so the lookups find their slots in cache.
@@ -92,7 +95,7 @@ public struct LiveTable: Sendable, Equatable, Sequence {
     /// The slot of `id` (`found`), or the empty slot where it would go.
     func find(_ id: ObjectID) -> (slot: Int, found: Bool) {
         let h = hash(id)
-        let tag = UInt8(truncatingIfNeeded: h >> (shift - 8)) | 0x80
+        let tag = tag(h)
         var i = Int(truncatingIfNeeded: h >> shift)
         return control.withUnsafeBufferPointer { c in
             entries.withUnsafeBufferPointer { e in
@@ -133,8 +136,7 @@ public struct LiveTable: Sendable, Equatable, Sequence {
                 grow()
                 slot = find(id).slot
             }
-            let h = hash(id)
-            control[slot] = UInt8(truncatingIfNeeded: h >> (shift - 8)) | 0x80
+            control[slot] = tag(hash(id))
             entries[slot] = Entry(id: id, state: state)
             count += 1
         case (false, nil):
@@ -171,12 +173,11 @@ public struct LiveTable: Sendable, Equatable, Sequence {
     /// Room for `minimumCapacity` entries without growing.
     public mutating func reserveCapacity(_ minimumCapacity: Int) {
         guard minimumCapacity > capacity else { return }
-        var bigger = LiveTable(minimumCapacity: minimumCapacity)
-        bigger.seed = seed
+        var bigger = LiveTable(minimumCapacity: minimumCapacity, seed: seed)
         for (slot, tag) in control.enumerated() where tag != 0 {
             let e = entries[slot]
             let (to, _) = bigger.find(e.id)
-            bigger.control[to] = UInt8(truncatingIfNeeded: bigger.hash(e.id) >> (bigger.shift - 8)) | 0x80
+            bigger.control[to] = bigger.tag(bigger.hash(e.id))
             bigger.entries[to] = e
         }
         bigger.count = count
