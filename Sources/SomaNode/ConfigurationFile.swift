@@ -52,10 +52,13 @@ public enum NodeConfigurationFile {
               role: auto                       # archive, full or validator (auto: from store.mode)
               advertise: []                    # HOST:PORT others dial; empty: the listen address
               allowedPeers: []                 # peer ids (hex) a private node answers
-            metrics:
-              listen: ""                       # HOST:PORT to serve Prometheus metrics on (GET /metrics); empty: off
+            http:
+              listen: "\(d.http.listen ?? "")"      # HOST:PORT of the HTTP API, /metrics and the status page; empty: off
+              readyWithin: \(d.http.readyWithin)                 # /health?ready answers 503 while more checkpoints than this behind the best known tip
+              eventBuffer: \(d.http.eventBuffer)              # events held for one /v1/events client before it is dropped as too slow
             drainSeconds: \(d.drainSeconds)            # on stop, wait this long for requests in flight
             logLevel: \(d.logLevel)
+            logFormat: \(d.logFormat.rawValue)                  # text, or json (one JSON object a line)
 
             """
     }
@@ -65,14 +68,14 @@ public enum NodeConfigurationFile {
     /// own untyped loader traps on a mapping key that is not a scalar (`? {a: 1}: 2`); here that
     /// is an error naming the file, as are nesting deeper than 64 levels and more than 100,000
     /// values (aliases arrive resolved, so each use counts).
-    static func plain(_ node: Node, _ source: String) throws -> Any {
+    static func plain(_ node: Yams.Node, _ source: String) throws -> Any {
         var budget = 100_000
         return try plain(node, source, depth: 0, budget: &budget)
     }
 
     /// One node; `budget` counts the nodes visited, so aliases expanded over and over (a
     /// "billion laughs" file) are refused instead of walked.
-    private static func plain(_ node: Node, _ source: String, depth: Int, budget: inout Int) throws -> Any {
+    private static func plain(_ node: Yams.Node, _ source: String, depth: Int, budget: inout Int) throws -> Any {
         guard depth < 64 else { throw NodeError("\(source): nested deeper than 64 levels") }
         budget -= 1
         guard budget >= 0 else { throw NodeError("\(source): more than 100000 values (aliases expanded)") }
@@ -107,7 +110,7 @@ public enum NodeConfigurationFile {
     /// Parses YAML text over the defaults.
     public static func parse(_ text: String, dataDirectory: String, source: String = "configuration") throws -> NodeConfiguration {
         var config = NodeConfiguration(dataDirectory: dataDirectory)
-        let node: Node?
+        let node: Yams.Node?
         do { node = try Yams.compose(yaml: text) } catch { throw NodeError("\(source): not YAML: \(error)") }
         guard let node else { return config }
         let root = try plain(node, source)
@@ -122,7 +125,7 @@ public enum NodeConfigurationFile {
             guard let i = v as? Int, range.contains(i) else { throw NodeError("\(source): '\(path)' must be an integer in \(range)") }
             return i
         }
-        try checkKeys(top, ["listen", "store", "net", "sync", "discovery", "metrics", "drainSeconds", "logLevel"], source, "")
+        try checkKeys(top, ["listen", "store", "net", "sync", "discovery", "http", "drainSeconds", "logLevel", "logFormat"], source, "")
         let listen = try section("listen")
         try checkKeys(listen, ["host", "port"], source, "listen.")
         if let h = listen["host"] {
@@ -222,19 +225,25 @@ public enum NodeConfigurationFile {
                 return id
             })
         }
-        let metrics = try section("metrics")
-        try checkKeys(metrics, ["listen"], source, "metrics.")
-        if let v = metrics["listen"] {
-            guard let s = v as? String, s.isEmpty || (s.lastIndex(of: ":").flatMap { Int(s[s.index(after: $0)...]) }.map { (0...65_535).contains($0) } ?? false)
-            else { throw NodeError("\(source): 'metrics.listen' must be HOST:PORT or empty") }
-            config.metricsListen = s.isEmpty ? nil : s
+        let http = try section("http")
+        try checkKeys(http, ["listen", "readyWithin", "eventBuffer"], source, "http.")
+        if let v = http["listen"] {
+            guard let s = v as? String, s.isEmpty || HTTPConfiguration.split(s) != nil
+            else { throw NodeError("\(source): 'http.listen' must be HOST:PORT (port 0...65535) or empty") }
+            config.http.listen = s.isEmpty ? nil : s
         }
+        if let v = try int(http, "readyWithin", "http.readyWithin", range: 0...1_000_000) { config.http.readyWithin = UInt64(v) }
+        if let v = try int(http, "eventBuffer", "http.eventBuffer", range: 16...1_000_000) { config.http.eventBuffer = v }
         if let v = try int(top, "drainSeconds", "drainSeconds", range: 0...3_600) { config.drainSeconds = v }
         if let v = top["logLevel"] {
             guard let s = v as? String, ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(s) else {
                 throw NodeError("\(source): 'logLevel' must be one of trace, debug, info, notice, warning, error, critical")
             }
             config.logLevel = s
+        }
+        if let v = top["logFormat"] {
+            guard let s = v as? String, let f = LogFormat(rawValue: s) else { throw NodeError("\(source): 'logFormat' must be text or json") }
+            config.logFormat = f
         }
         return config
     }

@@ -30,10 +30,14 @@ public struct NodeConfiguration: Sendable {
     public var pollSeconds = 2
     /// How long a stop waits for requests in flight before closing connections.
     public var drainSeconds = 5
-    /// Where to serve Prometheus metrics (`GET /metrics`), `HOST:PORT`; `nil`: not served.
-    public var metricsListen: String? = nil
+    /// Whether the node serves its history to peers (`listenHost:listenPort`); `sync` does not.
+    public var serve = true
+    /// The HTTP API (status, reads with proofs, events, metrics, the status page).
+    public var http = HTTPConfiguration()
     /// Log level name (trace, debug, info, notice, warning, error, critical).
     public var logLevel = "info"
+    /// Log lines as text or as JSON objects, one a line.
+    public var logFormat = LogFormat.text
 
     /// Defaults for a data directory.
     public init(dataDirectory: String) {
@@ -50,4 +54,45 @@ public struct NodeConfiguration: Sendable {
     public var databasePath: String { dataDirectory + "/db" }
     /// `DIR/soma-node.yaml`.
     public var configPath: String { dataDirectory + "/soma-node.yaml" }
+}
+
+/// How log lines are written.
+public enum LogFormat: String, Sendable, CaseIterable {
+    /// `2026-12-05T07:00:00+0000 info soma-node : key=value message`, swift-log's text lines.
+    case text
+    /// One JSON object a line: `timestamp`, `level`, `label`, `message`, `metadata`, `source`.
+    case json
+}
+
+/// The HTTP API's settings (DESIGN §13).
+public struct HTTPConfiguration: Sendable {
+    /// `HOST:PORT` to serve the API on (port 0: any free port); `nil`: not served.
+    public var listen: String? = "127.0.0.1:9184"
+    /// A node is ready (`/health?ready`) while it is at most this many checkpoints behind the
+    /// best tip it knows of.
+    public var readyWithin: UInt64 = 10
+    /// Events held for one `/v1/events` client before it is dropped as too slow.
+    public var eventBuffer = 4_096
+    /// Most checkpoints, transactions or objects one request may ask for.
+    public var maxBatch = 100
+
+    /// The defaults.
+    public init() {}
+
+    /// `listen` split into host and port, if it is a valid `HOST:PORT`.
+    public var address: (host: String, port: Int)? {
+        guard let listen else { return nil }
+        return HTTPConfiguration.split(listen)
+    }
+
+    /// `HOST:PORT` (IPv6 hosts in brackets or bare) split, the port in 0...65535.
+    public static func split(_ address: String) -> (host: String, port: Int)? {
+        guard let colon = address.lastIndex(of: ":"), colon != address.startIndex,
+              let port = Int(address[address.index(after: colon)...]), (0...65_535).contains(port)
+        else { return nil }
+        var host = String(address[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        return (host, port)
+    }
 }

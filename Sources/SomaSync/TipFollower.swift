@@ -39,18 +39,23 @@ public final class TipFollower: Sendable {
     let wakes: AsyncStream<Void>
 
     /// A follower that fills `store` from the connections `sources` offers; `forward` is also
-    /// given each new tip (a serving node sends it to the peers connected to it).
+    /// given each new tip (a serving node sends it to the peers connected to it), `onBan` the
+    /// label and reason of each source banned (after it is logged).
     public init(
         store: NodeStore, genesis: Genesis, sources: @escaping @Sendable () async -> [SourceOffer],
         configuration: SyncConfiguration = SyncConfiguration(), pollInterval: Duration = .seconds(2),
-        logger: Logger, forward: @escaping @Sendable (CertifiedCheckpointSummary) -> Void = { _ in }
+        logger: Logger, forward: @escaping @Sendable (CertifiedCheckpointSummary) -> Void = { _ in },
+        onBan: @escaping @Sendable (String, String) -> Void = { _, _ in }
     ) {
         self.forward = forward
         self.sources = sources
         let pool = SourcePool(
             clients: [], labels: [], perSourceInFlight: configuration.perSourceInFlight, banDuration: configuration.banDuration,
             stallBanDuration: configuration.stallBanDuration,
-            onBan: { label, reason in logger.warning("source banned", metadata: ["peer.address": "\(label)", "reason": "\(reason)"]) })
+            onBan: { label, reason in
+                logger.warning("source banned", metadata: ["peer.address": "\(label)", "reason": "\(reason)"])
+                onBan(label, reason)
+            })
         sync = PeerSync(store: store, genesis: genesis, pool: pool, configuration: configuration)
         self.pollInterval = pollInterval
         self.logger = logger

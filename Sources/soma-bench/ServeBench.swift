@@ -64,7 +64,7 @@ struct Serve: AsyncParsableCommand {
             let config = try benchNodeConfig(cache: cache, transport: mode)
             let server = Process()
             server.executableURL = URL(fileURLWithPath: node)
-            server.arguments = ["run", "--data", data, "--config", config, "--listen", "127.0.0.1:0", "--log-level", "warning"]
+            server.arguments = ["run", "--data", data, "--config", config, "--listen", "127.0.0.1:0", "--http", "off", "--log-level", "warning"]
             let out = Pipe()
             server.standardOutput = out
             try server.run()

@@ -87,7 +87,7 @@ func startServingNodes(node: String, store: String, config: String) throws -> ([
         for dir in dirs {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: node)
-            p.arguments = ["run", "--data", dir, "--config", config, "--listen", "127.0.0.1:0", "--log-level", "warning"]
+            p.arguments = ["run", "--data", dir, "--config", config, "--listen", "127.0.0.1:0", "--http", "off", "--log-level", "warning"]
             let out = Pipe()
             p.standardOutput = out
             try p.run()

@@ -58,14 +58,16 @@ struct NodeRunOptions: ParsableArguments {
     var data: String
     @Option(help: "A configuration file (default: DIR/soma-node.yaml when it exists).")
     var config: String?
-    @Option(help: "Address to listen on, HOST:PORT (port 0: any free port).")
+    @Option(help: "Address to serve peers on, HOST:PORT (port 0: any free port).")
     var listen: String?
     @Option(help: "A peer to sync from and follow, HOST:PORT (repeat for several; replaces sync.peers of the file).")
     var peer: [String] = []
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String?
-    @Option(help: "Serve Prometheus metrics (GET /metrics) on HOST:PORT (replaces metrics.listen of the file).")
-    var metrics: String?
+    @Option(help: "Log lines as text or json (one JSON object a line).")
+    var logFormat: String?
+    @Option(help: "Serve the HTTP API, /metrics and the status page on HOST:PORT (replaces http.listen of the file; `off`: not served).")
+    var http: String?
     @Flag(help: "Speak plaintext instead of TLS 1.3 (replaces net.tls of the file; for tests and loopback baselines only).")
     var plaintext = false
 
@@ -77,19 +79,28 @@ struct NodeRunOptions: ParsableArguments {
             configuration = try NodeConfigurationFile.load(path: file, dataDirectory: data)
         }
         if let listen {
-            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]),
-                  (0...65_535).contains(port), colon != listen.startIndex
-            else { throw ValidationError("--listen takes HOST:PORT") }
-            configuration.listenHost = String(listen[..<colon])
+            guard let (host, port) = HTTPConfiguration.split(listen) else { throw ValidationError("--listen takes HOST:PORT (port 0...65535), not \(listen)") }
+            configuration.listenHost = host
             configuration.listenPort = port
         }
-        if let logLevel { configuration.logLevel = logLevel }
+        if let logLevel {
+            guard Logger.Level(rawValue: logLevel) != nil else {
+                throw ValidationError("--log-level takes trace, debug, info, notice, warning, error or critical, not \(logLevel)")
+            }
+            configuration.logLevel = logLevel
+        }
+        if let logFormat {
+            guard let f = LogFormat(rawValue: logFormat) else { throw ValidationError("--log-format takes text or json, not \(logFormat)") }
+            configuration.logFormat = f
+        }
         if plaintext { configuration.net.tls = false }
-        if let metrics {
-            guard let colon = metrics.lastIndex(of: ":"), colon != metrics.startIndex,
-                  let port = Int(metrics[metrics.index(after: colon)...]), (0...65_535).contains(port)
-            else { throw ValidationError("--metrics takes HOST:PORT") }
-            configuration.metricsListen = metrics
+        if let http {
+            if http == "off" {
+                configuration.http.listen = nil
+            } else {
+                guard HTTPConfiguration.split(http) != nil else { throw ValidationError("--http takes HOST:PORT (port 0...65535) or off, not \(http)") }
+                configuration.http.listen = http
+            }
         }
         if !peer.isEmpty {
             for p in peer {
@@ -105,23 +116,35 @@ struct NodeRunOptions: ParsableArguments {
     /// Runs the node (with `producer`, a devnet that grows its chain) until SIGTERM or SIGINT.
     func serve(producer: (any CheckpointProducer)? = nil) async throws {
         let configuration = try configuration()
-        let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        bootstrapLogging(level: configuration.logLevel, format: configuration.logFormat)
         let logger = Logger(label: "soma-node")
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let node = NodeService(configuration: configuration, logger: logger, metrics: registry, producer: producer, onListening: { host, port in
-            // One plain line on stdout for scripts and tests that start the node on port 0.
-            FileHandle.standardOutput.write(Data("listening on \(host):\(port)\n".utf8))
-        }, onMetrics: { port in
-            FileHandle.standardOutput.write(Data("metrics on port \(port)\n".utf8))
-        })
-        let group = ServiceGroup(configuration: .init(
-            services: [node], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        var builder = NodeBuilder(configuration: configuration, logger: logger, metrics: registry)
+        builder.producer = producer
+        builder.onListening = { endpoint, host, port in
+            // One plain line on stdout each for scripts and tests that start the node on port 0.
+            let line = endpoint == .peers ? "listening on \(host):\(port)\n" : "http on \(host):\(port)\n"
+            FileHandle.standardOutput.write(Data(line.utf8))
+        }
+        let node = try await builder.build()
+        try await node.run()
+    }
+}
+
+/// Sets up swift-log for the process: text lines or JSON lines on standard error.
+func bootstrapLogging(level: String, format: LogFormat) {
+    let level = Logger.Level(rawValue: level) ?? .info
+    LoggingSystem.bootstrap { label in
+        switch format {
+        case .text:
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        case .json:
+            var handler = JSONLogHandler(label: label)
+            handler.logLevel = level
+            return handler
+        }
     }
 }

@@ -76,101 +76,61 @@ struct Sync: AsyncParsableCommand {
         } else if snapshot != nil {
             config.store.mode = .pruned
         }
+        config.serve = false
+        config.http.listen = nil
+        config.net.tls = !plaintext
+        config.peers = peer
+        config.discovery.targetConnections = targetConnections
+        config.discovery.exchangeInterval = .seconds(2)
         try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
-        guard let bytes = FileManager.default.contents(atPath: genesis ?? config.genesisPath) else {
-            throw CLIError("no genesis at \(genesis ?? config.genesisPath): give --genesis FILE")
+        if genesis == nil && !FileManager.default.fileExists(atPath: config.genesisPath) {
+            throw CLIError("no genesis at \(config.genesisPath): give --genesis FILE")
         }
-        let chainGenesis: Genesis
-        do {
-            chainGenesis = try Genesis(bcsBytes: Array(bytes))
-            try chainGenesis.verify()
-        } catch {
-            throw CLIError("the genesis does not verify: \(error)")
+        if let genesis {
+            // The chain's genesis joins the data directory (later runs and `run` read it there).
+            guard let bytes = FileManager.default.contents(atPath: genesis) else { throw CLIError("no genesis at \(genesis): give --genesis FILE") }
+            do {
+                let g = try Genesis(bcsBytes: Array(bytes))
+                try g.verify()
+                try writeGenesis(g, to: DataDirectory(root: data))
+            } catch let error as CLIError {
+                throw error
+            } catch {
+                throw CLIError("\(genesis) is not a valid genesis: \(error)")
+            }
         }
-        try writeGenesis(chainGenesis, to: DataDirectory(root: data))
-        let key = (try? NodeKey.load(from: config.keyPath)) ?? SigningKey.generate()
-        let store = try await NodeStore.open(path: config.databasePath, configuration: config.store)
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         var logger = Logger(label: "soma-node.sync")
         logger.logLevel = .warning
-        let table = PeerTable(selfID: key.publicKey, store: store)
-        var settings = DiscoveryConfiguration()
-        settings.seeds = peer
-        settings.targetConnections = targetConnections
-        settings.exchangeInterval = .seconds(2)
-        settings.role = config.store.mode == .archive ? .archive : .full
-        var net = config.net
-        net.tls = !plaintext
-        let discovery = Discovery(
-            key: key, chainID: chainGenesis.chainID, table: table, configuration: settings, net: net, group: group, logger: logger)
-        func shutDown() async {
-            await discovery.close()
-            try? await group.shutdownGracefully()
-            await store.close()
-        }
-        let connected: Int
-        do {
-            let known = try await table.load()
-            if peer.isEmpty && known == 0 {
-                throw CLIError("no seed (--peer HOST:PORT) and no known peers in \(config.databasePath)")
-            }
-            connected = await discovery.bootstrap()
-        } catch {
-            await shutDown()
-            throw error
-        }
-        guard connected > 0 else {
-            for (seed, reason) in discovery.seedFailures.sorted(by: { $0.key < $1.key }) { print("peer \(seed): \(reason)") }
-            await shutDown()
-            throw CLIError("no peer could be reached (seeds: \(peer.isEmpty ? "none" : peer.joined(separator: ", ")))")
-        }
-        print("discovery: connected to \(connected) peers over \(net.tls ? "TLS 1.3" : "plaintext") (\(await table.count) known)")
+        var builder = NodeBuilder(configuration: config, logger: logger)
+        builder.ephemeralKeyIfMissing = true
+        let node = try await builder.build()
         let display = ProgressDisplay()
         do {
-            var syncSettings = SyncConfiguration()
-            syncSettings.window = window
-            syncSettings.requestTimeout = .seconds(Int64(timeout))
-            syncSettings.verifyAllCertificates = verifyAllCertificates
+            let connected = try await node.connect()
+            print("discovery: connected to \(connected) peers over \(config.net.tls ? "TLS 1.3" : "plaintext") (\(await node.discovery?.table.count ?? 0) known)")
+            var request = CatchUpRequest()
+            request.until = UInt64(until)
+            request.snapshot = snapshot.map { UInt64($0).map(SnapshotChoice.epoch) ?? .latest }
+            request.sync.window = window
+            request.sync.requestTimeout = .seconds(Int64(timeout))
+            request.sync.verifyAllCertificates = verifyAllCertificates
+            request.restore.requestTimeout = .seconds(Int64(timeout))
             let terminal = display.terminal
-            let pool = SourcePool(
-                clients: [], labels: [], perSourceInFlight: syncSettings.perSourceInFlight,
-                banDuration: syncSettings.banDuration, stallBanDuration: syncSettings.stallBanDuration,
-                onBan: { label, reason in
-                    print("\(terminal ? "\r\u{1B}[K" : "")peer \(label) banned: \(reason)")
-                })
-            for c in discovery.connections {
-                let remembered = await table.record(c.client.peerID)?.throughput ?? 0
-                await pool.add(c.client, label: c.address, throughput: remembered > 0 ? Double(remembered) : nil)
+            request.onBan = { label, reason in print("\(terminal ? "\r\u{1B}[K" : "")peer \(label) banned: \(reason)") }
+            request.progress = { display.update($0) }
+            request.restoreProgress = { display.update($0) }
+            let restoreStart = ContinuousClock.now
+            if snapshot != nil, let state = try await node.store.restoreState() {
+                print("resuming the restore of epoch \(state.manifest.epoch)'s snapshot: \(state.done.count) of \(state.manifest.chunkRoots.count) chunks already written")
             }
-            if snapshot != nil, store.configuration.mode == .archive {
-                throw CLIError("the store at \(config.databasePath) is an archive (every checkpoint since genesis): it cannot be restored from a snapshot")
+            let outcome = try await node.catchUp(request)
+            if let report = outcome.restore {
+                printRestore(report, seconds: elapsed(since: restoreStart))
+            } else if let skipped = outcome.restoreSkipped {
+                let from = skipped.restoredEpoch.map { " (restored from epoch \($0)'s snapshot)" } ?? ""
+                print("snapshot: the store already holds checkpoints up to \(skipped.highestSynced)\(from): syncing on from there")
             }
-            // Discovery goes on while syncing: peers it connects to later join the pool.
-            let joining = Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: .seconds(2))
-                    guard !Task.isCancelled else { return }
-                    await discovery.round()
-                    for c in discovery.connections where await pool.index(of: c.client.peerID) == nil {
-                        guard let a = try? await c.client.availability() else { continue }
-                        await pool.add(c.client, label: c.address, availability: a)
-                    }
-                }
-            }
-            defer { joining.cancel() }
-            if let snapshot {
-                try await restoreSnapshot(snapshot, store: store, genesis: chainGenesis, pool: pool, display: display)
-            }
-            let sync = PeerSync(store: store, genesis: chainGenesis, pool: pool, configuration: syncSettings)
-            let report = try await sync.catchUp(until: UInt64(until)) { display.update($0) }
-            joining.cancel()
-            _ = await joining.value
-            for st in await pool.stats {
-                // Only a ban for bad data is recorded in the peer table; a stall is a pause of this run.
-                await discovery.noteSource(
-                    st.peerID, throughput: st.throughput, failures: st.failures, bannedFor: st.bannedForBadData ? st.bannedFor : nil,
-                    reason: st.bannedForBadData ? st.banReason : nil)
-            }
+            let report = outcome.report
             display.finish()
             let secs = elapsed(since: start)
             let used = report.sources.filter { $0.checkpoints > 0 }.count
@@ -180,44 +140,29 @@ struct Sync: AsyncParsableCommand {
                 print("  by quarter    \(q.map { format($0) }.joined(separator: ", ")) MB/s (last / first \(format(q[3] / q[0], 2)))")
             }
             for s in report.sources { print("  peer \(s)") }
-            if let root = try await store.epochs().last(where: { $0.stateRoot != nil }) {
+            if let root = try await node.store.epochs().last(where: { $0.stateRoot != nil }) {
                 print("  state root    \(root.stateRoot!.hex) (epoch \(root.epoch), \(root.liveObjectCount ?? 0) live objects)")
             }
             // An epoch end's snapshot is built beside the commits after it; the last one may
             // still be running: it is part of this command's work (a failure is reported here).
             let building = ContinuousClock.now
-            try await store.finishSnapshotBuild()
+            try await node.store.finishSnapshotBuild()
             let waited = elapsed(since: building)
-            if waited >= 0.05, let newest = try await store.snapshotEpochs().last {
+            if waited >= 0.05, let newest = try await node.store.snapshotEpochs().last {
                 print("  snapshot      epoch \(newest)'s, built beside the last commits, done \(format(waited)) s after them")
             }
         } catch {
             display.finish()
-            await shutDown()
+            await node.close()
             throw error
         }
-        await shutDown()
+        await node.close()
     }
 }
 
 extension Sync {
-    /// Restores (or resumes restoring) the chosen snapshot and prints what it did.
-    func restoreSnapshot(_ choice: String, store: NodeStore, genesis: Genesis, pool: SourcePool, display: ProgressDisplay) async throws {
-        var settings = RestoreConfiguration()
-        settings.requestTimeout = .seconds(Int64(timeout))
-        let restore = SnapshotRestore(store: store, genesis: genesis, pool: pool, configuration: settings)
-        let start = ContinuousClock.now
-        if let state = try await store.restoreState() {
-            print("resuming the restore of epoch \(state.manifest.epoch)'s snapshot: \(state.done.count) of \(state.manifest.chunkRoots.count) chunks already written")
-        }
-        guard let report = try await restore.restore(UInt64(choice).map(SnapshotChoice.epoch) ?? .latest, progress: { display.update($0) }) else {
-            let synced = try await store.watermark(.highestSynced)?.seq ?? 0
-            let from = try await store.restoredEpoch().map { " (restored from epoch \($0)'s snapshot)" } ?? ""
-            print("snapshot: the store already holds checkpoints up to \(synced)\(from): syncing on from there")
-            return
-        }
-        display.finish()
-        let secs = elapsed(since: start)
+    /// Prints what a snapshot restore did.
+    func printRestore(_ report: RestoreReport, seconds secs: Double) {
         let used = report.sources.filter { $0.checkpoints > 0 }.count
         print("restored epoch \(report.epoch)'s snapshot (checkpoint \(report.checkpoint)): \(report.objectCount) live objects in \(report.chunks) chunks, \(report.fetched) fetched from \(used) of \(report.agreeingSources) agreeing peers in \(format(secs)) s (\(format(Double(report.objects) / secs, 0)) objects/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s verified and written), \(report.hedges) hedged requests")
         print("  state root    \(report.stateRoot.hex) (certified by epoch \(report.epoch)'s committee, recomputed over the stored live set)")

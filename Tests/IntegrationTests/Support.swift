@@ -25,26 +25,27 @@ func somaNode(_ arguments: [String]) throws -> (Int32, String) {
 final class RunningNode {
     let process = Process()
     let address: String
-    /// The metrics port, when started with `--metrics`.
-    let metricsPort: Int?
+    /// The HTTP API's port (`--http 127.0.0.1:0` unless the arguments name another).
+    let httpPort: Int?
 
     init(data: String, arguments extra: [String] = [], command: [String] = ["run"]) throws {
         process.executableURL = URL(fileURLWithPath: try somaNode())
-        process.arguments = command + ["--data", data, "--listen", "127.0.0.1:0"] + extra
+        let http = extra.contains("--http") ? [] : ["--http", "127.0.0.1:0"]
+        process.arguments = command + ["--data", data, "--listen", "127.0.0.1:0"] + http + extra
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
         try process.run()
-        let wanted = extra.contains("--metrics") ? 2 : 1
+        let wantsHTTP = !extra.contains("off")
         var text = ""
-        while text.filter({ $0 == "\n" }).count < wanted {
+        while !(text.contains("listening on ") && (!wantsHTTP || text.contains("http on "))) || !text.hasSuffix("\n") {
             let chunk = out.fileHandleForReading.availableData
             guard !chunk.isEmpty else { break }
             text += String(decoding: chunk, as: UTF8.self)
         }
         let lines = text.split(separator: "\n").map(String.init)
         address = lines.first { $0.hasPrefix("listening on ") }.map { String($0.dropFirst("listening on ".count)) } ?? ""
-        metricsPort = lines.first { $0.hasPrefix("metrics on port ") }.flatMap { Int($0.dropFirst("metrics on port ".count)) }
+        httpPort = lines.first { $0.hasPrefix("http on ") }.flatMap { $0.split(separator: ":").last.flatMap { Int($0) } }
     }
 
     func stop() {

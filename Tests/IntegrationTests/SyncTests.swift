@@ -23,7 +23,7 @@ struct SyncTests {
             #expect(try somaNode(["init", "--data", base.file(copy)]).0 == 0)
         }
         // a knows no one; b and c know a (discovery connects all three).
-        let first = try RunningNode(data: source, arguments: ["--metrics", "127.0.0.1:0"])
+        let first = try RunningNode(data: source)
         let nodes = try [first] + ["b", "c"].map { try RunningNode(data: base.file($0), arguments: ["--peer", first.address]) }
         defer { nodes.forEach { $0.stop() } }
         // Wait until a has heard of both (its table is persisted every round; `peers` reads it beside the node).
@@ -58,7 +58,7 @@ struct SyncTests {
         let (vs, vo) = try somaNode(["verify", "--data", fresh])
         #expect(vs == 0 && vo.contains("matching a replay from genesis"), "\(vo)")
         // Discovery's metrics, as Prometheus scrapes them from a.
-        let port = try #require(first.metricsPort)
+        let port = try #require(first.httpPort)
         let (_, scrape, _) = try run("/usr/bin/curl", ["-s", "http://127.0.0.1:\(port)/metrics"])
         let metrics = String(decoding: scrape, as: UTF8.self)
         #expect(metrics.contains("soma_discovery_known_peers") && metrics.contains("soma_discovery_connections"), "\(metrics)")

@@ -267,6 +267,9 @@ public final class HistorySegments: Sendable {
     /// The first and last checkpoint held (nil when empty).
     public var firstSeq: UInt64? { state.withLock { s in s.segments.first { !$0.entries.isEmpty }?.entries.first?.seq } }
 
+    /// Bytes of frames held in all segments (data files; their indexes add 24 bytes a frame).
+    public var dataBytes: UInt64 { state.withLock { s in s.segments.reduce(0) { $0 + $1.dataSize } } }
+
     /// The last checkpoint held.
     public var lastSeq: UInt64? { state.withLock { s in s.segments.last { !$0.entries.isEmpty }?.lastSeq } }
 
