@@ -346,5 +346,5 @@ struct Part: Service, CustomStringConvertible {
 /// Runs `operation` until the service's graceful shutdown cancels it; the cancellation is the
 /// expected end, not an error.
 func cancelWhenGracefulShutdownIgnoringCancel(_ operation: @escaping @Sendable () async -> Void) async {
-    _ = try? await cancelWhenGracefulShutdown { await operation() }
+    await cancelWhenGracefulShutdown { await operation() }
 }

@@ -281,3 +281,41 @@ public struct PeersJSON: Codable, Sendable, Equatable {
     /// Peers the persistent table knows (admitted signed records).
     public var known: Int
 }
+
+/// A proof carried by a read (docs/API.md, "Proofs"): every byte string is the hex of its BCS.
+public struct ProofJSON: Codable, Sendable, Equatable {
+    /// `entry`: the audit path of an `ExecutionLeaf` in `checkpoint`'s `contentDigest`;
+    /// `state`: the audit path of `bcs(ObjectRef)` in the `stateRoot` of `checkpoint`, the
+    /// last checkpoint of an epoch.
+    public var kind: String
+    /// The `CertifiedCheckpointSummary`.
+    public var checkpoint: String
+    /// `entry`: the `CheckpointSummary` before it (absent for checkpoint 0): its digest is the
+    /// checkpoint's `previousDigest`, its `networkTotalTransactions` gives `leafCount`.
+    public var previousSummary: String?
+    /// The leaf's index and the number of leaves (the verifier recomputes the count).
+    public var index: UInt64
+    public var leafCount: UInt64
+    /// The audit path, leaf first (RFC 9162 §2.1.3).
+    public var path: [String]
+    /// With `?epochs=true`: the certified last summaries of the epochs from the genesis's up to
+    /// the checkpoint's, exclusive, so that a client holding only the genesis has the committee.
+    public var epochEnds: [String]?
+    /// Object versions: the `Transaction` that wrote the version and its `TransactionEffects`.
+    public var transactionBcs: String?
+    public var effectsBcs: String?
+}
+
+/// An object version, with its proof unless `?proof=false`.
+public struct ObjectAnswerJSON: Codable, Sendable, Equatable {
+    public var object: ObjectJSON
+    /// `entry` for a version (the transaction that wrote it, in a certified checkpoint);
+    /// `state` with `?epoch=E` (live at the end of epoch E, against its certified state root).
+    public var proof: ProofJSON?
+}
+
+/// A transaction with its effects and output objects, and its proof unless `?proof=false`.
+public struct TransactionAnswerJSON: Codable, Sendable, Equatable {
+    public var transaction: TransactionJSON
+    public var proof: ProofJSON?
+}

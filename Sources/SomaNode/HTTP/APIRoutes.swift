@@ -16,7 +16,7 @@ struct APIRoutes: Sendable {
         router.get("/v1/status/history") { _, _ in JSON.response(HistoryJSON(samples: node.status.samples)) }
         router.get("/v1/checkpoints/:seq") { _, context in try await checkpoint(context.parameters.get("seq")) }
         router.get("/v1/checkpoints/:seq/block") { request, context in try await block(request, context.parameters.get("seq")) }
-        router.get("/v1/transactions/:digest") { _, context in try await transaction(context.parameters.get("digest")) }
+        router.get("/v1/transactions/:digest") { request, context in try await transaction(request, context.parameters.get("digest")) }
         router.get("/v1/objects/:id") { request, context in try await object(request, context.parameters.get("id")) }
         router.get("/v1/epochs") { _, _ in try await epochs() }
         router.get("/v1/epochs/:epoch") { _, context in try await epoch(context.parameters.get("epoch")) }
@@ -147,15 +147,53 @@ struct APIRoutes: Sendable {
 
     // MARK: Transactions and objects
 
-    func transaction(_ text: String?) async throws -> Response {
+    /// What a read asks of its proof: none (`?proof=false`), and the epoch chain (`?epochs=true`).
+    struct ProofOptions {
+        var wanted = true
+        var epochs = false
+
+        init(_ request: Request) throws {
+            let q = request.uri.queryParameters
+            if let p = q["proof"] { wanted = try APIInput.flag(String(p), name: "proof") }
+            if let e = q["epochs"] { epochs = try APIInput.flag(String(e), name: "epochs") }
+        }
+    }
+
+    func transaction(_ request: Request, _ text: String?) async throws -> Response {
         let digest = try APIInput.digest(text, name: "transaction digest")
+        let options = try ProofOptions(request)
         guard let (seq, index) = try await store.transactionLocation(digest) else {
             throw APIError.notFound("no transaction \(digest.hex) is held\(try await prunedNote())")
         }
-        guard let data = try await store.checkpointData(at: seq), Int(index) < data.entries.count else {
+        guard let (entry, proof) = try await entryProof(seq: seq, index: UInt64(index), options: options) else {
             throw APIError.pruned("transaction \(digest.hex) is in checkpoint \(seq), whose block is no longer held\(try await prunedNote())")
         }
-        return JSON.response(TransactionJSON(data.entries[Int(index)], checkpoint: seq, index: index), cache: "public, max-age=3600")
+        return JSON.response(
+            TransactionAnswerJSON(transaction: TransactionJSON(entry.entry, checkpoint: seq, index: index), proof: proof),
+            cache: "public, max-age=3600")
+    }
+
+    /// Entry `index` of checkpoint `seq` and, if asked, its proof; `nil` if the block is not held.
+    func entryProof(seq: UInt64, index: UInt64, options: ProofOptions) async throws -> (ProvableEntry, ProofJSON?)? {
+        guard let entry = try await store.provableEntry(seq: seq, index: index) else { return nil }
+        guard options.wanted else { return (entry, nil) }
+        guard let certified = try await store.summary(at: seq) else {
+            throw APIError.unavailable("checkpoint \(seq)'s summary went missing from the store")
+        }
+        var previous: CheckpointSummary? = nil
+        if seq > 0 {
+            guard let p = try await store.summary(at: seq - 1) else {
+                throw APIError.unavailable("checkpoint \(seq - 1)'s summary went missing from the store")
+            }
+            previous = p.summary
+        }
+        let before = previous?.networkTotalTransactions ?? 0
+        let total = certified.summary.networkTotalTransactions
+        let proof = ProofJSON(
+            kind: "entry", checkpoint: HexCoding.encode(certified.bcsBytes), previousSummary: previous.map { HexCoding.encode($0.bcsBytes) },
+            index: index, leafCount: total >= before ? total - before : 0, path: entry.path.map(\.hex),
+            epochEnds: options.epochs ? try await store.epochEnds(before: certified.summary.epoch).map { HexCoding.encode($0.bcsBytes) } : nil)
+        return (entry, proof)
     }
 
     /// For a pruned store: which history it keeps.
@@ -167,20 +205,63 @@ struct APIRoutes: Sendable {
 
     func object(_ request: Request, _ text: String?) async throws -> Response {
         let id = try APIInput.digest(text, name: "object id")
-        if let v = request.uri.queryParameters["version"] {
+        let options = try ProofOptions(request)
+        let q = request.uri.queryParameters
+        if let e = q["epoch"] {
+            guard q["version"] == nil else { throw APIError.badRequest("ask for either ?version=V or ?epoch=E, not both") }
+            return try await liveObject(id, epoch: try APIInput.number(String(e), name: "epoch"), options: options)
+        }
+        let object: Object
+        if let v = q["version"] {
             let version = try APIInput.number(String(v), name: "object version")
-            if let object = try await store.object(id, version: version) {
-                return JSON.response(ObjectJSON(object), cache: "public, max-age=3600")
+            guard let found = try await store.object(id, version: version) else {
+                if store.configuration.mode == .pruned, let live = try await store.liveVersion(id), live.version > version {
+                    throw APIError.pruned("version \(version) of object \(id.hex) is not held\(try await prunedNote())")
+                }
+                throw APIError.notFound("object \(id.hex) has no version \(version) here")
             }
-            if store.configuration.mode == .pruned, let live = try await store.liveVersion(id), live.version > version {
-                throw APIError.pruned("version \(version) of object \(id.hex) is not held\(try await prunedNote())")
+            object = found
+        } else {
+            guard let found = try await store.object(id) else {
+                throw APIError.notFound("no live object \(id.hex): it never existed, was deleted, or is not synced yet")
             }
-            throw APIError.notFound("object \(id.hex) has no version \(version) here")
+            object = found
         }
-        guard let object = try await store.object(id) else {
-            throw APIError.notFound("no live object \(id.hex): it never existed, was deleted, or is not synced yet")
+        guard options.wanted else { return JSON.response(ObjectAnswerJSON(object: ObjectJSON(object), proof: nil)) }
+        // The version's proof: the transaction that wrote it, in its certified checkpoint.
+        guard let (seq, index) = try await store.transactionLocation(object.previousTransaction),
+              let (entry, proof) = try await entryProof(seq: seq, index: UInt64(index), options: options), var proof
+        else {
+            throw APIError.pruned("object \(id.hex) v\(object.version) is held, but the transaction that wrote it (\(object.previousTransaction.hex)) is not, so it cannot be proven\(try await prunedNote()); ask with ?proof=false for the object alone")
         }
-        return JSON.response(ObjectJSON(object))
+        proof.transactionBcs = HexCoding.encode(entry.entry.transaction.bcsBytes)
+        proof.effectsBcs = HexCoding.encode(entry.entry.effects.bcsBytes)
+        return JSON.response(ObjectAnswerJSON(object: ObjectJSON(object), proof: proof), cache: q["version"] == nil ? "no-store" : "public, max-age=3600")
+    }
+
+    /// An object as it was live at the end of `epoch`, with its proof against the epoch's
+    /// certified state root (from the snapshot of that epoch the node holds).
+    func liveObject(_ id: ObjectID, epoch: UInt64, options: ProofOptions) async throws -> Response {
+        let records = try await store.epochs()
+        guard let record = records.first(where: { $0.epoch == epoch }), let last = record.lastCheckpoint else {
+            throw APIError.notFound("epoch \(epoch) has not ended here: a state root exists only at an epoch's end")
+        }
+        let held = try await store.snapshotEpochs()
+        guard held.contains(epoch) else {
+            throw APIError.pruned("this node no longer holds (or never built) epoch \(epoch)'s snapshot; it holds \(held.isEmpty ? "none" : held.map(String.init).joined(separator: ", "))")
+        }
+        guard let live = try await store.provableLiveObject(epoch: epoch, id: id) else {
+            throw APIError.notFound("object \(id.hex) was not live at the end of epoch \(epoch)")
+        }
+        guard options.wanted else { return JSON.response(ObjectAnswerJSON(object: ObjectJSON(live.object), proof: nil)) }
+        guard let end = try await store.summary(at: last), let count = end.summary.endOfEpoch?.liveObjectCount else {
+            throw APIError.unavailable("epoch \(epoch)'s last summary went missing from the store")
+        }
+        let proof = ProofJSON(
+            kind: "state", checkpoint: HexCoding.encode(end.bcsBytes), previousSummary: nil, index: live.index, leafCount: count,
+            path: live.path.map(\.hex),
+            epochEnds: options.epochs ? try await store.epochEnds(before: epoch).map { HexCoding.encode($0.bcsBytes) } : nil)
+        return JSON.response(ObjectAnswerJSON(object: ObjectJSON(live.object), proof: proof), cache: "public, max-age=3600")
     }
 
     // MARK: Epochs

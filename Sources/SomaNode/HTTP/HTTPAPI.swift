@@ -128,6 +128,15 @@ enum APIInput {
         return v
     }
 
+    /// `true` or `false` (also `1`/`0`).
+    static func flag(_ text: String, name: String) throws -> Bool {
+        switch text {
+        case "true", "1", "": return true
+        case "false", "0": return false
+        default: throw APIError.badRequest("'\(text.prefix(40))' is not a valid value of \(name): expected true or false")
+        }
+    }
+
     /// A 32-byte digest or id: 64 hex digits, optionally after `0x`.
     static func digest(_ text: String?, name: String) throws -> Digest {
         guard var t = text else { throw APIError.badRequest("the \(name) is missing") }
