@@ -196,7 +196,10 @@ let package = Package(
         ),
         .testTarget(
             name: "SomaNodeTests",
-            dependencies: ["SomaNode", "SomaStore", "SomaDiscovery"],
+            dependencies: [
+                "SomaNode", "SomaStore", "SomaDiscovery", "SomaCore", "SomaDevnet", "SomaTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

@@ -211,10 +211,12 @@ public final class Node: Sendable {
                 }
             })
         }
-        // First to hear of a stop: the status shows it while the rest winds down.
+        // First to hear of a stop: the status shows it while the rest winds down, and event
+        // streams end (an SSE answer would otherwise hold the HTTP API's drain open).
         parts.append(Part("stop signal") { [self] in
             try? await gracefulShutdown()
             status.setStopping()
+            events.finish()
             logger.info("stopping")
         })
         return parts

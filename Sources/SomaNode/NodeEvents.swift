@@ -100,7 +100,9 @@ public final class EventHub: Sendable {
     }
 
     /// Publishes the checkpoints stored since the last call, up to `synced` (at most
-    /// ``maxPerAdvance`` a call). The first call only sets where events start.
+    /// ``maxPerAdvance`` a call), in pages of half a subscriber's buffer with a pause between
+    /// them, so that a burst (a catch-up stores thousands a second) never overflows a
+    /// subscriber that keeps reading. The first call only sets where events start.
     func advance(to synced: UInt64) async {
         guard let (cursor, total) = state.withLock({ s -> (UInt64, UInt64)? in
             guard let c = s.cursor else { return nil }
@@ -114,49 +116,62 @@ public final class EventHub: Sendable {
         }
         guard synced > cursor else { return }
         let last = min(synced, cursor + EventHub.maxPerAdvance)
+        let page = UInt64(max(1, buffer / 2))
         var previous = total
-        var out: [NodeEvent] = []
         var reached = cursor
-        for seq in (cursor + 1)...last {
-            guard let c = try? await store.summary(at: seq) else { break }
-            let total = c.summary.networkTotalTransactions
-            out.append(.checkpoint(c, transactions: total >= previous ? total - previous : 0))
-            if c.summary.endOfEpoch != nil { out.append(.epoch(c)) }
-            previous = total
-            reached = seq
+        while reached < last {
+            var out: [NodeEvent] = []
+            let end = min(last, reached + page)
+            for seq in (reached + 1)...end {
+                guard let c = try? await store.summary(at: seq) else { break }
+                let total = c.summary.networkTotalTransactions
+                out.append(.checkpoint(c, transactions: total >= previous ? total - previous : 0))
+                if c.summary.endOfEpoch != nil { out.append(.epoch(c)) }
+                previous = total
+                reached = seq
+            }
+            state.withLock { s in
+                s.cursor = reached
+                s.cursorTotal = previous
+            }
+            publish(out)
+            guard reached == end, reached < last else { break }
+            try? await Task.sleep(for: .milliseconds(10))
         }
-        state.withLock { s in
-            s.cursor = reached
-            s.cursorTotal = previous
-        }
-        publish(out)
     }
 
     func publish(_ events: [NodeEvent]) {
         guard !events.isEmpty else { return }
-        state.withLock { s in
+        // Streams end outside the lock: ending one runs its termination handler, which takes it.
+        let dropped = state.withLock { s -> [Subscriber] in
+            var dropped: [Subscriber] = []
             for (id, sub) in s.subscribers {
                 for e in events {
                     if case .dropped = sub.continuation.yield(e) {
-                        sub.reason.value.withLock { $0 = "too slow: more than \(buffer) events waiting" }
-                        sub.continuation.finish()
                         s.subscribers[id] = nil
+                        dropped.append(sub)
                         break
                     }
                 }
             }
+            return dropped
+        }
+        for sub in dropped {
+            sub.reason.value.withLock { $0 = "too slow: more than \(buffer) events waiting" }
+            sub.continuation.finish()
         }
     }
 
     /// Ends every subscription (the node stops).
     func finish() {
-        state.withLock { s in
+        let all = state.withLock { s -> [Subscriber] in
             s.finished = true
-            for sub in s.subscribers.values {
-                sub.reason.value.withLock { $0 = $0 ?? "the node is stopping" }
-                sub.continuation.finish()
-            }
-            s.subscribers = [:]
+            defer { s.subscribers = [:] }
+            return Array(s.subscribers.values)
+        }
+        for sub in all {
+            sub.reason.value.withLock { $0 = $0 ?? "the node is stopping" }
+            sub.continuation.finish()
         }
     }
 
@@ -165,17 +180,18 @@ public final class EventHub: Sendable {
     public func subscribe(after: EventPosition?) -> EventSubscription {
         let (stream, continuation) = AsyncStream.makeStream(of: NodeEvent.self, bufferingPolicy: .bufferingOldest(buffer))
         let reason = DropReason()
-        let cursor = state.withLock { s -> UInt64? in
-            if s.finished {
-                reason.value.withLock { $0 = "the node is stopping" }
-                continuation.finish()
-            } else {
+        let (cursor, finished) = state.withLock { s -> (UInt64?, Bool) in
+            if !s.finished {
                 let id = s.nextID
                 s.nextID += 1
                 s.subscribers[id] = Subscriber(continuation: continuation, reason: reason)
                 continuation.onTermination = { [weak self] _ in self?.state.withLock { _ = $0.subscribers.removeValue(forKey: id) } }
             }
-            return s.cursor
+            return (s.cursor, s.finished)
+        }
+        if finished {
+            reason.value.withLock { $0 = "the node is stopping" }
+            continuation.finish()
         }
         return EventSubscription(store: store, after: after, liveFrom: cursor, live: stream, reason: reason)
     }
