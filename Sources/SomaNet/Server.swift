@@ -146,7 +146,9 @@ final class RequestHandler: ChannelInboundHandler {
             return
         }
         guard frame.kind == .request else { return }
+        NetMetrics.shared.of(frame.method).requests.increment()
         guard inFlight < maxInFlight, serverInFlight.requests.load(ordering: .relaxed) < maxServerInFlight else {
+            NetMetrics.shared.of(frame.method).busy.increment()
             reply(context, frame, .failure(.busy(retryAfterMs: retryAfterMs)))
             return
         }
@@ -214,6 +216,8 @@ final class RequestHandler: ChannelInboundHandler {
                 let (nextSeq, nextPart) = part + 1 < parts ? (seq, part + 1) : (seq + 1, 0)
                 let size = 16 + item.readableBytes
                 let wait = max(handler.peerBudget?.reserve(size) ?? .zero, handler.globalBudget?.reserve(size) ?? .zero)
+                NetMetrics.shared.bytesOut.increment(by: size)
+                if wait > .zero { NetMetrics.shared.budgetWaits.increment() }
                 let write: () -> Void = {
                     let (handler, context) = bound.value
                     let written = context.eventLoop.makePromise(of: Void.self)
@@ -255,6 +259,7 @@ final class RequestHandler: ChannelInboundHandler {
             reply(context, request, answer)
             return
         }
+        NetMetrics.shared.budgetWaits.increment()
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         context.eventLoop.scheduleTask(in: .nanoseconds(Int64(wait.components.seconds) * 1_000_000_000 + Int64(wait.components.attoseconds / 1_000_000_000))) {
             let (handler, context) = bound.value
@@ -267,8 +272,11 @@ final class RequestHandler: ChannelInboundHandler {
         let (kind, buffer): (FrameKind, ByteBuffer)
         switch answer {
         case .success(let b): (kind, buffer) = (.response, b)
-        case .failure(let e): (kind, buffer) = (.error, ByteBuffer(bytes: e.bcsBytes))
+        case .failure(let e):
+            (kind, buffer) = (.error, ByteBuffer(bytes: e.bcsBytes))
+            if case .busy = e {} else { NetMetrics.shared.of(request.method).errors.increment() }
         }
+        NetMetrics.shared.bytesOut.increment(by: 16 + buffer.readableBytes)
         context.writeAndFlush(wrapOutboundOut(Frame(kind: kind, method: request.method, requestID: request.requestID, payload: buffer)), promise: nil)
         if !context.channel.isWritable {
             // A slow reader: stop taking requests until the socket drains.
@@ -296,6 +304,7 @@ final class RequestHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if peer == nil { NetMetrics.shared.handshakeFailed(error) }
         logger.notice("closing connection", metadata: [
             "peer.address": "\(context.remoteAddress.map { "\($0)" } ?? "?")",
             "peer.id": "\(peer.map { $0.raw.short } ?? "none")", "reason": "\(error)",
@@ -469,6 +478,9 @@ public final class NetServer: Sendable {
         self.state = state
     }
 
+    /// Inbound connections whose handshake completed and that are still open.
+    public var inboundPeers: Int { state.peers.withLock { $0.count } }
+
     /// Open connections.
     public var connectionCount: Int { state.connections.withLock { $0.count } }
 
@@ -514,6 +526,8 @@ public final class NetServer: Sendable {
         logger: Logger = Logger(label: "soma.net"), pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil,
         access: AccessPolicy = .open, inbound: AsyncStream<InboundPeer>.Continuation? = nil
     ) async throws -> NetServer {
+        // The serving metrics exist (at zero) from the start, not from the first request.
+        _ = NetMetrics.shared
         let globalBudget = configuration.uploadBytesPerSecond.map { ByteBudget(bytesPerSecond: $0) }
         let state = ServerState()
         let tls = configuration.tls ? try identity.tls() : nil

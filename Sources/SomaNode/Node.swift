@@ -46,6 +46,7 @@ public final class Node: Sendable {
     let running = Mutex<ServiceGroup?>(nil)
     let closed = Mutex(false)
     let httpPort = Mutex<Int?>(nil)
+    let gauges: NodeGauges
 
     /// The streams between the peer server, discovery and the follower.
     final class Wiring: Sendable {
@@ -90,6 +91,7 @@ public final class Node: Sendable {
         self.metrics = metrics
         self.producer = producer
         self.onListening = onListening
+        self.gauges = NodeGauges(version: NodeVersion.current, chainID: genesis.chainID.hex)
     }
 
     /// The port the HTTP API listens on, once it does.
@@ -284,7 +286,22 @@ public final class Node: Sendable {
         status.record(NodeStatus.Observation(
             watermarks: marks, epoch: epoch, peers: peers, bytesReceived: total,
             storeBytes: sizes.reduce(0) { $0 + $1.bytes }, segmentBytes: store.segments.dataBytes))
+        gauges.update(
+            report: status.report, peers: peers, families: sizes, engine: try? await store.engineStatistics(),
+            inbound: server?.inboundPeers, outbound: discovery?.connections.count, subscribers: events.subscriberCount,
+            pruningLag: await pruningLag(marks, epoch: epoch))
         await events.advance(to: synced)
+    }
+
+    /// Checkpoints a pruned store holds below the first checkpoint of the oldest epoch it is
+    /// configured to keep (0 for an archive, or while pruning keeps up).
+    func pruningLag(_ marks: [Watermark: WatermarkValue], epoch: UInt64) async -> UInt64 {
+        guard store.configuration.mode == .pruned, let lowest = marks[.lowestAvailable]?.seq else { return 0 }
+        let keep = store.configuration.retainEpochs
+        guard epoch >= keep, let records = try? await store.epochs(),
+              let oldestKept = records.first(where: { $0.epoch == epoch - keep + 1 })
+        else { return 0 }
+        return oldestKept.firstCheckpoint > lowest ? oldestKept.firstCheckpoint - lowest : 0
     }
 
     // MARK: Helpers the parts share

@@ -96,6 +96,7 @@ public final class EventHub: Sendable {
 
     /// Publishes a ban.
     public func publishBan(label: String, reason: String) {
+        NodeGauges.ban(reason: reason)
         publish([.ban(source: label, reason: reason, timeMs: NodeStatus.nowMs())])
     }
 

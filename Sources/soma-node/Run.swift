@@ -119,7 +119,7 @@ struct NodeRunOptions: ParsableArguments {
         bootstrapLogging(level: configuration.logLevel, format: configuration.logFormat)
         let logger = Logger(label: "soma-node")
         let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        MetricsSystem.bootstrap(NodeMetricsFactory(registry: registry))
         var builder = NodeBuilder(configuration: configuration, logger: logger, metrics: registry)
         builder.producer = producer
         builder.onListening = { endpoint, host, port in

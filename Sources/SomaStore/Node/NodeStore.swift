@@ -563,3 +563,33 @@ public final class NodeStore: Sendable {
         }
     }
 }
+
+/// What RocksDB reports of its own work: compactions and write stalls.
+public struct EngineStatistics: Sendable, Equatable {
+    /// Compactions running now.
+    public var runningCompactions: UInt64 = 0
+    /// Whether a compaction is owed (some level over its target).
+    public var compactionPending = false
+    /// Whether writes are stopped (too many level-0 files or pending compaction bytes).
+    public var writeStopped = false
+    /// The rate writes are slowed to while delayed (bytes/s), 0 when not delayed.
+    public var delayedWriteRate: UInt64 = 0
+}
+
+extension NodeStore {
+    /// RocksDB's compaction and write-stall state, summed over the column families.
+    public func engineStatistics() async throws -> EngineStatistics {
+        try await blocking {
+            var out = EngineStatistics()
+            let families = self.database.columnFamilies
+            guard let first = families.first else { return out }
+            out.runningCompactions = try self.database.integerProperty("rocksdb.num-running-compactions", of: first) ?? 0
+            out.writeStopped = (try self.database.integerProperty("rocksdb.is-write-stopped", of: first) ?? 0) != 0
+            out.delayedWriteRate = try self.database.integerProperty("rocksdb.actual-delayed-write-rate", of: first) ?? 0
+            for f in families where (try self.database.integerProperty("rocksdb.compaction-pending", of: f) ?? 0) != 0 {
+                out.compactionPending = true
+            }
+            return out
+        }
+    }
+}
