@@ -202,6 +202,7 @@ let package = Package(
             dependencies: [
                 "SomaNode", "SomaStore", "SomaDiscovery", "SomaCore", "SomaDevnet", "SomaTestSupport",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strict
         ),

@@ -154,4 +154,34 @@ struct APITests {
         let (bs, bo) = try somaNode(["proof", "verify", file, "--genesis", dir + "/genesis.bcs"])
         #expect(bs != 0 && bo.contains("NOT verified"), "\(bo)")
     }
+
+    @Test("the status page at / renders in headless Chromium: it loads its data from the API and shows the phase, the watermarks and the epochs")
+    func statusPage() async throws {
+        let base = TempDir("page")
+        defer { base.cleanup() }
+        let dir = try tinyNode(base, "node")
+        let node = try RunningNode(data: dir)
+        defer { node.stop() }
+        let port = try #require(node.httpPort)
+        try await Task.sleep(for: .milliseconds(1_500))
+        let chromium = try #require(tool("chromium", "chromium-browser"), "chromium (Debian's) is installed by tools/test")
+        let (status, out, err) = try run(chromium, [
+            "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom", "http://127.0.0.1:\(port)/",
+        ], environment: ["HOME": base.path])
+        let dom = String(decoding: out, as: UTF8.self)
+        #expect(status == 0, "\(err)")
+        #expect(dom.contains("data-loaded=\"true\""), "the page did not load its data: \(dom.prefix(2_000))")
+        #expect(dom.contains("<span id=\"phase\" class=\"badge\">serving</span>"), "\(dom.prefix(2_000))")
+        #expect(dom.contains("<td id=\"synced\">29</td>"), "\(dom.prefix(2_000))")
+        #expect(dom.contains("verified 29 · synced 29"), "\(dom.prefix(2_000))")
+        // The epochs table: the tiny chain's three ended epochs and the one running.
+        #expect(dom.contains("<td>2</td>") && dom.contains("held"), "\(dom.prefix(4_000))")
+        #expect(dom.contains("<div id=\"error\"></div>"), "the page reports an error: \(dom.prefix(2_000))")
+        // A screenshot renders too.
+        let shot = base.file("page.png")
+        _ = try run(chromium, ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,800", "--virtual-time-budget=4000",
+                               "--screenshot=\(shot)", "http://127.0.0.1:\(port)/"], environment: ["HOME": base.path])
+        let png = try Data(contentsOf: URL(fileURLWithPath: shot))
+        #expect(png.count > 10_000 && png.prefix(4) == Data([0x89, 0x50, 0x4E, 0x47]))
+    }
 }

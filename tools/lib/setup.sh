@@ -15,7 +15,7 @@ fi
 command -v swift >/dev/null 2>&1 || { echo "error: the Swift toolchain (swift) is not installed" >&2; exit 1; }
 
 # System packages the build links against, and the tools the tests drive (Debian names). Installed with apt-get when missing.
-SYSTEM_PACKAGES=(libssl-dev pkg-config librocksdb-dev liblz4-dev libjemalloc-dev lz4 rocksdb-tools curl prometheus)
+SYSTEM_PACKAGES=(libssl-dev pkg-config librocksdb-dev liblz4-dev libjemalloc-dev lz4 rocksdb-tools curl prometheus chromium)
 
 ensure_packages() {
     local missing=()

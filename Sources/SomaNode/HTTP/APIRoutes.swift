@@ -23,6 +23,13 @@ struct APIRoutes: Sendable {
         router.get("/v1/peers") { _, _ in await peers() }
         router.get("/v1/events") { request, _ in try events(request) }
         router.get("/metrics") { _, _ in metrics() }
+        router.get("/") { _, _ in
+            var headers = HTTPFields()
+            headers[.contentType] = "text/html; charset=utf-8"
+            headers[.cacheControl] = "no-store"
+            headers[.contentSecurityPolicy] = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
+            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: StatusPage.html)))
+        }
     }
 
     // MARK: Node
