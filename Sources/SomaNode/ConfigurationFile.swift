@@ -125,7 +125,7 @@ public enum NodeConfigurationFile {
             guard let i = v as? Int, range.contains(i) else { throw NodeError("\(source): '\(path)' must be an integer in \(range)") }
             return i
         }
-        try checkKeys(top, ["listen", "store", "net", "sync", "discovery", "http", "drainSeconds", "logLevel", "logFormat"], source, "")
+        try checkKeys(top, ["listen", "store", "net", "sync", "discovery", "http", "metrics", "drainSeconds", "logLevel", "logFormat"], source, "")
         let listen = try section("listen")
         try checkKeys(listen, ["host", "port"], source, "listen.")
         if let h = listen["host"] {
@@ -231,6 +231,16 @@ public enum NodeConfigurationFile {
             guard let s = v as? String, s.isEmpty || HTTPConfiguration.split(s) != nil
             else { throw NodeError("\(source): 'http.listen' must be HOST:PORT (port 0...65535) or empty") }
             config.http.listen = s.isEmpty ? nil : s
+        }
+        // Files written before the HTTP API have `metrics.listen` (where /metrics was served;
+        // empty: off). /metrics is now a route of the HTTP API: a non-empty value is read as
+        // http.listen when the file names none; an empty one leaves the API at its default.
+        let metrics = try section("metrics")
+        try checkKeys(metrics, ["listen"], source, "metrics.")
+        if let v = metrics["listen"] {
+            guard let s = v as? String, s.isEmpty || HTTPConfiguration.split(s) != nil
+            else { throw NodeError("\(source): 'metrics.listen' (now http.listen) must be HOST:PORT or empty") }
+            if !s.isEmpty && http["listen"] == nil { config.http.listen = s }
         }
         if let v = try int(http, "readyWithin", "http.readyWithin", range: 0...1_000_000) { config.http.readyWithin = UInt64(v) }
         if let v = try int(http, "eventBuffer", "http.eventBuffer", range: 16...1_000_000) { config.http.eventBuffer = v }

@@ -19,26 +19,30 @@ public struct NodeMetricsFactory: MetricsFactory {
     /// Buckets of the duration histograms (timers): 1 ms to 60 s.
     static let durationBuckets: [Duration] = [.milliseconds(1), .milliseconds(5), .milliseconds(25), .milliseconds(100), .milliseconds(500), .seconds(2), .seconds(10), .seconds(60)]
 
+    /// The metric `label` (already a full name: the unit is part of it) with its help text.
+    static func descriptor(_ label: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: label, unitName: "", helpText: MetricCatalog.help(label))
+    }
+
     public func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler {
-        registry.makeCounter(name: label, labels: dimensions, help: MetricCatalog.help(label))
+        registry.makeCounter(descriptor: Self.descriptor(label), labels: dimensions)
     }
 
     public func makeFloatingPointCounter(label: String, dimensions: [(String, String)]) -> any FloatingPointCounterHandler {
-        registry.makeCounter(name: label, labels: dimensions, help: MetricCatalog.help(label))
+        registry.makeCounter(descriptor: Self.descriptor(label), labels: dimensions)
     }
 
     public func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler {
-        guard aggregate else { return registry.makeGauge(name: label, labels: dimensions, help: MetricCatalog.help(label)) }
-        return registry.makeValueHistogram(
-            name: label, labels: dimensions, buckets: [1, 10, 100, 1_000, 10_000, 100_000], help: MetricCatalog.help(label))
+        guard aggregate else { return registry.makeGauge(descriptor: Self.descriptor(label), labels: dimensions) }
+        return registry.makeValueHistogram(descriptor: Self.descriptor(label), labels: dimensions, buckets: [1, 10, 100, 1_000, 10_000, 100_000])
     }
 
     public func makeMeter(label: String, dimensions: [(String, String)]) -> any MeterHandler {
-        registry.makeGauge(name: label, labels: dimensions, help: MetricCatalog.help(label))
+        registry.makeGauge(descriptor: Self.descriptor(label), labels: dimensions)
     }
 
     public func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler {
-        registry.makeDurationHistogram(name: label, labels: dimensions, buckets: Self.durationBuckets, help: MetricCatalog.help(label))
+        registry.makeDurationHistogram(descriptor: Self.descriptor(label), labels: dimensions, buckets: Self.durationBuckets)
     }
 
     public func destroyCounter(_ handler: any CounterHandler) {

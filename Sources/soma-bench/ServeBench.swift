@@ -23,22 +23,8 @@ struct Serve: AsyncParsableCommand {
 
     mutating func run() async throws {
         let fm = FileManager.default
-        try fm.createDirectory(atPath: cache, withIntermediateDirectories: true)
-        let chain = (cache as NSString).appendingPathComponent("bench-\(checkpoints).chain")
-        let data = (cache as NSString).appendingPathComponent("serve-\(checkpoints)")
+        let (node, data) = try servedStore(cache: cache, checkpoints: checkpoints)
         let files = (cache as NSString).appendingPathComponent("serve-\(checkpoints)-files")
-        let binDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
-        let node = binDir + "/soma-node"
-        guard fm.isExecutableFile(atPath: node) else { throw ValidationError("build soma-node first: \(node) is missing") }
-        if !fm.fileExists(atPath: chain) {
-            print("generating the bench chain into \(chain) (once)")
-            try runProcess(CommandLine.arguments[0], ["export-chain", "--file", chain, "--checkpoints", "\(checkpoints)"])
-        }
-        if !fm.fileExists(atPath: data + "/db") {
-            print("importing the chain into \(data) (once)")
-            try runProcess(node, ["import", "--file", chain, "--data", data, "--retain-snapshots", "0"], quiet: true)
-            try runProcess(node, ["init", "--data", data], quiet: true)
-        }
         let last = UInt64(checkpoints - 1)
         if !fm.fileExists(atPath: files + "/done") {
             print("writing every block as a file into \(files) (once)")
@@ -298,6 +284,27 @@ func runProcess(_ path: String, _ args: [String], quiet: Bool = false) throws {
     try p.run()
     p.waitUntilExit()
     guard p.terminationStatus == 0 else { throw ValidationError("\(path) \(args.joined(separator: " ")) failed") }
+}
+
+/// The soma-node binary beside this one, and the data directory of the bench chain's served
+/// store (`CACHE/serve-N`): the chain exported and imported once, then reused by every run.
+func servedStore(cache: String, checkpoints: Int) throws -> (node: String, data: String) {
+    let fm = FileManager.default
+    try fm.createDirectory(atPath: cache, withIntermediateDirectories: true)
+    let chain = (cache as NSString).appendingPathComponent("bench-\(checkpoints).chain")
+    let data = (cache as NSString).appendingPathComponent("serve-\(checkpoints)")
+    let node = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/soma-node"
+    guard fm.isExecutableFile(atPath: node) else { throw ValidationError("build soma-node first: \(node) is missing") }
+    if !fm.fileExists(atPath: chain) {
+        print("generating the bench chain into \(chain) (once)")
+        try runProcess(CommandLine.arguments[0], ["export-chain", "--file", chain, "--checkpoints", "\(checkpoints)"])
+    }
+    if !fm.fileExists(atPath: data + "/db") {
+        print("importing the chain into \(data) (once)")
+        try runProcess(node, ["import", "--file", chain, "--data", data, "--retain-snapshots", "0"], quiet: true)
+        try runProcess(node, ["init", "--data", data], quiet: true)
+    }
+    return (node, data)
 }
 
 func line2(_ name: String, _ value: String, _ note: String = "") { line(name, value, note) }

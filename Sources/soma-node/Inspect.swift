@@ -69,30 +69,86 @@ struct Inspect: AsyncParsableCommand {
         if json {
             let data = try JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys])
             print(String(decoding: data, as: UTF8.self))
+        } else if checkpoint != nil {
+            printCheckpoint(value)
+        } else if transaction != nil {
+            printTransaction(value)
+        } else if object != nil {
+            printObject(value)
         } else {
-            printText(value, indent: "")
+            printStore(value)
         }
     }
 
-    func printText(_ value: Any, indent: String) {
-        if let dict = value as? [String: Any] {
-            for key in dict.keys.sorted() {
-                let v = dict[key]!
-                if v is [String: Any] || (v as? [Any])?.first is [String: Any] {
-                    print("\(indent)\(key):")
-                    printText(v, indent: indent + "  ")
-                } else if let list = v as? [Any] {
-                    print("\(indent)\(key): \(list.map { "\($0)" }.joined(separator: ", "))")
-                } else {
-                    print("\(indent)\(key): \(v)")
-                }
-            }
-        } else if let list = value as? [Any] {
-            for (i, item) in list.enumerated() {
-                print("\(indent)- [\(i)]")
-                printText(item, indent: indent + "  ")
-            }
+    /// `label  value` lines, the labels padded to one column.
+    func rows(_ items: [(String, Any?)], indent: String = "  ") {
+        let width = items.map(\.0.count).max() ?? 0
+        for (label, value) in items {
+            guard let value else { continue }
+            print("\(indent)\(label.padding(toLength: width, withPad: " ", startingAt: 0))  \(value)")
         }
+    }
+
+    func printStore(_ v: [String: Any]) {
+        print("store (\(v["mode"] ?? "?")), chain \(v["chainID"] ?? "?")")
+        print("watermarks")
+        let marks = v["watermarks"] as? [String: Any] ?? [:]
+        rows(["highestVerified", "highestSynced", "highestExecuted", "lowestAvailable"].map { name in
+            let m = marks[name] as? [String: Any]
+            return (name, m.map { "\($0["seq"] ?? "?")  (summary \($0["digest"] ?? "?"))" } ?? "not set")
+        })
+        if let note = v["liveSet"] { rows([("live set", note)]) }
+        print("epochs")
+        for e in v["epochs"] as? [[String: Any]] ?? [] {
+            let range = "checkpoints \(e["firstCheckpoint"] ?? "?")–\(e["lastCheckpoint"].map { "\($0)" } ?? "(running)")"
+            let root = e["stateRoot"].map { ", state root \($0), \(e["liveObjects"] ?? "?") live objects" } ?? ""
+            print("  epoch \(e["epoch"] ?? "?"): \(range)\(root)")
+        }
+        let snapshots = (v["snapshotEpochs"] as? [Any] ?? []).map { "\($0)" }
+        print("snapshots held: \(snapshots.isEmpty ? "none" : "epochs " + snapshots.joined(separator: ", "))")
+        print("column families (RocksDB estimates)")
+        let families = (v["columnFamilies"] as? [String: Any] ?? [:]).sorted { $0.key < $1.key }
+        rows(families.map { name, f in
+            let f = f as? [String: Any] ?? [:]
+            return (name, "~\(f["estimatedKeys"] ?? 0) keys, \(f["sstBytes"] ?? 0) bytes of SST files")
+        })
+    }
+
+    func printCheckpoint(_ v: [String: Any]) {
+        print("checkpoint \(v["sequenceNumber"] ?? "?") (epoch \(v["epoch"] ?? "?"))")
+        let parts = v["blockPartBytes"] as? [Int] ?? []
+        let txs = v["transactions"] as? [String]
+        rows([
+            ("digest", v["digest"]), ("content digest", v["contentDigest"]), ("previous digest", v["previousDigest"]),
+            ("transactions", "\(txs.map { "\($0.count)" } ?? "?") in this checkpoint, \(v["networkTotalTransactions"] ?? "?") on the chain up to it"),
+            ("timestamp", "\(v["timestampMs"] ?? "?") ms since 1970"), ("protocol version", v["protocolVersion"]),
+            ("certificate", "\(v["signers"] ?? "?") signatures"),
+            ("block", parts.isEmpty ? "not held (pruned or not yet synced)" : "\(parts.count) part\(parts.count == 1 ? "" : "s") of \(parts.map(String.init).joined(separator: " + ")) bytes (LZ4 frames)"),
+        ])
+        if let end = v["endOfEpoch"] as? [String: Any] {
+            print("end of epoch")
+            rows([("state root", end["stateRoot"]), ("live objects", end["liveObjects"]), ("next committee", "\(end["nextCommitteeMembers"] ?? "?") members")])
+        }
+        if let txs, !txs.isEmpty {
+            print("transactions")
+            for (i, t) in txs.enumerated() { print("  \(i): \(t)") }
+        }
+    }
+
+    func printTransaction(_ v: [String: Any]) {
+        print("transaction \(v["digest"] ?? "?")")
+        rows([("checkpoint", v["checkpoint"]), ("sender", v["sender"]), ("status", v["status"]),
+              ("gas used", v["gasUsed"]), ("executed in epoch", v["executedEpoch"])])
+        print("object changes")
+        for c in v["changes"] as? [[String: Any]] ?? [] {
+            print("  \(c["id"] ?? "?"): \(c["input"].map { "\($0) → " } ?? "created, ")\(c["output"] ?? "?")")
+        }
+    }
+
+    func printObject(_ v: [String: Any]) {
+        print("object \(v["id"] ?? "?") version \(v["version"] ?? "?")")
+        rows([("digest", v["digest"]), ("owner", v["owner"]), ("type", v["type"]), ("contents", "\(v["contentBytes"] ?? "?") bytes"),
+              ("written by", v["previousTransaction"]), ("live version", v["liveVersion"]), ("live set", v["liveSet"])])
     }
 
     func describeStore(_ store: NodeStore) async throws -> [String: Any] {
@@ -138,7 +194,7 @@ struct Inspect: AsyncParsableCommand {
                                  "nextCommitteeMembers": end.nextCommittee.members.count]
         }
         let frames = try await store.blockFrames(at: seq)
-        out["blockParts"] = frames.map(\.count)
+        out["blockPartBytes"] = frames.map(\.count)
         if let data = try await store.checkpointData(at: seq) {
             out["transactions"] = data.entries.map { $0.transaction.digest.hex }
         } else {

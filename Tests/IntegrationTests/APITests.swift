@@ -27,6 +27,15 @@ func tinyNode(_ base: TempDir, _ name: String) throws -> String {
     return dir
 }
 
+/// A `soma-node run` on the tiny chain in a new temporary directory.
+enum TinyRunningNode {
+    static func start(_ name: String) throws -> (TempDir, String, RunningNode) {
+        let base = TempDir(name)
+        let dir = try tinyNode(base, "node")
+        return (base, dir, try RunningNode(data: dir))
+    }
+}
+
 /// GET over HTTP with curl: (status, body).
 func httpGet(_ url: String, headers: [String] = []) throws -> (Int, String) {
     let curl = try #require(tool("curl"))
@@ -40,11 +49,8 @@ func httpGet(_ url: String, headers: [String] = []) throws -> (Int, String) {
 struct APITests {
     @Test("/metrics passes `promtool check metrics`, every series has its help text, and a real Prometheus server scrapes the node")
     func prometheusScrape() async throws {
-        let base = TempDir("metrics")
-        defer { base.cleanup() }
-        let dir = try tinyNode(base, "node")
-        let node = try RunningNode(data: dir)
-        defer { node.stop() }
+        let (base, _, node) = try TinyRunningNode.start("metrics")
+        defer { node.stop(); base.cleanup() }
         let port = try #require(node.httpPort)
         try await Task.sleep(for: .milliseconds(1_500))
         let (status, metrics) = try httpGet("http://127.0.0.1:\(port)/metrics")
@@ -95,11 +101,8 @@ struct APITests {
 
     @Test("`soma-node status` reads a running node's /v1/status (as text and --json); it names the address when no node answers; a taken port is named with what to do")
     func status() async throws {
-        let base = TempDir("status")
-        defer { base.cleanup() }
-        let dir = try tinyNode(base, "node")
-        let node = try RunningNode(data: dir)
-        defer { node.stop() }
+        let (base, dir, node) = try TinyRunningNode.start("status")
+        defer { node.stop(); base.cleanup() }
         let port = try #require(node.httpPort)
         let (s, o) = try somaNode(["status", "--http", "127.0.0.1:\(port)"])
         #expect(s == 0 && o.contains("serving, ready") && o.contains("watermarks   verified 29, synced 29"), "\(o)")
@@ -123,11 +126,8 @@ struct APITests {
 
     @Test("`soma-node proof verify` accepts an answer's proof from the genesis alone and refuses a tampered one")
     func proofVerify() async throws {
-        let base = TempDir("proofcli")
-        defer { base.cleanup() }
-        let dir = try tinyNode(base, "node")
-        let node = try RunningNode(data: dir)
-        defer { node.stop() }
+        let (base, dir, node) = try TinyRunningNode.start("proofcli")
+        defer { node.stop(); base.cleanup() }
         let port = try #require(node.httpPort)
         let (_, cp) = try httpGet("http://127.0.0.1:\(port)/v1/checkpoints/20")
         #expect(cp.contains("\"sequenceNumber\":20"))
@@ -157,11 +157,8 @@ struct APITests {
 
     @Test("the status page at / renders in headless Chromium: it loads its data from the API and shows the phase, the watermarks and the epochs")
     func statusPage() async throws {
-        let base = TempDir("page")
-        defer { base.cleanup() }
-        let dir = try tinyNode(base, "node")
-        let node = try RunningNode(data: dir)
-        defer { node.stop() }
+        let (base, _, node) = try TinyRunningNode.start("page")
+        defer { node.stop(); base.cleanup() }
         let port = try #require(node.httpPort)
         try await Task.sleep(for: .milliseconds(1_500))
         let chromium = try #require(tool("chromium", "chromium-browser"), "chromium (Debian's) is installed by tools/test")

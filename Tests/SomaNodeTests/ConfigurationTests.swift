@@ -39,6 +39,19 @@ struct ConfigurationTests {
         #expect(discovery.discovery.exchangeInterval == .seconds(3) && discovery.discovery.access == .private)
         #expect(discovery.role == .validator && discovery.discovery.advertise == ["203.0.113.7:9100"])
         #expect(discovery.discovery.allowedPeers.map(\.raw.hex) == [id])
+        // The HTTP API and logs.
+        #expect(parsed.http.listen == "127.0.0.1:9184" && parsed.http.readyWithin == 10 && parsed.logFormat == .text)
+        let http = try NodeConfigurationFile.parse(
+            "http: {listen: \"[::1]:0\", readyWithin: 3, eventBuffer: 64}\nlogFormat: json\n", dataDirectory: "/d")
+        #expect(http.http.address?.host == "::1" && http.http.address?.port == 0 && http.http.readyWithin == 3)
+        #expect(http.http.eventBuffer == 64 && http.logFormat == .json)
+        #expect(try NodeConfigurationFile.parse("http: {listen: \"\"}", dataDirectory: "/d").http.listen == nil)
+        // A file written before the HTTP API: metrics.listen is where /metrics (now a route of
+        // the API) was served; empty leaves the API at its default.
+        #expect(try NodeConfigurationFile.parse("metrics: {listen: \"\"}", dataDirectory: "/d").http.listen == "127.0.0.1:9184")
+        #expect(try NodeConfigurationFile.parse("metrics: {listen: \"0.0.0.0:9300\"}", dataDirectory: "/d").http.listen == "0.0.0.0:9300")
+        #expect(try NodeConfigurationFile.parse(
+            "metrics: {listen: \"0.0.0.0:9300\"}\nhttp: {listen: \"127.0.0.1:1\"}", dataDirectory: "/d").http.listen == "127.0.0.1:1")
     }
 
     @Test("bad files are refused with the key named", arguments: [
@@ -51,6 +64,13 @@ struct ConfigurationTests {
         ("listen: 5", "listen"),
         ("- a\n- b", "top level"),
         ("logLevel: loud", "logLevel"),
+        ("logFormat: xml", "logFormat"),
+        ("http: {listen: nowhere}", "http.listen"),
+        ("http: {listen: \"a:70000\"}", "http.listen"),
+        ("http: {readyWithin: -1}", "http.readyWithin"),
+        ("http: {eventBuffer: 1}", "http.eventBuffer"),
+        ("http: {colour: blue}", "http.colour"),
+        ("metrics: {listen: 9}", "metrics.listen"),
         ("store: [1, 2", "YAML"),
         ("discovery: {seeds: [nowhere]}", "discovery.seeds"),
         ("discovery: {access: secret}", "discovery.access"),

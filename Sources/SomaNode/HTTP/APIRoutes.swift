@@ -182,7 +182,7 @@ struct APIRoutes: Sendable {
 
     /// Entry `index` of checkpoint `seq` and, if asked, its proof; `nil` if the block is not held.
     func entryProof(seq: UInt64, index: UInt64, options: ProofOptions) async throws -> (ProvableEntry, ProofJSON?)? {
-        guard let entry = try await store.provableEntry(seq: seq, index: index) else { return nil }
+        guard let entry = try await store.provableEntry(seq: seq, index: index, withPath: options.wanted) else { return nil }
         guard options.wanted else { return (entry, nil) }
         guard let certified = try await store.summary(at: seq) else {
             throw APIError.unavailable("checkpoint \(seq)'s summary went missing from the store")

@@ -79,7 +79,6 @@ struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             let code: String
             switch error.status {
             case .notFound: code = "not_found"
-            case .methodNotAllowed: code = "method_not_allowed"
             case .badRequest: code = "bad_request"
             default: code = "http_\(error.status.code)"
             }

@@ -27,8 +27,9 @@ public struct ProvableLiveObject: Sendable {
 extension NodeStore {
     /// Entry `index` of checkpoint `seq` with its audit path: only the entry's part is read and
     /// decoded; the path within the part is computed from its leaves and the part's stored
-    /// subtree proof completes it. `nil` if the checkpoint's block is not held or has no such entry.
-    public func provableEntry(seq: UInt64, index: UInt64) async throws -> ProvableEntry? {
+    /// subtree proof completes it (`withPath: false`: the entry alone, path empty). `nil` if the
+    /// checkpoint's block is not held or has no such entry.
+    public func provableEntry(seq: UInt64, index: UInt64, withPath: Bool = true) async throws -> ProvableEntry? {
         try await blocking { () throws -> ProvableEntry? in
             let parts = try self.blockPartCountSync(seq)
             let partSize = UInt64(BlockVerifier.partSize)
@@ -38,6 +39,7 @@ extension NodeStore {
             let data = try self.decodeBlock(frame, seq: seq, part: Int(part))
             let local = Int(index % partSize)
             guard local < data.entries.count else { return nil }
+            guard withPath else { return ProvableEntry(seq: seq, index: index, entry: data.entries[local], path: []) }
             let leaves = data.entries.map(\.leaf.leafHash)
             let inner = try Merkle.inclusionProof(index: local, leafHashes: leaves)
             return ProvableEntry(seq: seq, index: index, entry: data.entries[local], path: inner + (try self.partProofSync(seq, part)))
