@@ -200,7 +200,9 @@ let package = Package(
         .testTarget(
             name: "SomaNodeTests",
             dependencies: [
-                "SomaNode", "SomaStore", "SomaDiscovery", "SomaCore", "SomaDevnet", "SomaTestSupport",
+                "SomaNode", "SomaStore", "SomaDiscovery", "SomaCore", "SomaDevnet", "SomaTestSupport", "SomaNet", "SomaSync",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],

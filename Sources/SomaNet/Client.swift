@@ -359,6 +359,26 @@ public final class PeerClient: Sendable {
         try await decode(ProvenFrame.self, .getBlock, BlockRequest(seq: seq, part: part).bcsBytes)
     }
 
+    /// `getTransactions`: for a prefix of `digests` (at least one), each with its effects and
+    /// entry proof, `nil` where the peer does not hold it. Unverified: check each proof.
+    public func transactions(_ digests: [Digest]) async throws -> [EntryWithProof?] {
+        let answer = try await decode(ProvenItems<EntryWithProof>.self, .getTransactions, TransactionsRequest(digests: digests).bcsBytes)
+        guard !answer.items.isEmpty, answer.items.count <= digests.count else {
+            throw WireError(.badPayload, "getTransactions answered \(answer.items.count) items for \(digests.count) digests")
+        }
+        return answer.items
+    }
+
+    /// `getObjects`: for a prefix of `queries` (at least one), each version with the entry that
+    /// wrote it, `nil` where the peer does not hold it. Unverified: check each proof.
+    public func objects(_ queries: [ObjectQuery]) async throws -> [ObjectWithProof?] {
+        let answer = try await decode(ProvenItems<ObjectWithProof>.self, .getObjects, ObjectsRequest(objects: queries).bcsBytes)
+        guard !answer.items.isEmpty, answer.items.count <= queries.count else {
+            throw WireError(.badPayload, "getObjects answered \(answer.items.count) items for \(queries.count) queries")
+        }
+        return answer.items
+    }
+
     /// `getSnapshotManifest`.
     public func snapshotManifest(epoch: UInt64) async throws -> SnapshotManifest {
         try await decode(SnapshotManifest.self, .getSnapshotManifest, SnapshotRequest(epoch: epoch).bcsBytes)

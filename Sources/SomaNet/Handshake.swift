@@ -104,6 +104,10 @@ public enum Method: UInt16, Sendable, CaseIterable {
     case publish = 24
     /// Consecutive blocks, streamed: one stream item a block part, then a stream end.
     case getBlocks = 25
+    /// Transactions by digest, each with its effects and its entry proof.
+    case getTransactions = 26
+    /// Object versions, each with the transaction that wrote it and its entry proof.
+    case getObjects = 27
 }
 
 /// This node's side of the handshake.

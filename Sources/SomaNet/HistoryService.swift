@@ -60,6 +60,10 @@ public struct HistoryService: HistoryServing {
                 return .success(.bytes(m.bcsBytes))
             case .getSnapshotChunk:
                 return try await chunk(try SnapshotRequest(bcsBytes: payload)).map(Payload.bytes)
+            case .getTransactions:
+                return try await transactions(try TransactionsRequest(bcsBytes: payload)).map(Payload.bytes)
+            case .getObjects:
+                return try await objects(try ObjectsRequest(bcsBytes: payload)).map(Payload.bytes)
             default:
                 return .failure(.unavailable("method \(method) is not served by this node"))
             }
@@ -68,6 +72,47 @@ public struct HistoryService: HistoryServing {
         } catch {
             return .failure(.unavailable("store: \(error)"))
         }
+    }
+
+    /// `getTransactions`: each digest's entry with its proof, for a prefix of the digests.
+    func transactions(_ r: TransactionsRequest) async throws -> Result<[UInt8], RPCError> {
+        guard (1...TransactionsRequest.maxCount).contains(r.digests.count) else {
+            return .failure(.badRequest("ask for 1...\(TransactionsRequest.maxCount) transactions, not \(r.digests.count)"))
+        }
+        var items: [EntryWithProof?] = []
+        var bytes = 0
+        for d in r.digests where items.isEmpty || bytes < ProvenItems<EntryWithProof>.maxBytes {
+            let item = try await entry(writing: d)
+            bytes += item?.bcsBytes.count ?? 1
+            items.append(item)
+        }
+        return .success(ProvenItems(items: items).bcsBytes)
+    }
+
+    /// `getObjects`: each version with the entry that wrote it, for a prefix of the queries.
+    func objects(_ r: ObjectsRequest) async throws -> Result<[UInt8], RPCError> {
+        guard (1...TransactionsRequest.maxCount).contains(r.objects.count) else {
+            return .failure(.badRequest("ask for 1...\(TransactionsRequest.maxCount) objects, not \(r.objects.count)"))
+        }
+        var items: [ObjectWithProof?] = []
+        var bytes = 0
+        for q in r.objects where items.isEmpty || bytes < ProvenItems<ObjectWithProof>.maxBytes {
+            var item: ObjectWithProof? = nil
+            if let object = try await store.object(q.id, version: q.version), let writer = try await entry(writing: object.previousTransaction) {
+                item = ObjectWithProof(object: object, writer: writer)
+            }
+            bytes += item?.bcsBytes.count ?? 1
+            items.append(item)
+        }
+        return .success(ProvenItems(items: items).bcsBytes)
+    }
+
+    /// The transaction `digest` with its effects and entry proof, if its block is held.
+    func entry(writing digest: Digest) async throws -> EntryWithProof? {
+        guard let (seq, index) = try await store.transactionLocation(digest),
+              let (entry, proof) = try await store.entryProof(seq: seq, index: UInt64(index))
+        else { return nil }
+        return EntryWithProof(transaction: entry.transaction, effects: entry.effects, proof: proof)
     }
 
     func availability() async throws -> Availability {

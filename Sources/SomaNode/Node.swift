@@ -37,6 +37,8 @@ public final class Node: Sendable {
     public let server: NetServer?
     /// The sync follower: catches up from the sources and follows the tip.
     public let follower: TipFollower
+    /// The connections sync draws from (discovery's, or those a test node was given).
+    let sources: @Sendable () async -> [SourceOffer]
     let group: MultiThreadedEventLoopGroup
     let wiring: Wiring
     let logger: Logger
@@ -72,7 +74,8 @@ public final class Node: Sendable {
 
     init(
         configuration: NodeConfiguration, genesis: Genesis, key: SigningKey, store: NodeStore, group: MultiThreadedEventLoopGroup,
-        status: NodeStatus, events: EventHub, discovery: Discovery?, server: NetServer?, follower: TipFollower, wiring: Wiring,
+        status: NodeStatus, events: EventHub, discovery: Discovery?, server: NetServer?, follower: TipFollower,
+        sources: @escaping @Sendable () async -> [SourceOffer], wiring: Wiring,
         logger: Logger, metrics: PrometheusCollectorRegistry?, producer: (any CheckpointProducer)?,
         onListening: @escaping @Sendable (NodeBuilder.Endpoint, String, Int) -> Void
     ) {
@@ -86,6 +89,7 @@ public final class Node: Sendable {
         self.discovery = discovery
         self.server = server
         self.follower = follower
+        self.sources = sources
         self.wiring = wiring
         self.logger = logger
         self.metrics = metrics

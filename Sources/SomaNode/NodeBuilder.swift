@@ -106,7 +106,7 @@ public struct NodeBuilder: Sendable {
                 onBan: { label, reason in events.publishBan(label: label, reason: reason) })
             return Node(
                 configuration: config, genesis: genesis, key: key, store: store, group: group, status: status, events: events,
-                discovery: discovery, server: server, follower: follower, wiring: wiring, logger: logger, metrics: metrics,
+                discovery: discovery, server: server, follower: follower, sources: offers, wiring: wiring, logger: logger, metrics: metrics,
                 producer: producer, onListening: onListening)
         } catch {
             try? await group.shutdownGracefully()

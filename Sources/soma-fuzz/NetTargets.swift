@@ -76,11 +76,11 @@ let dispatchTarget = FuzzTarget(
     run: { input in
         let service = Fixture.shared.service
         var r = FuzzInput(input)
-        let selector = r.u8() % 10
+        let selector = r.u8() % 12
         // The served methods first, then blockItem, then any method number.
         let methods: [Method] = [.getKnownPeers, .getAvailability, .getEpochEndings, .getSummaries, .getBlock,
-                                 .getSnapshotManifest, .getSnapshotChunk, .getBlocks]
-        if selector == 8 {
+                                 .getSnapshotManifest, .getSnapshotChunk, .getBlocks, .getTransactions, .getObjects]
+        if selector == 10 {
             let seq = r.u64(), part = r.u32()
             let result = blockOn { await service.blockItem(seq: seq, part: part) }
             if case .success(let found?) = result {
@@ -91,7 +91,7 @@ let dispatchTarget = FuzzTarget(
             }
             return
         }
-        let method = selector < 8 ? methods[Int(selector)].rawValue : r.u16()
+        let method = selector < 10 ? methods[Int(selector)].rawValue : r.u16()
         let payload = r.rest()
         let result = blockOn { await service.handle(method: method, payload: payload) }
         guard case .success(let buffer) = result else { return }
@@ -110,6 +110,17 @@ let dispatchTarget = FuzzTarget(
             } else { ok = false }
         case .getBlock, .getSnapshotChunk: ok = (try? ProvenFrame(bcsBytes: bytes)) != nil
         case .getSnapshotManifest: ok = (try? SnapshotManifest(bcsBytes: bytes)) != nil
+        case .getTransactions:
+            // A prefix of the digests asked, each answered with that transaction or none.
+            if let a = try? ProvenItems<EntryWithProof>(bcsBytes: bytes), let req = try? TransactionsRequest(bcsBytes: payload) {
+                ok = !a.items.isEmpty && a.items.count <= req.digests.count
+                    && zip(a.items, req.digests).allSatisfy { $0.0 == nil || $0.0?.transaction.digest == $0.1 }
+            } else { ok = false }
+        case .getObjects:
+            if let a = try? ProvenItems<ObjectWithProof>(bcsBytes: bytes), let req = try? ObjectsRequest(bcsBytes: payload) {
+                ok = !a.items.isEmpty && a.items.count <= req.objects.count
+                    && zip(a.items, req.objects).allSatisfy { $0.0 == nil || $0.0?.object.id == $0.1.id }
+            } else { ok = false }
         default: ok = false
         }
         if !ok { fail("method \(method) answered \(bytes.count) bytes that are not its answer type") }

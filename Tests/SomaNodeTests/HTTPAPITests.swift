@@ -4,6 +4,7 @@ import SomaCore
 import SomaDevnet
 import SomaNode
 import SomaStore
+import SomaSync
 import SomaTestSupport
 import Testing
 
@@ -19,7 +20,8 @@ final class APINode {
 
     /// A node holding the `committed` first checkpoints of a 4-epoch chain (`pruned`: a pruned
     /// store keeping its last epoch, pruned once before the node starts).
-    init(_ name: String, committed: Int? = nil, pruned: Bool = false, eventBuffer: Int = 4_096) async throws {
+    init(_ name: String, committed: Int? = nil, pruned: Bool = false, eventBuffer: Int = 4_096,
+         sources: (@Sendable () async -> [SourceOffer])? = nil) async throws {
         base = TempDir(name)
         let profile = DevnetProfile(name: "api", validators: 4, epochs: 4, checkpoints: 240, transactionsPerCheckpoint: 6, accounts: 24)
         let generator = ChainGenerator(profile: profile, seed: 14)
@@ -45,7 +47,7 @@ final class APINode {
         await store.close()
         var logger = Logger(label: "api-test")
         logger.logLevel = .warning
-        node = try await NodeBuilder(configuration: config, logger: logger).buildForTesting()
+        node = try await NodeBuilder(configuration: config, logger: logger).buildForTesting(sources: sources)
         let node = self.node
         running = Task { try await node.run(signals: []) }
         var bound: Int? = nil

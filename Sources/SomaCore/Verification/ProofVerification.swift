@@ -158,15 +158,21 @@ public enum ProofVerifier {
         committee: Committee? = nil
     ) throws(CoreError) -> ProvenEntry {
         let entry = try verify(transaction: transaction, effects: effects, proof: proof, genesis: genesis, committee: committee)
-        guard object.previousTransaction == entry.transaction else {
-            throw CoreError(.outputObjectMismatch, "object \(object.id.short) v\(object.version) names transaction \(object.previousTransaction.short), not \(entry.transaction.short)")
+        try verifyWritten(object: object, by: entry.transaction, effects: effects)
+        return entry
+    }
+
+    /// Checks that `effects` (of transaction `digest`) write `object`: the object names the
+    /// transaction, and the effects list it as written with its version and digest.
+    public static func verifyWritten(object: Object, by digest: Digest, effects: TransactionEffects) throws(CoreError) {
+        guard object.previousTransaction == digest, effects.transactionDigest == digest else {
+            throw CoreError(.outputObjectMismatch, "object \(object.id.short) v\(object.version) names transaction \(object.previousTransaction.short), not \(digest.short)")
         }
         guard let change = effects.changes.first(where: { $0.id == object.id }),
               case .written(let written) = change.output, written.version == object.version, written.digest == object.digest
         else {
-            throw CoreError(.outputObjectMismatch, "the effects of \(entry.transaction.short) do not write object \(object.id.short) v\(object.version) with this digest")
+            throw CoreError(.outputObjectMismatch, "the effects of \(digest.short) do not write object \(object.id.short) v\(object.version) with this digest")
         }
-        return entry
     }
 
     /// Verifies that `reference` is in the live set at the end of `proof.epochEnd`'s epoch.

@@ -176,31 +176,22 @@ struct APIRoutes: Sendable {
             throw APIError.pruned("transaction \(digest.hex) is in checkpoint \(seq), whose block is no longer held\(try await prunedNote())")
         }
         return JSON.response(
-            TransactionAnswerJSON(transaction: TransactionJSON(entry.entry, checkpoint: seq, index: index), proof: proof),
+            TransactionAnswerJSON(transaction: TransactionJSON(entry, checkpoint: seq, index: index), proof: proof),
             cache: "public, max-age=3600")
     }
 
     /// Entry `index` of checkpoint `seq` and, if asked, its proof; `nil` if the block is not held.
-    func entryProof(seq: UInt64, index: UInt64, options: ProofOptions) async throws -> (ProvableEntry, ProofJSON?)? {
-        guard let entry = try await store.provableEntry(seq: seq, index: index, withPath: options.wanted) else { return nil }
-        guard options.wanted else { return (entry, nil) }
-        guard let certified = try await store.summary(at: seq) else {
-            throw APIError.unavailable("checkpoint \(seq)'s summary went missing from the store")
+    func entryProof(seq: UInt64, index: UInt64, options: ProofOptions) async throws -> (ExecutionData, ProofJSON?)? {
+        guard options.wanted else {
+            return try await store.provableEntry(seq: seq, index: index, withPath: false).map { ($0.entry, nil) }
         }
-        var previous: CheckpointSummary? = nil
-        if seq > 0 {
-            guard let p = try await store.summary(at: seq - 1) else {
-                throw APIError.unavailable("checkpoint \(seq - 1)'s summary went missing from the store")
-            }
-            previous = p.summary
-        }
-        let before = previous?.networkTotalTransactions ?? 0
-        let total = certified.summary.networkTotalTransactions
-        let proof = ProofJSON(
-            kind: "entry", checkpoint: HexCoding.encode(certified.bcsBytes), previousSummary: previous.map { HexCoding.encode($0.bcsBytes) },
-            index: index, leafCount: total >= before ? total - before : 0, path: entry.path.map(\.hex),
-            epochEnds: options.epochs ? try await store.epochEnds(before: certified.summary.epoch).map { HexCoding.encode($0.bcsBytes) } : nil)
-        return (entry, proof)
+        guard let (entry, proof) = try await store.entryProof(seq: seq, index: index, epochChain: options.epochs) else { return nil }
+        let before = proof.previous?.networkTotalTransactions ?? 0
+        let total = proof.checkpoint.summary.networkTotalTransactions
+        return (entry, ProofJSON(
+            kind: "entry", checkpoint: HexCoding.encode(proof.checkpoint.bcsBytes), previousSummary: proof.previous.map { HexCoding.encode($0.bcsBytes) },
+            index: index, leafCount: total >= before ? total - before : 0, path: proof.path.map(\.hex),
+            epochEnds: options.epochs ? proof.epochEnds.map { HexCoding.encode($0.bcsBytes) } : nil))
     }
 
     /// For a pruned store: which history it keeps.
@@ -241,8 +232,8 @@ struct APIRoutes: Sendable {
         else {
             throw APIError.pruned("object \(id.hex) v\(object.version) is held, but the transaction that wrote it (\(object.previousTransaction.hex)) is not, so it cannot be proven\(try await prunedNote()); ask with ?proof=false for the object alone")
         }
-        proof.transactionBcs = HexCoding.encode(entry.entry.transaction.bcsBytes)
-        proof.effectsBcs = HexCoding.encode(entry.entry.effects.bcsBytes)
+        proof.transactionBcs = HexCoding.encode(entry.transaction.bcsBytes)
+        proof.effectsBcs = HexCoding.encode(entry.effects.bcsBytes)
         return JSON.response(ObjectAnswerJSON(object: ObjectJSON(object), proof: proof), cache: q["version"] == nil ? "no-store" : "public, max-age=3600")
     }
 

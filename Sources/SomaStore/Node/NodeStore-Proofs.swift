@@ -102,3 +102,25 @@ extension NodeStore {
         }
     }
 }
+
+extension NodeStore {
+    /// Entry `index` of checkpoint `seq` with its ``EntryProof`` (the certified summary, the one
+    /// before it, the audit path; with `epochChain`, the certified last summaries of the epochs
+    /// before the checkpoint's); `nil` if the checkpoint's block is not held.
+    /// - Throws: ``StoreError`` `inconsistent` when a summary the proof needs is missing.
+    public func entryProof(seq: UInt64, index: UInt64, epochChain: Bool = false) async throws -> (entry: ExecutionData, proof: EntryProof)? {
+        guard let provable = try await provableEntry(seq: seq, index: index) else { return nil }
+        guard let certified = try await summary(at: seq) else {
+            throw StoreError(.inconsistent, "checkpoint \(seq)'s block is held but not its summary")
+        }
+        var previous: CheckpointSummary? = nil
+        if seq > 0 {
+            guard let p = try await summary(at: seq - 1) else {
+                throw StoreError(.inconsistent, "checkpoint \(seq - 1)'s summary is missing below a held checkpoint")
+            }
+            previous = p.summary
+        }
+        let ends = epochChain ? try await epochEnds(before: certified.summary.epoch) : []
+        return (provable.entry, EntryProof(checkpoint: certified, previous: previous, index: index, path: provable.path, epochEnds: ends))
+    }
+}
