@@ -79,14 +79,14 @@ public struct HistoryService: HistoryServing {
         guard (1...TransactionsRequest.maxCount).contains(r.digests.count) else {
             return .failure(.badRequest("ask for 1...\(TransactionsRequest.maxCount) transactions, not \(r.digests.count)"))
         }
-        var items: [EntryWithProof?] = []
+        var items: [[UInt8]?] = []
         var bytes = 0
         for d in r.digests where items.isEmpty || bytes < ProvenItems<EntryWithProof>.maxBytes {
-            let item = try await entry(writing: d)
-            bytes += item?.bcsBytes.count ?? 1
+            let item = try await entry(writing: d)?.bcsBytes
+            bytes += item?.count ?? 1
             items.append(item)
         }
-        return .success(ProvenItems(items: items).bcsBytes)
+        return .success(ProvenItems<EntryWithProof>.encode(encodedItems: items))
     }
 
     /// `getObjects`: each version with the entry that wrote it, for a prefix of the queries.
@@ -94,17 +94,17 @@ public struct HistoryService: HistoryServing {
         guard (1...TransactionsRequest.maxCount).contains(r.objects.count) else {
             return .failure(.badRequest("ask for 1...\(TransactionsRequest.maxCount) objects, not \(r.objects.count)"))
         }
-        var items: [ObjectWithProof?] = []
+        var items: [[UInt8]?] = []
         var bytes = 0
         for q in r.objects where items.isEmpty || bytes < ProvenItems<ObjectWithProof>.maxBytes {
-            var item: ObjectWithProof? = nil
+            var item: [UInt8]? = nil
             if let object = try await store.object(q.id, version: q.version), let writer = try await entry(writing: object.previousTransaction) {
-                item = ObjectWithProof(object: object, writer: writer)
+                item = ObjectWithProof(object: object, writer: writer).bcsBytes
             }
-            bytes += item?.bcsBytes.count ?? 1
+            bytes += item?.count ?? 1
             items.append(item)
         }
-        return .success(ProvenItems(items: items).bcsBytes)
+        return .success(ProvenItems<ObjectWithProof>.encode(encodedItems: items))
     }
 
     /// The transaction `digest` with its effects and entry proof, if its block is held.

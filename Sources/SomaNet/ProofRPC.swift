@@ -123,6 +123,22 @@ public struct ProvenItems<Item: BCSCodable & Sendable & Hashable>: Hashable, Sen
         for item in items { writer.write(item) }
     }
 
+    /// The encoding of an answer whose items are already encoded (`nil`: not held): the same
+    /// bytes as encoding the items, without encoding them again.
+    public static func encode(encodedItems: [[UInt8]?]) -> [UInt8] {
+        var w = BCSWriter(capacity: encodedItems.reduce(10) { $0 + 1 + ($1?.count ?? 0) })
+        w.writeLength(encodedItems.count)
+        for item in encodedItems {
+            if let item {
+                w.write(UInt8(1))
+                w.writeRaw(item)
+            } else {
+                w.write(UInt8(0))
+            }
+        }
+        return w.bytes
+    }
+
     public init(from reader: inout BCSReader) throws(CoreError) {
         let n = try reader.readLength(minElementSize: 1)
         var out: [Item?] = []

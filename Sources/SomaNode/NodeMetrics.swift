@@ -132,6 +132,8 @@ final class NodeGauges: Sendable {
 
     init(version: String, chainID: String) {
         Gauge(label: "soma_node_info", dimensions: [("version", version), ("chain_id", chainID)]).record(1)
+        // Exists (at zero) from the start: a rate over a series that appears late is empty.
+        _ = Counter(label: "soma_sync_hedges_total")
     }
 
     func update(report: StatusReport, peers: [PeerStatus], families: [(family: String, keys: UInt64, bytes: UInt64)],
@@ -189,8 +191,6 @@ final class NodeGauges: Sendable {
         if let inbound { Gauge(label: "soma_net_connections", dimensions: [("direction", "inbound")]).record(Double(inbound)) }
         if let outbound { Gauge(label: "soma_net_connections", dimensions: [("direction", "outbound")]).record(Double(outbound)) }
         Gauge(label: "soma_http_event_subscribers").record(Double(subscribers))
-        // The failure counters exist from the start (a rate over a series that appears late is empty).
-        _ = Counter(label: "soma_sync_hedges_total")
     }
 
     /// A ban, by reason class.

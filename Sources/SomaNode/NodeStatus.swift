@@ -108,7 +108,6 @@ public struct StatusReport: Sendable, Codable, Equatable {
 /// a request). Thread-safe: one lock around small values.
 public final class NodeStatus: Sendable {
     struct State {
-        var phase: NodePhase = .starting
         var report: StatusReport
         var samples: [StatusSample] = []
         var lastSynced: UInt64?
@@ -221,7 +220,6 @@ public final class NodeStatus: Sendable {
             r.uptimeSeconds = NodeStatus.seconds(now - started)
             r.timeMs = nowMs
             s.report = r
-            s.phase = phase
         }
     }
 

@@ -210,7 +210,7 @@ struct HTTPAPITests {
 
         // Every flipped byte: of the entry proof's BCS, the transaction and the effects.
         let tx = try JSONDecoder().decode(TransactionAnswerJSON.self, from: Data(txAnswer.body))
-        let proof = try entryProof(try #require(tx.proof))
+        let proof = try #require(tx.proof).entryProof()
         let transaction = entry.transaction
         let effects = entry.effects
         _ = try ProofVerifier.verify(transaction: transaction, effects: effects, proof: proof, genesis: api.genesis.committee)
@@ -243,11 +243,7 @@ struct HTTPAPITests {
         // Every flipped byte of the state proof and of the object it proves.
         let liveJSON = try JSONDecoder().decode(ObjectAnswerJSON.self, from: Data(liveAnswer.body))
         let liveObject = try Object(bcsBytes: try #require(HexCoding.decode(liveJSON.object.bcs)))
-        let p = try #require(liveJSON.proof)
-        let state = StateProof(
-            epochEnd: try CertifiedCheckpointSummary(bcsBytes: try #require(HexCoding.decode(p.checkpoint))), index: p.index,
-            path: p.path.map { Digest(bytes: HexCoding.decode($0)!)! },
-            epochEnds: try (p.epochEnds ?? []).map { try CertifiedCheckpointSummary(bcsBytes: HexCoding.decode($0)!) })
+        let state = try #require(liveJSON.proof).stateProof()
         _ = try ProofVerifier.verify(reference: liveObject.reference, proof: state, genesis: api.genesis.committee)
         var stateAccepted: [Int] = []
         for i in state.bcsBytes.indices {
@@ -266,14 +262,6 @@ struct HTTPAPITests {
         }
         #expect(objectAccepted.isEmpty, "flipped object bytes accepted at \(objectAccepted.prefix(10))")
         try await api.stop()
-    }
-
-    func entryProof(_ p: ProofJSON) throws -> EntryProof {
-        EntryProof(
-            checkpoint: try CertifiedCheckpointSummary(bcsBytes: HexCoding.decode(p.checkpoint)!),
-            previous: try p.previousSummary.map { try CheckpointSummary(bcsBytes: HexCoding.decode($0)!) },
-            index: p.index, path: p.path.map { Digest(bytes: HexCoding.decode($0)!)! },
-            epochEnds: try (p.epochEnds ?? []).map { try CertifiedCheckpointSummary(bcsBytes: HexCoding.decode($0)!) })
     }
 
     @Test("events: a subscriber resumes after its last event id (read back from the store, then live, epoch ends included, nothing twice); a subscriber that stops reading is dropped with a reason and the node goes on")

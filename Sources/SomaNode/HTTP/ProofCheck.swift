@@ -26,7 +26,7 @@ public enum ProofCheck {
             let transaction = try Transaction(bcsBytes: try bytes(tx.transaction.transactionBcs, "transactionBcs"))
             let effects = try TransactionEffects(bcsBytes: try bytes(tx.transaction.effectsBcs, "effectsBcs"))
             let entry = try ProofVerifier.verify(
-                transaction: transaction, effects: effects, proof: try entryProof(proof), genesis: genesis.committee, committee: committee)
+                transaction: transaction, effects: effects, proof: try proof.entryProof(), genesis: genesis.committee, committee: committee)
             guard tx.transaction.digest == entry.transaction.hex, tx.transaction.checkpoint == entry.checkpoint.summary.sequenceNumber,
                   UInt64(tx.transaction.index) == entry.index
             else { throw CoreError(.invalidProof, "the answer's fields disagree with the bytes its proof covers") }
@@ -45,13 +45,11 @@ public enum ProofCheck {
                 }
                 let entry = try ProofVerifier.verify(
                     object: object, writtenBy: try Transaction(bcsBytes: try bytes(t, "transactionBcs")),
-                    effects: try TransactionEffects(bcsBytes: try bytes(e, "effectsBcs")), proof: try entryProof(proof),
+                    effects: try TransactionEffects(bcsBytes: try bytes(e, "effectsBcs")), proof: try proof.entryProof(),
                     genesis: genesis.committee, committee: committee)
                 return Verdict(kind: "object version", summary: "object \(object.id.hex) version \(object.version) was written by transaction \(entry.transaction.hex), entry \(entry.index) of checkpoint \(entry.checkpoint.summary.sequenceNumber) (epoch \(entry.checkpoint.summary.epoch)), certified by that epoch's committee")
             case "state":
-                let state = StateProof(
-                    epochEnd: try CertifiedCheckpointSummary(bcsBytes: try bytes(proof.checkpoint, "checkpoint")), index: proof.index,
-                    path: try proof.path.map { try digest($0) }, epochEnds: try (proof.epochEnds ?? []).map { try CertifiedCheckpointSummary(bcsBytes: try bytes($0, "epochEnds")) })
+                let state = try proof.stateProof()
                 let end = try ProofVerifier.verify(reference: object.reference, proof: state, genesis: genesis.committee, committee: committee)
                 return Verdict(kind: "live object", summary: "object \(object.id.hex) version \(object.version) was live at the end of epoch \(end.summary.epoch) (checkpoint \(end.summary.sequenceNumber)): leaf \(state.index) of the state root \(end.summary.endOfEpoch?.stateRoot.hex ?? "") its committee certified")
             default:
@@ -59,16 +57,6 @@ public enum ProofCheck {
             }
         }
         throw NodeError("not an answer with a proof: expected the JSON of /v1/transactions/{digest} or /v1/objects/{id}")
-    }
-
-    /// The entry proof the JSON fields describe.
-    static func entryProof(_ p: ProofJSON) throws -> EntryProof {
-        guard p.kind == "entry" else { throw NodeError("a transaction's proof is of kind entry, not '\(p.kind.prefix(40))'") }
-        return EntryProof(
-            checkpoint: try CertifiedCheckpointSummary(bcsBytes: try bytes(p.checkpoint, "checkpoint")),
-            previous: try p.previousSummary.map { try CheckpointSummary(bcsBytes: try bytes($0, "previousSummary")) },
-            index: p.index, path: try p.path.map { try digest($0) },
-            epochEnds: try (p.epochEnds ?? []).map { try CertifiedCheckpointSummary(bcsBytes: try bytes($0, "epochEnds")) })
     }
 
     static func bytes(_ hex: String, _ field: String) throws -> [UInt8] {
@@ -79,5 +67,30 @@ public enum ProofCheck {
     static func digest(_ hex: String) throws -> Digest {
         guard let b = HexCoding.decode(hex), let d = Digest(bytes: b) else { throw NodeError("a path entry is not 32 bytes of hex") }
         return d
+    }
+}
+
+extension ProofJSON {
+    /// The ``EntryProof`` these fields describe (kind `entry`).
+    /// - Throws: ``NodeError`` for another kind or a field that is not hex of its type, or the
+    ///   codec's ``CoreError``.
+    public func entryProof() throws -> EntryProof {
+        guard kind == "entry" else { throw NodeError("an entry proof is of kind entry, not '\(kind.prefix(40))'") }
+        return EntryProof(
+            checkpoint: try CertifiedCheckpointSummary(bcsBytes: try ProofCheck.bytes(checkpoint, "checkpoint")),
+            previous: try previousSummary.map { try CheckpointSummary(bcsBytes: try ProofCheck.bytes($0, "previousSummary")) },
+            index: index, path: try path.map { try ProofCheck.digest($0) }, epochEnds: try decodedEpochEnds())
+    }
+
+    /// The ``StateProof`` these fields describe (kind `state`).
+    public func stateProof() throws -> StateProof {
+        guard kind == "state" else { throw NodeError("a state proof is of kind state, not '\(kind.prefix(40))'") }
+        return StateProof(
+            epochEnd: try CertifiedCheckpointSummary(bcsBytes: try ProofCheck.bytes(checkpoint, "checkpoint")), index: index,
+            path: try path.map { try ProofCheck.digest($0) }, epochEnds: try decodedEpochEnds())
+    }
+
+    func decodedEpochEnds() throws -> [CertifiedCheckpointSummary] {
+        try (epochEnds ?? []).map { try CertifiedCheckpointSummary(bcsBytes: try ProofCheck.bytes($0, "epochEnds")) }
     }
 }
