@@ -23,8 +23,9 @@ struct Generate: AsyncParsableCommand {
     @OptionGroup var storeOptions: StoreOptions
     @Option(help: "Stop after this checkpoint (a later run, or `devnet run`, goes on from there).")
     var until: UInt64?
+    @Flag(help: "Print the outcome as one JSON document (progress goes to standard error).")
+    var json = false
     var parallelism: Int { chain.parallelism }
-
 
     func run() async throws {
         let profile = try chain.resolvedProfile()
@@ -32,7 +33,8 @@ struct Generate: AsyncParsableCommand {
         let generator = ChainGenerator(profile: profile, seed: chain.seed)
         let genesis = generator.genesis
         try genesis.verify()
-        print(chain.describe(profile))
+        let console = Console(json: json)
+        console.say(chain.describe(profile))
 
         var store: NodeStore? = nil
         if let out {
@@ -44,8 +46,9 @@ struct Generate: AsyncParsableCommand {
             let importer = try await CheckpointImporter(
                 genesis: genesis, store: store, batchSize: storeOptions.batch, parallelism: parallelism,
                 userSignatures: storeOptions.verifyUserSignatures)
-            if importer.resumeAfter > 0 { print("resuming after checkpoint \(importer.resumeAfter), already stored") }
-            try await withBackgroundPruning(store) {
+            if importer.resumeAfter > 0 { console.say("resuming after checkpoint \(importer.resumeAfter), already stored") }
+            let resumedAfter = importer.resumeAfter
+            let pruned = try await withBackgroundPruning(store, console: console) {
                 var lastReport = ContinuousClock.now
                 let last = until ?? UInt64(profile.checkpoints - 1)
                 while !generator.isFinished && generator.nextSequence <= last {
@@ -56,12 +59,19 @@ struct Generate: AsyncParsableCommand {
                     }
                     if elapsed(since: lastReport) >= 2 {
                         lastReport = .now
-                        reportProgress(importer, total: UInt64(profile.checkpoints - 1), start: start)
+                        reportProgress(importer, total: UInt64(profile.checkpoints - 1), start: start, console: console)
                     }
                 }
                 try await importer.flush()
             }
-            try await printSummary(importer, store: store, start: start, location: out.map { "\($0)/db" })
+            var document = try await printSummary(
+                importer, store: store, start: start, location: out.map { "\($0)/db" }, resumedAfter: resumedAfter, prunedEpochs: pruned,
+                console: console)
+            document["profile"] = [
+                "name": profile.name, "seed": chain.seed, "validators": profile.validators, "epochs": profile.epochs,
+                "checkpoints": profile.checkpoints, "transactionsPerCheckpoint": profile.transactionsPerCheckpoint,
+            ] as [String: Any]
+            if json { try console.emit(document) }
         } catch {
             await store?.close()
             throw error
@@ -107,10 +117,11 @@ struct StoreOptions: ParsableArguments {
 
 /// Runs `body` with the store's background pruner beside it (pruned stores), then prunes once
 /// more so that the store ends within its retention.
-func withBackgroundPruning(_ store: NodeStore?, _ body: () async throws -> Void) async throws {
+/// - Returns: the epochs the last prune removed.
+func withBackgroundPruning(_ store: NodeStore?, console: Console, _ body: () async throws -> Void) async throws -> [UInt64] {
     guard let store, store.configuration.mode == .pruned else {
         try await body()
-        return
+        return []
     }
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { try await store.runPruning(every: .milliseconds(500)) }
@@ -124,7 +135,8 @@ func withBackgroundPruning(_ store: NodeStore?, _ body: () async throws -> Void)
         try await group.waitForAll()
     }
     let report = try await store.prune()
-    if !report.epochs.isEmpty { print("  pruned epochs \(report.epochs.map(String.init).joined(separator: ", "))") }
+    if !report.epochs.isEmpty { console.say("  pruned epochs \(report.epochs.map(String.init).joined(separator: ", "))") }
+    return report.epochs
 }
 
 /// Writes `genesis.bcs` into a data directory (atomically), or checks the one there.
@@ -140,34 +152,53 @@ func writeGenesis(_ genesis: Genesis, to dir: DataDirectory) throws {
     guard rename(tmp, dir.genesis) == 0 else { throw CLIError("cannot rename \(tmp) to \(dir.genesis)") }
 }
 
-func reportProgress(_ importer: CheckpointImporter, total: UInt64, start: ContinuousClock.Instant) {
+func reportProgress(_ importer: CheckpointImporter, total: UInt64, start: ContinuousClock.Instant, console: Console) {
     let secs = elapsed(since: start)
-    print("  checkpoint \(importer.tip.summary.sequenceNumber) of \(total): \(format(Double(importer.checkpoints) / secs, 0)) checkpoints/s, \(format(Double(importer.transactions) / secs, 0)) tx/s, \(format(Double(importer.rawBytes) / secs / 1e6)) MB/s")
+    console.say("  checkpoint \(importer.tip.summary.sequenceNumber) of \(total): \(format(Double(importer.checkpoints) / secs, 0)) checkpoints/s, \(format(Double(importer.transactions) / secs, 0)) tx/s, \(format(Double(importer.rawBytes) / secs / 1e6)) MB/s")
 }
 
-func printSummary(_ importer: CheckpointImporter, store: NodeStore?, start: ContinuousClock.Instant, location: String?) async throws {
+/// Says what an import did, and returns it as the command's JSON document.
+func printSummary(
+    _ importer: CheckpointImporter, store: NodeStore?, start: ContinuousClock.Instant, location: String?, resumedAfter: UInt64,
+    prunedEpochs: [UInt64], console: Console
+) async throws -> [String: Any] {
     let secs = elapsed(since: start)
-    let first = importer.tip.summary.sequenceNumber + 1 - UInt64(importer.checkpoints)
+    let tip = importer.tip.summary.sequenceNumber
+    let first = tip + 1 - UInt64(importer.checkpoints)
     if importer.checkpoints == 0 {
-        print("nothing new: the store already holds every checkpoint up to \(importer.tip.summary.sequenceNumber)")
+        console.say("nothing new: the store already holds every checkpoint up to \(tip)")
     } else {
-        print("verified and \(store == nil ? "replayed" : "stored") checkpoints \(first)...\(importer.tip.summary.sequenceNumber): \(importer.transactions) transactions, \(format(Double(importer.rawBytes) / 1e6)) MB of checkpoint data (\(format(Double(importer.storedBytes) / 1e6)) MB as LZ4 blocks) in \(format(secs)) s, \(format(Double(importer.checkpoints) / secs, 0)) checkpoints/s; \(importer.quorumChecks) batch quorum checks")
+        console.say("verified and \(store == nil ? "replayed" : "stored") checkpoints \(first)...\(tip): \(importer.transactions) transactions, \(format(Double(importer.rawBytes) / 1e6)) MB of checkpoint data (\(format(Double(importer.storedBytes) / 1e6)) MB as LZ4 blocks) in \(format(secs)) s, \(format(Double(importer.checkpoints) / secs, 0)) checkpoints/s; \(importer.quorumChecks) batch quorum checks")
     }
-    print("  chain id      \(importer.genesis.chainID.hex)")
-    print("  tip           checkpoint \(importer.tip.summary.sequenceNumber), digest \(importer.tip.digest.hex)")
-    print("  epochs        \(importer.committees.count - 1) ended, each state root recomputed and matched")
+    console.say("  chain id      \(importer.genesis.chainID.hex)")
+    console.say("  tip           checkpoint \(tip), digest \(importer.tip.digest.hex)")
+    console.say("  epochs        \(importer.committees.count - 1) ended, each state root recomputed and matched")
+    var document: [String: Any] = [
+        "chainId": importer.genesis.chainID.hex, "resumedAfter": resumedAfter,
+        "checkpoints": importer.checkpoints, "first": importer.checkpoints == 0 ? NSNull() : first as Any,
+        "tip": tip, "tipDigest": importer.tip.digest.hex,
+        "transactions": importer.transactions, "rawBytes": importer.rawBytes, "storedBytes": importer.storedBytes,
+        "quorumChecks": importer.quorumChecks, "epochsEnded": importer.committees.count - 1, "seconds": jsonSeconds(secs),
+        "prunedEpochs": prunedEpochs, "stored": store != nil,
+    ]
     if let store {
         let marks = try await store.watermarks()
         let records = try await store.epochs()
+        document["stateRoot"] = NSNull()
         if let last = records.last(where: { $0.stateRoot != nil }), let root = last.stateRoot {
-            print("  state root    \(root.hex) (epoch \(last.epoch), \(last.liveObjectCount ?? 0) live objects)")
+            console.say("  state root    \(root.hex) (epoch \(last.epoch), \(last.liveObjectCount ?? 0) live objects)")
+            document["stateRoot"] = ["epoch": last.epoch, "root": root.hex, "liveObjects": last.liveObjectCount ?? NSNull()] as [String: Any]
         }
-        print("  watermarks    " + Watermark.allCases.map { "\($0.rawValue) \(marks[$0]?.seq ?? 0)" }.joined(separator: ", "))
-        if let location { print("  store         \(location) (\(store.configuration.mode.rawValue))") }
+        console.say("  watermarks    " + Watermark.allCases.map { "\($0.rawValue) \(marks[$0]?.seq ?? 0)" }.joined(separator: ", "))
+        document["watermarks"] = Dictionary(uniqueKeysWithValues: Watermark.allCases.map { ($0.rawValue, marks[$0]?.seq ?? 0) })
+        if let location { console.say("  store         \(location) (\(store.configuration.mode.rawValue))") }
+        document["store"] = ["path": location ?? NSNull(), "mode": store.configuration.mode.rawValue] as [String: Any]
     } else {
-        print("  state root    \(importer.live.stateRoot().hex) (\(importer.live.count) live objects)")
+        let root = importer.live.stateRoot().hex
+        console.say("  state root    \(root) (\(importer.live.count) live objects)")
+        document["stateRoot"] = ["epoch": importer.committees.count - 1, "root": root, "liveObjects": importer.live.count] as [String: Any]
     }
-
+    return document
 }
 
 /// Which devnet chain to generate.
@@ -229,12 +260,15 @@ struct Export: AsyncParsableCommand {
     @OptionGroup var chain: ProfileOptions
     @Option(help: "The chain file to write.")
     var file: String
+    @Flag(help: "Print the outcome as one JSON document.")
+    var json = false
 
     func run() async throws {
         let profile = try chain.resolvedProfile()
         let start = ContinuousClock.now
         let generator = ChainGenerator(profile: profile, seed: chain.seed)
-        print(chain.describe(profile))
+        let console = Console(json: json)
+        console.say(chain.describe(profile))
         let writer = try ChainFileWriter(path: file, genesis: generator.genesis)
         var count = 0
         var bytes = 0
@@ -251,7 +285,13 @@ struct Export: AsyncParsableCommand {
             count += records.count
         }
         try writer.close()
-        print("wrote \(file): genesis and \(count) checkpoints, \(format(Double(bytes) / 1e6)) MB of LZ4 blocks, in \(format(elapsed(since: start))) s")
+        let secs = elapsed(since: start)
+        console.say("wrote \(file): genesis and \(count) checkpoints, \(format(Double(bytes) / 1e6)) MB of LZ4 blocks, in \(format(secs)) s")
+        if json {
+            try console.emit([
+                "file": file, "chainId": generator.genesis.chainID.hex, "checkpoints": count, "blockBytes": bytes, "seconds": jsonSeconds(secs),
+            ])
+        }
     }
 }
 
@@ -266,6 +306,8 @@ struct Import: AsyncParsableCommand {
     @OptionGroup var storeOptions: StoreOptions
     @Option(help: "Parallel verification tasks (default: the number of cores).")
     var parallelism = ProcessInfo.processInfo.activeProcessorCount
+    @Flag(help: "Print the outcome as one JSON document (progress goes to standard error).")
+    var json = false
 
     func validate() throws {
         guard parallelism >= 1 && parallelism <= 256 else { throw ValidationError("--parallelism must be 1...256") }
@@ -273,6 +315,7 @@ struct Import: AsyncParsableCommand {
 
     func run() async throws {
         let start = ContinuousClock.now
+        let console = Console(json: json)
         let reader = try ChainFileReader(path: file)
         let dir = DataDirectory(root: data)
         try writeGenesis(reader.genesis, to: dir)
@@ -281,19 +324,23 @@ struct Import: AsyncParsableCommand {
             let importer = try await CheckpointImporter(
                 genesis: reader.genesis, store: store, batchSize: storeOptions.batch, parallelism: parallelism,
                 userSignatures: storeOptions.verifyUserSignatures)
-            if importer.resumeAfter > 0 { print("resuming after checkpoint \(importer.resumeAfter), already stored") }
-            try await withBackgroundPruning(store) {
+            if importer.resumeAfter > 0 { console.say("resuming after checkpoint \(importer.resumeAfter), already stored") }
+            let resumedAfter = importer.resumeAfter
+            let pruned = try await withBackgroundPruning(store, console: console) {
                 var lastReport = ContinuousClock.now
                 while let record = try reader.next() {
                     try await importer.add(SourceCheckpoint(certified: record.certified, frames: record.frames, proofs: record.proofs))
                     if elapsed(since: lastReport) >= 2 {
                         lastReport = .now
-                        reportProgress(importer, total: 0, start: start)
+                        reportProgress(importer, total: 0, start: start, console: console)
                     }
                 }
                 try await importer.flush()
             }
-            try await printSummary(importer, store: store, start: start, location: dir.database)
+            var document = try await printSummary(
+                importer, store: store, start: start, location: dir.database, resumedAfter: resumedAfter, prunedEpochs: pruned, console: console)
+            document["file"] = file
+            if json { try console.emit(document) }
         } catch {
             await store.close()
             throw error

@@ -247,31 +247,60 @@ struct Inspect: AsyncParsableCommand {
 
 struct Verify: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Re-verify every stored checkpoint and recompute every epoch's state root; report the first fault.")
+        abstract: "Re-verify every stored checkpoint and recompute every epoch's state root; report the first fault.",
+        discussion: """
+            Exits 0 when everything verifies and 1 at the first fault, which it names (what, \
+            where). With --json, standard output carries one JSON document: {"ok": true, ...what \
+            was verified} or {"ok": false, "error": ...}; progress lines go to standard error.
+            """)
 
     @OptionGroup var dataOptions: DataOptions
     @Flag(help: "Check every certificate, not one per batch of summaries.")
     var allCertificates = false
     @Flag(help: "Also re-check every user signature.")
     var userSignatures = false
+    @Flag(help: "Print the verdict as one JSON document (progress goes to standard error).")
+    var json = false
 
     func run() async throws {
         let start = ContinuousClock.now
-        let store = try await dataOptions.openStore()
+        let console = Console(json: json)
+        let store: NodeStore
+        do {
+            store = try await dataOptions.openStore()
+        } catch let e as StoreError {
+            // A store that cannot open consistent (history lost under its watermarks) fails the
+            // verification with the open's reason.
+            try fail(e, start: start, console: console)
+        }
         do {
             let r = try await store.verifyAll(allCertificates: allCertificates, userSignatures: userSignatures) { seq in
-                print("  verified up to checkpoint \(seq)")
+                console.say("  verified up to checkpoint \(seq)")
             }
             await store.close()
+            let secs = elapsed(since: start)
+            var document: [String: Any] = [
+                "ok": true, "seconds": jsonSeconds(secs), "summaries": r.summaries, "checkpoints": r.checkpoints,
+                "transactions": r.transactions, "stateRootEpochs": r.stateRoots, "liveObjects": r.liveObjects,
+                "replayedFromGenesis": r.replayedFromGenesis, "restoreInProgress": NSNull(),
+            ]
             if let restore = r.restoreInProgress {
-                print("verify: OK in \(format(elapsed(since: start))) s: a snapshot restore of epoch \(restore.epoch) is in progress, \(restore.written) of \(restore.chunks) chunks written, each verified against the certified state root; \(r.summaries) epoch ends verified from the genesis, \(r.liveObjects) live objects stored as certified (finish it with soma-node sync --snapshot)")
-                return
+                console.say("verify: OK in \(format(secs)) s: a snapshot restore of epoch \(restore.epoch) is in progress, \(restore.written) of \(restore.chunks) chunks written, each verified against the certified state root; \(r.summaries) epoch ends verified from the genesis, \(r.liveObjects) live objects stored as certified (finish it with soma-node sync --snapshot)")
+                document["restoreInProgress"] = ["epoch": restore.epoch, "chunksWritten": restore.written, "chunks": restore.chunks]
+            } else {
+                console.say("verify: OK in \(format(secs)) s: \(r.summaries) summaries, \(r.checkpoints) checkpoints, \(r.transactions) transactions, state roots of epochs \(r.stateRoots.map(String.init).joined(separator: ", ")), \(r.liveObjects) live objects \(r.replayedFromGenesis ? "matching a replay from genesis" : "matching the last epoch's root")")
             }
-            print("verify: OK in \(format(elapsed(since: start))) s: \(r.summaries) summaries, \(r.checkpoints) checkpoints, \(r.transactions) transactions, state roots of epochs \(r.stateRoots.map(String.init).joined(separator: ", ")), \(r.liveObjects) live objects \(r.replayedFromGenesis ? "matching a replay from genesis" : "matching the last epoch's root")")
+            if json { try console.emit(document) }
         } catch let e as StoreError {
             await store.close()
-            print("verify: FAILED: \(e.message)")
-            throw ExitCode(1)
+            try fail(e, start: start, console: console)
         }
+    }
+
+    /// Reports the fault found and exits with status 1.
+    func fail(_ e: StoreError, start: ContinuousClock.Instant, console: Console) throws -> Never {
+        console.say("verify: FAILED: \(e.message)")
+        if json { try console.emit(["ok": false, "error": e.message, "code": e.code.rawValue, "seconds": jsonSeconds(elapsed(since: start))]) }
+        throw ExitCode(1)
     }
 }

@@ -7,13 +7,16 @@ import Synchronization
 final class ProgressDisplay: Sendable {
     let terminal: Bool
     let logEvery: Duration
+    /// Where log lines go (a bar always goes to standard output's terminal).
+    let output: FileHandle
     private let last = Mutex<(ContinuousClock.Instant, Bool)>((.now - .seconds(3_600), false))
     /// When each quarter of a checkpoint sync's range was committed: elapsed time and raw bytes.
     private let quarterMarks = Mutex<[(seconds: Double, rawBytes: Int)]>([])
 
-    init(terminal: Bool = isatty(STDOUT_FILENO) == 1, logEvery: Duration = .seconds(5)) {
+    init(terminal: Bool = isatty(STDOUT_FILENO) == 1, logEvery: Duration = .seconds(5), output: FileHandle = .standardOutput) {
         self.terminal = terminal
         self.logEvery = logEvery
+        self.output = output
     }
 
     /// One update of a checkpoint sync; drawn at most 10 times a second on a terminal, once
@@ -50,9 +53,10 @@ final class ProgressDisplay: Sendable {
             FileHandle.standardOutput.write(Data("\r[\(bar)] \(format(fraction * 100, 0))% \(line)\u{1B}[K".utf8))
             if done { FileHandle.standardOutput.write(Data("\n".utf8)) }
         } else {
-            print("\(prefix): " + line)
-            // A pipe or a file is block-buffered: a log line is due now, not at exit.
+            // Written at once: a pipe or a file must see the line now, not at exit, and after
+            // the lines printed before it.
             fflush(nil)
+            output.write(Data("\(prefix): \(line)\n".utf8))
         }
     }
 

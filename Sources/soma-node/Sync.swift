@@ -20,7 +20,9 @@ struct Sync: AsyncParsableCommand {
             check each) and every block, and commits in order with execution and the state-root check at every epoch end. Blocks \
             come from all peers at once, by measured throughput; a peer that sends anything that \
             fails verification is banned and its work goes to the others. A stop or crash resumes \
-            after the store's highestSynced. Shows a progress bar on a terminal, log lines otherwise.
+            after the store's highestSynced. Shows a progress bar on a terminal, log lines otherwise; \
+            with --json, standard output carries one JSON document with the outcome and the \
+            progress lines go to standard error.
             """)
 
     @Option(help: "The node's data directory (created if missing).")
@@ -45,6 +47,8 @@ struct Sync: AsyncParsableCommand {
     var verifyAllCertificates = false
     @Flag(help: "Speak plaintext instead of TLS 1.3 (only with peers that also run plaintext, for tests and loopback baselines).")
     var plaintext = false
+    @Flag(help: "Print the outcome as one JSON document (progress goes to standard error).")
+    var json = false
 
     func validate() throws {
         guard targetConnections >= 1 && targetConnections <= 1_000 else { throw ValidationError("--target-connections must be 1...1000") }
@@ -104,10 +108,11 @@ struct Sync: AsyncParsableCommand {
         var builder = NodeBuilder(configuration: config, logger: logger)
         builder.ephemeralKeyIfMissing = true
         let node = try await builder.build()
-        let display = ProgressDisplay()
+        let console = Console(json: json)
+        let display = console.progressDisplay()
         do {
             let connected = try await node.connect()
-            print("discovery: connected to \(connected) peers over \(config.net.tls ? "TLS 1.3" : "plaintext") (\(await node.discovery?.table.count ?? 0) known)")
+            console.say("discovery: connected to \(connected) peers over \(config.net.tls ? "TLS 1.3" : "plaintext") (\(await node.discovery?.table.count ?? 0) known)")
             var request = CatchUpRequest()
             request.until = UInt64(until)
             request.snapshot = snapshot.map { UInt64($0).map(SnapshotChoice.epoch) ?? .latest }
@@ -116,32 +121,46 @@ struct Sync: AsyncParsableCommand {
             request.sync.verifyAllCertificates = verifyAllCertificates
             request.restore.requestTimeout = .seconds(Int64(timeout))
             let terminal = display.terminal
-            request.onBan = { label, reason in print("\(terminal ? "\r\u{1B}[K" : "")peer \(label) banned: \(reason)") }
+            request.onBan = { label, reason in console.say("\(terminal ? "\r\u{1B}[K" : "")peer \(label) banned: \(reason)") }
             request.progress = { display.update($0) }
             request.restoreProgress = { display.update($0) }
             let restoreStart = ContinuousClock.now
             if snapshot != nil, let state = try await node.store.restoreState() {
-                print("resuming the restore of epoch \(state.manifest.epoch)'s snapshot: \(state.done.count) of \(state.manifest.chunkRoots.count) chunks already written")
+                console.say("resuming the restore of epoch \(state.manifest.epoch)'s snapshot: \(state.done.count) of \(state.manifest.chunkRoots.count) chunks already written")
             }
             let outcome = try await node.catchUp(request)
+            var document: [String: Any] = ["connected": connected, "transport": config.net.tls ? "tls" : "plaintext"]
             if let report = outcome.restore {
-                printRestore(report, seconds: elapsed(since: restoreStart))
+                let secs = elapsed(since: restoreStart)
+                printRestore(report, seconds: secs, console: console)
+                document["restore"] = restoreObject(report, seconds: secs)
             } else if let skipped = outcome.restoreSkipped {
                 let from = skipped.restoredEpoch.map { " (restored from epoch \($0)'s snapshot)" } ?? ""
-                print("snapshot: the store already holds checkpoints up to \(skipped.highestSynced)\(from): syncing on from there")
+                console.say("snapshot: the store already holds checkpoints up to \(skipped.highestSynced)\(from): syncing on from there")
+                document["restoreSkipped"] = ["highestSynced": skipped.highestSynced, "restoredEpoch": skipped.restoredEpoch ?? NSNull()] as [String: Any]
             }
             let report = outcome.report
             display.finish()
             let secs = elapsed(since: start)
             let used = report.sources.filter { $0.checkpoints > 0 }.count
-            print("synced \(report.checkpoints) checkpoints (\(report.transactions) transactions, \(format(Double(report.rawBytes) / 1e6)) MB) from \(used) of \(report.sources.count) peers in \(format(secs)) s (\(format(Double(report.checkpoints) / secs, 0)) checkpoints/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s); tip \(report.tip)")
-            print("  \(report.quorumChecks) summary batches quorum-checked, \(report.hedges) hedged requests")
-            if let q = display.quarterRates, q[0] > 0 {
-                print("  by quarter    \(q.map { format($0) }.joined(separator: ", ")) MB/s (last / first \(format(q[3] / q[0], 2)))")
+            console.say("synced \(report.checkpoints) checkpoints (\(report.transactions) transactions, \(format(Double(report.rawBytes) / 1e6)) MB) from \(used) of \(report.sources.count) peers in \(format(secs)) s (\(format(Double(report.checkpoints) / secs, 0)) checkpoints/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s); tip \(report.tip)")
+            console.say("  \(report.quorumChecks) summary batches quorum-checked, \(report.hedges) hedged requests")
+            let quarters = display.quarterRates.flatMap { $0[0] > 0 ? $0 : nil }
+            if let q = quarters {
+                console.say("  by quarter    \(q.map { format($0) }.joined(separator: ", ")) MB/s (last / first \(format(q[3] / q[0], 2)))")
             }
-            for s in report.sources { print("  peer \(s)") }
-            if let root = try await node.store.epochs().last(where: { $0.stateRoot != nil }) {
-                print("  state root    \(root.stateRoot!.hex) (epoch \(root.epoch), \(root.liveObjectCount ?? 0) live objects)")
+            for s in report.sources { console.say("  peer \(s)") }
+            document["sync"] = [
+                "tip": report.tip, "checkpoints": report.checkpoints, "transactions": report.transactions,
+                "rawBytes": report.rawBytes, "storedBytes": report.storedBytes, "quorumChecks": report.quorumChecks,
+                "hedges": report.hedges, "seconds": jsonSeconds(secs),
+                "quarterMegabytesPerSecond": quarters.map { q in q.map { ($0 * 10).rounded() / 10 } } ?? NSNull(),
+                "sources": report.sources.map(\.jsonObject),
+            ] as [String: Any]
+            document["stateRoot"] = NSNull()
+            if let root = try await node.store.epochs().last(where: { $0.stateRoot != nil }), let digest = root.stateRoot {
+                console.say("  state root    \(digest.hex) (epoch \(root.epoch), \(root.liveObjectCount ?? 0) live objects)")
+                document["stateRoot"] = ["epoch": root.epoch, "root": digest.hex, "liveObjects": root.liveObjectCount ?? NSNull()] as [String: Any]
             }
             // An epoch end's snapshot is built beside the commits after it; the last one may
             // still be running: it is part of this command's work (a failure is reported here).
@@ -149,8 +168,10 @@ struct Sync: AsyncParsableCommand {
             try await node.store.finishSnapshotBuild()
             let waited = elapsed(since: building)
             if waited >= 0.05, let newest = try await node.store.snapshotEpochs().last {
-                print("  snapshot      epoch \(newest)'s, built beside the last commits, done \(format(waited)) s after them")
+                console.say("  snapshot      epoch \(newest)'s, built beside the last commits, done \(format(waited)) s after them")
             }
+            document["snapshotEpochs"] = try await node.store.snapshotEpochs()
+            if json { try console.emit(document) }
         } catch {
             display.finish()
             await node.close()
@@ -161,13 +182,24 @@ struct Sync: AsyncParsableCommand {
 }
 
 extension Sync {
-    /// Prints what a snapshot restore did.
-    func printRestore(_ report: RestoreReport, seconds secs: Double) {
+    /// Says what a snapshot restore did.
+    func printRestore(_ report: RestoreReport, seconds secs: Double, console: Console) {
         let used = report.sources.filter { $0.checkpoints > 0 }.count
-        print("restored epoch \(report.epoch)'s snapshot (checkpoint \(report.checkpoint)): \(report.objectCount) live objects in \(report.chunks) chunks, \(report.fetched) fetched from \(used) of \(report.agreeingSources) agreeing peers in \(format(secs)) s (\(format(Double(report.objects) / secs, 0)) objects/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s verified and written), \(report.hedges) hedged requests")
-        print("  state root    \(report.stateRoot.hex) (certified by epoch \(report.epoch)'s committee, recomputed over the stored live set)")
+        console.say("restored epoch \(report.epoch)'s snapshot (checkpoint \(report.checkpoint)): \(report.objectCount) live objects in \(report.chunks) chunks, \(report.fetched) fetched from \(used) of \(report.agreeingSources) agreeing peers in \(format(secs)) s (\(format(Double(report.objects) / secs, 0)) objects/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s verified and written), \(report.hedges) hedged requests")
+        console.say("  state root    \(report.stateRoot.hex) (certified by epoch \(report.epoch)'s committee, recomputed over the stored live set)")
         for s in report.sources where s.checkpoints > 0 || s.banReason != nil {
-            print("  peer \(s.label): \(s.checkpoints) chunks, \(format(Double(s.bytes) / 1e6)) MB\(s.banReason.map { ", banned: \($0)" } ?? "")")
+            console.say("  peer \(s.label): \(s.checkpoints) chunks, \(format(Double(s.bytes) / 1e6)) MB\(s.banReason.map { ", banned: \($0)" } ?? "")")
         }
+    }
+
+    /// A restore's report as JSON (each source's `checkpoints` counts chunks here).
+    func restoreObject(_ report: RestoreReport, seconds secs: Double) -> [String: Any] {
+        [
+            "epoch": report.epoch, "checkpoint": report.checkpoint, "stateRoot": report.stateRoot.hex,
+            "liveObjects": report.objectCount, "chunks": report.chunks, "chunksFetched": report.fetched,
+            "objectsWritten": report.objects, "rawBytes": report.rawBytes, "frameBytes": report.frameBytes,
+            "hedges": report.hedges, "agreeingSources": report.agreeingSources, "seconds": jsonSeconds(secs),
+            "sources": report.sources.map(\.jsonObject),
+        ]
     }
 }

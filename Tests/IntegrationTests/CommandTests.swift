@@ -95,6 +95,58 @@ struct CommandTests {
         #expect(o3.contains("object \(tamperedID)") && o3.contains("tampered"), "\(o3)")
     }
 
+    @Test("--json: generate, export, import, verify (passed and failed) and sync print exactly one JSON document on standard output, the same figures as their text, progress on standard error")
+    func jsonOutput() async throws {
+        let base = TempDir("json")
+        defer { base.cleanup() }
+        let binary = try somaNode()
+        /// Runs the command; its standard output must be one JSON object.
+        func document(_ arguments: [String], status expected: Int32 = 0) throws -> [String: Any] {
+            let (status, out, err) = try run(binary, arguments)
+            #expect(status == expected, "\(arguments): \(err)")
+            let object = try JSONSerialization.jsonObject(with: out) as? [String: Any]
+            return try #require(object, "\(arguments): stdout is not one JSON object: \(String(decoding: out, as: UTF8.self))")
+        }
+        let source = base.file("source")
+        let generated = try document(["devnet", "generate", "--profile", "tiny", "--out", source, "--json"])
+        #expect(generated["tip"] as? Int == 29 && generated["checkpoints"] as? Int == 29 && generated["epochsEnded"] as? Int == 3)
+        #expect((generated["watermarks"] as? [String: Any])?["highestExecuted"] as? Int == 29)
+        #expect((generated["profile"] as? [String: Any])?["name"] as? String == "tiny")
+        let root = try #require((generated["stateRoot"] as? [String: Any])?["root"] as? String)
+        #expect(root.count == 64)
+
+        let chain = base.file("chain.bin")
+        let exported = try document(["devnet", "export", "--profile", "tiny", "--file", chain, "--json"])
+        #expect(exported["checkpoints"] as? Int == 29 && exported["chainId"] as? String == generated["chainId"] as? String)
+        let imported = try document(["import", "--file", chain, "--data", base.file("imported"), "--json"])
+        #expect(imported["tip"] as? Int == 29 && imported["tipDigest"] as? String == generated["tipDigest"] as? String)
+        #expect((imported["stateRoot"] as? [String: Any])?["root"] as? String == root)
+        let again = try document(["import", "--file", chain, "--data", base.file("imported"), "--json"])
+        #expect(again["checkpoints"] as? Int == 0 && again["resumedAfter"] as? Int == 29 && again["first"] is NSNull)
+
+        let verified = try document(["verify", "--data", source, "--json"])
+        #expect(verified["ok"] as? Bool == true && verified["checkpoints"] as? Int == 30 && verified["replayedFromGenesis"] as? Bool == true)
+        #expect(verified["stateRootEpochs"] as? [Int] == [0, 1, 2])
+
+        #expect(try somaNode(["init", "--data", source]).0 == 0)
+        let node = try RunningNode(data: source)
+        defer { node.stop() }
+        let synced = try document(["sync", "--data", base.file("fresh"), "--genesis", source + "/genesis.bcs", "--peer", node.address, "--json"])
+        let sync = try #require(synced["sync"] as? [String: Any])
+        #expect(sync["tip"] as? Int == 29 && sync["checkpoints"] as? Int == 29 && synced["connected"] as? Int == 1)
+        let sources = try #require(sync["sources"] as? [[String: Any]])
+        #expect(sources.count == 1 && sources[0]["checkpoints"] as? Int == 29 && sources[0]["banReason"] is NSNull)
+        #expect((synced["stateRoot"] as? [String: Any])?["root"] as? String == root)
+        node.stop()
+
+        // A fault: the verdict is a JSON document too, and the exit status says it.
+        let segments = try HistorySegments.open(directory: base.file("fresh") + "/db/segments")
+        try segments.truncate(after: 6)
+        segments.close()
+        let failed = try document(["verify", "--data", base.file("fresh"), "--json"], status: 1)
+        #expect(failed["ok"] as? Bool == false && (failed["error"] as? String ?? "").contains("checkpoint 7: block missing"), "\(failed)")
+    }
+
     @Test("RocksDB's own ldb lists the column families of a store soma-node wrote, and lz4 reads its blocks")
     func realTools() async throws {
         let dir = TempDir("ldb")
