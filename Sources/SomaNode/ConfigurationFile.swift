@@ -103,7 +103,9 @@ public enum NodeConfigurationFile {
     /// Reads `path` over the defaults for `dataDirectory`.
     /// - Throws: ``NodeError`` naming the key for a malformed file or value.
     public static func load(path: String, dataDirectory: String) throws -> NodeConfiguration {
-        guard let data = FileManager.default.contents(atPath: path) else { throw NodeError("cannot read \(path)") }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw NodeError("cannot read \(path): \(fileProblem(path))")
+        }
         return try parse(String(decoding: data, as: UTF8.self), dataDirectory: dataDirectory, source: path)
     }
 

@@ -1,8 +1,8 @@
 import Foundation
-public import SomaCore
+import SomaCore
 import SomaDiscovery
 import SomaNet
-public import SomaStore
+import SomaStore
 public import SomaSync
 
 /// What `soma-node sync` asks of a node: where to stop, whether to restore a snapshot first,
@@ -56,7 +56,16 @@ extension Node {
         let connected = await discovery.bootstrap()
         guard connected > 0 else {
             let failures = discovery.seedFailures.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }
-            throw NodeError("no peer could be reached (seeds: \(seeds.isEmpty ? "none" : seeds.joined(separator: ", "))\(failures.isEmpty ? "" : "; " + failures.joined(separator: "; "))): check the addresses, that the peers run, and that they speak \(configuration.net.tls ? "TLS" : "plaintext") as this node does")
+            let said = failures.joined(separator: "; ")
+            let advice: String
+            if said.contains("wrongChain") {
+                advice = "a peer serves another chain: give the --genesis of the chain it serves (in a fresh --data directory), or peers of this chain"
+            } else if said.contains("tlsFailed") || said.contains("plaintext") {
+                advice = "the peers must speak \(configuration.net.tls ? "TLS 1.3" : "plaintext") as this node does (net.tls, --plaintext)"
+            } else {
+                advice = "check the addresses, that the peers run and that their port is open to this machine"
+            }
+            throw NodeError("no peer could be reached (seeds: \(seeds.isEmpty ? "none" : seeds.joined(separator: ", "))\(failures.isEmpty ? "" : "; " + said)): \(advice)")
         }
         return connected
     }

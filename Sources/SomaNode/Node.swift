@@ -1,9 +1,9 @@
 import Foundation
-public import Logging
+import Logging
 import NIOCore
 import NIOPosix
 import Prometheus
-public import ServiceLifecycle
+import ServiceLifecycle
 public import UnixSignals
 public import SomaCore
 public import SomaDiscovery

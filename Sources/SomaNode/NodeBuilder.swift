@@ -3,10 +3,10 @@ public import Logging
 import NIOCore
 import NIOPosix
 public import Prometheus
-public import SomaCore
+import SomaCore
 import SomaDiscovery
 import SomaNet
-public import SomaStore
+import SomaStore
 public import SomaSync
 
 /// Builds a node from one ``NodeConfiguration`` (the seed's P2P builder, DESIGN §13): store,
@@ -76,8 +76,10 @@ public struct NodeBuilder: Sendable {
         let store: NodeStore
         do {
             store = try await NodeStore.open(path: config.databasePath, configuration: config.store)
-        } catch let error as StoreError where error.code == .ioError && "\(error)".contains("LOCK") {
-            throw NodeError("the store at \(config.databasePath) is in use by another process (another soma-node on this data directory?): stop it first")
+        } catch let error as StoreError where error.code == .busy {
+            throw NodeError(error.message)
+        } catch let error as StoreError {
+            throw NodeError("cannot open the store at \(config.databasePath): \(error.message)")
         } catch {
             throw NodeError("cannot open the store at \(config.databasePath): \(error)")
         }

@@ -10,7 +10,7 @@ public enum NodeKey {
         let key = SigningKey.generate()
         let text = HexCoding.encode(key.seed) + "\n"
         guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
-            throw NodeError("cannot write \(path)")
+            throw NodeError("cannot write \(path): \(fileProblem(path, writing: true))")
         }
         return key
     }

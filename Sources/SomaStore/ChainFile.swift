@@ -62,7 +62,7 @@ public final class ChainFileWriter {
     /// Creates (or truncates) `path` and writes the magic and the genesis.
     public init(path: String, genesis: Genesis) throws {
         guard FileManager.default.createFile(atPath: path, contents: nil) else { throw StoreError(.ioError, "cannot create \(path)") }
-        guard let h = FileHandle(forWritingAtPath: path) else { throw StoreError(.ioError, "cannot open \(path)") }
+        guard let h = FileHandle(forWritingAtPath: path) else { throw StoreError(.ioError, "cannot open \(path) for writing: \(String(cString: strerror(errno)))") }
         handle = h
         buffer = ChainFile.magic
         append(genesis.bcsBytes)
@@ -101,7 +101,7 @@ public final class ChainFileReader {
     /// Opens `path` and reads its magic and genesis.
     public init(path: String) throws {
         var stream = try RecordStream(path: path)
-        guard try stream.read(exactly: 8) == ChainFile.magic else { throw StoreError(.badValue, "\(path) is not a chain file") }
+        guard try stream.read(exactly: 8) == ChainFile.magic else { throw StoreError(.badValue, "\(path) is not a chain file (no chain-file magic at its start; `soma-node devnet export` writes one)") }
         guard let bytes = try stream.nextRecord() else { throw StoreError(.badValue, "\(path) has no genesis") }
         do {
             genesis = try Genesis(bcsBytes: bytes)
@@ -133,7 +133,7 @@ struct RecordStream {
     private var eof = false
 
     init(path: String) throws {
-        guard let h = FileHandle(forReadingAtPath: path) else { throw StoreError(.ioError, "cannot open \(path)") }
+        guard let h = FileHandle(forReadingAtPath: path) else { throw StoreError(.ioError, "cannot open \(path): \(String(cString: strerror(errno)))") }
         handle = h
         self.path = path
     }

@@ -62,6 +62,20 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
             ("Operation aborted:", .busy),
         ]
         let code = table.first { message.hasPrefix($0.0) }?.1 ?? .engine
-        return StoreError(code, "\(operation): \(message)")
+        return StoreError(code, "\(operation): \(message)\(advice(for: message))")
+    }
+
+    /// What an operator can do about a RocksDB failure, when its message says (appended to it).
+    static func advice(for message: String) -> String {
+        if message.contains("No space left on device") {
+            return ": the disk is full; free space on it or move the data directory to a larger disk, then start again (the store resumes from its watermarks)"
+        }
+        if message.contains("Permission denied") || message.contains("Read-only file system") {
+            return ": this user cannot write the data directory; check its owner and permissions (or the mount)"
+        }
+        if message.hasPrefix("Corruption:") {
+            return ": the store is damaged; `soma-node verify --data DIR` names the first fault"
+        }
+        return ""
     }
 }

@@ -226,7 +226,7 @@ public struct SnapshotRestore: Sendable {
             return candidates
         case .epoch(let e):
             guard e < UInt64(verifiedEnds) else {
-                throw SyncError("epoch \(e) has not ended in the certified epoch chain (\(verifiedEnds) epoch ends)")
+                throw SyncError("epoch \(e) has not ended in the certified epoch chain the peers serve (\(verifiedEnds) epoch ends): ask for an ended epoch with --snapshot, or --snapshot latest")
             }
             guard candidates.contains(e) else {
                 throw SyncError("no source serves the snapshot of epoch \(e) (served: \(candidates.sorted().map(String.init).joined(separator: ", ")))")

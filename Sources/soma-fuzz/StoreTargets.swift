@@ -172,8 +172,8 @@ let segmentsTarget = FuzzTarget(
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let name = dir + "/00000000000000000005"
-        FileManager.default.createFile(atPath: name + ".idx", contents: Data(index))
-        FileManager.default.createFile(atPath: name + ".seg", contents: Data(data))
+        _ = FileManager.default.createFile(atPath: name + ".idx", contents: Data(index))
+        _ = FileManager.default.createFile(atPath: name + ".seg", contents: Data(data))
         var config = HistorySegments.Configuration()
         config.sync = false
         config.maxFrameBytes = 1 << 16

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import SomaCore
 import SomaDevnet
+import SomaNode
 import SomaStore
 import SomaSync
 
@@ -144,12 +145,15 @@ func writeGenesis(_ genesis: Genesis, to dir: DataDirectory) throws {
     try FileManager.default.createDirectory(atPath: dir.root, withIntermediateDirectories: true)
     let bytes = Data(genesis.bcsBytes)
     if let existing = FileManager.default.contents(atPath: dir.genesis) {
-        guard existing == bytes else { throw CLIError("\(dir.genesis) holds another chain's genesis") }
+        guard existing == bytes else {
+            let held = (try? Genesis(bcsBytes: Array(existing)))?.chainID.hex ?? "unreadable"
+            throw CLIError("\(dir.genesis) holds another chain's genesis (chain \(held.prefix(16)), not \(genesis.chainID.hex.prefix(16))): a data directory keeps one chain; give another --data directory, or the genesis of the chain it holds")
+        }
         return
     }
     let tmp = dir.genesis + ".tmp"
-    guard FileManager.default.createFile(atPath: tmp, contents: bytes) else { throw CLIError("cannot write \(tmp)") }
-    guard rename(tmp, dir.genesis) == 0 else { throw CLIError("cannot rename \(tmp) to \(dir.genesis)") }
+    guard FileManager.default.createFile(atPath: tmp, contents: bytes) else { throw CLIError("cannot write \(tmp): \(fileProblem(tmp, writing: true))") }
+    guard rename(tmp, dir.genesis) == 0 else { throw CLIError("cannot rename \(tmp) to \(dir.genesis): \(String(cString: strerror(errno)))") }
 }
 
 func reportProgress(_ importer: CheckpointImporter, total: UInt64, start: ContinuousClock.Instant, console: Console) {

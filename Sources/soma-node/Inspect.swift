@@ -12,7 +12,7 @@ struct DataOptions: ParsableArguments {
     func openStore(readOnly: Bool = false) async throws -> NodeStore {
         let dir = DataDirectory(root: data)
         guard FileManager.default.fileExists(atPath: dir.database) else {
-            throw CLIError("no store at \(dir.database)")
+            throw CLIError("no store at \(dir.database): give --data the directory of a node (one that `soma-node sync`, `import` or `devnet generate` wrote)")
         }
         var config = StoreConfiguration()
         config.retainSnapshots = 0
@@ -268,7 +268,7 @@ struct Verify: AsyncParsableCommand {
         let store: NodeStore
         do {
             store = try await dataOptions.openStore()
-        } catch let e as StoreError {
+        } catch let e as StoreError where e.code != .busy {
             // A store that cannot open consistent (history lost under its watermarks) fails the
             // verification with the open's reason.
             try fail(e, start: start, console: console)

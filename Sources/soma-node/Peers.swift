@@ -20,7 +20,7 @@ struct Peers: AsyncParsableCommand {
 
     func run() async throws {
         let path = DataDirectory(root: data).database
-        guard FileManager.default.fileExists(atPath: path) else { throw CLIError("no store at \(path)") }
+        guard FileManager.default.fileExists(atPath: path) else { throw CLIError("no store at \(path): give --data the directory of a node (one that `soma-node run` or `sync` used)") }
         var config = StoreConfiguration()
         config.database.readOnly = true
         let store = try await NodeStore.open(path: path, configuration: config)

@@ -68,6 +68,8 @@ final class ProgressDisplay: Sendable {
         var out: [Double] = []
         var before = (seconds: 0.0, rawBytes: 0)
         for m in marks {
+            // Quarters seen in one update (a short sync) have no rate of their own.
+            guard m.seconds - before.seconds >= 0.001, m.rawBytes > before.rawBytes else { return nil }
             out.append(Double(m.rawBytes - before.rawBytes) / 1e6 / max(1e-3, m.seconds - before.seconds))
             before = m
         }

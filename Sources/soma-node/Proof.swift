@@ -28,13 +28,17 @@ struct ProofVerify: AsyncParsableCommand {
     func run() async throws {
         let answer: Data
         if file == "-" {
-            answer = FileHandle.standardInput.readDataToEndOfFile()
+            // At most one byte past the bound: enough to refuse more.
+            answer = FileHandle.standardInput.readData(ofLength: (64 << 20) + 1)
         } else {
-            guard let d = FileManager.default.contents(atPath: file) else { throw CLIError("cannot read \(file)") }
+            // Sized before it is read: an answer of the API is far below the bound.
+            let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? UInt64) ?? 0
+            guard size <= 64 << 20 else { throw CLIError("\(file) is over 64 MiB: not an answer of the HTTP API") }
+            guard let d = FileManager.default.contents(atPath: file) else { throw CLIError("cannot read \(file): \(fileProblem(file))") }
             answer = d
         }
         guard answer.count <= 64 << 20 else { throw CLIError("\(file) is over 64 MiB: not an answer of the HTTP API") }
-        guard let g = FileManager.default.contents(atPath: genesis) else { throw CLIError("cannot read the genesis \(genesis)") }
+        guard let g = FileManager.default.contents(atPath: genesis) else { throw CLIError("cannot read the genesis \(genesis): \(fileProblem(genesis))") }
         let chain: Genesis
         do {
             chain = try Genesis(bcsBytes: Array(g))

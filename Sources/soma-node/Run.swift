@@ -20,7 +20,7 @@ struct Init: AsyncParsableCommand {
             print("kept \(config.configPath)")
         } else {
             guard FileManager.default.createFile(atPath: config.configPath, contents: Data(NodeConfigurationFile.defaultText().utf8)) else {
-                throw CLIError("cannot write \(config.configPath)")
+                throw CLIError("cannot write \(config.configPath): \(fileProblem(config.configPath, writing: true))")
             }
             print("wrote \(config.configPath)")
         }

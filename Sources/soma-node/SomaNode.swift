@@ -18,7 +18,32 @@ struct SomaNodeCommand: AsyncParsableCommand {
                 try command.run()
             }
         } catch {
-            exit(withError: error)
+            exit(withError: readable(error))
+        }
+    }
+
+    /// An error as an operator reads it: a store error's message without its code name, a
+    /// file-system error as `PATH: reason` with what to do; anything else as it is.
+    static func readable(_ error: any Error) -> any Error {
+        switch error {
+        case let e as StoreError:
+            return CLIError(e.message)
+        case let e as CocoaError:
+            var reason = e.localizedDescription
+            var errnoValue: Int32 = 0
+            if let underlying = e.userInfo[NSUnderlyingErrorKey] as? any Error, (underlying as NSError).domain == NSPOSIXErrorDomain {
+                errnoValue = Int32(truncatingIfNeeded: (underlying as NSError).code)
+                reason = String(cString: strerror(errnoValue))
+            }
+            switch errnoValue {
+            case EACCES, EPERM, EROFS: reason += ": check that this user may write there (its owner and permissions, or the mount)"
+            case ENOSPC: reason += ": free space on that disk"
+            default: break
+            }
+            let path = e.filePath ?? e.url?.path
+            return CLIError(path.map { "\($0): \(reason)" } ?? reason)
+        default:
+            return error
         }
     }
 

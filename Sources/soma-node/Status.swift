@@ -74,7 +74,8 @@ struct Status: AsyncParsableCommand {
                 source = "http.listen of \(config.configPath)"
             }
         }
-        guard var (host, port) = HTTPConfiguration.split(listen) else { throw CLIError("\(listen) (\(source)) is not HOST:PORT") }
+        guard let (listenHost, port) = HTTPConfiguration.split(listen) else { throw CLIError("\(listen) (\(source)) is not HOST:PORT") }
+        var host = listenHost
         if host == "0.0.0.0" || host.isEmpty { host = "127.0.0.1" }
         if host == "::" { host = "::1" }
         guard port != 0 else { throw CLIError("the node's HTTP port is 0 (\(source)): any free port, so give the one it printed with --http") }

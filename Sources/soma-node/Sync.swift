@@ -144,6 +144,9 @@ struct Sync: AsyncParsableCommand {
             let secs = elapsed(since: start)
             let used = report.sources.filter { $0.checkpoints > 0 }.count
             console.say("synced \(report.checkpoints) checkpoints (\(report.transactions) transactions, \(format(Double(report.rawBytes) / 1e6)) MB) from \(used) of \(report.sources.count) peers in \(format(secs)) s (\(format(Double(report.checkpoints) / secs, 0)) checkpoints/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s); tip \(report.tip)")
+            if let wanted = UInt64(until), report.tip < wanted {
+                console.say("  the peers hold checkpoints up to \(report.tip) only: --until \(wanted) is not reached (run sync again later, or `soma-node run` to follow the tip)")
+            }
             console.say("  \(report.quorumChecks) summary batches quorum-checked, \(report.hedges) hedged requests")
             let quarters = display.quarterRates.flatMap { $0[0] > 0 ? $0 : nil }
             if let q = quarters {

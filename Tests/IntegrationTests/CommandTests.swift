@@ -147,6 +147,44 @@ struct CommandTests {
         #expect(failed["ok"] as? Bool == false && (failed["error"] as? String ?? "").contains("checkpoint 7: block missing"), "\(failed)")
     }
 
+    @Test("errors name what failed, where, and what to do: a store in use, no store, another chain's genesis, a missing or foreign chain file, a peer of another chain, an epoch not ended")
+    func operatorErrors() async throws {
+        let base = TempDir("errors")
+        defer { base.cleanup() }
+        let a = base.file("a")
+        #expect(try somaNode(["devnet", "generate", "--profile", "tiny", "--out", a]).0 == 0)
+        #expect(try somaNode(["init", "--data", a]).0 == 0)
+        let other = base.file("other")
+        #expect(try somaNode(["devnet", "generate", "--profile", "tiny", "--seed", "9", "--out", other]).0 == 0)
+        let node = try RunningNode(data: a)
+        defer { node.stop() }
+        // A store in use: named, with what to do; verify does not call it a failed verification.
+        let (s1, o1) = try somaNode(["verify", "--data", a])
+        #expect(s1 != 0 && o1.contains("\(a)/db is in use by another process") && o1.contains("stop it first") && !o1.contains("FAILED"), "\(o1)")
+        let (s2, o2) = try somaNode(["run", "--data", a, "--listen", "127.0.0.1:0", "--http", "off"])
+        #expect(s2 != 0 && o2.contains("in use by another process"), "\(o2)")
+        // No store: where, and what to give instead.
+        let (s3, o3) = try somaNode(["inspect", "--data", base.file("nothing")])
+        #expect(s3 != 0 && o3.contains("no store at \(base.file("nothing"))/db") && o3.contains("give --data"), "\(o3)")
+        // Another chain's genesis for a data directory: both chains named, and what to do.
+        let (s4, o4) = try somaNode(["sync", "--data", a + "-copy", "--genesis", a + "/genesis.bcs", "--peer", node.address, "--until", "0"])
+        #expect(s4 == 0, "\(o4)")
+        let (s5, o5) = try somaNode(["sync", "--data", a + "-copy", "--genesis", other + "/genesis.bcs", "--peer", node.address])
+        #expect(s5 != 0 && o5.contains("holds another chain's genesis") && o5.contains("give another --data directory"), "\(o5)")
+        // A peer of another chain: the handshake's reason and what to do.
+        let (s6, o6) = try somaNode(["sync", "--data", base.file("fresh"), "--genesis", other + "/genesis.bcs", "--peer", node.address])
+        #expect(s6 != 0 && o6.contains("wrongChain") && o6.contains("a peer serves another chain"), "\(o6)")
+        // Chain files: a missing one with the system's reason, a foreign one with what makes one.
+        let (s7, o7) = try somaNode(["import", "--file", base.file("none.bin"), "--data", base.file("imported")])
+        #expect(s7 != 0 && o7.contains("cannot open \(base.file("none.bin")): No such file or directory") && !o7.contains("ioError"), "\(o7)")
+        FileManager.default.createFile(atPath: base.file("junk.bin"), contents: Data(repeating: 7, count: 100))
+        let (s8, o8) = try somaNode(["import", "--file", base.file("junk.bin"), "--data", base.file("imported")])
+        #expect(s8 != 0 && o8.contains("is not a chain file") && o8.contains("devnet export"), "\(o8)")
+        // An epoch that has not ended: the ends there are, and what to ask for.
+        let (s9, o9) = try somaNode(["sync", "--data", base.file("snap"), "--genesis", a + "/genesis.bcs", "--peer", node.address, "--snapshot", "99"])
+        #expect(s9 != 0 && o9.contains("epoch 99 has not ended") && o9.contains("--snapshot latest"), "\(o9)")
+    }
+
     @Test("RocksDB's own ldb lists the column families of a store soma-node wrote, and lz4 reads its blocks")
     func realTools() async throws {
         let dir = TempDir("ldb")

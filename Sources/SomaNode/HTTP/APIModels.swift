@@ -1,5 +1,5 @@
 import Foundation
-public import SomaCore
+import SomaCore
 
 // The JSON the HTTP API answers with (docs/API.md, docs/openapi.yaml). Digests, ids, keys,
 // signatures and byte strings are lowercase hex; integers are JSON numbers (u64 values can pass

@@ -184,6 +184,9 @@ public final class RocksDatabase: @unchecked Sendable {
             self.db = nil
             self.handles = []
             self.columnFamilies = []
+            if message.contains("/LOCK") && (message.contains("Resource temporarily unavailable") || message.contains("lock hold")) {
+                throw StoreError(.busy, "the store at \(path) is in use by another process (another soma-node on this data directory?): stop it first; `soma-node inspect` reads a store in use")
+            }
             throw StoreError.rocks(message, operation: "open \(path)")
         }
         self.db = db
