@@ -211,8 +211,9 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaNet", "SomaDevnet", "SomaTestSupport",
+                "SomaCore", "SomaStore", "SomaNet", "SomaDevnet", "SomaNode", "SomaTestSupport",
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),

@@ -1,8 +1,10 @@
 import Foundation
+import Logging
 import NIOPosix
 import SomaCore
 import SomaDevnet
 import SomaNet
+import SomaNode
 import SomaStore
 import SomaTestSupport
 import Testing
@@ -17,18 +19,28 @@ struct FollowTests {
         let generator = ChainGenerator(profile: profile, seed: 33)
         let chain = await generator.generateAll(parallelism: 2)
         let genesis = generator.genesis
-        // The source: a store that grows while the others follow it.
-        let store = try await NodeStore.open(path: base.file("source"))
-        try await store.initialize(genesis: genesis)
+        // The source: a serving node built as `soma-node run` builds one (NodeBuilder), whose
+        // store the test grows while the others follow it.
+        let sourceDir = base.file("source")
+        try FileManager.default.createDirectory(atPath: sourceDir, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: sourceDir + "/genesis.bcs", contents: Data(genesis.bcsBytes))
+        _ = try NodeKey.create(at: sourceDir + "/node.key")
+        var config = NodeConfiguration(dataDirectory: sourceDir)
+        config.listenHost = "127.0.0.1"
+        config.listenPort = 0
+        config.http.listen = nil
+        var logger = Logger(label: "follow-source")
+        logger.logLevel = .warning
+        let source = try await NodeBuilder(configuration: config, logger: logger).build()
+        let running = Task { try await source.run(signals: []) }
+        let store = source.store
         try await store.commit(chain[..<150].map(\.verified))
+        let sourcePort = try #require(source.server?.port)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        let server = try await NetServer.start(
-            host: "127.0.0.1", port: 0, identity: HandshakeIdentity(key: SigningKey.generate(), chainID: genesis.chainID),
-            service: HistoryService(store: store), group: group)
         // Polling every hour: only pushes can wake the followers.
         var followers: [RunningNode] = []
         defer { followers.forEach { $0.stop() } }
-        var upstream = "127.0.0.1:\(server.port)"
+        var upstream = "127.0.0.1:\(sourcePort)"
         for name in ["f", "g"] {
             let dir = base.file(name)
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -68,9 +80,9 @@ struct FollowTests {
         #expect(followed == [399, 399])
         for c in clients + [pusher] { await c.close() }
         followers.forEach { $0.stop() }
-        try? await server.close()
+        await source.shutdown()
+        try await running.value
         try? await group.shutdownGracefully()
-        await store.close()
         // Both followers stored a chain that verifies from the genesis.
         for name in ["f", "g"] {
             let (s, o) = try somaNode(["verify", "--data", base.file(name)])
