@@ -265,6 +265,7 @@ public final class PeerClient: Sendable {
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(configuration.handshakeTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(NetConfiguration.notSentLowat, value: SocketOptionValue(configuration.unsentBytes ?? Int(Int32.max)))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try configureDialer(channel, identity: identity, tls: tls, configuration: configuration, expectedPeer: expectedPeer, allowed: allowed)
@@ -307,6 +308,7 @@ public final class PeerClient: Sendable {
         }
         try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)))
         try ops.addHandler(FrameEncoder())
+        try ops.addHandler(WriteScheduler(scheduling: configuration.writeScheduling))
         let policy = HandshakePolicy(tls: tls != nil, expectedPeer: expectedPeer, allowed: allowed)
         try ops.addHandler(HandshakeHandler(identity: identity, role: .dialer, policy: policy, timeout: configuration.handshakeTimeout))
     }

@@ -54,7 +54,7 @@ public struct Hello: Hashable, Sendable, BCSCodable {
     /// The largest encoded hello: the fixed fields (104 bytes), a 2-byte length and 4 KiB of node info.
     public static let maxEncodedBytes = 104 + 2 + maxNodeInfoBytes
 
-    /// The bytes a side signs to prove its key (protocol 2): the domain, the signer's role, then
+    /// The bytes a side signs to prove its key (protocol 3): the domain, the signer's role, then
     /// both hellos exactly as sent, the dialer's first. Both hellos carry fresh nonces, so the
     /// proof is bound to this session; the role keeps a proof from being reflected back; under
     /// TLS the hello's key must also be the key of the certificate the TLS session proved.
@@ -100,8 +100,9 @@ public enum Method: UInt16, Sendable, CaseIterable {
     case getSnapshotManifest = 22
     /// A snapshot chunk.
     case getSnapshotChunk = 23
-    /// Message propagation.
-    case publish = 24
+    /// Gossip (one-way): a batch of messages, announcements, requests and acknowledgements of
+    /// message propagation (SomaGossip, DESIGN §12); the payload's first byte is its ``Priority``.
+    case gossip = 24
     /// Consecutive blocks, streamed: one stream item a block part, then a stream end.
     case getBlocks = 25
     /// Transactions by digest, each with its effects and its entry proof.
@@ -209,7 +210,7 @@ public struct HandshakePolicy: Sendable {
     }
 }
 
-/// Runs the handshake (protocol 2, `docs/PROTOCOL.md`) on a channel of ``Frame``s.
+/// Runs the handshake (protocol 3, `docs/PROTOCOL.md`) on a channel of ``Frame``s.
 ///
 /// The dialer sends its ``Hello`` as soon as the connection is up; the listener checks it
 /// (version, chain, not itself, under TLS the certificate's key, its allow-list) before it

@@ -39,6 +39,15 @@ public struct NetConfiguration: Sendable {
     public var maxStreamItems = 4_096
     /// Most payload bytes a client collects from one stream before it gives up on it (`tooLarge`).
     public var maxStreamBytes = 128 << 20
+    /// How outgoing frames are ordered: priority classes and fragments (DESIGN §8).
+    public var writeScheduling = WriteScheduling()
+    /// Bytes a socket may hold not yet sent (Linux `TCP_NOTSENT_LOWAT`; `nil`: the kernel's
+    /// default, unbounded): what an urgent frame can find queued in the kernel ahead of it.
+    /// Bytes sent but not yet acknowledged are not counted, so throughput over long links is kept.
+    public var unsentBytes: Int? = 128 << 10
+
+    /// The socket option that bounds a socket's unsent bytes (Linux `TCP_NOTSENT_LOWAT`).
+    static let notSentLowat = ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: 25))
 
     /// The defaults.
     public init() {}
@@ -535,6 +544,7 @@ public final class NetServer: Sendable {
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(NetConfiguration.notSentLowat, value: SocketOptionValue(configuration.unsentBytes ?? Int(Int32.max)))
             .childChannelInitializer { channel in
                 guard state.add(channel, configuration: configuration) else {
                     return channel.close()
@@ -555,6 +565,7 @@ public final class NetServer: Sendable {
                         handlers += [
                             ByteToMessageHandler(FrameDecoder(maxFrameBytes: configuration.maxFrameBytes)),
                             FrameEncoder(),
+                            WriteScheduler(scheduling: configuration.writeScheduling),
                             HandshakeHandler(identity: identity, role: .listener, policy: policy, timeout: configuration.handshakeTimeout),
                             RequestHandler(
                                 service: service, configuration: configuration, globalBudget: globalBudget, state: state,

@@ -154,4 +154,4 @@ final class TransportSniffer: ChannelInboundHandler, RemovableChannelHandler {
 }
 
 /// The protocol version this build speaks (in every hello).
-public let protocolVersion: UInt64 = 2
+public let protocolVersion: UInt64 = 3

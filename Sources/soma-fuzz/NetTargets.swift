@@ -17,11 +17,19 @@ let frameTarget = FuzzTarget(
             Frame(kind: kind, method: method, requestID: id, payload: ByteBuffer(bytes: payload)).write(into: &b)
             return Array(b.readableBytesView)
         }
+        func fragment(_ flags: UInt8, _ method: UInt16, _ id: UInt64, _ payload: [UInt8]) -> [UInt8] {
+            var b = ByteBuffer()
+            Frame(kind: .response, flags: flags, method: method, requestID: id, payload: ByteBuffer(bytes: payload)).write(into: &b)
+            return Array(b.readableBytesView)
+        }
         return [
             [7] + frame(.request, 19, 1, SummariesRequest(from: 0, count: 10, allCertificates: false).bcsBytes),
             [0] + frame(.oneWay, 0, 0, [1, 2, 3]) + frame(.response, 17, 9, []),
             [63] + frame(.streamItem, 25, 4, [UInt8](repeating: 0xab, count: 40)) + frame(.streamEnd, 25, 4, []),
             [3] + frame(.error, 20, 2, RPCError.badRequest("x").bcsBytes),
+            // After the handshake's two frames: a bulk frame in two fragments, a consensus frame between them.
+            [5] + frame(.oneWay, 0, 0, []) + frame(.oneWay, 1, 0, []) + fragment(0x05, 20, 3, [1, 2, 3]) + fragment(0x00, 24, 0, [0, 9])
+                + fragment(0x04, 20, 3, [4, 5]),
         ]
     },
     run: { input in
@@ -41,10 +49,20 @@ let frameTarget = FuzzTarget(
         }
         var reencoded = ByteBuffer()
         while let frame = try? channel.readInbound(as: Frame.self) {
-            guard frame.payload.readableBytes <= 4_096 - Frame.headerBytes, frame.flags == 0 else {
+            guard frame.payload.readableBytes <= 4_096 - Frame.headerBytes, frame.flags & ~FrameFlags.priorityMask == 0,
+                  frame.flags & FrameFlags.priorityMask != FrameFlags.priorityMask
+            else {
                 fail("frame beyond the limit or with flags: \(frame.payload.readableBytes) bytes, flags \(frame.flags)")
             }
             frame.write(into: &reencoded)
+        }
+        // Fragments come out joined: a stream with any (a `more` flag in a header) re-encodes
+        // to something else; the checks above hold for it.
+        var header = 0
+        while header + 6 <= stream.count {
+            if stream[header + 5] & FrameFlags.more != 0 { return }
+            let length = stream[header..<header + 4].reduce(0) { $0 << 8 | Int($1) }
+            header += 4 + length
         }
         let out = Array(reencoded.readableBytesView)
         guard out.count <= stream.count, out[...] == stream[..<out.count] else {
@@ -127,7 +145,7 @@ let dispatchTarget = FuzzTarget(
     }
 )
 
-/// The handshake (protocol 2, plaintext: TLS itself is BoringSSL's) over an EmbeddedChannel,
+/// The handshake (protocol 3, plaintext: TLS itself is BoringSSL's) over an EmbeddedChannel,
 /// Ed25519 work inline: input `[mode] ‖ ops`. Mode bit 0 picks the dialer end (else the
 /// listener), bit 1 pins the peer key, bit 2 makes the node private (allow-list: the peer key).
 /// Each op is `[op] ‖ method u16 ‖ length u16 ‖ payload`: op 0xF0 sends a hello of the peer key

@@ -59,7 +59,7 @@ struct AdversarialTests {
             (.getBlocks, BlocksRequest(from: big - 3, count: 32).bcsBytes),
             (.getBlocks, BlocksRequest(from: 0, count: big32).bcsBytes),
             (.getBlocks, BlocksRequest(from: 0, count: 0).bcsBytes),
-            (.publish, [UInt8](repeating: 0xFF, count: 64)),
+            (.gossip, [UInt8](repeating: 0xFF, count: 64)),
             (.hello, []), (.helloProof, []), (.goodbye, []), (.pushCheckpoint, []),
         ]
         // Truncated, trailing and oversized-length payloads of every request type.

@@ -28,7 +28,7 @@ final class ByteCollector: ChannelInboundHandler, Sendable {
     func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
 }
 
-@Suite("Handshake (protocol 2) over TLS 1.3 and plaintext on 127.0.0.1", .serialized)
+@Suite("Handshake (protocol 3) over TLS 1.3 and plaintext on 127.0.0.1", .serialized)
 struct HandshakeTests {
     static let chain = Hashing.sha256(Array("chain".utf8))
 
@@ -94,7 +94,7 @@ struct HandshakeTests {
             let client = try await PeerClient.connect(host: "127.0.0.1", port: server.port, identity: HandshakeIdentity(key: Self.key(2), chainID: Self.chain),
                                                       group: group, expectedPeer: Self.key(1).publicKey)
             #expect(client.peerID == Self.key(1).publicKey)
-            #expect(client.hello.protocolVersion == 2)
+            #expect(client.hello.protocolVersion == SomaNet.protocolVersion)
             await #expect(throws: RPCError.self) { _ = try await client.availability() }
             await client.close()
         }
@@ -188,7 +188,7 @@ struct HandshakeTests {
             if !tls {
                 // What a stranger receives: a goodbye and nothing else (no hello, no record).
                 let stranger = Self.key(2)
-                let hello = Hello(protocolVersion: 2, chainID: Self.chain, peerID: stranger.publicKey, nonce: Hashing.sha256([1]), nodeInfo: [])
+                let hello = Hello(protocolVersion: SomaNet.protocolVersion, chainID: Self.chain, peerID: stranger.publicKey, nonce: Hashing.sha256([1]), nodeInfo: [])
                 let answer = try await Self.raw(server.port, Self.frame(.hello, hello.bcsBytes), group: group)
                 #expect(Self.goodbyes(answer).count == 1)
                 #expect(!answer.containsRun(record))
@@ -252,9 +252,9 @@ struct HandshakeTests {
     func relayedProof() async throws {
         try await Self.withServer(configuration: Self.plaintext()) { server, group in
             let key = Self.key(3)
-            let hello = Hello(protocolVersion: 2, chainID: Self.chain, peerID: key.publicKey, nonce: Hashing.sha256([1]), nodeInfo: [])
+            let hello = Hello(protocolVersion: SomaNet.protocolVersion, chainID: Self.chain, peerID: key.publicKey, nonce: Hashing.sha256([1]), nodeInfo: [])
             // Signed over a listener hello of another session (another nonce): what a relay would hold.
-            let otherListener = Hello(protocolVersion: 2, chainID: Self.chain, peerID: Self.key(1).publicKey, nonce: Hashing.sha256([2]), nodeInfo: [])
+            let otherListener = Hello(protocolVersion: SomaNet.protocolVersion, chainID: Self.chain, peerID: Self.key(1).publicKey, nonce: Hashing.sha256([2]), nodeInfo: [])
             let proof = key.sign(Hello.proofMessage(role: .dialer, dialerHello: hello.bcsBytes, listenerHello: otherListener.bcsBytes))
             let answer = try await Self.raw(server.port, Self.frame(.hello, hello.bcsBytes) + Self.frame(.helloProof, proof.bytes), group: group)
             #expect(Self.goodbyes(answer).contains { $0.contains("badProof") }, "\(Self.goodbyes(answer)) \(answer.count)")
