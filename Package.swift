@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "SomaNet", targets: ["SomaNet"]),
         .library(name: "SomaSync", targets: ["SomaSync"]),
         .library(name: "SomaDiscovery", targets: ["SomaDiscovery"]),
+        .library(name: "SomaGossip", targets: ["SomaGossip"]),
         .library(name: "SomaNode", targets: ["SomaNode"]),
         .library(name: "SomaDevnet", targets: ["SomaDevnet"]),
         .executable(name: "soma-node", targets: ["soma-node"]),
@@ -107,6 +108,16 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "SomaGossip",
+            dependencies: [
+                "SomaCore", "SomaStore", "SomaNet",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
             name: "SomaNode",
             dependencies: [
                 "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery",
@@ -184,6 +195,16 @@ let package = Package(
                 "SomaCore", "SomaNet", "SomaStore", "SomaSync", "SomaDevnet", "SomaTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SomaGossipTests",
+            dependencies: [
+                "SomaCore", "SomaNet", "SomaStore", "SomaGossip", "SomaTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),

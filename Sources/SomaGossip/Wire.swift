@@ -1,0 +1,210 @@
+public import SomaCore
+public import SomaNet
+import SomaStore
+
+/// A gossip message's id: `SHA-256("GossipMessage::" ‖ bcs(topic) ‖ payload)` over the
+/// uncompressed payload (DESIGN §12), so the same message has one id on every node whatever
+/// its encoding on a link.
+public typealias MessageID = Digest
+
+/// The limits of the gossip wire (docs/PROTOCOL.md, gossip).
+public enum GossipLimits {
+    /// The longest topic name, in UTF-8 bytes.
+    public static let maxTopicBytes = 64
+    /// Items in one gossip frame.
+    public static let maxItems = 1_024
+    /// Ids in one `have`, `want` or `ack` item.
+    public static let maxIDs = 1_024
+    /// The largest message payload (uncompressed), the default of ``TopicOptions/maxMessageBytes``.
+    public static let maxMessageBytes = 4 << 20
+}
+
+/// One item of a gossip frame.
+public enum GossipItem: Sendable, Equatable {
+    /// A message: topic, whether the sender wants an acknowledgement, and the payload (LZ4
+    /// frame when `compressed`; the id is over the decompressed bytes).
+    case message(Message)
+    /// Lazy announcement: the sender holds these messages of `topic`.
+    case have(topic: String, ids: [MessageID])
+    /// Pull: send these messages; the sender also becomes an eager peer of their topics (a graft).
+    case want(ids: [MessageID])
+    /// The sender has these messages already: send it no more of `topic` eagerly (it moves to the
+    /// lazy peers of the topic).
+    case prune(topic: String)
+    /// The sender received these critical messages.
+    case ack(ids: [MessageID])
+
+    /// A message as it travels.
+    public struct Message: Sendable, Equatable {
+        /// Its topic.
+        public var topic: String
+        /// Acknowledge on receipt (critical delivery).
+        public var critical: Bool
+        /// The payload is an LZ4 frame of the message's bytes.
+        public var compressed: Bool
+        /// The bytes as sent.
+        public var body: [UInt8]
+
+        /// A message item.
+        public init(topic: String, critical: Bool, compressed: Bool, body: [UInt8]) {
+            self.topic = topic
+            self.critical = critical
+            self.compressed = compressed
+            self.body = body
+        }
+    }
+}
+
+/// The payload of a gossip frame (method 24, one-way): `u8 priority ‖ Vec<GossipItem>`. The
+/// first byte is the class the frame was sent in (``Priority``), which the sender's scheduler
+/// reads without decoding the rest.
+public struct GossipFrame: Sendable, Equatable, BCSCodable {
+    /// The class the frame travels in.
+    public var priority: Priority
+    /// Its items, at most ``GossipLimits/maxItems``.
+    public var items: [GossipItem]
+
+    /// A frame.
+    public init(priority: Priority, items: [GossipItem]) {
+        self.priority = priority
+        self.items = items
+    }
+
+    /// Writes `u8 priority ‖ Vec<GossipItem>`.
+    public func encode(to w: inout BCSWriter) {
+        w.write(priority.rawValue)
+        w.writeLength(items.count)
+        for item in items { item.encode(to: &w) }
+    }
+
+    /// The wire bytes.
+    public var bytes: [UInt8] { BCS.encode(self, capacity: 64 + items.reduce(0) { $0 + $1.sizeHint }) }
+
+    /// Decodes a frame strictly: known priority and tags, bounded counts, topics of 1...64
+    /// UTF-8 bytes, no trailing bytes (``BCS/decode(_:from:)``). Message bodies are bounded by
+    /// the frame itself (the transport's frame limit); decompression is bounded by the receiver.
+    public init(from r: inout BCSReader) throws(CoreError) {
+        let raw = try r.readU8()
+        guard let p = Priority(rawValue: raw) else { throw CoreError(.unknownTag, "gossip frame of priority \(raw)") }
+        priority = p
+        let count = try r.readLength(minElementSize: 2)
+        guard count <= GossipLimits.maxItems else {
+            throw CoreError(.lengthTooLarge, "gossip frame of \(count) items, at most \(GossipLimits.maxItems)")
+        }
+        var items: [GossipItem] = []
+        items.reserveCapacity(count)
+        for _ in 0..<count { items.append(try GossipItem(from: &r)) }
+        self.items = items
+    }
+}
+
+extension GossipItem {
+    var sizeHint: Int {
+        switch self {
+        case .message(let m): 16 + m.topic.utf8.count + m.body.count
+        case .have(let t, let ids): 8 + t.utf8.count + 32 * ids.count
+        case .want(let ids), .ack(let ids): 8 + 32 * ids.count
+        case .prune(let t): 4 + t.utf8.count
+        }
+    }
+
+    func encode(to w: inout BCSWriter) {
+        switch self {
+        case .message(let m):
+            w.writeULEB128(0)
+            w.write(m.topic)
+            w.write(UInt8((m.critical ? 1 : 0) | (m.compressed ? 2 : 0)))
+            w.writeBytes(m.body)
+        case .have(let topic, let ids):
+            w.writeULEB128(1)
+            w.write(topic)
+            w.writeLength(ids.count)
+            for id in ids { w.write(id) }
+        case .want(let ids):
+            w.writeULEB128(2)
+            w.writeLength(ids.count)
+            for id in ids { w.write(id) }
+        case .prune(let topic):
+            w.writeULEB128(3)
+            w.write(topic)
+        case .ack(let ids):
+            w.writeULEB128(4)
+            w.writeLength(ids.count)
+            for id in ids { w.write(id) }
+        }
+    }
+
+    init(from r: inout BCSReader) throws(CoreError) {
+        switch try r.readTag(count: 5, type: "GossipItem") {
+        case 0:
+            let topic = try Self.readTopic(&r)
+            let flags = try r.readU8()
+            guard flags & ~3 == 0 else { throw CoreError(.unknownTag, "gossip message flags \(flags)") }
+            self = .message(Message(topic: topic, critical: flags & 1 != 0, compressed: flags & 2 != 0, body: try r.readBytes()))
+        case 1:
+            let topic = try Self.readTopic(&r)
+            self = .have(topic: topic, ids: try Self.readIDs(&r))
+        case 2:
+            self = .want(ids: try Self.readIDs(&r))
+        case 3:
+            self = .prune(topic: try Self.readTopic(&r))
+        default:
+            self = .ack(ids: try Self.readIDs(&r))
+        }
+    }
+
+    static func readTopic(_ r: inout BCSReader) throws(CoreError) -> String {
+        let topic = try r.readString()
+        guard !topic.isEmpty, topic.utf8.count <= GossipLimits.maxTopicBytes else {
+            throw CoreError(.lengthTooLarge, "gossip topic of \(topic.utf8.count) bytes, 1...\(GossipLimits.maxTopicBytes)")
+        }
+        return topic
+    }
+
+    static func readIDs(_ r: inout BCSReader) throws(CoreError) -> [MessageID] {
+        let count = try r.readLength(minElementSize: 32)
+        guard count >= 1, count <= GossipLimits.maxIDs else {
+            throw CoreError(.lengthTooLarge, "\(count) message ids in one item, 1...\(GossipLimits.maxIDs)")
+        }
+        var ids: [MessageID] = []
+        ids.reserveCapacity(count)
+        for _ in 0..<count { ids.append(try r.readDigest()) }
+        return ids
+    }
+}
+
+extension GossipItem.Message {
+    /// The id of a message of `topic` with `payload` (uncompressed).
+    public static func id(topic: String, payload: [UInt8]) -> MessageID {
+        var w = BCSWriter(capacity: 16 + topic.utf8.count + payload.count)
+        w.write(topic)
+        w.writeRaw(payload)
+        return Hashing.sha256(domain: DomainPrefix("GossipMessage"), w.bytes)
+    }
+
+    /// A message item for `payload`, LZ4-compressed when that is at least `threshold` bytes
+    /// and the frame is smaller.
+    public static func encoding(topic: String, payload: [UInt8], critical: Bool, threshold: Int) -> GossipItem.Message {
+        if payload.count >= threshold {
+            let frame = LZ4Frame.compress(payload)
+            if frame.count < payload.count {
+                return GossipItem.Message(topic: topic, critical: critical, compressed: true, body: frame)
+            }
+        }
+        return GossipItem.Message(topic: topic, critical: critical, compressed: false, body: payload)
+    }
+
+    /// The payload: the body, or the body decompressed within `limit` bytes.
+    /// - Throws: ``CoreError`` when the body is not an LZ4 frame of at most `limit` bytes.
+    public func payload(limit: Int) throws(CoreError) -> [UInt8] {
+        guard compressed else {
+            guard body.count <= limit else { throw CoreError(.lengthTooLarge, "message of \(body.count) bytes, the topic allows \(limit)") }
+            return body
+        }
+        do {
+            return try LZ4Frame.decompress(body, limit: limit)
+        } catch {
+            throw CoreError(.invalidValue, "compressed message: \(error.message)")
+        }
+    }
+}

@@ -1,0 +1,231 @@
+import Foundation
+import SomaCore
+@testable import SomaGossip
+import SomaNet
+import Synchronization
+import Testing
+
+@Suite("Gossip wire: frames, ids, strict decoding")
+struct GossipWireTests {
+    @Test("a message id is SHA-256 of \"GossipMessage::\" ‖ bcs(topic) ‖ payload (vector from Python's hashlib)")
+    func messageID() {
+        #expect(GossipItem.Message.id(topic: "votes", payload: [1, 2, 3]).hex == "c968dee24099e1809731cbfaae753770cb1f28e7a310a5f994d60b9938ca3acd")
+    }
+
+    @Test("every item round-trips; the first byte is the priority the scheduler reads")
+    func roundTrip() throws {
+        let id = GossipItem.Message.id(topic: "t", payload: [9])
+        let frame = GossipFrame(priority: .consensus, items: [
+            .message(.init(topic: "votes", critical: true, compressed: false, body: [1, 2, 3])),
+            .have(topic: "votes", ids: [id, id]), .want(ids: [id]), .prune(topic: "blocks"), .ack(ids: [id]),
+        ])
+        let bytes = frame.bytes
+        #expect(bytes.first == 0)
+        #expect(try BCS.decode(GossipFrame.self, from: bytes) == frame)
+        #expect(Priority.of(Frame(kind: .oneWay, method: Method.gossip.rawValue, requestID: 0, payload: .init(bytes: bytes))) == .consensus)
+    }
+
+    @Test("large payloads travel LZ4-compressed when that is smaller; decompression is held to the topic's limit")
+    func compression() throws {
+        let payload = [UInt8](repeating: 7, count: 100_000)
+        let m = GossipItem.Message.encoding(topic: "t", payload: payload, critical: false, threshold: 1_024)
+        #expect(m.compressed && m.body.count < 1_000)
+        #expect(try m.payload(limit: 100_000) == payload)
+        #expect(throws: CoreError.self) { try m.payload(limit: 99_999) }
+        let random = (0..<5_000).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }
+        let small = GossipItem.Message.encoding(topic: "t", payload: Array(random.prefix(500)), critical: false, threshold: 1_024)
+        #expect(!small.compressed)
+    }
+
+    @Test("refused: unknown priority, tag or flags, empty or 65-byte topics, id lists of 0 or 1,025, too many items, trailing bytes")
+    func refusals() {
+        let id = [UInt8](repeating: 1, count: 32)
+        let cases: [(String, [UInt8])] = [
+            ("priority 3", [3, 0]),
+            ("unknown tag", [0, 1, 5]),
+            ("message flags 4", [0, 1, 0, 1, 0x61, 4, 0]),
+            ("empty topic", [0, 1, 3, 0]),
+            ("65-byte topic", [0, 1, 3, 65] + [UInt8](repeating: 0x61, count: 65)),
+            ("no ids", [0, 1, 2, 0]),
+            ("1,025 ids", [0, 1, 2, 0x81, 0x08] + (0..<1_025).flatMap { _ in id }),
+            ("1,025 items", [0, 0x81, 0x08] + (0..<1_025).flatMap { _ in [3, 1, 0x61] as [UInt8] }),
+            ("trailing byte", [0, 1, 3, 1, 0x61, 0]),
+            ("a count the bytes cannot back", [0, 0xff, 0xff, 0x03]),
+        ]
+        for (why, bytes) in cases {
+            #expect(throws: CoreError.self, "\(why)") { try BCS.decode(GossipFrame.self, from: bytes) }
+        }
+    }
+}
+
+@Suite("Gossip routing between in-process nodes", .serialized)
+struct GossipRoutingTests {
+    static let topic = "votes"
+
+    /// `n` nodes on a random graph of `degree`, all carrying `topic`, with an inbox each.
+    static func cluster(_ n: Int, degree: Int, seed: UInt64, configuration: GossipConfiguration = GossipConfiguration(),
+                        options: TopicOptions = TopicOptions(), delay: Duration = .milliseconds(1))
+        -> (SimNet, [PeerID], [[Int]], [Inbox]) {
+        let net = SimNet(delay: delay)
+        let ids = (0..<n).map { SimNet.key($0).publicKey }
+        let graph = SimNet.randomGraph(n: n, degree: degree, seed: seed)
+        let inboxes = ids.map { id in Inbox(net.start(id, configuration: configuration, topics: [topic: options]).subscribe(topic: topic)) }
+        for (a, peers) in graph.enumerated() { for b in peers where a < b { net.connect(ids[a], ids[b]) } }
+        return (net, ids, graph, inboxes)
+    }
+
+    @Test("24 nodes on a random graph of degree 6: every message reaches every node, no node is sent a message it had shown it holds, and the push tree settles to about one copy per message")
+    func everyoneOnce() async throws {
+        let (net, ids, _, inboxes) = Self.cluster(24, degree: 6, seed: 11)
+        defer { net.stopAll() }
+        var published: [MessageID] = []
+        var rng = SplitMix(5)
+        for i in 0..<300 {
+            let origin = Int(rng.next() % 24)
+            published.append(net.router(ids[origin])!.publish(topic: Self.topic, payload: Array("vote \(i) from \(origin)".utf8)))
+            if i % 20 == 19 { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        let all = Set(published)
+        let delivered = await eventually(20) {
+            ids.allSatisfy { id in all.allSatisfy { net.router(id)!.hasSeen($0) } }
+        }
+        #expect(delivered)
+        // Each subscriber got every message published by another node, once.
+        for (i, inbox) in inboxes.enumerated() {
+            let own = Set(published.enumerated().filter { _ in false }.map(\.element))
+            #expect(inbox.count == inbox.ids.count && inbox.ids.isSubset(of: all) && !own.contains(where: inbox.ids.contains), "node \(i)")
+        }
+        #expect(inboxes.map(\.count).reduce(0, +) == 300 * 23)
+        let violations = net.violations.withLock { $0 }
+        #expect(violations.isEmpty, "\(violations.count): \(violations.prefix(5))")
+        let stats = ids.map { net.router($0)!.statistics }
+        let received = stats.reduce(0) { $0 + $1.received }
+        let duplicates = stats.reduce(0) { $0 + $1.duplicates }
+        #expect(received == 300 * 23)
+        // A second round over the tree the first one shaped: flooding a degree-6 graph would
+        // give about 2 copies too many per message and node (each edge carries a message once
+        // or twice); the tree gives fewer than one.
+        var second: [MessageID] = []
+        for i in 0..<300 {
+            let origin = Int(rng.next() % 24)
+            second.append(net.router(ids[origin])!.publish(topic: Self.topic, payload: Array("second \(i) from \(origin)".utf8)))
+            if i % 20 == 19 { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(await eventually(20) { ids.allSatisfy { id in second.allSatisfy { net.router(id)!.hasSeen($0) } } })
+        let settled = ids.map { net.router($0)!.statistics }.reduce(0) { $0 + $1.duplicates } - duplicates
+        #expect(Double(settled) / Double(300 * 23) < 1.0, "\(settled) duplicates for \(300 * 23) deliveries (first round: \(duplicates))")
+        #expect(net.violations.withLock { $0 }.isEmpty)
+    }
+
+    @Test("with no eager peers at all, messages still reach everyone through announcements and pulls")
+    func pullsOnly() async throws {
+        var configuration = GossipConfiguration()
+        configuration.meshDegree = 0
+        let (net, ids, _, inboxes) = Self.cluster(8, degree: 3, seed: 3, configuration: configuration)
+        defer { net.stopAll() }
+        let id = net.router(ids[0])!.publish(topic: Self.topic, payload: [1, 2, 3])
+        #expect(await eventually(10) { inboxes.dropFirst().allSatisfy { $0.ids.contains(id) } })
+        #expect(ids.dropFirst().allSatisfy { net.router($0)!.statistics.received == 1 })
+        #expect(ids.map { net.router($0)!.statistics.pulled }.reduce(0, +) >= 7)
+    }
+
+    @Test("a message the topic's validation rejects goes no further than its first hop, and the peer that sent it is penalised until reported")
+    func validation() async throws {
+        var options = TopicOptions()
+        options.validate = { m in m.payload.first == 0xFF ? .reject("starts with 0xFF") : .accept }
+        var configuration = GossipConfiguration()
+        configuration.penaltyLimit = 40
+        let reported = Mutex<[PeerID]>([])
+        let net = SimNet()
+        defer { net.stopAll() }
+        let ids = (0..<3).map { SimNet.key(100 + $0).publicKey }
+        let routers = ids.map { id in
+            net.start(id, configuration: configuration, topics: [Self.topic: options]) { peer, _ in reported.withLock { $0.append(peer) } }
+        }
+        let inboxes = routers.map { Inbox($0.subscribe(topic: Self.topic)) }
+        net.connect(ids[0], ids[1])
+        net.connect(ids[1], ids[2])
+        routers[0].publish(topic: Self.topic, payload: [0xFF, 1])
+        routers[0].publish(topic: Self.topic, payload: [0xFF, 2])
+        let good = routers[0].publish(topic: Self.topic, payload: [0x01])
+        #expect(await eventually { inboxes[2].ids.contains(good) })
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(inboxes[1].count == 1 && inboxes[2].count == 1)
+        #expect(routers[1].statistics.rejected == 2 && routers[2].statistics.rejected == 0)
+        #expect(reported.withLock { $0 } == [ids[0]])
+    }
+
+    @Test("a flooder is throttled at its topic rate and reported; an honest node's messages still go through")
+    func flooder() async throws {
+        var options = TopicOptions()
+        options.messagesPerSecond = 100
+        let reported = Mutex<Set<PeerID>>([])
+        let net = SimNet()
+        defer { net.stopAll() }
+        let ids = (0..<3).map { SimNet.key(200 + $0).publicKey }
+        let routers = ids.map { id in net.start(id, topics: [Self.topic: options]) { peer, _ in reported.withLock { _ = $0.insert(peer) } } }
+        let inbox = Inbox(routers[1].subscribe(topic: Self.topic))
+        net.connect(ids[0], ids[1])
+        net.connect(ids[2], ids[1])
+        // The flooder writes frames directly: 2,000 distinct messages in one burst.
+        for k in 0..<20 {
+            let items = (0..<100).map { i in GossipItem.message(.init(topic: Self.topic, critical: false, compressed: false, body: Array("spam \(k) \(i)".utf8))) }
+            routers[1].receive(from: ids[0], frame: GossipFrame(priority: .checkpoints, items: items).bytes)
+        }
+        let honest = routers[2].publish(topic: Self.topic, payload: Array("honest".utf8))
+        #expect(await eventually { inbox.ids.contains(honest) })
+        let stats = routers[1].statistics
+        #expect(stats.throttled >= 1_800 && stats.received <= 201, "\(stats)")
+        #expect(reported.withLock { $0 } == [ids[0]])
+    }
+
+    @Test("critical messages reach all 20 nodes while 4 are killed and restarted; the publisher learns who acknowledged")
+    func criticalThroughRestarts() async throws {
+        var configuration = GossipConfiguration()
+        configuration.deliveryDeadline = .seconds(8)
+        let (net, ids, graph, _) = Self.cluster(20, degree: 6, seed: 21, configuration: configuration)
+        defer { net.stopAll() }
+        let killed = [3, 7, 12, 18]
+        for k in killed { net.kill(ids[k], neighbours: graph[k].map { ids[$0] }) }
+        // Publisher 0 (not killed) sends 5 critical messages while the 4 are down.
+        let reports = Mutex<[DeliveryReport]>([])
+        let publisher = net.router(ids[0])!
+        let sends = Task {
+            for i in 0..<5 {
+                let r = await publisher.publishCritical(topic: Self.topic, payload: Array("critical \(i)".utf8))
+                reports.withLock { $0.append(r) }
+            }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        // Restart: fresh routers (they remember nothing), linked to their neighbours again.
+        for k in killed {
+            net.start(ids[k], configuration: configuration, topics: [Self.topic: TopicOptions()])
+            for n in graph[k] where net.router(ids[n]) != nil { net.connect(ids[k], ids[n]) }
+        }
+        await sends.value
+        let wanted = Set((0..<5).map { GossipItem.Message.id(topic: Self.topic, payload: Array("critical \($0)".utf8)) })
+        #expect(await eventually(15) { ids.allSatisfy { id in wanted.allSatisfy { net.router(id)!.hasSeen($0) } } })
+        let all = reports.withLock { $0 }
+        #expect(all.count == 5)
+        // Every direct peer of the publisher acknowledged each message (those killed, after their restart).
+        #expect(all.allSatisfy { $0.missing.isEmpty && $0.acknowledged == Set(graph[0].map { ids[$0] }) }, "\(all.map { ($0.acknowledged.count, $0.missing.count) })")
+        #expect(ids.map { net.router($0)!.statistics.retries }.reduce(0, +) > 0)
+    }
+
+    @Test("a critical message's unreachable target is reported missing at the deadline")
+    func criticalMissing() async throws {
+        var configuration = GossipConfiguration()
+        configuration.deliveryDeadline = .milliseconds(600)
+        let net = SimNet()
+        defer { net.stopAll() }
+        let a = SimNet.key(300).publicKey, b = SimNet.key(301).publicKey
+        let ra = net.start(a, configuration: configuration, topics: [Self.topic: TopicOptions()])
+        net.start(b, configuration: configuration, topics: [Self.topic: TopicOptions()])
+        net.connect(a, b)
+        // b is gone (frames to it are lost) but a still counts it as a peer.
+        net.routers.withLock { _ = $0.removeValue(forKey: b) }
+        let report = await ra.publishCritical(topic: Self.topic, payload: [1])
+        #expect(report.missing == [b] && report.acknowledged.isEmpty)
+        #expect(ra.statistics.retries >= 1)
+    }
+}
