@@ -19,13 +19,16 @@ final class ResponseHandler: ChannelInboundHandler {
     private var consumedItems: [UInt64: Int] = [:]
     let handshake: EventLoopPromise<HandshakeCompleted>
     let pushes: AsyncStream<PushedCheckpoint>.Continuation?
+    let gossip: GossipInbox?
     private let maxStreamItems: Int
     private let maxStreamBytes: Int
     private var peerID: PeerID?
 
-    init(handshake: EventLoopPromise<HandshakeCompleted>, pushes: AsyncStream<PushedCheckpoint>.Continuation?, configuration: NetConfiguration) {
+    init(handshake: EventLoopPromise<HandshakeCompleted>, pushes: AsyncStream<PushedCheckpoint>.Continuation?, gossip: GossipInbox? = nil,
+         configuration: NetConfiguration) {
         self.handshake = handshake
         self.pushes = pushes
+        self.gossip = gossip
         self.maxStreamItems = configuration.maxStreamItems
         self.maxStreamBytes = configuration.maxStreamBytes
     }
@@ -104,6 +107,10 @@ final class ResponseHandler: ChannelInboundHandler {
         let frame = unwrapInboundIn(data)
         if frame.kind == .oneWay && frame.method == Method.goodbye.rawValue {
             goodbye = String(decoding: frame.payload.readableBytesView, as: UTF8.self)
+            return
+        }
+        if frame.kind == .oneWay && frame.method == Method.gossip.rawValue {
+            if let peerID { gossip?(peerID, frame.payload) }
             return
         }
         if frame.kind == .oneWay && frame.method == Method.pushCheckpoint.rawValue {
@@ -252,12 +259,13 @@ public final class PeerClient: Sendable {
     /// - Parameter allowed: a private node's allow-list: a peer not on it is refused
     ///   (`notAllowed`) before this node's hello leaves (under TLS: as soon as its certificate
     ///   names its key), and in plaintext the hello carries no record.
+    /// - Parameter gossip: where the gossip frames the peer sends on this connection go, if given.
     /// - Throws: ``WireError`` (wrong chain, wrong version, bad proof, wrong peer, not allowed, TLS, timeout)
     ///   or a socket error.
     public static func connect(
         host: String, port: Int, identity: HandshakeIdentity, configuration: NetConfiguration = NetConfiguration(),
         group: any EventLoopGroup, pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil, expectedPeer: PeerID? = nil,
-        allowed: Set<PeerID>? = nil
+        allowed: Set<PeerID>? = nil, gossip: GossipInbox? = nil
     ) async throws -> PeerClient {
         let loop = group.next()
         let handshake = loop.makePromise(of: HandshakeCompleted.self)
@@ -269,7 +277,7 @@ public final class PeerClient: Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try configureDialer(channel, identity: identity, tls: tls, configuration: configuration, expectedPeer: expectedPeer, allowed: allowed)
-                    try channel.pipeline.syncOperations.addHandler(ResponseHandler(handshake: handshake, pushes: pushes, configuration: configuration))
+                    try channel.pipeline.syncOperations.addHandler(ResponseHandler(handshake: handshake, pushes: pushes, gossip: gossip, configuration: configuration))
                 }
             }
         let channel: any Channel
@@ -484,6 +492,9 @@ public final class PeerClient: Sendable {
 
     /// Whether the connection is still open.
     public var isConnected: Bool { channel.isActive }
+
+    /// Completes when the connection closes.
+    public var closed: EventLoopFuture<Void> { channel.closeFuture }
 
     /// Closes the connection; requests in flight fail with `connectionClosed`.
     public func close() async {

@@ -70,6 +70,10 @@ public struct AccessPolicy: Sendable {
     public func admits(_ peer: PeerID) -> Bool { allowed.map { $0.contains(peer) } ?? true }
 }
 
+/// Where a connection hands the gossip frames (method 24, one-way) its peer sends, with the
+/// peer's id: called on the connection's event loop, so it must not block.
+public typealias GossipInbox = @Sendable (PeerID, ByteBuffer) -> Void
+
 /// A peer that completed the handshake on a server's connection (an inbound peer).
 public struct InboundPeer: Sendable {
     /// Its key, proven in the handshake.
@@ -78,6 +82,16 @@ public struct InboundPeer: Sendable {
     public let hello: Hello
     /// The address it connected from.
     public let remoteAddress: String?
+    /// Completes when the connection closes.
+    public let closed: EventLoopFuture<Void>?
+    let channel: (any Channel)?
+
+    /// Sends a one-way message (such as a gossip frame) to the peer on this connection; nothing
+    /// once it closed.
+    public func send(_ method: Method, _ payload: [UInt8]) {
+        guard let channel, channel.isActive else { return }
+        channel.writeAndFlush(Frame(kind: .oneWay, method: method.rawValue, requestID: 0, payload: ByteBuffer(bytes: payload)), promise: nil)
+    }
 }
 
 /// Serves requests that passed the handshake: each runs on the service (off the event loop;
@@ -102,6 +116,7 @@ final class RequestHandler: ChannelInboundHandler {
     private let pushes: AsyncStream<PushedCheckpoint>.Continuation?
     private let access: AccessPolicy
     private let inbound: AsyncStream<InboundPeer>.Continuation?
+    private let gossip: GossipInbox?
     private var peer: PeerID?
     private var inFlight = 0 {
         didSet { serverInFlight.requests.add(inFlight - oldValue, ordering: .relaxed) }
@@ -109,8 +124,9 @@ final class RequestHandler: ChannelInboundHandler {
 
     init(service: any HistoryServing, configuration: NetConfiguration, globalBudget: ByteBudget?, state: ServerState,
          logger: Logger, pushes: AsyncStream<PushedCheckpoint>.Continuation?, access: AccessPolicy,
-         inbound: AsyncStream<InboundPeer>.Continuation?) {
+         inbound: AsyncStream<InboundPeer>.Continuation?, gossip: GossipInbox?) {
         self.access = access
+        self.gossip = gossip
         self.inbound = inbound
         self.serverInFlight = state
         self.logger = logger
@@ -135,7 +151,9 @@ final class RequestHandler: ChannelInboundHandler {
         if let done = event as? HandshakeCompleted {
             peer = done.peerID
             serverInFlight.peers.withLock { $0[ObjectIdentifier(context.channel)] = done.peerID }
-            inbound?.yield(InboundPeer(peerID: done.peerID, hello: done.hello, remoteAddress: context.remoteAddress.map { "\($0)" }))
+            inbound?.yield(InboundPeer(
+                peerID: done.peerID, hello: done.hello, remoteAddress: context.remoteAddress.map { "\($0)" }, closed: context.channel.closeFuture,
+                channel: context.channel))
             logger.debug("peer connected", metadata: ["peer.id": "\(done.peerID.raw.short)", "peer.address": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
         }
         context.fireUserInboundEventTriggered(event)
@@ -152,6 +170,10 @@ final class RequestHandler: ChannelInboundHandler {
         }
         if frame.kind == .oneWay && frame.method == Method.pushCheckpoint.rawValue {
             receivePush(context, frame)
+            return
+        }
+        if frame.kind == .oneWay && frame.method == Method.gossip.rawValue {
+            if let peer { gossip?(peer, frame.payload) }
             return
         }
         guard frame.kind == .request else { return }
@@ -529,11 +551,12 @@ public final class NetServer: Sendable {
     ///   - pushes: receives the checkpoints peers push (`pushCheckpoint`), if given.
     ///   - access: who is answered (everyone by default).
     ///   - inbound: told of every peer that completes the handshake, if given.
+    ///   - gossip: where the gossip frames (method 24) of connected peers go, if given.
     public static func start(
         host: String, port: Int, identity: HandshakeIdentity, service: some HistoryServing,
         configuration: NetConfiguration = NetConfiguration(), group: any EventLoopGroup,
         logger: Logger = Logger(label: "soma.net"), pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil,
-        access: AccessPolicy = .open, inbound: AsyncStream<InboundPeer>.Continuation? = nil
+        access: AccessPolicy = .open, inbound: AsyncStream<InboundPeer>.Continuation? = nil, gossip: GossipInbox? = nil
     ) async throws -> NetServer {
         // The serving metrics exist (at zero) from the start, not from the first request.
         _ = NetMetrics.shared
@@ -569,7 +592,7 @@ public final class NetServer: Sendable {
                             HandshakeHandler(identity: identity, role: .listener, policy: policy, timeout: configuration.handshakeTimeout),
                             RequestHandler(
                                 service: service, configuration: configuration, globalBudget: globalBudget, state: state,
-                                logger: logger, pushes: pushes, access: access, inbound: inbound),
+                                logger: logger, pushes: pushes, access: access, inbound: inbound, gossip: gossip),
                         ]
                         try context.pipeline.syncOperations.addHandlers(handlers, position: .after(context.handler))
                     })
