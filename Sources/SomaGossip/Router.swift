@@ -53,6 +53,9 @@ public struct TopicOptions: Sendable {
     public var messagesPerSecond: Double = 2_000
     /// Payload bytes per second one peer may send on the topic.
     public var bytesPerSecond = Double(32 << 20)
+    /// Peers that get every message of the topic first and are never pruned from its tree (the
+    /// committee's nodes, for consensus topics).
+    public var preferred: Set<PeerID> = []
     /// Runs on every new message before it is delivered or forwarded (off the router's lock).
     public var validate: @Sendable (GossipMessage) -> Verdict = { _ in .accept }
 

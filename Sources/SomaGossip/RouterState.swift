@@ -70,7 +70,10 @@ struct MissingEntry {
     var topic: String
     var announcers: [PeerID]
     var asked: Set<PeerID> = []
+    /// When to pull from the next announcer.
     var deadline: ContinuousClock.Instant
+    /// When the entry is dropped (the seen TTL after the first announcement).
+    var expiry: ContinuousClock.Instant
 }
 
 /// A critical message sent to a peer and not yet acknowledged.
@@ -194,7 +197,8 @@ struct RouterState {
             acknowledged([id], by: peer, now: now, measure: false)
             // A copy from an eager peer: the link leaves the tree, both ways (Plumtree): the peer
             // becomes lazy here, and the prune makes this node lazy there.
-            if !m.critical, topics[m.topic]!.eager.count > configuration.minimumEager, topics[m.topic]!.eager.remove(peer) != nil {
+            if !m.critical, !options.preferred.contains(peer), topics[m.topic]!.eager.count > configuration.minimumEager,
+               topics[m.topic]!.eager.remove(peer) != nil {
                 topics[m.topic]!.lazy.insert(peer)
                 enqueue(.prune(topic: m.topic), to: peer, priority: options.priority, now: now)
                 stats.prunes += 1
@@ -237,11 +241,13 @@ struct RouterState {
             }
             return
         }
-        for peer in topic.eager where !skip.contains(peer) {
+        // Preferred peers (the committee's nodes) first, then the rest of the tree.
+        let preferred = topic.options.preferred.filter { peers[$0] != nil }
+        for peer in preferred.sorted() + topic.eager.subtracting(preferred).sorted() where !skip.contains(peer) {
             enqueue(.message(encoded), id: id, to: peer, priority: priority, now: now)
             seen[id]!.sentTo.insert(peer)
         }
-        for peer in topic.lazy where !skip.contains(peer) {
+        for peer in topic.lazy.subtracting(preferred) where !skip.contains(peer) {
             peers[peer]?.haves[entry.topic, default: []].append(id)
         }
     }
@@ -263,9 +269,12 @@ struct RouterState {
             } else if missing[id] != nil {
                 if missing[id]!.announcers.count < Self.maxAnnouncers, !missing[id]!.announcers.contains(peer) {
                     missing[id]!.announcers.append(peer)
+                    // A parked entry (everyone asked) has someone new to ask.
+                    missing[id]!.deadline = min(missing[id]!.deadline, now + configuration.missingTimeout)
                 }
             } else if missing.count < Self.maxMissing {
-                missing[id] = MissingEntry(topic: topic, announcers: [peer], deadline: now + configuration.missingTimeout)
+                missing[id] = MissingEntry(
+                    topic: topic, announcers: [peer], deadline: now + configuration.missingTimeout, expiry: now + configuration.seenTTL)
             }
         }
     }
@@ -274,7 +283,9 @@ struct RouterState {
     mutating func wanted(_ ids: [MessageID], by peer: PeerID) {
         let now = ContinuousClock.now
         for id in ids {
-            guard let entry = seen[id], let encoded = entry.encoded, let topic = topics[entry.topic] else { continue }
+            // Not to a peer that has shown it holds the message since it asked (its `have` can
+            // share the frame of its `want`).
+            guard let entry = seen[id], let encoded = entry.encoded, let topic = topics[entry.topic], !entry.holders.contains(peer) else { continue }
             enqueue(.message(encoded), id: id, to: peer, priority: topic.options.priority, now: now, asked: true)
             stats.served += 1
             seen[id]!.sentTo.insert(peer)
@@ -345,10 +356,14 @@ struct RouterState {
             }
         }
         for (id, m) in missing where m.deadline <= now {
-            guard seen[id] == nil, let t = topics[m.topic],
-                  let next = m.announcers.first(where: { !m.asked.contains($0) && peers[$0] != nil })
-            else {
+            guard seen[id] == nil, let t = topics[m.topic], m.deadline < m.expiry else {
                 missing.removeValue(forKey: id)
+                continue
+            }
+            guard let next = m.announcers.first(where: { !m.asked.contains($0) && peers[$0] != nil }) else {
+                // Everyone who announced it was asked: wait for an answer or a new announcer,
+                // and keep the announcers (they hold it) until the entry expires.
+                missing[id]!.deadline = m.expiry
                 continue
             }
             enqueue(.want(ids: [id]), to: next, priority: t.options.priority, now: now)
@@ -421,7 +436,12 @@ struct RouterState {
                     return seen[id]?.holders.contains(peer) != true
                 }
                 stats.messagesSent += queued.reduce(0) { n, e in if case .message = e.item { n + 1 } else { n } }
-                let items = Self.merged(queued.map(\.item))
+                // Pulls of messages that arrived meanwhile are not sent either.
+                let items = Self.merged(queued.map(\.item)).compactMap { item -> GossipItem? in
+                    guard case .want(let ids) = item else { return item }
+                    let still = ids.filter { seen[$0] == nil }
+                    return still.isEmpty ? nil : .want(ids: still)
+                }
                 peers[peer]!.outbox[p] = []
                 peers[peer]!.outboxBytes[p] = 0
                 peers[peer]!.dueAt[p] = nil

@@ -17,6 +17,7 @@ final class SimNet: Sendable {
     /// What `to` knows `from` holds: ids `from` showed it.
     let shown = Mutex<[Pair: Set<MessageID>]>([:])
     let violations = Mutex<[String]>([])
+    let shownHow = Mutex<[Pair: [MessageID: String]]>([:])
     let inFlight = Atomic<Int>(0)
 
     init(delay: Duration = .milliseconds(1)) {
@@ -73,21 +74,41 @@ final class SimNet: Sendable {
             case .message(let m):
                 let id = GossipItem.Message.id(topic: m.topic, payload: (try? m.payload(limit: 64 << 20)) ?? [])
                 if known.contains(id) && !m.critical {
-                    violations.withLock { $0.append("\(from.raw.short) sent \(to.raw.short) message \(id.hex.prefix(8)) it had shown it holds") }
+                    let how = shownHow.withLock { $0[Pair(from: to, to: from)]?[id] ?? "?" }
+                    violations.withLock { $0.append("\(from.raw.short) sent \(to.raw.short) message \(id.hex.prefix(8)) it had shown it holds (by \(how)); frame: \(frame.items.map { "\($0)".prefix(12) })") }
                 }
                 ids.insert(id)
-            case .have(_, let list), .ack(let list): ids.formUnion(list)
+            case .have(_, let list):
+                ids.formUnion(list)
+                shownHow.withLock { for i in list { $0[Pair(from: from, to: to), default: [:]][i] = "have" } }
+            case .ack(let list): ids.formUnion(list)
             default: break
             }
         }
         inFlight.add(1, ordering: .relaxed)
-        Task {
-            try? await Task.sleep(for: delay)
-            if let r = router(to) {
-                r.receive(from: from, frame: bytes)
-                shown.withLock { $0[Pair(from: from, to: to), default: []].formUnion(ids) }
+        lane(from: from, to: to).yield((bytes, ids, ContinuousClock.now + delay))
+    }
+
+    /// One lane per direction of a link: frames arrive in the order sent, each `delay` after it
+    /// was sent (as over a TCP connection).
+    let lanes = Mutex<[Pair: AsyncStream<([UInt8], Set<MessageID>, ContinuousClock.Instant)>.Continuation]>([:])
+
+    func lane(from: PeerID, to: PeerID) -> AsyncStream<([UInt8], Set<MessageID>, ContinuousClock.Instant)>.Continuation {
+        lanes.withLock { lanes in
+            if let c = lanes[Pair(from: from, to: to)] { return c }
+            let (stream, c) = AsyncStream<([UInt8], Set<MessageID>, ContinuousClock.Instant)>.makeStream()
+            lanes[Pair(from: from, to: to)] = c
+            Task {
+                for await (bytes, ids, due) in stream {
+                    try? await Task.sleep(until: due)
+                    if let r = router(to) {
+                        r.receive(from: from, frame: bytes)
+                        shown.withLock { $0[Pair(from: from, to: to), default: []].formUnion(ids) }
+                    }
+                    inFlight.subtract(1, ordering: .relaxed)
+                }
             }
-            inFlight.subtract(1, ordering: .relaxed)
+            return c
         }
     }
 
@@ -95,6 +116,10 @@ final class SimNet: Sendable {
         runners.withLock { r in
             for t in r.values { t.cancel() }
             r = [:]
+        }
+        lanes.withLock { l in
+            for c in l.values { c.finish() }
+            l = [:]
         }
     }
 

@@ -1,0 +1,305 @@
+public import SomaCore
+import Synchronization
+
+/// What a consensus vote is for.
+public enum VoteKind: UInt8, Sendable, Hashable, CaseIterable {
+    /// A vote for a proposal (its digest).
+    case vote = 0
+    /// A timeout of a round (view change); its digest is the zero digest.
+    case timeout = 1
+}
+
+/// The statement a vote signs: kind, epoch, round and the digest voted for. Every member that
+/// votes for the same statement signs the same bytes, so the votes aggregate into one
+/// ``QuorumCertificate``.
+public struct VoteStatement: Hashable, Sendable, BCSCodable {
+    /// Vote or timeout.
+    public var kind: VoteKind
+    /// The committee's epoch.
+    public var epoch: UInt64
+    /// The consensus round.
+    public var round: UInt64
+    /// The proposal's digest (zero for a timeout).
+    public var digest: Digest
+
+    /// A statement.
+    public init(kind: VoteKind, epoch: UInt64, round: UInt64, digest: Digest) {
+        self.kind = kind
+        self.epoch = epoch
+        self.round = round
+        self.digest = digest
+    }
+
+    /// The signed bytes: the intent `"SomaConsensusVote::"` then `bcs(statement)`.
+    public var signingMessage: [UInt8] { Array("SomaConsensusVote::".utf8) + bcsBytes }
+
+    /// Writes kind (u8), epoch, round, digest.
+    public func encode(to w: inout BCSWriter) {
+        w.write(kind.rawValue)
+        w.write(epoch)
+        w.write(round)
+        w.write(digest)
+    }
+
+    /// Reads kind (0 or 1), epoch, round, digest.
+    public init(from r: inout BCSReader) throws(CoreError) {
+        let raw = try r.readU8()
+        guard let k = VoteKind(rawValue: raw) else { throw CoreError(.unknownTag, "vote kind \(raw)") }
+        kind = k
+        epoch = try r.readU64()
+        round = try r.readU64()
+        digest = try r.readDigest()
+    }
+}
+
+/// One member's signed vote (the payload of the votes topic).
+public struct Vote: Hashable, Sendable, BCSCodable {
+    /// What it votes for.
+    public var statement: VoteStatement
+    /// The member's authority key.
+    public var signer: PublicKey
+    /// Its Ed25519 signature of ``VoteStatement/signingMessage``.
+    public var signature: Signature
+
+    /// A vote (unchecked).
+    public init(statement: VoteStatement, signer: PublicKey, signature: Signature) {
+        self.statement = statement
+        self.signer = signer
+        self.signature = signature
+    }
+
+    /// Signs `statement` with `key`.
+    public init(statement: VoteStatement, key: SigningKey) {
+        self.init(statement: statement, signer: key.publicKey, signature: key.sign(statement.signingMessage))
+    }
+
+    /// Writes statement, signer, signature.
+    public func encode(to w: inout BCSWriter) {
+        w.write(statement)
+        w.write(signer)
+        w.write(signature)
+    }
+
+    /// Reads statement, signer, signature.
+    public init(from r: inout BCSReader) throws(CoreError) {
+        statement = try r.read(VoteStatement.self)
+        signer = try r.read(PublicKey.self)
+        signature = try r.read(Signature.self)
+    }
+}
+
+/// A quorum of a committee's votes for one statement (the payload of the certificates topic):
+/// a quorum certificate for a vote, a timeout certificate for a timeout.
+public struct VoteCertificate: Hashable, Sendable, BCSCodable {
+    /// What the quorum voted for.
+    public var statement: VoteStatement
+    /// Their signatures (the bitmap names the members).
+    public var certificate: QuorumCertificate
+
+    /// A certificate (unchecked: ``verify(committee:)``).
+    public init(statement: VoteStatement, certificate: QuorumCertificate) {
+        self.statement = statement
+        self.certificate = certificate
+    }
+
+    /// Checks the certificate against the committee of its epoch (quorum of voting power, every
+    /// signature over the statement).
+    public func verify(committee: Committee) throws(CoreError) {
+        guard statement.epoch == committee.epoch else {
+            throw CoreError(.wrongEpoch, "certificate of epoch \(statement.epoch) checked against committee of epoch \(committee.epoch)")
+        }
+        try certificate.verify(statement.signingMessage, committee: committee)
+    }
+
+    /// Writes statement, certificate.
+    public func encode(to w: inout BCSWriter) {
+        w.write(statement)
+        w.write(certificate)
+    }
+
+    /// Reads statement, certificate.
+    public init(from r: inout BCSReader) throws(CoreError) {
+        statement = try r.read(VoteStatement.self)
+        certificate = try r.read(QuorumCertificate.self)
+    }
+}
+
+/// The consensus relay (DESIGN §12): consensus payloads travel as opaque messages, except votes
+/// and timeouts. A vote of the current committee (a member's Ed25519 signature over the
+/// statement) is checked before it is counted or forwarded: its epoch's committee known, the
+/// signer a member, the signature valid, and no other vote of the same signer for the same
+/// kind, epoch and round (an equivocation: rejected, the sender penalised, and never counted).
+/// Votes are aggregated at every node; once their voting power reaches 6,667 of 10,000, the node
+/// forms the ``VoteCertificate`` and publishes it, and from then on it forwards no more votes
+/// of that statement: the certificate replaces them in propagation. A certificate received is
+/// verified against the committee before it is accepted.
+///
+/// Committees come from the verified epoch chain (`committee(epoch)`); consensus topics travel
+/// in the consensus class and go to the committee's nodes first (``setCommitteePeers(_:)``).
+public final class ConsensusRelay: Sendable {
+    /// The topic of votes and timeouts.
+    public static let votesTopic = "consensus/votes"
+    /// The topic of certificates.
+    public static let certificatesTopic = "consensus/certificates"
+    /// The topic of opaque consensus messages (proposals, anything else).
+    public static let messagesTopic = "consensus/messages"
+
+    /// The router it relays through.
+    public let router: GossipRouter
+    let committee: @Sendable (UInt64) -> Committee?
+    let state = Mutex<AggregationState>(AggregationState())
+    let certificatesOut: AsyncStream<VoteCertificate>.Continuation
+    /// Certificates as this node forms or receives them (each statement once).
+    public let certificates: AsyncStream<VoteCertificate>
+
+    struct Tally {
+        var power: UInt64 = 0
+        var signatures: [Int: Signature] = [:]
+    }
+
+    struct AggregationState {
+        var tallies: [VoteStatement: Tally] = [:]
+        var certified: Set<VoteStatement> = []
+        /// Each signer's vote by (kind, epoch, round): a second one for another digest is an equivocation.
+        var cast: [SignerRound: Digest] = [:]
+        var rejected = 0
+        var newest: (epoch: UInt64, round: UInt64) = (0, 0)
+
+        /// Rounds kept: tallies, certified statements and cast votes of rounds more than
+        /// `retainedRounds` behind the newest seen (or of earlier epochs) are forgotten, so the
+        /// state stays bounded.
+        static let retainedRounds: UInt64 = 1_000
+
+        mutating func forgetOldRounds(newest s: VoteStatement) {
+            if (s.epoch, s.round) > newest { newest = (s.epoch, s.round) }
+            guard cast.count > 100_000 || tallies.count > 10_000 else { return }
+            let floor = newest.round > Self.retainedRounds ? newest.round - Self.retainedRounds : 0
+            func old(_ e: UInt64, _ r: UInt64) -> Bool { e < newest.epoch || (e == newest.epoch && r < floor) }
+            cast = cast.filter { !old($0.key.epoch, $0.key.round) }
+            tallies = tallies.filter { !old($0.key.epoch, $0.key.round) }
+            certified = certified.filter { !old($0.epoch, $0.round) }
+        }
+    }
+
+    struct SignerRound: Hashable {
+        var kind: VoteKind
+        var epoch: UInt64
+        var round: UInt64
+        var signer: PublicKey
+    }
+
+    /// A relay on `router`; `committee` gives the verified committee of an epoch (nil: unknown).
+    public init(router: GossipRouter, committee: @escaping @Sendable (UInt64) -> Committee?) {
+        self.router = router
+        self.committee = committee
+        (certificates, certificatesOut) = AsyncStream<VoteCertificate>.makeStream(bufferingPolicy: .bufferingNewest(4_096))
+        registerTopics(preferred: [])
+    }
+
+    /// Sends consensus topics to these peers (the committee's nodes) first and keeps them in the tree.
+    public func setCommitteePeers(_ peers: Set<PeerID>) {
+        registerTopics(preferred: peers)
+    }
+
+    private func registerTopics(preferred: Set<PeerID>) {
+        var votes = TopicOptions()
+        votes.priority = .consensus
+        votes.maxMessageBytes = 1_024
+        votes.preferred = preferred
+        votes.validate = { [weak self] m in self?.checkVote(m.payload) ?? .ignore }
+        router.register(topic: Self.votesTopic, options: votes)
+        var certs = TopicOptions()
+        certs.priority = .consensus
+        certs.maxMessageBytes = 128 << 10
+        certs.preferred = preferred
+        certs.validate = { [weak self] m in self?.checkCertificate(m.payload) ?? .ignore }
+        router.register(topic: Self.certificatesTopic, options: certs)
+        var messages = TopicOptions()
+        messages.priority = .consensus
+        messages.maxMessageBytes = 4 << 20
+        messages.preferred = preferred
+        router.register(topic: Self.messagesTopic, options: messages)
+    }
+
+    /// Signs `statement` with `key` (a member's), counts the vote here and publishes it (a timeout
+    /// as a critical message).
+    @discardableResult
+    public func submitVote(_ statement: VoteStatement, key: SigningKey) -> Vote {
+        let vote = Vote(statement: statement, key: key)
+        if case .accept = checkVote(vote.bcsBytes) {
+            // A timeout is critical: acknowledged hop by hop and retried, also to peers that are
+            // unreachable for a while (a partition), so that a view change completes once it heals.
+            router.publish(topic: Self.votesTopic, payload: vote.bcsBytes, critical: statement.kind == .timeout)
+        }
+        return vote
+    }
+
+    /// Whether a certificate of `statement` is known here.
+    public func isCertified(_ statement: VoteStatement) -> Bool { state.withLock { $0.certified.contains(statement) } }
+
+    /// The voting power counted so far for `statement` (the quorum's once certified).
+    public func power(of statement: VoteStatement) -> UInt64 { state.withLock { $0.tallies[statement]?.power ?? 0 } }
+
+    /// Votes refused so far (bad signature, not a member, unknown epoch, equivocation).
+    public var rejectedVotes: Int { state.withLock { $0.rejected } }
+
+    /// The votes topic's validation: checks and counts a vote; forms and publishes the certificate
+    /// at quorum; a vote for a certified statement is ignored (not forwarded).
+    func checkVote(_ payload: [UInt8]) -> Verdict {
+        guard let vote = try? Vote(bcsBytes: payload) else { return reject("a vote that does not decode") }
+        let s = vote.statement
+        guard let committee = committee(s.epoch) else { return reject("a vote of epoch \(s.epoch), whose committee is not known") }
+        guard let index = committee.index(of: vote.signer) else { return reject("a vote of \(vote.signer.raw.short), not a member of epoch \(s.epoch)") }
+        guard s.kind == .vote || s.digest == Digest.zero else { return reject("a timeout with a digest") }
+        guard vote.signer.isValidSignature(vote.signature, for: s.signingMessage) else {
+            return reject("a vote whose signature does not verify")
+        }
+        let outcome = state.withLock { st -> (Verdict, VoteCertificate?) in
+            let key = SignerRound(kind: s.kind, epoch: s.epoch, round: s.round, signer: vote.signer)
+            if let earlier = st.cast[key], earlier != s.digest {
+                st.rejected += 1
+                return (.reject("equivocation: \(vote.signer.raw.short) voted for two digests in round \(s.round)"), nil)
+            }
+            st.cast[key] = s.digest
+            st.forgetOldRounds(newest: s)
+            if st.certified.contains(s) { return (.ignore, nil) }
+            var tally = st.tallies[s] ?? Tally()
+            guard tally.signatures[index] == nil else { return (.ignore, nil) }
+            tally.signatures[index] = vote.signature
+            tally.power += committee.members[index].votingPower
+            st.tallies[s] = tally
+            guard tally.power >= Committee.quorum else { return (.accept, nil) }
+            st.certified.insert(s)
+            var bitmap = [UInt8](repeating: 0, count: (committee.members.count + 7) / 8)
+            for i in tally.signatures.keys { bitmap[i / 8] |= 1 << (i % 8) }
+            let signatures = tally.signatures.keys.sorted().map { tally.signatures[$0]! }
+            let certificate = VoteCertificate(statement: s, certificate: QuorumCertificate(epoch: s.epoch, signers: bitmap, signatures: signatures))
+            return (.accept, certificate)
+        }
+        if let certificate = outcome.1 {
+            certificatesOut.yield(certificate)
+            router.publish(topic: Self.certificatesTopic, payload: certificate.bcsBytes)
+        }
+        return outcome.0
+    }
+
+    /// The certificates topic's validation: a certificate is accepted once it verifies against
+    /// its epoch's committee; the statement counts as certified from then on.
+    func checkCertificate(_ payload: [UInt8]) -> Verdict {
+        guard let cert = try? VoteCertificate(bcsBytes: payload) else { return reject("a certificate that does not decode") }
+        guard let committee = committee(cert.statement.epoch) else { return reject("a certificate of an unknown epoch") }
+        do {
+            try cert.verify(committee: committee)
+        } catch {
+            return reject("a certificate that does not verify: \(error)")
+        }
+        let fresh = state.withLock { $0.certified.insert(cert.statement).inserted }
+        if fresh { certificatesOut.yield(cert) }
+        return fresh ? .accept : .ignore
+    }
+
+    private func reject(_ why: String) -> Verdict {
+        state.withLock { $0.rejected += 1 }
+        return .reject(why)
+    }
+}
