@@ -156,7 +156,7 @@ let package = Package(
         .executableTarget(
             name: "soma-bench",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaNet", "SomaDevnet", "CJemalloc",
+                "SomaCore", "SomaStore", "SomaNet", "SomaGossip", "SomaDevnet", "CJemalloc",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -251,6 +251,8 @@ public final class ConsensusRelay: Sendable {
         guard let committee = committee(s.epoch) else { return reject("a vote of epoch \(s.epoch), whose committee is not known") }
         guard let index = committee.index(of: vote.signer) else { return reject("a vote of \(vote.signer.raw.short), not a member of epoch \(s.epoch)") }
         guard s.kind == .vote || s.digest == Digest.zero else { return reject("a timeout with a digest") }
+        // A vote for a certified statement is not needed: not checked, counted or forwarded.
+        if state.withLock({ $0.certified.contains(s) }) { return .ignore }
         guard vote.signer.isValidSignature(vote.signature, for: s.signingMessage) else {
             return reject("a vote whose signature does not verify")
         }
@@ -287,6 +289,9 @@ public final class ConsensusRelay: Sendable {
     /// its epoch's committee; the statement counts as certified from then on.
     func checkCertificate(_ payload: [UInt8]) -> Verdict {
         guard let cert = try? VoteCertificate(bcsBytes: payload) else { return reject("a certificate that does not decode") }
+        // Another node's certificate of a statement certified here (every node aggregates, so
+        // several form one): not verified again, not forwarded.
+        if state.withLock({ $0.certified.contains(cert.statement) }) { return .ignore }
         guard let committee = committee(cert.statement.epoch) else { return reject("a certificate of an unknown epoch") }
         do {
             try cert.verify(committee: committee)

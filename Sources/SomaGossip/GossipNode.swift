@@ -14,6 +14,12 @@ public struct ClientLink: GossipLink {
 
     /// Writes a gossip frame (method 24, one-way).
     public func send(_ frame: [UInt8]) { client.send(.gossip, frame) }
+
+    /// Closes the connection.
+    public func disconnect() {
+        let client = self.client
+        Task { await client.close() }
+    }
 }
 
 /// A gossip link over a connection a peer opened to this node.
@@ -26,6 +32,9 @@ public struct InboundLink: GossipLink {
 
     /// Writes a gossip frame (method 24, one-way).
     public func send(_ frame: [UInt8]) { peer.send(.gossip, frame) }
+
+    /// Closes the connection.
+    public func disconnect() { peer.close() }
 }
 
 /// Answers no history request: a node that only gossips.

@@ -8,6 +8,13 @@ import Synchronization
 public protocol GossipLink: Sendable {
     /// Sends one gossip frame's payload (``GossipFrame/bytes``: the priority byte first).
     func send(_ frame: [UInt8])
+    /// Closes the connection (a peer past the penalty limit).
+    func disconnect()
+}
+
+extension GossipLink {
+    /// Nothing to close.
+    public func disconnect() {}
 }
 
 /// What a topic's validation hook decides about a message before it is delivered or forwarded.
@@ -165,8 +172,8 @@ public final class GossipRouter: Sendable {
     public let localID: PeerID
     /// The tunables.
     public let configuration: GossipConfiguration
-    /// Told once when a peer's penalty reaches the limit (with the last reason); the node
-    /// disconnects or bans it.
+    /// Told once when a peer's penalty reaches the limit (with the last reason), as its link is
+    /// closed; the node may also ban it.
     public let onMisbehaving: @Sendable (PeerID, String) -> Void
     let logger: Logger
     let state: Mutex<RouterState>
@@ -363,18 +370,23 @@ public final class GossipRouter: Sendable {
         deliverSends(sends)
     }
 
-    /// Adds penalty points to `peer`; at the limit, ``onMisbehaving`` is told once.
+    /// Adds penalty points to `peer`; at the limit, ``onMisbehaving`` is told once and the
+    /// peer's link is closed.
     func penalise(_ peer: PeerID, points: Double, _ reason: String) {
-        let report = state.withLock { s -> Bool in
-            guard var p = s.peers[peer] else { return false }
+        let link = state.withLock { s -> (any GossipLink)? in
+            guard var p = s.peers[peer] else { return nil }
             p.penalty += points
             let crossed = p.penalty >= configuration.penaltyLimit && !p.reported
             if crossed { p.reported = true }
             s.peers[peer] = p
-            return crossed
+            return crossed ? p.link : nil
         }
         logger.debug("gossip penalty", metadata: ["peer.id": "\(peer.raw.short)", "reason": "\(reason)"])
-        if report { onMisbehaving(peer, reason) }
+        if let link {
+            logger.notice("disconnecting a misbehaving gossip peer", metadata: ["peer.id": "\(peer.raw.short)", "reason": "\(reason)"])
+            onMisbehaving(peer, reason)
+            link.disconnect()
+        }
     }
 
     // MARK: Timers

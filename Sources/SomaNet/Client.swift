@@ -309,6 +309,7 @@ public final class PeerClient: Sendable {
         allowed: Set<PeerID>? = nil
     ) throws {
         let ops = channel.pipeline.syncOperations
+        if let shape = configuration.linkShape { try ops.addHandler(LinkShaper(shape: shape)) }
         if let tls {
             try ops.addHandler(NIOSSLClientHandler(context: tls.clientContext, serverHostname: nil) { chain, promise in
                 promise.succeed(TLSIdentity.verify(chain, expected: expectedPeer))

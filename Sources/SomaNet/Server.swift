@@ -41,6 +41,8 @@ public struct NetConfiguration: Sendable {
     public var maxStreamBytes = 128 << 20
     /// How outgoing frames are ordered: priority classes and fragments (DESIGN §8).
     public var writeScheduling = WriteScheduling()
+    /// An emulated link in front of every socket (tests, demos, benchmarks; `nil`: none).
+    public var linkShape: LinkShape?
     /// Bytes a socket may hold not yet sent (Linux `TCP_NOTSENT_LOWAT`; `nil`: the kernel's
     /// default, unbounded): what an urgent frame can find queued in the kernel ahead of it.
     /// Bytes sent but not yet acknowledged are not counted, so throughput over long links is kept.
@@ -85,6 +87,9 @@ public struct InboundPeer: Sendable {
     /// Completes when the connection closes.
     public let closed: EventLoopFuture<Void>?
     let channel: (any Channel)?
+
+    /// Closes the connection.
+    public func close() { channel?.close(promise: nil) }
 
     /// Sends a one-way message (such as a gossip frame) to the peer on this connection; nothing
     /// once it closed.
@@ -574,6 +579,7 @@ public final class NetServer: Sendable {
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations
+                    if let shape = configuration.linkShape { try ops.addHandler(LinkShaper(shape: shape)) }
                     if let idle = configuration.idleTimeout {
                         try ops.addHandler(IdleStateHandler(readTimeout: idle))
                         try ops.addHandler(IdleCloser())
