@@ -84,7 +84,8 @@ public struct GossipConfiguration: Sendable {
     /// How often announcements (`have`) go to lazy peers.
     public var haveInterval: Duration = .milliseconds(20)
     /// How long an announced message may stay missing before it is pulled (`want`) from the
-    /// next peer that announced it.
+    /// next peer that announced it, at least (the router lengthens it while pulls turn out
+    /// premature, up to 1 s).
     public var missingTimeout: Duration = .milliseconds(100)
     /// Message ids remembered (the oldest go first).
     public var seenCapacity = 200_000

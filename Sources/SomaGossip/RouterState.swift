@@ -119,6 +119,12 @@ struct RouterState {
     var penalties: [(PeerID, Double, String)] = []
     var nextHave = ContinuousClock.now
     var stats = GossipStatistics()
+    /// How long an announced message may stay missing before it is pulled: it adapts to how
+    /// long eager copies take here (a pull answered by an eager copy from another peer was
+    /// premature and lengthens it by a quarter, up to 1 s; a pull that was needed shortens it
+    /// slowly back towards the configured value), so a loaded or slow network does not turn
+    /// into pulls and grafts.
+    var missingTimeout: Duration
 
     /// Most missing messages tracked at once (announcements beyond are ignored).
     static let maxMissing = 65_536
@@ -127,6 +133,7 @@ struct RouterState {
 
     init(configuration: GossipConfiguration) {
         self.configuration = configuration
+        self.missingTimeout = configuration.missingTimeout
     }
 
     /// A new peer joins a topic: eager while the tree has room, lazy after.
@@ -207,7 +214,15 @@ struct RouterState {
         }
         let expiry = now + configuration.seenTTL
         // Peers that announced it hold it too.
-        let announcers = missing.removeValue(forKey: id)?.announcers ?? []
+        let missed = missing.removeValue(forKey: id)
+        let announcers = missed?.announcers ?? []
+        if let missed, !missed.asked.isEmpty {
+            if missed.asked.contains(peer) {
+                missingTimeout = max(configuration.missingTimeout, missingTimeout * 0.95)
+            } else {
+                missingTimeout = min(.seconds(1), missingTimeout * 1.25)
+            }
+        }
         seen[id] = SeenEntry(
             topic: m.topic, expiry: expiry, holders: Set(announcers).union([peer]), encoded: nil, critical: m.critical, pending: true)
         seenOrder.append((id, expiry))
@@ -270,11 +285,11 @@ struct RouterState {
                 if missing[id]!.announcers.count < Self.maxAnnouncers, !missing[id]!.announcers.contains(peer) {
                     missing[id]!.announcers.append(peer)
                     // A parked entry (everyone asked) has someone new to ask.
-                    missing[id]!.deadline = min(missing[id]!.deadline, now + configuration.missingTimeout)
+                    missing[id]!.deadline = min(missing[id]!.deadline, now + missingTimeout)
                 }
             } else if missing.count < Self.maxMissing {
                 missing[id] = MissingEntry(
-                    topic: topic, announcers: [peer], deadline: now + configuration.missingTimeout, expiry: now + configuration.seenTTL)
+                    topic: topic, announcers: [peer], deadline: now + missingTimeout, expiry: now + configuration.seenTTL)
             }
         }
     }
@@ -373,7 +388,7 @@ struct RouterState {
                 stats.grafts += 1
             }
             missing[id]!.asked.insert(next)
-            missing[id]!.deadline = now + configuration.missingTimeout
+            missing[id]!.deadline = now + missingTimeout
         }
         for (key, r) in retries where r.retryAt <= now {
             if now >= r.giveUpAt {
