@@ -135,6 +135,9 @@ public struct GossipStatistics: Sendable, Equatable {
     /// Frames sent and their bytes (gossip payload bytes plus the 16-byte frame header each).
     public var framesSent = 0
     public var bytesSent = 0
+    /// Bytes of message items and of announcement items (`have`) among them.
+    public var messageBytes = 0
+    public var haveBytes = 0
     /// Messages dropped by validation, throttling or decoding, and frames that did not decode.
     public var rejected = 0
     public var throttled = 0

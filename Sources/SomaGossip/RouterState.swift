@@ -475,6 +475,11 @@ struct RouterState {
                     size = 0
                 }
                 for item in items {
+                    switch item {
+                    case .message: stats.messageBytes += item.sizeHint
+                    case .have: stats.haveBytes += item.sizeHint
+                    default: break
+                    }
                     if !batch.isEmpty && (size + item.sizeHint > configuration.batchBytes || batch.count == GossipLimits.maxItems) { send() }
                     batch.append(item)
                     size += item.sizeHint

@@ -40,6 +40,7 @@ struct GossipBench: AsyncParsableCommand {
         line("bytes sent / (payload x receivers)", fmt(spread.bytesRatio, 2), "goal <= 1.2; \(spread.payload)-byte messages")
         line("propagation latency p50 / p99", "\(fmt(spread.p50, 1)) / \(fmt(spread.p99, 1)) ms", "\(spread.deliveries) deliveries")
         line("pulls (want) / prunes", "\(spread.pulled) / \(spread.prunes)")
+        line("bytes: messages / announcements / rest", "\(fmt(spread.messageShare * 100, 0))% / \(fmt(spread.haveShare * 100, 0))% / \(fmt((1 - spread.messageShare - spread.haveShare) * 100, 0))%")
 
         print("\n== vote to certificate: \(nodes) validators of equal power, each votes; the certificate at every node")
         let certs = try await voteToCertificate(group: group)
@@ -131,6 +132,8 @@ struct GossipBench: AsyncParsableCommand {
         var deliveries: Int
         var pulled: Int
         var prunes: Int
+        var messageShare: Double
+        var haveShare: Double
     }
 
     /// The nodes of a random graph, connected over shaped TLS links, carrying `topics`.
@@ -198,7 +201,9 @@ struct GossipBench: AsyncParsableCommand {
             p50: delivered.isEmpty ? 0 : delivered[delivered.count / 2], p99: delivered.isEmpty ? 0 : delivered[delivered.count * 99 / 100],
             deliveries: delivered.count,
             pulled: zip(after, before).reduce(0) { $0 + $1.0.pulled - $1.1.pulled },
-            prunes: zip(after, before).reduce(0) { $0 + $1.0.prunes - $1.1.prunes })
+            prunes: zip(after, before).reduce(0) { $0 + $1.0.prunes - $1.1.prunes },
+            messageShare: Double(zip(after, before).reduce(0) { $0 + $1.0.messageBytes - $1.1.messageBytes }) / Double(max(1, bytes)),
+            haveShare: Double(zip(after, before).reduce(0) { $0 + $1.0.haveBytes - $1.1.haveBytes }) / Double(max(1, bytes)))
     }
 
     // MARK: Vote to certificate
