@@ -120,7 +120,7 @@ let package = Package(
         .target(
             name: "SomaNode",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery",
+                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery", "SomaGossip",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -221,7 +221,7 @@ let package = Package(
         .testTarget(
             name: "SomaNodeTests",
             dependencies: [
-                "SomaNode", "SomaStore", "SomaDiscovery", "SomaCore", "SomaDevnet", "SomaTestSupport", "SomaNet", "SomaSync",
+                "SomaNode", "SomaStore", "SomaDiscovery", "SomaCore", "SomaDevnet", "SomaTestSupport", "SomaNet", "SomaSync", "SomaGossip",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

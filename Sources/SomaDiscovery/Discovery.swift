@@ -93,7 +93,8 @@ public final class Discovery: Sendable {
     let logger: Logger
     let held: @Sendable () async -> (holds: [HeldRange], snapshotEpochs: [UInt64])
     let pushes: AsyncStream<PushedCheckpoint>.Continuation?
-    let onConnect: @Sendable (PeerID) -> Void
+    let onConnect: @Sendable (PeerClient) -> Void
+    let gossip: GossipInbox?
     let state = Mutex(State())
     let metrics: DiscoveryMetrics
     let diversity: OutboundDiversity
@@ -120,11 +121,13 @@ public final class Discovery: Sendable {
     ///   - table: the peer table (load it first).
     ///   - held: what this node holds now (its record advertises it).
     ///   - pushes: where checkpoints that peers push on outbound connections go.
-    ///   - onConnect: told of every new outbound connection (sync takes it as a source).
+    ///   - onConnect: told of every new outbound connection (sync takes it as a source, gossip a link).
+    ///   - gossip: where the gossip frames of outbound connections go, if given.
     public init(
         key: SigningKey, chainID: Digest, table: PeerTable, configuration: DiscoveryConfiguration = DiscoveryConfiguration(),
         net: NetConfiguration = NetConfiguration(), group: any EventLoopGroup, logger: Logger,
-        pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil, onConnect: @escaping @Sendable (PeerID) -> Void = { _ in },
+        pushes: AsyncStream<PushedCheckpoint>.Continuation? = nil, onConnect: @escaping @Sendable (PeerClient) -> Void = { _ in },
+        gossip: GossipInbox? = nil,
         held: @escaping @Sendable () async -> (holds: [HeldRange], snapshotEpochs: [UInt64]) = { ([], []) }
     ) {
         self.key = key
@@ -136,6 +139,7 @@ public final class Discovery: Sendable {
         self.held = held
         self.pushes = pushes
         self.onConnect = onConnect
+        self.gossip = gossip
         self.identity = HandshakeIdentity(key: key, chainID: chainID, nodeInfoSlot: NodeInfoSlot())
         self.metrics = DiscoveryMetrics()
         self.diversity = OutboundDiversity(maxPerGroup: configuration.maxOutboundPerGroup)
@@ -330,7 +334,7 @@ public final class Discovery: Sendable {
         let client: PeerClient
         do {
             client = try await PeerClient.connect(host: host, port: port, identity: identity, configuration: net, group: group, pushes: pushes, expectedPeer: expected,
-                                                 allowed: configuration.access == .private ? configuration.allowedPeers : nil)
+                                                 allowed: configuration.access == .private ? configuration.allowedPeers : nil, gossip: gossip)
         } catch {
             report.dialFailures += 1
             metrics.dials(false).increment()
@@ -386,7 +390,7 @@ public final class Discovery: Sendable {
         }
         await table.noteConnected(client.peerID, address: address, latencyMs: latency, nowMs: Discovery.nowMs())
         logger.info("connected to peer", metadata: ["peer.address": "\(address)", "peer.id": "\(client.peerID.raw.short)"])
-        onConnect(client.peerID)
+        onConnect(client)
         return nil
     }
 

@@ -138,19 +138,18 @@ public struct VoteCertificate: Hashable, Sendable, BCSCodable {
 /// in the consensus class and go to the committee's nodes first (``setCommitteePeers(_:)``).
 public final class ConsensusRelay: Sendable {
     /// The topic of votes and timeouts.
-    public static let votesTopic = "consensus/votes"
+    public static let votesTopic = "consensus.votes"
     /// The topic of certificates.
-    public static let certificatesTopic = "consensus/certificates"
+    public static let certificatesTopic = "consensus.certificates"
     /// The topic of opaque consensus messages (proposals, anything else).
-    public static let messagesTopic = "consensus/messages"
+    public static let messagesTopic = "consensus.messages"
 
     /// The router it relays through.
     public let router: GossipRouter
     let committee: @Sendable (UInt64) -> Committee?
     let state = Mutex<AggregationState>(AggregationState())
-    let certificatesOut: AsyncStream<VoteCertificate>.Continuation
-    /// Certificates as this node forms or receives them (each statement once).
-    public let certificates: AsyncStream<VoteCertificate>
+    let subscribers = Mutex<[Int: AsyncStream<VoteCertificate>.Continuation]?>([:])
+    let nextSubscriber = Atomic<Int>(0)
 
     struct Tally {
         var power: UInt64 = 0
@@ -192,8 +191,34 @@ public final class ConsensusRelay: Sendable {
     public init(router: GossipRouter, committee: @escaping @Sendable (UInt64) -> Committee?) {
         self.router = router
         self.committee = committee
-        (certificates, certificatesOut) = AsyncStream<VoteCertificate>.makeStream(bufferingPolicy: .bufferingNewest(4_096))
         registerTopics(preferred: [])
+    }
+
+    /// Certificates as this node forms or receives them from now on (each statement once); the
+    /// stream ends when ``finishSubscribers()`` is called.
+    public func subscribeCertificates() -> AsyncStream<VoteCertificate> {
+        let (stream, continuation) = AsyncStream<VoteCertificate>.makeStream(bufferingPolicy: .bufferingNewest(4_096))
+        let key = nextSubscriber.add(1, ordering: .relaxed).newValue
+        let open = subscribers.withLock { s -> Bool in
+            guard s != nil else { return false }
+            s![key] = continuation
+            return true
+        }
+        guard open else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in self?.subscribers.withLock { _ = $0?.removeValue(forKey: key) } }
+        return stream
+    }
+
+    /// Ends every certificate stream (a stopping node).
+    public func finishSubscribers() {
+        for c in subscribers.withLock({ s in defer { s = nil }; return Array(s?.values ?? [:].values) }) { c.finish() }
+    }
+
+    func announce(_ certificate: VoteCertificate) {
+        for c in subscribers.withLock({ Array($0?.values ?? [:].values) }) { c.yield(certificate) }
     }
 
     /// Sends consensus topics to these peers (the committee's nodes) first and keeps them in the tree.
@@ -232,6 +257,17 @@ public final class ConsensusRelay: Sendable {
             router.publish(topic: Self.votesTopic, payload: vote.bcsBytes, critical: statement.kind == .timeout)
         }
         return vote
+    }
+
+    /// Counts and publishes a vote a member signed elsewhere (a consensus component in another
+    /// process), after the checks a peer's vote passes.
+    /// - Returns: the verdict (`ignore`: already counted, or the statement is certified).
+    public func submit(_ vote: Vote) -> Verdict {
+        let verdict = checkVote(vote.bcsBytes)
+        if case .accept = verdict {
+            router.publish(topic: Self.votesTopic, payload: vote.bcsBytes, critical: vote.statement.kind == .timeout)
+        }
+        return verdict
     }
 
     /// Whether a certificate of `statement` is known here.
@@ -279,7 +315,7 @@ public final class ConsensusRelay: Sendable {
             return (.accept, certificate)
         }
         if let certificate = outcome.1 {
-            certificatesOut.yield(certificate)
+            announce(certificate)
             router.publish(topic: Self.certificatesTopic, payload: certificate.bcsBytes)
         }
         return outcome.0
@@ -299,7 +335,7 @@ public final class ConsensusRelay: Sendable {
             return reject("a certificate that does not verify: \(error)")
         }
         let fresh = state.withLock { $0.certified.insert(cert.statement).inserted }
-        if fresh { certificatesOut.yield(cert) }
+        if fresh { announce(cert) }
         return fresh ? .accept : .ignore
     }
 

@@ -50,15 +50,17 @@ struct NoHistory: HistoryServing {
 
 /// Keeps one link per peer for a router: a peer may be connected both ways; the newest
 /// connection carries its gossip, and closing an older one does not remove the peer.
-final class LinkTable: Sendable {
-    let router: GossipRouter
+public final class GossipLinks: Sendable {
+    /// The router the links feed.
+    public let router: GossipRouter
     private let current = Mutex<[PeerID: Int]>([:])
     private let counter = Atomic<Int>(0)
 
-    init(router: GossipRouter) { self.router = router }
+    /// Links for `router`.
+    public init(router: GossipRouter) { self.router = router }
 
     /// Gives `peer`'s gossip to `link` until `closed` completes.
-    func add(_ peer: PeerID, link: any GossipLink, closed: EventLoopFuture<Void>?) {
+    public func add(_ peer: PeerID, link: any GossipLink, closed: EventLoopFuture<Void>?) {
         let token = counter.add(1, ordering: .relaxed).newValue
         current.withLock { $0[peer] = token }
         router.addPeer(peer, link: link)
@@ -85,11 +87,11 @@ public final class GossipNode: Sendable {
     public let identity: HandshakeIdentity
     let net: NetConfiguration
     let group: any EventLoopGroup
-    let links: LinkTable
+    let links: GossipLinks
     let clients = Mutex<[PeerClient]>([])
     let tasks = Mutex<[Task<Void, Never>]>([])
 
-    private init(router: GossipRouter, server: NetServer, identity: HandshakeIdentity, net: NetConfiguration, group: any EventLoopGroup, links: LinkTable) {
+    private init(router: GossipRouter, server: NetServer, identity: HandshakeIdentity, net: NetConfiguration, group: any EventLoopGroup, links: GossipLinks) {
         self.router = router
         self.server = server
         self.identity = identity
@@ -110,7 +112,7 @@ public final class GossipNode: Sendable {
         let identity = HandshakeIdentity(key: key, chainID: chainID)
         let router = GossipRouter(localID: key.publicKey, configuration: gossip, logger: logger)
         for (t, o) in topics { router.register(topic: t, options: o) }
-        let links = LinkTable(router: router)
+        let links = GossipLinks(router: router)
         let (inbound, continuation) = AsyncStream<InboundPeer>.makeStream()
         let server = try await NetServer.start(
             host: host, port: port, identity: identity, service: NoHistory(), configuration: net, group: group, logger: logger,

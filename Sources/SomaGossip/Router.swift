@@ -196,6 +196,19 @@ public final class GossipRouter: Sendable {
 
     // MARK: Topics, peers, subscribers
 
+    /// Ends every subscriber's stream (a stopping node: its readers, such as event streams of
+    /// its HTTP API, end too).
+    public func finishSubscribers() {
+        let all = state.withLock { s -> [AsyncStream<GossipMessage>.Continuation] in
+            defer {
+                s.subscribers = [:]
+                s.subscribersClosed = true
+            }
+            return s.subscribers.values.flatMap(\.values)
+        }
+        for c in all { c.finish() }
+    }
+
     /// Carries `topic` with `options` (replacing earlier options). Messages of topics not
     /// registered are neither delivered nor forwarded.
     public func register(topic: String, options: TopicOptions = TopicOptions()) {
@@ -211,13 +224,19 @@ public final class GossipRouter: Sendable {
         }
     }
 
-    /// The messages of `topic` received from now on (and those this node publishes: no).
+    /// The messages of `topic` received from now on (not those this node publishes); the stream
+    /// ends when ``finishSubscribers()`` is called.
     public func subscribe(topic: String) -> AsyncStream<GossipMessage> {
         let (stream, continuation) = AsyncStream<GossipMessage>.makeStream(bufferingPolicy: .bufferingNewest(configuration.subscriberBuffer))
-        let key = state.withLock { s -> Int in
+        let key = state.withLock { s -> Int? in
+            guard !s.subscribersClosed else { return nil }
             s.nextSubscriber += 1
             s.subscribers[topic, default: [:]][s.nextSubscriber] = continuation
             return s.nextSubscriber
+        }
+        guard let key else {
+            continuation.finish()
+            return stream
         }
         continuation.onTermination = { [weak self] _ in
             self?.state.withLock { s in _ = s.subscribers[topic]?.removeValue(forKey: key) }
@@ -263,6 +282,19 @@ public final class GossipRouter: Sendable {
     public func tree(topic: String) -> (eager: Set<PeerID>, lazy: Set<PeerID>) {
         state.withLock { s in (s.topics[topic]?.eager ?? [], s.topics[topic]?.lazy ?? []) }
     }
+
+    /// What `topic`'s validation says of `payload` as if a peer had sent it (`nil`: the topic
+    /// is not carried). An out-of-process publisher's messages go through it first: the node
+    /// forwards nothing its peers would reject.
+    public func check(topic: String, payload: [UInt8]) -> Verdict? {
+        guard let options = state.withLock({ $0.topics[topic]?.options }) else { return nil }
+        guard payload.count <= options.maxMessageBytes else { return .reject("\(payload.count) bytes, the topic allows \(options.maxMessageBytes)") }
+        let id = GossipItem.Message.id(topic: topic, payload: payload)
+        return options.validate(GossipMessage(id: id, topic: topic, payload: payload, from: nil, critical: false))
+    }
+
+    /// The topics carried.
+    public var topics: [String] { state.withLock { $0.topics.keys.sorted() } }
 
     /// Whether this node holds (or held, within the TTL) the message.
     public func hasSeen(_ id: MessageID) -> Bool { state.withLock { $0.seen[id] != nil } }

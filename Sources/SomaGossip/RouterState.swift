@@ -108,6 +108,7 @@ struct RouterState {
     var topics: [String: TopicState] = [:]
     var subscribers: [String: [Int: AsyncStream<GossipMessage>.Continuation]] = [:]
     var nextSubscriber = 0
+    var subscribersClosed = false
     var seen: [MessageID: SeenEntry] = [:]
     var seenOrder = CircularBuffer<(MessageID, ContinuousClock.Instant)>()
     var retainOrder = CircularBuffer<(MessageID, Int)>()

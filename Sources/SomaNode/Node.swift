@@ -7,6 +7,7 @@ import ServiceLifecycle
 public import UnixSignals
 public import SomaCore
 public import SomaDiscovery
+import SomaGossip
 public import SomaNet
 public import SomaStore
 public import SomaSync
@@ -37,6 +38,8 @@ public final class Node: Sendable {
     public let server: NetServer?
     /// The sync follower: catches up from the sources and follows the tip.
     public let follower: TipFollower
+    /// Message propagation and the consensus relay over the node's connections.
+    public let gossip: NodeGossip
     /// The connections sync draws from (discovery's, or those a test node was given).
     let sources: @Sendable () async -> [SourceOffer]
     let group: MultiThreadedEventLoopGroup
@@ -75,7 +78,7 @@ public final class Node: Sendable {
     init(
         configuration: NodeConfiguration, genesis: Genesis, key: SigningKey, store: NodeStore, group: MultiThreadedEventLoopGroup,
         status: NodeStatus, events: EventHub, discovery: Discovery?, server: NetServer?, follower: TipFollower,
-        sources: @escaping @Sendable () async -> [SourceOffer], wiring: Wiring,
+        sources: @escaping @Sendable () async -> [SourceOffer], wiring: Wiring, gossip: NodeGossip,
         logger: Logger, metrics: PrometheusCollectorRegistry?, producer: (any CheckpointProducer)?,
         onListening: @escaping @Sendable (NodeBuilder.Endpoint, String, Int) -> Void
     ) {
@@ -89,6 +92,7 @@ public final class Node: Sendable {
         self.discovery = discovery
         self.server = server
         self.follower = follower
+        self.gossip = gossip
         self.sources = sources
         self.wiring = wiring
         self.logger = logger
@@ -181,12 +185,24 @@ public final class Node: Sendable {
                 await server.shutdown(drain: .seconds(drain))
             })
         }
+        parts.append(Part("gossip") { [gossip, store] in
+            await cancelWhenGracefulShutdownIgnoringCancel { await gossip.run(store: store) }
+        })
         if let discovery {
-            parts.append(Part("discovery") { [wiring] in
+            parts.append(Part("discovery") { [wiring, gossip] in
                 await cancelWhenGracefulShutdownIgnoringCancel {
                     await withTaskGroup(of: Void.self) { tasks in
                         tasks.addTask { await discovery.run() }
-                        tasks.addTask { await discovery.consume(inbound: wiring.inbound) }
+                        // Peers that dial in: a gossip link each, and their records to discovery.
+                        let (records, recordsIn) = AsyncStream.makeStream(of: InboundPeer.self, bufferingPolicy: .bufferingNewest(256))
+                        tasks.addTask { await discovery.consume(inbound: records) }
+                        tasks.addTask {
+                            for await peer in wiring.inbound {
+                                gossip.links.add(peer.peerID, link: InboundLink(peer: peer), closed: peer.closed)
+                                recordsIn.yield(peer)
+                            }
+                            recordsIn.finish()
+                        }
                     }
                 }
                 await discovery.close()

@@ -5,6 +5,7 @@ import NIOPosix
 public import Prometheus
 import SomaCore
 import SomaDiscovery
+import SomaGossip
 import SomaNet
 import SomaStore
 public import SomaSync
@@ -91,10 +92,12 @@ public struct NodeBuilder: Sendable {
             await events.advance(to: try await store.watermark(.highestSynced)?.seq ?? 0)
             let status = NodeStatus(chainID: genesis.chainID, peerID: "\(key.publicKey)", mode: store.configuration.mode, readyWithin: config.http.readyWithin)
             let wiring = Node.Wiring()
+            let gossip = NodeGossip(key: key, logger: logger)
+            await gossip.refresh(from: store)
             var discovery: Discovery? = nil
             var server: NetServer? = nil
             if network {
-                (discovery, server) = try await makeNetwork(genesis: genesis, key: key, store: store, group: group, wiring: wiring)
+                (discovery, server) = try await makeNetwork(genesis: genesis, key: key, store: store, group: group, wiring: wiring, gossip: gossip)
             }
             let offers: @Sendable () async -> [SourceOffer]
             if let discovery {
@@ -108,8 +111,8 @@ public struct NodeBuilder: Sendable {
                 onBan: { label, reason in events.publishBan(label: label, reason: reason) })
             return Node(
                 configuration: config, genesis: genesis, key: key, store: store, group: group, status: status, events: events,
-                discovery: discovery, server: server, follower: follower, sources: offers, wiring: wiring, logger: logger, metrics: metrics,
-                producer: producer, onListening: onListening)
+                discovery: discovery, server: server, follower: follower, sources: offers, wiring: wiring, gossip: gossip, logger: logger,
+                metrics: metrics, producer: producer, onListening: onListening)
         } catch {
             try? await group.shutdownGracefully()
             await store.close()
@@ -134,7 +137,7 @@ public struct NodeBuilder: Sendable {
 
     /// Discovery and, when serving, the peer server (bound now, so a taken port fails the build).
     func makeNetwork(
-        genesis: Genesis, key: SigningKey, store: NodeStore, group: MultiThreadedEventLoopGroup, wiring: Node.Wiring
+        genesis: Genesis, key: SigningKey, store: NodeStore, group: MultiThreadedEventLoopGroup, wiring: Node.Wiring, gossip: NodeGossip
     ) async throws -> (Discovery, NetServer?) {
         let config = configuration
         if let restore = try await store.restoreState(), config.serve {
@@ -151,7 +154,12 @@ public struct NodeBuilder: Sendable {
         settings.role = config.role ?? (store.configuration.mode == .archive ? .archive : .full)
         let discovery = Discovery(
             key: key, chainID: genesis.chainID, table: table, configuration: settings, net: config.net, group: group,
-            logger: logger, pushes: wiring.pushed, onConnect: { _ in wiring.connected.yield() }, held: { await Node.held(store) })
+            logger: logger, pushes: wiring.pushed,
+            onConnect: { client in
+                wiring.connected.yield()
+                gossip.links.add(client.peerID, link: ClientLink(client: client), closed: client.closed)
+            },
+            gossip: gossip.inbox, held: { await Node.held(store) })
         guard config.serve else { return (discovery, nil) }
         let server: NetServer
         do {
@@ -159,7 +167,7 @@ public struct NodeBuilder: Sendable {
                 host: config.listenHost, port: config.listenPort,
                 identity: discovery.identity, service: NodeServing(history: HistoryService(store: store), discovery: discovery),
                 configuration: config.net, group: group, logger: logger, pushes: wiring.pushed,
-                access: discovery.accessPolicy, inbound: wiring.inboundPeers)
+                access: discovery.accessPolicy, inbound: wiring.inboundPeers, gossip: gossip.inbox)
         } catch {
             throw NodeError.listen("the peer port", "\(config.listenHost):\(config.listenPort)", error, fix: "set listen.port in the configuration or --listen HOST:PORT")
         }

@@ -221,8 +221,9 @@ struct GossipBench: AsyncParsableCommand {
         let roundStart = Shared<[UInt64: UInt64]>([:])
         var listeners: [Task<Void, Never>] = []
         for relay in relays {
+            let stream = relay.subscribeCertificates()
             listeners.append(Task {
-                for await cert in relay.certificates {
+                for await cert in stream {
                     let now = DispatchTime.now().uptimeNanoseconds
                     if let start = roundStart.value.withLock({ $0[cert.statement.round] }) {
                         latencies.value.withLock { $0.append(Double(now &- start) / 1e6) }

@@ -35,12 +35,13 @@ struct ConsensusRelayTests {
         let (net, keys, relays, _) = Self.validators(n, seed: UInt64(n))
         defer { net.stopAll() }
         let statement = VoteStatement(kind: .vote, epoch: 1, round: 7, digest: Hashing.sha256([UInt8(n)]))
+        let certificates0 = relays[0].subscribeCertificates()
         // A third of the members stay silent: the rest still hold a quorum (above 2/3 of 10,000).
         let silent = (n - 1) / 3
         for i in silent..<n { relays[i].submitVote(statement, key: keys[i]) }
         #expect(await eventually(10) { relays.allSatisfy { $0.isCertified(statement) } })
         // The certificate a silent node holds verifies against the committee.
-        let received = await relays[0].certificates.first { $0.statement == statement }
+        let received = await certificates0.first { $0.statement == statement }
         let committee = Self.committee(keys)
         #expect(throws: Never.self) { try received?.verify(committee: committee) }
         #expect((received?.certificate.signatures.count ?? 0) <= n - silent)

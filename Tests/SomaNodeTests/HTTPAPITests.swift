@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SomaCore
 import SomaDevnet
+import SomaGossip
 import SomaNode
 import SomaStore
 import SomaSync
@@ -68,6 +69,10 @@ final class APINode {
         try await PlainHTTPClient.get(host: "127.0.0.1", port: port, path: path, headers: headers)
     }
 
+    func post(_ path: String, _ body: String) async throws -> PlainHTTPClient.Answer {
+        try await PlainHTTPClient.post(host: "127.0.0.1", port: port, path: path, json: Array(body.utf8))
+    }
+
     func json(_ path: String) async throws -> [String: Any] {
         let a = try await get(path)
         return try #require(try JSONSerialization.jsonObject(with: Data(a.body)) as? [String: Any], "\(path): \(String(decoding: a.body, as: UTF8.self))")
@@ -82,6 +87,76 @@ final class APINode {
 
 @Suite("The HTTP API", .serialized)
 struct HTTPAPITests {
+    @Test("gossip over HTTP: a message published (a critical one with its report), votes signed elsewhere counted up to the certificate, which the certificates stream shows; refusals with their reasons")
+    func gossip() async throws {
+        let api = try await APINode("api-gossip")
+        func code(_ a: PlainHTTPClient.Answer) -> String? {
+            (try? JSONSerialization.jsonObject(with: Data(a.body)) as? [String: Any]).flatMap { ($0["error"] as? [String: Any])?["code"] as? String }
+        }
+        func body(_ a: PlainHTTPClient.Answer) throws -> [String: Any] {
+            try #require(try JSONSerialization.jsonObject(with: Data(a.body)) as? [String: Any], "\(String(decoding: a.body, as: UTF8.self))")
+        }
+        let published = try await api.post("/v1/gossip/consensus.messages", #"{"payload": "0a0b0c"}"#)
+        #expect(published.status == 202)
+        let publishedID = try body(published)["id"] as? String
+        #expect(publishedID == GossipItem.Message.id(topic: "consensus.messages", payload: [10, 11, 12]).hex)
+        let critical = try await api.post("/v1/gossip/consensus.messages", #"{"payload": "0d", "critical": true}"#)
+        let missing = try body(critical)["missing"] as? [String]
+        #expect(critical.status == 200 && missing == [])
+        for (path, text, status, expected) in [
+            ("/v1/gossip/nope", #"{"payload": "00"}"#, 404, "not_found"),
+            ("/v1/gossip/consensus.votes", #"{"payload": "00"}"#, 400, "bad_request"),
+            ("/v1/gossip/consensus.messages", #"{"payload": "zz"}"#, 400, "bad_request"),
+            ("/v1/gossip/consensus.messages", "not json", 400, "bad_request"),
+            ("/v1/consensus/votes", #"{"kind": "maybe", "epoch": 1, "round": 1, "digest": "00", "signer": "00", "signature": "00"}"#, 400, "bad_request"),
+        ] {
+            let a = try await api.post(path, text)
+            #expect(a.status == status && code(a) == expected, "\(path) \(text): \(a.status) \(String(decoding: a.body, as: UTF8.self))")
+        }
+        // Votes of the newest committee's members, signed here as a consensus process would.
+        let committee = try #require(api.node.gossip.committees.newest)
+        func power(_ k: SigningKey) -> UInt64 { committee.members[committee.index(of: k.publicKey)!].votingPower }
+        let keys = (0..<32).map { DevnetKeys.validator(seed: 14, index: $0) }.filter { committee.index(of: $0.publicKey) != nil }
+            .sorted { power($0) > power($1) }
+        #expect(keys.count == committee.members.count)
+        var needed = 0
+        var reached: UInt64 = 0
+        while reached < Committee.quorum { reached += power(keys[needed]); needed += 1 }
+        let statement = VoteStatement(kind: .vote, epoch: committee.epoch, round: 9, digest: Hashing.sha256([9]))
+        func voteJSON(_ vote: Vote) -> String {
+            #"{"kind": "vote", "epoch": \#(vote.statement.epoch), "round": 9, "digest": "\#(vote.statement.digest.hex)", "signer": "\#(vote.signer.raw.hex)", "signature": "\#(HexCoding.encode(vote.signature.bytes))"}"#
+        }
+        var forged = Vote(statement: statement, key: keys[0])
+        forged.signature = keys[1].sign(statement.signingMessage)
+        let refused = try await api.post("/v1/consensus/votes", voteJSON(forged))
+        #expect(refused.status == 400 && String(decoding: refused.body, as: UTF8.self).contains("signature"))
+        // The certificates stream, open before the quorum.
+        let curl = try #require(tool("curl"))
+        let stream = Process()
+        stream.executableURL = URL(fileURLWithPath: curl)
+        stream.arguments = ["-s", "-N", "--max-time", "4", "http://127.0.0.1:\(api.port)/v1/consensus/certificates"]
+        let out = Pipe()
+        stream.standardOutput = out
+        try stream.run()
+        try await Task.sleep(for: .milliseconds(500))
+        var powers: [UInt64] = []
+        for key in keys.prefix(needed) {
+            let a = try await api.post("/v1/consensus/votes", voteJSON(Vote(statement: statement, key: key)))
+            #expect(a.status == 202, "\(String(decoding: a.body, as: UTF8.self))")
+            powers.append(UInt64(try body(a)["power"] as? Int ?? -1))
+        }
+        var sum: UInt64 = 0
+        let expected = keys.prefix(needed).map { k -> UInt64 in
+            sum += power(k)
+            return sum
+        }
+        #expect(powers == expected && sum >= Committee.quorum && api.node.gossip.consensus.isCertified(statement), "\(powers)")
+        stream.waitUntilExit()
+        let events = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(events.contains("event: certificate") && events.contains(statement.digest.hex), "\(events)")
+        try await api.stop()
+    }
+
     @Test("every route answers what the store holds; a malformed id or number is 400, a missing one 404, a pruned one 410, each with a JSON code and a message")
     func routes() async throws {
         let api = try await APINode("api-routes")

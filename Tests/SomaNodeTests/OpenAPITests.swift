@@ -1,7 +1,9 @@
 import Foundation
 import SomaCore
+import SomaDevnet
 import SomaNode
 import SomaTestSupport
+import SomaGossip
 import Testing
 import Yams
 
@@ -118,9 +120,18 @@ struct SchemaChecker {
         }
     }
 
+    /// The operation's request body schema (JSON), resolved.
+    func requestSchema(_ template: String, method: String) -> [String: Any]? {
+        guard let op = ((document["paths"] as? [String: Any])?[template] as? [String: Any])?[method] as? [String: Any],
+              let body = op["requestBody"] as? [String: Any], let content = body["content"] as? [String: Any],
+              let json = content["application/json"] as? [String: Any]
+        else { return nil }
+        return json["schema"] as? [String: Any]
+    }
+
     /// The operation's answer for `status`, resolved.
-    func response(_ template: String, status: Int) -> [String: Any]? {
-        guard let op = ((document["paths"] as? [String: Any])?[template] as? [String: Any])?["get"] as? [String: Any],
+    func response(_ template: String, status: Int, method: String = "get") -> [String: Any]? {
+        guard let op = ((document["paths"] as? [String: Any])?[template] as? [String: Any])?[method] as? [String: Any],
               let responses = op["responses"] as? [String: Any], var r = responses["\(status)"] as? [String: Any]
         else { return nil }
         if let ref = r["$ref"] as? String { r = resolve(ref) ?? [:] }
@@ -193,11 +204,41 @@ struct OpenAPITests {
                 problems += checker.check(body, against: schema, at: path)
             }
         }
-        // The event stream itself: a 200 of text/event-stream.
+        // The posts: each body as documented, each answer as documented.
+        let committee = try #require(api.node.gossip.committees.newest)
+        let key = try #require((0..<32).map { DevnetKeys.validator(seed: 14, index: $0) }.first { committee.index(of: $0.publicKey) != nil })
+        let vote = Vote(statement: VoteStatement(kind: .vote, epoch: committee.epoch, round: 3, digest: Hashing.sha256([3])), key: key)
+        let voteBody = #"{"kind": "vote", "epoch": \#(committee.epoch), "round": 3, "digest": "\#(vote.statement.digest.hex)", "signer": "\#(key.publicKey.raw.hex)", "signature": "\#(HexCoding.encode(vote.signature.bytes))"}"#
+        let posts: [(String, String)] = [
+            ("/v1/gossip/consensus.messages", #"{"payload": "0102"}"#), ("/v1/gossip/consensus.messages", #"{"payload": "03", "critical": true}"#),
+            ("/v1/gossip/nothing", #"{"payload": "04"}"#), ("/v1/gossip/consensus.messages", #"{"payload": "x"}"#),
+            ("/v1/consensus/votes", voteBody), ("/v1/consensus/votes", #"{"kind": "vote"}"#),
+        ]
+        for (path, text) in posts {
+            let answer = try await api.post(path, text)
+            guard let template = checker.template(for: path) else { problems.append("POST \(path): no path in the document"); continue }
+            exercised.insert(template)
+            if answer.status < 300, let schema = checker.requestSchema(template, method: "post") {
+                problems += checker.check(try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8)).plain, against: schema, at: "POST \(path) body")
+            }
+            guard let response = checker.response(template, status: answer.status, method: "post") else {
+                problems.append("POST \(path): status \(answer.status) is not documented")
+                continue
+            }
+            let content = response["content"] as? [String: Any] ?? [:]
+            if let schema = (content["application/json"] as? [String: Any])?["schema"] as? [String: Any] {
+                problems += checker.check(try JSONDecoder().decode(JSONValue.self, from: Data(answer.body)).plain, against: schema, at: "POST \(path)")
+            }
+        }
+        // The event streams: a 200 of text/event-stream each.
         if let curl = tool("curl") {
-            let (_, out, _) = try run(curl, ["-s", "-N", "--max-time", "1", "-D", "-", "http://127.0.0.1:\(api.port)/v1/events"])
-            #expect(String(decoding: out, as: UTF8.self).lowercased().contains("content-type: text/event-stream"))
-            exercised.insert("/v1/events")
+            for path in ["/v1/events", "/v1/gossip/consensus.messages/events", "/v1/consensus/certificates"] {
+                let (_, out, _) = try run(curl, ["-s", "-N", "--max-time", "1", "-D", "-", "http://127.0.0.1:\(api.port)\(path)"])
+                #expect(String(decoding: out, as: UTF8.self).lowercased().contains("content-type: text/event-stream"), "\(path)")
+                if let t = checker.template(for: path) { exercised.insert(t) }
+            }
+            let missing = try await api.get("/v1/gossip/nothing/events")
+            #expect(missing.status == 404 && checker.response("/v1/gossip/{topic}/events", status: 404) != nil)
         }
         let documented = Set((document["paths"] as? [String: Any] ?? [:]).keys)
         #expect(problems.isEmpty, "\(problems.joined(separator: "\n"))")

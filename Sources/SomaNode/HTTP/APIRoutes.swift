@@ -23,6 +23,7 @@ struct APIRoutes: Sendable {
         router.get("/v1/peers") { _, _ in await peers() }
         router.get("/v1/events") { request, _ in try events(request) }
         router.get("/metrics") { _, _ in metrics() }
+        registerGossip(on: router)
         router.get("/") { _, _ in
             var headers = HTTPFields()
             headers[.contentType] = "text/html; charset=utf-8"

@@ -2,8 +2,8 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// A minimal HTTP/1.1 client for `soma-node status` and tests: one GET on a new connection,
-/// the whole answer read into memory (bounded).
+/// A minimal HTTP/1.1 client for `soma-node status` and tests: one request on a new
+/// connection, the whole answer read into memory (bounded).
 public enum PlainHTTPClient {
     /// An answer.
     public struct Answer: Sendable {
@@ -30,6 +30,21 @@ public enum PlainHTTPClient {
         host: String, port: Int, path: String, headers: [(String, String)] = [], maxBytes: Int = 64 << 20,
         timeout: Duration = .seconds(10)
     ) async throws -> Answer {
+        try await send(.GET, host: host, port: port, path: path, headers: headers, maxBytes: maxBytes, timeout: timeout)
+    }
+
+    /// POSTs `body` (JSON) to `path` on `host:port`; the same bounds as ``get(host:port:path:headers:maxBytes:timeout:)``.
+    public static func post(
+        host: String, port: Int, path: String, json body: [UInt8], maxBytes: Int = 64 << 20, timeout: Duration = .seconds(15)
+    ) async throws -> Answer {
+        try await send(.POST, host: host, port: port, path: path, headers: [("Content-Type", "application/json")], body: body,
+                       maxBytes: maxBytes, timeout: timeout)
+    }
+
+    static func send(
+        _ method: HTTPMethod, host: String, port: Int, path: String, headers: [(String, String)], body: [UInt8]? = nil, maxBytes: Int,
+        timeout: Duration
+    ) async throws -> Answer {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.seconds(5))
             .connect(host: host, port: port) { channel in
@@ -45,7 +60,9 @@ public enum PlainHTTPClient {
                     head.add(name: "Host", value: host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)")
                     head.add(name: "Connection", value: "close")
                     for (n, v) in headers { head.add(name: n, value: v) }
-                    try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: head)))
+                    if let body { head.add(name: "Content-Length", value: "\(body.count)") }
+                    try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: head)))
+                    if let body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
                     try await outbound.write(.end(nil))
                     var answer = Answer(status: 0, headers: [], body: [])
                     for try await part in inbound {
