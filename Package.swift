@@ -144,7 +144,7 @@ let package = Package(
         .executableTarget(
             name: "soma-node",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery", "SomaNode", "SomaDevnet", "CJemalloc",
+                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery", "SomaGossip", "SomaNode", "SomaDevnet", "CJemalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -55,7 +55,7 @@ struct SomaNodeCommand: AsyncParsableCommand {
 
 struct Devnet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Local development chains.", subcommands: [Generate.self, DevnetRun.self, Export.self])
+        abstract: "Local development chains.", subcommands: [Generate.self, DevnetRun.self, Export.self, DevnetGossip.self])
 }
 
 /// A command-line failure, printed as one line.

@@ -185,6 +185,21 @@ struct CommandTests {
         #expect(s9 != 0 && o9.contains("epoch 99 has not ended") && o9.contains("--snapshot latest"), "\(o9)")
     }
 
+    @Test("`devnet gossip`: 20 nodes over TLS on shaped links deliver every message to every node and form every certificate, in one JSON document")
+    func devnetGossip() throws {
+        let (status, out, err) = try run(try somaNode(), ["devnet", "gossip", "--nodes", "20", "--degree", "6", "--rounds", "3", "--json"])
+        #expect(status == 0, "\(err)")
+        let document = try #require(try JSONSerialization.jsonObject(with: out) as? [String: Any])
+        let messages = try #require(document["messages"] as? [String: Any])
+        let votes = try #require(document["votes"] as? [String: Any])
+        #expect(messages["delivered"] as? Int == 3 * 20 * 19 && messages["expected"] as? Int == 3 * 20 * 19)
+        #expect((messages["duplicatesPerDelivery"] as? Double ?? 9) < 2)
+        #expect(votes["certificates"] as? Int == 3 * 20)
+        #expect(err.contains("votes: 60 of 60 certificates"))
+        let (bad, _, badErr) = try run(try somaNode(), ["devnet", "gossip", "--nodes", "5", "--degree", "3"])
+        #expect(bad != 0 && badErr.contains("nodes x degree even"), "\(badErr)")
+    }
+
     @Test("RocksDB's own ldb lists the column families of a store soma-node wrote, and lz4 reads its blocks")
     func realTools() async throws {
         let dir = TempDir("ldb")
