@@ -124,25 +124,39 @@ public final class GossipCluster: Sendable {
     /// Each round, every node publishes one `payloadBytes`-byte message on `topic` (registered
     /// at start); then waits for every delivery (up to 20 s) and reports.
     public func disseminate(topic: String, rounds: Int, payloadBytes: Int, pause: Duration) async throws -> Dissemination {
+        try await disseminate(topic: topic, rounds: rounds, pause: pause) { node, round in
+            var payload = [UInt8(truncatingIfNeeded: node), UInt8(truncatingIfNeeded: node >> 8)]
+            payload += withUnsafeBytes(of: UInt32(round).littleEndian) { Array($0) }
+            return payload + [UInt8](repeating: 0x5a, count: max(0, payloadBytes - payload.count))
+        }
+    }
+
+    /// Each round, every node publishes the message `payload(node, round)` on `topic`; then waits
+    /// for every delivery (up to 20 s) and reports. Latency is from each message's publication
+    /// to each of its deliveries.
+    public func disseminate(
+        topic: String, rounds: Int, pause: Duration, payload: (Int, Int) -> [UInt8]
+    ) async throws -> Dissemination {
         let arrivals = Arrivals()
+        let published = PublishTimes()
         var listeners: [Task<Void, Never>] = []
         for node in nodes {
             let stream = node.router.subscribe(topic: topic)
             listeners.append(Task {
                 for await m in stream {
                     let now = DispatchTime.now().uptimeNanoseconds
-                    let sent = m.payload.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
-                    arrivals.add(Double(now &- sent) / 1e6)
+                    if let sent = published.get(m.id) { arrivals.add(Double(now &- sent) / 1e6) }
                 }
             })
         }
         let before = nodes.map(\.router.statistics)
+        var payloadBytes = 0
         for round in 0..<rounds {
             for (i, node) in nodes.enumerated() {
-                var stamp = DispatchTime.now().uptimeNanoseconds
-                var payload = withUnsafeBytes(of: &stamp) { Array($0) } + [UInt8(truncatingIfNeeded: i), UInt8(truncatingIfNeeded: i >> 8), UInt8(truncatingIfNeeded: round)]
-                payload += [UInt8](repeating: 0x5a, count: max(0, payloadBytes - payload.count))
-                node.router.publish(topic: topic, payload: payload)
+                let bytes = payload(i, round)
+                payloadBytes += bytes.count
+                published.set(GossipItem.Message.id(topic: topic, payload: bytes), DispatchTime.now().uptimeNanoseconds)
+                node.router.publish(topic: topic, payload: bytes)
             }
             try await Task.sleep(for: pause)
         }
@@ -157,10 +171,11 @@ public final class GossipCluster: Sendable {
         let latencies = arrivals.sorted
         let bytes = total(\.bytesSent)
         let delivered = max(1, latencies.count)
+        let meanPayload = Double(payloadBytes) / Double(max(1, rounds * nodes.count))
         return Dissemination(
             expected: expected, delivered: latencies.count,
             duplicatesPerDelivery: Double(total(\.duplicates)) / Double(delivered),
-            bytesPerPayloadByte: Double(bytes) / Double(max(payloadBytes, 11) * delivered),
+            bytesPerPayloadByte: Double(bytes) / (meanPayload * Double(delivered)),
             latencyP50: latencies.isEmpty ? 0 : latencies[latencies.count / 2],
             latencyP99: latencies.isEmpty ? 0 : latencies[latencies.count * 99 / 100],
             pulls: total(\.pulled), prunes: total(\.prunes),
@@ -222,6 +237,13 @@ final class Arrivals: Sendable {
     func add(_ v: Double) { values.withLock { $0.append(v) } }
     var count: Int { values.withLock { $0.count } }
     var sorted: [Double] { values.withLock { $0 }.sorted() }
+}
+
+/// When each message was published (monotonic nanoseconds).
+final class PublishTimes: Sendable {
+    private let values = Mutex<[MessageID: UInt64]>([:])
+    func set(_ id: MessageID, _ t: UInt64) { values.withLock { $0[id] = t } }
+    func get(_ id: MessageID) -> UInt64? { values.withLock { $0[id] } }
 }
 
 /// When each round started (monotonic nanoseconds).

@@ -63,6 +63,13 @@ public struct TopicOptions: Sendable {
     /// Peers that get every message of the topic first and are never pruned from its tree (the
     /// committee's nodes, for consensus topics).
     public var preferred: Set<PeerID> = []
+    /// Packs several of the topic's messages that share a frame into one item, `nil` when it
+    /// cannot (then they go one by one); `unpack` must give back exactly the payloads (their
+    /// ids are over them). Without them, messages travel one by one.
+    public var pack: (@Sendable ([[UInt8]]) -> [UInt8]?)?
+    /// The inverse of `pack`, throwing on anything that is not a packed body; at most
+    /// ``GossipLimits/maxItems`` payloads.
+    public var unpack: (@Sendable ([UInt8]) throws -> [[UInt8]])?
     /// Runs on every new message before it is delivered or forwarded (off the router's lock).
     public var validate: @Sendable (GossipMessage) -> Verdict = { _ in .accept }
 
@@ -81,6 +88,8 @@ public struct GossipConfiguration: Sendable {
     public var batchDelay: [Duration] = [.milliseconds(1), .milliseconds(3), .milliseconds(5)]
     /// A frame is sent as soon as its items hold this many bytes.
     public var batchBytes = 32 << 10
+    /// Lazy peers each message is announced to (picked at random per message).
+    public var lazyFanout = 6
     /// How often announcements (`have`) go to lazy peers.
     public var haveInterval: Duration = .milliseconds(20)
     /// How long an announced message may stay missing before it is pulled (`want`) from the
@@ -363,9 +372,10 @@ public final class GossipRouter: Sendable {
         }
         let now = ContinuousClock.now
         var fresh: [(GossipMessage, TopicOptions, GossipItem.Message)] = []
+        let items = unpacked(frame.items, from: peer)
         var sends = state.withLock { s -> [Outgoing] in
             guard s.peers[peer] != nil else { return [] }
-            for item in frame.items {
+            for item in items {
                 switch item {
                 case .message(let m):
                     if let candidate = s.screen(m, from: peer, now: now) { fresh.append(candidate) }
@@ -377,6 +387,8 @@ public final class GossipRouter: Sendable {
                     s.pruned(topic: topic, by: peer)
                 case .ack(let ids):
                     s.acknowledged(ids, by: peer, now: now)
+                case .packed:
+                    break
                 }
             }
             return s.due(now: now, force: false)
@@ -404,6 +416,29 @@ public final class GossipRouter: Sendable {
             }
         }
         deliverSends(sends)
+    }
+
+    /// The items with every packed one replaced by its messages (a body that does not unpack,
+    /// or a topic without a codec, is dropped and penalises the sender).
+    func unpacked(_ items: [GossipItem], from peer: PeerID) -> [GossipItem] {
+        guard items.contains(where: { if case .packed = $0 { true } else { false } }) else { return items }
+        var out: [GossipItem] = []
+        for item in items {
+            guard case .packed(let topic, let critical, let body) = item else {
+                out.append(item)
+                continue
+            }
+            guard let unpack = state.withLock({ $0.topics[topic]?.options.unpack }) else { continue }
+            do {
+                let payloads = try unpack(body)
+                guard payloads.count <= GossipLimits.maxItems else { throw CoreError(.lengthTooLarge, "\(payloads.count) packed messages") }
+                for p in payloads { out.append(.message(.init(topic: topic, critical: critical, compressed: false, body: p))) }
+            } catch {
+                state.withLock { $0.stats.malformed += 1 }
+                penalise(peer, points: 20, "packed \(topic) messages that do not unpack: \(error)")
+            }
+        }
+        return out
     }
 
     /// Adds penalty points to `peer`; at the limit, ``onMisbehaving`` is told once and the

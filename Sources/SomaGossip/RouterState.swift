@@ -263,7 +263,8 @@ struct RouterState {
             enqueue(.message(encoded), id: id, to: peer, priority: priority, now: now)
             seen[id]!.sentTo.insert(peer)
         }
-        for peer in topic.lazy.subtracting(preferred) where !skip.contains(peer) {
+        // Announced to at most `lazyFanout` lazy peers, picked at random for each message.
+        for peer in topic.lazy.subtracting(preferred).filter({ !skip.contains($0) }).shuffled().prefix(configuration.lazyFanout) {
             peers[peer]?.haves[entry.topic, default: []].append(id)
         }
     }
@@ -453,11 +454,11 @@ struct RouterState {
                 }
                 stats.messagesSent += queued.reduce(0) { n, e in if case .message = e.item { n + 1 } else { n } }
                 // Pulls of messages that arrived meanwhile are not sent either.
-                let items = Self.merged(queued.map(\.item)).compactMap { item -> GossipItem? in
+                let items = packed(Self.merged(queued.map(\.item)).compactMap { item -> GossipItem? in
                     guard case .want(let ids) = item else { return item }
                     let still = ids.filter { seen[$0] == nil }
                     return still.isEmpty ? nil : .want(ids: still)
-                }
+                })
                 peers[peer]!.outbox[p] = []
                 peers[peer]!.outboxBytes[p] = 0
                 peers[peer]!.dueAt[p] = nil
@@ -477,7 +478,7 @@ struct RouterState {
                 }
                 for item in items {
                     switch item {
-                    case .message: stats.messageBytes += item.sizeHint
+                    case .message, .packed: stats.messageBytes += item.sizeHint
                     case .have: stats.haveBytes += item.sizeHint
                     default: break
                     }
@@ -489,6 +490,31 @@ struct RouterState {
             }
         }
         return out
+    }
+
+    /// The items with the messages of each topic that has a codec (and of one criticality)
+    /// packed into one item where there are several, at the place of the first.
+    func packed(_ items: [GossipItem]) -> [GossipItem] {
+        var groups: [String: [Int]] = [:]
+        for (i, item) in items.enumerated() {
+            if case .message(let m) = item, !m.compressed, topics[m.topic]?.options.pack != nil {
+                groups["\(m.critical ? 1 : 0)\(m.topic)", default: []].append(i)
+            }
+        }
+        guard groups.values.contains(where: { $0.count > 1 }) else { return items }
+        var replaced: [Int: GossipItem] = [:]
+        var dropped = Set<Int>()
+        for indices in groups.values where indices.count > 1 {
+            guard case .message(let first) = items[indices[0]], let pack = topics[first.topic]?.options.pack else { continue }
+            let bodies = indices.map { i -> [UInt8] in
+                guard case .message(let m) = items[i] else { return [] }
+                return m.body
+            }
+            guard let body = pack(bodies) else { continue }
+            replaced[indices[0]] = .packed(topic: first.topic, critical: first.critical, body: body)
+            dropped.formUnion(indices.dropFirst())
+        }
+        return items.enumerated().compactMap { i, item in dropped.contains(i) ? nil : (replaced[i] ?? item) }
     }
 
     /// The items of a batch with their acknowledgements and pulls merged (one `ack` and one `want`

@@ -33,6 +33,10 @@ public enum GossipItem: Sendable, Equatable {
     case prune(topic: String)
     /// The sender received these critical messages.
     case ack(ids: [MessageID])
+    /// Several messages of `topic` in one item, in the topic's packed form (its
+    /// ``TopicOptions/pack``; votes: the statement once, then signer and signature of each):
+    /// the receiver unpacks them into the exact payloads and handles each as a message.
+    case packed(topic: String, critical: Bool, body: [UInt8])
 
     /// A message as it travels.
     public struct Message: Sendable, Equatable {
@@ -105,6 +109,7 @@ extension GossipItem {
         case .have(let t, let ids): 8 + t.utf8.count + 32 * ids.count
         case .want(let ids), .ack(let ids): 8 + 32 * ids.count
         case .prune(let t): 4 + t.utf8.count
+        case .packed(let t, _, let body): 8 + t.utf8.count + body.count
         }
     }
 
@@ -131,11 +136,16 @@ extension GossipItem {
             w.writeULEB128(4)
             w.writeLength(ids.count)
             for id in ids { w.write(id) }
+        case .packed(let topic, let critical, let body):
+            w.writeULEB128(5)
+            w.write(topic)
+            w.write(UInt8(critical ? 1 : 0))
+            w.writeBytes(body)
         }
     }
 
     init(from r: inout BCSReader) throws(CoreError) {
-        switch try r.readTag(count: 5, type: "GossipItem") {
+        switch try r.readTag(count: 6, type: "GossipItem") {
         case 0:
             let topic = try Self.readTopic(&r)
             let flags = try r.readU8()
@@ -148,8 +158,13 @@ extension GossipItem {
             self = .want(ids: try Self.readIDs(&r))
         case 3:
             self = .prune(topic: try Self.readTopic(&r))
-        default:
+        case 4:
             self = .ack(ids: try Self.readIDs(&r))
+        default:
+            let topic = try Self.readTopic(&r)
+            let flags = try r.readU8()
+            guard flags & ~1 == 0 else { throw CoreError(.unknownTag, "packed gossip flags \(flags)") }
+            self = .packed(topic: topic, critical: flags == 1, body: try r.readBytes())
         }
     }
 

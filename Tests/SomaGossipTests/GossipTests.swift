@@ -37,12 +37,30 @@ struct GossipWireTests {
         #expect(!small.compressed)
     }
 
+    @Test("votes that share a frame pack to the statement once and 96 bytes a vote, and unpack to the exact payloads; a pack that lies is refused")
+    func votePacks() throws {
+        let keys = (0..<5).map { SimNet.key(7_000 + $0) }
+        let a = VoteStatement(kind: .vote, epoch: 3, round: 8, digest: Hashing.sha256([1]))
+        let b = VoteStatement(kind: .timeout, epoch: 3, round: 9, digest: .zero)
+        let payloads = keys.map { Vote(statement: a, key: $0).bcsBytes } + keys.prefix(2).map { Vote(statement: b, key: $0).bcsBytes }
+        let pack = try #require(VotePack(votes: payloads))
+        let bytes = pack.bcsBytes
+        #expect(bytes.count == 1 + 2 * (49 + 1) + 7 * 96)
+        #expect(try VotePack(bcsBytes: bytes).payloads.sorted { $0.lexicographicallyPrecedes($1) } == payloads.sorted { $0.lexicographicallyPrecedes($1) })
+        #expect(VotePack(votes: payloads + [[1, 2, 3]]) == nil)
+        // A group of zero votes, and a count the bytes cannot back.
+        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + a.bcsBytes + [0]) }
+        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + a.bcsBytes + [0x80, 0x08]) }
+        let item = GossipItem.packed(topic: ConsensusRelay.votesTopic, critical: false, body: bytes)
+        #expect(try BCS.decode(GossipFrame.self, from: GossipFrame(priority: .consensus, items: [item]).bytes).items == [item])
+    }
+
     @Test("refused: unknown priority, tag or flags, empty or 65-byte topics, id lists of 0 or 1,025, too many items, trailing bytes")
     func refusals() {
         let id = [UInt8](repeating: 1, count: 32)
         let cases: [(String, [UInt8])] = [
             ("priority 3", [3, 0]),
-            ("unknown tag", [0, 1, 5]),
+            ("unknown tag", [0, 1, 6]),
             ("message flags 4", [0, 1, 0, 1, 0x61, 4, 0]),
             ("empty topic", [0, 1, 3, 0]),
             ("65-byte topic", [0, 1, 3, 65] + [UInt8](repeating: 0x61, count: 65)),
