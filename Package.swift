@@ -255,7 +255,7 @@ package.targets.append(
     .executableTarget(
         name: "soma-fuzz",
         dependencies: [
-            "SomaCore", "SomaStore", "SomaNet", "SomaDiscovery", "SomaNode", "SomaDevnet",
+            "SomaCore", "SomaStore", "SomaNet", "SomaDiscovery", "SomaGossip", "SomaNode", "SomaDevnet",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ],
