@@ -113,7 +113,10 @@ struct RouterState {
     var seenOrder = CircularBuffer<(MessageID, ContinuousClock.Instant)>()
     var retainOrder = CircularBuffer<(MessageID, Int)>()
     var retainedBytes = 0
-    var missing: [MessageID: MissingEntry] = [:]
+    /// Announced messages not held, by short id.
+    var missing: [ShortID: MissingEntry] = [:]
+    /// The short id of every remembered message (announcements and pulls name messages by it).
+    var shortIDs: [ShortID: MessageID] = [:]
     var retries: [RetryKey: RetryEntry] = [:]
     var trackers: [MessageID: Tracker] = [:]
     var deliveries: [Outgoing] = []
@@ -147,8 +150,11 @@ struct RouterState {
     /// Records a message this node holds (published, or accepted from a peer).
     mutating func remember(_ id: MessageID, topic: String, payload: [UInt8], encoded: GossipItem.Message, now: ContinuousClock.Instant) {
         let expiry = now + configuration.seenTTL
-        if seen[id] == nil { seenOrder.append((id, expiry)) }
-        let announcers = missing.removeValue(forKey: id)?.announcers ?? []
+        if seen[id] == nil {
+            seenOrder.append((id, expiry))
+            shortIDs[ShortID(id)] = shortIDs[ShortID(id)] ?? id
+        }
+        let announcers = missing.removeValue(forKey: ShortID(id))?.announcers ?? []
         seen[id] = SeenEntry(
             topic: topic, expiry: expiry, holders: (seen[id]?.holders ?? []).union(announcers), encoded: encoded, critical: encoded.critical,
             pending: false)
@@ -167,8 +173,13 @@ struct RouterState {
 
     mutating func trimSeen() {
         while seenOrder.count > configuration.seenCapacity, let (old, expiry) = seenOrder.popFirst() {
-            if seen[old]?.expiry == expiry { seen.removeValue(forKey: old) }
+            if seen[old]?.expiry == expiry { forget(old) }
         }
+    }
+
+    mutating func forget(_ id: MessageID) {
+        seen.removeValue(forKey: id)
+        if shortIDs[ShortID(id)] == id { shortIDs.removeValue(forKey: ShortID(id)) }
     }
 
     // MARK: Receiving
@@ -215,7 +226,7 @@ struct RouterState {
         }
         let expiry = now + configuration.seenTTL
         // Peers that announced it hold it too.
-        let missed = missing.removeValue(forKey: id)
+        let missed = missing.removeValue(forKey: ShortID(id))
         let announcers = missed?.announcers ?? []
         if let missed, !missed.asked.isEmpty {
             if missed.asked.contains(peer) {
@@ -227,6 +238,7 @@ struct RouterState {
         seen[id] = SeenEntry(
             topic: m.topic, expiry: expiry, holders: Set(announcers).union([peer]), encoded: nil, critical: m.critical, pending: true)
         seenOrder.append((id, expiry))
+        shortIDs[ShortID(id)] = shortIDs[ShortID(id)] ?? id
         trimSeen()
         return (GossipMessage(id: id, topic: m.topic, payload: payload, from: peer, critical: m.critical), options, m)
     }
@@ -278,11 +290,11 @@ struct RouterState {
     }
 
     /// `have` from a peer: the ids this node lacks become missing (pulled if they do not arrive).
-    mutating func announced(_ ids: [MessageID], topic: String, by peer: PeerID, now: ContinuousClock.Instant) {
+    mutating func announced(_ ids: [ShortID], topic: String, by peer: PeerID, now: ContinuousClock.Instant) {
         guard topics[topic] != nil else { return }
         for id in ids {
-            if seen[id] != nil {
-                seen[id]!.holders.insert(peer)
+            if let full = shortIDs[id], seen[full] != nil {
+                seen[full]!.holders.insert(peer)
             } else if missing[id] != nil {
                 if missing[id]!.announcers.count < Self.maxAnnouncers, !missing[id]!.announcers.contains(peer) {
                     missing[id]!.announcers.append(peer)
@@ -297,9 +309,10 @@ struct RouterState {
     }
 
     /// `want` from a peer: the messages it asks for, if held; it becomes eager for their topics.
-    mutating func wanted(_ ids: [MessageID], by peer: PeerID) {
+    mutating func wanted(_ shorts: [ShortID], by peer: PeerID) {
         let now = ContinuousClock.now
-        for id in ids {
+        for short in shorts {
+            guard let id = shortIDs[short] else { continue }
             // Not to a peer that has shown it holds the message since it asked (its `have` can
             // share the frame of its `want`).
             guard let entry = seen[id], let encoded = entry.encoded, let topic = topics[entry.topic], !entry.holders.contains(peer) else { continue }
@@ -366,14 +379,14 @@ struct RouterState {
                     var start = 0
                     while start < unknown.count {
                         let end = min(unknown.count, start + GossipLimits.maxIDs)
-                        enqueue(.have(topic: topic, ids: Array(unknown[start..<end])), to: peer, priority: t.options.priority, now: now)
+                        enqueue(.have(topic: topic, ids: unknown[start..<end].map(ShortID.init)), to: peer, priority: t.options.priority, now: now)
                         start = end
                     }
                 }
             }
         }
         for (id, m) in missing where m.deadline <= now {
-            guard seen[id] == nil, let t = topics[m.topic], m.deadline < m.expiry else {
+            guard shortIDs[id] == nil, let t = topics[m.topic], m.deadline < m.expiry else {
                 missing.removeValue(forKey: id)
                 continue
             }
@@ -410,7 +423,7 @@ struct RouterState {
         }
         while let (old, expiry) = seenOrder.first, expiry <= now {
             seenOrder.removeFirst()
-            if seen[old]?.expiry == expiry { seen.removeValue(forKey: old) }
+            if seen[old]?.expiry == expiry { forget(old) }
         }
     }
 
@@ -456,7 +469,7 @@ struct RouterState {
                 // Pulls of messages that arrived meanwhile are not sent either.
                 let items = packed(Self.merged(queued.map(\.item)).compactMap { item -> GossipItem? in
                     guard case .want(let ids) = item else { return item }
-                    let still = ids.filter { seen[$0] == nil }
+                    let still = ids.filter { shortIDs[$0] == nil }
                     return still.isEmpty ? nil : .want(ids: still)
                 })
                 peers[peer]!.outbox[p] = []
@@ -522,7 +535,7 @@ struct RouterState {
     static func merged(_ items: [GossipItem]) -> [GossipItem] {
         var out: [GossipItem] = []
         var acks: [MessageID] = []
-        var wants: [MessageID] = []
+        var wants: [ShortID] = []
         for item in items {
             switch item {
             case .ack(let ids): acks += ids

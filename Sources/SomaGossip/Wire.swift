@@ -7,6 +7,35 @@ import SomaStore
 /// its encoding on a link.
 public typealias MessageID = Digest
 
+/// The first 12 bytes of a message id: what announcements (`have`) and pulls (`want`) carry.
+/// Finding a second message whose id shares them with a given one takes about 2^96 hashes;
+/// even against every id a node remembers (2^18) it takes 2^78.
+public struct ShortID: Hashable, Sendable, CustomStringConvertible {
+    /// Bytes 0..<8 and 8..<12 of the id.
+    public let high: UInt64
+    public let low: UInt32
+
+    /// The short id of `id`.
+    public init(_ id: MessageID) {
+        let b = id.bytes
+        high = b[0..<8].reduce(0) { $0 << 8 | UInt64($1) }
+        low = b[8..<12].reduce(0) { $0 << 8 | UInt32($1) }
+    }
+
+    init(high: UInt64, low: UInt32) {
+        self.high = high
+        self.low = low
+    }
+
+    /// Its 12 bytes in order.
+    public var bytes: [UInt8] {
+        (0..<8).map { UInt8(truncatingIfNeeded: high >> (56 - 8 * $0)) } + (0..<4).map { UInt8(truncatingIfNeeded: low >> (24 - 8 * $0)) }
+    }
+
+    /// Hex of the 12 bytes.
+    public var description: String { HexCoding.encode(bytes) }
+}
+
 /// The limits of the gossip wire (docs/PROTOCOL.md, gossip).
 public enum GossipLimits {
     /// The longest topic name, in UTF-8 bytes.
@@ -24,10 +53,11 @@ public enum GossipItem: Sendable, Equatable {
     /// A message: topic, whether the sender wants an acknowledgement, and the payload (LZ4
     /// frame when `compressed`; the id is over the decompressed bytes).
     case message(Message)
-    /// Lazy announcement: the sender holds these messages of `topic`.
-    case have(topic: String, ids: [MessageID])
-    /// Pull: send these messages; the sender also becomes an eager peer of their topics (a graft).
-    case want(ids: [MessageID])
+    /// Lazy announcement: the sender holds these messages of `topic` (short ids).
+    case have(topic: String, ids: [ShortID])
+    /// Pull: send these messages (short ids); the sender also becomes an eager peer of their
+    /// topics (a graft).
+    case want(ids: [ShortID])
     /// The sender has these messages already: send it no more of `topic` eagerly (it moves to the
     /// lazy peers of the topic).
     case prune(topic: String)
@@ -106,8 +136,9 @@ extension GossipItem {
     var sizeHint: Int {
         switch self {
         case .message(let m): 16 + m.topic.utf8.count + m.body.count
-        case .have(let t, let ids): 8 + t.utf8.count + 32 * ids.count
-        case .want(let ids), .ack(let ids): 8 + 32 * ids.count
+        case .have(let t, let ids): 8 + t.utf8.count + 12 * ids.count
+        case .want(let ids): 8 + 12 * ids.count
+        case .ack(let ids): 8 + 32 * ids.count
         case .prune(let t): 4 + t.utf8.count
         case .packed(let t, _, let body): 8 + t.utf8.count + body.count
         }
@@ -124,11 +155,11 @@ extension GossipItem {
             w.writeULEB128(1)
             w.write(topic)
             w.writeLength(ids.count)
-            for id in ids { w.write(id) }
+            for id in ids { w.writeRaw(id.bytes) }
         case .want(let ids):
             w.writeULEB128(2)
             w.writeLength(ids.count)
-            for id in ids { w.write(id) }
+            for id in ids { w.writeRaw(id.bytes) }
         case .prune(let topic):
             w.writeULEB128(3)
             w.write(topic)
@@ -153,9 +184,9 @@ extension GossipItem {
             self = .message(Message(topic: topic, critical: flags & 1 != 0, compressed: flags & 2 != 0, body: try r.readBytes()))
         case 1:
             let topic = try Self.readTopic(&r)
-            self = .have(topic: topic, ids: try Self.readIDs(&r))
+            self = .have(topic: topic, ids: try Self.readShortIDs(&r))
         case 2:
-            self = .want(ids: try Self.readIDs(&r))
+            self = .want(ids: try Self.readShortIDs(&r))
         case 3:
             self = .prune(topic: try Self.readTopic(&r))
         case 4:
@@ -174,6 +205,22 @@ extension GossipItem {
             throw CoreError(.lengthTooLarge, "gossip topic of \(topic.utf8.count) bytes, 1...\(GossipLimits.maxTopicBytes)")
         }
         return topic
+    }
+
+    static func readShortIDs(_ r: inout BCSReader) throws(CoreError) -> [ShortID] {
+        let count = try r.readLength(minElementSize: 12)
+        guard count >= 1, count <= GossipLimits.maxIDs else {
+            throw CoreError(.lengthTooLarge, "\(count) message ids in one item, 1...\(GossipLimits.maxIDs)")
+        }
+        var ids: [ShortID] = []
+        ids.reserveCapacity(count)
+        for _ in 0..<count {
+            let high = try r.readU64()
+            let low = try r.readU32()
+            // BCS integers are little-endian; a short id is the id's first 12 bytes in order.
+            ids.append(ShortID(high: high.byteSwapped, low: low.byteSwapped))
+        }
+        return ids
     }
 
     static func readIDs(_ r: inout BCSReader) throws(CoreError) -> [MessageID] {

@@ -150,6 +150,8 @@ public final class Node: Sendable {
         guard first else { return }
         wiring.finish()
         events.finish()
+        gossip.router.finishSubscribers()
+        gossip.consensus.finishSubscribers()
         follower.stop()
         await follower.close()
         await discovery?.close()
@@ -234,11 +236,14 @@ public final class Node: Sendable {
             })
         }
         // First to hear of a stop: the status shows it while the rest winds down, and event
-        // streams end (an SSE answer would otherwise hold the HTTP API's drain open).
+        // streams (checkpoints, gossip, certificates) end (an SSE answer would otherwise hold
+        // the HTTP API's drain open, or write after the event loops are gone).
         parts.append(Part("stop signal") { [self] in
             try? await gracefulShutdown()
             status.setStopping()
             events.finish()
+            gossip.router.finishSubscribers()
+            gossip.consensus.finishSubscribers()
             logger.info("stopping")
         })
         return parts

@@ -37,7 +37,7 @@ let gossipTarget = FuzzTarget(
         return [
             GossipFrame(priority: .consensus, items: [.message(.init(topic: ConsensusRelay.votesTopic, critical: false, compressed: false, body: votes[1]))]).bytes,
             GossipFrame(priority: .consensus, items: [.packed(topic: ConsensusRelay.votesTopic, critical: false, body: VotePackBytes.of(Array(votes.dropFirst())))]).bytes,
-            GossipFrame(priority: .checkpoints, items: [.message(.init(topic: "t", critical: true, compressed: false, body: [1])), .have(topic: "t", ids: [id]), .want(ids: [id]), .ack(ids: [id]), .prune(topic: "t")]).bytes,
+            GossipFrame(priority: .checkpoints, items: [.message(.init(topic: "t", critical: true, compressed: false, body: [1])), .have(topic: "t", ids: [ShortID(id)]), .want(ids: [ShortID(id)]), .ack(ids: [id]), .prune(topic: "t")]).bytes,
         ]
     },
     run: { input in

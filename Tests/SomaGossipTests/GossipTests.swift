@@ -17,7 +17,7 @@ struct GossipWireTests {
         let id = GossipItem.Message.id(topic: "t", payload: [9])
         let frame = GossipFrame(priority: .consensus, items: [
             .message(.init(topic: "votes", critical: true, compressed: false, body: [1, 2, 3])),
-            .have(topic: "votes", ids: [id, id]), .want(ids: [id]), .prune(topic: "blocks"), .ack(ids: [id]),
+            .have(topic: "votes", ids: [ShortID(id), ShortID(id)]), .want(ids: [ShortID(id)]), .prune(topic: "blocks"), .ack(ids: [id]),
         ])
         let bytes = frame.bytes
         #expect(bytes.first == 0)

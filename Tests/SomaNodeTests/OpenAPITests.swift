@@ -233,7 +233,7 @@ struct OpenAPITests {
         // The event streams: a 200 of text/event-stream each.
         if let curl = tool("curl") {
             for path in ["/v1/events", "/v1/gossip/consensus.messages/events", "/v1/consensus/certificates"] {
-                let (_, out, _) = try run(curl, ["-s", "-N", "--max-time", "1", "-D", "-", "http://127.0.0.1:\(api.port)\(path)"])
+                let (_, out, _) = try run(curl, ["-s", "-N", "--max-time", "3", "-D", "-", "http://127.0.0.1:\(api.port)\(path)"])
                 #expect(String(decoding: out, as: UTF8.self).lowercased().contains("content-type: text/event-stream"), "\(path)")
                 if let t = checker.template(for: path) { exercised.insert(t) }
             }
