@@ -85,7 +85,7 @@ public struct GossipConfiguration: Sendable {
     /// eager peers than this: concurrent prunes on one cycle cannot cut a node off the tree.
     public var minimumEager = 2
     /// How long small messages wait to share a frame, by class (consensus, checkpoints, bulk).
-    public var batchDelay: [Duration] = [.milliseconds(1), .milliseconds(3), .milliseconds(5)]
+    public var batchDelay: [Duration] = [.milliseconds(3), .milliseconds(3), .milliseconds(5)]
     /// A frame is sent as soon as its items hold this many bytes.
     public var batchBytes = 32 << 10
     /// Lazy peers each message is announced to (picked at random per message).

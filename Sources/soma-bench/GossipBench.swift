@@ -26,6 +26,8 @@ struct GossipBench: AsyncParsableCommand {
     var lazyFanout = GossipConfiguration().lazyFanout
     @Option(help: "Eager peers a topic starts with (GossipConfiguration.meshDegree).")
     var meshDegree = GossipConfiguration().meshDegree
+    @Option(help: "How long consensus-class items wait to share a frame, milliseconds (GossipConfiguration.batchDelay).")
+    var consensusBatchMs = 3
 
     mutating func run() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
@@ -46,6 +48,7 @@ struct GossipBench: AsyncParsableCommand {
         gossip.minimumEager = minimumEager
         gossip.lazyFanout = lazyFanout
         gossip.meshDegree = meshDegree
+        gossip.batchDelay[0] = .milliseconds(consensusBatchMs)
         // The votes travel on the relay's votes topic (its packing), without its counting: no
         // statement is ever certified here, so every vote goes to every node.
         let spreading = try await GossipCluster.start(count: nodes, degree: degree, seed: 7, link: link, gossip: gossip, group: group)
