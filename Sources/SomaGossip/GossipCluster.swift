@@ -52,14 +52,8 @@ public final class GossipCluster: Sendable {
         return GossipCluster(nodes: nodes, keys: keys, graph: graph)
     }
 
-    /// A committee of the nodes' keys with equal voting power (the remainder to the first).
-    public var committee: Committee {
-        let n = UInt64(keys.count)
-        let members = keys.map(\.publicKey).sorted().enumerated().map { i, k in
-            Member(name: k, votingPower: 10_000 / n + (i == 0 ? 10_000 % n : 0), address: "")
-        }
-        return Committee(epoch: 1, members: members)
-    }
+    /// A committee of the nodes' keys with equal voting power, epoch 1.
+    public var committee: Committee { Committee.equalPower(keys.map(\.publicKey), epoch: 1) }
 
     /// Stops every node.
     public func close() async {
@@ -251,4 +245,16 @@ final class RoundStarts: Sendable {
     private let values = Mutex<[UInt64: UInt64]>([:])
     func set(_ round: UInt64, _ t: UInt64) { values.withLock { $0[round] = t } }
     func get(_ round: UInt64) -> UInt64? { values.withLock { $0[round] } }
+}
+
+extension Committee {
+    /// A committee of `names` with equal voting power (the remainder to the first member in
+    /// key order): devnets, tests and benchmarks of the consensus relay.
+    public static func equalPower(_ names: [PublicKey], epoch: UInt64) -> Committee {
+        let n = UInt64(max(1, names.count))
+        let members = names.sorted().enumerated().map { i, k in
+            Member(name: k, votingPower: 10_000 / n + (i == 0 ? 10_000 % n : 0), address: "")
+        }
+        return Committee(epoch: epoch, members: members)
+    }
 }

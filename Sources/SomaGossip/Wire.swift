@@ -207,11 +207,17 @@ extension GossipItem {
         return topic
     }
 
-    static func readShortIDs(_ r: inout BCSReader) throws(CoreError) -> [ShortID] {
-        let count = try r.readLength(minElementSize: 12)
+    /// The count of an id list, 1...``GossipLimits/maxIDs`` ids of `width` bytes.
+    static func idCount(_ r: inout BCSReader, width: Int) throws(CoreError) -> Int {
+        let count = try r.readLength(minElementSize: width)
         guard count >= 1, count <= GossipLimits.maxIDs else {
             throw CoreError(.lengthTooLarge, "\(count) message ids in one item, 1...\(GossipLimits.maxIDs)")
         }
+        return count
+    }
+
+    static func readShortIDs(_ r: inout BCSReader) throws(CoreError) -> [ShortID] {
+        let count = try idCount(&r, width: 12)
         var ids: [ShortID] = []
         ids.reserveCapacity(count)
         for _ in 0..<count {
@@ -224,10 +230,7 @@ extension GossipItem {
     }
 
     static func readIDs(_ r: inout BCSReader) throws(CoreError) -> [MessageID] {
-        let count = try r.readLength(minElementSize: 32)
-        guard count >= 1, count <= GossipLimits.maxIDs else {
-            throw CoreError(.lengthTooLarge, "\(count) message ids in one item, 1...\(GossipLimits.maxIDs)")
-        }
+        let count = try idCount(&r, width: 32)
         var ids: [MessageID] = []
         ids.reserveCapacity(count)
         for _ in 0..<count { ids.append(try r.readDigest()) }

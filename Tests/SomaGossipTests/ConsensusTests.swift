@@ -7,14 +7,8 @@ import Testing
 
 @Suite("Consensus relay: votes into certificates", .serialized)
 struct ConsensusRelayTests {
-    /// A committee of `keys` with equal voting power (the remainder to the first).
-    static func committee(_ keys: [SigningKey], epoch: UInt64 = 1) -> Committee {
-        let n = UInt64(keys.count)
-        let members = keys.map(\.publicKey).sorted().enumerated().map { i, k in
-            Member(name: k, votingPower: 10_000 / n + (i == 0 ? 10_000 % n : 0), address: "")
-        }
-        return Committee(epoch: epoch, members: members)
-    }
+    /// A committee of `keys` with equal voting power.
+    static func committee(_ keys: [SigningKey], epoch: UInt64 = 1) -> Committee { .equalPower(keys.map(\.publicKey), epoch: epoch) }
 
     /// `n` validator nodes on a random graph (degree min(n-1, 4)), each with a relay.
     static func validators(_ n: Int, seed: UInt64) -> (SimNet, [SigningKey], [ConsensusRelay], [[Int]]) {

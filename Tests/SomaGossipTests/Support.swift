@@ -125,27 +125,9 @@ final class SimNet: Sendable {
         }
     }
 
-    /// A connected random graph of `n` nodes where each has `degree` peers (a random regular
-    /// graph by the pairing model, retried until simple and connected).
+    /// A connected random graph of `n` nodes where each has `degree` peers.
     static func randomGraph(n: Int, degree: Int, seed: UInt64) -> [[Int]] {
-        var rng = SplitMix(seed)
-        while true {
-            var stubs = (0..<n).flatMap { Array(repeating: $0, count: degree) }
-            for i in stride(from: stubs.count - 1, to: 0, by: -1) { stubs.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
-            var adj = Array(repeating: Set<Int>(), count: n)
-            var ok = true
-            for k in stride(from: 0, to: stubs.count, by: 2) {
-                let (a, b) = (stubs[k], stubs[k + 1])
-                if a == b || adj[a].contains(b) { ok = false; break }
-                adj[a].insert(b)
-                adj[b].insert(a)
-            }
-            guard ok else { continue }
-            var reached: Set<Int> = [0]
-            var frontier = [0]
-            while let x = frontier.popLast() { for y in adj[x] where reached.insert(y).inserted { frontier.append(y) } }
-            if reached.count == n { return adj.map { $0.sorted() } }
-        }
+        GossipCluster.randomRegularGraph(n: n, degree: degree, seed: seed)
     }
 }
 
