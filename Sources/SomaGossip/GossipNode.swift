@@ -88,10 +88,15 @@ public final class GossipNode: Sendable {
     let net: NetConfiguration
     let group: any EventLoopGroup
     let links: GossipLinks
+    let intake: GossipIntake
     let clients = Mutex<[PeerClient]>([])
     let tasks = Mutex<[Task<Void, Never>]>([])
 
-    private init(router: GossipRouter, server: NetServer, identity: HandshakeIdentity, net: NetConfiguration, group: any EventLoopGroup, links: GossipLinks) {
+    private init(
+        router: GossipRouter, server: NetServer, identity: HandshakeIdentity, net: NetConfiguration, group: any EventLoopGroup, links: GossipLinks,
+        intake: GossipIntake
+    ) {
+        self.intake = intake
         self.router = router
         self.server = server
         self.identity = identity
@@ -113,13 +118,15 @@ public final class GossipNode: Sendable {
         let router = GossipRouter(localID: key.publicKey, configuration: gossip, logger: logger)
         for (t, o) in topics { router.register(topic: t, options: o) }
         let links = GossipLinks(router: router)
+        let intake = GossipIntake(router: router)
         let (inbound, continuation) = AsyncStream<InboundPeer>.makeStream()
         let server = try await NetServer.start(
             host: host, port: port, identity: identity, service: NoHistory(), configuration: net, group: group, logger: logger,
-            inbound: continuation, gossip: { peer, frame in router.receive(from: peer, frame: frame.readableBytesView) })
-        let node = GossipNode(router: router, server: server, identity: identity, net: net, group: group, links: links)
+            inbound: continuation, gossip: intake.inbox)
+        let node = GossipNode(router: router, server: server, identity: identity, net: net, group: group, links: links, intake: intake)
         node.tasks.withLock { tasks in
             tasks.append(Task { await router.run() })
+            tasks.append(Task { await intake.run() })
             tasks.append(Task {
                 for await peer in inbound { links.add(peer.peerID, link: InboundLink(peer: peer), closed: peer.closed) }
             })
@@ -131,10 +138,8 @@ public final class GossipNode: Sendable {
     /// - Returns: the peer's id.
     @discardableResult
     public func connect(host: String, port: Int) async throws -> PeerID {
-        let router = self.router
         let client = try await PeerClient.connect(
-            host: host, port: port, identity: identity, configuration: net, group: group,
-            gossip: { peer, frame in router.receive(from: peer, frame: frame.readableBytesView) })
+            host: host, port: port, identity: identity, configuration: net, group: group, gossip: intake.inbox)
         clients.withLock { $0.append(client) }
         links.add(client.peerID, link: ClientLink(client: client), closed: client.closed)
         return client.peerID
@@ -142,8 +147,45 @@ public final class GossipNode: Sendable {
 
     /// Stops: the router's timers end, the connections close.
     public func close() async {
+        intake.finish()
         for t in tasks.withLock({ $0 }) { t.cancel() }
         for c in clients.withLock({ $0 }) { await c.close() }
         await server.shutdown(drain: .zero)
     }
+}
+
+/// Hands the gossip frames connections receive to a router off the event loops: a connection's
+/// inbox only queues the frame (bounded: the newest 16,384 frames are kept), and one task feeds
+/// the router in arrival order, so decoding, hashing, decompression and vote signature checks
+/// never run on an event loop.
+public final class GossipIntake: Sendable {
+    /// Frames queued at most; under a flood the oldest go first (critical messages are retried).
+    public static let capacity = 16_384
+
+    let router: GossipRouter
+    private let frames: AsyncStream<(PeerID, ByteBuffer)>
+    private let input: AsyncStream<(PeerID, ByteBuffer)>.Continuation
+
+    /// An intake for `router`; ``run()`` feeds it.
+    public init(router: GossipRouter) {
+        self.router = router
+        (frames, input) = AsyncStream.makeStream(of: (PeerID, ByteBuffer).self, bufferingPolicy: .bufferingNewest(Self.capacity))
+    }
+
+    /// What connections are given: it queues and returns at once.
+    public var inbox: GossipInbox {
+        let input = self.input
+        return { peer, frame in input.yield((peer, frame)) }
+    }
+
+    /// Feeds the router until cancelled or ``finish()``.
+    public func run() async {
+        for await (peer, frame) in frames {
+            if Task.isCancelled { break }
+            router.receive(from: peer, frame: frame.readableBytesView)
+        }
+    }
+
+    /// Ends ``run()`` after the frames queued.
+    public func finish() { input.finish() }
 }

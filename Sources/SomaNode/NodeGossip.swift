@@ -37,6 +37,8 @@ public final class NodeGossip: Sendable {
     public let links: GossipLinks
     /// The committees the relay checks against.
     public let committees: CommitteeBook
+    /// Where connections queue the frames they receive (handled off the event loops).
+    let intake: GossipIntake
 
     init(key: SigningKey, logger: Logger) {
         let router = GossipRouter(localID: key.publicKey, logger: logger)
@@ -44,14 +46,12 @@ public final class NodeGossip: Sendable {
         self.router = router
         self.links = GossipLinks(router: router)
         self.committees = book
+        self.intake = GossipIntake(router: router)
         self.consensus = ConsensusRelay(router: router) { book.committee($0) }
     }
 
-    /// What connections hand over: gossip frames go to the router.
-    var inbox: GossipInbox {
-        let router = self.router
-        return { peer, frame in router.receive(from: peer, frame: frame.readableBytesView) }
-    }
+    /// What connections hand over: gossip frames, queued for the router.
+    var inbox: GossipInbox { intake.inbox }
 
     /// Reads the committees the store's verified epoch chain names (the genesis committee, and
     /// each ended epoch's next one) that the book lacks; consensus topics go first to the peers
@@ -81,6 +81,7 @@ public final class NodeGossip: Sendable {
         }
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask { [router] in await router.run() }
+            tasks.addTask { [intake] in await intake.run() }
             tasks.addTask { [self] in
                 while !Task.isCancelled {
                     await refresh(from: store)

@@ -29,6 +29,19 @@ struct GossipBench: AsyncParsableCommand {
     @Option(help: "How long consensus-class items wait to share a frame, milliseconds (GossipConfiguration.batchDelay).")
     var consensusBatchMs = 3
 
+    func validate() throws {
+        guard (1...600).contains(seconds) else { throw ValidationError("--seconds must be 1...600") }
+        guard (2...256).contains(nodes) else { throw ValidationError("--nodes must be 2...256") }
+        guard degree >= 1, degree < nodes, nodes * degree % 2 == 0 else {
+            throw ValidationError("--degree must be 1...nodes-1, with nodes x degree even (a regular graph)")
+        }
+        guard (1...10_000).contains(rounds) else { throw ValidationError("--rounds must be 1...10000") }
+        guard (0...64).contains(minimumEager), (0...64).contains(lazyFanout), (0...64).contains(meshDegree) else {
+            throw ValidationError("--minimum-eager, --lazy-fanout and --mesh-degree must be 0...64")
+        }
+        guard (0...1_000).contains(consensusBatchMs) else { throw ValidationError("--consensus-batch-ms must be 0...1000") }
+    }
+
     mutating func run() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         print("== urgent messages behind a history stream, one TLS connection shaped to 100 Mbit/s, 1 ms")
