@@ -33,6 +33,9 @@ public struct VoteStatement: Hashable, Sendable, BCSCodable {
     /// The signed bytes: the intent `"SomaConsensusVote::"` then `bcs(statement)`.
     public var signingMessage: [UInt8] { Array("SomaConsensusVote::".utf8) + bcsBytes }
 
+    /// The length of `bcs(VoteStatement)`: kind, epoch, round, digest.
+    public static let encodedBytes = 1 + 8 + 8 + 32
+
     /// Writes kind (u8), epoch, round, digest.
     public func encode(to w: inout BCSWriter) {
         w.write(kind.rawValue)
@@ -72,6 +75,9 @@ public struct Vote: Hashable, Sendable, BCSCodable {
     public init(statement: VoteStatement, key: SigningKey) {
         self.init(statement: statement, signer: key.publicKey, signature: key.sign(statement.signingMessage))
     }
+
+    /// The length of `bcs(Vote)`: statement, 32-byte key, 64-byte signature.
+    public static let encodedBytes = VoteStatement.encodedBytes + 32 + 64
 
     /// Writes statement, signer, signature.
     public func encode(to w: inout BCSWriter) {
@@ -226,19 +232,25 @@ public final class ConsensusRelay: Sendable {
         registerTopics(preferred: peers)
     }
 
-    /// The votes topic's options without its validation: class consensus, 1 KiB, packed.
-    public static func votesOptions(preferred: Set<PeerID>) -> TopicOptions {
+    /// The votes topic's options without its validation: class consensus, 1 KiB, packed (signers
+    /// named by their index in `committee(epoch)` where it is known).
+    public static func votesOptions(
+        preferred: Set<PeerID>, committee: @escaping @Sendable (UInt64) -> Committee? = { _ in nil }
+    ) -> TopicOptions {
         var votes = TopicOptions()
         votes.priority = .consensus
         votes.maxMessageBytes = 1_024
         votes.preferred = preferred
-        votes.pack = { VotePack(votes: $0)?.bcsBytes }
-        votes.unpack = { try VotePack(bcsBytes: $0).payloads }
+        votes.pack = { VotePack(votes: $0, committee: committee)?.bcsBytes }
+        votes.unpack = { try VotePack(bcsBytes: $0).payloads(committee: committee) }
+        // A vote's origin is its signer (bytes 49..<81 of the 145 of `bcs(Vote)`): each
+        // member's votes travel a tree of their own.
+        votes.origin = { $0.count == Vote.encodedBytes ? Array($0[VoteStatement.encodedBytes..<VoteStatement.encodedBytes + 32]) : nil }
         return votes
     }
 
     private func registerTopics(preferred: Set<PeerID>) {
-        var votes = Self.votesOptions(preferred: preferred)
+        var votes = Self.votesOptions(preferred: preferred, committee: committee)
         votes.validate = { [weak self] m in self?.checkVote(m.payload) ?? .ignore }
         router.register(topic: Self.votesTopic, options: votes)
         var certs = TopicOptions()
@@ -353,63 +365,119 @@ public final class ConsensusRelay: Sendable {
     }
 }
 
-/// Votes that share a frame, packed: each statement once, then the signer and signature of each
-/// vote for it (96 bytes a vote instead of 145). Unpacking gives back the exact `bcs(Vote)` of
-/// each, so their message ids are unchanged.
-struct VotePack: BCSCodable {
-    var groups: [(statement: VoteStatement, votes: [(PublicKey, Signature)])]
+/// Votes that share a frame, packed: each statement once, then each vote's signer and
+/// signature. Where the statement's committee is known, a signer travels as its index in the
+/// committee (2 bytes: 66 bytes a vote instead of 145), otherwise as its key (96 bytes a vote).
+/// Unpacking gives back the exact `bcs(Vote)` of each, so their message ids are unchanged.
+struct VotePack: BCSCodable, Equatable {
+    /// How a packed vote names its signer.
+    enum Signer: Equatable {
+        case key(PublicKey)
+        /// The index of the member in the committee of the statement's epoch.
+        case index(UInt16)
+    }
 
-    /// Packs `payloads` (each a `bcs(Vote)`), in order of first appearance of their statements;
-    /// nil if one does not decode.
-    init?(votes payloads: [[UInt8]]) {
-        var groups: [(statement: VoteStatement, votes: [(PublicKey, Signature)])] = []
+    struct Group: Equatable {
+        var statement: VoteStatement
+        var votes: [(signer: Signer, signature: Signature)]
+
+        static func == (a: Group, b: Group) -> Bool {
+            a.statement == b.statement && a.votes.elementsEqual(b.votes) { $0.signer == $1.signer && $0.signature == $1.signature }
+        }
+    }
+
+    var groups: [Group]
+
+    /// Packs `payloads` (each a `bcs(Vote)`), in order of first appearance of their statements,
+    /// naming signers by index where `committee` knows the statement's epoch and every signer of
+    /// the group is a member; nil if a payload does not decode.
+    init?(votes payloads: [[UInt8]], committee: (UInt64) -> Committee? = { _ in nil }) {
+        var votes: [(statement: VoteStatement, votes: [Vote])] = []
         var index: [VoteStatement: Int] = [:]
         for p in payloads {
             guard let v = try? Vote(bcsBytes: p) else { return nil }
             if let i = index[v.statement] {
-                groups[i].votes.append((v.signer, v.signature))
+                votes[i].votes.append(v)
             } else {
-                index[v.statement] = groups.count
-                groups.append((v.statement, [(v.signer, v.signature)]))
+                index[v.statement] = votes.count
+                votes.append((v.statement, [v]))
             }
         }
-        self.groups = groups
+        groups = votes.map { g in
+            if let c = committee(g.statement.epoch), c.epoch == g.statement.epoch {
+                let indexes = g.votes.map { c.index(of: $0.signer) }
+                if indexes.allSatisfy({ $0 != nil }) {
+                    return Group(statement: g.statement, votes: zip(indexes, g.votes).map { (.index(UInt16($0.0!)), $0.1.signature) })
+                }
+            }
+            return Group(statement: g.statement, votes: g.votes.map { (.key($0.signer), $0.signature) })
+        }
     }
 
-    /// The votes' payloads.
-    var payloads: [[UInt8]] {
-        groups.flatMap { g in g.votes.map { Vote(statement: g.statement, signer: $0.0, signature: $0.1).bcsBytes } }
+    /// The votes' payloads; votes named by index need their epoch's committee (a group whose
+    /// committee is not known here is left out: its votes could not be checked here either).
+    /// - Throws: an index past the committee's members.
+    func payloads(committee: (UInt64) -> Committee? = { _ in nil }) throws(CoreError) -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        for g in groups {
+            let members = committee(g.statement.epoch).flatMap { $0.epoch == g.statement.epoch ? $0.members : nil }
+            for (signer, signature) in g.votes {
+                switch signer {
+                case .key(let key):
+                    out.append(Vote(statement: g.statement, signer: key, signature: signature).bcsBytes)
+                case .index(let i):
+                    guard let members else { break }
+                    guard Int(i) < members.count else {
+                        throw CoreError(.invalidValue, "a packed vote of member \(i) of a committee of \(members.count)")
+                    }
+                    out.append(Vote(statement: g.statement, signer: members[Int(i)].name, signature: signature).bcsBytes)
+                }
+            }
+        }
+        return out
     }
 
+    /// Writes the groups: per group the statement, the form (0: signers by key, 1: by u16 index),
+    /// the count, then signer and signature of each vote.
     func encode(to w: inout BCSWriter) {
         w.writeLength(groups.count)
         for g in groups {
             w.write(g.statement)
+            let indexed = g.votes.first.map { if case .index = $0.signer { true } else { false } } ?? false
+            w.write(UInt8(indexed ? 1 : 0))
             w.writeLength(g.votes.count)
             for (signer, signature) in g.votes {
-                w.write(signer)
+                switch signer {
+                case .key(let key): w.write(key)
+                case .index(let i): w.write(i)
+                }
                 w.write(signature)
             }
         }
     }
 
+    /// Reads the groups (1...``GossipLimits/maxItems`` votes in all, each group at least one).
     init(from r: inout BCSReader) throws(CoreError) {
-        let count = try r.readLength(minElementSize: 50)
-        var groups: [(statement: VoteStatement, votes: [(PublicKey, Signature)])] = []
+        let count = try r.readLength(minElementSize: 51)
+        var groups: [Group] = []
         var total = 0
         for _ in 0..<count {
             let statement = try r.read(VoteStatement.self)
-            let n = try r.readLength(minElementSize: 96)
+            let form = try r.readU8()
+            guard form <= 1 else { throw CoreError(.unknownTag, "vote pack form \(form)") }
+            let n = try r.readLength(minElementSize: form == 1 ? 66 : 96)
             total += n
             guard n >= 1, total <= GossipLimits.maxItems else {
                 throw CoreError(.lengthTooLarge, "a vote pack of \(total) votes (groups of 1...\(GossipLimits.maxItems))")
             }
-            var votes: [(PublicKey, Signature)] = []
+            var votes: [(signer: Signer, signature: Signature)] = []
             votes.reserveCapacity(n)
-            for _ in 0..<n { votes.append((try r.read(PublicKey.self), try r.read(Signature.self))) }
-            groups.append((statement, votes))
+            for _ in 0..<n {
+                let signer: Signer = form == 1 ? .index(try r.readU16()) : .key(try r.read(PublicKey.self))
+                votes.append((signer, try r.read(Signature.self)))
+            }
+            groups.append(Group(statement: statement, votes: votes))
         }
         self.groups = groups
     }
 }
-

@@ -70,6 +70,12 @@ public struct TopicOptions: Sendable {
     /// The inverse of `pack`, throwing on anything that is not a packed body; at most
     /// ``GossipLimits/maxItems`` payloads.
     public var unpack: (@Sendable ([UInt8]) throws -> [[UInt8]])?
+    /// The origin of a message (votes: the signer's key), 1...64 bytes: a topic with origins
+    /// keeps a push tree per origin, so that the messages of many concurrent publishers each
+    /// settle into a tree of one copy per node (one shared tree, pruned by every publisher's
+    /// duplicates, keeps cycles or breaks). Runs under the router's lock: it must be cheap.
+    /// Without it (or for `nil`), the topic has one tree.
+    public var origin: (@Sendable ([UInt8]) -> [UInt8]?)?
     /// Runs on every new message before it is delivered or forwarded (off the router's lock).
     public var validate: @Sendable (GossipMessage) -> Verdict = { _ in .accept }
 
@@ -88,10 +94,13 @@ public struct GossipConfiguration: Sendable {
     public var batchDelay: [Duration] = [.milliseconds(3), .milliseconds(3), .milliseconds(5)]
     /// A frame is sent as soon as its items hold this many bytes.
     public var batchBytes = 32 << 10
-    /// Lazy peers each message is announced to (picked at random per message).
+    /// Lazy peers each message is announced to, picked at random per message among those not
+    /// known to hold it one ``haveInterval`` after it was forwarded (a node that lacks a message
+    /// never announces it, so it stays a candidate of every neighbour that holds it).
     public var lazyFanout = 6
-    /// How often announcements (`have`) go to lazy peers.
-    public var haveInterval: Duration = .milliseconds(20)
+    /// How often announcements (`have`) go to lazy peers; a message is announced on the first
+    /// tick at least this long after it was forwarded.
+    public var haveInterval: Duration = .milliseconds(50)
     /// How long an announced message may stay missing before it is pulled (`want`) from the
     /// next peer that announced it, at least (the router lengthens it while pulls turn out
     /// premature, up to 1 s).
@@ -271,13 +280,7 @@ public final class GossipRouter: Sendable {
         state.withLock { s in
             guard s.peers.removeValue(forKey: peer) != nil else { return }
             s.departed[peer] = .now
-            for name in s.topics.keys {
-                s.topics[name]!.lazy.remove(peer)
-                if s.topics[name]!.eager.remove(peer) != nil, let promoted = s.topics[name]!.lazy.sorted().first {
-                    s.topics[name]!.lazy.remove(promoted)
-                    s.topics[name]!.eager.insert(promoted)
-                }
-            }
+            s.leave(peer)
         }
     }
 
@@ -287,9 +290,13 @@ public final class GossipRouter: Sendable {
     /// What the router has done so far.
     public var statistics: GossipStatistics { state.withLock { $0.stats } }
 
-    /// The eager and lazy peers of `topic`.
-    public func tree(topic: String) -> (eager: Set<PeerID>, lazy: Set<PeerID>) {
-        state.withLock { s in (s.topics[topic]?.eager ?? [], s.topics[topic]?.lazy ?? []) }
+    /// The eager and lazy peers of `topic`, or of the tree of `origin` in it.
+    public func tree(topic: String, origin: [UInt8]? = nil) -> (eager: Set<PeerID>, lazy: Set<PeerID>) {
+        state.withLock { s in
+            guard let t = s.topics[topic] else { return ([], []) }
+            let tree = t.tree(origin)
+            return (tree.eager, tree.lazy)
+        }
     }
 
     /// What `topic`'s validation says of `payload` as if a peer had sent it (`nil`: the topic
@@ -383,8 +390,8 @@ public final class GossipRouter: Sendable {
                     s.announced(ids, topic: topic, by: peer, now: now)
                 case .want(let ids):
                     s.wanted(ids, by: peer)
-                case .prune(let topic):
-                    s.pruned(topic: topic, by: peer)
+                case .prune(let topic, let origin):
+                    s.pruned(topic: topic, origin: origin, by: peer)
                 case .ack(let ids):
                     s.acknowledged(ids, by: peer, now: now)
                 case .packed:

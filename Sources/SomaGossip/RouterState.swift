@@ -9,8 +9,6 @@ struct PeerState {
     var outbox: [[(item: GossipItem, id: MessageID?)]] = [[], [], []]
     var outboxBytes = [0, 0, 0]
     var dueAt: [ContinuousClock.Instant?] = [nil, nil, nil]
-    /// Message ids to announce, by topic.
-    var haves: [String: [MessageID]] = [:]
     /// Smoothed round trip and its variation (seconds), from acknowledgements.
     var srtt: Double?
     var rttvar = 0.0
@@ -43,11 +41,28 @@ struct Bucket {
     }
 }
 
-/// A topic's push tree and options.
+/// A push tree: the peers messages are sent to eagerly, and those they are announced to.
+struct PushTree {
+    var eager: Set<PeerID> = []
+    var lazy: Set<PeerID> = []
+}
+
+/// A topic's push tree and options, and the trees of its origins (a topic with
+/// ``TopicOptions/origin``): each origin's messages settle into a tree of their own, so that
+/// concurrent publishers do not prune each other's paths.
 struct TopicState {
     var options: TopicOptions
     var eager: Set<PeerID> = []
     var lazy: Set<PeerID> = []
+    var origins: [[UInt8]: PushTree] = [:]
+    /// Origins in the order their trees were made (the oldest is forgotten past ``maxOrigins``).
+    var originOrder = CircularBuffer<[UInt8]>()
+
+    /// Most origin trees a topic keeps (a committee has at most 1,024 members).
+    static let maxOrigins = 4_096
+
+    /// The tree `origin`'s messages travel (the topic's for `nil` or an origin without one yet).
+    func tree(_ origin: [UInt8]?) -> PushTree { origin.flatMap { origins[$0] } ?? PushTree(eager: eager, lazy: lazy) }
 }
 
 /// A message id the router remembers.
@@ -60,6 +75,8 @@ struct SeenEntry {
     var sentTo: Set<PeerID> = []
     /// The message as it is sent, while retained for `want`s and retries.
     var encoded: GossipItem.Message?
+    /// Its origin (``TopicOptions/origin``): the tree it travels.
+    var origin: [UInt8]?
     var critical: Bool
     /// Validation is under way (a copy arriving meanwhile is a duplicate).
     var pending: Bool
@@ -118,6 +135,9 @@ struct RouterState {
     /// The short id of every remembered message (announcements and pulls name messages by it).
     var shortIDs: [ShortID: MessageID] = [:]
     var retries: [RetryKey: RetryEntry] = [:]
+    /// Messages to announce to lazy peers, with when they were forwarded: each is announced on
+    /// the first `have` tick one interval after, to peers picked then (see ``announce(now:)``).
+    var announcements = CircularBuffer<(MessageID, ContinuousClock.Instant)>()
     var trackers: [MessageID: Tracker] = [:]
     var deliveries: [Outgoing] = []
     var penalties: [(PeerID, Double, String)] = []
@@ -140,9 +160,79 @@ struct RouterState {
         self.missingTimeout = configuration.missingTimeout
     }
 
-    /// A new peer joins a topic: eager while the tree has room, lazy after.
+    /// A new peer joins a topic and its origins' trees: eager while a tree has room, lazy after.
     func join(_ t: inout TopicState, _ peer: PeerID) {
         if t.eager.count < configuration.meshDegree { t.eager.insert(peer) } else { t.lazy.insert(peer) }
+        for (origin, var tree) in t.origins {
+            if tree.eager.count < configuration.meshDegree { tree.eager.insert(peer) } else { tree.lazy.insert(peer) }
+            t.origins[origin] = tree
+        }
+    }
+
+    /// A peer leaves every tree; a lazy peer takes an eager one's place.
+    mutating func leave(_ peer: PeerID) {
+        func drop(_ tree: inout PushTree) {
+            tree.lazy.remove(peer)
+            if tree.eager.remove(peer) != nil, let promoted = tree.lazy.min() {
+                tree.lazy.remove(promoted)
+                tree.eager.insert(promoted)
+            }
+        }
+        for name in topics.keys {
+            var base = PushTree(eager: topics[name]!.eager, lazy: topics[name]!.lazy)
+            drop(&base)
+            topics[name]!.eager = base.eager
+            topics[name]!.lazy = base.lazy
+            for origin in topics[name]!.origins.keys { drop(&topics[name]!.origins[origin]!) }
+        }
+    }
+
+    /// The origin of a message of a topic with `options` (nil: the topic has one tree, or the
+    /// payload names no origin of 1...64 bytes).
+    func origin(of payload: [UInt8], options: TopicOptions) -> [UInt8]? {
+        guard let f = options.origin, let o = f(payload), !o.isEmpty, o.count <= GossipLimits.maxOriginBytes else { return nil }
+        return o
+    }
+
+    /// Gives `origin` a tree in `topic` if it has none: a copy of the topic's (whose peers are
+    /// all eager up to the mesh degree), the oldest origin's tree forgotten past the bound.
+    mutating func plant(_ topic: String, _ origin: [UInt8]) {
+        guard var t = topics[topic], t.origins[origin] == nil else { return }
+        t.origins[origin] = PushTree(eager: t.eager, lazy: t.lazy)
+        t.originOrder.append(origin)
+        while t.originOrder.count > TopicState.maxOrigins, let old = t.originOrder.popFirst() { t.origins.removeValue(forKey: old) }
+        topics[topic] = t
+    }
+
+    /// Moves `peer` to the lazy peers of `origin`'s tree in `topic` (the topic's for nil) while
+    /// the tree keeps more eager peers than its floor (``GossipConfiguration/minimumEager`` for
+    /// a topic's tree; 1 for an origin's: the peer that delivered first stays); whether it moved.
+    mutating func demote(_ peer: PeerID, topic: String, origin: [UInt8]?) -> Bool {
+        guard topics[topic] != nil else { return false }
+        if let origin {
+            guard var tree = topics[topic]!.origins[origin], tree.eager.count > 1, tree.eager.remove(peer) != nil else { return false }
+            tree.lazy.insert(peer)
+            topics[topic]!.origins[origin] = tree
+            return true
+        }
+        guard topics[topic]!.eager.count > configuration.minimumEager, topics[topic]!.eager.remove(peer) != nil else { return false }
+        topics[topic]!.lazy.insert(peer)
+        return true
+    }
+
+    /// Moves `peer` from the lazy to the eager peers of `origin`'s tree in `topic` (a graft);
+    /// whether it moved.
+    mutating func promote(_ peer: PeerID, topic: String, origin: [UInt8]?) -> Bool {
+        guard topics[topic] != nil else { return false }
+        if let origin {
+            plant(topic, origin)
+            guard topics[topic]!.origins[origin]?.lazy.remove(peer) != nil else { return false }
+            topics[topic]!.origins[origin]!.eager.insert(peer)
+            return true
+        }
+        guard topics[topic]!.lazy.remove(peer) != nil else { return false }
+        topics[topic]!.eager.insert(peer)
+        return true
     }
 
     // MARK: Seen messages
@@ -156,8 +246,8 @@ struct RouterState {
         }
         let announcers = missing.removeValue(forKey: ShortID(id))?.announcers ?? []
         seen[id] = SeenEntry(
-            topic: topic, expiry: expiry, holders: (seen[id]?.holders ?? []).union(announcers), encoded: encoded, critical: encoded.critical,
-            pending: false)
+            topic: topic, expiry: expiry, holders: (seen[id]?.holders ?? []).union(announcers), encoded: encoded,
+            origin: topics[topic].flatMap { origin(of: payload, options: $0.options) }, critical: encoded.critical, pending: false)
         retain(id, bytes: encoded.body.count)
         trimSeen()
     }
@@ -214,29 +304,33 @@ struct RouterState {
             stats.duplicates += 1
             // It holds the message: no retry to it, and a publisher counts it as delivered.
             acknowledged([id], by: peer, now: now, measure: false)
-            // A copy from an eager peer: the link leaves the tree, both ways (Plumtree): the peer
-            // becomes lazy here, and the prune makes this node lazy there.
-            if !m.critical, !options.preferred.contains(peer), topics[m.topic]!.eager.count > configuration.minimumEager,
-               topics[m.topic]!.eager.remove(peer) != nil {
-                topics[m.topic]!.lazy.insert(peer)
-                enqueue(.prune(topic: m.topic), to: peer, priority: options.priority, now: now)
+            // A copy from an eager peer: the link leaves the tree (of the message's origin, where
+            // the topic has origins), both ways (Plumtree): the peer becomes lazy here, and the
+            // prune makes this node lazy there.
+            let origin = origin(of: payload, options: options)
+            if !m.critical, !options.preferred.contains(peer), demote(peer, topic: m.topic, origin: origin) {
+                enqueue(.prune(topic: m.topic, origin: origin ?? []), to: peer, priority: options.priority, now: now)
                 stats.prunes += 1
             }
             return nil
         }
+        let origin = origin(of: payload, options: options)
         let expiry = now + configuration.seenTTL
         // Peers that announced it hold it too.
         let missed = missing.removeValue(forKey: ShortID(id))
         let announcers = missed?.announcers ?? []
         if let missed, !missed.asked.isEmpty {
             if missed.asked.contains(peer) {
+                // The pull was needed: the peer joins the origin's tree (a topic's tree was
+                // grafted when the pull was sent; an origin is known only now).
+                if let origin, promote(peer, topic: m.topic, origin: origin) { stats.grafts += 1 }
                 missingTimeout = max(configuration.missingTimeout, missingTimeout * 0.95)
             } else {
                 missingTimeout = min(.seconds(1), missingTimeout * 1.25)
             }
         }
         seen[id] = SeenEntry(
-            topic: m.topic, expiry: expiry, holders: Set(announcers).union([peer]), encoded: nil, critical: m.critical, pending: true)
+            topic: m.topic, expiry: expiry, holders: Set(announcers).union([peer]), encoded: nil, origin: origin, critical: m.critical, pending: true)
         seenOrder.append((id, expiry))
         shortIDs[ShortID(id)] = shortIDs[ShortID(id)] ?? id
         trimSeen()
@@ -269,24 +363,56 @@ struct RouterState {
             }
             return
         }
-        // Preferred peers (the committee's nodes) first, then the rest of the tree.
+        // The tree of the message's origin, or the topic's: preferred peers (the committee's
+        // nodes) first, then the rest of the tree.
+        if let origin = entry.origin { plant(entry.topic, origin) }
+        let tree = topics[entry.topic]!.tree(entry.origin)
         let preferred = topic.options.preferred.filter { peers[$0] != nil }
-        for peer in preferred.sorted() + topic.eager.subtracting(preferred).sorted() where !skip.contains(peer) {
+        for peer in preferred.sorted() + tree.eager.subtracting(preferred).sorted() where !skip.contains(peer) {
             enqueue(.message(encoded), id: id, to: peer, priority: priority, now: now)
             seen[id]!.sentTo.insert(peer)
         }
-        // Announced to at most `lazyFanout` lazy peers, picked at random for each message.
-        for peer in topic.lazy.subtracting(preferred).filter({ !skip.contains($0) }).shuffled().prefix(configuration.lazyFanout) {
-            peers[peer]?.haves[entry.topic, default: []].append(id)
+        // Announced to lazy peers a little later.
+        if !tree.lazy.isEmpty, configuration.lazyFanout > 0 {
+            if announcements.count >= configuration.seenCapacity { announcements.removeFirst() }
+            announcements.append((id, now))
         }
     }
 
-    /// `prune` from a peer: it leaves the topic's tree, unless this node would keep fewer eager
-    /// peers than the minimum (a node that every neighbour prunes would otherwise hear of
-    /// messages only through announcements; the pruner treats its copies as lazy ones).
-    mutating func pruned(topic: String, by peer: PeerID) {
-        guard let t = topics[topic], t.eager.count > configuration.minimumEager, topics[topic]!.eager.remove(peer) != nil else { return }
-        topics[topic]!.lazy.insert(peer)
+    /// Announces the messages forwarded at least one interval ago, each to at most `lazyFanout`
+    /// lazy peers of its tree picked at random among those not known to hold it by now. Waiting
+    /// an interval lets peers' own announcements arrive first: a peer that announced a message
+    /// is not told of it, so announcements between two holders mostly go one way, and the
+    /// fanout goes to the peers that may lack it (a peer that lacks a message never announces
+    /// it, so every neighbour holding it keeps it among the candidates).
+    mutating func announce(now: ContinuousClock.Instant) {
+        var haves: [PeerID: [String: [MessageID]]] = [:]
+        while let (id, at) = announcements.first, at + configuration.haveInterval <= now {
+            announcements.removeFirst()
+            guard let entry = seen[id], let topic = topics[entry.topic] else { continue }
+            let known = entry.holders.union(entry.sentTo).union(topic.options.preferred)
+            let candidates = topic.tree(entry.origin).lazy.filter { !known.contains($0) && peers[$0] != nil }
+            for peer in candidates.shuffled().prefix(configuration.lazyFanout) {
+                haves[peer, default: [:]][entry.topic, default: []].append(id)
+            }
+        }
+        for (peer, byTopic) in haves {
+            for (name, ids) in byTopic {
+                guard let t = topics[name] else { continue }
+                for start in stride(from: 0, to: ids.count, by: GossipLimits.maxIDs) {
+                    let chunk = ids[start..<min(ids.count, start + GossipLimits.maxIDs)]
+                    enqueue(.have(topic: name, ids: chunk.map(ShortID.init)), to: peer, priority: t.options.priority, now: now)
+                }
+            }
+        }
+    }
+
+    /// `prune` from a peer: it leaves the topic's tree (or the tree of `origin`, if this node
+    /// keeps one), unless this node would keep fewer eager peers than the floor (a node that
+    /// every neighbour prunes would otherwise hear of messages only through announcements; the
+    /// pruner treats its copies as lazy ones).
+    mutating func pruned(topic: String, origin: [UInt8], by peer: PeerID) {
+        _ = demote(peer, topic: topic, origin: origin.isEmpty ? nil : origin)
     }
 
     /// `have` from a peer: the ids this node lacks become missing (pulled if they do not arrive).
@@ -319,7 +445,7 @@ struct RouterState {
             enqueue(.message(encoded), id: id, to: peer, priority: topic.options.priority, now: now, asked: true)
             stats.served += 1
             seen[id]!.sentTo.insert(peer)
-            if topics[entry.topic]!.lazy.remove(peer) != nil { topics[entry.topic]!.eager.insert(peer) }
+            _ = promote(peer, topic: entry.topic, origin: entry.origin)
         }
     }
 
@@ -366,24 +492,7 @@ struct RouterState {
     mutating func tick(now: ContinuousClock.Instant) {
         if now >= nextHave {
             nextHave = now + configuration.haveInterval
-            for peer in peers.keys {
-                let haves = peers[peer]!.haves
-                guard !haves.isEmpty else { continue }
-                peers[peer]!.haves = [:]
-                for (topic, ids) in haves {
-                    guard let t = topics[topic] else { continue }
-                    let unknown = ids.filter { id in
-                        guard let e = seen[id] else { return false }
-                        return !e.holders.contains(peer) && !e.sentTo.contains(peer)
-                    }
-                    var start = 0
-                    while start < unknown.count {
-                        let end = min(unknown.count, start + GossipLimits.maxIDs)
-                        enqueue(.have(topic: topic, ids: unknown[start..<end].map(ShortID.init)), to: peer, priority: t.options.priority, now: now)
-                        start = end
-                    }
-                }
-            }
+            announce(now: now)
         }
         for (id, m) in missing where m.deadline <= now {
             guard shortIDs[id] == nil, let t = topics[m.topic], m.deadline < m.expiry else {
@@ -398,10 +507,9 @@ struct RouterState {
             }
             enqueue(.want(ids: [id]), to: next, priority: t.options.priority, now: now)
             stats.pulled += 1
-            if topics[m.topic]!.lazy.remove(next) != nil {
-                topics[m.topic]!.eager.insert(next)
-                stats.grafts += 1
-            }
+            // A graft: the peer joins the topic's tree (an origin's tree, once the message shows
+            // its origin).
+            if t.options.origin == nil, promote(next, topic: m.topic, origin: nil) { stats.grafts += 1 }
             missing[id]!.asked.insert(next)
             missing[id]!.deadline = now + missingTimeout
         }
@@ -506,7 +614,8 @@ struct RouterState {
     }
 
     /// The items with the messages of each topic that has a codec (and of one criticality)
-    /// packed into one item where there are several, at the place of the first.
+    /// packed into one item, at the place of the first (also a single message, when its packed
+    /// form is smaller: a vote named by committee index is).
     func packed(_ items: [GossipItem]) -> [GossipItem] {
         var groups: [String: [Int]] = [:]
         for (i, item) in items.enumerated() {
@@ -514,16 +623,16 @@ struct RouterState {
                 groups["\(m.critical ? 1 : 0)\(m.topic)", default: []].append(i)
             }
         }
-        guard groups.values.contains(where: { $0.count > 1 }) else { return items }
+        guard !groups.isEmpty else { return items }
         var replaced: [Int: GossipItem] = [:]
         var dropped = Set<Int>()
-        for indices in groups.values where indices.count > 1 {
+        for indices in groups.values {
             guard case .message(let first) = items[indices[0]], let pack = topics[first.topic]?.options.pack else { continue }
             let bodies = indices.map { i -> [UInt8] in
                 guard case .message(let m) = items[i] else { return [] }
                 return m.body
             }
-            guard let body = pack(bodies) else { continue }
+            guard let body = pack(bodies), indices.count > 1 || body.count < first.body.count else { continue }
             replaced[indices[0]] = .packed(topic: first.topic, critical: first.critical, body: body)
             dropped.formUnion(indices.dropFirst())
         }

@@ -44,6 +44,8 @@ public enum GossipLimits {
     public static let maxItems = 1_024
     /// Ids in one `have`, `want` or `ack` item.
     public static let maxIDs = 1_024
+    /// The longest origin key (``TopicOptions/origin``) a `prune` names.
+    public static let maxOriginBytes = 64
     /// The largest message payload (uncompressed), the default of ``TopicOptions/maxMessageBytes``.
     public static let maxMessageBytes = 4 << 20
 }
@@ -58,9 +60,10 @@ public enum GossipItem: Sendable, Equatable {
     /// Pull: send these messages (short ids); the sender also becomes an eager peer of their
     /// topics (a graft).
     case want(ids: [ShortID])
-    /// The sender has these messages already: send it no more of `topic` eagerly (it moves to the
-    /// lazy peers of the topic).
-    case prune(topic: String)
+    /// The sender received a message twice: send it no more of `topic` eagerly (it moves to the
+    /// lazy peers of the topic's tree, or of the tree of `origin` when the topic keeps one per
+    /// origin, ``TopicOptions/origin``; empty: the topic's).
+    case prune(topic: String, origin: [UInt8])
     /// The sender received these critical messages.
     case ack(ids: [MessageID])
     /// Several messages of `topic` in one item, in the topic's packed form (its
@@ -139,7 +142,7 @@ extension GossipItem {
         case .have(let t, let ids): 8 + t.utf8.count + 12 * ids.count
         case .want(let ids): 8 + 12 * ids.count
         case .ack(let ids): 8 + 32 * ids.count
-        case .prune(let t): 4 + t.utf8.count
+        case .prune(let t, let origin): 4 + t.utf8.count + origin.count
         case .packed(let t, _, let body): 8 + t.utf8.count + body.count
         }
     }
@@ -160,9 +163,10 @@ extension GossipItem {
             w.writeULEB128(2)
             w.writeLength(ids.count)
             for id in ids { w.writeRaw(id.bytes) }
-        case .prune(let topic):
+        case .prune(let topic, let origin):
             w.writeULEB128(3)
             w.write(topic)
+            w.writeBytes(origin)
         case .ack(let ids):
             w.writeULEB128(4)
             w.writeLength(ids.count)
@@ -188,7 +192,12 @@ extension GossipItem {
         case 2:
             self = .want(ids: try Self.readShortIDs(&r))
         case 3:
-            self = .prune(topic: try Self.readTopic(&r))
+            let topic = try Self.readTopic(&r)
+            let origin = try r.readBytes()
+            guard origin.count <= GossipLimits.maxOriginBytes else {
+                throw CoreError(.lengthTooLarge, "a prune of an origin of \(origin.count) bytes, at most \(GossipLimits.maxOriginBytes)")
+            }
+            self = .prune(topic: topic, origin: origin)
         case 4:
             self = .ack(ids: try Self.readIDs(&r))
         default:

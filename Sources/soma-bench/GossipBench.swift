@@ -28,6 +28,8 @@ struct GossipBench: AsyncParsableCommand {
     var meshDegree = GossipConfiguration().meshDegree
     @Option(help: "How long consensus-class items wait to share a frame, milliseconds (GossipConfiguration.batchDelay).")
     var consensusBatchMs = 3
+    @Option(help: "How often announcements go to lazy peers, milliseconds (GossipConfiguration.haveInterval).")
+    var haveIntervalMs = Int(GossipConfiguration().haveInterval.components.attoseconds / 1_000_000_000_000_000) + Int(GossipConfiguration().haveInterval.components.seconds) * 1_000
 
     func validate() throws {
         guard (1...600).contains(seconds) else { throw ValidationError("--seconds must be 1...600") }
@@ -40,6 +42,7 @@ struct GossipBench: AsyncParsableCommand {
             throw ValidationError("--minimum-eager, --lazy-fanout and --mesh-degree must be 0...64")
         }
         guard (0...1_000).contains(consensusBatchMs) else { throw ValidationError("--consensus-batch-ms must be 0...1000") }
+        guard (1...10_000).contains(haveIntervalMs) else { throw ValidationError("--have-interval-ms must be 1...10000") }
     }
 
     mutating func run() async throws {
@@ -62,11 +65,13 @@ struct GossipBench: AsyncParsableCommand {
         gossip.lazyFanout = lazyFanout
         gossip.meshDegree = meshDegree
         gossip.batchDelay[0] = .milliseconds(consensusBatchMs)
+        gossip.haveInterval = .milliseconds(haveIntervalMs)
         // The votes travel on the relay's votes topic (its packing), without its counting: no
         // statement is ever certified here, so every vote goes to every node.
         let spreading = try await GossipCluster.start(count: nodes, degree: degree, seed: 7, link: link, gossip: gossip, group: group)
+        let committee = spreading.committee
         for node in spreading.nodes {
-            var options = ConsensusRelay.votesOptions(preferred: [])
+            var options = ConsensusRelay.votesOptions(preferred: []) { $0 == committee.epoch ? committee : nil }
             options.validate = { _ in .accept }
             node.router.register(topic: ConsensusRelay.votesTopic, options: options)
         }

@@ -37,7 +37,8 @@ let gossipTarget = FuzzTarget(
         return [
             GossipFrame(priority: .consensus, items: [.message(.init(topic: ConsensusRelay.votesTopic, critical: false, compressed: false, body: votes[1]))]).bytes,
             GossipFrame(priority: .consensus, items: [.packed(topic: ConsensusRelay.votesTopic, critical: false, body: VotePackBytes.of(Array(votes.dropFirst())))]).bytes,
-            GossipFrame(priority: .checkpoints, items: [.message(.init(topic: "t", critical: true, compressed: false, body: [1])), .have(topic: "t", ids: [ShortID(id)]), .want(ids: [ShortID(id)]), .ack(ids: [id]), .prune(topic: "t")]).bytes,
+            GossipFrame(priority: .consensus, items: [.packed(topic: ConsensusRelay.votesTopic, critical: false, body: VotePackBytes.of(Array(votes.dropFirst()), indexed: true))]).bytes,
+            GossipFrame(priority: .checkpoints, items: [.message(.init(topic: "t", critical: true, compressed: false, body: [1])), .have(topic: "t", ids: [ShortID(id)]), .want(ids: [ShortID(id)]), .ack(ids: [id]), .prune(topic: "t", origin: []), .prune(topic: ConsensusRelay.votesTopic, origin: keys[2].publicKey.raw.bytes)]).bytes,
         ]
     },
     run: { input in
@@ -50,7 +51,12 @@ let gossipTarget = FuzzTarget(
     }
 )
 
-/// A vote pack of `payloads` (each a `bcs(Vote)`), through the votes topic's packing.
+/// A vote pack of `payloads` (each a `bcs(Vote)`), through the votes topic's packing: signers
+/// by key, or by index in the fixture's committee when `indexed`.
 enum VotePackBytes {
-    static func of(_ payloads: [[UInt8]]) -> [UInt8] { ConsensusRelay.votesOptions(preferred: []).pack?(payloads) ?? [] }
+    static func of(_ payloads: [[UInt8]], indexed: Bool = false) -> [UInt8] {
+        let keys = gossipFixture.3
+        let committee = Committee(epoch: 1, members: keys.map(\.publicKey).sorted().map { Member(name: $0, votingPower: 2_500, address: "") })
+        return ConsensusRelay.votesOptions(preferred: []) { indexed && $0 == 1 ? committee : nil }.pack?(payloads) ?? []
+    }
 }

@@ -17,7 +17,7 @@ struct GossipWireTests {
         let id = GossipItem.Message.id(topic: "t", payload: [9])
         let frame = GossipFrame(priority: .consensus, items: [
             .message(.init(topic: "votes", critical: true, compressed: false, body: [1, 2, 3])),
-            .have(topic: "votes", ids: [ShortID(id), ShortID(id)]), .want(ids: [ShortID(id)]), .prune(topic: "blocks"), .ack(ids: [id]),
+            .have(topic: "votes", ids: [ShortID(id), ShortID(id)]), .want(ids: [ShortID(id)]), .prune(topic: "blocks", origin: []), .prune(topic: "votes", origin: [UInt8](repeating: 9, count: 32)), .ack(ids: [id]),
         ])
         let bytes = frame.bytes
         #expect(bytes.first == 0)
@@ -37,25 +37,44 @@ struct GossipWireTests {
         #expect(!small.compressed)
     }
 
-    @Test("votes that share a frame pack to the statement once and 96 bytes a vote, and unpack to the exact payloads; a pack that lies is refused")
+    @Test("votes that share a frame pack to the statement once and 66 bytes a vote (signer by index) or 96 (by key), and unpack to the exact payloads; a pack that lies is refused")
     func votePacks() throws {
         let keys = (0..<5).map { SimNet.key(7_000 + $0) }
+        let committee = Committee.equalPower(keys.map(\.publicKey), epoch: 3)
+        let known: @Sendable (UInt64) -> Committee? = { $0 == 3 ? committee : nil }
         let a = VoteStatement(kind: .vote, epoch: 3, round: 8, digest: Hashing.sha256([1]))
         let b = VoteStatement(kind: .timeout, epoch: 3, round: 9, digest: .zero)
         let payloads = keys.map { Vote(statement: a, key: $0).bcsBytes } + keys.prefix(2).map { Vote(statement: b, key: $0).bcsBytes }
-        let pack = try #require(VotePack(votes: payloads))
-        let bytes = pack.bcsBytes
-        #expect(bytes.count == 1 + 2 * (49 + 1) + 7 * 96)
-        #expect(try VotePack(bcsBytes: bytes).payloads.sorted { $0.lexicographicallyPrecedes($1) } == payloads.sorted { $0.lexicographicallyPrecedes($1) })
+        func sorted(_ p: [[UInt8]]) -> [[UInt8]] { p.sorted { $0.lexicographicallyPrecedes($1) } }
+        // Without the committee: signers by key.
+        let byKey = try #require(VotePack(votes: payloads)).bcsBytes
+        #expect(byKey.count == 1 + 2 * (49 + 1 + 1) + 7 * 96)
+        #expect(sorted(try VotePack(bcsBytes: byKey).payloads()) == sorted(payloads))
+        #expect(sorted(try VotePack(bcsBytes: byKey).payloads(committee: known)) == sorted(payloads))
+        // With it: by index, and back to the same payloads with the committee.
+        let byIndex = try #require(VotePack(votes: payloads, committee: known)).bcsBytes
+        #expect(byIndex.count == 1 + 2 * (49 + 1 + 1) + 7 * 66)
+        #expect(sorted(try VotePack(bcsBytes: byIndex).payloads(committee: known)) == sorted(payloads))
+        // A node that does not know the epoch's committee cannot name the signers: those votes
+        // are left out (they could not be checked there either).
+        #expect(try VotePack(bcsBytes: byIndex).payloads().isEmpty)
+        // A stranger's vote keeps its group by key.
+        let stranger = Vote(statement: a, key: SimNet.key(7_100)).bcsBytes
+        let mixed = try #require(VotePack(votes: [payloads[0], stranger, payloads[5]], committee: known))
+        #expect(mixed.bcsBytes.count == 1 + 2 * (49 + 1 + 1) + 2 * 96 + 66)
+        #expect(try VotePack(bcsBytes: mixed.bcsBytes).payloads(committee: known) == [payloads[0], stranger, payloads[5]])
         #expect(VotePack(votes: payloads + [[1, 2, 3]]) == nil)
-        // A group of zero votes, and a count the bytes cannot back.
-        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + a.bcsBytes + [0]) }
-        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + a.bcsBytes + [0x80, 0x08]) }
-        let item = GossipItem.packed(topic: ConsensusRelay.votesTopic, critical: false, body: bytes)
+        // A group of zero votes, a count the bytes cannot back, an unknown form, an index past the committee.
+        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + a.bcsBytes + [0, 0]) }
+        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + a.bcsBytes + [0, 0x80, 0x08]) }
+        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + a.bcsBytes + [2, 1] + [UInt8](repeating: 0, count: 96)) }
+        let past = [1] + a.bcsBytes + [1, 1, 5, 0] + [UInt8](repeating: 0, count: 64)
+        #expect(throws: CoreError.self) { try VotePack(bcsBytes: past).payloads(committee: known) }
+        let item = GossipItem.packed(topic: ConsensusRelay.votesTopic, critical: false, body: byIndex)
         #expect(try BCS.decode(GossipFrame.self, from: GossipFrame(priority: .consensus, items: [item]).bytes).items == [item])
     }
 
-    @Test("refused: unknown priority, tag or flags, empty or 65-byte topics, id lists of 0 or 1,025, too many items, trailing bytes")
+    @Test("refused: unknown priority, tag or flags, empty or 65-byte topics, id lists of 0 or 1,025, too many items, trailing bytes, 65-byte origins")
     func refusals() {
         let id = [UInt8](repeating: 1, count: 32)
         let cases: [(String, [UInt8])] = [
@@ -66,8 +85,9 @@ struct GossipWireTests {
             ("65-byte topic", [0, 1, 3, 65] + [UInt8](repeating: 0x61, count: 65)),
             ("no ids", [0, 1, 2, 0]),
             ("1,025 ids", [0, 1, 2, 0x81, 0x08] + (0..<1_025).flatMap { _ in id }),
-            ("1,025 items", [0, 0x81, 0x08] + (0..<1_025).flatMap { _ in [3, 1, 0x61] as [UInt8] }),
-            ("trailing byte", [0, 1, 3, 1, 0x61, 0]),
+            ("1,025 items", [0, 0x81, 0x08] + (0..<1_025).flatMap { _ in [3, 1, 0x61, 0] as [UInt8] }),
+            ("trailing byte", [0, 1, 3, 1, 0x61, 0, 0]),
+            ("a prune of a 65-byte origin", [0, 1, 3, 1, 0x61, 65] + [UInt8](repeating: 1, count: 65)),
             ("a count the bytes cannot back", [0, 0xff, 0xff, 0x03]),
         ]
         for (why, bytes) in cases {
@@ -133,6 +153,39 @@ struct GossipRoutingTests {
         #expect(await eventually(20) { ids.allSatisfy { id in second.allSatisfy { net.router(id)!.hasSeen($0) } } })
         let settled = ids.map { net.router($0)!.statistics }.reduce(0) { $0 + $1.duplicates } - duplicates
         #expect(Double(settled) / Double(300 * 23) < 1.0, "\(settled) duplicates for \(300 * 23) deliveries (first round: \(duplicates))")
+        #expect(net.violations.withLock { $0 }.isEmpty)
+    }
+
+    @Test("every node publishing each round (votes of many signers): each origin's messages settle into a tree of their own, so that few copies arrive twice; links cut afterwards are bridged by announcements and pulls")
+    func originTrees() async throws {
+        var options = TopicOptions()
+        options.origin = { $0.first.map { [$0] } }
+        let n = 24
+        let (net, ids, graph, inboxes) = Self.cluster(n, degree: 6, seed: 13, options: options)
+        defer { net.stopAll() }
+        var published: [MessageID] = []
+        func round(_ r: Int) async -> Bool {
+            let ids_ = (0..<n).map { o in net.router(ids[o])!.publish(topic: Self.topic, payload: [UInt8(o)] + Array("round \(r)".utf8)) }
+            published += ids_
+            return await eventually(20) { ids.allSatisfy { id in ids_.allSatisfy { net.router(id)!.hasSeen($0) } } }
+        }
+        func duplicates() -> Int { ids.map { net.router($0)!.statistics.duplicates }.reduce(0, +) }
+        // The first rounds shape the trees (every peer starts eager: the first message of an
+        // origin floods).
+        for r in 0..<3 { #expect(await round(r), "round \(r)") }
+        let warm = duplicates()
+        for r in 3..<13 { #expect(await round(r), "round \(r)") }
+        let settled = duplicates() - warm
+        // Flooding would give about 4 copies too many per message and node here; one tree for
+        // every origin together keeps cycles (0.7 in tools/bench gossip).
+        #expect(Double(settled) / Double(10 * n * (n - 1)) < 0.3, "\(settled) duplicates for \(10 * n * (n - 1)) deliveries (warm-up: \(warm))")
+        // Node 0's tree for origin 5 keeps one path in at least, and not all of its peers.
+        let tree = net.router(ids[0])!.tree(topic: Self.topic, origin: [5])
+        #expect(!tree.eager.isEmpty && !tree.lazy.isEmpty && tree.eager.count + tree.lazy.count == 6)
+        // Cut one link of every third node: the trees through them are bridged.
+        for a in stride(from: 0, to: n, by: 3) { net.disconnect(ids[a], ids[graph[a][0]]) }
+        for r in 13..<18 { #expect(await round(r), "round \(r) after the cuts") }
+        #expect(await eventually(10) { inboxes.map(\.count).reduce(0, +) == 18 * n * (n - 1) })
         #expect(net.violations.withLock { $0 }.isEmpty)
     }
 

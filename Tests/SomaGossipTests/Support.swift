@@ -56,6 +56,12 @@ final class SimNet: Sendable {
         router(b)?.addPeer(a, link: Link(net: self, from: b, to: a))
     }
 
+    /// Cuts the link between `a` and `b` both ways (frames in flight are dropped on arrival).
+    func disconnect(_ a: PeerID, _ b: PeerID) {
+        router(a)?.removePeer(b)
+        router(b)?.removePeer(a)
+    }
+
     struct Link: GossipLink {
         let net: SimNet
         let from: PeerID
