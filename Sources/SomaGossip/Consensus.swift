@@ -365,8 +365,8 @@ public final class ConsensusRelay: Sendable {
     }
 }
 
-/// Votes that share a frame, packed: each statement once, then each vote's signer and
-/// signature. Where the statement's committee is known, a signer travels as its index in the
+/// Votes that share a frame, packed: each statement once (epoch and round as ULEB128), then
+/// each vote's signer and signature. Where the statement's committee is known, a signer travels as its index in the
 /// committee (2 bytes: 66 bytes a vote instead of 145), otherwise as its key (96 bytes a vote).
 /// Unpacking gives back the exact `bcs(Vote)` of each, so their message ids are unchanged.
 struct VotePack: BCSCodable, Equatable {
@@ -437,12 +437,16 @@ struct VotePack: BCSCodable, Equatable {
         return out
     }
 
-    /// Writes the groups: per group the statement, the form (0: signers by key, 1: by u16 index),
-    /// the count, then signer and signature of each vote.
+    /// Writes the groups: per group the statement (kind, then epoch and round as ULEB128, then
+    /// the digest), the form (0: signers by key, 1: by u16 index), the count, then signer and
+    /// signature of each vote.
     func encode(to w: inout BCSWriter) {
         w.writeLength(groups.count)
         for g in groups {
-            w.write(g.statement)
+            w.write(g.statement.kind.rawValue)
+            w.writeULEB128(g.statement.epoch)
+            w.writeULEB128(g.statement.round)
+            w.write(g.statement.digest)
             let indexed = g.votes.first.map { if case .index = $0.signer { true } else { false } } ?? false
             w.write(UInt8(indexed ? 1 : 0))
             w.writeLength(g.votes.count)
@@ -458,11 +462,13 @@ struct VotePack: BCSCodable, Equatable {
 
     /// Reads the groups (1...``GossipLimits/maxItems`` votes in all, each group at least one).
     init(from r: inout BCSReader) throws(CoreError) {
-        let count = try r.readLength(minElementSize: 51)
+        let count = try r.readLength(minElementSize: 37)
         var groups: [Group] = []
         var total = 0
         for _ in 0..<count {
-            let statement = try r.read(VoteStatement.self)
+            let raw = try r.readU8()
+            guard let kind = VoteKind(rawValue: raw) else { throw CoreError(.unknownTag, "vote kind \(raw)") }
+            let statement = VoteStatement(kind: kind, epoch: try r.readULEB128(), round: try r.readULEB128(), digest: try r.readDigest())
             let form = try r.readU8()
             guard form <= 1 else { throw CoreError(.unknownTag, "vote pack form \(form)") }
             let n = try r.readLength(minElementSize: form == 1 ? 66 : 96)

@@ -113,6 +113,9 @@ public final class GossipCluster: Sendable {
         /// Shares of the bytes: message items and announcements.
         public var messageShare: Double
         public var announcementShare: Double
+        /// Frames sent and ids announced per delivery.
+        public var framesPerDelivery: Double
+        public var announcedPerDelivery: Double
     }
 
     /// Each round, every node publishes one `payloadBytes`-byte message on `topic` (registered
@@ -174,7 +177,9 @@ public final class GossipCluster: Sendable {
             latencyP99: latencies.isEmpty ? 0 : latencies[latencies.count * 99 / 100],
             pulls: total(\.pulled), prunes: total(\.prunes),
             messageShare: Double(total(\.messageBytes)) / Double(max(1, bytes)),
-            announcementShare: Double(total(\.haveBytes)) / Double(max(1, bytes)))
+            announcementShare: Double(total(\.haveBytes)) / Double(max(1, bytes)),
+            framesPerDelivery: Double(total(\.framesSent)) / Double(delivered),
+            announcedPerDelivery: Double(total(\.announced)) / Double(delivered))
     }
 
     /// What ``certify(rounds:pause:)`` saw.

@@ -100,7 +100,7 @@ public struct GossipConfiguration: Sendable {
     public var lazyFanout = 6
     /// How often announcements (`have`) go to lazy peers; a message is announced on the first
     /// tick at least this long after it was forwarded.
-    public var haveInterval: Duration = .milliseconds(50)
+    public var haveInterval: Duration = .milliseconds(100)
     /// How long an announced message may stay missing before it is pulled (`want`) from the
     /// next peer that announced it, at least (the router lengthens it while pulls turn out
     /// premature, up to 1 s).
@@ -156,6 +156,8 @@ public struct GossipStatistics: Sendable, Equatable {
     /// Bytes of message items and of announcement items (`have`) among them.
     public var messageBytes = 0
     public var haveBytes = 0
+    /// Message ids announced (in `have` items sent).
+    public var announced = 0
     /// Messages dropped by validation, throttling or decoding, and frames that did not decode.
     public var rejected = 0
     public var throttled = 0

@@ -600,7 +600,9 @@ struct RouterState {
                 for item in items {
                     switch item {
                     case .message, .packed: stats.messageBytes += item.sizeHint
-                    case .have: stats.haveBytes += item.sizeHint
+                    case .have(_, let ids):
+                        stats.haveBytes += item.sizeHint
+                        stats.announced += ids.count
                     default: break
                     }
                     if !batch.isEmpty && (size + item.sizeHint > configuration.batchBytes || batch.count == GossipLimits.maxItems) { send() }

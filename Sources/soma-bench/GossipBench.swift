@@ -85,6 +85,7 @@ struct GossipBench: AsyncParsableCommand {
         line("bytes sent / (payload x receivers)", fmt(spread.bytesPerPayloadByte, 2), "goal <= 1.2; 145-byte votes")
         line("propagation latency p50 / p99", "\(fmt(spread.latencyP50, 1)) / \(fmt(spread.latencyP99, 1)) ms")
         line("pulls (want) / prunes", "\(spread.pulls) / \(spread.prunes)")
+        line("frames / announced ids per delivery", "\(fmt(spread.framesPerDelivery, 2)) / \(fmt(spread.announcedPerDelivery, 2))")
         line("bytes: messages / announcements / rest", "\(fmt(spread.messageShare * 100, 0))% / \(fmt(spread.announcementShare * 100, 0))% / \(fmt((1 - spread.messageShare - spread.announcementShare) * 100, 0))%")
 
         print("\n== vote to certificate: \(nodes) validators of equal power, each votes; the certificate at every node")

@@ -37,7 +37,7 @@ struct GossipWireTests {
         #expect(!small.compressed)
     }
 
-    @Test("votes that share a frame pack to the statement once and 66 bytes a vote (signer by index) or 96 (by key), and unpack to the exact payloads; a pack that lies is refused")
+    @Test("votes that share a frame pack to the statement once (35 bytes) and 66 bytes a vote (signer by index) or 96 (by key), and unpack to the exact payloads; a pack that lies is refused")
     func votePacks() throws {
         let keys = (0..<5).map { SimNet.key(7_000 + $0) }
         let committee = Committee.equalPower(keys.map(\.publicKey), epoch: 3)
@@ -48,12 +48,12 @@ struct GossipWireTests {
         func sorted(_ p: [[UInt8]]) -> [[UInt8]] { p.sorted { $0.lexicographicallyPrecedes($1) } }
         // Without the committee: signers by key.
         let byKey = try #require(VotePack(votes: payloads)).bcsBytes
-        #expect(byKey.count == 1 + 2 * (49 + 1 + 1) + 7 * 96)
+        #expect(byKey.count == 1 + 2 * (35 + 1 + 1) + 7 * 96)
         #expect(sorted(try VotePack(bcsBytes: byKey).payloads()) == sorted(payloads))
         #expect(sorted(try VotePack(bcsBytes: byKey).payloads(committee: known)) == sorted(payloads))
         // With it: by index, and back to the same payloads with the committee.
         let byIndex = try #require(VotePack(votes: payloads, committee: known)).bcsBytes
-        #expect(byIndex.count == 1 + 2 * (49 + 1 + 1) + 7 * 66)
+        #expect(byIndex.count == 1 + 2 * (35 + 1 + 1) + 7 * 66)
         #expect(sorted(try VotePack(bcsBytes: byIndex).payloads(committee: known)) == sorted(payloads))
         // A node that does not know the epoch's committee cannot name the signers: those votes
         // are left out (they could not be checked there either).
@@ -61,14 +61,19 @@ struct GossipWireTests {
         // A stranger's vote keeps its group by key.
         let stranger = Vote(statement: a, key: SimNet.key(7_100)).bcsBytes
         let mixed = try #require(VotePack(votes: [payloads[0], stranger, payloads[5]], committee: known))
-        #expect(mixed.bcsBytes.count == 1 + 2 * (49 + 1 + 1) + 2 * 96 + 66)
+        #expect(mixed.bcsBytes.count == 1 + 2 * (35 + 1 + 1) + 2 * 96 + 66)
         #expect(try VotePack(bcsBytes: mixed.bcsBytes).payloads(committee: known) == [payloads[0], stranger, payloads[5]])
         #expect(VotePack(votes: payloads + [[1, 2, 3]]) == nil)
         // A group of zero votes, a count the bytes cannot back, an unknown form, an index past the committee.
-        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + a.bcsBytes + [0, 0]) }
-        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + a.bcsBytes + [0, 0x80, 0x08]) }
-        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + a.bcsBytes + [2, 1] + [UInt8](repeating: 0, count: 96)) }
-        let past = [1] + a.bcsBytes + [1, 1, 5, 0] + [UInt8](repeating: 0, count: 64)
+        let packed = [0, 3, 8] + a.digest.bytes
+        #expect(try VotePack(bcsBytes: byIndex).groups[0].statement == a)
+        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + packed + [0, 0]) }
+        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + packed + [0, 0x80, 0x08]) }
+        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1] + packed + [2, 1] + [UInt8](repeating: 0, count: 96)) }
+        // An overlong round (ULEB128 0x88 0x00).
+        #expect(throws: CoreError.self) { try VotePack(bcsBytes: [1, 0, 3, 0x88, 0x00] + a.digest.bytes + [1, 1, 0, 0] + [UInt8](repeating: 0, count: 64)) }
+        let past = [1] + packed + [1, 1, 5, 0] + [UInt8](repeating: 0, count: 64)
+        #expect(try VotePack(bcsBytes: [1] + packed + [1, 1, 4, 0] + [UInt8](repeating: 0, count: 64)).payloads(committee: known).count == 1)
         #expect(throws: CoreError.self) { try VotePack(bcsBytes: past).payloads(committee: known) }
         let item = GossipItem.packed(topic: ConsensusRelay.votesTopic, critical: false, body: byIndex)
         #expect(try BCS.decode(GossipFrame.self, from: GossipFrame(priority: .consensus, items: [item]).bytes).items == [item])
