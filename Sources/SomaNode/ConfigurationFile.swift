@@ -2,6 +2,8 @@ import Foundation
 import SomaCore
 import SomaDiscovery
 import SomaStore
+import SomaGossip
+import SomaNet
 import Yams
 
 /// Errors of the node's set-up: configuration, key and genesis files.
@@ -56,6 +58,15 @@ public enum NodeConfigurationFile {
               listen: "\(d.http.listen ?? "")"      # HOST:PORT of the HTTP API, /metrics and the status page; empty: off
               readyWithin: \(d.http.readyWithin)                 # /health?ready answers 503 while more checkpoints than this behind the best known tip
               eventBuffer: \(d.http.eventBuffer)              # events held for one /v1/events client before it is dropped as too slow
+            gossip:
+              meshDegree: \(d.gossip.meshDegree)                    # eager peers a push tree starts with
+              minimumEager: \(d.gossip.minimumEager)                  # a topic's tree keeps at least this many (an origin's tree: 1)
+              lazyFanout: \(d.gossip.lazyFanout)                    # lazy peers a message is announced to, at most
+              haveIntervalMs: \(d.gossip.haveInterval.milliseconds)              # how often announcements leave
+              missingTimeoutMs: \(d.gossip.missingTimeout.milliseconds)            # an announced message not received this long is pulled
+              seenTTLSeconds: \(d.gossip.seenTTL.components.seconds)              # how long a message id is remembered (longer than a message stays valid)
+              retainMiB: \(d.gossip.retainBytes >> 20)                    # message bodies kept to answer pulls
+              topics: []                       # more topics: [{name: NAME, class: consensus|checkpoints|bulk, maxMessageKiB: 1...4096}]
             drainSeconds: \(d.drainSeconds)            # on stop, wait this long for requests in flight
             logLevel: \(d.logLevel)
             logFormat: \(d.logFormat.rawValue)                  # text, or json (one JSON object a line)
@@ -127,7 +138,7 @@ public enum NodeConfigurationFile {
             guard let i = v as? Int, range.contains(i) else { throw NodeError("\(source): '\(path)' must be an integer in \(range)") }
             return i
         }
-        try checkKeys(top, ["listen", "store", "net", "sync", "discovery", "http", "metrics", "drainSeconds", "logLevel", "logFormat"], source, "")
+        try checkKeys(top, ["listen", "store", "net", "sync", "discovery", "http", "metrics", "gossip", "drainSeconds", "logLevel", "logFormat"], source, "")
         let listen = try section("listen")
         try checkKeys(listen, ["host", "port"], source, "listen.")
         if let h = listen["host"] {
@@ -246,6 +257,36 @@ public enum NodeConfigurationFile {
         }
         if let v = try int(http, "readyWithin", "http.readyWithin", range: 0...1_000_000) { config.http.readyWithin = UInt64(v) }
         if let v = try int(http, "eventBuffer", "http.eventBuffer", range: 16...1_000_000) { config.http.eventBuffer = v }
+        let gossip = try section("gossip")
+        try checkKeys(gossip, ["meshDegree", "minimumEager", "lazyFanout", "haveIntervalMs", "missingTimeoutMs", "seenTTLSeconds", "retainMiB", "topics"], source, "gossip.")
+        if let v = try int(gossip, "meshDegree", "gossip.meshDegree", range: 0...64) { config.gossip.meshDegree = v }
+        if let v = try int(gossip, "minimumEager", "gossip.minimumEager", range: 0...64) { config.gossip.minimumEager = v }
+        if let v = try int(gossip, "lazyFanout", "gossip.lazyFanout", range: 0...64) { config.gossip.lazyFanout = v }
+        if let v = try int(gossip, "haveIntervalMs", "gossip.haveIntervalMs", range: 1...10_000) { config.gossip.haveInterval = .milliseconds(v) }
+        if let v = try int(gossip, "missingTimeoutMs", "gossip.missingTimeoutMs", range: 1...60_000) { config.gossip.missingTimeout = .milliseconds(v) }
+        if let v = try int(gossip, "seenTTLSeconds", "gossip.seenTTLSeconds", range: 1...86_400) { config.gossip.seenTTL = .seconds(v) }
+        if let v = try int(gossip, "retainMiB", "gossip.retainMiB", range: 1...65_536) { config.gossip.retainBytes = v << 20 }
+        if let v = gossip["topics"] {
+            guard let list = v as? [Any], list.count <= 256 else { throw NodeError("\(source): 'gossip.topics' must be a list of at most 256 topics") }
+            var names = Set<String>()
+            for item in list {
+                guard let t = item as? [String: Any] else { throw NodeError("\(source): each of 'gossip.topics' must be a mapping {name, class, maxMessageKiB}") }
+                try checkKeys(t, ["name", "class", "maxMessageKiB"], source, "gossip.topics.")
+                guard let name = t["name"] as? String, !name.isEmpty, name.utf8.count <= GossipLimits.maxTopicBytes, !name.hasPrefix("consensus.") else {
+                    throw NodeError("\(source): 'gossip.topics.name' must be 1...64 UTF-8 bytes, not under consensus. (the relay's topics)")
+                }
+                guard names.insert(name).inserted else { throw NodeError("\(source): 'gossip.topics.name' \(name) is listed twice") }
+                var priority = Priority.bulk
+                if let c = t["class"] {
+                    guard let s = c as? String, let p = Priority.allCases.first(where: { $0.description == s }) else {
+                        throw NodeError("\(source): 'gossip.topics.class' must be consensus, checkpoints or bulk")
+                    }
+                    priority = p
+                }
+                let kib = try int(t, "maxMessageKiB", "gossip.topics.maxMessageKiB", range: 1...(GossipLimits.maxMessageBytes >> 10)) ?? 1_024
+                config.gossipTopics.append(GossipTopic(name: name, priority: priority, maxMessageBytes: kib << 10))
+            }
+        }
         if let v = try int(top, "drainSeconds", "drainSeconds", range: 0...3_600) { config.drainSeconds = v }
         if let v = top["logLevel"] {
             guard let s = v as? String, ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(s) else {
@@ -265,4 +306,9 @@ public enum NodeConfigurationFile {
             throw NodeError("\(source): unknown key '\(prefix)\(unknown)'")
         }
     }
+}
+
+extension Duration {
+    /// Whole milliseconds.
+    var milliseconds: Int64 { components.seconds * 1_000 + components.attoseconds / 1_000_000_000_000_000 }
 }

@@ -92,7 +92,7 @@ public struct NodeBuilder: Sendable {
             await events.advance(to: try await store.watermark(.highestSynced)?.seq ?? 0)
             let status = NodeStatus(chainID: genesis.chainID, peerID: "\(key.publicKey)", mode: store.configuration.mode, readyWithin: config.http.readyWithin)
             let wiring = Node.Wiring()
-            let gossip = NodeGossip(key: key, logger: logger)
+            let gossip = NodeGossip(key: key, configuration: config.gossip, topics: config.gossipTopics, logger: logger)
             await gossip.refresh(from: store)
             var discovery: Discovery? = nil
             var server: NetServer? = nil

@@ -1,5 +1,6 @@
 import NIOCore
 public import SomaDiscovery
+public import SomaGossip
 public import SomaNet
 public import SomaStore
 public import SomaSync
@@ -38,6 +39,11 @@ public struct NodeConfiguration: Sendable {
     public var logLevel = "info"
     /// Log lines as text or as JSON objects, one a line.
     public var logFormat = LogFormat.text
+    /// Message propagation's tunables (tree, announcements, seen-cache).
+    public var gossip = GossipConfiguration()
+    /// Topics carried besides the consensus relay's (a publisher's own messages, over the HTTP
+    /// API or in process).
+    public var gossipTopics: [GossipTopic] = []
 
     /// Defaults for a data directory.
     public init(dataDirectory: String) {
@@ -94,5 +100,30 @@ public struct HTTPConfiguration: Sendable {
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         guard !host.isEmpty else { return nil }
         return (host, port)
+    }
+}
+
+/// A topic an operator adds (`gossip.topics` in the configuration file).
+public struct GossipTopic: Sendable, Equatable {
+    /// Its name: 1...64 UTF-8 bytes, not under `consensus.` (the relay's).
+    public var name: String
+    /// The class its frames travel in.
+    public var priority: Priority
+    /// The largest payload, decompressed.
+    public var maxMessageBytes: Int
+
+    /// A topic.
+    public init(name: String, priority: Priority, maxMessageBytes: Int) {
+        self.name = name
+        self.priority = priority
+        self.maxMessageBytes = maxMessageBytes
+    }
+
+    /// Its options: class and size; no validation (its payloads are opaque to the node).
+    public var options: TopicOptions {
+        var o = TopicOptions()
+        o.priority = priority
+        o.maxMessageBytes = maxMessageBytes
+        return o
     }
 }

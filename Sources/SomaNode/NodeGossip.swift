@@ -40,8 +40,9 @@ public final class NodeGossip: Sendable {
     /// Where connections queue the frames they receive (handled off the event loops).
     let intake: GossipIntake
 
-    init(key: SigningKey, logger: Logger) {
-        let router = GossipRouter(localID: key.publicKey, logger: logger)
+    init(key: SigningKey, configuration: GossipConfiguration = GossipConfiguration(), topics: [GossipTopic] = [], logger: Logger) {
+        let router = GossipRouter(localID: key.publicKey, configuration: configuration, logger: logger)
+        for t in topics { router.register(topic: t.name, options: t.options) }
         let book = CommitteeBook()
         self.router = router
         self.links = GossipLinks(router: router)

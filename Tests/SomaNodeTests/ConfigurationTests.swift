@@ -1,6 +1,7 @@
 import SomaDiscovery
 import SomaNode
 import SomaStore
+import SomaGossip
 import Testing
 
 @Suite("Node configuration file")
@@ -52,6 +53,29 @@ struct ConfigurationTests {
         #expect(try NodeConfigurationFile.parse("metrics: {listen: \"0.0.0.0:9300\"}", dataDirectory: "/d").http.listen == "0.0.0.0:9300")
         #expect(try NodeConfigurationFile.parse(
             "metrics: {listen: \"0.0.0.0:9300\"}\nhttp: {listen: \"127.0.0.1:1\"}", dataDirectory: "/d").http.listen == "127.0.0.1:1")
+        // Gossip: the router's tunables and the operator's own topics.
+        let g = GossipConfiguration()
+        #expect(parsed.gossip.meshDegree == g.meshDegree && parsed.gossip.minimumEager == g.minimumEager && parsed.gossip.lazyFanout == g.lazyFanout)
+        #expect(parsed.gossip.haveInterval == g.haveInterval && parsed.gossip.missingTimeout == g.missingTimeout)
+        #expect(parsed.gossip.seenTTL == g.seenTTL && parsed.gossip.retainBytes == g.retainBytes && parsed.gossipTopics.isEmpty)
+        let gossip = try NodeConfigurationFile.parse("""
+            gossip:
+              meshDegree: 5
+              minimumEager: 1
+              lazyFanout: 2
+              haveIntervalMs: 40
+              missingTimeoutMs: 300
+              seenTTLSeconds: 600
+              retainMiB: 16
+              topics: [{name: blocks.hints, class: checkpoints, maxMessageKiB: 64}, {name: misc}]
+            """, dataDirectory: "/d")
+        #expect(gossip.gossip.meshDegree == 5 && gossip.gossip.minimumEager == 1 && gossip.gossip.lazyFanout == 2)
+        #expect(gossip.gossip.haveInterval == .milliseconds(40) && gossip.gossip.missingTimeout == .milliseconds(300))
+        #expect(gossip.gossip.seenTTL == .seconds(600) && gossip.gossip.retainBytes == 16 << 20)
+        #expect(gossip.gossipTopics == [
+            GossipTopic(name: "blocks.hints", priority: .checkpoints, maxMessageBytes: 64 << 10),
+            GossipTopic(name: "misc", priority: .bulk, maxMessageBytes: 1 << 20),
+        ])
     }
 
     @Test("bad files are refused with the key named", arguments: [
@@ -77,6 +101,15 @@ struct ConfigurationTests {
         ("discovery: {role: king}", "discovery.role"),
         ("discovery: {allowedPeers: [abc]}", "discovery.allowedPeers"),
         ("discovery: {targetConnections: 0}", "discovery.targetConnections"),
+        ("gossip: {meshDegree: 65}", "gossip.meshDegree"),
+        ("gossip: {haveIntervalMs: 0}", "gossip.haveIntervalMs"),
+        ("gossip: {colour: blue}", "gossip.colour"),
+        ("gossip: {topics: {name: a}}", "gossip.topics"),
+        ("gossip: {topics: [{name: consensus.votes}]}", "gossip.topics.name"),
+        ("gossip: {topics: [{name: a}, {name: a}]}", "gossip.topics.name"),
+        ("gossip: {topics: [{name: a, class: urgent}]}", "gossip.topics.class"),
+        ("gossip: {topics: [{name: a, maxMessageKiB: 8192}]}", "gossip.topics.maxMessageKiB"),
+        ("gossip: {topics: [{name: a, colour: blue}]}", "gossip.topics.colour"),
         ("discovery: {advertise: [\"a:1\", \"a:2\", \"a:3\", \"a:4\", \"a:5\", \"a:6\", \"a:7\", \"a:8\", \"a:9\"]}", "discovery.advertise"),
         // Fuzz finding (config): a mapping key that is itself a mapping trapped in Yams' untyped loader.
         ("net:\n  tls: true\n? uploadBytesPerSecond: 1000\n", "a mapping key must be a plain string"),

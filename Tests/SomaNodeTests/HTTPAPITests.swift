@@ -35,6 +35,8 @@ final class APINode {
         config.http.listen = "127.0.0.1:0"
         config.http.eventBuffer = eventBuffer
         config.serve = false
+        // An operator's own topic (gossip.topics), of at most 8 bytes.
+        config.gossipTopics = [GossipTopic(name: "ops.notes", priority: .bulk, maxMessageBytes: 8)]
         if pruned {
             config.store.mode = .pruned
             config.store.adoptStoredMode = false
@@ -100,6 +102,9 @@ struct HTTPAPITests {
         #expect(published.status == 202)
         let publishedID = try body(published)["id"] as? String
         #expect(publishedID == GossipItem.Message.id(topic: "consensus.messages", payload: [10, 11, 12]).hex)
+        // A topic of the configuration file is carried like the relay's.
+        #expect(try await api.post("/v1/gossip/ops.notes", #"{"payload": "0001020304050607"}"#).status == 202)
+        #expect(api.node.gossip.router.topics.contains("ops.notes"))
         let critical = try await api.post("/v1/gossip/consensus.messages", #"{"payload": "0d", "critical": true}"#)
         let missing = try body(critical)["missing"] as? [String]
         #expect(critical.status == 200 && missing == [])
@@ -108,6 +113,7 @@ struct HTTPAPITests {
             ("/v1/gossip/consensus.votes", #"{"payload": "00"}"#, 400, "bad_request"),
             ("/v1/gossip/consensus.messages", #"{"payload": "zz"}"#, 400, "bad_request"),
             ("/v1/gossip/consensus.messages", "not json", 400, "bad_request"),
+            ("/v1/gossip/ops.notes", #"{"payload": "000102030405060708"}"#, 400, "bad_request"),
             ("/v1/consensus/votes", #"{"kind": "maybe", "epoch": 1, "round": 1, "digest": "00", "signer": "00", "signature": "00"}"#, 400, "bad_request"),
         ] {
             let a = try await api.post(path, text)
