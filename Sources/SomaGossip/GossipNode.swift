@@ -145,10 +145,13 @@ public final class GossipNode: Sendable {
         return client.peerID
     }
 
-    /// Stops: the router's timers end, the connections close.
+    /// Stops: the router's timers end (awaited: a timer still running could send on a
+    /// connection whose event loops the caller shuts down next), the connections close.
     public func close() async {
         intake.finish()
-        for t in tasks.withLock({ $0 }) { t.cancel() }
+        let tasks = self.tasks.withLock { $0 }
+        for t in tasks { t.cancel() }
+        for t in tasks { await t.value }
         for c in clients.withLock({ $0 }) { await c.close() }
         await server.shutdown(drain: .zero)
     }

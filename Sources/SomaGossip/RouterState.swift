@@ -80,6 +80,8 @@ struct SeenEntry {
     var critical: Bool
     /// Validation is under way (a copy arriving meanwhile is a duplicate).
     var pending: Bool
+    /// It arrived as the answer to this node's pull.
+    var pulled = false
 }
 
 /// A message announced but not received.
@@ -321,16 +323,14 @@ struct RouterState {
         let announcers = missed?.announcers ?? []
         if let missed, !missed.asked.isEmpty {
             if missed.asked.contains(peer) {
-                // The pull was needed: the peer joins the origin's tree (a topic's tree was
-                // grafted when the pull was sent; an origin is known only now).
-                if let origin, promote(peer, topic: m.topic, origin: origin) { stats.grafts += 1 }
                 missingTimeout = max(configuration.missingTimeout, missingTimeout * 0.95)
             } else {
                 missingTimeout = min(.seconds(1), missingTimeout * 1.25)
             }
         }
         seen[id] = SeenEntry(
-            topic: m.topic, expiry: expiry, holders: Set(announcers).union([peer]), encoded: nil, origin: origin, critical: m.critical, pending: true)
+            topic: m.topic, expiry: expiry, holders: Set(announcers).union([peer]), encoded: nil, origin: origin, critical: m.critical, pending: true,
+            pulled: missed?.asked.contains(peer) == true)
         seenOrder.append((id, expiry))
         shortIDs[ShortID(id)] = shortIDs[ShortID(id)] ?? id
         trimSeen()
@@ -343,6 +343,12 @@ struct RouterState {
         seen[message.id]!.pending = false
         seen[message.id]!.encoded = encoded
         retain(message.id, bytes: encoded.body.count)
+        // A pull that was needed: the peer joins the tree of the message's origin (a topic's tree
+        // was grafted when the pull was sent; an origin is known, and trusted, only now).
+        if seen[message.id]!.pulled, let origin = seen[message.id]!.origin, let from = message.from,
+           promote(from, topic: message.topic, origin: origin) {
+            stats.grafts += 1
+        }
         for c in (subscribers[message.topic] ?? [:]).values { deliveries.append(.deliver(c, message)) }
         forward(message.id, from: message.from, critical: message.critical, now: now, tracker: nil)
     }
@@ -372,26 +378,29 @@ struct RouterState {
             enqueue(.message(encoded), id: id, to: peer, priority: priority, now: now)
             seen[id]!.sentTo.insert(peer)
         }
-        // Announced to lazy peers a little later.
-        if !tree.lazy.isEmpty, configuration.lazyFanout > 0 {
+        // Announced a little later to the peers it was not sent to.
+        if configuration.lazyFanout > 0 {
             if announcements.count >= configuration.seenCapacity { announcements.removeFirst() }
             announcements.append((id, now))
         }
     }
 
     /// Announces the messages forwarded at least one interval ago, each to at most `lazyFanout`
-    /// lazy peers of its tree picked at random among those not known to hold it by now. Waiting
-    /// an interval lets peers' own announcements arrive first: a peer that announced a message
-    /// is not told of it, so announcements between two holders mostly go one way, and the
-    /// fanout goes to the peers that may lack it (a peer that lacks a message never announces
-    /// it, so every neighbour holding it keeps it among the candidates).
+    /// peers picked at random among those it was not sent to and not known to hold it by now.
+    /// Waiting an interval lets peers' own announcements arrive first: a peer that announced a
+    /// message is not told of it, so announcements between two holders mostly go one way, and
+    /// the fanout goes to the peers that may lack it (a peer that lacks a message never
+    /// announces it, so every neighbour holding it keeps it among the candidates). Candidates
+    /// are every peer of the tree, not only its lazy ones now: a peer grafted since the message
+    /// was forwarded (lazy then, so not sent it) must still hear of it.
     mutating func announce(now: ContinuousClock.Instant) {
         var haves: [PeerID: [String: [MessageID]]] = [:]
         while let (id, at) = announcements.first, at + configuration.haveInterval <= now {
             announcements.removeFirst()
             guard let entry = seen[id], let topic = topics[entry.topic] else { continue }
             let known = entry.holders.union(entry.sentTo).union(topic.options.preferred)
-            let candidates = topic.tree(entry.origin).lazy.filter { !known.contains($0) && peers[$0] != nil }
+            let tree = topic.tree(entry.origin)
+            let candidates = tree.lazy.union(tree.eager).filter { !known.contains($0) && peers[$0] != nil }
             for peer in candidates.shuffled().prefix(configuration.lazyFanout) {
                 haves[peer, default: [:]][entry.topic, default: []].append(id)
             }

@@ -194,6 +194,44 @@ struct GossipRoutingTests {
         #expect(net.violations.withLock { $0 }.isEmpty)
     }
 
+    @Test("a peer grafted after a message was forwarded (lazy then, so not sent it) is still told of it; a peer sent it is not")
+    func graftedLateHearsOfIt() async throws {
+        final class Recorder: GossipLink {
+            let frames = Mutex<[GossipFrame]>([])
+            func send(_ frame: [UInt8]) { if let f = try? BCS.decode(GossipFrame.self, from: frame) { frames.withLock { $0.append(f) } } }
+            var announced: Set<ShortID> {
+                var out = Set<ShortID>()
+                for item in frames.withLock({ $0.flatMap(\.items) }) { if case .have(_, let ids) = item { out.formUnion(ids) } }
+                return out
+            }
+            var sent: Set<MessageID> {
+                var out = Set<MessageID>()
+                for item in frames.withLock({ $0.flatMap(\.items) }) {
+                    if case .message(let m) = item { out.insert(GossipItem.Message.id(topic: m.topic, payload: m.body)) }
+                }
+                return out
+            }
+        }
+        var configuration = GossipConfiguration()
+        configuration.meshDegree = 0
+        let router = GossipRouter(localID: SimNet.key(900).publicKey, configuration: configuration)
+        router.register(topic: Self.topic)
+        let (a, b) = (SimNet.key(901).publicKey, SimNet.key(902).publicKey)
+        let (linkA, linkB) = (Recorder(), Recorder())
+        router.addPeer(a, link: linkA)
+        router.addPeer(b, link: linkB)
+        let runner = Task { await router.run() }
+        defer { runner.cancel() }
+        // Both lazy: neither is sent the messages; both are to hear of them a tick later.
+        let m1 = router.publish(topic: Self.topic, payload: [1])
+        let m2 = router.publish(topic: Self.topic, payload: [2])
+        // Before that tick, b pulls m1: it is sent m1 and grafted into the tree.
+        router.receive(from: b, frame: GossipFrame(priority: .checkpoints, items: [.want(ids: [ShortID(m1)])]).bytes)
+        #expect(router.tree(topic: Self.topic).eager == [b])
+        #expect(await eventually(5) { linkA.announced == [ShortID(m1), ShortID(m2)] && linkB.announced.contains(ShortID(m2)) })
+        #expect(linkB.sent == [m1] && !linkB.announced.contains(ShortID(m1)) && linkA.sent.isEmpty)
+    }
+
     @Test("with no eager peers at all, messages still reach everyone through announcements and pulls")
     func pullsOnly() async throws {
         var configuration = GossipConfiguration()
