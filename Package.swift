@@ -146,7 +146,7 @@ let package = Package(
         .target(
             name: "SomaArchive",
             dependencies: [
-                "SomaCore",
+                "SomaCore", "SomaStore",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -254,7 +254,10 @@ let package = Package(
         ),
         .testTarget(
             name: "SomaArchiveTests",
-            dependencies: ["SomaArchive", "SomaCore", "SomaTestSupport", .product(name: "AsyncHTTPClient", package: "async-http-client")],
+            dependencies: [
+                "SomaArchive", "SomaCore", "SomaStore", "SomaSync", "SomaDevnet", "SomaTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

@@ -1,0 +1,361 @@
+public import Foundation
+public import SomaCore
+public import SomaStore
+
+/// A file an archive's manifest lists: its name, size and SHA-256.
+public struct ArchiveFile: BCSCodable, Sendable, Equatable {
+    /// The name within the archive (``ArchiveName``).
+    public var name: String
+    /// Its size in bytes.
+    public var size: UInt64
+    /// SHA-256 of its bytes.
+    public var sha256: Digest
+
+    /// An entry.
+    public init(name: String, size: UInt64, sha256: Digest) {
+        self.name = name
+        self.size = size
+        self.sha256 = sha256
+    }
+
+    /// The entry of `bytes` named `name`.
+    public init(name: String, bytes: [UInt8]) {
+        self.init(name: name, size: UInt64(bytes.count), sha256: Hashing.sha256(bytes))
+    }
+
+    /// Writes name, size, sha256.
+    public func encode(to w: inout BCSWriter) {
+        w.write(name)
+        w.write(size)
+        w.write(sha256)
+    }
+
+    /// Reads name (a valid archive name), size, sha256.
+    public init(from r: inout BCSReader) throws(CoreError) {
+        name = try r.readString()
+        guard (try? ArchiveName.check(name)) != nil else { throw CoreError(.invalidValue, "archive file name \(name.debugDescription)") }
+        size = try r.readU64()
+        sha256 = try r.readDigest()
+    }
+}
+
+/// One range of checkpoints of an archive: a closed history segment of the producer's store
+/// (its data and index files as they are) and the certified summaries of its checkpoints.
+public struct ArchiveRange: BCSCodable, Sendable, Equatable {
+    /// Its first and last checkpoint.
+    public var first: UInt64
+    public var last: UInt64
+    /// The segment's data (`segments/<first>.seg`) and index (`segments/<first>.idx`).
+    public var data: ArchiveFile
+    public var index: ArchiveFile
+    /// `bcs(vector<CertifiedCheckpointSummary>)` of `first...last` (`summaries/<first>.bcs`).
+    public var summaries: ArchiveFile
+    /// The certified summary of `last`.
+    public var end: CertifiedCheckpointSummary
+
+    /// A range.
+    public init(first: UInt64, last: UInt64, data: ArchiveFile, index: ArchiveFile, summaries: ArchiveFile, end: CertifiedCheckpointSummary) {
+        self.first = first
+        self.last = last
+        self.data = data
+        self.index = index
+        self.summaries = summaries
+        self.end = end
+    }
+
+    /// Writes first, last, data, index, summaries, end.
+    public func encode(to w: inout BCSWriter) {
+        w.write(first)
+        w.write(last)
+        w.write(data)
+        w.write(index)
+        w.write(summaries)
+        w.write(end)
+    }
+
+    /// Reads a range (`first <= last`, `end` naming `last`).
+    public init(from r: inout BCSReader) throws(CoreError) {
+        first = try r.readU64()
+        last = try r.readU64()
+        data = try r.read(ArchiveFile.self)
+        index = try r.read(ArchiveFile.self)
+        summaries = try r.read(ArchiveFile.self)
+        end = try r.read(CertifiedCheckpointSummary.self)
+        guard first <= last, end.summary.sequenceNumber == last else {
+            throw CoreError(.invalidValue, "archive range \(first)...\(last) ending with checkpoint \(end.summary.sequenceNumber)")
+        }
+    }
+
+    /// The number of checkpoints.
+    public var count: UInt64 { last - first + 1 }
+}
+
+/// What an archive holds (DESIGN §11): the genesis, the ranges in order, who made it and when,
+/// signed by the producer's node key. The signature names the producer; trust comes from the
+/// certificates: a reader verifies every checkpoint from the genesis committee.
+public struct ArchiveManifest: BCSCodable, Sendable, Equatable {
+    /// The format's version.
+    public static let version: UInt8 = 1
+    /// The manifest's name in an archive.
+    public static let fileName = "manifest.bcs"
+
+    /// The chain (the genesis checkpoint's digest).
+    public var chainID: Digest
+    /// `genesis.bcs`: `bcs(Genesis)`.
+    public var genesis: ArchiveFile
+    /// The ranges, in order, each right after the previous one.
+    public var ranges: [ArchiveRange]
+    /// The producer's node key.
+    public var producer: PublicKey
+    /// When it was written (Unix milliseconds).
+    public var createdMs: UInt64
+    /// The producer's signature of ``signingMessage``.
+    public var signature: Signature
+
+    /// A manifest signed with `key`.
+    public init(chainID: Digest, genesis: ArchiveFile, ranges: [ArchiveRange], key: SigningKey, createdMs: UInt64) {
+        self.chainID = chainID
+        self.genesis = genesis
+        self.ranges = ranges
+        self.producer = key.publicKey
+        self.createdMs = createdMs
+        self.signature = Signature(bytes: [UInt8](repeating: 0, count: 64))!
+        self.signature = key.sign(signingMessage)
+    }
+
+    /// `"SomaArchiveManifest::"` ‖ everything before the signature.
+    public var signingMessage: [UInt8] {
+        var w = BCSWriter(capacity: 256 + ranges.count * 512)
+        encodeUnsigned(to: &w)
+        return Array("SomaArchiveManifest::".utf8) + w.bytes
+    }
+
+    func encodeUnsigned(to w: inout BCSWriter) {
+        w.write(Self.version)
+        w.write(chainID)
+        w.write(genesis)
+        w.writeLength(ranges.count)
+        for r in ranges { w.write(r) }
+        w.write(producer)
+        w.write(createdMs)
+    }
+
+    /// Writes version, chain id, genesis, ranges, producer, time, signature.
+    public func encode(to w: inout BCSWriter) {
+        encodeUnsigned(to: &w)
+        w.write(signature)
+    }
+
+    /// Reads a manifest of this version with ranges in order (each right after the previous).
+    public init(from r: inout BCSReader) throws(CoreError) {
+        let v = try r.readU8()
+        guard v == Self.version else { throw CoreError(.unknownTag, "archive manifest version \(v); this node reads version \(Self.version)") }
+        chainID = try r.readDigest()
+        genesis = try r.read(ArchiveFile.self)
+        let count = try r.readLength(minElementSize: 100)
+        var ranges: [ArchiveRange] = []
+        for _ in 0..<count {
+            let range = try r.read(ArchiveRange.self)
+            if let previous = ranges.last, previous.last == UInt64.max || range.first != previous.last + 1 {
+                throw CoreError(.invalidValue, "archive range \(range.first)...\(range.last) does not follow \(previous.first)...\(previous.last)")
+            }
+            ranges.append(range)
+        }
+        self.ranges = ranges
+        producer = try r.read(PublicKey.self)
+        createdMs = try r.readU64()
+        signature = try r.read(Signature.self)
+    }
+
+    /// Checks the producer's signature.
+    /// - Throws: ``ArchiveError``.
+    public func verifySignature() throws {
+        guard producer.isValidSignature(signature, for: signingMessage) else {
+            throw ArchiveError("the archive's manifest is not signed by the producer it names (\(producer))")
+        }
+    }
+}
+
+/// Reads an archive and checks what it reads: the manifest's signature, every file's size and
+/// SHA-256 against the manifest, every segment's index, and that each range's summaries are its
+/// checkpoints' in order and end with the certified summary the manifest names. What it returns
+/// still needs the chain's verification (certificates from the genesis committee, blocks
+/// against their summaries): a ``CheckpointImporter`` does it, as for any source.
+public struct ArchiveReader: Sendable {
+    /// Where the archive is.
+    public let backend: any ArchiveBackend
+
+    /// The largest manifest read.
+    public static let maxManifestBytes = 64 << 20
+    /// The largest file of a range read (a segment closes past 1 GiB; its last frames can
+    /// reach past that by a frame).
+    public static let maxFileBytes = (1 << 30) + (256 << 20)
+
+    /// A reader of the archive in `backend`.
+    public init(backend: any ArchiveBackend) {
+        self.backend = backend
+    }
+
+    /// The manifest, its signature checked; nil when the archive has none (empty, or not an archive).
+    public func manifest() async throws -> ArchiveManifest? {
+        guard try await backend.size(ArchiveManifest.fileName) != nil else { return nil }
+        let bytes = try await backend.read(ArchiveManifest.fileName, range: nil, limit: Self.maxManifestBytes)
+        let manifest: ArchiveManifest
+        do {
+            manifest = try BCS.decode(ArchiveManifest.self, from: bytes)
+        } catch {
+            throw ArchiveError("\(backend)/\(ArchiveManifest.fileName): not an archive manifest: \(error)")
+        }
+        try manifest.verifySignature()
+        return manifest
+    }
+
+    /// A file's bytes, checked against its entry.
+    /// - Throws: ``ArchiveError`` naming the file when it is missing, of another size, or
+    ///   its SHA-256 differs.
+    public func fetch(_ file: ArchiveFile) async throws -> [UInt8] {
+        guard file.size <= UInt64(Self.maxFileBytes) else { throw ArchiveError("\(backend)/\(file.name): listed at \(file.size) bytes, more than an archive file holds") }
+        guard let size = try await backend.size(file.name) else { throw ArchiveError("\(backend)/\(file.name): missing") }
+        guard size == Int(file.size) else { throw ArchiveError("\(backend)/\(file.name): \(size) bytes, the manifest lists \(file.size)") }
+        let bytes = try await backend.read(file.name, range: nil, limit: Int(file.size))
+        guard bytes.count == Int(file.size), Hashing.sha256(bytes) == file.sha256 else {
+            throw ArchiveError("\(backend)/\(file.name): its SHA-256 is not the manifest's (a corrupt or replaced file)")
+        }
+        return bytes
+    }
+
+    /// The genesis, checked against the manifest's chain.
+    public func genesis(_ manifest: ArchiveManifest) async throws -> Genesis {
+        let bytes = try await fetch(manifest.genesis)
+        let genesis: Genesis
+        do { genesis = try BCS.decode(Genesis.self, from: bytes) } catch { throw ArchiveError("\(backend)/\(manifest.genesis.name): not a genesis: \(error)") }
+        guard genesis.chainID == manifest.chainID else { throw ArchiveError("\(backend)/\(manifest.genesis.name): the genesis of another chain than the manifest's") }
+        return genesis
+    }
+
+    /// The checkpoints of `range`: each certified summary with its stored blocks and part proofs.
+    public func records(_ range: ArchiveRange) async throws -> [ChainRecord] {
+        let data = try await fetch(range.data)
+        let index = try await fetch(range.index)
+        let summaryBytes = try await fetch(range.summaries)
+        let checkpoints: [SegmentFile.Checkpoint]
+        do {
+            checkpoints = try SegmentFile.checkpoints(data: data, index: index)
+        } catch {
+            throw ArchiveError("\(backend)/\(range.index.name): \(error)")
+        }
+        let summaries: [CertifiedCheckpointSummary]
+        do {
+            summaries = try BCS.read(from: summaryBytes[...]) { (r: inout BCSReader) throws(CoreError) in try r.readVector(CertifiedCheckpointSummary.self, minElementSize: 100) }
+        } catch {
+            throw ArchiveError("\(backend)/\(range.summaries.name): not a list of certified summaries: \(error)")
+        }
+        guard UInt64(checkpoints.count) == range.count, UInt64(summaries.count) == range.count else {
+            throw ArchiveError("\(backend): range \(range.first)...\(range.last) holds \(checkpoints.count) checkpoints and \(summaries.count) summaries")
+        }
+        var out: [ChainRecord] = []
+        out.reserveCapacity(checkpoints.count)
+        for (i, (cp, certified)) in zip(checkpoints, summaries).enumerated() {
+            let seq = range.first + UInt64(i)
+            guard cp.seq == seq, certified.summary.sequenceNumber == seq else {
+                throw ArchiveError("\(backend): range \(range.first)...\(range.last): position \(i) holds checkpoint \(cp.seq) and summary \(certified.summary.sequenceNumber)")
+            }
+            out.append(ChainRecord(certified: certified, frames: cp.frames, proofs: cp.proofs))
+        }
+        guard out.last?.certified == range.end else {
+            throw ArchiveError("\(backend): range \(range.first)...\(range.last) does not end with the certified summary its manifest names")
+        }
+        return out
+    }
+}
+
+/// Writes a store's closed history to an archive (DESIGN §11): the genesis, then for each closed
+/// segment in the range its data and index files as they are and its checkpoints' certified
+/// summaries, then the manifest, replaced whole after each range. A range the manifest already
+/// lists is not written again, so an interrupted export resumes where it stopped; files are
+/// written before the manifest names them, so a reader never finds a listed file missing.
+public enum ArchiveExport {
+    /// What an export did.
+    public struct Report: Sendable {
+        /// Ranges written now, and already there.
+        public var written: [ArchiveRange]
+        public var kept: Int
+        /// Bytes written.
+        public var bytes: UInt64
+        /// The manifest.
+        public var manifest: ArchiveManifest
+    }
+
+    /// Exports the closed segments of `store` whose checkpoints lie within `from...until`
+    /// (whole segments) to `backend`, signing the manifest with `key`.
+    /// - Throws: ``ArchiveError`` when the archive holds another chain, or its last range is not
+    ///   followed by the first one to write (a gap).
+    public static func run(
+        store: NodeStore, to backend: any ArchiveBackend, key: SigningKey, from: UInt64 = 0, until: UInt64 = .max,
+        progress: @Sendable (ArchiveRange) -> Void = { _ in }
+    ) async throws -> Report {
+        guard let genesis = try await store.genesis() else { throw ArchiveError("the store has no genesis") }
+        let reader = ArchiveReader(backend: backend)
+        let existing = try await reader.manifest()
+        if let existing, existing.chainID != genesis.chainID {
+            throw ArchiveError("\(backend) holds another chain (\(existing.chainID.hex.prefix(16))…), not this store's (\(genesis.chainID.hex.prefix(16))…)")
+        }
+        var bytesWritten: UInt64 = 0
+        let genesisBytes = genesis.bcsBytes
+        let genesisFile = ArchiveFile(name: "genesis.bcs", bytes: genesisBytes)
+        if try await backend.size(genesisFile.name) != genesisBytes.count || existing?.genesis != genesisFile {
+            try await backend.write(genesisFile.name, bytes: genesisBytes)
+            bytesWritten += UInt64(genesisBytes.count)
+        }
+        var ranges = existing?.ranges ?? []
+        var written: [ArchiveRange] = []
+        for segment in store.segments.closedSegments() where segment.first >= from && segment.last <= until {
+            if let last = ranges.last {
+                if segment.last <= last.last { continue }
+                guard segment.first == last.last + 1 else {
+                    throw ArchiveError("\(backend) ends at checkpoint \(last.last); the store's next closed segment starts at \(segment.first)")
+                }
+            }
+            let name = String(repeating: "0", count: max(0, 20 - "\(segment.first)".count)) + "\(segment.first)"
+            let data = try readFile(segment.data)
+            let index = try readFile(segment.index)
+            var summaries: [CertifiedCheckpointSummary] = []
+            for seq in segment.first...segment.last {
+                guard let s = try await store.summary(at: seq) else { throw ArchiveError("the store lacks the summary of checkpoint \(seq)") }
+                summaries.append(s)
+            }
+            var w = BCSWriter(capacity: summaries.count * 256)
+            w.writeLength(summaries.count)
+            for s in summaries { w.write(s) }
+            let summaryBytes = w.bytes
+            let range = ArchiveRange(
+                first: segment.first, last: segment.last, data: ArchiveFile(name: "segments/\(name).seg", bytes: data),
+                index: ArchiveFile(name: "segments/\(name).idx", bytes: index), summaries: ArchiveFile(name: "summaries/\(name).bcs", bytes: summaryBytes),
+                end: summaries[summaries.count - 1])
+            try await backend.write(range.data.name, bytes: data)
+            try await backend.write(range.index.name, bytes: index)
+            try await backend.write(range.summaries.name, bytes: summaryBytes)
+            ranges.append(range)
+            let manifest = ArchiveManifest(chainID: genesis.chainID, genesis: genesisFile, ranges: ranges, key: key, createdMs: now())
+            try await backend.write(ArchiveManifest.fileName, bytes: manifest.bcsBytes)
+            bytesWritten += UInt64(data.count + index.count + summaryBytes.count)
+            written.append(range)
+            progress(range)
+        }
+        let manifest: ArchiveManifest
+        if let existing, written.isEmpty, existing.genesis == genesisFile {
+            manifest = existing
+        } else {
+            manifest = ArchiveManifest(chainID: genesis.chainID, genesis: genesisFile, ranges: ranges, key: key, createdMs: now())
+            try await backend.write(ArchiveManifest.fileName, bytes: manifest.bcsBytes)
+        }
+        return Report(written: written, kept: ranges.count - written.count, bytes: bytesWritten, manifest: manifest)
+    }
+
+    static func now() -> UInt64 { UInt64(max(0, Date().timeIntervalSince1970 * 1_000)) }
+
+    static func readFile(_ path: String) throws -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: path) else { throw ArchiveError("\(path): cannot read the segment file") }
+        return Array(data)
+    }
+}
