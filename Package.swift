@@ -158,7 +158,7 @@ let package = Package(
         .executableTarget(
             name: "soma-node",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery", "SomaGossip", "SomaNode", "SomaDevnet", "CJemalloc",
+                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery", "SomaGossip", "SomaNode", "SomaDevnet", "SomaArchive", "CJemalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -205,13 +205,14 @@ public enum ArchiveLocation: Sendable, Equatable {
         case .folder(let path):
             return try FolderBackend(root: path)
         case .s3(let bucket, let prefix):
-            guard let url = endpoint ?? environment["AWS_ENDPOINT_URL_S3"] ?? environment["AWS_ENDPOINT_URL"] else {
+            func variable(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
+            guard let url = endpoint ?? variable("AWS_ENDPOINT_URL_S3") ?? variable("AWS_ENDPOINT_URL") else {
                 throw ArchiveError("s3://\(bucket)/\(prefix): no endpoint: set archive.endpoint or AWS_ENDPOINT_URL (https://s3.REGION.amazonaws.com for AWS)")
             }
             guard let keys = credentials ?? S3Credentials.fromEnvironment(environment) else {
                 throw ArchiveError("s3://\(bucket)/\(prefix): no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or archive.accessKeyId and archive.secretAccessKey)")
             }
-            let r = region ?? environment["AWS_REGION"] ?? environment["AWS_DEFAULT_REGION"] ?? "us-east-1"
+            let r = region ?? variable("AWS_REGION") ?? variable("AWS_DEFAULT_REGION") ?? "us-east-1"
             do {
                 return try S3Backend(client: S3Client(endpoint: url, bucket: bucket, region: r, credentials: keys, http: http), prefix: prefix)
             } catch let e as S3Error {

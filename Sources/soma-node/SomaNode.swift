@@ -50,7 +50,7 @@ struct SomaNodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "soma-node",
         abstract: "Sync, keep and serve the Soma chain's verified history.",
-        subcommands: [Init.self, Run.self, Sync.self, Status.self, Peers.self, Devnet.self, Import.self, Inspect.self, Verify.self, Proof.self])
+        subcommands: [Init.self, Run.self, Sync.self, Status.self, Peers.self, Devnet.self, Import.self, Inspect.self, Verify.self, Proof.self, Archive.self])
 }
 
 struct Devnet: AsyncParsableCommand {

@@ -1,0 +1,71 @@
+import Foundation
+import SomaTestSupport
+import Testing
+
+@Suite("soma-node archive commands", .serialized)
+struct ArchiveCommandTests {
+    @Test("archive export, ls and verify on a folder and on a SeaweedFS bucket (aws s3 sees the files); a flipped byte, a missing file and another chain's genesis fail verify with the file named; an export again writes nothing")
+    func exportListVerify() async throws {
+        let base = TempDir("archive-cli")
+        defer { base.cleanup() }
+        let binary = try somaNode()
+        func document(_ arguments: [String], status expected: Int32 = 0, environment: [String: String] = [:]) throws -> [String: Any] {
+            let (status, out, err) = try run(binary, arguments, environment: environment)
+            #expect(status == expected, "\(arguments): \(err)")
+            let object = try JSONSerialization.jsonObject(with: out) as? [String: Any]
+            return try #require(object, "\(arguments): stdout is not one JSON object: \(String(decoding: out, as: UTF8.self)) \(err)")
+        }
+        let data = base.file("node")
+        #expect(try run(binary, ["devnet", "generate", "--profile", "tiny", "--out", data]).0 == 0)
+        let genesis = data + "/genesis.bcs"
+
+        // A folder.
+        let folder = base.file("archive")
+        let exported = try document(["archive", "export", "--data", data, "--to", folder, "--json"])
+        let written = try #require(exported["written"] as? Int)
+        #expect(written >= 3 && exported["kept"] as? Int == 0 && exported["first"] as? Int == 0)
+        let listed = try document(["archive", "ls", folder, "--json"])
+        #expect((listed["ranges"] as? [[String: Any]])?.count == written)
+        let verified = try document(["archive", "verify", folder, "--genesis", genesis, "--json"])
+        #expect(verified["ok"] as? Bool == true && verified["last"] as? Int == exported["last"] as? Int)
+        let again = try document(["archive", "export", "--data", data, "--to", folder, "--json"])
+        #expect(again["written"] as? Int == 0 && again["kept"] as? Int == written)
+        // Another chain's genesis.
+        let other = base.file("other")
+        #expect(try run(binary, ["devnet", "generate", "--profile", "tiny", "--seed", "5", "--out", other]).0 == 0)
+        let foreign = try document(["archive", "verify", folder, "--genesis", other + "/genesis.bcs", "--json"], status: 1)
+        #expect((foreign["error"] as? String)?.contains("not of the given genesis") == true)
+        // A flipped byte in the second segment, then that file gone.
+        let ranges = try #require(listed["ranges"] as? [[String: Any]])
+        let files = try #require(ranges[1]["files"] as? [[String: Any]])
+        let seg = try #require(files[0]["name"] as? String)
+        var bytes = try #require(FileManager.default.contents(atPath: folder + "/" + seg))
+        bytes[bytes.count / 3] ^= 1
+        try bytes.write(to: URL(fileURLWithPath: folder + "/" + seg))
+        let corrupt = try document(["archive", "verify", folder, "--json"], status: 1)
+        #expect((corrupt["error"] as? String)?.contains(seg) == true, "\(corrupt)")
+        try FileManager.default.removeItem(atPath: folder + "/" + seg)
+        let missing = try document(["archive", "verify", folder, "--json"], status: 1)
+        #expect((missing["error"] as? String)?.contains("missing") == true, "\(missing)")
+        // Not an archive; an S3 location without an endpoint.
+        #expect(try run(binary, ["archive", "ls", base.file("nothing")]).0 != 0)
+        let (noEndpoint, _, why) = try run(binary, ["archive", "ls", "s3://soma-archive/x"], environment: ["AWS_ENDPOINT_URL": "", "AWS_ENDPOINT_URL_S3": ""])
+        #expect(noEndpoint != 0 && why.contains("AWS_ENDPOINT_URL"), "\(why)")
+
+        // A bucket.
+        let s3 = try await SeaweedFS.start()
+        defer { s3.stop() }
+        let aws = try #require(SeaweedFS.awsCLI, "awscli is not installed: tools/test installs it in .venv")
+        #expect(try run(aws, ["--endpoint-url", s3.endpoint, "s3", "mb", "s3://soma-archive"], environment: s3.awsEnvironment).0 == 0)
+        var environment = s3.awsEnvironment
+        environment["AWS_ENDPOINT_URL"] = s3.endpoint
+        let url = "s3://soma-archive/devnet/tiny"
+        let up = try document(["archive", "export", "--data", data, "--to", url, "--json"], environment: environment)
+        #expect(up["written"] as? Int == written)
+        let ok = try document(["archive", "verify", url, "--genesis", genesis, "--json"], environment: environment)
+        #expect(ok["ok"] as? Bool == true && ok["last"] as? Int == exported["last"] as? Int)
+        let (status, out, _) = try run(aws, ["--endpoint-url", s3.endpoint, "s3", "ls", "--recursive", url + "/"], environment: s3.awsEnvironment)
+        let lines = String(decoding: out, as: UTF8.self).split(separator: "\n")
+        #expect(status == 0 && lines.contains { $0.hasSuffix("devnet/tiny/manifest.bcs") } && lines.filter { $0.hasSuffix(".seg") }.count == written)
+    }
+}
