@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import SomaArchive
 import SomaCore
 import SomaDiscovery
 import SomaNet
@@ -43,6 +44,9 @@ struct Sync: AsyncParsableCommand {
     var mode: String?
     @Option(help: "Restore a verified state snapshot first, `latest` or an epoch number, then sync the checkpoints after it (a new validator's fast catch-up; the store keeps no history before it).")
     var snapshot: String?
+    @Option(help: "An archive to read first, s3://BUCKET/PREFIX or a folder: its checkpoints are verified and committed as from any source, then peers (if any) give the rest.")
+    var archive: String?
+    @OptionGroup var archiveOptions: ArchiveOptions
     @Flag(help: "Check the signatures of every certificate, not one per batch.")
     var verifyAllCertificates = false
     @Flag(help: "Speak plaintext instead of TLS 1.3 (only with peers that also run plaintext, for tests and loopback baselines).")
@@ -63,6 +67,9 @@ struct Sync: AsyncParsableCommand {
         guard window >= 1 && window <= 256 else { throw ValidationError("--window must be 1...256") }
         guard timeout >= 1 && timeout <= 3_600 else { throw ValidationError("--timeout must be 1...3600 seconds") }
         if let mode { guard StoreMode(rawValue: mode) != nil else { throw ValidationError("--mode takes archive or pruned") } }
+        if archive != nil, snapshot != nil {
+            throw ValidationError("--snapshot with --archive is not supported yet: restore from peers (--snapshot), or sync the history from the archive (--archive)")
+        }
         if let snapshot {
             guard snapshot == "latest" || UInt64(snapshot) != nil else { throw ValidationError("--snapshot takes an epoch number or latest") }
             guard mode != "archive" else {
@@ -111,6 +118,17 @@ struct Sync: AsyncParsableCommand {
         let console = Console(json: json)
         let display = console.progressDisplay()
         do {
+            var document: [String: Any] = [:]
+            if let archive {
+                document["archive"] = try await syncFromArchive(archive, node: node, config: config, console: console)
+                if peer.isEmpty, (try await node.store.peerRecords()).isEmpty {
+                    // The archive was the only source.
+                    try await node.store.finishSnapshotBuild()
+                    if json { try console.emit(document) }
+                    await node.close()
+                    return
+                }
+            }
             let connected = try await node.connect()
             console.say("discovery: connected to \(connected) peers over \(config.net.tls ? "TLS 1.3" : "plaintext") (\(await node.discovery?.table.count ?? 0) known)")
             var request = CatchUpRequest()
@@ -129,7 +147,8 @@ struct Sync: AsyncParsableCommand {
                 console.say("resuming the restore of epoch \(state.manifest.epoch)'s snapshot: \(state.done.count) of \(state.manifest.chunkRoots.count) chunks already written")
             }
             let outcome = try await node.catchUp(request)
-            var document: [String: Any] = ["connected": connected, "transport": config.net.tls ? "tls" : "plaintext"]
+            document["connected"] = connected
+            document["transport"] = config.net.tls ? "tls" : "plaintext"
             if let report = outcome.restore {
                 let secs = elapsed(since: restoreStart)
                 printRestore(report, seconds: secs, console: console)
@@ -203,6 +222,49 @@ extension Sync {
             "objectsWritten": report.objects, "rawBytes": report.rawBytes, "frameBytes": report.frameBytes,
             "hedges": report.hedges, "agreeingSources": report.agreeingSources, "seconds": jsonSeconds(secs),
             "sources": report.sources.map(\.jsonObject),
+        ]
+    }
+}
+
+extension Sync {
+    /// Verifies and commits the checkpoints of an archive the store lacks (resuming after its
+    /// watermark; ranges it holds are not read), as a fresh node would: the epoch chain from
+    /// the genesis committee, summary batches, every block, execution and state roots.
+    func syncFromArchive(_ location: String, node: Node, config: NodeConfiguration, console: Console) async throws -> [String: Any] {
+        let start = ContinuousClock.now
+        let backend = try archiveOptions.backend(location)
+        let reader = ArchiveReader(backend: backend)
+        guard let manifest = try await reader.manifest() else { throw CLIError("\(backend): no \(ArchiveManifest.fileName): not an archive") }
+        guard let genesis = try await node.store.genesis() else { throw CLIError("the store has no genesis") }
+        guard manifest.chainID == genesis.chainID else {
+            throw CLIError("\(backend) is an archive of chain \(manifest.chainID.hex.prefix(16))…, not of this node's (\(genesis.chainID.hex.prefix(16))…)")
+        }
+        let importer = try await CheckpointImporter(
+            genesis: genesis, store: node.store, batchSize: 256, parallelism: ProcessInfo.processInfo.activeProcessorCount, userSignatures: false)
+        let resumedAfter = importer.resumeAfter
+        if resumedAfter > 0 { console.say("archive: the store holds checkpoints up to \(resumedAfter); reading what follows from \(backend)") }
+        var bytes: UInt64 = 0
+        var ranges = 0
+        let stop = UInt64(until) ?? .max
+        for range in manifest.ranges where range.last > importer.resumeAfter && range.first <= stop {
+            do {
+                for r in try await reader.records(range) where r.certified.summary.sequenceNumber <= stop {
+                    try await importer.add(SourceCheckpoint(certified: r.certified, frames: r.frames, proofs: r.proofs))
+                }
+                try await importer.flush()
+            } catch {
+                throw CLIError("archive \(backend), checkpoints \(range.first)...\(range.last): \(error)")
+            }
+            bytes += range.data.size + range.index.size + range.summaries.size
+            ranges += 1
+            console.say("archive: checkpoints \(range.first)...\(range.last) verified and stored")
+        }
+        let secs = elapsed(since: start)
+        let tip = importer.tip.summary.sequenceNumber
+        console.say("archive: \(importer.checkpoints) checkpoints (\(importer.transactions) transactions, \(format(Double(bytes) / 1e6)) MB read) from \(backend) in \(format(secs)) s; tip \(tip)")
+        return [
+            "location": "\(backend)", "checkpoints": importer.checkpoints, "transactions": importer.transactions, "bytes": bytes, "ranges": ranges,
+            "tip": tip, "resumedAfter": resumedAfter, "seconds": jsonSeconds(secs), "producer": "\(manifest.producer)",
         ]
     }
 }

@@ -4,7 +4,7 @@ import Testing
 
 @Suite("soma-node archive commands", .serialized)
 struct ArchiveCommandTests {
-    @Test("archive export, ls and verify on a folder and on a SeaweedFS bucket (aws s3 sees the files); a flipped byte, a missing file and another chain's genesis fail verify with the file named; an export again writes nothing")
+    @Test("archive export, ls and verify on a folder and on a SeaweedFS bucket (aws s3 sees the files); a fresh node synced from each archive alone verifies; a flipped byte, a missing file and another chain's genesis fail verify with the file named; an export again writes nothing")
     func exportListVerify() async throws {
         let base = TempDir("archive-cli")
         defer { base.cleanup() }
@@ -28,6 +28,15 @@ struct ArchiveCommandTests {
         #expect((listed["ranges"] as? [[String: Any]])?.count == written)
         let verified = try document(["archive", "verify", folder, "--genesis", genesis, "--json"])
         #expect(verified["ok"] as? Bool == true && verified["last"] as? Int == exported["last"] as? Int)
+        // A fresh node from the archive alone, then its own verify.
+        let fresh = base.file("fresh")
+        let synced = try document(["sync", "--data", fresh, "--genesis", genesis, "--archive", folder, "--json"])
+        let fromArchive = try #require(synced["archive"] as? [String: Any])
+        #expect(fromArchive["tip"] as? Int == exported["last"] as? Int && fromArchive["ranges"] as? Int == written, "\(synced)")
+        #expect(try document(["verify", "--data", fresh, "--json"])["ok"] as? Bool == true)
+        // Again: it holds everything; nothing is read.
+        let resumed = try #require(try document(["sync", "--data", fresh, "--archive", folder, "--json"])["archive"] as? [String: Any])
+        #expect(resumed["ranges"] as? Int == 0 && resumed["resumedAfter"] as? Int == exported["last"] as? Int)
         let again = try document(["archive", "export", "--data", data, "--to", folder, "--json"])
         #expect(again["written"] as? Int == 0 && again["kept"] as? Int == written)
         // Another chain's genesis.
@@ -64,6 +73,8 @@ struct ArchiveCommandTests {
         #expect(up["written"] as? Int == written)
         let ok = try document(["archive", "verify", url, "--genesis", genesis, "--json"], environment: environment)
         #expect(ok["ok"] as? Bool == true && ok["last"] as? Int == exported["last"] as? Int)
+        let viaS3 = try document(["sync", "--data", base.file("from-s3"), "--genesis", genesis, "--archive", url, "--json"], environment: environment)
+        #expect((viaS3["archive"] as? [String: Any])?["tip"] as? Int == exported["last"] as? Int, "\(viaS3)")
         let (status, out, _) = try run(aws, ["--endpoint-url", s3.endpoint, "s3", "ls", "--recursive", url + "/"], environment: s3.awsEnvironment)
         let lines = String(decoding: out, as: UTF8.self).split(separator: "\n")
         #expect(status == 0 && lines.contains { $0.hasSuffix("devnet/tiny/manifest.bcs") } && lines.filter { $0.hasSuffix(".seg") }.count == written)
