@@ -122,7 +122,7 @@ let package = Package(
         .target(
             name: "SomaNode",
             dependencies: [
-                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery", "SomaGossip",
+                "SomaCore", "SomaStore", "SomaNet", "SomaSync", "SomaDiscovery", "SomaGossip", "SomaArchive",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -2,6 +2,7 @@ import Foundation
 import SomaCore
 import SomaDiscovery
 import SomaStore
+import SomaArchive
 import SomaGossip
 import SomaNet
 import Yams
@@ -67,6 +68,11 @@ public enum NodeConfigurationFile {
               seenTTLSeconds: \(d.gossip.seenTTL.components.seconds)              # how long a message id is remembered (longer than a message stays valid)
               retainMiB: \(d.gossip.retainBytes >> 20)                    # message bodies kept to answer pulls
               topics: []                       # more topics: [{name: NAME, class: consensus|checkpoints|bulk, maxMessageKiB: 1...4096}]
+            archive:
+              target: ""                       # continuous archiving: s3://BUCKET/PREFIX or a folder; empty: off
+              endpoint: ""                     # S3 endpoint (default: AWS_ENDPOINT_URL); keys from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+              region: ""                       # default: AWS_REGION, then us-east-1
+              intervalSeconds: \(d.archive.intervalSeconds)              # how often to look for newly closed segments
             drainSeconds: \(d.drainSeconds)            # on stop, wait this long for requests in flight
             logLevel: \(d.logLevel)
             logFormat: \(d.logFormat.rawValue)                  # text, or json (one JSON object a line)
@@ -138,7 +144,7 @@ public enum NodeConfigurationFile {
             guard let i = v as? Int, range.contains(i) else { throw NodeError("\(source): '\(path)' must be an integer in \(range)") }
             return i
         }
-        try checkKeys(top, ["listen", "store", "net", "sync", "discovery", "http", "metrics", "gossip", "drainSeconds", "logLevel", "logFormat"], source, "")
+        try checkKeys(top, ["listen", "store", "net", "sync", "discovery", "http", "metrics", "gossip", "archive", "drainSeconds", "logLevel", "logFormat"], source, "")
         let listen = try section("listen")
         try checkKeys(listen, ["host", "port"], source, "listen.")
         if let h = listen["host"] {
@@ -257,6 +263,21 @@ public enum NodeConfigurationFile {
         }
         if let v = try int(http, "readyWithin", "http.readyWithin", range: 0...1_000_000) { config.http.readyWithin = UInt64(v) }
         if let v = try int(http, "eventBuffer", "http.eventBuffer", range: 16...1_000_000) { config.http.eventBuffer = v }
+        let archive = try section("archive")
+        try checkKeys(archive, ["target", "endpoint", "region", "intervalSeconds"], source, "archive.")
+        for key in ["target", "endpoint", "region"] {
+            guard let v = archive[key] else { continue }
+            guard let s = v as? String else { throw NodeError("\(source): 'archive.\(key)' must be a string") }
+            let value: String? = s.isEmpty ? nil : s
+            switch key {
+            case "target":
+                if let value { do { _ = try ArchiveLocation(value) } catch { throw NodeError("\(source): 'archive.target': \(error)") } }
+                config.archive.target = value
+            case "endpoint": config.archive.endpoint = value
+            default: config.archive.region = value
+            }
+        }
+        if let v = try int(archive, "intervalSeconds", "archive.intervalSeconds", range: 1...86_400) { config.archive.intervalSeconds = v }
         let gossip = try section("gossip")
         try checkKeys(gossip, ["meshDegree", "minimumEager", "lazyFanout", "haveIntervalMs", "missingTimeoutMs", "seenTTLSeconds", "retainMiB", "topics"], source, "gossip.")
         if let v = try int(gossip, "meshDegree", "gossip.meshDegree", range: 0...64) { config.gossip.meshDegree = v }

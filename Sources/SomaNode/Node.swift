@@ -7,6 +7,7 @@ import ServiceLifecycle
 public import UnixSignals
 public import SomaCore
 public import SomaDiscovery
+import SomaArchive
 import SomaGossip
 public import SomaNet
 public import SomaStore
@@ -213,6 +214,11 @@ public final class Node: Sendable {
         parts.append(Part("sync follower") { [self] in
             try await runFollower()
         })
+        if let target = configuration.archive.target {
+            parts.append(Part("archiving") { [self] in
+                await cancelWhenGracefulShutdownIgnoringCancel { await self.archiveContinuously(to: target) }
+            })
+        }
         if store.configuration.mode == .pruned {
             parts.append(Part("pruning") { [store] in
                 do {

@@ -39,6 +39,8 @@ public struct NodeConfiguration: Sendable {
     public var logLevel = "info"
     /// Log lines as text or as JSON objects, one a line.
     public var logFormat = LogFormat.text
+    /// Continuous archiving (`archive.*`): where and how often.
+    public var archive = ArchiveConfiguration()
     /// Message propagation's tunables (tree, announcements, seen-cache).
     public var gossip = GossipConfiguration()
     /// Topics carried besides the consensus relay's (a publisher's own messages, over the HTTP
@@ -126,4 +128,21 @@ public struct GossipTopic: Sendable, Equatable {
         o.maxMessageBytes = maxMessageBytes
         return o
     }
+}
+
+/// Continuous archiving by a running node (DESIGN §11): each closed history segment is copied
+/// to the archive, the manifest replaced after each; resumable (what the archive lists is not
+/// written again).
+public struct ArchiveConfiguration: Sendable {
+    /// Where: `s3://BUCKET/PREFIX` or a folder; nil: no archiving.
+    public var target: String? = nil
+    /// The S3 endpoint (default: `AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`).
+    public var endpoint: String? = nil
+    /// The S3 region (default: `AWS_REGION`, then `AWS_DEFAULT_REGION`, then us-east-1).
+    public var region: String? = nil
+    /// How often the node looks for newly closed segments.
+    public var intervalSeconds = 60
+
+    /// No archiving.
+    public init() {}
 }

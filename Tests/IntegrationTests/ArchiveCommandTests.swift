@@ -79,4 +79,30 @@ struct ArchiveCommandTests {
         let lines = String(decoding: out, as: UTF8.self).split(separator: "\n")
         #expect(status == 0 && lines.contains { $0.hasSuffix("devnet/tiny/manifest.bcs") } && lines.filter { $0.hasSuffix(".seg") }.count == written)
     }
+
+    @Test("continuous archiving: a running node whose chain grows copies each segment an epoch end closes to its archive.target; the archive verifies to the last epoch end")
+    func continuous() async throws {
+        let base = TempDir("archive-continuous")
+        defer { base.cleanup() }
+        let binary = try somaNode()
+        let data = base.file("node")
+        #expect(try run(binary, ["devnet", "generate", "--profile", "tiny", "--until", "5", "--out", data]).0 == 0)
+        #expect(try run(binary, ["init", "--data", data]).0 == 0)
+        let folder = base.file("archive")
+        try "archive:\n  target: \(folder)\n  intervalSeconds: 1\n".write(toFile: data + "/soma-node.yaml", atomically: true, encoding: .utf8)
+        let producer = try RunningNode(data: data, arguments: ["--profile", "tiny", "--interval-ms", "50"], command: ["devnet", "run"])
+        defer { producer.stop() }
+        var last = -1
+        for _ in 0..<120 where last != 29 {
+            try await Task.sleep(for: .milliseconds(500))
+            let (status, out, _) = try run(binary, ["archive", "ls", folder, "--json"])
+            guard status == 0, let doc = try? JSONSerialization.jsonObject(with: out) as? [String: Any], let ranges = doc["ranges"] as? [[String: Any]] else { continue }
+            last = ranges.last?["last"] as? Int ?? -1
+        }
+        producer.stop()
+        #expect(last == 29, "the archive reached checkpoint \(last)")
+        let (status, out, err) = try run(binary, ["archive", "verify", folder, "--genesis", data + "/genesis.bcs", "--json"])
+        #expect(status == 0, "\(err)")
+        #expect((try JSONSerialization.jsonObject(with: out) as? [String: Any])?["last"] as? Int == 29)
+    }
 }

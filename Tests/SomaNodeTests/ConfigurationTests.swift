@@ -72,6 +72,12 @@ struct ConfigurationTests {
         #expect(gossip.gossip.meshDegree == 5 && gossip.gossip.minimumEager == 1 && gossip.gossip.lazyFanout == 2)
         #expect(gossip.gossip.haveInterval == .milliseconds(40) && gossip.gossip.missingTimeout == .milliseconds(300))
         #expect(gossip.gossip.seenTTL == .seconds(600) && gossip.gossip.retainBytes == 16 << 20)
+        // Continuous archiving.
+        #expect(parsed.archive.target == nil && parsed.archive.intervalSeconds == 60)
+        let archive = try NodeConfigurationFile.parse(
+            "archive: {target: \"s3://soma-archive/main\", endpoint: \"http://127.0.0.1:8333\", region: eu-west-1, intervalSeconds: 5}", dataDirectory: "/d")
+        #expect(archive.archive.target == "s3://soma-archive/main" && archive.archive.endpoint == "http://127.0.0.1:8333")
+        #expect(archive.archive.region == "eu-west-1" && archive.archive.intervalSeconds == 5)
         #expect(gossip.gossipTopics == [
             GossipTopic(name: "blocks.hints", priority: .checkpoints, maxMessageBytes: 64 << 10),
             GossipTopic(name: "misc", priority: .bulk, maxMessageBytes: 1 << 20),
@@ -101,6 +107,10 @@ struct ConfigurationTests {
         ("discovery: {role: king}", "discovery.role"),
         ("discovery: {allowedPeers: [abc]}", "discovery.allowedPeers"),
         ("discovery: {targetConnections: 0}", "discovery.targetConnections"),
+        ("archive: {target: \"https://example.com/x\"}", "archive.target"),
+        ("archive: {intervalSeconds: 0}", "archive.intervalSeconds"),
+        ("archive: {region: 5}", "archive.region"),
+        ("archive: {bucket: b}", "archive.bucket"),
         ("gossip: {meshDegree: 65}", "gossip.meshDegree"),
         ("gossip: {haveIntervalMs: 0}", "gossip.haveIntervalMs"),
         ("gossip: {colour: blue}", "gossip.colour"),
