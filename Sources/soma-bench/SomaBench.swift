@@ -28,7 +28,7 @@ struct SomaBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "soma-bench",
         abstract: "Benchmarks of soma-node (release builds only give meaningful figures).",
-        subcommands: [Core.self, Store.self, Serve.self, SyncBench.self, SnapshotBench.self, ApiBench.self, GossipBench.self, ExportChain.self])
+        subcommands: [Core.self, Store.self, Serve.self, SyncBench.self, SnapshotBench.self, ApiBench.self, GossipBench.self, ArchiveBench.self, ExportChain.self])
 }
 
 /// Wall-clock seconds of `body`.

@@ -1,0 +1,94 @@
+import ArgumentParser
+import Foundation
+
+struct ArchiveBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "archive",
+        abstract: "SomaArchive: export of the bench chain's store to SeaweedFS (MB/s); a fresh node's catch-up from the bucket alone (`sync --archive`: verify, execute, store) against `aws s3 cp --recursive` of the same files + lz4 -d | sha256sum.",
+        discussion: """
+            Needs an S3 endpoint with a bucket it may create: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, \
+            AWS_SECRET_ACCESS_KEY (tools/bench archive starts SeaweedFS on loopback and sets them), \
+            and awscli as AWS_CLI (default: .venv/bin/aws).
+            """)
+
+    @Option(help: "Checkpoints of the bench profile (default: all of it).")
+    var checkpoints = 10_000
+    @Option(help: "Where the served store (the chain) is kept between runs.")
+    var cache = ".build-bench"
+    @Option(help: "The bucket to write to (created if missing).")
+    var bucket = "soma-bench"
+
+    mutating func run() async throws {
+        let fm = FileManager.default
+        let env = ProcessInfo.processInfo.environment
+        guard let endpoint = env["AWS_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"] != nil else {
+            throw ValidationError("set AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (tools/bench archive does)")
+        }
+        let aws = env["AWS_CLI"] ?? ".venv/bin/aws"
+        guard fm.isExecutableFile(atPath: aws) else { throw ValidationError("awscli not found at \(aws): set AWS_CLI") }
+        let (node, served) = try servedStore(cache: cache, checkpoints: checkpoints)
+        let prefix = "s3://\(bucket)/bench-\(checkpoints)"
+        _ = try? output(aws, ["--endpoint-url", endpoint, "s3", "mb", "s3://\(bucket)"])
+        _ = try? output(aws, ["--endpoint-url", endpoint, "s3", "rm", "--recursive", prefix + "/"])
+        print("== \(checkpoints - 1) checkpoints of the bench chain, SeaweedFS at \(endpoint)")
+
+        // Export: the store's closed segments and summaries, the manifest after each.
+        var start = ContinuousClock.now
+        let exported = try json(node, ["archive", "export", "--data", served, "--to", prefix, "--json"])
+        let exportSecs = seconds(from: start)
+        let bytes = (exported["bytes"] as? Double) ?? Double((exported["bytes"] as? Int) ?? 0)
+        line("archive export (segments as stored, summaries, manifest)", "\(fmt(bytes / 1e6 / exportSecs)) MB/s", "\(fmt(bytes / 1e6)) MB in \(fmt(exportSecs)) s, \(exported["written"] ?? 0) segments")
+
+        // Baseline: the same files by aws s3 cp --recursive, then every segment through
+        // lz4 -d | sha256sum, in order (it verifies, executes and stores nothing).
+        let scratch = URL(fileURLWithPath: cache + "/archive-baseline").standardizedFileURL.path
+        try? fm.removeItem(atPath: scratch)
+        start = ContinuousClock.now
+        _ = try output(aws, ["--endpoint-url", endpoint, "s3", "cp", "--recursive", "--quiet", prefix + "/", scratch])
+        let download = seconds(from: start)
+        let segments = try fm.contentsOfDirectory(atPath: scratch + "/segments").filter { $0.hasSuffix(".seg") }.sorted()
+        let decompress = ContinuousClock.now
+        let script = "cat " + segments.map { "'\(scratch)/segments/\($0)'" }.joined(separator: " ") + " | lz4 -d | sha256sum"
+        _ = try output("/bin/sh", ["-c", script])
+        let hash = seconds(from: decompress)
+        let baseline = download + hash
+        line("baseline: aws s3 cp --recursive", "\(fmt(bytes / 1e6 / download)) MB/s", "\(fmt(download)) s")
+        line("baseline: + lz4 -d | sha256sum of the segments", "\(fmt(hash)) s", "total \(fmt(baseline)) s")
+        try? fm.removeItem(atPath: scratch)
+
+        // Catch-up of a fresh node from the bucket alone.
+        let fresh = URL(fileURLWithPath: cache + "/archive-fresh").standardizedFileURL.path
+        try? fm.removeItem(atPath: fresh)
+        start = ContinuousClock.now
+        let (out, timing) = try timedRun(node, ["sync", "--data", fresh, "--genesis", served + "/genesis.bcs", "--archive", prefix, "--json"])
+        let syncSecs = seconds(from: start)
+        let synced = (try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]) ?? [:]
+        let tip = (synced["archive"] as? [String: Any])?["tip"] ?? "?"
+        line("soma-node sync --archive (verify, execute, store)", "\(fmt(bytes / 1e6 / syncSecs)) MB/s", "\(fmt(syncSecs)) s to checkpoint \(tip)")
+        timing.report(over: syncSecs)
+        line("ratio catch-up time / baseline time", fmt(syncSecs / baseline, 2), "goal <= 1.0")
+        try? fm.removeItem(atPath: fresh)
+    }
+
+    func json(_ node: String, _ arguments: [String]) throws -> [String: Any] {
+        let text = try output(node, arguments)
+        guard let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
+            throw ValidationError("soma-node \(arguments.joined(separator: " ")): not one JSON document")
+        }
+        return object
+    }
+
+    /// Runs a process; its standard output (standard error passes through).
+    func output(_ path: String, _ arguments: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = arguments
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw ValidationError("\(path) \(arguments.joined(separator: " ")) failed") }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
