@@ -37,7 +37,7 @@ struct ArchiveBench: AsyncParsableCommand {
         let exported = try json(node, ["archive", "export", "--data", served, "--to", prefix, "--json"])
         let exportSecs = seconds(from: start)
         let bytes = (exported["bytes"] as? Double) ?? Double((exported["bytes"] as? Int) ?? 0)
-        line("archive export (segments as stored, summaries, manifest)", "\(fmt(bytes / 1e6 / exportSecs)) MB/s", "\(fmt(bytes / 1e6)) MB in \(fmt(exportSecs)) s, \(exported["written"] ?? 0) segments")
+        line("archive export (as stored)", "\(fmt(bytes / 1e6 / exportSecs)) MB/s", "\(fmt(bytes / 1e6)) MB in \(fmt(exportSecs)) s, \(exported["written"] ?? 0) segments")
 
         // Baseline: the same files by aws s3 cp --recursive, then every segment through
         // lz4 -d | sha256sum, in order (it verifies, executes and stores nothing).
@@ -53,7 +53,7 @@ struct ArchiveBench: AsyncParsableCommand {
         let hash = seconds(from: decompress)
         let baseline = download + hash
         line("baseline: aws s3 cp --recursive", "\(fmt(bytes / 1e6 / download)) MB/s", "\(fmt(download)) s")
-        line("baseline: + lz4 -d | sha256sum of the segments", "\(fmt(hash)) s", "total \(fmt(baseline)) s")
+        line("baseline: + lz4 -d | sha256sum", "\(fmt(hash)) s", "total \(fmt(baseline)) s")
         try? fm.removeItem(atPath: scratch)
 
         // Catch-up of a fresh node from the bucket alone.
@@ -64,7 +64,7 @@ struct ArchiveBench: AsyncParsableCommand {
         let syncSecs = seconds(from: start)
         let synced = (try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]) ?? [:]
         let tip = (synced["archive"] as? [String: Any])?["tip"] ?? "?"
-        line("soma-node sync --archive (verify, execute, store)", "\(fmt(bytes / 1e6 / syncSecs)) MB/s", "\(fmt(syncSecs)) s to checkpoint \(tip)")
+        line("sync --archive (verify, execute, store)", "\(fmt(bytes / 1e6 / syncSecs)) MB/s", "\(fmt(syncSecs)) s to checkpoint \(tip)")
         timing.report(over: syncSecs)
         line("ratio catch-up time / baseline time", fmt(syncSecs / baseline, 2), "goal <= 1.0")
         try? fm.removeItem(atPath: fresh)
