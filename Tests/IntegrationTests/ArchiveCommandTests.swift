@@ -165,4 +165,37 @@ struct ArchiveCommandTests {
         // checks above hold either way).
         #expect(interrupted >= 3, "\(interrupted) of 10 kills interrupted a run")
     }
+
+    @Test("a fresh node whose only peer has pruned early history catches up from the archive for what the peer lacks, then from the peer for the rest; it verifies")
+    func archiveThenPrunedPeer() async throws {
+        let base = TempDir("archive-pruned-peer")
+        defer { base.cleanup() }
+        let binary = try somaNode()
+        let full = base.file("full")
+        #expect(try run(binary, ["devnet", "generate", "--profile", "tiny", "--out", full]).0 == 0)
+        // The archive ends at the second epoch's end (checkpoint 19).
+        let folder = base.file("archive")
+        let (s1, o1, e1) = try run(binary, ["archive", "export", "--data", full, "--to", folder, "--until", "19", "--json"])
+        #expect(s1 == 0, "\(e1)")
+        let exported = try JSONSerialization.jsonObject(with: o1) as? [String: Any]
+        #expect(exported?["last"] as? Int == 19)
+        // The peer keeps only the last epoch (checkpoints 20...29).
+        let pruned = base.file("pruned")
+        #expect(try run(binary, ["devnet", "generate", "--profile", "tiny", "--mode", "pruned", "--retain-epochs", "1", "--out", pruned]).0 == 0)
+        #expect(try run(binary, ["init", "--data", pruned]).0 == 0)
+        let peer = try RunningNode(data: pruned)
+        defer { peer.stop() }
+        let fresh = base.file("fresh")
+        let (status, out, err) = try run(binary, [
+            "sync", "--data", fresh, "--genesis", full + "/genesis.bcs", "--archive", folder, "--peer", peer.address, "--json",
+        ])
+        #expect(status == 0, "\(err)")
+        let document = try #require(try JSONSerialization.jsonObject(with: out) as? [String: Any], "\(err)")
+        #expect((document["archive"] as? [String: Any])?["tip"] as? Int == 19, "\(document)")
+        #expect((document["sync"] as? [String: Any])?["tip"] as? Int == 29, "\(document)")
+        peer.stop()
+        let (vs, vo, _) = try run(binary, ["verify", "--data", fresh, "--json"])
+        let verified = try JSONSerialization.jsonObject(with: vo) as? [String: Any]
+        #expect(vs == 0 && verified?["checkpoints"] as? Int == 30, "\(String(decoding: vo, as: UTF8.self))")
+    }
 }

@@ -46,3 +46,29 @@ ensure_venv() {
     echo "installing Python tools in .venv: ${PYTHON_TOOLS[*]}"
     "$venv/bin/pip" install -q --disable-pip-version-check "${PYTHON_TOOLS[@]}"
 }
+
+# Starts SeaweedFS (`weed server -s3` from .venv) on loopback in DIR, every port free, with one
+# identity (ACCESS_KEY, SECRET_KEY); waits until a volume server joined and the S3 port answers.
+# Sets WEED (its pid) and exports AWS_ENDPOINT_URL, the keys, the region and AWS_CLI for aws
+# and soma-node. The caller stops it (kill -TERM "$WEED").
+start_seaweedfs() {
+    local dir="$1" access="$2" secret="$3" ports
+    ports=($(python3 -c 'import socket
+ss=[socket.socket() for _ in range(8)]
+[s.bind(("127.0.0.1", 0)) for s in ss]
+print(" ".join(str(s.getsockname()[1]) for s in ss))'))
+    mkdir -p "$dir/data"
+    printf '{"identities": [{"name": "soma", "credentials": [{"accessKey": "%s", "secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}' \
+        "$access" "$secret" > "$dir/s3.json"
+    "$ROOT/.venv/bin/weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/data" -master.telemetry=false \
+        -master.port=${ports[0]} -master.port.grpc=${ports[1]} -volume.port=${ports[2]} -volume.port.grpc=${ports[3]} \
+        -filer.port=${ports[4]} -filer.port.grpc=${ports[5]} -s3 -s3.port=${ports[6]} -s3.port.grpc=${ports[7]} \
+        -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$dir/s3.json" -master.volumeSizeLimitMB=1024 > "$dir/weed.log" 2>&1 &
+    WEED=$!
+    for _ in $(seq 1 240); do
+        curl -s "http://127.0.0.1:${ports[0]}/dir/status" | grep -q '"DataNodes":\[{' && curl -s -o /dev/null "http://127.0.0.1:${ports[6]}/" && break
+        sleep 0.25
+    done
+    export AWS_ENDPOINT_URL="http://127.0.0.1:${ports[6]}" AWS_ACCESS_KEY_ID="$access" AWS_SECRET_ACCESS_KEY="$secret" \
+        AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true AWS_CLI="$ROOT/.venv/bin/aws"
+}
