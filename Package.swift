@@ -277,7 +277,7 @@ package.targets.append(
     .executableTarget(
         name: "soma-fuzz",
         dependencies: [
-            "SomaCore", "SomaStore", "SomaNet", "SomaDiscovery", "SomaGossip", "SomaNode", "SomaDevnet",
+            "SomaCore", "SomaStore", "SomaNet", "SomaDiscovery", "SomaGossip", "SomaNode", "SomaDevnet", "SomaArchive",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ],

@@ -3,7 +3,7 @@ import Foundation
 /// Every target, by name (`tools/fuzz` and docs/RELIABILITY.md list the same).
 let allTargets: [FuzzTarget] = [
     bcsChainTarget, bcsWireTarget, frameTarget, handshakeTarget, lz4Target, segmentsTarget, nodeInfoTarget, merkleTarget, blockProofTarget,
-    snapshotChunkTarget, configTarget, dispatchTarget, gossipTarget,
+    snapshotChunkTarget, configTarget, dispatchTarget, gossipTarget, archiveTarget,
 ]
 
 func target(named name: String) -> FuzzTarget? { allTargets.first { $0.name == name } }
