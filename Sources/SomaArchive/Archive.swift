@@ -86,8 +86,17 @@ public struct ArchiveRange: BCSCodable, Sendable, Equatable {
         }
     }
 
-    /// The number of checkpoints.
-    public var count: UInt64 { last - first + 1 }
+    /// The number of checkpoints (`UInt64.max` for the one range too long to count: 0...max,
+    /// which only a lying manifest names).
+    public var count: UInt64 { last - first == .max ? .max : last - first + 1 }
+
+    /// Bytes of its three files (saturating: the sizes come from the manifest).
+    public var bytes: UInt64 {
+        [data.size, index.size, summaries.size].reduce(UInt64(0)) { total, size in
+            let (sum, overflow) = total.addingReportingOverflow(size)
+            return overflow ? .max : sum
+        }
+    }
 }
 
 /// What an archive holds (DESIGN §11): the genesis, the ranges in order, who made it and when,
@@ -312,7 +321,7 @@ public enum ArchiveExport {
         for segment in store.segments.closedSegments() where segment.first >= from && segment.last <= until {
             if let last = ranges.last {
                 if segment.last <= last.last { continue }
-                guard segment.first == last.last + 1 else {
+                guard last.last < .max, segment.first == last.last + 1 else {
                     throw ArchiveError("\(backend) ends at checkpoint \(last.last); the store's next closed segment starts at \(segment.first)")
                 }
             }

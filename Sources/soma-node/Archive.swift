@@ -69,7 +69,7 @@ struct ArchiveExportCommand: AsyncParsableCommand {
         let report: ArchiveExport.Report
         do {
             report = try await ArchiveExport.run(store: store, to: backend, key: key, from: from, until: until) { range in
-                console.say("  checkpoints \(range.first)...\(range.last): \(range.data.size + range.index.size + range.summaries.size) bytes")
+                console.say("  checkpoints \(range.first)...\(range.last): \(range.bytes) bytes")
             }
         } catch {
             await store.close()
@@ -133,7 +133,7 @@ struct ArchiveVerify: AsyncParsableCommand {
                     checkpoints += 1
                 }
                 try await importer.flush()
-                bytes += range.data.size + range.index.size + range.summaries.size
+                bytes += range.bytes
                 console.say("  checkpoints \(range.first)...\(range.last) verified")
             }
             let secs = elapsed(since: start)
@@ -174,7 +174,11 @@ struct ArchiveList: AsyncParsableCommand {
         } catch {
             throw CLIError("archive ls: \(error)")
         }
-        let total = manifest.ranges.reduce(UInt64(0)) { $0 + $1.data.size + $1.index.size + $1.summaries.size }
+        // Sizes come from the manifest: summed without overflow.
+        let total = manifest.ranges.reduce(UInt64(0)) { total, r in
+            let (sum, overflow) = total.addingReportingOverflow(r.bytes)
+            return overflow ? .max : sum
+        }
         let created = Date(timeIntervalSince1970: Double(manifest.createdMs) / 1_000)
         console.say("archive \(backend): chain \(manifest.chainID.hex), made by \(manifest.producer) at \(ISO8601DateFormatter().string(from: created))")
         for r in manifest.ranges {

@@ -255,7 +255,7 @@ extension Sync {
             } catch {
                 throw CLIError("archive \(backend), checkpoints \(range.first)...\(range.last): \(error)")
             }
-            bytes += range.data.size + range.index.size + range.summaries.size
+            bytes += range.bytes
             ranges += 1
             console.say("archive: checkpoints \(range.first)...\(range.last) verified and stored")
         }

@@ -104,6 +104,21 @@ struct ArchiveTests {
         try await fresh.write(ArchiveManifest.fileName, bytes: liar.bcsBytes)
         #expect(try await liarReader.manifest()?.producer == liar.producer)
         await #expect(throws: (any Error).self) { _ = try await Self.verify(liarReader, genesis: genesis) }
+
+        // A signed manifest whose numbers overflow: a range of 0...UInt64.max over real files,
+        // sizes summing past UInt64.max. Refused with an error, never a trap.
+        var huge = honest.ranges[0]
+        huge.last = .max
+        huge.end.summary.sequenceNumber = .max
+        let overflowing = ArchiveManifest(chainID: honest.chainID, genesis: honest.genesis, ranges: [huge], key: SigningKey.generate(), createdMs: 2)
+        try await fresh.write(ArchiveManifest.fileName, bytes: overflowing.bcsBytes)
+        #expect(try await liarReader.manifest()?.ranges.first?.count == .max)
+        await #expect(throws: ArchiveError.self) { _ = try await liarReader.records(huge) }
+        var wide = honest.ranges[0]
+        wide.data.size = .max
+        wide.index.size = .max
+        #expect(wide.bytes == .max)
+        await #expect(throws: ArchiveError.self) { _ = try await liarReader.records(wide) }
         }
     }
 
