@@ -146,7 +146,7 @@ let package = Package(
         .target(
             name: "SomaArchive",
             dependencies: [
-                "SomaCore", "SomaStore",
+                "SomaCore", "SomaStore", "SomaNet", "SomaSync",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

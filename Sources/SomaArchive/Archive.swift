@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 public import SomaCore
 public import SomaStore
 
@@ -99,8 +99,48 @@ public struct ArchiveRange: BCSCodable, Sendable, Equatable {
     }
 }
 
-/// What an archive holds (DESIGN §11): the genesis, the ranges in order, who made it and when,
-/// signed by the producer's node key. The signature names the producer; trust comes from the
+/// An epoch's state snapshot in an archive (DESIGN §10, §11): its manifest (`bcs(SnapshotManifest)`,
+/// `snapshots/<epoch>.bcs`), its chunks' LZ4 frames back to back as the store keeps them
+/// (`snapshots/<epoch>.chunks`) and their index (`snapshots/<epoch>.idx`: the 24-byte records of a
+/// segment index, the epoch as the checkpoint, the chunk index as the part).
+public struct ArchiveSnapshot: BCSCodable, Sendable, Equatable {
+    /// The epoch whose end's live set it holds.
+    public var epoch: UInt64
+    /// Its files.
+    public var manifest: ArchiveFile
+    public var data: ArchiveFile
+    public var index: ArchiveFile
+
+    /// A snapshot entry.
+    public init(epoch: UInt64, manifest: ArchiveFile, data: ArchiveFile, index: ArchiveFile) {
+        self.epoch = epoch
+        self.manifest = manifest
+        self.data = data
+        self.index = index
+    }
+
+    /// Writes epoch, manifest, data, index.
+    public func encode(to w: inout BCSWriter) {
+        w.write(epoch)
+        w.write(manifest)
+        w.write(data)
+        w.write(index)
+    }
+
+    /// Reads epoch, manifest, data, index.
+    public init(from r: inout BCSReader) throws(CoreError) {
+        epoch = try r.readU64()
+        manifest = try r.read(ArchiveFile.self)
+        data = try r.read(ArchiveFile.self)
+        index = try r.read(ArchiveFile.self)
+    }
+
+    /// The base name of an epoch's files: `snapshots/<epoch, 20 digits>`.
+    public static func baseName(_ epoch: UInt64) -> String { "snapshots/" + ArchiveExport.padded(epoch) }
+}
+
+/// What an archive holds (DESIGN §11): the genesis, the ranges in order, the certified summaries
+/// ending its epochs, its snapshots, who made it and when, signed by the producer's node key. The signature names the producer; trust comes from the
 /// certificates: a reader verifies every checkpoint from the genesis committee.
 public struct ArchiveManifest: BCSCodable, Sendable, Equatable {
     /// The format's version.
@@ -114,6 +154,11 @@ public struct ArchiveManifest: BCSCodable, Sendable, Equatable {
     public var genesis: ArchiveFile
     /// The ranges, in order, each right after the previous one.
     public var ranges: [ArchiveRange]
+    /// The certified summaries ending epochs 0, 1, … (the `k`-th ends epoch `k`), up to the last
+    /// range: the epoch chain a reader verifies from the genesis committee before anything else.
+    public var epochEnds: [CertifiedCheckpointSummary]
+    /// The epochs' snapshots it holds, by epoch (ascending).
+    public var snapshots: [ArchiveSnapshot]
     /// The producer's node key.
     public var producer: PublicKey
     /// When it was written (Unix milliseconds).
@@ -122,10 +167,15 @@ public struct ArchiveManifest: BCSCodable, Sendable, Equatable {
     public var signature: Signature
 
     /// A manifest signed with `key`.
-    public init(chainID: Digest, genesis: ArchiveFile, ranges: [ArchiveRange], key: SigningKey, createdMs: UInt64) {
+    public init(
+        chainID: Digest, genesis: ArchiveFile, ranges: [ArchiveRange], epochEnds: [CertifiedCheckpointSummary] = [],
+        snapshots: [ArchiveSnapshot] = [], key: SigningKey, createdMs: UInt64
+    ) {
         self.chainID = chainID
         self.genesis = genesis
         self.ranges = ranges
+        self.epochEnds = epochEnds
+        self.snapshots = snapshots
         self.producer = key.publicKey
         self.createdMs = createdMs
         self.signature = Signature(bytes: [UInt8](repeating: 0, count: 64))!
@@ -145,6 +195,10 @@ public struct ArchiveManifest: BCSCodable, Sendable, Equatable {
         w.write(genesis)
         w.writeLength(ranges.count)
         for r in ranges { w.write(r) }
+        w.writeLength(epochEnds.count)
+        for e in epochEnds { w.write(e) }
+        w.writeLength(snapshots.count)
+        for s in snapshots { w.write(s) }
         w.write(producer)
         w.write(createdMs)
     }
@@ -171,6 +225,28 @@ public struct ArchiveManifest: BCSCodable, Sendable, Equatable {
             ranges.append(range)
         }
         self.ranges = ranges
+        let endCount = try r.readLength(minElementSize: 100)
+        var ends: [CertifiedCheckpointSummary] = []
+        for k in 0..<endCount {
+            let end = try r.read(CertifiedCheckpointSummary.self)
+            guard end.summary.endOfEpoch != nil, end.summary.epoch == UInt64(k),
+                  ends.last.map({ $0.summary.sequenceNumber < end.summary.sequenceNumber }) ?? true
+            else {
+                throw CoreError(.invalidValue, "archive epoch end \(k) is checkpoint \(end.summary.sequenceNumber) of epoch \(end.summary.epoch)\(end.summary.endOfEpoch == nil ? ", which ends no epoch" : "") (epoch ends come in order, one an epoch from 0)")
+            }
+            ends.append(end)
+        }
+        epochEnds = ends
+        let snapshotCount = try r.readLength(minElementSize: 8 + 3 * 41)
+        var snapshots: [ArchiveSnapshot] = []
+        for _ in 0..<snapshotCount {
+            let snapshot = try r.read(ArchiveSnapshot.self)
+            if let previous = snapshots.last, previous.epoch >= snapshot.epoch {
+                throw CoreError(.invalidValue, "archive snapshot of epoch \(snapshot.epoch) listed after epoch \(previous.epoch)")
+            }
+            snapshots.append(snapshot)
+        }
+        self.snapshots = snapshots
         producer = try r.read(PublicKey.self)
         createdMs = try r.readU64()
         signature = try r.read(Signature.self)
@@ -244,37 +320,60 @@ public struct ArchiveReader: Sendable {
 
     /// The checkpoints of `range`: each certified summary with its stored blocks and part proofs.
     public func records(_ range: ArchiveRange) async throws -> [ChainRecord] {
+        let index = try await self.index(range)
         let data = try await fetch(range.data)
-        let index = try await fetch(range.index)
-        let summaryBytes = try await fetch(range.summaries)
+        let summaries = try await self.summaries(range)
         let checkpoints: [SegmentFile.Checkpoint]
         do {
-            checkpoints = try SegmentFile.checkpoints(data: data, index: index)
+            checkpoints = try index.checkpoints(0..<index.count, bytes: data[...], at: 0)
         } catch {
             throw ArchiveError("\(backend)/\(range.index.name): \(error)")
         }
+        return zip(checkpoints, summaries).map { ChainRecord(certified: $1, frames: $0.frames, proofs: $0.proofs) }
+    }
+
+    /// The index of `range`'s segment, checked record by record against the data file's listed
+    /// size: one record set per checkpoint of the range, in order, covering the data exactly.
+    public func index(_ range: ArchiveRange) async throws -> SegmentIndex {
+        guard range.data.size <= UInt64(Self.maxFileBytes) else {
+            throw ArchiveError("\(backend)/\(range.data.name): listed at \(range.data.size) bytes, more than an archive file holds")
+        }
+        let bytes = try await fetch(range.index)
+        let index: SegmentIndex
+        do {
+            index = try SegmentIndex(bytes, dataSize: range.data.size)
+        } catch {
+            throw ArchiveError("\(backend)/\(range.index.name): \(error)")
+        }
+        guard index.dataEnd == range.data.size else {
+            throw ArchiveError("\(backend)/\(range.index.name): covers \(index.dataEnd) bytes of a data file of \(range.data.size)")
+        }
+        guard UInt64(index.count) == range.count, index.first == range.first else {
+            throw ArchiveError("\(backend)/\(range.index.name): indexes \(index.count) checkpoints from \(index.first), the range is \(range.first)...\(range.last)")
+        }
+        return index
+    }
+
+    /// The certified summaries of `range`, checked: one per checkpoint, in order, the last the
+    /// one the manifest names. (Their certificates are the chain's to verify.)
+    public func summaries(_ range: ArchiveRange) async throws -> [CertifiedCheckpointSummary] {
+        let bytes = try await fetch(range.summaries)
         let summaries: [CertifiedCheckpointSummary]
         do {
-            summaries = try BCS.read(from: summaryBytes[...]) { (r: inout BCSReader) throws(CoreError) in try r.readVector(CertifiedCheckpointSummary.self, minElementSize: 100) }
+            summaries = try BCS.read(from: bytes[...]) { (r: inout BCSReader) throws(CoreError) in try r.readVector(CertifiedCheckpointSummary.self, minElementSize: 100) }
         } catch {
             throw ArchiveError("\(backend)/\(range.summaries.name): not a list of certified summaries: \(error)")
         }
-        guard UInt64(checkpoints.count) == range.count, UInt64(summaries.count) == range.count else {
-            throw ArchiveError("\(backend): range \(range.first)...\(range.last) holds \(checkpoints.count) checkpoints and \(summaries.count) summaries")
+        guard UInt64(summaries.count) == range.count else {
+            throw ArchiveError("\(backend)/\(range.summaries.name): \(summaries.count) summaries for checkpoints \(range.first)...\(range.last)")
         }
-        var out: [ChainRecord] = []
-        out.reserveCapacity(checkpoints.count)
-        for (i, (cp, certified)) in zip(checkpoints, summaries).enumerated() {
-            let seq = range.first + UInt64(i)
-            guard cp.seq == seq, certified.summary.sequenceNumber == seq else {
-                throw ArchiveError("\(backend): range \(range.first)...\(range.last): position \(i) holds checkpoint \(cp.seq) and summary \(certified.summary.sequenceNumber)")
-            }
-            out.append(ChainRecord(certified: certified, frames: cp.frames, proofs: cp.proofs))
+        for (i, certified) in summaries.enumerated() where certified.summary.sequenceNumber != range.first + UInt64(i) {
+            throw ArchiveError("\(backend)/\(range.summaries.name): position \(i) holds the summary of checkpoint \(certified.summary.sequenceNumber), not \(range.first + UInt64(i))")
         }
-        guard out.last?.certified == range.end else {
+        guard summaries.last == range.end else {
             throw ArchiveError("\(backend): range \(range.first)...\(range.last) does not end with the certified summary its manifest names")
         }
-        return out
+        return summaries
     }
 }
 
@@ -289,6 +388,8 @@ public enum ArchiveExport {
         /// Ranges written now, and already there.
         public var written: [ArchiveRange]
         public var kept: Int
+        /// Snapshots written now.
+        public var snapshots: [ArchiveSnapshot]
         /// Bytes written.
         public var bytes: UInt64
         /// The manifest.
@@ -317,7 +418,15 @@ public enum ArchiveExport {
             bytesWritten += UInt64(genesisBytes.count)
         }
         var ranges = existing?.ranges ?? []
+        var snapshots = existing?.snapshots ?? []
         var written: [ArchiveRange] = []
+        var writtenSnapshots: [ArchiveSnapshot] = []
+        let ends = try await epochEnds(store)
+        func sign() -> ArchiveManifest {
+            ArchiveManifest(
+                chainID: genesis.chainID, genesis: genesisFile, ranges: ranges, epochEnds: ends.count >= (existing?.epochEnds.count ?? 0) ? ends : existing?.epochEnds ?? [],
+                snapshots: snapshots, key: key, createdMs: now())
+        }
         for segment in store.segments.closedSegments() where segment.first >= from && segment.last <= until {
             if let last = ranges.last {
                 if segment.last <= last.last { continue }
@@ -325,7 +434,7 @@ public enum ArchiveExport {
                     throw ArchiveError("\(backend) ends at checkpoint \(last.last); the store's next closed segment starts at \(segment.first)")
                 }
             }
-            let name = String(repeating: "0", count: max(0, 20 - "\(segment.first)".count)) + "\(segment.first)"
+            let name = padded(segment.first)
             let data = try readFile(segment.data)
             let index = try readFile(segment.index)
             var summaries: [CertifiedCheckpointSummary] = []
@@ -345,21 +454,70 @@ public enum ArchiveExport {
             try await backend.write(range.index.name, bytes: index)
             try await backend.write(range.summaries.name, bytes: summaryBytes)
             ranges.append(range)
-            let manifest = ArchiveManifest(chainID: genesis.chainID, genesis: genesisFile, ranges: ranges, key: key, createdMs: now())
-            try await backend.write(ArchiveManifest.fileName, bytes: manifest.bcsBytes)
+            try await backend.write(ArchiveManifest.fileName, bytes: sign().bcsBytes)
             bytesWritten += UInt64(data.count + index.count + summaryBytes.count)
             written.append(range)
             progress(range)
         }
+        // The store's snapshots the archive lacks (it keeps those it has).
+        for epoch in try await store.snapshotEpochs() where !snapshots.contains(where: { $0.epoch == epoch }) {
+            guard let (snapshot, bytes) = try await writeSnapshot(epoch, of: store, to: backend) else { continue }
+            snapshots.append(snapshot)
+            snapshots.sort { $0.epoch < $1.epoch }
+            try await backend.write(ArchiveManifest.fileName, bytes: sign().bcsBytes)
+            bytesWritten += bytes
+            writtenSnapshots.append(snapshot)
+        }
         let manifest: ArchiveManifest
-        if let existing, written.isEmpty, existing.genesis == genesisFile {
+        if let existing, written.isEmpty, writtenSnapshots.isEmpty, existing.genesis == genesisFile, existing.epochEnds.count >= ends.count {
             manifest = existing
         } else {
-            manifest = ArchiveManifest(chainID: genesis.chainID, genesis: genesisFile, ranges: ranges, key: key, createdMs: now())
+            manifest = sign()
             try await backend.write(ArchiveManifest.fileName, bytes: manifest.bcsBytes)
         }
-        return Report(written: written, kept: ranges.count - written.count, bytes: bytesWritten, manifest: manifest)
+        return Report(written: written, kept: ranges.count - written.count, snapshots: writtenSnapshots, bytes: bytesWritten, manifest: manifest)
     }
+
+    /// The certified summaries ending the store's epochs 0, 1, … (up to the first it lacks).
+    static func epochEnds(_ store: NodeStore) async throws -> [CertifiedCheckpointSummary] {
+        var out: [CertifiedCheckpointSummary] = []
+        for record in try await store.epochs() {
+            guard record.epoch == UInt64(out.count), let last = record.lastCheckpoint, let s = try await store.summary(at: last), s.summary.endOfEpoch != nil else { break }
+            out.append(s)
+        }
+        return out
+    }
+
+    /// Writes the store's snapshot of `epoch` (its manifest, chunks back to back and their
+    /// index); nil when the store no longer holds it whole (pruned meanwhile).
+    static func writeSnapshot(_ epoch: UInt64, of store: NodeStore, to backend: any ArchiveBackend) async throws -> (ArchiveSnapshot, UInt64)? {
+        guard let manifest = try await store.snapshotManifest(epoch: epoch) else { return nil }
+        var data: [UInt8] = []
+        var index: [UInt8] = []
+        index.reserveCapacity(manifest.chunkRoots.count * HistorySegments.indexRecordBytes)
+        for k in manifest.chunkRoots.indices {
+            guard let frame = try await store.snapshotChunk(epoch: epoch, index: UInt32(k)) else { return nil }
+            guard data.count + frame.count <= ArchiveReader.maxFileBytes else {
+                throw ArchiveError("the snapshot of epoch \(epoch) is larger than an archive file holds (\(ArchiveReader.maxFileBytes) bytes)")
+            }
+            for (value, width) in [(epoch, 8), (UInt64(k), 4), (UInt64(frame.count), 4), (UInt64(data.count), 8)] {
+                for b in 0..<width { index.append(UInt8(truncatingIfNeeded: value >> (8 * UInt64(b)))) }
+            }
+            data += frame
+        }
+        let base = ArchiveSnapshot.baseName(epoch)
+        let manifestBytes = manifest.bcsBytes
+        let snapshot = ArchiveSnapshot(
+            epoch: epoch, manifest: ArchiveFile(name: base + ".bcs", bytes: manifestBytes), data: ArchiveFile(name: base + ".chunks", bytes: data),
+            index: ArchiveFile(name: base + ".idx", bytes: index))
+        try await backend.write(snapshot.data.name, bytes: data)
+        try await backend.write(snapshot.index.name, bytes: index)
+        try await backend.write(snapshot.manifest.name, bytes: manifestBytes)
+        return (snapshot, UInt64(data.count + index.count + manifestBytes.count))
+    }
+
+    /// `n` in 20 decimal digits (file names sort in order).
+    static func padded(_ n: UInt64) -> String { String(repeating: "0", count: max(0, 20 - "\(n)".count)) + "\(n)" }
 
     static func now() -> UInt64 { UInt64(max(0, Date().timeIntervalSince1970 * 1_000)) }
 

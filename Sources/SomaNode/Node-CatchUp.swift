@@ -4,6 +4,7 @@ import SomaDiscovery
 import SomaNet
 import SomaStore
 public import SomaSync
+import SomaArchive
 
 /// What `soma-node sync` asks of a node: where to stop, whether to restore a snapshot first,
 /// and the pipeline's tunables.
@@ -22,6 +23,9 @@ public struct CatchUpRequest: Sendable {
     public var progress: @Sendable (SyncProgress) -> Void = { _ in }
     /// Told the restore's progress.
     public var restoreProgress: @Sendable (RestoreProgress) -> Void = { _ in }
+    /// Sources besides the peers (archives), each with its label: raced against the peers by
+    /// the same scheduler, with ``ArchiveSource/parallelReads`` requests at once.
+    public var sources: [(source: any SyncSource, label: String)] = []
 
     /// Defaults: to the tip, no snapshot.
     public init() {}
@@ -70,7 +74,8 @@ extension Node {
         return connected
     }
 
-    /// Catches the store up from the connected peers (``connect()`` first), restoring a
+    /// Catches the store up from the connected peers (``connect()`` first) and the request's
+    /// other sources (archives; with those, no peer need be connected), restoring a
     /// snapshot first if asked, while discovery goes on and adds the peers it connects to; then
     /// records what it measured of each source in the peer table. Does not wait for the last
     /// epoch end's snapshot build (``NodeStore/finishSnapshotBuild()``).
@@ -86,6 +91,9 @@ extension Node {
                 events.publishBan(label: label, reason: reason)
                 request.onBan(label, reason)
             })
+        for (source, label) in request.sources {
+            await pool.add(source, label: label, inFlight: ArchiveSource.parallelReads)
+        }
         for c in discovery.connections {
             let remembered = await discovery.table.record(c.client.peerID)?.throughput ?? 0
             await pool.add(c.client, label: c.address, throughput: remembered > 0 ? Double(remembered) : nil)

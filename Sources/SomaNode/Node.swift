@@ -308,7 +308,7 @@ public final class Node: Sendable {
         var peers: [PeerStatus] = []
         for s in stats {
             peers.append(PeerStatus(
-                address: s.label, peerId: "\(s.peerID)", connected: discovery == nil || connected.contains(s.peerID),
+                address: s.label, peerId: "\(s.source)", connected: discovery == nil || s.peerID.map(connected.contains) ?? true,
                 lowest: s.holds?.lowerBound, highest: s.holds?.upperBound, checkpoints: s.checkpoints, bytes: s.bytes,
                 share: total > 0 ? Double(s.bytes) / Double(total) : 0, throughput: s.throughput, failures: s.failures, hedges: s.hedges,
                 bannedReason: s.banReason, bannedSeconds: s.bannedFor.map { NodeStatus.seconds($0) }))
@@ -359,8 +359,9 @@ public final class Node: Sendable {
     /// connection is no ban at all: neither is recorded.
     static func recordScores(_ pool: SourcePool, into discovery: Discovery) async {
         for s in await pool.stats {
+            guard let peerID = s.peerID else { continue }  // an archive is no peer
             await discovery.noteSource(
-                s.peerID, throughput: s.throughput, failures: s.failures, bannedFor: s.bannedForBadData ? s.bannedFor : nil,
+                peerID, throughput: s.throughput, failures: s.failures, bannedFor: s.bannedForBadData ? s.bannedFor : nil,
                 reason: s.bannedForBadData ? s.banReason : nil)
         }
     }

@@ -181,12 +181,12 @@ public struct PeerSync: Sendable {
 
     /// `committees` extended with every epoch end `client` holds past them, each verified by the
     /// committee before it.
-    static func extend(_ committees: [Committee], from client: PeerClient) async throws -> [Committee] {
+    static func extend(_ committees: [Committee], from client: any SyncSource) async throws -> [Committee] {
         try await extendWithEnds(committees, from: client).committees
     }
 
     /// ``extend(_:from:)``, also returning the verified end-of-epoch summaries it fetched.
-    static func extendWithEnds(_ committees: [Committee], from client: PeerClient) async throws -> (committees: [Committee], ends: [CertifiedCheckpointSummary]) {
+    static func extendWithEnds(_ committees: [Committee], from client: any SyncSource) async throws -> (committees: [Committee], ends: [CertifiedCheckpointSummary]) {
         var known = committees
         var ends: [CertifiedCheckpointSummary] = []
         while true {
@@ -719,6 +719,8 @@ final class SyncRun: StateSyncJob {
         switch error {
         case is CancellationError:
             await pool.released(i)
+        case let e as SourceFailure:
+            await pool.failed(i, stalled: e.stalled, reason: "\(what): \(e)")
         case let e as WireError where e.code == .timedOut:
             await pool.failed(i, stalled: true, reason: "\(what): \(e)")
         case let e as WireError where e.code == .connectionClosed:

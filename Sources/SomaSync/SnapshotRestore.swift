@@ -239,7 +239,7 @@ public struct SnapshotRestore: Sendable {
     /// checks each against the certified `end`: a source whose manifest fails is banned. The
     /// valid manifests, each with the sources that sent it.
     func manifests(epoch: UInt64, end: CertifiedCheckpointSummary) async -> [SnapshotManifest: Set<Int>] {
-        var targets: [(Int, PeerClient)] = []
+        var targets: [(Int, any SyncSource)] = []
         for i in await pool.usable {
             guard let a = await pool.availability(i), a.snapshotEpochs.contains(epoch) else { continue }
             targets.append((i, await pool.client(i)))

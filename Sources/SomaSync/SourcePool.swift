@@ -5,8 +5,10 @@ public import SomaNet
 public struct SourceStats: Sendable, CustomStringConvertible {
     /// The label it was added with (usually `HOST:PORT`).
     public var label: String
-    /// Its peer id (proven in the handshake).
-    public var peerID: PeerID
+    /// Who it is: a peer (its id proven in the handshake) or an archive (its location).
+    public var source: SourceID
+    /// Its peer id, for a peer.
+    public var peerID: PeerID? { source.peerID }
     /// Checkpoints it delivered that were verified and used.
     public var checkpoints = 0
     /// Bytes of blocks received from it (used or not).
@@ -56,8 +58,10 @@ extension String {
 /// a row ban it for the stall ban time.
 public actor SourcePool {
     struct Entry {
-        let client: PeerClient
+        let client: any SyncSource
         var stats: SourceStats
+        /// Most requests it has at once.
+        var limit: Int
         var availability: Availability?
         var inFlight = 0
         var consecutiveFailures = 0
@@ -72,31 +76,33 @@ public actor SourcePool {
     /// Called with the label and reason whenever a source is banned.
     let onBan: (@Sendable (String, String) -> Void)?
 
-    /// A pool of `clients` (labels in the same order).
+    /// A pool of `clients` (peers or archives; labels in the same order).
     /// - Parameters:
     ///   - perSourceInFlight: most requests one source has at once.
     ///   - banDuration: how long a source that sent bad data is avoided.
     ///   - stallBanDuration: how long a source that timed out twice in a row is avoided.
     public init(
-        clients: [PeerClient], labels: [String], perSourceInFlight: Int = 4, banDuration: Duration = .seconds(600),
+        clients: [any SyncSource], labels: [String], perSourceInFlight: Int = 4, banDuration: Duration = .seconds(600),
         stallBanDuration: Duration = .seconds(60), onBan: (@Sendable (String, String) -> Void)? = nil
     ) {
         precondition(clients.count == labels.count, "one label per client")
-        entries = zip(clients, labels).map { Entry(client: $0, stats: SourceStats(label: $1, peerID: $0.peerID)) }
         self.perSourceInFlight = max(1, perSourceInFlight)
+        entries = zip(clients, labels).map { Entry(client: $0, stats: SourceStats(label: $1, source: $0.sourceID), limit: max(1, perSourceInFlight)) }
         self.banDuration = banDuration
         self.stallBanDuration = stallBanDuration
         self.onBan = onBan
     }
 
-    /// Adds a source (a new connection); returns its index.
+    /// Adds a source (a new connection, an archive); returns its index.
     /// - Parameters:
     ///   - availability: what it holds, if already asked (otherwise the next ``refresh()`` asks).
     ///   - throughput: its throughput measured before (bytes/s), if known: it then competes by
     ///     it instead of being tried first.
+    ///   - inFlight: most requests it has at once (default: the pool's `perSourceInFlight`); an
+    ///     object store serves more parallel ranged reads than a peer.
     @discardableResult
-    public func add(_ client: PeerClient, label: String, availability: Availability? = nil, throughput: Double? = nil) -> Int {
-        var entry = Entry(client: client, stats: SourceStats(label: label, peerID: client.peerID))
+    public func add(_ client: any SyncSource, label: String, availability: Availability? = nil, throughput: Double? = nil, inFlight: Int? = nil) -> Int {
+        var entry = Entry(client: client, stats: SourceStats(label: label, source: client.sourceID), limit: max(1, inFlight ?? perSourceInFlight))
         entry.stats.throughput = throughput
         if let a = availability {
             entry.availability = a
@@ -108,26 +114,30 @@ public actor SourcePool {
 
     /// The index of the source with `peerID`, if there is one.
     public func index(of peerID: PeerID) -> Int? {
-        entries.firstIndex { $0.client.peerID == peerID }
+        entries.firstIndex { $0.client.sourceID == .peer(peerID) }
     }
 
     /// Puts a new connection in place of source `i` (a reconnection): its scores stay, its
     /// availability is polled again.
-    public func replace(_ i: Int, with client: PeerClient) {
+    public func replace(_ i: Int, with client: any SyncSource) {
         let old = entries[i]
         entries[i] = Entry(
-            client: client, stats: old.stats, availability: nil, inFlight: old.inFlight, bannedUntil: old.bannedUntil, badData: old.badData)
-        entries[i].stats.peerID = client.peerID
+            client: client, stats: old.stats, limit: old.limit, availability: nil, inFlight: old.inFlight, bannedUntil: old.bannedUntil,
+            badData: old.badData)
+        entries[i].stats.source = client.sourceID
     }
 
     /// The number of sources.
     public var count: Int { entries.count }
 
     /// Every source's client.
-    public var clients: [PeerClient] { entries.map(\.client) }
+    public var clients: [any SyncSource] { entries.map(\.client) }
+
+    /// The peers among the sources.
+    public var peers: [PeerClient] { entries.compactMap { $0.client as? PeerClient } }
 
     /// The client of source `i`.
-    public func client(_ i: Int) -> PeerClient { entries[i].client }
+    public func client(_ i: Int) -> any SyncSource { entries[i].client }
 
     /// The label of source `i`.
     public func label(_ i: Int) -> String { entries[i].stats.label }
@@ -160,7 +170,7 @@ public actor SourcePool {
 
     /// Notes that the source(s) with `peerID` hold up to `highest` (they pushed it).
     public func noteHolds(peerID: PeerID, highest: UInt64) {
-        for i in entries.indices where entries[i].client.peerID == peerID {
+        for i in entries.indices where entries[i].client.sourceID == .peer(peerID) {
             guard var a = entries[i].availability, highest > a.highestSynced else { continue }
             a.highestSynced = highest
             entries[i].availability = a
@@ -222,7 +232,7 @@ public actor SourcePool {
     public func pick(excluding: Set<Int> = [], where wanted: @Sendable (Int, Availability) -> Bool) -> Int? {
         let now = ContinuousClock.now
         var best: (Int, Double)? = nil
-        for i in entries.indices where !excluding.contains(i) && entries[i].inFlight < perSourceInFlight {
+        for i in entries.indices where !excluding.contains(i) && entries[i].inFlight < entries[i].limit {
             if let until = entries[i].bannedUntil, until > now { continue }
             guard entries[i].client.isConnected, let a = entries[i].availability, wanted(i, a) else { continue }
             // Unmeasured sources first (infinite score), then throughput per request in flight.
@@ -293,13 +303,13 @@ public actor SourcePool {
 
     /// Bans source `i`: without `duration` for bad data (the ban time; recorded as such, see
     /// ``SourceStats/bannedForBadData``), with `duration` for a pause (a stall). A ban is kept
-    /// by peer id: every entry of the same peer is banned with it, and a reconnection
+    /// by source id: every entry of the same source is banned with it, and a reconnection
     /// (``replace(_:with:)``) keeps it. A pause never shortens or downgrades a bad-data ban.
     public func ban(_ i: Int, reason: String, for duration: Duration? = nil) {
         let now = ContinuousClock.now
         let until = now + (duration ?? banDuration)
-        let peer = entries[i].client.peerID
-        for k in entries.indices where k == i || entries[k].client.peerID == peer {
+        let source = entries[i].client.sourceID
+        for k in entries.indices where k == i || entries[k].client.sourceID == source {
             let current = entries[k].bannedUntil.flatMap { $0 > now ? $0 : nil }
             if duration != nil, entries[k].badData, let current, current >= until { continue }
             entries[k].bannedUntil = max(until, current ?? until)

@@ -113,7 +113,7 @@ public final class TipFollower: Sendable {
                     // Forward the newest tip to every source (they ignore what they hold).
                     if let tip = try await sync.store.watermark(.highestSynced), tip.seq > lastForwarded,
                        let certified = try await sync.store.summary(at: tip.seq) {
-                        for client in await sync.pool.clients where client.isConnected { client.push(certified) }
+                        for client in await sync.pool.peers where client.isConnected { client.push(certified) }
                         forward(certified)
                         lastForwarded = tip.seq
                     }

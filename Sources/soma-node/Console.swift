@@ -36,11 +36,12 @@ struct Console: Sendable {
 func jsonSeconds(_ seconds: Double) -> Double { (seconds * 1_000).rounded() / 1_000 }
 
 extension SourceStats {
-    /// One source's standing as a JSON object: label, peer id, what it delivered, its failures,
-    /// hedges, measured throughput (bytes/s, or null) and ban reason (or null).
+    /// One source's standing as a JSON object: label, peer id (null for an archive), kind (`peer`
+    /// or `archive`), what it delivered, its failures, hedges, measured throughput (bytes/s, or
+    /// null) and ban reason (or null).
     var jsonObject: [String: Any] {
         [
-            "label": label, "peerId": peerID.description, "checkpoints": checkpoints, "bytes": bytes,
+            "label": label, "peerId": peerID.map { $0.description as Any } ?? NSNull(), "kind": peerID == nil ? "archive" : "peer", "checkpoints": checkpoints, "bytes": bytes,
             "failures": failures, "hedges": hedges, "throughputBytesPerSecond": throughput.map { $0.rounded() } ?? NSNull(),
             "banReason": banReason ?? NSNull(),
         ]

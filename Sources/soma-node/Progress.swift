@@ -2,7 +2,7 @@ import Foundation
 import SomaSync
 import Synchronization
 
-/// Shows a sync's progress: a bar redrawn in place on a terminal (checkpoints/s, MB/s, peers,
+/// Shows a sync's progress: a bar redrawn in place on a terminal (checkpoints/s, MB/s, sources,
 /// ETA), plain log lines every `logEvery` otherwise (a pipe, a file, a service manager).
 final class ProgressDisplay: Sendable {
     let terminal: Bool
@@ -82,26 +82,26 @@ final class ProgressDisplay: Sendable {
         if terminal && drawn { FileHandle.standardOutput.write(Data("\u{1B}[K\n".utf8)) }
     }
 
-    /// `checkpoint 1234/10000 · 250 checkpoints/s · 40.1 MB/s · 3 peers · ETA 0:35`.
+    /// `checkpoint 1234/10000 · 250 checkpoints/s · 40.1 MB/s · 3 sources · ETA 0:35`.
     static func describe(_ p: SyncProgress) -> String {
         let secs = max(1e-3, p.elapsed.inSeconds)
         let rate = Double(p.checkpoints) / secs
         let remaining = Double(p.target - min(p.target, p.synced))
         let eta = rate > 0 ? Int(remaining / rate) : 0
         var s = "checkpoint \(p.synced)/\(p.target) · \(format(rate, 0)) checkpoints/s · \(format(Double(p.rawBytes) / 1e6 / secs)) MB/s"
-        s += " · \(p.sources) peer\(p.sources == 1 ? "" : "s")"
+        s += " · \(p.sources) source\(p.sources == 1 ? "" : "s")"
         if p.banned > 0 { s += " (\(p.banned) banned)" }
         s += " · ETA \(eta / 60):\(String(format: "%02d", eta % 60))"
         return s
     }
 
-    /// `epoch 9 chunk 120/304 · 510000 objects/s · 61.2 MB/s · 3 peers · ETA 0:02`.
+    /// `epoch 9 chunk 120/304 · 510000 objects/s · 61.2 MB/s · 3 sources · ETA 0:02`.
     static func describe(_ p: RestoreProgress) -> String {
         let secs = max(1e-3, p.elapsed.inSeconds)
         let rate = Double(p.objects) / secs
         let chunkRate = Double(p.chunksDone) / secs
         let eta = chunkRate > 0 ? Int(Double(p.chunks - p.chunksDone) / chunkRate) : 0
         return "epoch \(p.epoch) chunk \(p.chunksDone)/\(p.chunks) · \(format(rate, 0)) objects/s · \(format(Double(p.rawBytes) / 1e6 / secs)) MB/s"
-            + " · \(p.sources) peer\(p.sources == 1 ? "" : "s") · ETA \(eta / 60):\(String(format: "%02d", eta % 60))"
+            + " · \(p.sources) source\(p.sources == 1 ? "" : "s") · ETA \(eta / 60):\(String(format: "%02d", eta % 60))"
     }
 }

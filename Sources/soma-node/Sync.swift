@@ -13,14 +13,18 @@ import SomaSync
 
 struct Sync: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Catch a store up from peers, verifying everything, then exit.",
+        abstract: "Catch a store up from peers and archives, verifying everything, then exit.",
         discussion: """
             Finds its sources by discovery: it dials the seeds (--peer) or the peers its store \
             remembers, asks them for the peers they know and connects to up to \
             --target-connections of them. Verifies the epoch chain, every summary batch (one quorum \
             check each) and every block, and commits in order with execution and the state-root check at every epoch end. Blocks \
             come from all peers at once, by measured throughput; a peer that sends anything that \
-            fails verification is banned and its work goes to the others. A stop or crash resumes \
+            fails verification is banned and its work goes to the others. Archives (--archive, an \
+            S3 bucket prefix or a folder) are sources of the same scheduler: raced against the \
+            peers by measured throughput, read with ranged reads, verified the same way; an \
+            archive file that is missing, corrupt or lies is set aside with the reason and the \
+            sync finishes from the other sources. A stop or crash resumes \
             after the store's highestSynced. Shows a progress bar on a terminal, log lines otherwise; \
             with --json, standard output carries one JSON document with the outcome and the \
             progress lines go to standard error.
@@ -44,8 +48,8 @@ struct Sync: AsyncParsableCommand {
     var mode: String?
     @Option(help: "Restore a verified state snapshot first, `latest` or an epoch number, then sync the checkpoints after it (a new validator's fast catch-up; the store keeps no history before it).")
     var snapshot: String?
-    @Option(help: "An archive to read first, s3://BUCKET/PREFIX or a folder: its checkpoints are verified and committed as from any source, then peers (if any) give the rest.")
-    var archive: String?
+    @Option(help: "An archive, s3://BUCKET/PREFIX or a folder (repeat for several): a source raced against the peers (with none, the sync reads the archives alone); its checkpoints and snapshots are verified as from any source.")
+    var archive: [String] = []
     @OptionGroup var archiveOptions: ArchiveOptions
     @Flag(help: "Check the signatures of every certificate, not one per batch.")
     var verifyAllCertificates = false
@@ -67,9 +71,6 @@ struct Sync: AsyncParsableCommand {
         guard window >= 1 && window <= 256 else { throw ValidationError("--window must be 1...256") }
         guard timeout >= 1 && timeout <= 3_600 else { throw ValidationError("--timeout must be 1...3600 seconds") }
         if let mode { guard StoreMode(rawValue: mode) != nil else { throw ValidationError("--mode takes archive or pruned") } }
-        if archive != nil, snapshot != nil {
-            throw ValidationError("--snapshot with --archive is not supported yet: restore from peers (--snapshot), or sync the history from the archive (--archive)")
-        }
         if let snapshot {
             guard snapshot == "latest" || UInt64(snapshot) != nil else { throw ValidationError("--snapshot takes an epoch number or latest") }
             guard mode != "archive" else {
@@ -119,19 +120,27 @@ struct Sync: AsyncParsableCommand {
         let display = console.progressDisplay()
         do {
             var document: [String: Any] = [:]
-            if let archive {
-                document["archive"] = try await syncFromArchive(archive, node: node, config: config, console: console)
-                if peer.isEmpty, (try await node.store.peerRecords()).isEmpty {
-                    // The archive was the only source.
-                    try await node.store.finishSnapshotBuild()
-                    if json { try console.emit(document) }
-                    await node.close()
-                    return
+            var request = CatchUpRequest()
+            var locations: [String] = []
+            for location in archive {
+                let source = try await archiveSource(location, node: node)
+                request.sources.append((source, location))
+                locations.append("\(source.sourceID)")
+            }
+            if !locations.isEmpty {
+                document["archives"] = locations
+                console.say("archives: \(locations.joined(separator: ", "))")
+            }
+            var connected = 0
+            let knownPeers = try await node.store.peerRecords().count
+            if archive.isEmpty || !peer.isEmpty || knownPeers > 0 {
+                do {
+                    connected = try await node.connect()
+                    console.say("discovery: connected to \(connected) peers over \(config.net.tls ? "TLS 1.3" : "plaintext") (\(await node.discovery?.table.count ?? 0) known)")
+                } catch let error as NodeError where !archive.isEmpty {
+                    console.say("discovery: \(error); syncing from the archives alone")
                 }
             }
-            let connected = try await node.connect()
-            console.say("discovery: connected to \(connected) peers over \(config.net.tls ? "TLS 1.3" : "plaintext") (\(await node.discovery?.table.count ?? 0) known)")
-            var request = CatchUpRequest()
             request.until = UInt64(until)
             request.snapshot = snapshot.map { UInt64($0).map(SnapshotChoice.epoch) ?? .latest }
             request.sync.window = window
@@ -162,7 +171,7 @@ struct Sync: AsyncParsableCommand {
             display.finish()
             let secs = elapsed(since: start)
             let used = report.sources.filter { $0.checkpoints > 0 }.count
-            console.say("synced \(report.checkpoints) checkpoints (\(report.transactions) transactions, \(format(Double(report.rawBytes) / 1e6)) MB) from \(used) of \(report.sources.count) peers in \(format(secs)) s (\(format(Double(report.checkpoints) / secs, 0)) checkpoints/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s); tip \(report.tip)")
+            console.say("synced \(report.checkpoints) checkpoints (\(report.transactions) transactions, \(format(Double(report.rawBytes) / 1e6)) MB) from \(used) of \(report.sources.count) sources in \(format(secs)) s (\(format(Double(report.checkpoints) / secs, 0)) checkpoints/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s); tip \(report.tip)")
             if let wanted = UInt64(until), report.tip < wanted {
                 console.say("  the peers hold checkpoints up to \(report.tip) only: --until \(wanted) is not reached (run sync again later, or `soma-node run` to follow the tip)")
             }
@@ -171,7 +180,7 @@ struct Sync: AsyncParsableCommand {
             if let q = quarters {
                 console.say("  by quarter    \(q.map { format($0) }.joined(separator: ", ")) MB/s (last / first \(format(q[3] / q[0], 2)))")
             }
-            for s in report.sources { console.say("  peer \(s)") }
+            for s in report.sources { console.say("  \(s.peerID == nil ? "archive" : "peer") \(s)") }
             document["sync"] = [
                 "tip": report.tip, "checkpoints": report.checkpoints, "transactions": report.transactions,
                 "rawBytes": report.rawBytes, "storedBytes": report.storedBytes, "quorumChecks": report.quorumChecks,
@@ -207,10 +216,10 @@ extension Sync {
     /// Says what a snapshot restore did.
     func printRestore(_ report: RestoreReport, seconds secs: Double, console: Console) {
         let used = report.sources.filter { $0.checkpoints > 0 }.count
-        console.say("restored epoch \(report.epoch)'s snapshot (checkpoint \(report.checkpoint)): \(report.objectCount) live objects in \(report.chunks) chunks, \(report.fetched) fetched from \(used) of \(report.agreeingSources) agreeing peers in \(format(secs)) s (\(format(Double(report.objects) / secs, 0)) objects/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s verified and written), \(report.hedges) hedged requests")
+        console.say("restored epoch \(report.epoch)'s snapshot (checkpoint \(report.checkpoint)): \(report.objectCount) live objects in \(report.chunks) chunks, \(report.fetched) fetched from \(used) of \(report.agreeingSources) agreeing sources in \(format(secs)) s (\(format(Double(report.objects) / secs, 0)) objects/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s verified and written), \(report.hedges) hedged requests")
         console.say("  state root    \(report.stateRoot.hex) (certified by epoch \(report.epoch)'s committee, recomputed over the stored live set)")
         for s in report.sources where s.checkpoints > 0 || s.banReason != nil {
-            console.say("  peer \(s.label): \(s.checkpoints) chunks, \(format(Double(s.bytes) / 1e6)) MB\(s.banReason.map { ", banned: \($0)" } ?? "")")
+            console.say("  \(s.peerID == nil ? "archive" : "peer") \(s.label): \(s.checkpoints) chunks, \(format(Double(s.bytes) / 1e6)) MB\(s.banReason.map { ", banned: \($0)" } ?? "")")
         }
     }
 
@@ -227,44 +236,24 @@ extension Sync {
 }
 
 extension Sync {
-    /// Verifies and commits the checkpoints of an archive the store lacks (resuming after its
-    /// watermark; ranges it holds are not read), as a fresh node would: the epoch chain from
-    /// the genesis committee, summary batches, every block, execution and state roots.
-    func syncFromArchive(_ location: String, node: Node, config: NodeConfiguration, console: Console) async throws -> [String: Any] {
-        let start = ContinuousClock.now
+    /// The archive at `location` as a sync source, after a first look: it must be an archive
+    /// (a signed manifest) of this node's chain.
+    func archiveSource(_ location: String, node: Node) async throws -> ArchiveSource {
         let backend = try archiveOptions.backend(location)
         let reader = ArchiveReader(backend: backend)
-        guard let manifest = try await reader.manifest() else { throw CLIError("\(backend): no \(ArchiveManifest.fileName): not an archive") }
+        let manifest: ArchiveManifest
+        do {
+            guard let m = try await reader.manifest() else { throw CLIError("\(backend): no \(ArchiveManifest.fileName): not an archive") }
+            manifest = m
+        } catch let error as CLIError {
+            throw error
+        } catch {
+            throw CLIError("archive \(backend): \(error)")
+        }
         guard let genesis = try await node.store.genesis() else { throw CLIError("the store has no genesis") }
         guard manifest.chainID == genesis.chainID else {
             throw CLIError("\(backend) is an archive of chain \(manifest.chainID.hex.prefix(16))…, not of this node's (\(genesis.chainID.hex.prefix(16))…)")
         }
-        let importer = try await CheckpointImporter(
-            genesis: genesis, store: node.store, batchSize: 256, parallelism: ProcessInfo.processInfo.activeProcessorCount, userSignatures: false)
-        let resumedAfter = importer.resumeAfter
-        if resumedAfter > 0 { console.say("archive: the store holds checkpoints up to \(resumedAfter); reading what follows from \(backend)") }
-        var bytes: UInt64 = 0
-        var ranges = 0
-        let stop = UInt64(until) ?? .max
-        for range in manifest.ranges where range.last > importer.resumeAfter && range.first <= stop {
-            do {
-                for r in try await reader.records(range) where r.certified.summary.sequenceNumber <= stop {
-                    try await importer.add(SourceCheckpoint(certified: r.certified, frames: r.frames, proofs: r.proofs))
-                }
-                try await importer.flush()
-            } catch {
-                throw CLIError("archive \(backend), checkpoints \(range.first)...\(range.last): \(error)")
-            }
-            bytes += range.bytes
-            ranges += 1
-            console.say("archive: checkpoints \(range.first)...\(range.last) verified and stored")
-        }
-        let secs = elapsed(since: start)
-        let tip = importer.tip.summary.sequenceNumber
-        console.say("archive: \(importer.checkpoints) checkpoints (\(importer.transactions) transactions, \(format(Double(bytes) / 1e6)) MB read) from \(backend) in \(format(secs)) s; tip \(tip)")
-        return [
-            "location": "\(backend)", "checkpoints": importer.checkpoints, "transactions": importer.transactions, "bytes": bytes, "ranges": ranges,
-            "tip": tip, "resumedAfter": resumedAfter, "seconds": jsonSeconds(secs), "producer": "\(manifest.producer)",
-        ]
+        return ArchiveSource(reader: reader, chainID: genesis.chainID)
     }
 }
