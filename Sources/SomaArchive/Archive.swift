@@ -377,6 +377,63 @@ public struct ArchiveReader: Sendable {
     }
 }
 
+extension ArchiveReader {
+    /// What ``verifySnapshots(_:genesis:)`` checked of one snapshot.
+    public struct VerifiedSnapshot: Sendable {
+        /// The epoch, its live objects and chunks.
+        public var epoch: UInt64
+        public var objects: UInt64
+        public var chunks: Int
+        /// The certified state root every chunk was proven against.
+        public var stateRoot: Digest
+    }
+
+    /// Verifies the manifest's epoch ends as a chain from the genesis committee, then each
+    /// snapshot: its manifest against its epoch's certified end (state root, object count, chunk
+    /// roots), its index against its data file, and every chunk on its own against the certified
+    /// state root (decompressed within `limit`).
+    /// - Throws: ``ArchiveError`` naming the file or chunk at fault; the chain's errors.
+    public func verifySnapshots(_ manifest: ArchiveManifest, genesis: Genesis, limit: Int = 256 << 20) async throws -> [VerifiedSnapshot] {
+        _ = try ChainVerifier.verifyEpochChain(genesis: genesis.committee, endOfEpochSummaries: manifest.epochEnds)
+        var out: [VerifiedSnapshot] = []
+        for entry in manifest.snapshots {
+            guard let e = Int(exactly: entry.epoch), e < manifest.epochEnds.count else {
+                throw ArchiveError("\(backend): a snapshot of epoch \(entry.epoch), whose end the archive does not list")
+            }
+            let snapshot: SnapshotManifest
+            do {
+                snapshot = try SnapshotManifest(bcsBytes: try await fetch(entry.manifest))
+                try snapshot.check(against: manifest.epochEnds[e].summary)
+            } catch let error as ArchiveError {
+                throw error
+            } catch {
+                throw ArchiveError("\(backend)/\(entry.manifest.name): \(error)")
+            }
+            guard entry.data.size <= UInt64(Self.maxFileBytes) else { throw ArchiveError("\(backend)/\(entry.data.name): listed at \(entry.data.size) bytes, more than an archive file holds") }
+            let index: SegmentIndex
+            do {
+                index = try SegmentIndex(try await fetch(entry.index), dataSize: entry.data.size)
+            } catch let error as StoreError {
+                throw ArchiveError("\(backend)/\(entry.index.name): \(error)")
+            }
+            guard index.count == 1, index.first == entry.epoch, index.frames(of: 0).count == snapshot.chunkRoots.count, index.dataEnd == entry.data.size else {
+                throw ArchiveError("\(backend)/\(entry.index.name): does not index the \(snapshot.chunkRoots.count) chunks of epoch \(entry.epoch) over the whole data file")
+            }
+            let data = try await fetch(entry.data)
+            for k in snapshot.chunkRoots.indices {
+                let from = Int(index.offsets[k]), length = Int(index.lengths[k])
+                do {
+                    _ = try snapshot.verifyChunk(index: UInt32(k), frame: Array(data[from..<(from + length)]), proof: try snapshot.proof(chunk: k), limit: limit)
+                } catch {
+                    throw ArchiveError("\(backend)/\(entry.data.name): chunk \(k): \(error)")
+                }
+            }
+            out.append(VerifiedSnapshot(epoch: entry.epoch, objects: snapshot.objectCount, chunks: snapshot.chunkRoots.count, stateRoot: snapshot.stateRoot))
+        }
+        return out
+    }
+}
+
 /// Writes a store's closed history to an archive (DESIGN §11): the genesis, then for each closed
 /// segment in the range its data and index files as they are and its checkpoints' certified
 /// summaries, then the manifest, replaced whole after each range. A range the manifest already

@@ -307,8 +307,11 @@ public final class Node: Sendable {
         let connected = Set(discovery?.connections.map(\.client.peerID) ?? [])
         var peers: [PeerStatus] = []
         for s in stats {
+            // An archive is always reachable; a peer while discovery holds its connection.
+            var isConnected = true
+            if discovery != nil, let id = s.peerID { isConnected = connected.contains(id) }
             peers.append(PeerStatus(
-                address: s.label, peerId: "\(s.source)", connected: discovery == nil || s.peerID.map(connected.contains) ?? true,
+                address: s.label, peerId: "\(s.source)", connected: isConnected,
                 lowest: s.holds?.lowerBound, highest: s.holds?.upperBound, checkpoints: s.checkpoints, bytes: s.bytes,
                 share: total > 0 ? Double(s.bytes) / Double(total) : 0, throughput: s.throughput, failures: s.failures, hedges: s.hedges,
                 bannedReason: s.banReason, bannedSeconds: s.bannedFor.map { NodeStatus.seconds($0) }))

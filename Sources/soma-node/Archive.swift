@@ -78,10 +78,11 @@ struct ArchiveExportCommand: AsyncParsableCommand {
         await store.close()
         let secs = elapsed(since: start)
         let last = report.manifest.ranges.last?.last
-        console.say("archive export: \(report.written.count) segments written, \(report.kept) already there, \(format(Double(report.bytes) / 1e6)) MB in \(format(secs)) s (\(format(Double(report.bytes) / 1e6 / max(secs, 0.001))) MB/s) to \(backend); it holds checkpoints \(report.manifest.ranges.first.map { "\($0.first)" } ?? "none")...\(last.map { "\($0)" } ?? "none")")
+        console.say("archive export: \(report.written.count) segments and \(report.snapshots.count) snapshots written, \(report.kept) segments already there, \(format(Double(report.bytes) / 1e6)) MB in \(format(secs)) s (\(format(Double(report.bytes) / 1e6 / max(secs, 0.001))) MB/s) to \(backend); it holds checkpoints \(report.manifest.ranges.first.map { "\($0.first)" } ?? "none")...\(last.map { "\($0)" } ?? "none")")
         if json {
             try console.emit([
-                "archive": "\(backend)", "written": report.written.count, "kept": report.kept, "bytes": report.bytes, "seconds": jsonSeconds(secs),
+                "archive": "\(backend)", "written": report.written.count, "kept": report.kept, "snapshots": report.snapshots.map(\.epoch),
+                "epochEnds": report.manifest.epochEnds.count, "bytes": report.bytes, "seconds": jsonSeconds(secs),
                 "first": report.manifest.ranges.first.map { $0.first as Any } ?? NSNull(), "last": last.map { $0 as Any } ?? NSNull(),
                 "producer": "\(report.manifest.producer)",
             ])
@@ -97,8 +98,9 @@ struct ArchiveVerify: AsyncParsableCommand {
             Checks the manifest's signature, every file's size and SHA-256, every segment's index, \
             then every checkpoint as a fresh node would: the epoch chain from the genesis \
             committee, the summaries' certificates, every block against its summary, execution and \
-            each epoch's state root (in memory; nothing is written). With --genesis, the archive \
-            must be of that chain. Exits 0 when everything verifies, 1 at the first fault.
+            each epoch's state root (in memory; nothing is written); then each snapshot: its \
+            manifest against its epoch's certified end, every chunk against the certified state \
+            root. With --genesis, the archive must be of that chain. Exits 0 when everything verifies, 1 at the first fault.
             """)
 
     @Argument(help: "The archive: s3://BUCKET/PREFIX or a folder.")
@@ -136,14 +138,19 @@ struct ArchiveVerify: AsyncParsableCommand {
                 bytes += range.bytes
                 console.say("  checkpoints \(range.first)...\(range.last) verified")
             }
+            let snapshots = try await reader.verifySnapshots(manifest, genesis: genesis)
+            for s in snapshots {
+                console.say("  snapshot of epoch \(s.epoch) verified: \(s.objects) live objects in \(s.chunks) chunks, state root \(s.stateRoot.hex.prefix(16))…")
+            }
             let secs = elapsed(since: start)
             let tip = importer.tip.summary
             checkpoints = importer.checkpoints
-            console.say("archive verify: OK in \(format(secs)) s: \(checkpoints) checkpoints after the genesis up to \(tip.sequenceNumber) (epoch \(tip.epoch)), \(importer.transactions) transactions, \(format(Double(bytes) / 1e6)) MB, verified from the genesis committee of chain \(genesis.chainID.hex.prefix(16))…; made by \(manifest.producer)")
+            console.say("archive verify: OK in \(format(secs)) s: \(checkpoints) checkpoints after the genesis up to \(tip.sequenceNumber) (epoch \(tip.epoch)), \(importer.transactions) transactions, \(format(Double(bytes) / 1e6)) MB, verified from the genesis committee of chain \(genesis.chainID.hex.prefix(16))…, \(snapshots.count) snapshots; made by \(manifest.producer)")
             if json {
                 try console.emit([
                     "ok": true, "checkpoints": checkpoints, "last": tip.sequenceNumber, "epoch": tip.epoch, "transactions": importer.transactions,
                     "bytes": bytes, "seconds": jsonSeconds(secs), "chainId": genesis.chainID.hex, "producer": "\(manifest.producer)",
+                    "snapshots": snapshots.map(\.epoch),
                 ])
             }
         } catch {
@@ -184,12 +191,19 @@ struct ArchiveList: AsyncParsableCommand {
         for r in manifest.ranges {
             console.say("  checkpoints \(r.first)...\(r.last) (epoch \(r.end.summary.epoch)\(r.end.summary.endOfEpoch != nil ? ", its end" : "")): \(r.data.name) \(r.data.size) bytes, \(r.summaries.name) \(r.summaries.size) bytes")
         }
-        console.say("\(manifest.ranges.count) ranges, \(format(Double(total) / 1e6)) MB")
+        for snapshot in manifest.snapshots {
+            console.say("  snapshot of epoch \(snapshot.epoch): \(snapshot.data.name) \(snapshot.data.size) bytes")
+        }
+        console.say("\(manifest.ranges.count) ranges, \(manifest.epochEnds.count) epoch ends, \(manifest.snapshots.count) snapshots, \(format(Double(total) / 1e6)) MB of ranges")
         if json {
             try console.emit([
                 "archive": "\(backend)", "chainId": manifest.chainID.hex, "producer": "\(manifest.producer)", "createdMs": manifest.createdMs, "bytes": total,
                 "ranges": manifest.ranges.map { r -> [String: Any] in
                     ["first": r.first, "last": r.last, "epoch": r.end.summary.epoch, "files": [r.data, r.index, r.summaries].map { ["name": $0.name, "size": $0.size, "sha256": $0.sha256.hex] }]
+                },
+                "epochEnds": manifest.epochEnds.map(\.summary.sequenceNumber),
+                "snapshots": manifest.snapshots.map { s -> [String: Any] in
+                    ["epoch": s.epoch, "files": [s.manifest, s.data, s.index].map { ["name": $0.name, "size": $0.size, "sha256": $0.sha256.hex] }]
                 },
             ])
         }

@@ -4,7 +4,7 @@ import Testing
 
 @Suite("soma-node archive commands", .serialized)
 struct ArchiveCommandTests {
-    @Test("archive export, ls and verify on a folder and on a SeaweedFS bucket (aws s3 sees the files); a fresh node synced from each archive alone verifies; a flipped byte, a missing file and another chain's genesis fail verify with the file named; an export again writes nothing")
+    @Test("archive export, ls and verify on a folder and on a SeaweedFS bucket (aws s3 sees the files); a fresh node synced from each archive alone verifies; a snapshot restored from the bucket; a flipped byte, a missing file and another chain's genesis fail verify with the file named; an export again writes nothing")
     func exportListVerify() async throws {
         let base = TempDir("archive-cli")
         defer { base.cleanup() }
@@ -77,6 +77,15 @@ struct ArchiveCommandTests {
         #expect(ok["ok"] as? Bool == true && ok["last"] as? Int == exported["last"] as? Int)
         let viaS3 = try document(["sync", "--data", base.file("from-s3"), "--genesis", genesis, "--archive", url, "--json"], environment: environment)
         #expect((viaS3["sync"] as? [String: Any])?["tip"] as? Int == exported["last"] as? Int, "\(viaS3)")
+        // A new validator restores the newest snapshot from the bucket alone: the state root
+        // certified at that epoch's end, recomputed over what it stored.
+        let restoredDir = base.file("restored-s3")
+        let restored = try document(["sync", "--data", restoredDir, "--genesis", genesis, "--archive", url, "--snapshot", "latest", "--json"], environment: environment)
+        let restore = try #require(restored["restore"] as? [String: Any], "\(restored)")
+        let sourceRoot = try #require((synced["stateRoot"] as? [String: Any])?["root"] as? String)
+        #expect(restore["stateRoot"] as? String == sourceRoot && restore["epoch"] as? Int == (synced["stateRoot"] as? [String: Any])?["epoch"] as? Int, "\(restored)")
+        #expect((restored["sync"] as? [String: Any])?["tip"] as? Int == exported["last"] as? Int, "\(restored)")
+        #expect(try document(["verify", "--data", restoredDir, "--json"])["ok"] as? Bool == true)
         let (status, out, _) = try run(aws, ["--endpoint-url", s3.endpoint, "s3", "ls", "--recursive", url + "/"], environment: s3.awsEnvironment)
         let lines = String(decoding: out, as: UTF8.self).split(separator: "\n")
         #expect(status == 0 && lines.contains { $0.hasSuffix("devnet/tiny/manifest.bcs") } && lines.filter { $0.hasSuffix(".seg") }.count == written)
