@@ -268,6 +268,10 @@ final class SyncRun: StateSyncJob {
     var lastScheduledTotal: UInt64
     var nextToSchedule: UInt64
     var ready: [UInt64: VerifiedCheckpoint] = [:]
+    /// Where the sources' claims begin or end (``SourcePool/claimBoundaries``): a span never
+    /// straddles one, so that a span is whole within some source whenever the sources together
+    /// hold it (an archive that ends where a pruned peer begins).
+    var boundaries: [UInt64] = []
     var summaryTask: Task<Void, Never>?
     var commitTask: Task<Void, Never>?
     /// At most this many spans are decompressed and verified at once (each block may take up to
@@ -301,6 +305,7 @@ final class SyncRun: StateSyncJob {
         storedAhead = v.seq
         lastScheduledTotal = synced.summary.networkTotalTransactions
         nextToSchedule = s.seq + 1
+        boundaries = await pool.claimBoundaries
     }
 
     var syncedSeq: UInt64 { synced.summary.sequenceNumber }
@@ -372,6 +377,7 @@ final class SyncRun: StateSyncJob {
                 SyncError("no usable source holds checkpoint \(syncedSeq + 1): " + (await pool.stats).map(\.description).joined(separator: "; "))
             }
             await pool.refresh()
+            boundaries = await pool.claimBoundaries
             await retarget()
         }
     }
@@ -398,7 +404,10 @@ final class SyncRun: StateSyncJob {
         // Beyond the committed watermark: at most maxUncommitted + spanLength (bounded by this loop).
         let uncommitted = Self.count(after: syncedSeq, through: nextToSchedule - 1, limit: config.maxUncommitted + 1)
         let room = config.maxUncommitted - uncommitted
-        let n = min(Int(config.spanLength), available, Self.count(from: nextToSchedule, through: target, limit: Int(config.spanLength)), room)
+        var n = min(Int(config.spanLength), available, Self.count(from: nextToSchedule, through: target, limit: Int(config.spanLength)), room)
+        if let cut = boundaries.first(where: { $0 > nextToSchedule }) {
+            n = min(n, Self.count(after: nextToSchedule - 1, through: cut - 1, limit: n))
+        }
         guard n > 0 else { return nil }
         // A short span only at the end: wait while more summaries are coming.
         if n < Int(config.spanLength) && n == available && n < room && (summaryTask != nil || lastKnown < storedAhead) { return nil }
@@ -521,6 +530,7 @@ final class SyncRun: StateSyncJob {
                 // after a few tries.
                 try await scheduler.backOff { error }
                 await pool.refresh()
+                boundaries = await pool.claimBoundaries
                 await retarget()
             }
         case .span(let first, let source, let task, let started, let result):
@@ -647,8 +657,18 @@ final class SyncRun: StateSyncJob {
         guard let range = RequestRange.of(from: from, count: count) else {
             throw SyncError("no summary batch of \(count) from \(from)")
         }
-        let last = range.upperBound
-        while let i = await pool.pick(covering: range, excluding: tried) {
+        while true {
+            // A source that holds the whole batch; else one that holds its start, for as far as
+            // it claims (an archive ending inside it, a peer that pruned what comes before).
+            var count = count
+            var picked = await pool.pick(covering: range, excluding: tried)
+            if picked == nil, let i = await pool.pick(excluding: tried, where: { _, a in a.lowestAvailable <= from && a.highestSynced >= from }) {
+                picked = i
+                if let a = await pool.availability(i) { count = UInt32(SyncRun.count(from: from, through: a.highestSynced, limit: Int(count))) }
+            }
+            guard let i = picked else { break }
+            // count >= 1 and from...range.upperBound exists: no overflow.
+            let last = from + UInt64(count) - 1
             tried.insert(i)
             let client = await pool.client(i)
             do {
@@ -708,7 +728,7 @@ final class SyncRun: StateSyncJob {
                 await judge(error, source: i, pool: pool, what: "summaries \(from)...\(last)")
             }
         }
-        throw lastError ?? SyncError("no usable source holds summaries \(from)...\(last)")
+        throw lastError ?? SyncError("no usable source holds summaries \(from)...\(range.upperBound)")
     }
 
     /// Accounts a failed request to source `i`: bad data bans it, a stall or a closed connection

@@ -224,6 +224,19 @@ public actor SourcePool {
         pick(excluding: excluding) { _, a in a.lowestAvailable <= range.lowerBound && a.highestSynced >= range.upperBound }
     }
 
+    /// Where the claims of the sources not banned begin and end: each one's `lowestAvailable`
+    /// and `highestSynced + 1`, sorted. The scheduler cuts spans there.
+    public var claimBoundaries: [UInt64] {
+        let now = ContinuousClock.now
+        var out = Set<UInt64>()
+        for e in entries where e.bannedUntil.map({ $0 <= now }) ?? true {
+            guard let a = e.availability else { continue }
+            out.insert(a.lowestAvailable)
+            if a.highestSynced < .max { out.insert(a.highestSynced + 1) }
+        }
+        return out.sorted()
+    }
+
     /// What source `i` said it holds at the last poll, if it answered.
     public func availability(_ i: Int) -> Availability? { entries[i].availability }
 
