@@ -26,6 +26,8 @@ public struct CatchUpRequest: Sendable {
     /// Sources besides the peers (archives), each with its label: raced against the peers by
     /// the same scheduler, with ``ArchiveSource/parallelReads`` requests at once.
     public var sources: [(source: any SyncSource, label: String)] = []
+    /// Snapshots held locally for a restore to read matching chunks from (``SnapshotRestore/reuse``).
+    public var reuse: [any SyncSource] = []
 
     /// Defaults: to the tip, no snapshot.
     public init() {}
@@ -120,7 +122,8 @@ extension Node {
             }
             status.setRestoring(true)
             defer { status.setRestoring(false) }
-            let restore = SnapshotRestore(store: store, genesis: genesis, pool: pool, configuration: request.restore)
+            var restore = SnapshotRestore(store: store, genesis: genesis, pool: pool, configuration: request.restore)
+            restore.reuse = request.reuse
             if let report = try await restore.restore(choice, progress: request.restoreProgress) {
                 restored = report
             } else {

@@ -69,8 +69,13 @@ public struct RestoreReport: Sendable {
     public var objectCount: UInt64
     /// Chunks in the snapshot.
     public var chunks: Int
-    /// Chunks this run fetched (the rest were written by an interrupted run before it).
+    /// Chunks this run fetched from the sources (the rest were reused from a local snapshot, or
+    /// written by an interrupted run before it).
     public var fetched: Int
+    /// Chunks read from a local snapshot whose chunk root matched (a differential update), and
+    /// their LZ4 bytes (what a full restore would have fetched besides ``frameBytes``).
+    public var reused = 0
+    public var reusedBytes = 0
     /// Objects this run wrote.
     public var objects: Int
     /// Their encoded bytes, and the LZ4 bytes received for them.
@@ -103,6 +108,11 @@ public struct SnapshotRestore: Sendable {
     public let pool: SourcePool
     /// The tunables.
     public var configuration: RestoreConfiguration
+    /// Snapshots held locally (an older data directory's store, a local archive): a chunk of
+    /// the snapshot being restored whose root one of their chunks has is read from them instead
+    /// of fetched, still verified against the manifest being restored (a differential update,
+    /// DESIGN §10); the others are fetched.
+    public var reuse: [any SyncSource] = []
 
     /// A restore of `store` from the sources in `pool`.
     public init(store: NodeStore, genesis: Genesis, pool: SourcePool, configuration: RestoreConfiguration = RestoreConfiguration()) {
@@ -175,8 +185,59 @@ public struct SnapshotRestore: Sendable {
     /// Downloads the chunks not yet written from the `agreeing` sources, then finishes.
     func download(_ manifest: SnapshotManifest, agreeing: Set<Int>, done: Set<UInt32>, progress: (@Sendable (RestoreProgress) -> Void)?) async throws -> RestoreReport {
         try await store.prepareRestore()
-        var report = try await RestoreRun(restore: self, manifest: manifest, allowed: agreeing, done: done, progress: progress).run()
+        let (reused, reusedBytes, objects, rawBytes) = try await reuseLocal(manifest, done: done)
+        var report = try await RestoreRun(restore: self, manifest: manifest, allowed: agreeing, done: done.union(reused), progress: progress).run()
+        report.reused = reused.count
+        report.reusedBytes = reusedBytes
+        report.objects += objects
+        report.rawBytes += rawBytes
         return try await finish(&report, agreeing: agreeing.count)
+    }
+
+    /// Writes the chunks of `manifest` not in `done` whose roots a local snapshot (``reuse``)
+    /// has, read from it and each verified against `manifest` by its own subtree proof; a chunk
+    /// that fails (a damaged local copy) is left to the download. Returns the chunks written,
+    /// their LZ4 bytes, objects and raw bytes.
+    func reuseLocal(_ manifest: SnapshotManifest, done: Set<UInt32>) async throws -> (Set<UInt32>, Int, Int, Int) {
+        guard !reuse.isEmpty else { return ([], 0, 0, 0) }
+        var wanted: [Digest: [UInt32]] = [:]
+        for (k, root) in manifest.chunkRoots.enumerated() where !done.contains(UInt32(k)) { wanted[root, default: []].append(UInt32(k)) }
+        var written = Set<UInt32>()
+        var bytes = 0, objects = 0, raw = 0
+        var batch: [VerifiedChunk] = []
+        func flush() async throws {
+            guard !batch.isEmpty else { return }
+            try await store.commitRestored(batch)
+            for c in batch {
+                written.insert(c.index)
+                objects += c.count
+                raw += c.rawBytes
+            }
+            batch = []
+        }
+        for local in reuse {
+            guard let epochs = try? await local.availability().snapshotEpochs else { continue }
+            for epoch in epochs.sorted(by: >) where !wanted.isEmpty {
+                guard let held = try? await local.snapshotManifest(epoch: epoch), held.chunkSize == manifest.chunkSize else { continue }
+                for (j, root) in held.chunkRoots.enumerated() {
+                    try Task.checkCancellation()
+                    guard let ks = wanted[root] else { continue }
+                    guard let frame = try? await local.snapshotChunk(epoch: epoch, index: UInt32(j), timeout: nil).frame else { continue }
+                    var left: [UInt32] = []
+                    for k in ks {
+                        guard let proof = try? manifest.proof(chunk: Int(k)),
+                              let chunk = try? manifest.verifyChunk(index: k, frame: frame, proof: proof, limit: configuration.maxChunkBytes)
+                        else { left.append(k); continue }
+                        batch.append(chunk)
+                        bytes += frame.count
+                    }
+                    wanted[root] = left.isEmpty ? nil : left
+                    if batch.count >= configuration.commitGroup { try await flush() }
+                }
+            }
+        }
+        try await flush()
+        return (written, bytes, objects, raw)
     }
 
     func finish(_ report: inout RestoreReport, agreeing: Int) async throws -> RestoreReport {

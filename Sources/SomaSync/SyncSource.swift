@@ -1,6 +1,7 @@
 public import NIOCore
 public import SomaCore
 public import SomaNet
+public import SomaStore
 
 /// Who a source is, for bans and reports: a peer by its node key, an archive by its location.
 /// A ban is kept by identity: every entry of the same source is banned with it.
@@ -78,4 +79,53 @@ public struct SourceFailure: Error, CustomStringConvertible, Sendable {
 extension PeerClient: SyncSource {
     /// The peer's node key.
     public var sourceID: SourceID { .peer(peerID) }
+}
+
+/// A store's own snapshots as a source of snapshot chunks (an older data directory of this
+/// node, say): what a differential snapshot update reads locally instead of fetching (DESIGN
+/// §10). It serves the snapshots the store holds, nothing else; every chunk is verified by the
+/// restore against the manifest being restored, like any source's.
+public final class StoreSnapshotSource: SyncSource {
+    /// The store.
+    public let store: NodeStore
+    /// Its label (its path).
+    public let sourceID: SourceID
+
+    /// The snapshots of `store`, labelled `label`.
+    public init(store: NodeStore, label: String) {
+        self.store = store
+        sourceID = .archive(label)
+    }
+
+    public var isConnected: Bool { true }
+
+    public func availability() async throws -> Availability {
+        Availability(lowestAvailable: 0, highestSynced: 0, highestVerified: 0, snapshotEpochs: Array(try await store.snapshotEpochs().suffix(Availability.maxSnapshotEpochs)))
+    }
+
+    public func epochEndings(from epoch: UInt64, max: UInt32) async throws -> [CertifiedCheckpointSummary] { [] }
+
+    public func summaries(from seq: UInt64, count: UInt32, allCertificates: Bool) async throws -> SummariesResponse {
+        throw RPCError.notFound("a store's snapshots serve no summaries")
+    }
+
+    public func blocks(from seq: UInt64, count: UInt32, timeout: TimeAmount?) async throws -> [BlockItem] {
+        throw RPCError.notFound("a store's snapshots serve no blocks")
+    }
+
+    public func snapshotManifest(epoch: UInt64) async throws -> SnapshotManifest {
+        guard let m = try await store.snapshotManifest(epoch: epoch) else { throw RPCError.notFound("no snapshot of epoch \(epoch)") }
+        return m
+    }
+
+    public func snapshotChunk(epoch: UInt64, index: UInt32, timeout: TimeAmount?) async throws -> ProvenFrame {
+        let manifest = try await snapshotManifest(epoch: epoch)
+        guard Int(index) < manifest.chunkRoots.count, let frame = try await store.snapshotChunk(epoch: epoch, index: index) else {
+            throw RPCError.notFound("no chunk \(index) of epoch \(epoch)'s snapshot")
+        }
+        return ProvenFrame(frame: frame, proof: try manifest.proof(chunk: Int(index)), count: UInt32(manifest.chunkRoots.count))
+    }
+
+    /// The store is the caller's to close.
+    public func close() async {}
 }

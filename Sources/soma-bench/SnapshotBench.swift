@@ -71,7 +71,7 @@ struct SnapshotBench: AsyncParsableCommand {
             let (outText, timing) = try timedRun(node, ["sync", "--data", fresh, "--genesis", served + "/genesis.bcs", "--snapshot", "latest"] + (mode == .plaintext ? ["--plaintext"] : []) + peers.flatMap { ["--peer", $0] })
             let wall = seconds(from: start)
             guard let restored = outText.split(separator: "\n").first(where: { $0.hasPrefix("restored epoch") }).map(String.init),
-                  let secs = restored.components(separatedBy: " peers in ").last?.components(separatedBy: " s ").first.flatMap(Double.init)
+                  let secs = restored.components(separatedBy: " sources in ").last?.components(separatedBy: " s ").first.flatMap(Double.init)
             else { throw ValidationError("no restore report in:\n\(outText)") }
             print(restored)
             let mb = restored.components(separatedBy: "objects/s, ").last?.components(separatedBy: " MB/s").first.flatMap(Double.init) ?? 0

@@ -50,6 +50,8 @@ struct Sync: AsyncParsableCommand {
     var snapshot: String?
     @Option(help: "An archive, s3://BUCKET/PREFIX or a folder (repeat for several): a source raced against the peers (with none, the sync reads the archives alone); its checkpoints and snapshots are verified as from any source.")
     var archive: [String] = []
+    @Option(help: "With --snapshot: snapshots held locally, an older data directory of this chain (opened read-only) or an archive (repeat for several): chunks whose roots they hold are read from them, each verified, instead of fetched (a differential update).")
+    var reuse: [String] = []
     @OptionGroup var archiveOptions: ArchiveOptions
     @Flag(help: "Check the signatures of every certificate, not one per batch.")
     var verifyAllCertificates = false
@@ -71,6 +73,7 @@ struct Sync: AsyncParsableCommand {
         guard window >= 1 && window <= 256 else { throw ValidationError("--window must be 1...256") }
         guard timeout >= 1 && timeout <= 3_600 else { throw ValidationError("--timeout must be 1...3600 seconds") }
         if let mode { guard StoreMode(rawValue: mode) != nil else { throw ValidationError("--mode takes archive or pruned") } }
+        if !reuse.isEmpty, snapshot == nil { throw ValidationError("--reuse serves a snapshot restore: give --snapshot latest or an epoch") }
         if let snapshot {
             guard snapshot == "latest" || UInt64(snapshot) != nil else { throw ValidationError("--snapshot takes an epoch number or latest") }
             guard mode != "archive" else {
@@ -141,6 +144,23 @@ struct Sync: AsyncParsableCommand {
                     console.say("discovery: \(error); syncing from the archives alone")
                 }
             }
+            var reusedStores: [NodeStore] = []
+            for location in reuse {
+                let dir = DataDirectory(root: location)
+                if FileManager.default.fileExists(atPath: dir.database) {
+                    var storeConfig = StoreConfiguration()
+                    storeConfig.adoptStoredMode = true
+                    storeConfig.database.readOnly = true
+                    let old: NodeStore
+                    do { old = try await NodeStore.open(path: dir.database, configuration: storeConfig) } catch {
+                        throw CLIError("--reuse \(location): cannot open its store read-only: \(error)")
+                    }
+                    reusedStores.append(old)
+                    request.reuse.append(StoreSnapshotSource(store: old, label: location))
+                } else {
+                    request.reuse.append(try await archiveSource(location, node: node))
+                }
+            }
             request.until = UInt64(until)
             request.snapshot = snapshot.map { UInt64($0).map(SnapshotChoice.epoch) ?? .latest }
             request.sync.window = window
@@ -155,7 +175,14 @@ struct Sync: AsyncParsableCommand {
             if snapshot != nil, let state = try await node.store.restoreState() {
                 console.say("resuming the restore of epoch \(state.manifest.epoch)'s snapshot: \(state.done.count) of \(state.manifest.chunkRoots.count) chunks already written")
             }
-            let outcome = try await node.catchUp(request)
+            let outcome: CatchUpOutcome
+            do {
+                outcome = try await node.catchUp(request)
+            } catch {
+                for store in reusedStores { await store.close() }
+                throw error
+            }
+            for store in reusedStores { await store.close() }
             document["connected"] = connected
             document["transport"] = config.net.tls ? "tls" : "plaintext"
             if let report = outcome.restore {
@@ -216,7 +243,7 @@ extension Sync {
     /// Says what a snapshot restore did.
     func printRestore(_ report: RestoreReport, seconds secs: Double, console: Console) {
         let used = report.sources.filter { $0.checkpoints > 0 }.count
-        console.say("restored epoch \(report.epoch)'s snapshot (checkpoint \(report.checkpoint)): \(report.objectCount) live objects in \(report.chunks) chunks, \(report.fetched) fetched from \(used) of \(report.agreeingSources) agreeing sources in \(format(secs)) s (\(format(Double(report.objects) / secs, 0)) objects/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s verified and written), \(report.hedges) hedged requests")
+        console.say("restored epoch \(report.epoch)'s snapshot (checkpoint \(report.checkpoint)): \(report.objectCount) live objects in \(report.chunks) chunks, \(report.fetched) fetched from \(used) of \(report.agreeingSources) agreeing sources\(report.reused > 0 || !reuse.isEmpty ? " and \(report.reused) reused from local snapshots (\(format(Double(report.reusedBytes) / 1e6)) MB not fetched)" : "") in \(format(secs)) s (\(format(Double(report.objects) / secs, 0)) objects/s, \(format(Double(report.rawBytes) / 1e6 / secs)) MB/s verified and written), \(report.hedges) hedged requests")
         console.say("  state root    \(report.stateRoot.hex) (certified by epoch \(report.epoch)'s committee, recomputed over the stored live set)")
         for s in report.sources where s.checkpoints > 0 || s.banReason != nil {
             console.say("  \(s.peerID == nil ? "archive" : "peer") \(s.label): \(s.checkpoints) chunks, \(format(Double(s.bytes) / 1e6)) MB\(s.banReason.map { ", banned: \($0)" } ?? "")")
@@ -228,6 +255,7 @@ extension Sync {
         [
             "epoch": report.epoch, "checkpoint": report.checkpoint, "stateRoot": report.stateRoot.hex,
             "liveObjects": report.objectCount, "chunks": report.chunks, "chunksFetched": report.fetched,
+            "chunksReused": report.reused, "reusedBytes": report.reusedBytes,
             "objectsWritten": report.objects, "rawBytes": report.rawBytes, "frameBytes": report.frameBytes,
             "hedges": report.hedges, "agreeingSources": report.agreeingSources, "seconds": jsonSeconds(secs),
             "sources": report.sources.map(\.jsonObject),

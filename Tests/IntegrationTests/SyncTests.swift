@@ -49,7 +49,7 @@ struct SyncTests {
         #expect(o2.contains("synced 249 checkpoints"), "\(o2)")
         #expect(o2.contains("discovery: connected to 3 peers"), "\(o2)")
         // Every peer served blocks: "  peer HOST:PORT: N checkpoints, ...".
-        #expect(o1.contains("from 3 of 3 peers"), "\(o1)")
+        #expect(o1.contains("from 3 of 3 sources"), "\(o1)")
         for node in nodes {
             let line = o1.split(separator: "\n").first { $0.contains("peer \(node.address): ") }.map(String.init) ?? ""
             let count = line.components(separatedBy: ": ").dropFirst().first?.split(separator: " ").first.flatMap { Int($0) } ?? 0
@@ -102,7 +102,7 @@ struct SyncTests {
         let fresh = base.file("fresh")
         let (s, o) = try somaNode(["sync", "--data", fresh, "--genesis", source + "/genesis.bcs", "--peer", nodes[4].address, "--window", "16"])
         #expect(s == 0, "\(o)")
-        #expect(o.contains("discovery: connected to 5 peers") && o.contains("from 5 of 5 peers"), "\(o)")
+        #expect(o.contains("discovery: connected to 5 peers") && o.contains("from 5 of 5 sources"), "\(o)")
         for node in nodes {
             let line = o.split(separator: "\n").first { $0.contains("peer \(node.address): ") }.map(String.init) ?? ""
             let count = line.components(separatedBy: ": ").dropFirst().first?.split(separator: " ").first.flatMap { Int($0) } ?? 0

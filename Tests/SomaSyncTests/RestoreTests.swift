@@ -320,3 +320,74 @@ struct RestoreTests {
         await net.stop()
     }
 }
+
+/// A local snapshot holder whose chunk `damaged` comes back with a byte flipped.
+final class DamagedLocal: SyncSource {
+    let inner: StoreSnapshotSource
+    let damaged: UInt32
+    init(_ inner: StoreSnapshotSource, damaged: UInt32) {
+        self.inner = inner
+        self.damaged = damaged
+    }
+    var sourceID: SourceID { inner.sourceID }
+    var isConnected: Bool { true }
+    func availability() async throws -> Availability { try await inner.availability() }
+    func epochEndings(from epoch: UInt64, max: UInt32) async throws -> [CertifiedCheckpointSummary] { [] }
+    func summaries(from seq: UInt64, count: UInt32, allCertificates: Bool) async throws -> SummariesResponse { throw RPCError.notFound("none") }
+    func blocks(from seq: UInt64, count: UInt32, timeout: TimeAmount?) async throws -> [BlockItem] { throw RPCError.notFound("none") }
+    func snapshotManifest(epoch: UInt64) async throws -> SnapshotManifest { try await inner.snapshotManifest(epoch: epoch) }
+    func snapshotChunk(epoch: UInt64, index: UInt32, timeout: TimeAmount?) async throws -> ProvenFrame {
+        var answer = try await inner.snapshotChunk(epoch: epoch, index: index, timeout: timeout)
+        if index == damaged { answer.frame[answer.frame.count / 2] ^= 0x20 }
+        return answer
+    }
+    func close() async {}
+}
+
+extension RestoreTests {
+    @Test("a differential update: a node holding epoch 1's snapshot restores epoch 2 reading the chunks whose roots match from its old store (none on this chain), each verified, and fetches only the others; from a store holding epoch 2 every chunk is read locally but a damaged one, which is fetched")
+    func differential() async throws {
+        let net = await SyncNetwork()
+        let source = try await net.sourceStore("source", snapshotChunkSize: Self.chunkSize)
+        let service = SnapshotService(store: source)
+        let client = try await net.connect(try await net.serve(service, key: 0))
+        func pool() -> SourcePool { SourcePool(clients: [client], labels: ["a"]) }
+        // The old node restored epoch 1.
+        let old = try await prunedStore(net, "old")
+        _ = try #require(try await SnapshotRestore(store: old, genesis: net.genesis, pool: pool(), configuration: restoreSettings()).restore(.epoch(1)))
+        let m1 = try #require(try await source.snapshotManifest(epoch: 1))
+        let m2 = try #require(try await source.snapshotManifest(epoch: 2))
+        let held = Set(m1.chunkRoots)
+        let matching = m2.chunkRoots.filter(held.contains).count
+        // Chunks are runs of `chunkSize` objects in id order: an object created or deleted in
+        // epoch 2 moves every chunk boundary after it, so on this chain (creations spread over
+        // the id space) epochs 1 and 2 share no chunk. The reuse must then find none.
+        #expect(matching < m2.chunkRoots.count)
+
+        service.asked.withLock { $0 = [] }
+        let fresh = try await prunedStore(net, "fresh")
+        var restore = SnapshotRestore(store: fresh, genesis: net.genesis, pool: pool(), configuration: restoreSettings())
+        restore.reuse = [StoreSnapshotSource(store: old, label: "old")]
+        let report = try #require(try await restore.restore(.epoch(2)))
+        #expect(report.reused == matching && report.fetched == report.chunks - matching, "\(report.reused) reused, \(report.fetched) fetched")
+        #expect((report.reusedBytes > 0) == (matching > 0) && report.objects == Int(m2.objectCount))
+        let asked = Set(service.asked.withLock { $0 })
+        #expect(asked.count == report.fetched && asked.allSatisfy { !held.contains(m2.chunkRoots[Int($0)]) }, "only chunks not held locally were asked")
+        #expect(try liveSet(fresh) == liveSet(source))
+        #expect(try await fresh.verifyAll().stateRoots == [2])
+
+        // From a store holding epoch 2 itself: every chunk read locally; one damaged is fetched.
+        service.asked.withLock { $0 = [] }
+        let again = try await prunedStore(net, "again")
+        var second = SnapshotRestore(store: again, genesis: net.genesis, pool: pool(), configuration: restoreSettings())
+        second.reuse = [DamagedLocal(StoreSnapshotSource(store: fresh, label: "fresh"), damaged: 3)]
+        let secondReport = try #require(try await second.restore(.epoch(2)))
+        #expect(secondReport.reused == m2.chunkRoots.count - 1 && secondReport.fetched == 1)
+        #expect(service.asked.withLock { $0 } == [3])
+        #expect(try liveSet(again) == liveSet(source))
+
+        await client.close()
+        for s in [old, fresh, again] { await s.close() }
+        await net.stop()
+    }
+}
