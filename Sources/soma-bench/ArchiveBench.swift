@@ -69,24 +69,38 @@ struct ArchiveBench: AsyncParsableCommand {
         timing.report(over: syncSecs)
         line("ratio catch-up time / baseline time", fmt(syncSecs / baseline, 2), "goal <= 1.0")
 
-        // The synced node built its epoch ends' snapshots: its snapshots (with the epoch ends,
-        // no segment: --from past the tip) go to a second prefix, and a new validator restores
-        // the newest from the bucket alone.
+        // Snapshots in the archive: the synced node built epoch 9's (its catch-up's last epoch
+        // end); a second node synced to epoch 8's end builds epoch 8's. Both go to a second
+        // prefix (with the epoch ends, no segment: --from past the tip).
         let snapshots = prefix + "-snapshots"
         _ = try? output(aws, ["--endpoint-url", endpoint, "s3", "rm", "--recursive", snapshots + "/"])
-        let withSnapshots = try json(node, ["archive", "export", "--data", fresh, "--to", snapshots, "--from", "\(UInt64.max)", "--json"])
-        let restoredDir = fresh + "-restored"
-        try? fm.removeItem(atPath: restoredDir)
-        start = ContinuousClock.now
-        let restored = try json(node, ["sync", "--data", restoredDir, "--genesis", served + "/genesis.bcs", "--archive", snapshots, "--snapshot", "latest", "--json"])
-        let restoreSecs = seconds(from: start)
-        if let r = restored["restore"] as? [String: Any], let frames = r["frameBytes"] as? Int {
-            line("snapshot restore from the archive", "\(fmt(Double(frames) / 1e6 / restoreSecs)) MB/s", "epoch \(r["epoch"] ?? "?"): \(r["liveObjects"] ?? "?") objects, \(r["chunks"] ?? "?") chunks, \(fmt(Double(frames) / 1e6)) MB in \(fmt(restoreSecs)) s")
-        } else {
-            line("snapshot restore from the archive", "none", "\(withSnapshots["snapshots"] ?? 0) snapshots exported")
-        }
-        try? fm.removeItem(atPath: restoredDir)
+        let at8 = fresh + "-epoch8"
+        try? fm.removeItem(atPath: at8)
+        let epoch8End = try json(node, ["sync", "--data", at8, "--genesis", served + "/genesis.bcs", "--archive", prefix, "--until", "8999", "--json"])
+        _ = try json(node, ["archive", "export", "--data", fresh, "--to", snapshots, "--from", "\(UInt64.max)", "--json"])
+        _ = try json(node, ["archive", "export", "--data", at8, "--to", snapshots, "--from", "\(UInt64.max)", "--json"])
+        _ = epoch8End
         try? fm.removeItem(atPath: fresh)
+
+        // A new validator's full restore of epoch 9 from the bucket, then a node holding epoch
+        // 8's snapshot updating to epoch 9 (--reuse: chunks whose roots it holds are read locally).
+        var restores: [(String, Double, [String: Any])] = []
+        for (label, extra) in [("full restore of epoch 9", [String]()), ("differential update 8 -> 9", ["--reuse", at8])] {
+            let dir = fresh + "-restored"
+            try? fm.removeItem(atPath: dir)
+            start = ContinuousClock.now
+            let restored = try json(node, ["sync", "--data", dir, "--genesis", served + "/genesis.bcs", "--archive", snapshots, "--snapshot", "9", "--json"] + extra)
+            restores.append((label, seconds(from: start), (restored["restore"] as? [String: Any]) ?? [:]))
+            try? fm.removeItem(atPath: dir)
+        }
+        for (label, secs, r) in restores {
+            let frames = Double((r["frameBytes"] as? Int) ?? 0)
+            line(label, "\(fmt(frames / 1e6)) MB fetched", "\(r["chunksFetched"] ?? "?") of \(r["chunks"] ?? "?") chunks fetched, \(r["chunksReused"] ?? 0) reused, in \(fmt(secs)) s")
+        }
+        if restores.count == 2, let full = restores[0].2["frameBytes"] as? Int, full > 0, let diff = restores[1].2["frameBytes"] as? Int {
+            line("ratio differential / full (bytes fetched)", fmt(Double(diff) / Double(full), 2), "time \(fmt(restores[1].1 / restores[0].1, 2))")
+        }
+        try? fm.removeItem(atPath: at8)
     }
 
     func json(_ node: String, _ arguments: [String]) throws -> [String: Any] {
