@@ -29,6 +29,12 @@ public actor ArchiveSource: SyncSource {
     static let cachedIndexes = 8
     static let cachedSummaryFiles = 4
 
+    /// The most bytes one read of blocks takes (a peer's stream of blocks is held to the same), and
+    /// the largest snapshot chunk frame (a peer sends a chunk in one wire frame of at most 16 MiB):
+    /// what a lying index can make a sync allocate.
+    public static let maxReadBytes: UInt64 = 128 << 20
+    public static let maxChunkFrameBytes: UInt32 = 16 << 20
+
     /// The most requests a sync sends an archive at once: ranged reads of an object store gain
     /// from more in parallel than a peer's requests do.
     public static let parallelReads = 8
@@ -102,8 +108,17 @@ public actor ArchiveSource: SyncSource {
         while left > 0, let range = Self.range(holding: next, in: m) {
             let index = try await index(range)
             let k = Int(next - range.first)
-            let n = min(left, index.count - k)
+            var n = min(left, index.count - k)
+            // Within the read bound: a prefix (the sync asks again for the rest), one checkpoint at least.
+            func size(_ n: Int) -> UInt64 {
+                let r = index.byteRange(of: k..<(k + n))
+                return r.upperBound - r.lowerBound
+            }
+            while n > 1, size(n) > Self.maxReadBytes { n -= 1 }
             let span = index.byteRange(of: k..<(k + n))
+            guard size(n) <= Self.maxReadBytes else {
+                throw ArchiveError("\(reader.backend)/\(range.index.name): checkpoint \(next)'s frames take \(size(n)) bytes, more than a read takes (\(Self.maxReadBytes))")
+            }
             // Within the data file's listed size (the index was checked against it), which is
             // at most an archive file's: the conversions are exact.
             let bytes = try await Self.mapped {
@@ -122,7 +137,8 @@ public actor ArchiveSource: SyncSource {
                 }
             }
             left -= n
-            guard range.last < .max else { break }
+            // A prefix cut by the read bound ends the answer; so does the archive's end.
+            guard k + n == index.count, range.last < .max else { break }
             next = range.last + 1
         }
         guard !items.isEmpty else { throw RPCError.notFound("\(reader.backend) holds no blocks of checkpoint \(seq)") }
@@ -160,6 +176,9 @@ public actor ArchiveSource: SyncSource {
         }
         let k = Int(chunk)
         let from = index.offsets[k], length = index.lengths[k]
+        guard length <= Self.maxChunkFrameBytes else {
+            throw ArchiveError("\(reader.backend)/\(entry.index.name): chunk \(k) of epoch \(epoch) takes \(length) bytes, more than a chunk frame may (\(Self.maxChunkFrameBytes))")
+        }
         let frame = try await Self.mapped {
             try await self.reader.backend.read(entry.data.name, range: Int(from)..<(Int(from) + Int(length)), limit: Int(length))
         }
