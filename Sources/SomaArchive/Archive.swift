@@ -335,23 +335,40 @@ public struct ArchiveReader: Sendable {
     /// The index of `range`'s segment, checked record by record against the data file's listed
     /// size: one record set per checkpoint of the range, in order, covering the data exactly.
     public func index(_ range: ArchiveRange) async throws -> SegmentIndex {
-        guard range.data.size <= UInt64(Self.maxFileBytes) else {
-            throw ArchiveError("\(backend)/\(range.data.name): listed at \(range.data.size) bytes, more than an archive file holds")
-        }
-        let bytes = try await fetch(range.index)
-        let index: SegmentIndex
-        do {
-            index = try SegmentIndex(bytes, dataSize: range.data.size)
-        } catch {
-            throw ArchiveError("\(backend)/\(range.index.name): \(error)")
-        }
-        guard index.dataEnd == range.data.size else {
-            throw ArchiveError("\(backend)/\(range.index.name): covers \(index.dataEnd) bytes of a data file of \(range.data.size)")
-        }
+        let index = try await index(range.index, of: range.data)
         guard UInt64(index.count) == range.count, index.first == range.first else {
             throw ArchiveError("\(backend)/\(range.index.name): indexes \(index.count) checkpoints from \(index.first), the range is \(range.first)...\(range.last)")
         }
         return index
+    }
+
+    /// The index of a snapshot's chunks, checked: the `chunks` chunks of its epoch, covering
+    /// the data file exactly.
+    public func index(_ snapshot: ArchiveSnapshot, chunks: Int) async throws -> SegmentIndex {
+        let index = try await index(snapshot.index, of: snapshot.data)
+        guard index.count == 1, index.first == snapshot.epoch, index.frames(of: 0).count == chunks else {
+            throw ArchiveError("\(backend)/\(snapshot.index.name): does not index the \(chunks) chunks of epoch \(snapshot.epoch)")
+        }
+        return index
+    }
+
+    /// The index file `index` of the data file `data` (both as the manifest lists them), read
+    /// and checked record by record against the data file's listed size, covering it exactly.
+    func index(_ index: ArchiveFile, of data: ArchiveFile) async throws -> SegmentIndex {
+        guard data.size <= UInt64(Self.maxFileBytes) else {
+            throw ArchiveError("\(backend)/\(data.name): listed at \(data.size) bytes, more than an archive file holds")
+        }
+        let bytes = try await fetch(index)
+        let parsed: SegmentIndex
+        do {
+            parsed = try SegmentIndex(bytes, dataSize: data.size)
+        } catch {
+            throw ArchiveError("\(backend)/\(index.name): \(error)")
+        }
+        guard parsed.dataEnd == data.size else {
+            throw ArchiveError("\(backend)/\(index.name): covers \(parsed.dataEnd) bytes of a data file of \(data.size)")
+        }
+        return parsed
     }
 
     /// The certified summaries of `range`, checked: one per checkpoint, in order, the last the
@@ -409,16 +426,7 @@ extension ArchiveReader {
             } catch {
                 throw ArchiveError("\(backend)/\(entry.manifest.name): \(error)")
             }
-            guard entry.data.size <= UInt64(Self.maxFileBytes) else { throw ArchiveError("\(backend)/\(entry.data.name): listed at \(entry.data.size) bytes, more than an archive file holds") }
-            let index: SegmentIndex
-            do {
-                index = try SegmentIndex(try await fetch(entry.index), dataSize: entry.data.size)
-            } catch let error as StoreError {
-                throw ArchiveError("\(backend)/\(entry.index.name): \(error)")
-            }
-            guard index.count == 1, index.first == entry.epoch, index.frames(of: 0).count == snapshot.chunkRoots.count, index.dataEnd == entry.data.size else {
-                throw ArchiveError("\(backend)/\(entry.index.name): does not index the \(snapshot.chunkRoots.count) chunks of epoch \(entry.epoch) over the whole data file")
-            }
+            let index = try await self.index(entry, chunks: snapshot.chunkRoots.count)
             let data = try await fetch(entry.data)
             for k in snapshot.chunkRoots.indices {
                 let from = Int(index.offsets[k]), length = Int(index.lengths[k])

@@ -170,10 +170,7 @@ public actor ArchiveSource: SyncSource {
         guard Int(chunk) < manifest.chunkRoots.count else {
             throw RPCError.badRequest("the snapshot of epoch \(epoch) has \(manifest.chunkRoots.count) chunks; chunk \(chunk) does not exist")
         }
-        let index = try await index(data: entry.data, index: entry.index)
-        guard index.count == 1, index.first == epoch, index.frames(of: 0).count == manifest.chunkRoots.count else {
-            throw ArchiveError("\(reader.backend)/\(entry.index.name): does not index the \(manifest.chunkRoots.count) chunks of epoch \(epoch)")
-        }
+        let index = try await index(entry, chunks: manifest.chunkRoots.count)
         let k = Int(chunk)
         let from = index.offsets[k], length = index.lengths[k]
         guard length <= Self.maxChunkFrameBytes else {
@@ -209,24 +206,10 @@ public actor ArchiveSource: SyncSource {
     }
 
     /// A snapshot's chunk index (the segment index format, one "checkpoint": the epoch).
-    func index(data: ArchiveFile, index: ArchiveFile) async throws -> SegmentIndex {
+    func index(_ snapshot: ArchiveSnapshot, chunks: Int) async throws -> SegmentIndex {
         let reader = self.reader
-        let task = Self.task(&indexes, name: index.name, keep: Self.cachedIndexes) {
-            guard data.size <= UInt64(ArchiveReader.maxFileBytes) else {
-                throw ArchiveError("\(reader.backend)/\(data.name): listed at \(data.size) bytes, more than an archive file holds")
-            }
-            let parsed: SegmentIndex
-            do {
-                parsed = try SegmentIndex(try await reader.fetch(index), dataSize: data.size)
-            } catch let e as StoreError {
-                throw ArchiveError("\(reader.backend)/\(index.name): \(e)")
-            }
-            guard parsed.dataEnd == data.size else {
-                throw ArchiveError("\(reader.backend)/\(index.name): covers \(parsed.dataEnd) bytes of a data file of \(data.size)")
-            }
-            return parsed
-        }
-        return try await value(task, name: index.name)
+        let task = Self.task(&indexes, name: snapshot.index.name, keep: Self.cachedIndexes) { try await reader.index(snapshot, chunks: chunks) }
+        return try await value(task, name: snapshot.index.name)
     }
 
     func summaries(_ range: ArchiveRange) async throws -> [CertifiedCheckpointSummary] {

@@ -295,7 +295,11 @@ public final class PeerClient: Sendable {
             }.get()
             return PeerClient(channel: channel, handler: handler, completed: completed, configuration: configuration)
         } catch {
+            // Closed by the handshake already (a refusal) or by us now: either way wait until it
+            // is, so nothing of this channel runs on its loop after the caller returns (and, say,
+            // shuts the loop down).
             try? await channel.close()
+            try? await channel.closeFuture.get()
             throw error
         }
     }
@@ -497,8 +501,10 @@ public final class PeerClient: Sendable {
     /// Completes when the connection closes.
     public var closed: EventLoopFuture<Void> { channel.closeFuture }
 
-    /// Closes the connection; requests in flight fail with `connectionClosed`.
+    /// Closes the connection and waits until it is closed (also when it was closing already);
+    /// requests in flight fail with `connectionClosed`.
     public func close() async {
         try? await channel.close()
+        try? await channel.closeFuture.get()
     }
 }

@@ -385,9 +385,20 @@ public final class HandshakeHandler: ChannelDuplexHandler {
             return
         }
         working = true
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        pool.runIfActive(eventLoop: context.eventLoop, work).whenComplete { result in
-            let (handler, context) = bound.value
+        // The handler, its context and `done` stay on the event loop (the answer comes back there).
+        let bound = NIOLoopBound((self, context, done), eventLoop: context.eventLoop)
+        let promise = context.eventLoop.makePromise(of: T.self)
+        // Counted until the answer is handed to the event loop (see waitForOffloads()).
+        Self.offloads.add(1, ordering: .relaxed)
+        pool.submit { state in
+            defer { Self.offloads.subtract(1, ordering: .releasing) }
+            switch state {
+            case .active: promise.succeed(work())
+            case .cancelled: promise.fail(NIOThreadPoolError.ThreadPoolInactive())
+            }
+        }
+        promise.futureResult.whenComplete { result in
+            let (handler, context, done) = bound.value
             handler.working = false
             if case .failed = handler.state { return }
             switch result {
@@ -397,6 +408,20 @@ public final class HandshakeHandler: ChannelDuplexHandler {
             case .failure(let error):
                 handler.fail(context, WireError(.handshakeFailed, "the handshake's thread pool is not running: \(error)"))
             }
+        }
+    }
+
+    /// Handshake work on the thread pool whose answer is not yet handed to its event loop.
+    static let offloads = Atomic<Int>(0)
+
+    /// Waits (at most `limit`) until no handshake's signing or verifying is still on the thread
+    /// pool: its answer goes to a connection's event loop, which must still run then. Call it
+    /// before shutting an event loop group down (a refused or dropped connection does not wait
+    /// for the work it started).
+    public static func waitForOffloads(limit: Duration = .seconds(5)) async {
+        let deadline = ContinuousClock.now + limit
+        while offloads.load(ordering: .acquiring) > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(1))
         }
     }
 

@@ -547,6 +547,7 @@ public final class NetServer: Sendable {
         await state.cancelAndAwaitTasks()
         let open = state.connections.withLock { Array($0.values) }
         for c in open { try? await c.close() }
+        await HandshakeHandler.waitForOffloads()
     }
 
     /// Binds `host:port` (port 0: any free port) and serves `service` as `identity`.
@@ -613,8 +614,11 @@ public final class NetServer: Sendable {
         return NetServer(channel: channel, port: bound, state: state)
     }
 
-    /// Stops listening (connections already open finish on their own).
+    /// Stops listening (connections already open finish on their own), then waits until no
+    /// handshake work is left on the thread pool (``HandshakeHandler/waitForOffloads(limit:)``),
+    /// so that the caller may shut the event loops down.
     public func close() async throws {
         try await channel.close()
+        await HandshakeHandler.waitForOffloads()
     }
 }

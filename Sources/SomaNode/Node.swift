@@ -157,6 +157,8 @@ public final class Node: Sendable {
         await follower.close()
         await discovery?.close()
         if let server { await server.shutdown(drain: .seconds(configuration.drainSeconds)) }
+        // Handshake work still on the thread pool answers to these event loops.
+        await HandshakeHandler.waitForOffloads()
         try? await group.shutdownGracefully()
         await store.close()
     }
