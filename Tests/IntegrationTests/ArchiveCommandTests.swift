@@ -4,7 +4,7 @@ import Testing
 
 @Suite("soma-node archive commands", .serialized)
 struct ArchiveCommandTests {
-    @Test("archive export, ls and verify on a folder and on a SeaweedFS bucket (aws s3 sees the files); a fresh node synced from each archive alone verifies; a snapshot restored from the bucket; a flipped byte, a missing file and another chain's genesis fail verify with the file named; an export again writes nothing")
+    @Test("archive export, ls and verify on a folder and on a SeaweedFS bucket (aws s3 sees the files); a fresh node synced from each archive alone verifies; a snapshot restored from the bucket, and again as a differential update from the restored node's store; a flipped byte, a missing file and another chain's genesis fail verify with the file named; an export again writes nothing")
     func exportListVerify() async throws {
         let base = TempDir("archive-cli")
         defer { base.cleanup() }
@@ -86,6 +86,13 @@ struct ArchiveCommandTests {
         #expect(restore["stateRoot"] as? String == sourceRoot && restore["epoch"] as? Int == (synced["stateRoot"] as? [String: Any])?["epoch"] as? Int, "\(restored)")
         #expect((restored["sync"] as? [String: Any])?["tip"] as? Int == exported["last"] as? Int, "\(restored)")
         #expect(try document(["verify", "--data", restoredDir, "--json"])["ok"] as? Bool == true)
+        // A differential update: a node holding that snapshot (the one just restored) restores it
+        // again from the bucket reading every chunk from its old store, each verified.
+        let updated = try document([
+            "sync", "--data", base.file("updated-s3"), "--genesis", genesis, "--archive", url, "--snapshot", "latest", "--reuse", restoredDir, "--json",
+        ], environment: environment)
+        let update = try #require(updated["restore"] as? [String: Any], "\(updated)")
+        #expect(update["chunksFetched"] as? Int == 0 && update["chunksReused"] as? Int == restore["chunks"] as? Int && update["stateRoot"] as? String == sourceRoot, "\(update)")
         let (status, out, _) = try run(aws, ["--endpoint-url", s3.endpoint, "s3", "ls", "--recursive", url + "/"], environment: s3.awsEnvironment)
         let lines = String(decoding: out, as: UTF8.self).split(separator: "\n")
         #expect(status == 0 && lines.contains { $0.hasSuffix("devnet/tiny/manifest.bcs") } && lines.filter { $0.hasSuffix(".seg") }.count == written)
