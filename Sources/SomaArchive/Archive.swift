@@ -462,11 +462,12 @@ public enum ArchiveExport {
     }
 
     /// Exports the closed segments of `store` whose checkpoints lie within `from...until`
-    /// (whole segments) to `backend`, signing the manifest with `key`.
+    /// (whole segments) to `backend`, and with `snapshots` the store's epoch snapshots the
+    /// archive lacks, signing the manifest with `key`.
     /// - Throws: ``ArchiveError`` when the archive holds another chain, or its last range is not
     ///   followed by the first one to write (a gap).
     public static func run(
-        store: NodeStore, to backend: any ArchiveBackend, key: SigningKey, from: UInt64 = 0, until: UInt64 = .max,
+        store: NodeStore, to backend: any ArchiveBackend, key: SigningKey, from: UInt64 = 0, until: UInt64 = .max, snapshots withSnapshots: Bool = true,
         progress: @Sendable (ArchiveRange) -> Void = { _ in }
     ) async throws -> Report {
         guard let genesis = try await store.genesis() else { throw ArchiveError("the store has no genesis") }
@@ -525,7 +526,7 @@ public enum ArchiveExport {
             progress(range)
         }
         // The store's snapshots the archive lacks (it keeps those it has).
-        for epoch in try await store.snapshotEpochs() where !snapshots.contains(where: { $0.epoch == epoch }) {
+        for epoch in try await (withSnapshots ? store.snapshotEpochs() : []) where !snapshots.contains(where: { $0.epoch == epoch }) {
             guard let (snapshot, bytes) = try await writeSnapshot(epoch, of: store, to: backend) else { continue }
             snapshots.append(snapshot)
             snapshots.sort { $0.epoch < $1.epoch }

@@ -73,6 +73,7 @@ public enum NodeConfigurationFile {
               endpoint: ""                     # S3 endpoint (default: AWS_ENDPOINT_URL); keys from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
               region: ""                       # default: AWS_REGION, then us-east-1
               intervalSeconds: \(d.archive.intervalSeconds)              # how often to look for newly closed segments
+              snapshots: \(d.archive.snapshots)                  # also copy the store's epoch snapshots (new validators restore from them)
             drainSeconds: \(d.drainSeconds)            # on stop, wait this long for requests in flight
             logLevel: \(d.logLevel)
             logFormat: \(d.logFormat.rawValue)                  # text, or json (one JSON object a line)
@@ -264,7 +265,7 @@ public enum NodeConfigurationFile {
         if let v = try int(http, "readyWithin", "http.readyWithin", range: 0...1_000_000) { config.http.readyWithin = UInt64(v) }
         if let v = try int(http, "eventBuffer", "http.eventBuffer", range: 16...1_000_000) { config.http.eventBuffer = v }
         let archive = try section("archive")
-        try checkKeys(archive, ["target", "endpoint", "region", "intervalSeconds"], source, "archive.")
+        try checkKeys(archive, ["target", "endpoint", "region", "intervalSeconds", "snapshots"], source, "archive.")
         for key in ["target", "endpoint", "region"] {
             guard let v = archive[key] else { continue }
             guard let s = v as? String else { throw NodeError("\(source): 'archive.\(key)' must be a string") }
@@ -278,6 +279,10 @@ public enum NodeConfigurationFile {
             }
         }
         if let v = try int(archive, "intervalSeconds", "archive.intervalSeconds", range: 1...86_400) { config.archive.intervalSeconds = v }
+        if let v = archive["snapshots"] {
+            guard let b = v as? Bool else { throw NodeError("\(source): 'archive.snapshots' must be true or false") }
+            config.archive.snapshots = b
+        }
         let gossip = try section("gossip")
         try checkKeys(gossip, ["meshDegree", "minimumEager", "lazyFanout", "haveIntervalMs", "missingTimeoutMs", "seenTTLSeconds", "retainMiB", "topics"], source, "gossip.")
         if let v = try int(gossip, "meshDegree", "gossip.meshDegree", range: 0...64) { config.gossip.meshDegree = v }

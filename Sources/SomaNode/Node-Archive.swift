@@ -17,10 +17,11 @@ extension Node {
                 if backend == nil {
                     backend = try ArchiveLocation(target).backend(endpoint: settings.endpoint, region: settings.region)
                 }
-                let report = try await ArchiveExport.run(store: store, to: backend!, key: key)
-                if let last = report.written.last {
+                let report = try await ArchiveExport.run(store: store, to: backend!, key: key, snapshots: settings.snapshots)
+                if !report.written.isEmpty || !report.snapshots.isEmpty {
                     logger.info("archived", metadata: [
-                        "archive": "\(backend!)", "segments": "\(report.written.count)", "through": "\(last.last)", "bytes": "\(report.bytes)",
+                        "archive": "\(backend!)", "segments": "\(report.written.count)", "through": "\(report.manifest.ranges.last?.last ?? 0)",
+                        "snapshots": "\(report.snapshots.map(\.epoch))", "bytes": "\(report.bytes)",
                     ])
                 }
                 failures = 0

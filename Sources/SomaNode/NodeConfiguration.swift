@@ -142,6 +142,9 @@ public struct ArchiveConfiguration: Sendable {
     public var region: String? = nil
     /// How often the node looks for newly closed segments.
     public var intervalSeconds = 60
+    /// Also copy the store's epoch snapshots the archive lacks (a new validator can then
+    /// restore from the archive); each is the epoch's whole live set.
+    public var snapshots = true
 
     /// No archiving.
     public init() {}

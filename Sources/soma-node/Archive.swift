@@ -36,12 +36,14 @@ struct ArchiveOptions: ParsableArguments {
 struct ArchiveExportCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
-        abstract: "Copy the store's closed history (its sealed segments and their certified summaries) to an archive.",
+        abstract: "Copy the store's closed history (its sealed segments and their certified summaries), epoch ends and snapshots to an archive.",
         discussion: """
             Each closed segment (one per ended epoch) goes as it is, with its checkpoints' certified \
             summaries; the manifest, signed with the node's key (node.key in the data directory, \
-            made if missing), is replaced after each. A segment the archive already lists is not \
-            written again: an interrupted export resumes. Stop the node first.
+            made if missing), is replaced after each. Then the store's epoch snapshots the archive \
+            lacks (unless --no-snapshots), and the certified epoch ends in the manifest. What the \
+            archive already lists is not written again: an interrupted export resumes. Stop the \
+            node first.
             """)
 
     @OptionGroup var dataOptions: DataOptions
@@ -51,6 +53,8 @@ struct ArchiveExportCommand: AsyncParsableCommand {
     var from: UInt64 = 0
     @Option(help: "Export segments up to this checkpoint.")
     var until: UInt64 = .max
+    @Flag(help: "Leave out the store's epoch snapshots (by default those the archive lacks are copied).")
+    var noSnapshots = false
     @OptionGroup var archiveOptions: ArchiveOptions
     @Flag(help: "Print the result as one JSON document (progress goes to standard error).")
     var json = false
@@ -68,7 +72,7 @@ struct ArchiveExportCommand: AsyncParsableCommand {
         let store = try await dataOptions.openStore()
         let report: ArchiveExport.Report
         do {
-            report = try await ArchiveExport.run(store: store, to: backend, key: key, from: from, until: until) { range in
+            report = try await ArchiveExport.run(store: store, to: backend, key: key, from: from, until: until, snapshots: !noSnapshots) { range in
                 console.say("  checkpoints \(range.first)...\(range.last): \(range.bytes) bytes")
             }
         } catch {

@@ -193,10 +193,11 @@ struct ArchiveCommandTests {
         #expect(try run(binary, ["devnet", "generate", "--profile", "tiny", "--out", full]).0 == 0)
         // The archive ends at the second epoch's end (checkpoint 19).
         let folder = base.file("archive")
-        let (s1, o1, e1) = try run(binary, ["archive", "export", "--data", full, "--to", folder, "--until", "19", "--json"])
+        let (s1, o1, e1) = try run(binary, ["archive", "export", "--data", full, "--to", folder, "--until", "19", "--no-snapshots", "--json"])
         #expect(s1 == 0, "\(e1)")
         let exported = try JSONSerialization.jsonObject(with: o1) as? [String: Any]
         #expect(exported?["last"] as? Int == 19)
+        #expect((exported?["snapshots"] as? [Int])?.isEmpty == true && !FileManager.default.fileExists(atPath: folder + "/snapshots"), "\(exported ?? [:])")
         // The peer keeps only the last epoch (checkpoints 20...29).
         let pruned = base.file("pruned")
         #expect(try run(binary, ["devnet", "generate", "--profile", "tiny", "--mode", "pruned", "--retain-epochs", "1", "--out", pruned]).0 == 0)

@@ -73,9 +73,10 @@ struct ConfigurationTests {
         #expect(gossip.gossip.haveInterval == .milliseconds(40) && gossip.gossip.missingTimeout == .milliseconds(300))
         #expect(gossip.gossip.seenTTL == .seconds(600) && gossip.gossip.retainBytes == 16 << 20)
         // Continuous archiving.
-        #expect(parsed.archive.target == nil && parsed.archive.intervalSeconds == 60)
+        #expect(parsed.archive.target == nil && parsed.archive.intervalSeconds == 60 && parsed.archive.snapshots)
         let archive = try NodeConfigurationFile.parse(
-            "archive: {target: \"s3://soma-archive/main\", endpoint: \"http://127.0.0.1:8333\", region: eu-west-1, intervalSeconds: 5}", dataDirectory: "/d")
+            "archive: {target: \"s3://soma-archive/main\", endpoint: \"http://127.0.0.1:8333\", region: eu-west-1, intervalSeconds: 5, snapshots: false}", dataDirectory: "/d")
+        #expect(!archive.archive.snapshots)
         #expect(archive.archive.target == "s3://soma-archive/main" && archive.archive.endpoint == "http://127.0.0.1:8333")
         #expect(archive.archive.region == "eu-west-1" && archive.archive.intervalSeconds == 5)
         #expect(gossip.gossipTopics == [
@@ -110,6 +111,7 @@ struct ConfigurationTests {
         ("archive: {target: \"https://example.com/x\"}", "archive.target"),
         ("archive: {intervalSeconds: 0}", "archive.intervalSeconds"),
         ("archive: {region: 5}", "archive.region"),
+        ("archive: {snapshots: sometimes}", "archive.snapshots"),
         ("archive: {bucket: b}", "archive.bucket"),
         ("gossip: {meshDegree: 65}", "gossip.meshDegree"),
         ("gossip: {haveIntervalMs: 0}", "gossip.haveIntervalMs"),
