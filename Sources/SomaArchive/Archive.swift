@@ -295,6 +295,13 @@ public struct ArchiveReader: Sendable {
         return manifest
     }
 
+    /// The manifest, its signature checked.
+    /// - Throws: ``ArchiveError`` when there is none (not an archive), or as ``manifest()``.
+    public func requiredManifest() async throws -> ArchiveManifest {
+        guard let manifest = try await manifest() else { throw ArchiveError("\(backend): no \(ArchiveManifest.fileName): not an archive") }
+        return manifest
+    }
+
     /// A file's bytes, checked against its entry.
     /// - Throws: ``ArchiveError`` naming the file when it is missing, of another size, or
     ///   its SHA-256 differs.

@@ -94,7 +94,9 @@ public actor ArchiveSource: SyncSource {
             next = range.last + 1
         }
         guard !out.isEmpty else { throw RPCError.notFound("\(reader.backend) holds no summary of checkpoint \(seq)") }
-        return SummariesResponse(summaries: out.map(\.summary), certificates: out.map { allCertificates || $0 == out.last ? $0.certificate : nil })
+        // Without `allCertificates`, only the last summary's certificate (as a peer answers).
+        let certificates = out.indices.map { allCertificates || $0 == out.count - 1 ? out[$0].certificate : nil }
+        return SummariesResponse(summaries: out.map(\.summary), certificates: certificates)
     }
 
     /// The blocks of `count` checkpoints from `seq` (a prefix where the archive ends), read with

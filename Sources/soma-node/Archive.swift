@@ -127,7 +127,7 @@ struct ArchiveVerify: AsyncParsableCommand {
         var checkpoints = 0
         var bytes: UInt64 = 0
         do {
-            guard let manifest = try await reader.manifest() else { throw ArchiveError("\(backend): no \(ArchiveManifest.fileName): not an archive") }
+            let manifest = try await reader.requiredManifest()
             let genesis = try await reader.genesis(manifest)
             if let expected, expected.chainID != genesis.chainID {
                 throw ArchiveError("\(backend) is an archive of chain \(genesis.chainID.hex.prefix(16))…, not of the given genesis (\(expected.chainID.hex.prefix(16))…)")
@@ -180,8 +180,7 @@ struct ArchiveList: AsyncParsableCommand {
         let backend = try archiveOptions.backend(location)
         let manifest: ArchiveManifest
         do {
-            guard let m = try await ArchiveReader(backend: backend).manifest() else { throw ArchiveError("\(backend): no \(ArchiveManifest.fileName): not an archive") }
-            manifest = m
+            manifest = try await ArchiveReader(backend: backend).requiredManifest()
         } catch {
             throw CLIError("archive ls: \(error)")
         }

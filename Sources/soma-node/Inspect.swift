@@ -10,6 +10,11 @@ struct DataOptions: ParsableArguments {
 
     /// Opens the store in its own mode; `readOnly` works beside a running node.
     func openStore(readOnly: Bool = false) async throws -> NodeStore {
+        try await Self.openStore(at: data, readOnly: readOnly)
+    }
+
+    /// Opens the store of the data directory `data` in its own mode.
+    static func openStore(at data: String, readOnly: Bool) async throws -> NodeStore {
         let dir = DataDirectory(root: data)
         guard FileManager.default.fileExists(atPath: dir.database) else {
             throw CLIError("no store at \(dir.database): give --data the directory of a node (one that `soma-node sync`, `import` or `devnet generate` wrote)")

@@ -146,13 +146,9 @@ struct Sync: AsyncParsableCommand {
             }
             var reusedStores: [NodeStore] = []
             for location in reuse {
-                let dir = DataDirectory(root: location)
-                if FileManager.default.fileExists(atPath: dir.database) {
-                    var storeConfig = StoreConfiguration()
-                    storeConfig.adoptStoredMode = true
-                    storeConfig.database.readOnly = true
+                if FileManager.default.fileExists(atPath: DataDirectory(root: location).database) {
                     let old: NodeStore
-                    do { old = try await NodeStore.open(path: dir.database, configuration: storeConfig) } catch {
+                    do { old = try await DataOptions.openStore(at: location, readOnly: true) } catch {
                         throw CLIError("--reuse \(location): cannot open its store read-only: \(error)")
                     }
                     reusedStores.append(old)
@@ -271,10 +267,9 @@ extension Sync {
         let reader = ArchiveReader(backend: backend)
         let manifest: ArchiveManifest
         do {
-            guard let m = try await reader.manifest() else { throw CLIError("\(backend): no \(ArchiveManifest.fileName): not an archive") }
-            manifest = m
-        } catch let error as CLIError {
-            throw error
+            manifest = try await reader.requiredManifest()
+        } catch let error as ArchiveError {
+            throw CLIError(error.description)
         } catch {
             throw CLIError("archive \(backend): \(error)")
         }
