@@ -508,8 +508,10 @@ public enum ArchiveExport {
                 }
             }
             let name = padded(segment.first)
-            let data = try readFile(segment.data)
-            let index = try readFile(segment.index)
+            // The segment's data is read in pieces (it may be over 1 GiB): hashed, then written.
+            let data = try ClosedFile(segment.data)
+            let dataFile = ArchiveFile(name: "segments/\(name).seg", size: UInt64(data.size), sha256: try data.sha256())
+            let index = try ClosedFile(segment.index).read(0, nil)
             var summaries: [CertifiedCheckpointSummary] = []
             for seq in segment.first...segment.last {
                 guard let s = try await store.summary(at: seq) else { throw ArchiveError("the store lacks the summary of checkpoint \(seq)") }
@@ -520,15 +522,15 @@ public enum ArchiveExport {
             for s in summaries { w.write(s) }
             let summaryBytes = w.bytes
             let range = ArchiveRange(
-                first: segment.first, last: segment.last, data: ArchiveFile(name: "segments/\(name).seg", bytes: data),
+                first: segment.first, last: segment.last, data: dataFile,
                 index: ArchiveFile(name: "segments/\(name).idx", bytes: index), summaries: ArchiveFile(name: "summaries/\(name).bcs", bytes: summaryBytes),
                 end: summaries[summaries.count - 1])
-            try await backend.write(range.data.name, bytes: data)
+            try await backend.write(range.data.name, size: data.size) { offset, length in try data.read(offset, length) }
             try await backend.write(range.index.name, bytes: index)
             try await backend.write(range.summaries.name, bytes: summaryBytes)
             ranges.append(range)
             try await backend.write(ArchiveManifest.fileName, bytes: sign().bcsBytes)
-            bytesWritten += UInt64(data.count + index.count + summaryBytes.count)
+            bytesWritten += UInt64(data.size + index.count + summaryBytes.count)
             written.append(range)
             progress(range)
         }
@@ -562,31 +564,61 @@ public enum ArchiveExport {
     }
 
     /// Writes the store's snapshot of `epoch` (its manifest, chunks back to back and their
-    /// index); nil when the store no longer holds it whole (pruned meanwhile).
+    /// index); nil when the store no longer holds it whole (pruned meanwhile). The chunks are
+    /// read twice, never all at once: once for their sizes and the file's SHA-256, once as
+    /// the pieces the backend writes.
     static func writeSnapshot(_ epoch: UInt64, of store: NodeStore, to backend: any ArchiveBackend) async throws -> (ArchiveSnapshot, UInt64)? {
         guard let manifest = try await store.snapshotManifest(epoch: epoch) else { return nil }
-        var data: [UInt8] = []
+        // offsets[k]: where chunk k starts in the data file; the last, the file's size.
+        var offsets: [Int] = [0]
+        offsets.reserveCapacity(manifest.chunkRoots.count + 1)
         var index: [UInt8] = []
         index.reserveCapacity(manifest.chunkRoots.count * HistorySegments.indexRecordBytes)
+        var hasher = SHA256Hasher()
         for k in manifest.chunkRoots.indices {
             guard let frame = try await store.snapshotChunk(epoch: epoch, index: UInt32(k)) else { return nil }
-            guard data.count + frame.count <= ArchiveReader.maxFileBytes else {
+            let at = offsets[k]
+            guard at + frame.count <= ArchiveReader.maxFileBytes else {
                 throw ArchiveError("the snapshot of epoch \(epoch) is larger than an archive file holds (\(ArchiveReader.maxFileBytes) bytes)")
             }
-            for (value, width) in [(epoch, 8), (UInt64(k), 4), (UInt64(frame.count), 4), (UInt64(data.count), 8)] {
+            for (value, width) in [(epoch, 8), (UInt64(k), 4), (UInt64(frame.count), 4), (UInt64(at), 8)] {
                 for b in 0..<width { index.append(UInt8(truncatingIfNeeded: value >> (8 * UInt64(b)))) }
             }
-            data += frame
+            hasher.update(frame)
+            offsets.append(at + frame.count)
         }
+        let size = offsets[offsets.count - 1]
         let base = ArchiveSnapshot.baseName(epoch)
         let manifestBytes = manifest.bcsBytes
         let snapshot = ArchiveSnapshot(
-            epoch: epoch, manifest: ArchiveFile(name: base + ".bcs", bytes: manifestBytes), data: ArchiveFile(name: base + ".chunks", bytes: data),
+            epoch: epoch, manifest: ArchiveFile(name: base + ".bcs", bytes: manifestBytes),
+            data: ArchiveFile(name: base + ".chunks", size: UInt64(size), sha256: hasher.finalize()),
             index: ArchiveFile(name: base + ".idx", bytes: index))
-        try await backend.write(snapshot.data.name, bytes: data)
+        let chunkOffsets = offsets
+        try await backend.write(snapshot.data.name, size: size) { offset, length in
+            // The chunks the piece overlaps, from the last one starting at or before `offset`.
+            var k = 0
+            var end = chunkOffsets.count - 1
+            while end - k > 1 {
+                let mid = (k + end) / 2
+                if chunkOffsets[mid] <= offset { k = mid } else { end = mid }
+            }
+            var piece: [UInt8] = []
+            piece.reserveCapacity(length)
+            while piece.count < length && k + 1 < chunkOffsets.count {
+                let frame = try await store.snapshotChunk(epoch: epoch, index: UInt32(k))
+                guard let frame, frame.count == chunkOffsets[k + 1] - chunkOffsets[k] else {
+                    throw ArchiveError("chunk \(k) of the snapshot of epoch \(epoch) changed or was pruned during the export")
+                }
+                let from = offset + piece.count - chunkOffsets[k]
+                piece += frame[from..<min(frame.count, from + length - piece.count)]
+                k += 1
+            }
+            return piece
+        }
         try await backend.write(snapshot.index.name, bytes: index)
         try await backend.write(snapshot.manifest.name, bytes: manifestBytes)
-        return (snapshot, UInt64(data.count + index.count + manifestBytes.count))
+        return (snapshot, UInt64(size + index.count + manifestBytes.count))
     }
 
     /// `n` in 20 decimal digits (file names sort in order).
@@ -594,8 +626,60 @@ public enum ArchiveExport {
 
     static func now() -> UInt64 { UInt64(max(0, Date().timeIntervalSince1970 * 1_000)) }
 
-    static func readFile(_ path: String) throws -> [UInt8] {
-        guard let data = FileManager.default.contents(atPath: path) else { throw ArchiveError("\(path): cannot read the segment file") }
-        return Array(data)
+}
+
+/// A closed file of the store (a history segment's data or index) read by ranges, through a
+/// descriptor held open: closed segments do not change, and one that pruning removes meanwhile
+/// stays readable until the export is done with it.
+final class ClosedFile: Sendable {
+    let path: String
+    let size: Int
+    private let fd: Int32
+
+    /// Opens `path`.
+    /// - Throws: ``ArchiveError`` when it cannot be read, or is larger than an archive file holds.
+    init(_ path: String) throws {
+        self.path = path
+        fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw ArchiveError("\(path): cannot read the segment file (\(String(cString: strerror(errno))))") }
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_size >= 0, info.st_size <= off_t(ArchiveReader.maxFileBytes) else {
+            close(fd)
+            throw ArchiveError("\(path): not a segment file an archive holds (at most \(ArchiveReader.maxFileBytes) bytes)")
+        }
+        size = Int(info.st_size)
+    }
+
+    deinit { close(fd) }
+
+    /// `length` bytes from `offset` (nil: to the end).
+    func read(_ offset: Int, _ length: Int?) throws -> [UInt8] {
+        let length = length ?? (size - offset)
+        guard offset >= 0, length >= 0, offset <= size, length <= size - offset else {
+            throw ArchiveError("\(path): bytes \(offset)..<\(offset + length) of a file of \(size)")
+        }
+        let bytes = [UInt8](unsafeUninitializedCapacity: length) { buffer, count in
+            count = 0
+            while count < length {
+                let n = pread(fd, buffer.baseAddress! + count, length - count, off_t(offset + count))
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { break }
+                count += n
+            }
+        }
+        guard bytes.count == length else { throw ArchiveError("\(path): \(bytes.count) bytes read of \(length) at \(offset)") }
+        return bytes
+    }
+
+    /// SHA-256 of the whole file, read a piece at a time.
+    func sha256() throws -> Digest {
+        var hasher = SHA256Hasher()
+        var offset = 0
+        while offset < size {
+            let length = min(ArchivePieces.pieceBytes, size - offset)
+            hasher.update(try read(offset, length))
+            offset += length
+        }
+        return hasher.finalize()
     }
 }

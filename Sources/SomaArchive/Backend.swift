@@ -7,6 +7,11 @@ public import Foundation
 public protocol ArchiveBackend: Sendable, CustomStringConvertible {
     /// Stores `bytes` as `name`, replacing it whole (a reader sees the old file or the new one).
     func write(_ name: String, bytes: [UInt8]) async throws
+    /// Stores `size` bytes as `name`, replacing it whole, taking them from `pieces(offset,
+    /// length)` a piece at a time (at most ``ArchivePieces/pieceBytes`` each, a few at once):
+    /// a file of any size is written with a few pieces in memory. A piece of another length
+    /// than asked is an error, and nothing is stored.
+    func write(_ name: String, size: Int, pieces: @escaping ArchivePieces.Read) async throws
     /// The file's bytes, or those of `range`, at most `limit`.
     func read(_ name: String, range: Range<Int>?, limit: Int) async throws -> [UInt8]
     /// The file's size; nil when there is no such file.
@@ -15,6 +20,21 @@ public protocol ArchiveBackend: Sendable, CustomStringConvertible {
     func list(prefix: String) async throws -> [ObjectInfo]
     /// Removes the file (nothing when there is none).
     func remove(_ name: String) async throws
+}
+
+/// Files written piece by piece (``ArchiveBackend/write(_:size:pieces:)``).
+public enum ArchivePieces {
+    /// Gives `length` bytes of a file from `offset`.
+    public typealias Read = @Sendable (_ offset: Int, _ length: Int) async throws -> [UInt8]
+    /// The largest piece asked for: S3's multipart part size.
+    public static let pieceBytes = 8 << 20
+
+    /// `pieces(offset, length)`, checked to be `length` bytes.
+    static func piece(_ name: String, _ pieces: Read, _ offset: Int, _ length: Int) async throws -> [UInt8] {
+        let bytes = try await pieces(offset, length)
+        guard bytes.count == length else { throw ArchiveError("\(name): \(bytes.count) bytes given for bytes \(offset)..<\(offset + length)") }
+        return bytes
+    }
 }
 
 /// A name or location that cannot be an archive's.
@@ -65,6 +85,24 @@ public struct FolderBackend: ArchiveBackend {
     }
 
     public func write(_ name: String, bytes: [UInt8]) async throws {
+        try await replace(name) { handle in try handle.write(contentsOf: bytes) }
+    }
+
+    public func write(_ name: String, size: Int, pieces: @escaping ArchivePieces.Read) async throws {
+        guard size >= 0 else { throw ArchiveError("\(name): a file of \(size) bytes") }
+        try await replace(name) { handle in
+            var offset = 0
+            while offset < size {
+                let length = min(ArchivePieces.pieceBytes, size - offset)
+                try handle.write(contentsOf: try await ArchivePieces.piece(name, pieces, offset, length))
+                offset += length
+            }
+        }
+    }
+
+    /// Writes `name` through `body` into a temporary file beside it, syncs it, and renames it
+    /// over the name; on failure removes the temporary file.
+    private func replace(_ name: String, _ body: (FileHandle) async throws -> Void) async throws {
         let target = try path(name)
         let dir = (target as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -75,7 +113,7 @@ public struct FolderBackend: ArchiveBackend {
         do {
             let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: temporary))
             defer { try? handle.close() }
-            try handle.write(contentsOf: bytes)
+            try await body(handle)
             try handle.synchronize()
             guard rename(temporary, target) == 0 else { throw ArchiveError("\(target): cannot replace it (errno \(errno))") }
         } catch {
@@ -148,12 +186,28 @@ public struct S3Backend: ArchiveBackend {
     /// Files of 16 MiB and more go in parts of 8 MiB.
     public func write(_ name: String, bytes: [UInt8]) async throws {
         let key = try key(name)
-        if bytes.count < 16 << 20 {
+        if bytes.count < Self.multipartBytes {
             try await client.put(key, bytes: bytes)
         } else {
-            try await client.putMultipart(key, size: bytes.count) { offset, length in Array(bytes[offset..<(offset + length)]) }
+            try await client.putMultipart(key, size: bytes.count, partSize: ArchivePieces.pieceBytes) { offset, length in Array(bytes[offset..<(offset + length)]) }
         }
     }
+
+    /// Files of 16 MiB and more go in parts of 8 MiB, 4 at a time; smaller ones in one request.
+    public func write(_ name: String, size: Int, pieces: @escaping ArchivePieces.Read) async throws {
+        let key = try key(name)
+        guard size >= 0 else { throw ArchiveError("\(name): a file of \(size) bytes") }
+        if size < Self.multipartBytes {
+            try await client.put(key, bytes: try await ArchivePieces.piece(name, pieces, 0, size))
+        } else {
+            try await client.putMultipart(key, size: size, partSize: ArchivePieces.pieceBytes) { offset, length in
+                try await ArchivePieces.piece(name, pieces, offset, length)
+            }
+        }
+    }
+
+    /// The size from which a file is uploaded in parts.
+    static let multipartBytes = 16 << 20
 
     public func read(_ name: String, range: Range<Int>?, limit: Int) async throws -> [UInt8] {
         try await client.get(try key(name), range: range, limit: limit)

@@ -37,6 +37,10 @@ public struct SyncConfiguration: Sendable {
     public var banDuration: Duration = .seconds(600)
     /// How long a source that stalled twice in a row is banned.
     public var stallBanDuration: Duration = .seconds(60)
+    /// Take the snapshot of the last epoch end the catch-up reaches from the sources that serve
+    /// it, beside the commits, instead of building it after the last commit (``SnapshotPrefetch``;
+    /// the build stays the fallback). Costs that snapshot's bytes from the sources.
+    public var prefetchSnapshot = true
 
     /// Defaults.
     public init() {}
@@ -82,6 +86,9 @@ public struct CatchUpReport: Sendable {
     public var hedges: Int
     /// Every source's standing at the end.
     public var sources: [SourceStats]
+    /// The epoch whose snapshot was taken from the sources during the catch-up instead of built
+    /// after it (``SyncConfiguration/prefetchSnapshot``); nil when none was.
+    public var adoptedSnapshot: UInt64? = nil
 }
 
 /// Catches a store up from peers, DESIGN §10 stages 1–6 as one bounded pipeline:
@@ -139,10 +146,28 @@ public struct PeerSync: Sendable {
         try await store.initialize(genesis: genesis)
         _ = try await store.executePending()
         var committees = try await storedCommittees()
-        committees = try await extendEpochChain(committees)
+        var ends: [CertifiedCheckpointSummary]
+        (committees, ends) = try await extendEpochChain(committees)
         if committees.count > 1 { store.noteVerifiedEpochEnd(UInt64(committees.count - 2)) }
-        let run = try await SyncRun(sync: self, committees: committees, target: min(until ?? held, held), until: until, progress: progress)
-        return try await run.run()
+        let target = min(until ?? held, held)
+        let run = try await SyncRun(sync: self, committees: committees, target: target, until: until, progress: progress)
+        // The snapshot of the last epoch end this catch-up reaches, taken from the sources that
+        // serve it while the run commits, instead of built after its last commit.
+        ends.removeAll { $0.summary.sequenceNumber > target }
+        let prefetch = configuration.prefetchSnapshot ? ends.last.map { end in
+            Task { await SnapshotPrefetch(store: store, pool: pool, end: end, requestTimeout: configuration.requestTimeout).run() }
+        } : nil
+        do {
+            var report = try await run.run()
+            prefetch?.cancel()
+            await prefetch?.value
+            if let epoch = ends.last?.summary.epoch, store.lastAdoptedSnapshot == epoch { report.adoptedSnapshot = epoch }
+            return report
+        } catch {
+            prefetch?.cancel()
+            await prefetch?.value
+            throw error
+        }
     }
 
     /// The committees the store's own epoch ends certify (re-verified from the genesis).
@@ -156,7 +181,7 @@ public struct PeerSync: Sendable {
 
     /// Extends `committees` with the epoch ends the sources hold (best first); a source whose
     /// ends do not verify is banned.
-    func extendEpochChain(_ committees: [Committee]) async throws -> [Committee] {
+    func extendEpochChain(_ committees: [Committee]) async throws -> (committees: [Committee], ends: [CertifiedCheckpointSummary]) {
         var known = committees
         var order = await pool.usable
         var highest: [Int: UInt64] = [:]
@@ -171,12 +196,12 @@ public struct PeerSync: Sendable {
                 // The newest verified end says how large the live set grows (a sizing hint).
                 if let count = ends.last?.summary.endOfEpoch?.liveObjectCount { store.noteVerifiedLiveObjectCount(count) }
                 await pool.succeeded(i, bytes: 0, duration: .zero, used: 0)
-                return known
+                return (known, ends)
             } catch {
                 await SyncRun.judge(error, source: i, pool: pool, what: "epoch endings")
             }
         }
-        return known
+        return (known, [])
     }
 
     /// `committees` extended with every epoch end `client` holds past them, each verified by the

@@ -221,9 +221,12 @@ struct Sync: AsyncParsableCommand {
             let building = ContinuousClock.now
             try await node.store.finishSnapshotBuild()
             let waited = elapsed(since: building)
-            if waited >= 0.05, let newest = try await node.store.snapshotEpochs().last {
+            if let adopted = report.adoptedSnapshot {
+                console.say("  snapshot      epoch \(adopted)'s, taken from the sources during the catch-up (every chunk verified), not built")
+            } else if waited >= 0.05, let newest = try await node.store.snapshotEpochs().last {
                 console.say("  snapshot      epoch \(newest)'s, built beside the last commits, done \(format(waited)) s after them")
             }
+            document["snapshotAdopted"] = report.adoptedSnapshot ?? NSNull()
             document["snapshotEpochs"] = try await node.store.snapshotEpochs()
             if json { try console.emit(document) }
         } catch {

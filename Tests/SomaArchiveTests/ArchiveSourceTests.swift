@@ -49,11 +49,39 @@ struct ArchiveSourceTests {
                 #expect(report.sources[0].peerID == nil && report.sources[0].source == .archive(dir.file("archive")))
                 let last = chain.last { $0.verified.certified.summary.sequenceNumber == report.tip }
                 #expect(try await fresh.summary(at: report.tip) == last?.verified.certified)
+                // The tip ends an epoch whose snapshot the archive holds: taken from it during
+                // the catch-up (every chunk verified), not built after it; the store's own.
+                let epoch = try #require(a.snapshotEpochs.last)
+                #expect(ends.last?.summary.sequenceNumber == report.tip && ends.last?.summary.epoch == epoch)
+                #expect(report.adoptedSnapshot == epoch)
+                let kept = try #require(try await fresh.snapshotManifest(epoch: epoch))
+                #expect(kept == (try await store.snapshotManifest(epoch: epoch)))
+                for k in kept.chunkRoots.indices {
+                    #expect(try await fresh.snapshotChunk(epoch: epoch, index: UInt32(k)) == (try await store.snapshotChunk(epoch: epoch, index: UInt32(k))))
+                }
+                #expect(try await fresh.snapshotEpochs() == [epoch])
             } catch {
                 await fresh.close()
                 throw error
             }
             await fresh.close()
+
+            // From an archive without snapshots: the snapshot is built at the end, the same.
+            let bare = try FolderBackend(root: dir.file("bare"))
+            _ = try await ArchiveExport.run(store: store, to: bare, key: SigningKey.generate(), snapshots: false)
+            let built = try await NodeStore.open(path: dir.file("built"))
+            do {
+                let pool = SourcePool(clients: [ArchiveSource(reader: ArchiveReader(backend: bare), chainID: genesis.chainID)], labels: ["bare"])
+                let report = try await PeerSync(store: built, genesis: genesis, pool: pool).catchUp()
+                #expect(report.tip == a.highestSynced && report.adoptedSnapshot == nil)
+                try await built.finishSnapshotBuild()
+                let epoch = try #require(a.snapshotEpochs.last)
+                #expect(try await built.snapshotManifest(epoch: epoch) == (try await store.snapshotManifest(epoch: epoch)))
+            } catch {
+                await built.close()
+                throw error
+            }
+            await built.close()
 
             // A snapshot restored from it (a pruned store), checked against the certified root.
             var pruned = StoreConfiguration()
@@ -83,6 +111,66 @@ struct ArchiveSourceTests {
         }
     }
 
+    @Test("snapshot adoption in the store: refused for an epoch passed, another chunk size or a store keeping none; chunks short of the whole at the epoch end: built instead; chunks of an epoch caught up past: deleted")
+    func adoption() async throws {
+        var small = StoreConfiguration()
+        small.snapshotChunkSize = 256
+        try await ArchiveTests.withStore("archive-adoption", configuration: small) { store, genesis, chain, dir in
+            // The last epoch end's build, beside the commits, done (it drops the oldest snapshot).
+            try await store.finishSnapshotBuild()
+            let epochs = try await store.snapshotEpochs()
+            let epoch = try #require(epochs.last)
+            let manifest = try #require(try await store.snapshotManifest(epoch: epoch))
+            let earlier = try #require(try await store.snapshotManifest(epoch: epochs[epochs.count - 2]))
+            func verified(_ m: SnapshotManifest, _ k: Int) async throws -> VerifiedChunk {
+                let frame = try #require(try await store.snapshotChunk(epoch: m.epoch, index: UInt32(k)), "epochs \(epochs), chunk \(k) of \(m.epoch) (\(m.chunkRoots.count))")
+                return try m.verifyChunk(index: UInt32(k), frame: frame, proof: try m.proof(chunk: k), limit: 64 << 20)
+            }
+            #expect(try await store.beginSnapshotAdoption(manifest) == false)  // held already
+            #expect(manifest.chunkRoots.count >= 4 && earlier.chunkRoots.count >= 2)
+            var other = small
+            other.snapshotChunkSize = 2 * Int(manifest.chunkSize)
+            var none = small
+            none.retainSnapshots = 0
+            for (name, configuration) in [("size", other), ("none", none)] {
+                let refusing = try await NodeStore.open(path: dir.file("refusing-\(name)"), configuration: configuration)
+                try await refusing.initialize(genesis: genesis)
+                let began = try await refusing.beginSnapshotAdoption(manifest)
+                await refusing.close()
+                #expect(began == false, "\(name)")
+            }
+
+            // Half of the last epoch's chunks adopted, and chunks of the epoch before it (which a
+            // catch-up to the tip passes): the tip's snapshot is built, the earlier one's chunks go.
+            let fresh = try await NodeStore.open(path: dir.file("fresh"), configuration: small)
+            do {
+                try await fresh.initialize(genesis: genesis)
+                #expect(try await fresh.beginSnapshotAdoption(earlier))
+                #expect(try await fresh.adoptSnapshotChunk(try await verified(earlier, 0), epoch: earlier.epoch))
+                #expect(try await fresh.beginSnapshotAdoption(manifest))
+                // An adoption replaced: a chunk of the earlier one is refused.
+                #expect(try await fresh.adoptSnapshotChunk(try await verified(earlier, 1), epoch: earlier.epoch) == false)
+                for k in 0..<(manifest.chunkRoots.count / 2) {
+                    #expect(try await fresh.adoptSnapshotChunk(try await verified(manifest, k), epoch: epoch))
+                }
+                // As a catch-up does: the epoch chain says which end is the newest.
+                fresh.noteVerifiedEpochEnd(epoch)
+                try await fresh.commit(chain.map(\.verified))
+                try await fresh.finishSnapshotBuild()
+                #expect(fresh.lastAdoptedSnapshot == nil)
+                #expect(try await fresh.snapshotManifest(epoch: epoch) == manifest)
+                #expect(try await fresh.snapshotChunk(epoch: earlier.epoch, index: 0) == nil)
+                #expect(try await fresh.snapshotEpochs() == [epoch])
+                // The epoch end is past: nothing more is adopted for it.
+                #expect(try await fresh.beginSnapshotAdoption(manifest) == false)
+            } catch {
+                await fresh.close()
+                throw error
+            }
+            await fresh.close()
+        }
+    }
+
     @Test("a corrupt archive (a byte flipped in every segment) raced against an intact copy: set aside with the reason after its first bad answer; the sync finishes from the other; a missing summaries file likewise")
     func corruptSetAside() async throws {
         try await ArchiveTests.withStore("archive-corrupt-source") { store, genesis, _, dir in
@@ -91,8 +179,9 @@ struct ArchiveSourceTests {
             let badBackend = try FolderBackend(root: dir.file("bad"))
             let manifest = try await ArchiveExport.run(store: store, to: goodBackend, key: key).manifest
             _ = try await ArchiveExport.run(store: store, to: badBackend, key: key)
-            for range in manifest.ranges {
-                let path = dir.file("bad/\(range.data.name)")
+            // Every segment and snapshot file of the bad copy damaged.
+            for name in manifest.ranges.map(\.data.name) + manifest.snapshots.map(\.data.name) {
+                let path = dir.file("bad/\(name)")
                 var seg = try #require(FileManager.default.contents(atPath: path))
                 for k in stride(from: 64, to: seg.count, by: 4_096) { seg[k] ^= 0x10 }
                 try seg.write(to: URL(fileURLWithPath: path))
@@ -108,6 +197,8 @@ struct ArchiveSourceTests {
                     #expect(report.tip == manifest.ranges.last!.last)
                     #expect(report.sources[0].banReason != nil && report.sources[0].bannedForBadData, "\(report.sources)")
                     #expect(report.sources[1].banReason == nil && report.sources[1].checkpoints > 0)
+                    // The last epoch end's snapshot, from the intact copy.
+                    #expect(report.adoptedSnapshot == manifest.snapshots.last?.epoch)
                 } catch {
                     await fresh.close()
                     throw error

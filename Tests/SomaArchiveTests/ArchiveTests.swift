@@ -10,11 +10,11 @@ import Testing
 @Suite("Archives: export, read back, verify from the genesis committee", .serialized)
 struct ArchiveTests {
     /// A store holding a generated chain of 4 epochs (so 3 or more closed segments).
-    static func store(_ dir: TempDir) async throws -> (NodeStore, Genesis, [GeneratedCheckpoint]) {
+    static func store(_ dir: TempDir, configuration: StoreConfiguration = StoreConfiguration()) async throws -> (NodeStore, Genesis, [GeneratedCheckpoint]) {
         let profile = DevnetProfile(name: "archive", validators: 4, epochs: 4, checkpoints: 160, transactionsPerCheckpoint: 4, accounts: 16)
         let generator = ChainGenerator(profile: profile, seed: 21)
         let chain = await generator.generateAll(parallelism: 2)
-        let store = try await NodeStore.open(path: dir.file("db"))
+        let store = try await NodeStore.open(path: dir.file("db"), configuration: configuration)
         try await store.initialize(genesis: generator.genesis)
         try await store.commit(chain.map(\.verified))
         return (store, generator.genesis, chain)
@@ -22,9 +22,11 @@ struct ArchiveTests {
 
     /// Runs `body` on a fresh store of the generated chain; the store is closed before its
     /// directory is removed, whatever `body` does.
-    static func withStore(_ name: String, _ body: (NodeStore, Genesis, [GeneratedCheckpoint], TempDir) async throws -> Void) async throws {
+    static func withStore(
+        _ name: String, configuration: StoreConfiguration = StoreConfiguration(), _ body: (NodeStore, Genesis, [GeneratedCheckpoint], TempDir) async throws -> Void
+    ) async throws {
         let dir = TempDir(name)
-        let (store, genesis, chain) = try await Self.store(dir)
+        let (store, genesis, chain) = try await Self.store(dir, configuration: configuration)
         do {
             try await body(store, genesis, chain, dir)
         } catch {
@@ -122,6 +124,30 @@ struct ArchiveTests {
         }
     }
 
+    @Test("an export through a backend that asks for small pieces, shuffled and all at once, writes the files a whole write does (segments and snapshots), and they verify")
+    func piecewise() async throws {
+        try await Self.withStore("archive-pieces") { store, genesis, _, dir in
+        let producer = SigningKey.generate()
+        let whole = try await ArchiveExport.run(store: store, to: try FolderBackend(root: dir.file("whole")), key: producer)
+        let backend = PiecewiseBackend(inner: try FolderBackend(root: dir.file("pieces")), pieceBytes: 1_001)
+        let pieces = try await ArchiveExport.run(store: store, to: backend, key: producer)
+        #expect(!whole.snapshots.isEmpty)
+        #expect(whole.manifest.ranges == pieces.manifest.ranges && whole.manifest.snapshots == pieces.manifest.snapshots)
+        let files = whole.manifest.ranges.flatMap { [$0.data, $0.index, $0.summaries] } + whole.manifest.snapshots.flatMap { [$0.data, $0.index, $0.manifest] }
+        for file in files {
+            let a = FileManager.default.contents(atPath: dir.file("whole/\(file.name)"))
+            #expect(a != nil && a == FileManager.default.contents(atPath: dir.file("pieces/\(file.name)")), "\(file.name)")
+        }
+        // The large files went in many pieces (chunks of a snapshot spanning pieces, and the reverse).
+        let largest = whole.manifest.snapshots.map(\.data.size).max() ?? 0
+        #expect(largest > 4 * 1_001)
+        let reader = ArchiveReader(backend: backend.inner)
+        #expect(try await Self.verify(reader, genesis: genesis) == whole.manifest.ranges.last?.last)
+        let verified = try await reader.verifySnapshots(try await reader.requiredManifest(), genesis: genesis)
+        #expect(verified.map(\.epoch) == pieces.manifest.snapshots.map(\.epoch))
+        }
+    }
+
     @Test("a segment's files from an archive are checked record by record: partial records, disorder, frames past the data or not back to back, data left over, two-frame checkpoints")
     func segmentFiles() async throws {
         try await Self.withStore("archive-segment") { store, _, chain, _ in
@@ -178,4 +204,40 @@ struct ArchiveTests {
         #expect(listed.count == 2 * closed.count)
         }
     }
+}
+
+/// A backend that asks for a file written piece by piece in pieces of `pieceBytes`, shuffled
+/// and all at once, then stores it whole in `inner`.
+struct PiecewiseBackend: ArchiveBackend {
+    let inner: FolderBackend
+    let pieceBytes: Int
+
+    var description: String { "pieces of \(pieceBytes) bytes into \(inner)" }
+
+    func write(_ name: String, bytes: [UInt8]) async throws { try await inner.write(name, bytes: bytes) }
+
+    func write(_ name: String, size: Int, pieces: @escaping ArchivePieces.Read) async throws {
+        let starts = Array(stride(from: 0, to: size, by: pieceBytes))
+        let step = pieceBytes
+        let got = try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
+            for start in starts.shuffled() {
+                group.addTask { (start, try await pieces(start, min(step, size - start))) }
+            }
+            var out: [Int: [UInt8]] = [:]
+            for try await (start, bytes) in group { out[start] = bytes }
+            return out
+        }
+        var bytes: [UInt8] = []
+        for start in starts {
+            let piece = try #require(got[start])
+            #expect(piece.count == min(step, size - start))
+            bytes += piece
+        }
+        try await inner.write(name, bytes: bytes)
+    }
+
+    func read(_ name: String, range: Range<Int>?, limit: Int) async throws -> [UInt8] { try await inner.read(name, range: range, limit: limit) }
+    func size(_ name: String) async throws -> Int? { try await inner.size(name) }
+    func list(prefix: String) async throws -> [ObjectInfo] { try await inner.list(prefix: prefix) }
+    func remove(_ name: String) async throws { try await inner.remove(name) }
 }

@@ -25,6 +25,23 @@ struct BackendTests {
         try await backend.remove("segments/000002.lz4")
         try await backend.remove("segments/000002.lz4")
         #expect(try await backend.size("segments/000002.lz4") == nil)
+        // Written piece by piece: in pieces of 8 MiB, in parts past 16 MiB in a bucket.
+        let big = [UInt8](unsafeUninitializedCapacity: (17 << 20) + 5) { buffer, count in
+            for i in 0..<buffer.count { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ i >> 13) }
+            count = buffer.count
+        }
+        try await backend.write("segments/000003.lz4", size: big.count) { offset, length in Array(big[offset..<(offset + length)]) }
+        #expect(try await backend.read("segments/000003.lz4", range: nil, limit: big.count) == big)
+        try await backend.write("segments/000003.lz4", size: 3) { offset, length in Array(big[offset..<(offset + length)]) }
+        #expect(try await backend.read("segments/000003.lz4", range: nil, limit: 10) == Array(big[0..<3]))
+        // A piece of another length than asked: an error naming the file, and nothing stored.
+        for size in [3 << 20, (17 << 20) + 5] {
+            await #expect { try await backend.write("segments/000004.lz4", size: size) { _, length in [UInt8](repeating: 7, count: length - 1) } } throws: {
+                "\($0)".contains("segments/000004.lz4")
+            }
+            #expect(try await backend.size("segments/000004.lz4") == nil)
+        }
+        try await backend.remove("segments/000003.lz4")
         // Names that could leave the archive, or that it does not use, are refused before any I/O.
         for bad in ["../escape", "/absolute", "a//b", "a/./b", "a/../b", "", "sp ace", "new\nline", String(repeating: "a", count: 513)] {
             await #expect(throws: ArchiveError.self, "\(bad.debugDescription)") { try await backend.write(bad, bytes: [1]) }

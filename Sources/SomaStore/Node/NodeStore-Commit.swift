@@ -1060,9 +1060,18 @@ extension NodeStore {
             if let newestEnded, newestEnded > epoch {
                 let batch = WriteBatch(for: database)
                 batch.delete(cf.meta, Self.pendingSnapshotKey)
+                // Chunks adopted for this epoch, by this run or one that stopped before its end
+                // (a catch-up that aimed at it before it saw a later end): it gets no manifest.
+                _ = takeAdoptedSnapshot(epoch, record)
+                batch.deleteRange(cf.snapshotChunks, from: StoreKeys.chunk(epoch, 0), to: StoreKeys.chunk(epoch, Self.manifestChunk))
                 try database.write(batch, sync: configuration.syncWrites)
                 return
             }
+        }
+        // A snapshot taken whole from a source during the catch-up: no build.
+        if let manifest = takeAdoptedSnapshot(epoch, record) {
+            try storeAdoptedSnapshot(manifest)
+            return
         }
         if beside {
             try startSnapshotBuild(epoch: epoch, record: record, counts: counts)

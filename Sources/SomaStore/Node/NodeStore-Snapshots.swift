@@ -245,10 +245,7 @@ extension NodeStore {
         try database.ingest(cf.snapshotChunks, files: files + [file.path])
         let batch = WriteBatch(for: database)
         batch.delete(cf.meta, Self.pendingSnapshotKey)
-        if configuration.retainSnapshots > 0, epoch >= configuration.retainSnapshots {
-            // Keep epochs (epoch - retainSnapshots, epoch]; no `epoch + 1` (a certified epoch may be any number).
-            batch.deleteRange(cf.snapshotChunks, from: StoreKeys.seq(0), to: StoreKeys.seq(epoch - configuration.retainSnapshots + 1))
-        }
+        dropOldSnapshots(before: epoch, in: batch)
         try database.write(batch, sync: configuration.syncWrites)
         return reusedCount
     }

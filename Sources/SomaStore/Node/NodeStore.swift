@@ -94,6 +94,10 @@ public final class NodeStore: Sendable {
     /// The snapshot build running beside commits, if any (at most one; see
     /// ``startSnapshotBuild(epoch:record:counts:)``).
     let snapshotBuild = Mutex<ThreadJob<Void>?>(nil)
+    /// The snapshot taken from a source during a catch-up, if any (``beginSnapshotAdoption(_:)``).
+    let adoption = Mutex<SnapshotAdoption?>(nil)
+    /// The epoch of the last adoption kept (``lastAdoptedSnapshot``).
+    let adopted = Mutex<UInt64?>(nil)
 
     /// Tells the store that the end of `epoch` is verified (by the epoch chain), so that a
     /// catch-up does not build snapshots of epochs it is catching up past.
