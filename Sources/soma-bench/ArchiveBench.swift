@@ -39,35 +39,56 @@ struct ArchiveBench: AsyncParsableCommand {
         let bytes = (exported["bytes"] as? Double) ?? Double((exported["bytes"] as? Int) ?? 0)
         line("archive export (as stored)", "\(fmt(bytes / 1e6 / exportSecs)) MB/s", "\(fmt(bytes / 1e6)) MB in \(fmt(exportSecs)) s, \(exported["written"] ?? 0) segments")
 
-        // Baseline: the same files by aws s3 cp --recursive, then every segment through
-        // lz4 -d | sha256sum, in order (it verifies, executes and stores nothing).
-        let scratch = URL(fileURLWithPath: cache + "/archive-baseline").standardizedFileURL.path
-        try? fm.removeItem(atPath: scratch)
-        start = ContinuousClock.now
-        _ = try output(aws, ["--endpoint-url", endpoint, "s3", "cp", "--recursive", "--quiet", prefix + "/", scratch])
-        let download = seconds(from: start)
-        let segments = try fm.contentsOfDirectory(atPath: scratch + "/segments").filter { $0.hasSuffix(".seg") }.sorted()
-        let decompress = ContinuousClock.now
-        let script = "cat " + segments.map { "'\(scratch)/segments/\($0)'" }.joined(separator: " ") + " | lz4 -d | sha256sum"
-        _ = try output("/bin/sh", ["-c", script])
-        let hash = seconds(from: decompress)
-        let baseline = download + hash
-        line("baseline: aws s3 cp --recursive", "\(fmt(bytes / 1e6 / download)) MB/s", "\(fmt(download)) s")
-        line("baseline: + lz4 -d | sha256sum", "\(fmt(hash)) s", "total \(fmt(baseline)) s")
-        try? fm.removeItem(atPath: scratch)
-
-        // Catch-up of a fresh node from the bucket alone.
+        // Twice: the archive of segments alone (`--no-snapshots`: the synced node builds the
+        // last epoch end's snapshot), then the same archive with that snapshot added, as an
+        // export of a store that keeps snapshots writes it (the node takes the snapshot from the
+        // archive beside its commits, every chunk verified, instead of building it). Each against
+        // its baseline: the archive's files by aws s3 cp --recursive, then every LZ4 file
+        // (segments, snapshot chunks) through lz4 -d | sha256sum, in order (it verifies,
+        // executes and stores nothing).
         let fresh = URL(fileURLWithPath: cache + "/archive-fresh").standardizedFileURL.path
-        try? fm.removeItem(atPath: fresh)
-        start = ContinuousClock.now
-        let (out, timing) = try timedRun(node, ["sync", "--data", fresh, "--genesis", served + "/genesis.bcs", "--archive", prefix, "--json"])
-        let syncSecs = seconds(from: start)
-        let synced = (try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]) ?? [:]
-        let syncDoc = synced["sync"] as? [String: Any]
-        let tip = syncDoc?["tip"] ?? "?"
-        line("sync --archive (verify, execute, store)", "\(fmt(bytes / 1e6 / syncSecs)) MB/s", "\(fmt(syncSecs)) s to checkpoint \(tip)")
-        timing.report(over: syncSecs)
-        line("ratio catch-up time / baseline time", fmt(syncSecs / baseline, 2), "goal <= 1.0")
+        for withSnapshot in [false, true] {
+            if withSnapshot {
+                // The snapshot of epoch 9 that the first synced node built, added to the archive.
+                _ = try json(node, ["archive", "export", "--data", fresh, "--to", prefix, "--from", "\(UInt64.max)", "--json"])
+            }
+            let kind = withSnapshot ? "with epoch 9's snapshot" : "segments only"
+            print("-- the archive, \(kind)")
+            let scratch = URL(fileURLWithPath: cache + "/archive-baseline").standardizedFileURL.path
+            try? fm.removeItem(atPath: scratch)
+            start = ContinuousClock.now
+            _ = try output(aws, ["--endpoint-url", endpoint, "s3", "cp", "--recursive", "--quiet", prefix + "/", scratch])
+            let download = seconds(from: start)
+            let downloaded = try fm.subpathsOfDirectory(atPath: scratch).reduce(0.0) { total, file in
+                total + ((try? fm.attributesOfItem(atPath: scratch + "/" + file)[.size] as? NSNumber)?.doubleValue ?? 0)
+            }
+            let lz4Files = try fm.contentsOfDirectory(atPath: scratch + "/segments").filter { $0.hasSuffix(".seg") }.sorted().map { "segments/" + $0 }
+                + ((try? fm.contentsOfDirectory(atPath: scratch + "/snapshots")) ?? []).filter { $0.hasSuffix(".chunks") }.sorted().map { "snapshots/" + $0 }
+            let decompress = ContinuousClock.now
+            let script = "cat " + lz4Files.map { "'\(scratch)/\($0)'" }.joined(separator: " ") + " | lz4 -d | sha256sum"
+            _ = try output("/bin/sh", ["-c", script])
+            let hash = seconds(from: decompress)
+            let baseline = download + hash
+            line("baseline: aws s3 cp --recursive", "\(fmt(downloaded / 1e6 / download)) MB/s", "\(fmt(downloaded / 1e6)) MB in \(fmt(download)) s")
+            line("baseline: + lz4 -d | sha256sum", "\(fmt(hash)) s", "total \(fmt(baseline)) s")
+            try? fm.removeItem(atPath: scratch)
+
+            // Catch-up of a fresh node from the bucket alone.
+            let dir = withSnapshot ? fresh + "-adopting" : fresh
+            try? fm.removeItem(atPath: dir)
+            start = ContinuousClock.now
+            let (out, timing) = try timedRun(node, ["sync", "--data", dir, "--genesis", served + "/genesis.bcs", "--archive", prefix, "--json"])
+            let syncSecs = seconds(from: start)
+            let synced = (try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]) ?? [:]
+            let syncDoc = synced["sync"] as? [String: Any]
+            let tip = syncDoc?["tip"] ?? "?"
+            let commits = (syncDoc?["seconds"] as? Double).map { "commits done at \(fmt($0)) s, " } ?? ""
+            let snapshot = synced["snapshotAdopted"] is NSNull || synced["snapshotAdopted"] == nil ? "snapshot built" : "snapshot taken from the archive"
+            line("sync --archive (verify, execute, store)", "\(fmt(bytes / 1e6 / syncSecs)) MB/s", "\(fmt(syncSecs)) s to checkpoint \(tip): \(commits)\(snapshot)")
+            timing.report(over: syncSecs)
+            line("ratio catch-up time / baseline time", fmt(syncSecs / baseline, 2), withSnapshot ? "goal <= 1.0" : "(segments only)")
+            if withSnapshot { try? fm.removeItem(atPath: dir) }
+        }
 
         // Snapshots in the archive: the synced node built epoch 9's (its catch-up's last epoch
         // end); a second node synced to epoch 8's end builds epoch 8's. Both go to a second

@@ -171,6 +171,37 @@ struct ArchiveSourceTests {
         }
     }
 
+    @Test("an archive whose snapshot chunks are damaged (its segments intact), raced against an intact copy: the catch-up takes the last epoch end's snapshot from the intact copy, the damaged one is set aside for bad data naming the chunk")
+    func damagedSnapshot() async throws {
+        try await ArchiveTests.withStore("archive-damaged-snapshot") { store, genesis, _, dir in
+            let key = SigningKey.generate()
+            let goodBackend = try FolderBackend(root: dir.file("good"))
+            let badBackend = try FolderBackend(root: dir.file("bad"))
+            let manifest = try await ArchiveExport.run(store: store, to: goodBackend, key: key).manifest
+            _ = try await ArchiveExport.run(store: store, to: badBackend, key: key)
+            let last = try #require(manifest.snapshots.last)
+            let path = dir.file("bad/\(last.data.name)")
+            var chunks = try #require(FileManager.default.contents(atPath: path))
+            for k in stride(from: 64, to: chunks.count, by: 512) { chunks[k] ^= 0x10 }
+            try chunks.write(to: URL(fileURLWithPath: path))
+            let fresh = try await NodeStore.open(path: dir.file("fresh"))
+            do {
+                let bad = ArchiveSource(reader: ArchiveReader(backend: badBackend), chainID: genesis.chainID)
+                let good = ArchiveSource(reader: ArchiveReader(backend: goodBackend), chainID: genesis.chainID)
+                let pool = SourcePool(clients: [bad, good], labels: ["bad", "good"])
+                let report = try await PeerSync(store: fresh, genesis: genesis, pool: pool).catchUp()
+                #expect(report.tip == manifest.ranges.last!.last)
+                #expect(report.adoptedSnapshot == last.epoch)
+                #expect(report.sources[0].bannedForBadData && report.sources[0].banReason?.contains("snapshot chunk") == true, "\(report.sources)")
+                #expect(try await fresh.snapshotManifest(epoch: last.epoch) == (try await store.snapshotManifest(epoch: last.epoch)))
+            } catch {
+                await fresh.close()
+                throw error
+            }
+            await fresh.close()
+        }
+    }
+
     @Test("a corrupt archive (a byte flipped in every segment) raced against an intact copy: set aside with the reason after its first bad answer; the sync finishes from the other; a missing summaries file likewise")
     func corruptSetAside() async throws {
         try await ArchiveTests.withStore("archive-corrupt-source") { store, genesis, _, dir in

@@ -6,9 +6,17 @@ import Foundation
 /// end, and the chunks written so far.
 struct SnapshotAdoption {
     let manifest: SnapshotManifest
+    /// Chunks ingested.
     var written = Set<UInt32>()
+    /// Chunks written to their SST files and not ingested yet, with the files.
+    var staged: [(index: UInt32, path: String)] = []
 
     var isComplete: Bool { written.count == manifest.chunkRoots.count }
+
+    /// Removes the staged files (the adoption is dropped).
+    func discard() {
+        for file in staged { try? FileManager.default.removeItem(atPath: file.path) }
+    }
 }
 
 extension NodeStore {
@@ -32,10 +40,22 @@ extension NodeStore {
                   try self.snapshotManifestSync(manifest.epoch) == nil
             else { return false }
             if let executed = try self.watermarkSync(.highestExecuted), executed.seq >= manifest.lastCheckpoint { return false }
-            self.adoption.withLock { $0 = SnapshotAdoption(manifest: manifest) }
+            try self.adoption.withLock { (state) throws(StoreError) in
+                state?.discard()
+                // Files a run that stopped left staged are removed with the directory.
+                try Self.freshDirectory(self.adoptionDirectory)
+                state = SnapshotAdoption(manifest: manifest)
+            }
             return true
         }
     }
+
+    /// Where adopted chunks wait in their SST files for their group's ingestion.
+    var adoptionDirectory: String { database.path + "/ingest-adopted" }
+
+    /// Adopted chunks ingested together: each ingestion writes the MANIFEST once (and syncs it),
+    /// which the commits' own ingestions wait behind.
+    static let adoptionGroup = 16
 
     /// Writes a chunk of the snapshot being adopted: `chunk` verified against the manifest given
     /// to ``beginSnapshotAdoption(_:)`` (``SnapshotManifest/verifyChunk(index:frame:proof:limit:)``).
@@ -46,15 +66,22 @@ extension NodeStore {
             // Held while the chunk is written: an epoch end that ends the adoption waits for it,
             // so nothing is written for an epoch after the store gave up on it.
             try self.adoption.withLock { (state) throws(StoreError) -> Bool in
-                guard let a = state, a.manifest.epoch == epoch, Int(chunk.index) < a.manifest.chunkRoots.count else { return false }
-                if a.written.contains(chunk.index) { return true }
-                let path = self.database.path + "/ingest-adopted-\(epoch)-\(chunk.index).sst"
-                defer { try? FileManager.default.removeItem(atPath: path) }
+                guard var a = state, a.manifest.epoch == epoch, Int(chunk.index) < a.manifest.chunkRoots.count else { return false }
+                if a.written.contains(chunk.index) || a.staged.contains(where: { $0.index == chunk.index }) { return true }
+                let path = self.adoptionDirectory + "/\(epoch)-\(chunk.index).sst"
                 let file = try self.database.sstWriter(self.cf.snapshotChunks, path: path)
                 try file.put(StoreKeys.chunk(epoch, chunk.index), chunk.frame)
                 try file.finish()
-                try self.database.ingest(self.cf.snapshotChunks, files: [path])
-                state?.written.insert(chunk.index)
+                a.staged.append((chunk.index, path))
+                // A group at a time (one key each: the files never overlap), and the last ones
+                // as soon as every chunk is in.
+                if a.staged.count >= Self.adoptionGroup || a.written.count + a.staged.count == a.manifest.chunkRoots.count {
+                    try self.database.ingest(self.cf.snapshotChunks, files: a.staged.map(\.path))
+                    a.discard()  // what the move left
+                    a.written.formUnion(a.staged.map(\.index))
+                    a.staged = []
+                }
+                state = a
                 return true
             }
         }
@@ -72,6 +99,7 @@ extension NodeStore {
         adoption.withLock { state in
             guard let a = state, a.manifest.epoch <= epoch else { return nil }
             state = nil
+            a.discard()
             guard a.manifest.epoch == epoch, a.isComplete, a.manifest.lastCheckpoint == record.lastCheckpoint,
                   a.manifest.stateRoot == record.stateRoot, a.manifest.objectCount == record.liveObjectCount
             else { return nil }
