@@ -186,7 +186,7 @@ public enum NodeConfigurationFile {
             config.net.uploadBytesPerSecond = v == 0 ? nil : v
         }
         let sync = try section("sync")
-        try checkKeys(sync, ["peers", "window", "timeoutSeconds", "pollSeconds", "banSeconds", "verifyAllCertificates"], source, "sync.")
+        try checkKeys(sync, ["peers", "window", "timeoutSeconds", "pollSeconds", "banSeconds", "verifyAllCertificates", "prefetchSnapshot"], source, "sync.")
         if let v = sync["peers"] {
             guard let list = v as? [Any] else { throw NodeError("\(source): 'sync.peers' must be a list of HOST:PORT") }
             config.peers = try list.map { item in
@@ -203,6 +203,10 @@ public enum NodeConfigurationFile {
         if let v = sync["verifyAllCertificates"] {
             guard let b = v as? Bool else { throw NodeError("\(source): 'sync.verifyAllCertificates' must be true or false") }
             config.sync.verifyAllCertificates = b
+        }
+        if let v = sync["prefetchSnapshot"] {
+            guard let b = v as? Bool else { throw NodeError("\(source): 'sync.prefetchSnapshot' must be true or false") }
+            config.sync.prefetchSnapshot = b
         }
         let discovery = try section("discovery")
         try checkKeys(discovery, ["seeds", "targetConnections", "maxPeers", "exchangeSeconds", "access", "role", "advertise", "allowedPeers"], source, "discovery.")

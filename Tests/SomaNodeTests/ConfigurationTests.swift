@@ -77,6 +77,8 @@ struct ConfigurationTests {
         let archive = try NodeConfigurationFile.parse(
             "archive: {target: \"s3://soma-archive/main\", endpoint: \"http://127.0.0.1:8333\", region: eu-west-1, intervalSeconds: 5, snapshots: false}", dataDirectory: "/d")
         #expect(!archive.archive.snapshots)
+        #expect(parsed.sync.prefetchSnapshot)
+        #expect(try NodeConfigurationFile.parse("sync: {prefetchSnapshot: false}", dataDirectory: "/d").sync.prefetchSnapshot == false)
         #expect(archive.archive.target == "s3://soma-archive/main" && archive.archive.endpoint == "http://127.0.0.1:8333")
         #expect(archive.archive.region == "eu-west-1" && archive.archive.intervalSeconds == 5)
         #expect(gossip.gossipTopics == [
@@ -112,6 +114,7 @@ struct ConfigurationTests {
         ("archive: {intervalSeconds: 0}", "archive.intervalSeconds"),
         ("archive: {region: 5}", "archive.region"),
         ("archive: {snapshots: sometimes}", "archive.snapshots"),
+        ("sync: {prefetchSnapshot: maybe}", "sync.prefetchSnapshot"),
         ("archive: {bucket: b}", "archive.bucket"),
         ("gossip: {meshDegree: 65}", "gossip.meshDegree"),
         ("gossip: {haveIntervalMs: 0}", "gossip.haveIntervalMs"),
