@@ -50,7 +50,7 @@ ensure_venv() {
 # Starts SeaweedFS (`weed server -s3` from .venv) on loopback in DIR, every port free, with one
 # identity (ACCESS_KEY, SECRET_KEY); waits until a volume server joined and the S3 port answers.
 # Sets WEED (its pid) and exports AWS_ENDPOINT_URL, the keys, the region and AWS_CLI for aws
-# and soma-node. The caller stops it (kill -TERM "$WEED").
+# and soma-node. The caller stops it (stop_seaweedfs).
 start_seaweedfs() {
     local dir="$1" access="$2" secret="$3" ports
     ports=($(python3 -c 'import socket
@@ -71,4 +71,14 @@ print(" ".join(str(s.getsockname()[1]) for s in ss))'))
     done
     export AWS_ENDPOINT_URL="http://127.0.0.1:${ports[6]}" AWS_ACCESS_KEY_ID="$access" AWS_SECRET_ACCESS_KEY="$secret" \
         AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true AWS_CLI="$ROOT/.venv/bin/aws"
+}
+
+# Stops the SeaweedFS that start_seaweedfs started: SIGTERM, then SIGKILL after 5 s (its
+# graceful stop takes 10 s at least, and once hung on a filer gRPC stream; its data is scratch).
+stop_seaweedfs() {
+    [ -n "${WEED:-}" ] || return 0
+    kill -TERM "$WEED" 2>/dev/null || return 0
+    for _ in $(seq 1 50); do kill -0 "$WEED" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$WEED" 2>/dev/null || true
+    wait "$WEED" 2>/dev/null || true
 }
