@@ -656,7 +656,7 @@ final class ClosedFile: Sendable {
     func read(_ offset: Int, _ length: Int?) throws -> [UInt8] {
         let length = length ?? (size - offset)
         guard offset >= 0, length >= 0, offset <= size, length <= size - offset else {
-            throw ArchiveError("\(path): bytes \(offset)..<\(offset + length) of a file of \(size)")
+            throw ArchiveError("\(path): \(length) bytes at \(offset) of a file of \(size)")
         }
         let bytes = [UInt8](unsafeUninitializedCapacity: length) { buffer, count in
             count = 0

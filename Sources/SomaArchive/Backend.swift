@@ -32,7 +32,7 @@ public enum ArchivePieces {
     /// `pieces(offset, length)`, checked to be `length` bytes.
     static func piece(_ name: String, _ pieces: Read, _ offset: Int, _ length: Int) async throws -> [UInt8] {
         let bytes = try await pieces(offset, length)
-        guard bytes.count == length else { throw ArchiveError("\(name): \(bytes.count) bytes given for bytes \(offset)..<\(offset + length)") }
+        guard bytes.count == length else { throw ArchiveError("\(name): \(bytes.count) bytes given for \(length) at \(offset)") }
         return bytes
     }
 }
