@@ -26,8 +26,14 @@ public actor ArchiveSource: SyncSource {
     var indexes: [(name: String, task: Task<SegmentIndex, any Error>)] = []
     var summaryFiles: [(name: String, task: Task<[CertifiedCheckpointSummary], any Error>)] = []
     var snapshotManifests: [UInt64: SnapshotManifest] = [:]
+    /// Pages of segment and snapshot data files read from an object store
+    /// (``ArchiveBackend/readPageBytes``), named `FILE@PAGE`, the newest last.
+    var pages: [(name: String, task: Task<[UInt8], any Error>)] = []
     static let cachedIndexes = 8
     static let cachedSummaryFiles = 4
+    /// Pages kept: 8 of 8 MiB hold the spans a sync has in flight (a window of 12 spans of
+    /// about 2 MB) and the pages they start.
+    static let cachedPages = 8
 
     /// The most bytes one read of blocks takes (a peer's stream of blocks is held to the same), and
     /// the largest snapshot chunk frame (a peer sends a chunk in one wire frame of at most 16 MiB):
@@ -121,14 +127,11 @@ public actor ArchiveSource: SyncSource {
             guard size(n) <= Self.maxReadBytes else {
                 throw ArchiveError("\(reader.backend)/\(range.index.name): checkpoint \(next)'s frames take \(size(n)) bytes, more than a read takes (\(Self.maxReadBytes))")
             }
-            // Within the data file's listed size (the index was checked against it), which is
-            // at most an archive file's: the conversions are exact.
-            let bytes = try await Self.mapped {
-                try await self.reader.backend.read(range.data.name, range: Int(span.lowerBound)..<Int(span.upperBound), limit: Int(span.upperBound - span.lowerBound))
-            }
+            // Within the data file's listed size (the index was checked against it).
+            let bytes = try await read(range.data, span)
             let checkpoints: [SegmentFile.Checkpoint]
             do {
-                checkpoints = try index.checkpoints(k..<(k + n), bytes: bytes[...], at: span.lowerBound)
+                checkpoints = try index.checkpoints(k..<(k + n), bytes: bytes, at: span.lowerBound)
             } catch {
                 throw ArchiveError("\(reader.backend)/\(range.data.name): \(error)")
             }
@@ -178,16 +181,18 @@ public actor ArchiveSource: SyncSource {
         guard length <= Self.maxChunkFrameBytes else {
             throw ArchiveError("\(reader.backend)/\(entry.index.name): chunk \(k) of epoch \(epoch) takes \(length) bytes, more than a chunk frame may (\(Self.maxChunkFrameBytes))")
         }
-        let frame = try await Self.mapped {
-            try await self.reader.backend.read(entry.data.name, range: Int(from)..<(Int(from) + Int(length)), limit: Int(length))
-        }
+        let frame = Array(try await read(entry.data, from..<(from + UInt64(length))))
         let proof: [Digest]
         do { proof = try manifest.proof(chunk: k) } catch { throw ArchiveError("\(reader.backend)/\(entry.manifest.name): \(error)") }
         return ProvenFrame(frame: frame, proof: proof, count: UInt32(manifest.chunkRoots.count))
     }
 
-    /// Nothing to let go of.
-    public func close() async {}
+    /// Lets go of the files and pages read.
+    public func close() async {
+        indexes = []
+        summaryFiles = []
+        pages = []
+    }
 
     // MARK: files
 
@@ -248,6 +253,46 @@ public actor ArchiveSource: SyncSource {
     func forget(_ name: String) {
         indexes.removeAll { $0.name == name }
         summaryFiles.removeAll { $0.name == name }
+        pages.removeAll { $0.name == name }
+    }
+
+    /// The bytes `span` of `file`, a segment's or a snapshot's data file (`span` within its
+    /// listed size). From a store that reads in pages (``ArchiveBackend/readPageBytes``), a span
+    /// of at most a page is cut from the one or two aligned pages that hold it, each read once
+    /// for every span it holds (the sync asks for neighbouring spans side by side); a span over a
+    /// page, or any span from a folder, is read as asked.
+    /// - Throws: ``ArchiveError`` when `span` is not within the file's listed size, or the store
+    ///   sends a page of another length (the file is not the one listed).
+    func read(_ file: ArchiveFile, _ span: Range<UInt64>) async throws -> ArraySlice<UInt8> {
+        // An archive file's listed size fits an Int (the manifest's decoding bounds it), so do
+        // the offsets within it.
+        guard span.upperBound <= file.size, let size = Int(exactly: file.size) else {
+            throw ArchiveError("\(reader.backend)/\(file.name): bytes \(span.lowerBound)..<\(span.upperBound) asked of a file of \(file.size)")
+        }
+        let lower = Int(span.lowerBound), upper = Int(span.upperBound)
+        let reader = self.reader
+        guard let page = reader.backend.readPageBytes, page > 0, upper - lower <= page, lower < upper else {
+            return try await Self.mapped { try await reader.backend.read(file.name, range: lower..<upper, limit: upper - lower) }[...]
+        }
+        var parts: [ArraySlice<UInt8>] = []
+        for p in (lower / page)...((upper - 1) / page) {
+            let start = p * page, end = min(start + page, size)
+            let name = "\(file.name)@\(p)"
+            let task = Self.task(&pages, name: name, keep: Self.cachedPages) {
+                try await reader.backend.read(file.name, range: start..<end, limit: end - start)
+            }
+            let bytes = try await value(task, name: name)
+            guard bytes.count == end - start else {
+                forget(name)
+                throw ArchiveError("\(reader.backend)/\(file.name): \(bytes.count) bytes read at \(start), \(end - start) asked")
+            }
+            parts.append(bytes[(max(lower, start) - start)..<(min(upper, end) - start)])
+        }
+        if parts.count == 1 { return parts[0] }
+        var joined: [UInt8] = []
+        joined.reserveCapacity(upper - lower)
+        for part in parts { joined.append(contentsOf: part) }
+        return joined[...]
     }
 
     /// Runs a read; an object store that failed past its retries (unreachable, overloaded) is a

@@ -290,16 +290,22 @@ public final class S3Client: Sendable {
             do {
                 let response = try await http.execute(request, timeout: timeout)
                 let status = Int(response.status.code)
-                if let length = response.headers.first(name: "content-length").flatMap(Int.init), length > limit, method != "HEAD" {
+                let length = response.headers.first(name: "content-length").flatMap(Int.init)
+                if let length, length > limit, method != "HEAD" {
                     throw S3Error(status: status, code: "TooLarge", message: "\(key ?? bucket): an answer of \(length) bytes, at most \(limit) read")
                 }
-                var buffer: ByteBuffer
-                do {
-                    buffer = method == "HEAD" ? ByteBuffer() : try await response.body.collect(upTo: limit)
-                } catch is NIOTooManyBytesError {
-                    throw S3Error(status: status, code: "TooLarge", message: "\(key ?? bucket): an answer over \(limit) bytes")
+                // The body's parts copied once into an array of the announced length (which a
+                // store may not exceed: the limit holds either way).
+                var bytes: [UInt8] = []
+                if method != "HEAD" {
+                    if let length, length >= 0 { bytes.reserveCapacity(length) }
+                    for try await part in response.body {
+                        guard part.readableBytes <= limit - bytes.count else {
+                            throw S3Error(status: status, code: "TooLarge", message: "\(key ?? bucket): an answer over \(limit) bytes")
+                        }
+                        part.withUnsafeReadableBytes { bytes.append(contentsOf: $0) }
+                    }
                 }
-                let bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
                 if expect.contains(status) { return Answer(status: status, headers: response.headers, body: bytes) }
                 let text = String(decoding: bytes.prefix(64 << 10), as: UTF8.self)
                 let code = XMLText.elements("Code", in: text).first ?? (status == 404 ? "NoSuchKey" : "HTTP\(status)")

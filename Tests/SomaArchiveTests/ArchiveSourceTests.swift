@@ -5,6 +5,7 @@ import SomaNet
 import SomaStore
 import SomaSync
 import SomaTestSupport
+import Synchronization
 import Testing
 
 @Suite("Archives as sources of the sync scheduler", .serialized)
@@ -242,4 +243,95 @@ struct ArchiveSourceTests {
             }
         }
     }
+    @Test("an object store's reads in pages: every span of blocks and every snapshot chunk cut from the aligned pages that hold it (spans across two pages joined), each page read once while it is kept; a catch-up through pages equals the store; a page of another length is an error naming the file")
+    func pagedReads() async throws {
+        try await ArchiveTests.withStore("archive-pages") { store, genesis, _, dir in
+            let folder = try FolderBackend(root: dir.file("archive"))
+            let manifest = try await ArchiveExport.run(store: store, to: folder, key: SigningKey.generate()).manifest
+            let range = manifest.ranges[0]
+            let index = try SegmentIndex(Array(try #require(FileManager.default.contents(atPath: dir.file("archive/\(range.index.name)")))), dataSize: range.data.size)
+            // Pages of a quarter of the first segment: several pages, several checkpoints each.
+            let page = Int(range.data.size / 4)
+            let starts = (0..<index.count).map { index.byteRange(of: $0..<($0 + 1)) }
+            let across = starts.filter { $0.lowerBound / UInt64(page) != ($0.upperBound - 1) / UInt64(page) }
+            #expect(!across.isEmpty && across.count < index.count / 4, "\(across.count) of \(index.count) checkpoints across pages")
+            #expect(starts.allSatisfy { $0.count <= page })
+
+            // Checkpoint by checkpoint, in order: each equals the store's, each page read once.
+            let paged = PagedBackend(inner: folder, pageBytes: page)
+            let source = ArchiveSource(reader: ArchiveReader(backend: paged), chainID: genesis.chainID)
+            for k in 0..<index.count {
+                let seq = range.first + UInt64(k)
+                for item in try await source.blocks(from: seq, count: 1, timeout: nil) {
+                    let stored = try #require(try await store.block(at: item.seq, part: item.part))
+                    #expect(stored.frame == item.block.frame && stored.parts == item.block.count, "checkpoint \(seq) part \(item.part)")
+                }
+            }
+            let reads = paged.reads.withLock { $0 }.filter { $0.name == range.data.name }
+            #expect(reads.map(\.range.lowerBound) == Array(stride(from: 0, to: Int(range.data.size), by: page)))
+            #expect(reads.allSatisfy { $0.range.count == min(page, Int(range.data.size) - $0.range.lowerBound) })
+
+            // A span over a page is read as asked.
+            let whole = try await source.blocks(from: range.first, count: UInt32(index.count), timeout: nil)
+            #expect(whole.count >= index.count)
+            #expect(paged.reads.withLock { $0 }.last.map { $0.name == range.data.name && $0.range == 0..<Int(index.dataEnd) } == true)
+
+            // A catch-up through pages (blocks and the adopted snapshot's chunks) equals the store.
+            let fresh = try await NodeStore.open(path: dir.file("fresh"))
+            do {
+                let chunked = PagedBackend(inner: folder, pageBytes: 4_096)
+                let pool = SourcePool(clients: [ArchiveSource(reader: ArchiveReader(backend: chunked), chainID: genesis.chainID)], labels: ["paged"])
+                let report = try await PeerSync(store: fresh, genesis: genesis, pool: pool).catchUp()
+                #expect(report.tip == manifest.ranges.last!.last)
+                let epoch = try #require(manifest.snapshots.last?.epoch)
+                #expect(report.adoptedSnapshot == epoch)
+                #expect(try await fresh.snapshotManifest(epoch: epoch) == (try await store.snapshotManifest(epoch: epoch)))
+                #expect(try await fresh.summary(at: report.tip) == (try await store.summary(at: report.tip)))
+                let dataFiles = Set(manifest.ranges.map(\.data.name) + manifest.snapshots.map(\.data.name))
+                let pageReads = chunked.reads.withLock { $0 }.filter { dataFiles.contains($0.name) && $0.range.count <= 4_096 }
+                #expect(!pageReads.isEmpty && pageReads.allSatisfy { $0.range.lowerBound % 4_096 == 0 })
+            } catch {
+                await fresh.close()
+                throw error
+            }
+            await fresh.close()
+
+            // A store that sends a page of another length (the file is not the one listed).
+            let short = PagedBackend(inner: folder, pageBytes: page, dropLastByte: true)
+            let failing = ArchiveSource(reader: ArchiveReader(backend: short), chainID: genesis.chainID)
+            await #expect { _ = try await failing.blocks(from: range.first, count: 1, timeout: nil) } throws: {
+                $0 is ArchiveError && "\($0)".contains(range.data.name)
+            }
+        }
+    }
+}
+
+/// A folder read as an object store is: in pages of `pageBytes` (``ArchiveBackend/readPageBytes``),
+/// every ranged read recorded; with `dropLastByte`, ranged reads of segment and snapshot data
+/// come back a byte short.
+final class PagedBackend: ArchiveBackend {
+    let inner: FolderBackend
+    let pageBytes: Int
+    let dropLastByte: Bool
+    let reads = Mutex<[(name: String, range: Range<Int>)]>([])
+
+    init(inner: FolderBackend, pageBytes: Int, dropLastByte: Bool = false) {
+        self.inner = inner
+        self.pageBytes = pageBytes
+        self.dropLastByte = dropLastByte
+    }
+
+    var description: String { "\(inner) in pages of \(pageBytes) bytes" }
+    var readPageBytes: Int? { pageBytes }
+
+    func write(_ name: String, bytes: [UInt8]) async throws { try await inner.write(name, bytes: bytes) }
+    func write(_ name: String, size: Int, pieces: @escaping ArchivePieces.Read) async throws { try await inner.write(name, size: size, pieces: pieces) }
+    func read(_ name: String, range: Range<Int>?, limit: Int) async throws -> [UInt8] {
+        if let range { reads.withLock { $0.append((name, range)) } }
+        let bytes = try await inner.read(name, range: range, limit: limit)
+        return dropLastByte && range != nil && (name.hasSuffix(".seg") || name.hasSuffix(".chunks")) ? Array(bytes.dropLast()) : bytes
+    }
+    func size(_ name: String) async throws -> Int? { try await inner.size(name) }
+    func list(prefix: String) async throws -> [ObjectInfo] { try await inner.list(prefix: prefix) }
+    func remove(_ name: String) async throws { try await inner.remove(name) }
 }
