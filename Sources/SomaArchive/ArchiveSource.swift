@@ -27,7 +27,7 @@ public actor ArchiveSource: SyncSource {
     var summaryFiles: [(name: String, task: Task<[CertifiedCheckpointSummary], any Error>)] = []
     var snapshotManifests: [UInt64: SnapshotManifest] = [:]
     /// Pages of segment and snapshot data files read from an object store
-    /// (``ArchiveBackend/readPageBytes``), named `FILE@PAGE`, the newest last.
+    /// (``ArchiveBackend/readPageBytes``), named `FILE@SHA256@PAGE`, the newest last.
     var pages: [(name: String, task: Task<[UInt8], any Error>)] = []
     static let cachedIndexes = 8
     static let cachedSummaryFiles = 4
@@ -277,7 +277,9 @@ public actor ArchiveSource: SyncSource {
         var parts: [ArraySlice<UInt8>] = []
         for p in (lower / page)...((upper - 1) / page) {
             let start = p * page, end = min(start + page, size)
-            let name = "\(file.name)@\(p)"
+            // Named by the file's listed digest too: a file the manifest lists anew (another
+            // export wrote it again) is never served from pages of its former bytes.
+            let name = "\(file.name)@\(file.sha256.hex.prefix(16))@\(p)"
             let task = Self.task(&pages, name: name, keep: Self.cachedPages) {
                 try await reader.backend.read(file.name, range: start..<end, limit: end - start)
             }

@@ -116,6 +116,8 @@ struct ArchiveSourceTests {
     func adoption() async throws {
         var small = StoreConfiguration()
         small.snapshotChunkSize = 256
+        // Groups of two chunks (the epochs here have 3 and 4): written a group at a time.
+        small.adoptionGroupChunks = 2
         try await ArchiveTests.withStore("archive-adoption", configuration: small) { store, genesis, chain, dir in
             // The last epoch end's build, beside the commits, done (it drops the oldest snapshot).
             try await store.finishSnapshotBuild()
@@ -147,13 +149,25 @@ struct ArchiveSourceTests {
             do {
                 try await fresh.initialize(genesis: genesis)
                 #expect(try await fresh.beginSnapshotAdoption(earlier))
+                // A chunk is held until its group is complete, then the group is written.
                 #expect(try await fresh.adoptSnapshotChunk(try await verified(earlier, 0), epoch: earlier.epoch))
+                #expect(try await fresh.snapshotChunk(epoch: earlier.epoch, index: 0) == nil)
+                #expect(try await fresh.adoptSnapshotChunk(try await verified(earlier, 1), epoch: earlier.epoch))
+                #expect(try await fresh.adoptSnapshotChunk(try await verified(earlier, 1), epoch: earlier.epoch))  // again: nothing new
+                for k in 0..<2 {
+                    #expect(try await fresh.snapshotChunk(epoch: earlier.epoch, index: UInt32(k)) == (try await store.snapshotChunk(epoch: earlier.epoch, index: UInt32(k))))
+                }
                 #expect(try await fresh.beginSnapshotAdoption(manifest))
                 // An adoption replaced: a chunk of the earlier one is refused.
-                #expect(try await fresh.adoptSnapshotChunk(try await verified(earlier, 1), epoch: earlier.epoch) == false)
-                for k in 0..<(manifest.chunkRoots.count / 2) {
+                #expect(try await fresh.adoptSnapshotChunk(try await verified(earlier, 2), epoch: earlier.epoch) == false)
+                #expect(try await fresh.snapshotChunk(epoch: earlier.epoch, index: 2) == nil)
+                // Half of the last epoch's chunks (one group written, and one chunk held when odd).
+                let half = manifest.chunkRoots.count / 2 + 1
+                for k in 0..<half {
                     #expect(try await fresh.adoptSnapshotChunk(try await verified(manifest, k), epoch: epoch))
                 }
+                #expect(try await fresh.snapshotChunk(epoch: epoch, index: 0) == (try await store.snapshotChunk(epoch: epoch, index: 0)))
+                #expect(half < manifest.chunkRoots.count)
                 // As a catch-up does: the epoch chain says which end is the newest.
                 fresh.noteVerifiedEpochEnd(epoch)
                 try await fresh.commit(chain.map(\.verified))

@@ -1,21 +1,42 @@
 public import SomaCore
 import Foundation
+import Synchronization
 
 /// A snapshot fetched during a catch-up instead of built at its epoch end (see
 /// ``NodeStore/beginSnapshotAdoption(_:)``): its manifest, checked against the certified epoch
 /// end, and the chunks written so far.
 struct SnapshotAdoption {
     let manifest: SnapshotManifest
+    /// No other adoption in this process has it: a group written outside the lock is ingested
+    /// only if its adoption is still the one under way.
+    let id = SnapshotAdoption.ids.add(1, ordering: .relaxed).newValue
     /// Chunks ingested.
     var written = Set<UInt32>()
-    /// Chunks written to their SST files and not ingested yet, with the files.
-    var staged: [(index: UInt32, path: String)] = []
+    /// Verified chunks held until a group is full, and their frames' bytes.
+    var held: [VerifiedChunk] = []
+    var heldBytes = 0
+    /// Chunks of groups being written to their SST file (outside the lock), not ingested yet.
+    var writing = Set<UInt32>()
+
+    static let ids = Atomic<UInt64>(0)
 
     var isComplete: Bool { written.count == manifest.chunkRoots.count }
 
-    /// Removes the staged files (the adoption is dropped).
-    func discard() {
-        for file in staged { try? FileManager.default.removeItem(atPath: file.path) }
+    /// Whether `index` is written, being written or held.
+    func has(_ index: UInt32) -> Bool {
+        written.contains(index) || writing.contains(index) || held.contains { $0.index == index }
+    }
+
+    /// The held chunks, taken as a group to write when there are enough of them (by count or
+    /// bytes) or when they are the last the snapshot needs; nil otherwise.
+    mutating func takeGroup(count: Int, bytes: Int) -> [VerifiedChunk]? {
+        let last = written.count + writing.count + held.count == manifest.chunkRoots.count
+        guard !held.isEmpty, held.count >= count || heldBytes >= bytes || last else { return nil }
+        let group = held.sorted { $0.index < $1.index }
+        writing.formUnion(group.map(\.index))
+        held = []
+        heldBytes = 0
+        return group
     }
 }
 
@@ -41,8 +62,9 @@ extension NodeStore {
             else { return false }
             if let executed = try self.watermarkSync(.highestExecuted), executed.seq >= manifest.lastCheckpoint { return false }
             try self.adoption.withLock { (state) throws(StoreError) in
-                state?.discard()
-                // Files a run that stopped left staged are removed with the directory.
+                // Files a run that stopped left staged are removed with the directory (a group
+                // of the replaced adoption still being written fails, or is dropped when its
+                // writer finds the adoption replaced).
                 try Self.freshDirectory(self.adoptionDirectory)
                 state = SnapshotAdoption(manifest: manifest)
             }
@@ -53,34 +75,54 @@ extension NodeStore {
     /// Where adopted chunks wait in their SST files for their group's ingestion.
     var adoptionDirectory: String { database.path + "/ingest-adopted" }
 
-    /// Adopted chunks ingested together: each ingestion writes the MANIFEST once (and syncs it),
-    /// which the commits' own ingestions wait behind.
-    static let adoptionGroup = 16
-
-    /// Writes a chunk of the snapshot being adopted: `chunk` verified against the manifest given
+    /// Takes a chunk of the snapshot being adopted: `chunk` verified against the manifest given
     /// to ``beginSnapshotAdoption(_:)`` (``SnapshotManifest/verifyChunk(index:frame:proof:limit:)``).
+    /// Chunks are held until a group is complete (``StoreConfiguration/adoptionGroupChunks`` or
+    /// ``StoreConfiguration/adoptionGroupBytes``, or the last ones), then written as one SST
+    /// file outside the lock an epoch end takes, and ingested under it: each file is synced and
+    /// each ingestion writes the MANIFEST once (and syncs it), which the commits' own writes
+    /// wait behind, so one a group instead of one a chunk.
     /// - Returns: false when no adoption of `epoch` is under way any more (its epoch end came
-    ///   first): the chunk is not written.
+    ///   first): the chunk is not written, nor is a group it completed.
     public func adoptSnapshotChunk(_ chunk: VerifiedChunk, epoch: UInt64) async throws -> Bool {
         try await blocking {
-            // Held while the chunk is written: an epoch end that ends the adoption waits for it,
-            // so nothing is written for an epoch after the store gave up on it.
-            try self.adoption.withLock { (state) throws(StoreError) -> Bool in
-                guard var a = state, a.manifest.epoch == epoch, Int(chunk.index) < a.manifest.chunkRoots.count else { return false }
-                if a.written.contains(chunk.index) || a.staged.contains(where: { $0.index == chunk.index }) { return true }
-                let path = self.adoptionDirectory + "/\(epoch)-\(chunk.index).sst"
-                let file = try self.database.sstWriter(self.cf.snapshotChunks, path: path)
-                try file.put(StoreKeys.chunk(epoch, chunk.index), chunk.frame)
-                try file.finish()
-                a.staged.append((chunk.index, path))
-                // A group at a time (one key each: the files never overlap), and the last ones
-                // as soon as every chunk is in.
-                if a.staged.count >= Self.adoptionGroup || a.written.count + a.staged.count == a.manifest.chunkRoots.count {
-                    try self.database.ingest(self.cf.snapshotChunks, files: a.staged.map(\.path))
-                    a.discard()  // what the move left
-                    a.written.formUnion(a.staged.map(\.index))
-                    a.staged = []
+            let taken = self.adoption.withLock { (state) -> (id: UInt64, group: [VerifiedChunk]?)? in
+                guard var a = state, a.manifest.epoch == epoch, Int(chunk.index) < a.manifest.chunkRoots.count else { return nil }
+                if !a.has(chunk.index) {
+                    a.held.append(chunk)
+                    a.heldBytes += chunk.frame.count
                 }
+                let group = a.takeGroup(count: self.configuration.adoptionGroupChunks, bytes: self.configuration.adoptionGroupBytes)
+                state = a
+                return (a.id, group)
+            }
+            guard let taken else { return false }
+            guard let group = taken.group, let first = group.first else { return true }
+            let path = self.adoptionDirectory + "/\(taken.id)-\(epoch)-\(first.index).sst"
+            defer { try? FileManager.default.removeItem(atPath: path) }  // what the move leaves
+            do {
+                let file = try self.database.sstWriter(self.cf.snapshotChunks, path: path)
+                for c in group { try file.put(StoreKeys.chunk(epoch, c.index), c.frame) }
+                try file.finish()
+            } catch {
+                // The group is given up: its chunks may be taken again.
+                self.adoption.withLock { state in if state?.id == taken.id { state?.writing.subtract(group.map(\.index)) } }
+                throw error
+            }
+            // Ingested under the lock, only into the adoption it was taken from: an epoch end
+            // that ended it (or a new adoption) comes before or after, never between.
+            return try self.adoption.withLock { (state) throws(StoreError) -> Bool in
+                guard var a = state, a.id == taken.id else { return false }
+                let indices = group.map(\.index)
+                do throws(StoreError) {
+                    try self.database.ingest(self.cf.snapshotChunks, files: [path])
+                } catch {
+                    a.writing.subtract(indices)
+                    state = a
+                    throw error
+                }
+                a.writing.subtract(indices)
+                a.written.formUnion(indices)
                 state = a
                 return true
             }
@@ -99,7 +141,6 @@ extension NodeStore {
         adoption.withLock { state in
             guard let a = state, a.manifest.epoch <= epoch else { return nil }
             state = nil
-            a.discard()
             guard a.manifest.epoch == epoch, a.isComplete, a.manifest.lastCheckpoint == record.lastCheckpoint,
                   a.manifest.stateRoot == record.stateRoot, a.manifest.objectCount == record.liveObjectCount
             else { return nil }

@@ -24,6 +24,11 @@ public struct StoreConfiguration: Sendable {
     public var retainSnapshots: UInt64 = 2
     /// Objects per snapshot chunk (a power of two).
     public var snapshotChunkSize = 4_096
+    /// Chunks of a snapshot taken from a source during a catch-up written and ingested together,
+    /// as one SST file (``NodeStore/adoptSnapshotChunk(_:epoch:)``), and the most bytes of
+    /// frames such a group holds in memory.
+    public var adoptionGroupChunks = 16
+    public var adoptionGroupBytes = 32 << 20
     /// Wait for the write-ahead log to reach the disk on every commit.
     public var syncWrites = false
     /// A bulk catch-up writes back at least this many live entries as a sorted file ingested
