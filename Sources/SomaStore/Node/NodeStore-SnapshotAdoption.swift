@@ -12,8 +12,9 @@ struct SnapshotAdoption {
     let id = SnapshotAdoption.ids.add(1, ordering: .relaxed).newValue
     /// Chunks ingested.
     var written = Set<UInt32>()
-    /// Verified chunks held until a group is full, and their frames' bytes.
-    var held: [VerifiedChunk] = []
+    /// The frames of verified chunks held until a group is full (only the frames: a verified
+    /// chunk also holds its decompressed objects), and their bytes.
+    var held: [(index: UInt32, frame: [UInt8])] = []
     var heldBytes = 0
     /// Chunks of groups being written to their SST file (outside the lock), not ingested yet.
     var writing = Set<UInt32>()
@@ -29,7 +30,7 @@ struct SnapshotAdoption {
 
     /// The held chunks, taken as a group to write when there are enough of them (by count or
     /// bytes) or when they are the last the snapshot needs; nil otherwise.
-    mutating func takeGroup(count: Int, bytes: Int) -> [VerifiedChunk]? {
+    mutating func takeGroup(count: Int, bytes: Int) -> [(index: UInt32, frame: [UInt8])]? {
         let last = written.count + writing.count + held.count == manifest.chunkRoots.count
         guard !held.isEmpty, held.count >= count || heldBytes >= bytes || last else { return nil }
         let group = held.sorted { $0.index < $1.index }
@@ -86,10 +87,10 @@ extension NodeStore {
     ///   first): the chunk is not written, nor is a group it completed.
     public func adoptSnapshotChunk(_ chunk: VerifiedChunk, epoch: UInt64) async throws -> Bool {
         try await blocking {
-            let taken = self.adoption.withLock { (state) -> (id: UInt64, group: [VerifiedChunk]?)? in
+            let taken = self.adoption.withLock { (state) -> (id: UInt64, group: [(index: UInt32, frame: [UInt8])]?)? in
                 guard var a = state, a.manifest.epoch == epoch, Int(chunk.index) < a.manifest.chunkRoots.count else { return nil }
                 if !a.has(chunk.index) {
-                    a.held.append(chunk)
+                    a.held.append((chunk.index, chunk.frame))
                     a.heldBytes += chunk.frame.count
                 }
                 let group = a.takeGroup(count: self.configuration.adoptionGroupChunks, bytes: self.configuration.adoptionGroupBytes)
