@@ -13,9 +13,8 @@ struct SnapshotAdoption {
     /// Chunks ingested.
     var written = Set<UInt32>()
     /// The frames of verified chunks held until a group is full (only the frames: a verified
-    /// chunk also holds its decompressed objects), and their bytes.
+    /// chunk also holds its decompressed objects).
     var held: [(index: UInt32, frame: [UInt8])] = []
-    var heldBytes = 0
     /// Chunks of groups being written to their SST file (outside the lock), not ingested yet.
     var writing = Set<UInt32>()
 
@@ -32,11 +31,10 @@ struct SnapshotAdoption {
     /// bytes) or when they are the last the snapshot needs; nil otherwise.
     mutating func takeGroup(count: Int, bytes: Int) -> [(index: UInt32, frame: [UInt8])]? {
         let last = written.count + writing.count + held.count == manifest.chunkRoots.count
-        guard !held.isEmpty, held.count >= count || heldBytes >= bytes || last else { return nil }
+        guard !held.isEmpty, held.count >= count || held.reduce(0, { $0 + $1.frame.count }) >= bytes || last else { return nil }
         let group = held.sorted { $0.index < $1.index }
         writing.formUnion(group.map(\.index))
         held = []
-        heldBytes = 0
         return group
     }
 }
@@ -89,10 +87,7 @@ extension NodeStore {
         try await blocking {
             let taken = self.adoption.withLock { (state) -> (id: UInt64, group: [(index: UInt32, frame: [UInt8])]?)? in
                 guard var a = state, a.manifest.epoch == epoch, Int(chunk.index) < a.manifest.chunkRoots.count else { return nil }
-                if !a.has(chunk.index) {
-                    a.held.append((chunk.index, chunk.frame))
-                    a.heldBytes += chunk.frame.count
-                }
+                if !a.has(chunk.index) { a.held.append((chunk.index, chunk.frame)) }
                 let group = a.takeGroup(count: self.configuration.adoptionGroupChunks, bytes: self.configuration.adoptionGroupBytes)
                 state = a
                 return (a.id, group)
@@ -101,30 +96,22 @@ extension NodeStore {
             guard let group = taken.group, let first = group.first else { return true }
             let path = self.adoptionDirectory + "/\(taken.id)-\(epoch)-\(first.index).sst"
             defer { try? FileManager.default.removeItem(atPath: path) }  // what the move leaves
-            do {
+            let indices = group.map(\.index)
+            let written: Result<Void, StoreError> = Result { () throws(StoreError) in
                 let file = try self.database.sstWriter(self.cf.snapshotChunks, path: path)
                 for c in group { try file.put(StoreKeys.chunk(epoch, c.index), c.frame) }
                 try file.finish()
-            } catch {
-                // The group is given up: its chunks may be taken again.
-                self.adoption.withLock { state in if state?.id == taken.id { state?.writing.subtract(group.map(\.index)) } }
-                throw error
             }
             // Ingested under the lock, only into the adoption it was taken from: an epoch end
-            // that ended it (or a new adoption) comes before or after, never between.
+            // that ended it (or a new adoption) comes before or after, never between. A group
+            // that fails is given up (its chunks may be taken again).
             return try self.adoption.withLock { (state) throws(StoreError) -> Bool in
                 guard var a = state, a.id == taken.id else { return false }
-                let indices = group.map(\.index)
-                do throws(StoreError) {
-                    try self.database.ingest(self.cf.snapshotChunks, files: [path])
-                } catch {
-                    a.writing.subtract(indices)
-                    state = a
-                    throw error
-                }
                 a.writing.subtract(indices)
+                defer { state = a }
+                try written.get()
+                try self.database.ingest(self.cf.snapshotChunks, files: [path])
                 a.written.formUnion(indices)
-                state = a
                 return true
             }
         }
